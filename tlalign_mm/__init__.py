@@ -1,0 +1,13 @@
+"""tlalign_mm: Token-Label Alignment (Xiao et al., ICCV 2023) for DeiT and Swin on OpenMMLab.
+
+``import tlalign_mm`` registers the backbones in tlalign_mm's own registries and, when mmseg /
+mmdet are installed, in theirs (:mod:`tlalign_mm.models.downstream`).
+"""
+from .version import __version__
+from . import align  # noqa: F401
+from .models import TLASwinTransformer, TLAVisionTransformer
+from .models.downstream import register_downstream
+
+registered_scopes = register_downstream()
+
+__all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'registered_scopes']

@@ -1,0 +1,147 @@
+"""The TL-Align attention step: carry token labels through one self-attention layer.
+
+For a block with softmax attention ``A_h`` (B, N, N) per head ``h = 1..H`` the labels move as
+
+    Y_att = mean_h(A_h) @ Y                         (TL-Align-S)
+    Y    <- (Y + Y_att) / 2                          (residual average of the reference code)
+
+with the attention the features use (relative position bias and shifted-window mask included),
+taken before attention dropout, detached, in float32 (``tl-align.md``; reference: ``Attention``
+and ``Block.forward`` in Euphoria16/TL-Align ``timm/models/vision_transformer.py``).
+
+Two implementations of the attention step live here, both returning the block's attention
+output for the features and the aligned labels:
+
+* :func:`fused_attention_with_labels` (default): one ``F.scaled_dot_product_attention`` call.
+  Since ``mean_h(A_h) @ Y = mean_h(A_h @ Y)`` and every head sees the same ``Y``, the labels ride
+  as extra value channels of every head; their outputs are split off and detached.  No per-head
+  attention matrix is materialised.  When the features' attention does not run in float32
+  (autocast), the labels take a second float32 SDPA call on the detached q/k instead, so the
+  label path stays float32 on every device.
+* :func:`explicit_attention_with_labels`: the reference way, materialising ``softmax(QK^T)``
+  per head.  Kept as a documented reference mode (``label_mode='explicit'``) and for tests.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['attention_label_step', 'residual_label_average', 'fused_attention_with_labels',
+           'explicit_attention_with_labels', 'check_token_labels', 'LABEL_MODES']
+
+LABEL_MODES = ('fused', 'explicit')
+
+
+def check_token_labels(labels: Tensor, batch: int, tokens: int, name: str = 'token_labels') -> None:
+    """Validate a label embedding against the token sequence it must ride with.
+
+    Args:
+        labels: expected (B, N, K) floating point.
+        batch: B of the features.
+        tokens: N of the features (prefix tokens included).
+
+    Raises:
+        TypeError: labels not a floating-point tensor.
+        ValueError: wrong rank, batch or token count.
+    """
+    if not torch.is_tensor(labels) or not labels.is_floating_point():
+        raise TypeError(f'{name} must be a floating-point tensor (B, N, K), got '
+                        f'{type(labels).__name__}{"" if not torch.is_tensor(labels) else " of dtype " + str(labels.dtype)}')
+    if labels.dim() != 3 or labels.shape[0] != batch or labels.shape[1] != tokens:
+        raise ValueError(f'{name} must have shape (B={batch}, N={tokens}, K) to match the tokens, '
+                         f'got {tuple(labels.shape)}')
+
+
+def attention_label_step(attn: Tensor, labels: Tensor) -> Tensor:
+    """Align labels with materialised attention: ``mean_h(A_h) @ Y`` in float32, detached.
+
+    Args:
+        attn: (B, H, N, M) softmax attention (rows sum to 1), before dropout.
+        labels: (B, M, K) label embedding of the keys.
+
+    Returns:
+        (B, N, K) float32, no gradient.
+    """
+    with torch.no_grad():
+        return attn.detach().float().mean(dim=1) @ labels.detach().float()
+
+
+def residual_label_average(labels: Tensor, labels_att: Tensor) -> Tensor:
+    """Residual rule of the reference code: ``(Y + Y_att) / 2`` (row sums are preserved)."""
+    return (labels + labels_att) * 0.5
+
+
+def _label_heads(labels: Tensor, num_heads: int, dtype: torch.dtype, pad_to: int = 1) -> Tensor:
+    """(B, N, K) -> (B, H, N, K') as value channels, K' = K padded up to a multiple of pad_to."""
+    k = labels.shape[-1]
+    pad = (-k) % pad_to
+    y = labels.detach().to(dtype)
+    if pad:
+        y = F.pad(y, (0, pad))
+    return y.unsqueeze(1).expand(-1, num_heads, -1, -1)
+
+
+def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
+                                attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+                                scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """Scaled dot-product attention that also aligns a label embedding, in one fused call.
+
+    Args:
+        q, k, v: (B, H, N, D) queries, keys, values (as ``F.scaled_dot_product_attention``).
+        labels: (B, N, K) label embedding of the tokens, or None (plain attention).
+        attn_mask: additive float mask broadcastable to (B, H, N, N) (relative position bias,
+            shifted-window mask), or None.
+        dropout_p: attention dropout probability (features only; labels see the attention
+            before dropout, as in the reference code).
+        scale: softmax scale, default ``D ** -0.5``.
+
+    Returns:
+        ``(out, labels_att)``: out (B, H, N, D) as SDPA returns it; labels_att (B, N, K) float32
+        detached ``mean_h(A_h) @ Y`` (None when ``labels`` is None).
+    """
+    if labels is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              scale=scale), None
+    num_heads, head_dim = q.shape[1], v.shape[-1]
+    n_lab = labels.shape[-1]
+    if v.dtype == torch.float32 and dropout_p == 0.0:
+        # One call: labels as extra value channels (padded so head dims stay multiples of 8).
+        y = _label_heads(labels, num_heads, v.dtype, pad_to=8)
+        out = F.scaled_dot_product_attention(q, k, torch.cat([v, y], dim=-1), attn_mask=attn_mask,
+                                             scale=scale)
+        labels_att = out[..., head_dim:head_dim + n_lab].detach().mean(dim=1)
+        return out[..., :head_dim], labels_att
+    # Dropout on the features, or low-precision features: a separate float32 call for labels.
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    with torch.no_grad():
+        mask32 = attn_mask.float() if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
+        y = _label_heads(labels, num_heads, torch.float32, pad_to=8)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            lab = F.scaled_dot_product_attention(q.detach().float(), k.detach().float(), y,
+                                                 attn_mask=mask32, scale=scale)
+        labels_att = lab[..., :n_lab].mean(dim=1)
+    return out, labels_att
+
+
+def explicit_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
+                                   attn_mask: Optional[Tensor] = None,
+                                   attn_drop: Optional[torch.nn.Module] = None,
+                                   scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """Reference-mode attention: materialise ``softmax(q k^T * scale + mask)`` per head.
+
+    Same arguments and returns as :func:`fused_attention_with_labels`, except that dropout is
+    given as a module (applied to the attention for the features only).  Memory is
+    O(B * H * N^2) for the attention plus O(B * N * K) for the labels.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        attn = attn + attn_mask
+    attn = attn.softmax(dim=-1)
+    labels_att = attention_label_step(attn, labels) if labels is not None else None
+    if attn_drop is not None:
+        attn = attn_drop(attn)
+    return attn @ v, labels_att

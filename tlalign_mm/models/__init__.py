@@ -1,0 +1,3 @@
+from .backbones import TLASwinTransformer, TLAVisionTransformer
+
+__all__ = ['TLAVisionTransformer', 'TLASwinTransformer']

@@ -1,0 +1,4 @@
+from .swin import TLASwinTransformer
+from .vit import TLAVisionTransformer
+
+__all__ = ['TLAVisionTransformer', 'TLASwinTransformer']

@@ -1,0 +1,91 @@
+"""What the DeiT and Swin backbones share: weight init, strict pretrained loading, freezing."""
+from __future__ import annotations
+
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.layers import trunc_normal_
+
+__all__ = ['TLABackbone']
+
+
+class TLABackbone(BaseModule):
+    """Base of the label-carrying backbones (mmengine ``BaseModule``).
+
+    Subclasses define the layers, ``forward(x, token_labels=None)`` and :meth:`_frozen_modules`.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads through
+    :func:`tlalign_mm.checkpoint.load_backbone_checkpoint`, which recognises the official
+    DeiT / TL-Align, official Swin, timm and mmengine layouts, resizes position embeddings and
+    relative-position tables, and raises when the checkpoint matches under 90% of the
+    backbone's parameters (mmengine's own ``PretrainedInit`` loads with ``strict=False`` and
+    would load nothing silently).  Any other ``init_cfg`` is handed to mmengine.
+
+    Args:
+        frozen_stages: freeze the stem (-1: nothing frozen) and the first stages; see subclass.
+        norm_eval: keep normalisation layers in eval mode while training.  The backbones here
+            use LayerNorm only, which has no running statistics, so this matters only for
+            BatchNorm layers a subclass may add; it is accepted for mmseg/mmdet config parity.
+        with_cp: gradient checkpointing of every block (saves activation memory, costs one
+            extra forward).
+    """
+
+    def __init__(self, frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+    # -- init ----------------------------------------------------------------------------
+    @staticmethod
+    def _init_layer(m: nn.Module) -> None:
+        """timm's DeiT / Swin initialisation: trunc-normal(0.02) linears, unit LayerNorms."""
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _init_extra(self) -> None:
+        """Initialise parameters that are not layers (tokens, tables); subclass hook."""
+
+    def init_weights(self) -> None:
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from ...checkpoint import load_backbone_checkpoint
+            report = load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                                              map_location=cfg.get('map_location', 'cpu'))
+            print_log(f'{type(self).__name__}: {report.summary()}', logger='current')
+            self._is_init = True
+            return
+        self.apply(self._init_layer)
+        self._init_extra()
+        if cfg is not None:
+            super().init_weights()
+        self._is_init = True
+
+    # -- training switches -----------------------------------------------------------------
+    def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
+        """Modules and parameters frozen by ``frozen_stages``; subclass hook."""
+        return []
+
+    def _freeze(self) -> None:
+        for m in self._frozen_modules():
+            if isinstance(m, nn.Parameter):
+                m.requires_grad = False
+            else:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self

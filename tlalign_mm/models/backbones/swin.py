@@ -1,0 +1,364 @@
+"""Swin Transformer backbone that carries TL-Align label embeddings through every block.
+
+Layout follows the official Swin release (Liu et al., ICCV 2021; github.com/microsoft/
+Swin-Transformer ``models/swin_transformer.py``): ``patch_embed.proj/norm``,
+``layers.{i}.blocks.{j}.{norm1,attn.qkv,attn.proj,attn.relative_position_bias_table,norm2,
+mlp.fc1,mlp.fc2}``, ``layers.{i}.downsample.{reduction,norm}`` (merge order x0..x3 =
+(0,0),(1,0),(0,1),(1,1)), so official checkpoints load unchanged.  Output norms are
+``norm{i}`` for each stage in ``out_indices`` (as the official detection / segmentation code);
+the classification checkpoint's final ``norm`` is ``norm3`` here.
+
+Labels (``tl-align.md``, "Hierarchical models"): in every block they are shifted and
+partitioned into the same windows as the tokens, aligned with that window's attention
+(relative position bias and shifted-window mask included), reversed and shifted back, then
+averaged with the residual; at patch merging the 2x2 children are summed and renormalised.
+
+Windows: a stage whose map is no larger than the window in a dimension uses one window of the
+map's size there and no shift (official classification rule, so 224 / 384 inputs reproduce the
+official and timm models); larger maps are zero-padded to a multiple of the window and shifted
+(official detection / mmdet rule).  The label path does not support padded windows.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import Tensor
+
+from ...align import (LABEL_MODES, check_token_labels, explicit_attention_with_labels,
+                      fused_attention_with_labels, merge_patch_labels, pad_to_multiple,
+                      patch_merge_gather, relative_position_index, residual_label_average,
+                      shifted_window_mask, window_partition, window_reverse)
+from ...registry import MODELS
+from .base import TLABackbone
+
+__all__ = ['TLAWindowAttention', 'TLASwinBlock', 'TLAPatchMerging', 'TLASwinTransformer']
+
+
+class TLAWindowAttention(nn.Module):
+    """Window multi-head self-attention with a relative position bias, aligning labels too.
+
+    Args:
+        dim: channels C; num_heads: H; window_size: the window the bias table is built for.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, label_mode: str = 'fused'):
+        super().__init__()
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f'label_mode must be one of {LABEL_MODES}, got {label_mode!r}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.window_size = window_size
+        self.label_mode = label_mode
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._index_cache: dict = {}
+
+    def position_bias(self, window: tuple[int, int]) -> Tensor:
+        """(H, n, n) relative position bias for a (wh, ww) window, n = wh * ww."""
+        idx = self._index_cache.get(window)
+        if idx is None or idx.device != self.relative_position_bias_table.device:
+            idx = relative_position_index(window, (self.window_size, self.window_size))
+            idx = idx.to(self.relative_position_bias_table.device)
+            self._index_cache[window] = idx
+        n = window[0] * window[1]
+        return self.relative_position_bias_table[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, window: tuple[int, int], mask: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """x: (B*nW, n, C) windows; mask: (nW, n, n) additive or None; labels: (B*nW, n, K).
+
+        Returns (out (B*nW, n, C), labels_att (B*nW, n, K) float32 or None)."""
+        bw, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn_mask = self.position_bias(window).unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            m = mask.view(1, nw, 1, n, n).expand(bw // nw, -1, self.num_heads, -1, -1)
+            attn_mask = attn_mask + m.reshape(-1, self.num_heads, n, n)
+        attn_mask = attn_mask.to(q.dtype)
+        if self.label_mode == 'explicit':
+            out, lab = explicit_attention_with_labels(q, k, v, labels, attn_mask, self.attn_drop, self.scale)
+        else:
+            p = self.attn_drop.p if self.training else 0.0
+            out, lab = fused_attention_with_labels(q, k, v, labels, attn_mask, p, self.scale)
+        out = out.transpose(1, 2).reshape(bw, n, c)
+        return self.proj_drop(self.proj(out)), lab
+
+
+class TLASwinBlock(nn.Module):
+    """Swin block: (shifted) window attention + MLP, each pre-norm with a residual."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: bool = False,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, label_mode: str = 'fused'):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = window_size // 2 if shift else 0
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = TLAWindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, label_mode)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self._mask_cache: dict = {}
+
+    def window_and_shift(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Effective (window, shift) for an h x w map (see the module docstring)."""
+        ws, s = self.window_size, self.shift_size
+        win = (min(h, ws), min(w, ws))
+        shift = (0 if h <= ws else s, 0 if w <= ws else s)
+        return win, shift
+
+    def _mask(self, hp: int, wp: int, win, shift, device) -> Optional[Tensor]:
+        if not any(shift):
+            return None
+        key = (hp, wp, win, shift, device)
+        m = self._mask_cache.get(key)
+        if m is None:
+            m = shifted_window_mask(hp, wp, win, shift, device=device)
+            self._mask_cache = {key: m}
+        return m
+
+    def forward(self, x: Tensor, hw: tuple[int, int], labels: Optional[Tensor] = None):
+        """x: (B, L, C) with L = H*W; labels: (B, L, K) or None. Returns (x, labels)."""
+        h, w = hw
+        b, _, c = x.shape
+        win, shift = self.window_and_shift(h, w)
+        xs = self.norm1(x).view(b, h, w, c)
+        xs, ph, pw = pad_to_multiple(xs, win)
+        hp, wp = xs.shape[1:3]
+        lab_w = None
+        if labels is not None:
+            if ph or pw:
+                raise ValueError(
+                    f'token_labels need every stage map to be divisible by window_size: a {h}x{w} '
+                    f'map does not tile into {win[0]}x{win[1]} windows (choose an input size whose '
+                    f'stage maps are multiples of window_size={self.window_size}, e.g. 224 for 7)')
+            ls = labels.view(b, h, w, -1)
+            if any(shift):
+                ls = torch.roll(ls, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+            lab_w = window_partition(ls, win)
+        if any(shift):
+            xs = torch.roll(xs, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        out, lab_att = self.attn(window_partition(xs, win), win, self._mask(hp, wp, win, shift, x.device), lab_w)
+        out = window_reverse(out, win, hp, wp)
+        if any(shift):
+            out = torch.roll(out, shifts=shift, dims=(1, 2))
+        out = out[:, :h, :w].reshape(b, h * w, c)
+        x = x + self.drop_path(out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if labels is not None:
+            la = window_reverse(lab_att, win, h, w)
+            if any(shift):
+                la = torch.roll(la, shifts=shift, dims=(1, 2))
+            labels = residual_label_average(labels, la.reshape(b, h * w, -1))
+        return x, labels
+
+
+class TLAPatchMerging(nn.Module):
+    """2x2 patch merging (keys ``norm``, ``reduction`` as the official Swin).
+
+    Odd maps are zero-padded at the bottom/right; padded children carry zero label mass.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor, hw: tuple[int, int], labels: Optional[Tensor] = None):
+        """x: (B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), 2C); labels (B, H*W, K) likewise."""
+        h, w = hw
+        b, _, c = x.shape
+        xs, _, _ = pad_to_multiple(x.view(b, h, w, c), (2, 2))
+        xs = patch_merge_gather(xs)
+        nh, nw = xs.shape[1:3]
+        x = self.reduction(self.norm(xs.reshape(b, nh * nw, 4 * c)))
+        if labels is not None:
+            ls, _, _ = pad_to_multiple(labels.view(b, h, w, -1), (2, 2))
+            labels = merge_patch_labels(ls).reshape(b, nh * nw, -1)
+        return x, (nh, nw), labels
+
+
+class TLASwinStage(nn.Module):
+    """One Swin stage (official ``BasicLayer``): blocks, then optional patch merging."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 qkv_bias: bool, drop: float, attn_drop: float, drop_path: Sequence[float],
+                 downsample: bool, label_mode: str):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            TLASwinBlock(dim, num_heads, window_size, shift=(j % 2 == 1), mlp_ratio=mlp_ratio,
+                         qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path[j],
+                         label_mode=label_mode) for j in range(depth)])
+        self.downsample = TLAPatchMerging(dim) if downsample else None
+
+
+@MODELS.register_module()
+class TLASwinTransformer(TLABackbone):
+    """Swin Transformer backbone with TL-Align label propagation.
+
+    Args:
+        arch: 'tiny' | 'small' | 'base' (also 'swin-t', 'swin-s', 'swin-b', 'swin-tiny'...), or a
+            dict with ``embed_dims``, ``depths``, ``num_heads``.
+        img_size: pretraining resolution (kept for reference; any size runs).
+        patch_size: patch embedding stride (4).
+        window_size: attention window (7; 12 for the 384px models).
+        out_indices: stages whose (normed) output is returned, in 0..3.
+        out_type: 'featmap' (B, C_i, H/s_i, W/s_i) per stage, or 'avg_featmap' (B, C_i).
+        drop_rate, attn_drop_rate, drop_path_rate: as in the official model (stochastic depth
+            rises linearly over all blocks).
+        frozen_stages: -1 nothing; 0 the patch embedding; k >= 1 also the first k stages and
+            their output norms (mmdet semantics).
+        label_mode: 'fused' (default) or 'explicit' (reference way).
+
+    Strides of the four stages are 4, 8, 16, 32 (for patch_size 4); channels C, 2C, 4C, 8C.
+
+    Raises:
+        ValueError: unknown arch, bad out_indices / out_type / label_mode.
+    """
+
+    arch_zoo = {
+        'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+        'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+        'base': dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    }
+    arch_alias = {'swin-t': 'tiny', 'swin-s': 'small', 'swin-b': 'base', 'swin-tiny': 'tiny',
+                  'swin-small': 'small', 'swin-base': 'base', 't': 'tiny', 's': 'small', 'b': 'base'}
+    OUT_TYPES = ('featmap', 'avg_featmap')
+
+    def __init__(self, arch: str | dict = 'tiny', img_size: int | Sequence[int] = 224,
+                 patch_size: int = 4, in_channels: int = 3, window_size: int = 7,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), out_type: str = 'featmap',
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 label_mode: str = 'fused', init_cfg=None, pretrained: Optional[str] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('give either pretrained or init_cfg, not both')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(frozen_stages, norm_eval, with_cp, init_cfg)
+        if isinstance(arch, str):
+            key = self.arch_alias.get(arch.lower(), arch.lower())
+            if key not in self.arch_zoo:
+                raise ValueError(f'unknown arch {arch!r} for TLASwinTransformer; choose one of '
+                                 f'{sorted(self.arch_zoo) + sorted(self.arch_alias)} or give a dict')
+            arch = self.arch_zoo[key]
+        missing = {'embed_dims', 'depths', 'num_heads'} - set(arch)
+        if missing:
+            raise ValueError(f'arch dict lacks {sorted(missing)}')
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        if window_size < 1:
+            raise ValueError(f'window_size must be >= 1, got {window_size}')
+        depths, heads = tuple(arch['depths']), tuple(arch['num_heads'])
+        self.num_stages = len(depths)
+        self.out_indices = tuple(i + self.num_stages if i < 0 else i for i in out_indices)
+        if any(not 0 <= i < self.num_stages for i in self.out_indices):
+            raise ValueError(f'out_indices {tuple(out_indices)} out of range for {self.num_stages} stages')
+        self.embed_dims = c = arch['embed_dims']
+        self.patch_size = patch_size
+        self.window_size = window_size
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.out_type = out_type
+        self.num_features = [c * 2 ** i for i in range(self.num_stages)]
+
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_channels, c, patch_size, patch_size)
+        self.patch_embed.norm = nn.LayerNorm(c)
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i in range(self.num_stages):
+            self.layers.append(TLASwinStage(
+                self.num_features[i], depths[i], heads[i], window_size, mlp_ratio, qkv_bias, drop_rate,
+                attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                downsample=i < self.num_stages - 1, label_mode=label_mode))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
+
+    def _init_extra(self) -> None:
+        for m in self.modules():
+            if isinstance(m, TLAWindowAttention):
+                trunc_normal_(m.relative_position_bias_table, std=0.02)
+
+    def _frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        mods = [self.patch_embed]
+        for i in range(min(self.frozen_stages, self.num_stages)):
+            mods.append(self.layers[i])
+            if i in self.out_indices:
+                mods.append(getattr(self, f'norm{i}'))
+        return mods
+
+    def no_weight_decay_keywords(self) -> set[str]:
+        """Name fragments excluded from weight decay in the Swin recipe."""
+        return {'relative_position_bias_table', 'absolute_pos_embed'}
+
+    def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
+        """Patch-token grid (h, w) of the first stage for an input of size ``img_hw``."""
+        return -(-img_hw[0] // self.patch_size), -(-img_hw[1] // self.patch_size)
+
+    def num_tokens(self, img_hw: Sequence[int]) -> int:
+        """Tokens N a ``token_labels`` tensor must have for this input size (no prefix)."""
+        h, w = self.token_grid(img_hw)
+        return h * w
+
+    def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
+        """Run the backbone.
+
+        Args:
+            x: (B, C_in, H, W) images (zero-padded to a multiple of ``patch_size``).
+            token_labels: None, or (B, N, K) floating-point initial labels of the first-stage
+                tokens, N = ``num_tokens((H, W))`` (row-major), any K.
+
+        Returns:
+            ``outs`` (a tuple, one entry per ``out_indices``), or with ``token_labels``
+            ``(outs, labels)``, labels (B, N_last, K) float32 for the last stage's tokens
+            (the aligned target is their mean over tokens).
+
+        Raises:
+            TypeError / ValueError: bad ``token_labels``; a stage map that does not tile into
+            windows while labels are carried.
+        """
+        b, _, h, w = x.shape
+        ph, pw = (-h) % self.patch_size, (-w) % self.patch_size
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        x = self.patch_embed.proj(x)
+        hw = (x.shape[2], x.shape[3])
+        x = self.pos_drop(self.patch_embed.norm(x.flatten(2).transpose(1, 2)))
+        labels = None
+        if token_labels is not None:
+            check_token_labels(token_labels, b, x.shape[1])
+            labels = token_labels.detach().float()
+
+        outs = []
+        for i, stage in enumerate(self.layers):
+            for blk in stage.blocks:
+                if self.with_cp and x.requires_grad:
+                    x, labels = cp.checkpoint(blk, x, hw, labels, use_reentrant=False)
+                else:
+                    x, labels = blk(x, hw, labels)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(x)
+                if self.out_type == 'avg_featmap':
+                    outs.append(out.mean(dim=1))
+                else:
+                    outs.append(out.transpose(1, 2).reshape(b, -1, *hw))
+            if stage.downsample is not None:
+                x, hw, labels = stage.downsample(x, hw, labels)
+        outs = tuple(outs)
+        return outs if token_labels is None else (outs, labels)

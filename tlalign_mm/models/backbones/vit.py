@@ -1,0 +1,293 @@
+"""DeiT / ViT backbone that carries TL-Align label embeddings through every block.
+
+Layout and numerics follow timm's ``vision_transformer.py`` (DeiT: Touvron et al., ICML 2021),
+so official DeiT / TL-Align checkpoints (``{'model': ...}`` with timm keys) load unchanged;
+the label path follows Euphoria16/TL-Align ``timm/models/vision_transformer.py``.
+
+One module serves both jobs:
+
+* pretraining: ``forward(x, token_labels)`` returns ``(outs, labels)``, the labels aligned
+  block by block (``tl-align.md``);
+* dense prediction (mmseg UperNet): ``forward(x)`` returns the feature maps of
+  ``out_indices``; no label work is done, so inference costs what a plain ViT costs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from torch import Tensor
+
+from ...align import (LABEL_MODES, check_token_labels, explicit_attention_with_labels,
+                      fused_attention_with_labels, residual_label_average)
+from ...registry import MODELS
+from .base import TLABackbone
+
+__all__ = ['TLAAttention', 'TLATransformerBlock', 'TLAVisionTransformer']
+
+
+class TLAAttention(nn.Module):
+    """Multi-head self-attention that also aligns labels (keys ``qkv``, ``proj`` as timm).
+
+    Args:
+        dim: channels C; num_heads: H (C must be divisible by H).
+        label_mode: 'fused' (one SDPA call, labels as extra value channels) or 'explicit'
+            (materialised per-head attention, the reference code's way).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, label_mode: str = 'fused'):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f'label_mode must be one of {LABEL_MODES}, got {label_mode!r}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.label_mode = label_mode
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, labels: Optional[Tensor] = None,
+                attn_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """x: (B, N, C); labels: (B, N, K) or None; attn_mask: additive, broadcastable to
+        (B, H, N, N).  Returns (out (B, N, C), labels_att (B, N, K) float32 or None)."""
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.label_mode == 'explicit':
+            out, lab = explicit_attention_with_labels(q, k, v, labels, attn_mask, self.attn_drop, self.scale)
+        else:
+            p = self.attn_drop.p if self.training else 0.0
+            out, lab = fused_attention_with_labels(q, k, v, labels, attn_mask, p, self.scale)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out)), lab
+
+
+class TLATransformerBlock(nn.Module):
+    """Pre-norm transformer block (keys ``norm1, attn, norm2, mlp.fc1, mlp.fc2`` as timm).
+
+    Features: ``x + DropPath(Attn(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``.
+    Labels: ``(Y + mean_h(A_h) @ Y) / 2``; the MLP is token-wise and leaves them unchanged.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 label_mode: str = 'fused'):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = TLAAttention(dim, num_heads, qkv_bias, attn_drop, drop, label_mode)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(self, x: Tensor, labels: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        h, lab = self.attn(self.norm1(x), labels)
+        x = x + self.drop_path(h)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if labels is not None:
+            labels = residual_label_average(labels, lab)
+        return x, labels
+
+
+@MODELS.register_module()
+class TLAVisionTransformer(TLABackbone):
+    """DeiT / ViT backbone with TL-Align label propagation.
+
+    Args:
+        arch: 'deit-tiny' | 'deit-small' | 'deit-base' (also 'tiny', 'small', 'base',
+            'deit-t', 'deit-s', 'deit-b'), or a dict with ``embed_dims``, ``num_layers``,
+            ``num_heads`` (and optionally ``mlp_ratio``).
+        img_size: pretraining resolution the position embedding is stored for (int or (H, W)).
+            Other input sizes get the embedding resized (``interpolate_mode``).
+        patch_size: patch embedding stride in pixels (16 for DeiT).
+        in_channels: input channels.
+        out_indices: blocks whose output is returned (negative counts from the end).
+        out_type: 'featmap' (B, C, H/p, W/p), 'cls_token' (B, C), 'avg_featmap' (B, C: mean of
+            patch tokens) or 'raw' (B, N, C with prefix tokens).
+        distilled: add a distillation token after the class token (DeiT distilled models).
+        final_norm: apply the final LayerNorm ``norm`` to the last block's output.
+        drop_rate, attn_drop_rate, drop_path_rate: dropout after embeddings / in MLP and
+            projections, attention dropout, stochastic depth (linear rule over blocks).
+        interpolate_mode: position-embedding resize mode ('bicubic' as mmseg / timm).
+        frozen_stages: -1 freezes nothing; k >= 0 freezes the patch embedding, tokens, position
+            embedding and the first k blocks.
+        label_mode: 'fused' (default) or 'explicit' (reference way, materialised attention).
+
+    Input sizes not divisible by ``patch_size`` are zero-padded at the bottom/right.
+
+    Raises:
+        ValueError: unknown arch, bad out_indices/out_type/label_mode.
+    """
+
+    arch_zoo = {
+        'deit-tiny': dict(embed_dims=192, num_layers=12, num_heads=3),
+        'deit-small': dict(embed_dims=384, num_layers=12, num_heads=6),
+        'deit-base': dict(embed_dims=768, num_layers=12, num_heads=12),
+    }
+    arch_alias = {'tiny': 'deit-tiny', 'small': 'deit-small', 'base': 'deit-base',
+                  'deit-t': 'deit-tiny', 'deit-s': 'deit-small', 'deit-b': 'deit-base'}
+    OUT_TYPES = ('featmap', 'cls_token', 'avg_featmap', 'raw')
+
+    def __init__(self, arch: str | dict = 'deit-small', img_size: int | Sequence[int] = 224,
+                 patch_size: int = 16, in_channels: int = 3, out_indices: int | Sequence[int] = -1,
+                 out_type: str = 'featmap', distilled: bool = False, final_norm: bool = True,
+                 qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, interpolate_mode: str = 'bicubic',
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 label_mode: str = 'fused', init_cfg=None, pretrained: Optional[str] = None):
+        if pretrained is not None:
+            if init_cfg is not None:
+                raise ValueError('give either pretrained or init_cfg, not both')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(frozen_stages, norm_eval, with_cp, init_cfg)
+        if isinstance(arch, str):
+            key = self.arch_alias.get(arch.lower(), arch.lower())
+            if key not in self.arch_zoo:
+                raise ValueError(f'unknown arch {arch!r} for TLAVisionTransformer; choose one of '
+                                 f'{sorted(self.arch_zoo) + sorted(self.arch_alias)} or give a dict')
+            arch = self.arch_zoo[key]
+        missing = {'embed_dims', 'num_layers', 'num_heads'} - set(arch)
+        if missing:
+            raise ValueError(f'arch dict lacks {sorted(missing)}')
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        self.embed_dims = c = arch['embed_dims']
+        self.num_layers = arch['num_layers']
+        self.patch_size = patch_size
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.out_type = out_type
+        self.final_norm = final_norm
+        self.interpolate_mode = interpolate_mode
+        self.num_prefix_tokens = 2 if distilled else 1
+
+        out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        self.out_indices = []
+        for i in out_indices:
+            j = i + self.num_layers if i < 0 else i
+            if not 0 <= j < self.num_layers:
+                raise ValueError(f'out_indices {i} is out of range for {self.num_layers} blocks')
+            self.out_indices.append(j)
+
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_channels, c, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, c)) if distilled else None
+        grid = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.patch_grid = grid
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + grid[0] * grid[1], c))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        self.blocks = nn.ModuleList([
+            TLATransformerBlock(c, arch['num_heads'], arch.get('mlp_ratio', 4.0), qkv_bias, drop_rate,
+                                attn_drop_rate, dpr[i], label_mode) for i in range(self.num_layers)])
+        self.norm = nn.LayerNorm(c, eps=1e-6) if final_norm else nn.Identity()
+
+    # -- init / freezing -------------------------------------------------------------------
+    def _init_extra(self) -> None:
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        if self.dist_token is not None:
+            trunc_normal_(self.dist_token, std=0.02)
+        # timm leaves the patch-embedding conv at PyTorch's default init (lecun-like).
+        nn.init.kaiming_uniform_(self.patch_embed.proj.weight, a=math.sqrt(5))
+
+    def _frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        mods = [self.patch_embed, self.cls_token, self.pos_embed]
+        if self.dist_token is not None:
+            mods.append(self.dist_token)
+        mods += list(self.blocks[:self.frozen_stages])
+        if self.frozen_stages >= self.num_layers and self.final_norm:
+            mods.append(self.norm)
+        return mods
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay in the DeiT recipe."""
+        return {'pos_embed', 'cls_token', 'dist_token'}
+
+    # -- forward ---------------------------------------------------------------------------
+    def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
+        """Patch-token grid (h, w) for an input of size ``img_hw`` (after padding)."""
+        return math.ceil(img_hw[0] / self.patch_size), math.ceil(img_hw[1] / self.patch_size)
+
+    def num_tokens(self, img_hw: Sequence[int]) -> int:
+        """Tokens N (prefix included) a ``token_labels`` tensor must have for this input size."""
+        h, w = self.token_grid(img_hw)
+        return self.num_prefix_tokens + h * w
+
+    def _pos_embed(self, hw: tuple[int, int]) -> Tensor:
+        if hw == self.patch_grid:
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, list(hw), list(self.patch_grid),
+                                      num_prefix_tokens=self.num_prefix_tokens,
+                                      interpolation=self.interpolate_mode, antialias=False)
+
+    def _run_block(self, blk: nn.Module, x: Tensor, labels: Optional[Tensor]):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(blk, x, labels, use_reentrant=False)
+        return blk(x, labels)
+
+    def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
+        """Run the backbone.
+
+        Args:
+            x: (B, C_in, H, W) images.
+            token_labels: None (dense prediction / inference), or (B, N, K) floating-point
+                initial label embedding with N = ``num_tokens((H, W))`` (prefix rows first,
+                then patch tokens row-major).  Any K (2 for the source embedding, or
+                num_classes).
+
+        Returns:
+            ``outs``: tuple with one entry per ``out_indices`` (shape per ``out_type``); with
+            ``token_labels``, ``(outs, labels)`` where labels is (B, N, K) float32, the
+            aligned embedding after the last block (row 0 is the class token's target).
+
+        Raises:
+            TypeError / ValueError: ``token_labels`` of a non-float dtype or wrong shape.
+        """
+        b, _, h, w = x.shape
+        ph, pw = (-h) % self.patch_size, (-w) % self.patch_size
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        x = self.patch_embed.proj(x)
+        hw = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)
+        prefix = [self.cls_token.expand(b, -1, -1)]
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(b, -1, -1))
+        x = torch.cat(prefix + [x], dim=1)
+        x = self.pos_drop(x + self._pos_embed(hw))
+
+        labels = None
+        if token_labels is not None:
+            check_token_labels(token_labels, b, x.shape[1])
+            labels = token_labels.detach().float()
+
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            x, labels = self._run_block(blk, x, labels)
+            if i == self.num_layers - 1:
+                x = self.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format(x, hw))
+        outs = tuple(outs)
+        return outs if token_labels is None else (outs, labels)
+
+    def _format(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        if self.out_type == 'raw':
+            return x
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        patches = x[:, self.num_prefix_tokens:]
+        if self.out_type == 'avg_featmap':
+            return patches.mean(dim=1)
+        return patches.transpose(1, 2).reshape(x.shape[0], -1, *hw)
