@@ -4,6 +4,11 @@
 mmdet are installed, in theirs (:mod:`tlalign_mm.models.downstream`).
 """
 from .version import __version__
+from .utils import register_mmengine_safe_globals
+
+# torch >= 2.6 loads with weights_only=True; allow-list what mmengine's own checkpoints hold.
+register_mmengine_safe_globals()
+
 from . import align  # noqa: F401
 from .models import TLASwinTransformer, TLAVisionTransformer
 from .models.downstream import register_downstream
