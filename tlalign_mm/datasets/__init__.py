@@ -1,0 +1,23 @@
+"""ImageNet-style data for pretraining: dataset, timm transforms (unnormalised), DeiT's sampler.
+
+Registered in tlalign_mm's registries (``tlalign_mm.registry``): ``ImageNetDataset``,
+``ImageFolderDataset`` (DATASETS); ``TimmClassificationTransform``, ``PackClsInputs``
+(TRANSFORMS); ``RepeatAugSampler`` (DATA_SAMPLERS).  Normalisation and random erasing belong to
+the model's data preprocessor (:func:`build_random_erasing`).
+"""
+from .imagenet import IMG_EXTENSIONS, ImageFolderDataset, ImageNetDataset
+from .samplers import RepeatAugSampler
+from .transforms import (
+    ClsDataSample,
+    ImageReadError,
+    PackClsInputs,
+    TimmClassificationTransform,
+    build_random_erasing,
+    load_image,
+)
+
+__all__ = [
+    'IMG_EXTENSIONS', 'ImageNetDataset', 'ImageFolderDataset', 'RepeatAugSampler', 'ClsDataSample',
+    'ImageReadError', 'PackClsInputs', 'TimmClassificationTransform', 'build_random_erasing',
+    'load_image'
+]
