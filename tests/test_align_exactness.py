@@ -11,8 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlalign_mm.align import (expand_source_labels, initial_class_labels, initial_source_labels,
-                              merge_patch_labels, smooth_one_hot)
+from tlalign_mm.align import (
+    expand_source_labels,
+    initial_class_labels,
+    initial_source_labels,
+    merge_patch_labels,
+    smooth_one_hot,
+)
 from tlalign_mm.models.backbones.swin import TLASwinBlock, TLASwinTransformer
 from tlalign_mm.models.backbones.vit import TLAAttention, TLAVisionTransformer
 

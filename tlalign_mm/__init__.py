@@ -9,10 +9,11 @@ from .utils import register_mmengine_safe_globals
 # torch >= 2.6 loads with weights_only=True; allow-list what mmengine's own checkpoints hold.
 register_mmengine_safe_globals()
 
-from . import align  # noqa: F401
-from .models import TLASwinTransformer, TLAVisionTransformer
+from . import align, datasets, evaluation, hooks, mixing  # noqa: F401  (fill the registries)
+from .models import TLAClsDataPreprocessor, TLAImageClassifier, TLASwinTransformer, TLAVisionTransformer
 from .models.downstream import register_downstream
 
 registered_scopes = register_downstream()
 
-__all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'registered_scopes']
+__all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'TLAImageClassifier',
+           'TLAClsDataPreprocessor', 'registered_scopes']

@@ -1,12 +1,30 @@
 """TL-Align, the algorithm: framework-free torch functions (``../shared/docs/tl-align.md``)."""
-from .propagate import (LABEL_MODES, attention_label_step, check_token_labels,
-                        explicit_attention_with_labels, fused_attention_with_labels,
-                        residual_label_average)
-from .token_labels import (expand_source_labels, initial_class_labels, initial_source_labels,
-                           mixed_target, partner_index, smooth_one_hot, token_share_from_mask)
-from .windows import (merge_patch_labels, pad_to_multiple, patch_merge_gather,
-                      relative_position_index, shifted_window_mask, window_partition,
-                      window_reverse)
+from .propagate import (
+                        LABEL_MODES,
+                        attention_label_step,
+                        check_token_labels,
+                        explicit_attention_with_labels,
+                        fused_attention_with_labels,
+                        residual_label_average,
+)
+from .token_labels import (
+                        expand_source_labels,
+                        initial_class_labels,
+                        initial_source_labels,
+                        mixed_target,
+                        partner_index,
+                        smooth_one_hot,
+                        token_share_from_mask,
+)
+from .windows import (
+                        merge_patch_labels,
+                        pad_to_multiple,
+                        patch_merge_gather,
+                        relative_position_index,
+                        shifted_window_mask,
+                        window_partition,
+                        window_reverse,
+)
 
 __all__ = [
     'LABEL_MODES', 'attention_label_step', 'check_token_labels', 'explicit_attention_with_labels',

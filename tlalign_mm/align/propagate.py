@@ -48,8 +48,8 @@ def check_token_labels(labels: Tensor, batch: int, tokens: int, name: str = 'tok
         ValueError: wrong rank, batch or token count.
     """
     if not torch.is_tensor(labels) or not labels.is_floating_point():
-        raise TypeError(f'{name} must be a floating-point tensor (B, N, K), got '
-                        f'{type(labels).__name__}{"" if not torch.is_tensor(labels) else " of dtype " + str(labels.dtype)}')
+        got = f'dtype {labels.dtype}' if torch.is_tensor(labels) else type(labels).__name__
+        raise TypeError(f'{name} must be a floating-point tensor (B, N, K), got {got}')
     if labels.dim() != 3 or labels.shape[0] != batch or labels.shape[1] != tokens:
         raise ValueError(f'{name} must have shape (B={batch}, N={tokens}, K) to match the tokens, '
                          f'got {tuple(labels.shape)}')

@@ -1,3 +1,4 @@
 from .backbones import TLASwinTransformer, TLAVisionTransformer
+from .classifier import TLAClsDataPreprocessor, TLAImageClassifier
 
-__all__ = ['TLAVisionTransformer', 'TLASwinTransformer']
+__all__ = ['TLAVisionTransformer', 'TLASwinTransformer', 'TLAClsDataPreprocessor', 'TLAImageClassifier']

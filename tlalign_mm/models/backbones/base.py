@@ -54,6 +54,10 @@ class TLABackbone(BaseModule):
 
     def init_weights(self) -> None:
         cfg = self.init_cfg
+        # Initialise everything first: a checkpoint may not provide every tensor (a distilled
+        # token, a patch-embedding bias), and those must not keep constructor defaults.
+        self.apply(self._init_layer)
+        self._init_extra()
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             from ...checkpoint import load_backbone_checkpoint
             report = load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
@@ -61,8 +65,6 @@ class TLABackbone(BaseModule):
             print_log(f'{type(self).__name__}: {report.summary()}', logger='current')
             self._is_init = True
             return
-        self.apply(self._init_layer)
-        self._init_extra()
         if cfg is not None:
             super().init_weights()
         self._is_init = True

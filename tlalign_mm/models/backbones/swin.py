@@ -20,7 +20,8 @@ official and timm models); larger maps are zero-padded to a multiple of the wind
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -29,10 +30,20 @@ import torch.utils.checkpoint as cp
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor
 
-from ...align import (LABEL_MODES, check_token_labels, explicit_attention_with_labels,
-                      fused_attention_with_labels, merge_patch_labels, pad_to_multiple,
-                      patch_merge_gather, relative_position_index, residual_label_average,
-                      shifted_window_mask, window_partition, window_reverse)
+from ...align import (
+    LABEL_MODES,
+    check_token_labels,
+    explicit_attention_with_labels,
+    fused_attention_with_labels,
+    merge_patch_labels,
+    pad_to_multiple,
+    patch_merge_gather,
+    relative_position_index,
+    residual_label_average,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from ...registry import MODELS
 from .base import TLABackbone
 

@@ -14,7 +14,8 @@ One module serves both jobs:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -23,8 +24,13 @@ import torch.utils.checkpoint as cp
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from torch import Tensor
 
-from ...align import (LABEL_MODES, check_token_labels, explicit_attention_with_labels,
-                      fused_attention_with_labels, residual_label_average)
+from ...align import (
+    LABEL_MODES,
+    check_token_labels,
+    explicit_attention_with_labels,
+    fused_attention_with_labels,
+    residual_label_average,
+)
 from ...registry import MODELS
 from .base import TLABackbone
 

@@ -1,0 +1,31 @@
+# Runtime shared by the pretraining configs (tlalign_mm scope).
+default_scope = 'tlalign_mm'
+custom_imports = dict(imports=['tlalign_mm'], allow_failed_imports=False)
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=100),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+custom_hooks = [
+    # Token fluctuation (paper Fig. 3) in the logs every 100 iterations.
+    dict(type='TokenFluctuationHook', interval=100),
+    # Backbone-only checkpoint for the UperNet / Cascade Mask R-CNN configs.
+    dict(type='BackboneExportHook', filename='backbone.pth', at_checkpoint=False),
+]
+
+env_cfg = dict(
+    cudnn_benchmark=True,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    # tools/train.py switches nccl to gloo on machines without CUDA.
+    dist_cfg=dict(backend='nccl'),
+)
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
+log_processor = dict(by_epoch=True, window_size=50)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)

@@ -1,0 +1,17 @@
+# DeiT-S classifier trained with TL-Align on token-aligned CutMix (the reference recipe:
+# CutMix alpha 1.0, no Mixup, label smoothing 0.1, class-token target, K = 2 source labels).
+model = dict(
+    type='TLAImageClassifier',
+    backbone=dict(type='TLAVisionTransformer', arch='deit-small', img_size=224, patch_size=16,
+                  out_type='cls_token', drop_path_rate=0.1),
+    num_classes=1000,
+    tl_align=True,              # False: the CutMix baseline (area target)
+    label_channels='source',    # 'classes': carry K = num_classes labels (same target)
+    target_readout='auto',      # class token for DeiT
+    label_smoothing=0.1,
+    data_preprocessor=dict(
+        type='TLAClsDataPreprocessor',
+        mixer=dict(cutmix_alpha=1.0, mixup_alpha=0.0, prob=1.0, switch_prob=0.5,
+                   cutmix_mode='token', correct_lam=True, patch_size=16),
+        random_erasing=dict(re_prob=0.25, re_mode='pixel', re_count=1)),
+)

@@ -1,0 +1,156 @@
+"""The pretraining model: configs, targets, loss, predict, preprocessor, hooks."""
+import glob
+import os
+
+import pytest
+import timm
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import tlalign_mm  # noqa: F401
+from tlalign_mm.align import expand_source_labels, mixed_target, smooth_one_hot
+from tlalign_mm.datasets import ClsDataSample
+from tlalign_mm.registry import MODELS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN_CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'pretrain', '*.py')))
+TIMM_NAME = {'deit-tiny': 'deit_tiny_patch16_224', 'deit-small': 'deit_small_patch16_224',
+             'deit-base': 'deit_base_patch16_224', 'swin-tiny': 'swin_tiny_patch4_window7_224',
+             'swin-small': 'swin_small_patch4_window7_224', 'swin-base': 'swin_base_patch4_window7_224'}
+
+
+def test_all_twelve_pretrain_configs_exist():
+    names = {os.path.basename(p) for p in PRETRAIN_CONFIGS}
+    for arch in TIMM_NAME:
+        for variant in ('tla', 'cutmix'):
+            assert f'{arch}_{variant}_8xb128-300e_in1k.py' in names
+
+
+@pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=os.path.basename)
+def test_pretrain_config_builds_with_timm_param_count(path):
+    init_default_scope('tlalign_mm')
+    cfg = Config.fromfile(path)
+    model = MODELS.build(cfg.model)
+    arch = os.path.basename(path).split('_')[0]
+    ref = timm.create_model(TIMM_NAME[arch], pretrained=False, num_classes=1000)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert model.tl_align == ('_tla_' in path)
+    assert model.target_readout == ('cls' if arch.startswith('deit') else 'mean')
+    # recipe facts
+    assert cfg.train_cfg.max_epochs == 300
+    assert cfg.model.label_smoothing == 0.1
+    assert cfg.model.data_preprocessor.mixer.mixup_alpha == 0.0
+    assert cfg.model.data_preprocessor.mixer.cutmix_alpha == 1.0
+
+
+def _tiny(tl_align=True, label_channels='source', arch='vit', seed=0):
+    if arch == 'vit':
+        bb = dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=2, num_heads=2),
+                  img_size=32, patch_size=8, out_type='cls_token')
+        patch = 8
+    else:
+        bb = dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
+                  window_size=4, out_indices=(1,), out_type='avg_featmap')
+        patch = 4
+    torch.manual_seed(seed)
+    m = MODELS.build(dict(type='TLAImageClassifier', backbone=bb, num_classes=5, tl_align=tl_align,
+                          label_channels=label_channels,
+                          data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,
+                                                 mixer=dict(cutmix_alpha=1.0, patch_size=patch))))
+    m.init_weights()
+    return m
+
+
+def _batch(b=4, size=32):
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randint(0, 256, (b, 3, size, size), generator=g, dtype=torch.uint8)
+    samples = [ClsDataSample().set_gt_label(i % 5) for i in range(b)]
+    return dict(inputs=imgs, data_samples=samples)
+
+
+@pytest.mark.parametrize('arch', ['vit', 'swin'])
+def test_aligned_target_k2_equals_k_classes_and_differs_from_area(arch):
+    a = _tiny(label_channels='source', arch=arch)
+    b = _tiny(label_channels='classes', arch=arch)
+    b.load_state_dict(a.state_dict())
+    a.eval()
+    b.eval()
+    data = a.data_preprocessor(_batch(), training=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        fa, area_a, al_a = a.aligned_targets(data['inputs'], labels, data['mix'])
+        fb, area_b, al_b = b.aligned_targets(data['inputs'], labels, data['mix'])
+    assert (al_a - al_b).abs().max() <= 1e-5
+    assert torch.allclose(area_a, area_b)
+    y_a = smooth_one_hot(labels, 5, 0.1)
+    assert torch.allclose(area_a, mixed_target(data['mix'].lam, y_a, y_a[data['mix'].partner]))
+    assert (al_a - area_a).abs().max() > 1e-4
+    assert torch.allclose(al_a.sum(-1), torch.ones(4), atol=1e-5)
+
+
+def test_loss_uses_aligned_target_only_with_tl_align():
+    tla = _tiny(tl_align=True)
+    base = _tiny(tl_align=False)
+    torch.nn.init.normal_(tla.head.weight, std=1.0)   # non-uniform logits, so targets matter
+    base.load_state_dict(tla.state_dict())
+    for m in (tla, base):
+        m.eval()
+    data = tla.data_preprocessor(_batch(), training=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        feat, area, aligned = tla.aligned_targets(data['inputs'], labels, data['mix'])
+        logits = tla.head(feat)
+        want_tla = torch.sum(-aligned * torch.log_softmax(logits, -1), -1).mean()
+        want_base = torch.sum(-area * torch.log_softmax(logits, -1), -1).mean()
+        got_tla = tla(**data, mode='loss')['loss']
+        got_base = base(**data, mode='loss')['loss']
+    assert torch.allclose(got_tla, want_tla, atol=1e-6)
+    assert torch.allclose(got_base, want_base, atol=1e-6)
+    assert not torch.allclose(got_tla, got_base)
+    assert base.last_alignment is None          # the baseline carries no labels by default
+    assert tla.last_alignment['rmse'] > 0
+
+
+def test_preprocessor_normalises_and_mixes_on_training_only():
+    m = _tiny()
+    batch = _batch()
+    out = m.data_preprocessor(batch, training=False)
+    want = (batch['inputs'].float() - m.data_preprocessor.mean) / m.data_preprocessor.std
+    assert torch.allclose(out['inputs'], want) and out['mix'] is None
+    out = m.data_preprocessor(batch, training=True)
+    assert out['mix'] is not None and out['mix'].share_b.shape == (4, 16)
+
+
+def test_predict_and_tensor_modes():
+    m = _tiny().eval()
+    data = m.data_preprocessor(_batch(), training=False)
+    with torch.no_grad():
+        logits = m(data['inputs'], mode='tensor')
+        preds = m(**data, mode='predict')
+    assert logits.shape == (4, 5)
+    assert torch.allclose(preds[0].pred_score, logits[0].softmax(-1))
+    assert int(preds[1].pred_label) == int(logits[1].argmax())
+
+
+def test_mixer_patch_size_mismatch_is_a_clear_error():
+    torch.manual_seed(0)
+    m = MODELS.build(dict(
+        type='TLAImageClassifier', num_classes=5,
+        backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=1, num_heads=2),
+                      img_size=32, patch_size=8, out_type='cls_token'),
+        data_preprocessor=dict(type='TLAClsDataPreprocessor', mixer=dict(patch_size=16))))
+    data = m.data_preprocessor(_batch(), training=True)
+    with pytest.raises(ValueError, match="mixer's patch_size"):
+        m(**data, mode='loss')
+    with pytest.raises(ValueError, match='label_channels'):
+        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='TLAVisionTransformer', arch='deit-tiny',
+                                                                   out_type='cls_token'), label_channels='k'))
+
+
+def test_expand_matches_manual_two_source_formula():
+    src = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
+    y_a = smooth_one_hot(torch.tensor([0, 1]), 3, 0.0)
+    y_b = smooth_one_hot(torch.tensor([2, 0]), 3, 0.0)
+    assert torch.allclose(expand_source_labels(src, y_a, y_b),
+                          torch.tensor([[0.7, 0.0, 0.3], [0.8, 0.2, 0.0]]))

@@ -1,0 +1,3 @@
+from .metrics import Accuracy
+
+__all__ = ['Accuracy']

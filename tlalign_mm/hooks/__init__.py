@@ -1,0 +1,4 @@
+from .backbone_export import BackboneExportHook
+from .token_fluctuation import TokenFluctuationHook
+
+__all__ = ['TokenFluctuationHook', 'BackboneExportHook']

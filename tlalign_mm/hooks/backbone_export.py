@@ -1,0 +1,79 @@
+"""Write a backbone-only checkpoint that downstream configs load with ``init_cfg``."""
+from __future__ import annotations
+
+import os.path as osp
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from ..registry import HOOKS
+from ..version import __version__
+
+__all__ = ['BackboneExportHook', 'backbone_checkpoint']
+
+
+def backbone_checkpoint(model, **meta) -> dict:
+    """``{'state_dict': backbone weights (our layout, no prefix), 'meta': {...}}``.
+
+    Args:
+        model: a classifier with a ``backbone`` attribute (model wrappers are unwrapped).
+        meta: extra metadata (epoch, iter, source config...).
+    """
+    model = model.module if is_model_wrapper(model) else model
+    bb = model.backbone
+    sd = {k: v.detach().cpu().clone() for k, v in bb.state_dict().items()}
+    info = dict(backbone_type=type(bb).__name__, tlalign_mm_version=__version__, layout='tlalign', **meta)
+    for attr in ('embed_dims', 'num_layers', 'patch_size', 'window_size', 'img_size'):
+        if hasattr(bb, attr):
+            info[attr] = getattr(bb, attr)
+    return {'state_dict': sd, 'meta': info}
+
+
+@HOOKS.register_module()
+class BackboneExportHook(Hook):
+    """Export the backbone when training ends (and, optionally, with every saved checkpoint).
+
+    The file holds ``{'state_dict': ..., 'meta': ...}`` with the backbone's keys in tlalign_mm's
+    layout and no ``backbone.`` prefix, ready for
+    ``backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=PATH))`` in the UperNet /
+    Cascade Mask R-CNN configs (``tlalign_mm.checkpoint.load_backbone_checkpoint`` reads it).
+
+    Args:
+        filename: name of the final export inside the work dir.
+        at_checkpoint: also write ``<checkpoint stem>_backbone.pth`` beside each checkpoint
+            the CheckpointHook saves.
+    """
+
+    priority = 'VERY_LOW'   # after CheckpointHook
+
+    def __init__(self, filename: str = 'backbone.pth', at_checkpoint: bool = False):
+        self.filename = filename
+        self.at_checkpoint = at_checkpoint
+        self.last_export: str | None = None
+
+    def _write(self, runner, path: str) -> None:
+        if not is_main_process():
+            return
+        ckpt = backbone_checkpoint(runner.model, epoch=runner.epoch, iter=runner.iter,
+                                   experiment=runner.experiment_name)
+        torch.save(ckpt, path)
+        self.last_export = path
+        runner.logger.info(f'backbone exported to {path}')
+
+    def after_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not self.at_checkpoint:
+            return
+        last = osp.join(runner.work_dir, 'last_checkpoint')
+        stem = f'epoch_{runner.epoch}' if runner.train_loop is not None and hasattr(runner.train_loop, 'max_epochs') \
+            else f'iter_{runner.iter}'
+        if osp.exists(last):
+            with open(last) as f:
+                stem = osp.splitext(osp.basename(f.read().strip()))[0] or stem
+        self._write(runner, osp.join(runner.work_dir, f'{stem}_backbone.pth'))
+
+    def after_run(self, runner) -> None:
+        if runner.train_loop is None:
+            return
+        self._write(runner, osp.join(runner.work_dir, self.filename))

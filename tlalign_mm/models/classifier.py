@@ -1,0 +1,257 @@
+"""ImageNet pretraining with TL-Align as an mmengine model.
+
+``TLAClsDataPreprocessor`` normalises the batch on the model's device, applies timm's random
+erasing (after normalising, as DeiT does) and mixes the batch (:class:`~tlalign_mm.mixing.BatchMixer`).
+``TLAImageClassifier`` runs a label-carrying backbone and a linear head and trains on
+
+* the aligned target (TL-Align): the backbone's final label embedding, read out at the class
+  token (DeiT) or as the token mean (Swin), expanded to classes -- ``tl_align=True``;
+* the plain mixed target ``lam * y_A + (1 - lam) * y_B`` (the CutMix baseline) -- ``tl_align=False``;
+
+with timm's ``SoftTargetCrossEntropy``.  Paper: Xiao et al., "Token-Label Alignment for Vision
+Transformers", ICCV 2023; reference training loop: Euphoria16/TL-Align ``engine.py``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmengine.structures import BaseDataElement
+from timm.layers import trunc_normal_
+from timm.loss import SoftTargetCrossEntropy
+from torch import Tensor
+
+from ..align import expand_source_labels, mixed_target, smooth_one_hot
+from ..mixing import BatchMixer, MixResult
+from ..registry import MODELS
+
+__all__ = ['TLAClsDataPreprocessor', 'TLAImageClassifier']
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@MODELS.register_module()
+class TLAClsDataPreprocessor(BaseDataPreprocessor):
+    """Normalise, erase and mix a classification batch on the device.
+
+    Args:
+        mean, std: per-channel statistics in the input's units (0..255 for the uint8 tensors
+            the dataset pipeline produces).
+        mixer: kwargs of :class:`~tlalign_mm.mixing.BatchMixer` (token CutMix by default in the
+            TL-Align configs), or None for no mixing.  ``patch_size`` must equal the backbone's.
+        random_erasing: kwargs of :func:`tlalign_mm.datasets.build_random_erasing`
+            (``re_prob``, ``re_mode``, ``re_count``), or None.  Applied to the normalised batch
+            before mixing, in training only.
+        seed: optional seed of a private generator for the mixer (reproducible mixing).
+
+    Input ``data``: dict with ``inputs`` (B, 3, H, W) uint8/float tensor or a list of
+    (3, H, W) tensors of one size, and ``data_samples`` (list of ``ClsDataSample``).
+    Output: dict(inputs (B, 3, H, W) float32 normalised, data_samples, mix) where ``mix`` is a
+    :class:`~tlalign_mm.mixing.MixResult` in training with a mixer, else None.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 mixer: Optional[dict] = None, random_erasing: Optional[dict] = None,
+                 seed: Optional[int] = None):
+        super().__init__()
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
+        self.mixer = BatchMixer(**mixer) if mixer is not None else None
+        self.random_erasing = None
+        if random_erasing is not None:
+            from ..datasets import build_random_erasing
+            self.random_erasing = build_random_erasing(**random_erasing)
+        self._seed = seed
+        self._generator: Optional[torch.Generator] = None
+
+    def _gen(self, device: torch.device) -> Optional[torch.Generator]:
+        if self._seed is None:
+            return None
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generator
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        data = self.cast_data(data)
+        inputs = data['inputs']
+        if isinstance(inputs, (list, tuple)):
+            shapes = {tuple(t.shape) for t in inputs}
+            if len(shapes) != 1:
+                raise ValueError(f'images in a batch must share one size to be mixed, got {sorted(shapes)}')
+            inputs = torch.stack(list(inputs))
+        x = (inputs.float() - self.mean) / self.std
+        mix: Optional[MixResult] = None
+        if training:
+            if self.random_erasing is not None:
+                x = self.random_erasing(x)
+            if self.mixer is not None:
+                mix = self.mixer(x, generator=self._gen(x.device))
+                x = mix.images
+        return dict(inputs=x, data_samples=data.get('data_samples'), mix=mix)
+
+
+@MODELS.register_module()
+class TLAImageClassifier(BaseModel):
+    """Backbone + linear head, trained on the TL-Align target or on the plain mixed target.
+
+    Args:
+        backbone: config of a label-carrying backbone (``TLAVisionTransformer`` with
+            ``out_type='cls_token'`` or ``'avg_featmap'``, ``TLASwinTransformer`` with
+            ``out_indices=(3,)``, ``out_type='avg_featmap'``).
+        num_classes: K.
+        tl_align: train on the aligned target (True) or on the area target (False, baseline).
+        label_channels: 'source' (K = 2 source embedding, expanded at the end; default) or
+            'classes' (K = num_classes labels carried through the blocks, the reference way).
+            Both give the same target (``tl-align.md``, "An exact shortcut").
+        target_readout: 'cls' (class-token label), 'mean' (mean of patch-token labels) or
+            'auto' ('cls' for a backbone with a class token and ``out_type='cls_token'``,
+            else 'mean').
+        label_smoothing: smoothing of the one-hot labels before mixing (DeiT: 0.1).
+        data_preprocessor: config of :class:`TLAClsDataPreprocessor`.
+        init_cfg: mmengine init config (``Pretrained`` with ``prefix='backbone.'`` etc.).
+
+    ``forward(inputs, data_samples, mode, mix)``:
+
+    * ``mode='loss'``: dict(loss=...); also records :attr:`last_alignment` (see below).
+    * ``mode='predict'``: the data samples with ``pred_score`` (B, K) softmax and
+      ``pred_label`` set.
+    * ``mode='tensor'``: logits (B, K).
+
+    Raises:
+        ValueError: bad option values; a mixer whose token grid differs from the backbone's.
+    """
+
+    def __init__(self, backbone: dict, num_classes: int = 1000, tl_align: bool = True,
+                 label_channels: str = 'source', target_readout: str = 'auto',
+                 label_smoothing: float = 0.1, head_init_std: float = 0.02,
+                 data_preprocessor: Optional[dict] = None, init_cfg=None):
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='TLAClsDataPreprocessor')
+        if isinstance(data_preprocessor, dict) and '.' not in data_preprocessor.get('type', '.'):
+            data_preprocessor = dict(data_preprocessor, type='tlalign_mm.' + data_preprocessor['type'])
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if label_channels not in ('source', 'classes'):
+            raise ValueError(f"label_channels must be 'source' or 'classes', got {label_channels!r}")
+        if target_readout not in ('auto', 'cls', 'mean'):
+            raise ValueError(f"target_readout must be 'auto', 'cls' or 'mean', got {target_readout!r}")
+        self.backbone = MODELS.build(backbone)
+        self.num_classes = num_classes
+        self.tl_align = tl_align
+        self.label_channels = label_channels
+        self.label_smoothing = label_smoothing
+        self.num_prefix_tokens = getattr(self.backbone, 'num_prefix_tokens', 0)
+        out_type = getattr(self.backbone, 'out_type', 'avg_featmap')
+        if out_type not in ('cls_token', 'avg_featmap'):
+            raise ValueError(f"the classifier needs backbone out_type 'cls_token' or 'avg_featmap', got {out_type!r}")
+        if target_readout == 'auto':
+            target_readout = 'cls' if (self.num_prefix_tokens and out_type == 'cls_token') else 'mean'
+        if target_readout == 'cls' and not self.num_prefix_tokens:
+            raise ValueError("target_readout='cls' needs a backbone with a class token")
+        self.target_readout = target_readout
+        feat_dim = (self.backbone.num_features[-1] if hasattr(self.backbone, 'num_features')
+                    else self.backbone.embed_dims)
+        self.head = nn.Linear(feat_dim, num_classes)
+        self.head_init_std = head_init_std
+        self.loss_fn = SoftTargetCrossEntropy()
+        #: whether loss mode carries labels even for the baseline (set by the fluctuation hook)
+        self.track_alignment = False
+        #: dict(rmse, lam_gap, lam, lam_aligned) of the last step that carried labels, or None
+        self.last_alignment: Optional[dict] = None
+
+    def init_weights(self):
+        super().init_weights()
+        if not (isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'):
+            trunc_normal_(self.head.weight, std=self.head_init_std)
+            nn.init.zeros_(self.head.bias)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _labels(data_samples) -> Tensor:
+        return torch.cat([ds.gt_label.reshape(-1) for ds in data_samples])
+
+    def _initial_labels(self, mix: MixResult, y_a: Tensor, y_b: Tensor, img_hw) -> Tensor:
+        n = self.backbone.num_tokens(img_hw) - self.num_prefix_tokens
+        if mix.share_b.shape[1] != n:
+            raise ValueError(
+                f'the mixer reports {mix.share_b.shape[1]} tokens (patch_size={mix.patch_size}) but the '
+                f'backbone has {n} patch tokens for {tuple(img_hw)} inputs: set the data_preprocessor '
+                f"mixer's patch_size to the backbone's ({self.backbone.patch_size})")
+        r0 = mix.source_labels(self.num_prefix_tokens)
+        return r0 if self.label_channels == 'source' else expand_source_labels(r0, y_a, y_b)
+
+    def _readout(self, labels: Tensor) -> Tensor:
+        if self.target_readout == 'cls':
+            return labels[:, 0]
+        return labels[:, self.num_prefix_tokens:].mean(dim=1)
+
+    def extract_feat(self, inputs: Tensor, token_labels: Optional[Tensor] = None):
+        """Pooled features (B, C), or ``(features, labels)`` when ``token_labels`` is given."""
+        if token_labels is None:
+            return self.backbone(inputs)[-1]
+        outs, labels = self.backbone(inputs, token_labels)
+        return outs[-1], labels
+
+    def aligned_targets(self, inputs: Tensor, labels: Tensor, mix: MixResult):
+        """Features and both targets for a mixed batch.
+
+        Returns:
+            (features (B, C), area target (B, K), aligned target (B, K) or None when the
+            step does not carry labels).
+        """
+        y_a = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+        y_b = y_a[mix.partner]
+        area = mixed_target(mix.lam, y_a, y_b)
+        if not (self.tl_align or self.track_alignment):
+            return self.extract_feat(inputs), area, None
+        r0 = self._initial_labels(mix, y_a, y_b, inputs.shape[-2:])
+        feat, lab = self.extract_feat(inputs, r0)
+        out = self._readout(lab)
+        if self.label_channels == 'source':
+            aligned = expand_source_labels(out, y_a, y_b)
+            lam_aligned = out[:, 0]
+        else:
+            aligned = out
+            lam_aligned = None
+        self.last_alignment = dict(
+            rmse=float((aligned - area).square().sum(-1).sqrt().mean()),
+            lam=float(mix.lam.mean()),
+            lam_gap=None if lam_aligned is None else float((lam_aligned - mix.lam).abs().mean()),
+            lam_aligned=None if lam_aligned is None else float(lam_aligned.mean()),
+        )
+        return feat, area, aligned
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, inputs: Tensor, data_samples=None, mode: str = 'tensor',
+                mix: Optional[MixResult] = None):
+        if mode == 'tensor':
+            return self.head(self.extract_feat(inputs))
+        if mode == 'loss':
+            return self.loss(inputs, data_samples, mix)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def loss(self, inputs: Tensor, data_samples, mix: Optional[MixResult] = None) -> dict:
+        labels = self._labels(data_samples).to(inputs.device)
+        if mix is None or not mix.mixed:
+            target = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+            feat = self.extract_feat(inputs)
+        else:
+            feat, area, aligned = self.aligned_targets(inputs, labels, mix)
+            target = aligned if self.tl_align else area
+        logits = self.head(feat)
+        return dict(loss=self.loss_fn(logits.float(), target))
+
+    def predict(self, inputs: Tensor, data_samples=None) -> list:
+        logits = self.head(self.extract_feat(inputs))
+        scores = logits.float().softmax(dim=-1)
+        if data_samples is None:
+            data_samples = [BaseDataElement() for _ in range(inputs.shape[0])]
+        for ds, s in zip(data_samples, scores):
+            ds.set_field(s, 'pred_score')
+            ds.set_field(s.argmax().view(1), 'pred_label')
+        return data_samples
