@@ -30,14 +30,16 @@ adding each global the error named, until they loaded.  Required were:
 
 Beyond that minimum we also allow, as equally inert data types:
 
+* ``argparse.Namespace``: DeiT / timm training checkpoints keep their command-line arguments in one
+  (``checkpoint['args']``); it is a plain attribute container;
 * the numpy-1 spellings ``numpy.core.multiarray._reconstruct`` / ``numpy.core.multiarray.scalar``
   (mapped to the current functions), so checkpoints written under numpy 1 (e.g. OpenMMLab model-zoo
   files) load under numpy 2 and vice versa;
-* the dtype classes of the other fixed-width numeric/bool dtypes (bool, int8..int64, uint8..uint64,
-  float16/32/64): a HistoryBuffer takes the dtype of the first value logged (an ``np.float32`` loss,
-  an int counter) and ``CheckpointHook(save_best=...)`` keeps the metric's numpy scalar in the
-  runtime info, so other widths do occur.  Object, string, void/structured and datetime dtypes are
-  *not* allowed.
+* the dtype classes of the other numeric/bool dtypes (bool, int8..int64, uint8..uint64,
+  float16/32/64, longdouble, complex64/128, clongdouble): a HistoryBuffer takes the dtype of the
+  first value logged (an ``np.float32`` loss, an int counter) and ``CheckpointHook(save_best=...)``
+  keeps the metric's numpy scalar in the runtime info, so other widths do occur.  Object, string,
+  void/structured and datetime dtypes are *not* allowed.
 
 ``getattr``: HistoryBuffer pickles its statistics methods (``min``/``max``/``current``/``mean``) as
 ``getattr(HistoryBuffer, name)``.  Allow-listing the real ``builtins.getattr`` would let a pickle walk
@@ -46,6 +48,12 @@ attributes freely (``getattr(getattr, '__self__')`` is the ``builtins`` module; 
 mmengine later calls.  So under the name ``builtins.getattr`` we register :func:`_history_buffer_getattr`,
 which only returns public plain functions defined on ``HistoryBuffer`` and raises ``UnpicklingError``
 for anything else.
+
+This module is the single source of truth for the list: :func:`mmengine_safe_globals` builds it,
+:func:`register_mmengine_safe_globals` (run at ``import tlalign_mm``) registers it process-wide, and
+:func:`tlalign_mm.checkpoint.load_checkpoint_file` passes the same list to
+``torch.serialization.safe_globals``, so only one function is ever registered as ``builtins.getattr``.
+numpy and mmengine are imported lazily (inside the functions), so importing this module needs torch only.
 
 Nothing in this list can execute code from the file: the classes are data containers; the two numpy
 functions only build arrays/scalars from bytes; the restricted getattr hands back HistoryBuffer's own
@@ -61,12 +69,9 @@ from typing import Any
 
 import torch
 
-__all__ = ['register_mmengine_safe_globals']
+__all__ = ['mmengine_safe_globals', 'register_mmengine_safe_globals']
 
-_REGISTERED: list | None = None
-
-# numeric / bool dtype type codes whose dtype classes are allowed (see module docstring).
-_NUMERIC_DTYPE_CODES = '?bBhHiIlLqQefd'
+_SAFE_GLOBALS: list | None = None
 
 
 def _torch_version() -> tuple[int, int]:
@@ -79,7 +84,8 @@ def _history_buffer_getattr(obj: Any, name: Any, *default: Any) -> Any:
 
     Only ``getattr(HistoryBuffer, <public plain function defined on HistoryBuffer>)`` is answered --
     that is how ``HistoryBuffer.__getstate__`` pickles ``HistoryBuffer.min/max/current/mean``.  Any
-    other object, a private/dunder name, a property/classmethod, or a default argument is refused.
+    other object, a private/dunder name, a property/classmethod, or a default argument is refused
+    with ``UnpicklingError``.
     """
     from mmengine.logging import HistoryBuffer
 
@@ -102,14 +108,16 @@ def _numpy_entries(with_aliases: bool) -> list:
         from numpy.core import multiarray
 
     entries: list = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-    if with_aliases:
+    if with_aliases:  # the other numpy major's spelling (numpy.core <-> numpy._core)
         for func in (multiarray._reconstruct, multiarray.scalar):
             for mod in ('numpy._core.multiarray', 'numpy.core.multiarray'):
                 path = f'{mod}.{func.__name__}'
                 if path != f'{func.__module__}.{func.__qualname__}':
                     entries.append((func, path))
+    # bool, integer, float and complex dtype classes only: no object / string / void / datetime
+    codes = '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']
     seen = set()
-    for code in _NUMERIC_DTYPE_CODES:
+    for code in codes:
         cls = type(np.dtype(code))  # numpy.dtypes.Float64DType etc. (numpy.dtype[float64] on numpy < 1.25)
         if cls is not np.dtype and cls not in seen:
             seen.add(cls)
@@ -128,28 +136,51 @@ def _mmengine_entries(with_getattr: bool) -> list:
     return entries
 
 
+def mmengine_safe_globals() -> list:
+    """The allow-list for ``torch.load(weights_only=True)`` of mmengine / OpenMMLab / DeiT checkpoints.
+
+    mmengine (0.10.x) checkpoints keep, besides tensors, ``message_hub`` / ``meta`` entries holding
+    ``mmengine.logging.HistoryBuffer`` objects, numpy arrays, numpy scalars and dtypes; DeiT / timm
+    training checkpoints keep an ``argparse.Namespace`` of their arguments.  The list and why each
+    entry is safe are in this module's docstring.
+
+    Returns:
+        A new list, usable with ``torch.serialization.add_safe_globals`` and
+        ``torch.serialization.safe_globals``: plain classes/functions and ``(object, 'pickled.name')``
+        tuples.  It holds ``argparse.Namespace``; numpy's array reconstructor and scalar constructor
+        under both spellings (``numpy.core.multiarray.*`` written by numpy 1.x,
+        ``numpy._core.multiarray.*`` by numpy 2.x), ``numpy.ndarray``, ``numpy.dtype`` and the
+        bool / integer / float / complex dtype classes (when numpy is importable); mmengine's
+        ``HistoryBuffer`` and a ``builtins.getattr`` stand-in that only returns ``HistoryBuffer``'s
+        statistics methods (when mmengine is importable).  The tuple entries need torch >= 2.6 and
+        are left out before it (there ``weights_only`` is off by default).
+    """
+    global _SAFE_GLOBALS
+    if _SAFE_GLOBALS is None:
+        import argparse
+
+        tuples_ok = _torch_version() >= (2, 6)
+        _SAFE_GLOBALS = ([argparse.Namespace] + _mmengine_entries(with_getattr=tuples_ok)
+                         + _numpy_entries(with_aliases=tuples_ok))
+    return list(_SAFE_GLOBALS)
+
+
 def register_mmengine_safe_globals() -> list:
-    """Allow-list for ``torch.load(weights_only=True)`` what mmengine checkpoints contain.
+    """Allow-list, process-wide, what mmengine checkpoints contain (:func:`mmengine_safe_globals`).
 
     Why: torch >= 2.6 loads with ``weights_only=True`` by default and mmengine 0.10.7 does not pass
     ``weights_only``, so resuming from (or ``load_from``) an mmengine checkpoint raises
     ``UnpicklingError`` on its ``meta`` (HistoryBuffer, numpy arrays/scalars).  We register just those
-    types with :func:`torch.serialization.add_safe_globals` instead of disabling ``weights_only``; the
-    exact list and its justification are in this module's docstring.
+    types with :func:`torch.serialization.add_safe_globals` instead of disabling ``weights_only``.
 
     Idempotent: the list is built once and re-registering it is a set union (so calling again after
-    ``torch.serialization.clear_safe_globals()`` restores it).  Returns the entries passed to
-    ``add_safe_globals`` (callables/classes, or ``(callable, 'full.path')`` tuples); an empty list
-    when torch has no ``add_safe_globals`` (torch < 2.4, where nothing needs doing).
+    ``torch.serialization.clear_safe_globals()`` restores it).  Returns the registered entries (the
+    same as :func:`mmengine_safe_globals`); an empty list when torch has no ``add_safe_globals``
+    (torch < 2.4, where nothing needs doing).
     """
-    global _REGISTERED
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is None:
         return []
-    if _REGISTERED is None:
-        # ``(callable, 'full.path')`` entries are understood from torch 2.6 on; before it
-        # weights_only is off by default, so the plain entries suffice for explicit callers.
-        tuples_ok = _torch_version() >= (2, 6)
-        _REGISTERED = _mmengine_entries(with_getattr=tuples_ok) + _numpy_entries(with_aliases=tuples_ok)
-    add(list(_REGISTERED))
-    return list(_REGISTERED)
+    entries = mmengine_safe_globals()
+    add(list(entries))
+    return entries

@@ -1,0 +1,676 @@
+"""Pretrained checkpoints for the TL-Align backbones: safe loading, layout conversion, resizing.
+
+Users bring weights in many layouts; this module recognises them, renames them into the
+parameter names of :class:`~tlalign_mm.TLAVisionTransformer` / :class:`~tlalign_mm.TLASwinTransformer`
+("our" layout, called ``'tlalign'``), resizes what legitimately depends on the input or window
+size, and refuses to load anything that does not fit (mmengine's ``PretrainedInit`` loads with
+``strict=False`` and so loads nothing, silently, from an unconverted checkpoint).
+
+Layouts recognised (:func:`detect_layout`):
+
+``'tlalign'``
+    Ours: the ViT keys below without a classifier head, or Swin keys with output norms
+    ``norm{i}`` (what :func:`export_backbone` writes).
+``'timm-vit'``
+    Official DeiT (facebookresearch/deit) and TL-Align (Euphoria16/TL-Align) releases and timm's
+    ``VisionTransformer``: ``patch_embed.proj``, ``cls_token`` (``dist_token``), ``pos_embed``,
+    ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``, ``head``
+    (``head_dist``, ``fc_norm``).  Same names as ours; heads are dropped.
+``'official-swin'``
+    microsoft/Swin-Transformer: ``layers.{i}.blocks.{j}...``, ``layers.{i}.downsample`` at the
+    end of stage ``i``, final ``norm``, ``head``, buffers ``relative_position_index`` /
+    ``attn_mask``.  The final ``norm`` becomes ``norm{last stage}``.
+``'timm-swin'``
+    timm >= 0.9 ``SwinTransformer``: the patch merging sits at the start of stage ``i`` (i >= 1),
+    ``head.fc``.  Its merge order is the official one, so only names move.
+``'mmseg-vit'``
+    mmseg 1.x ``VisionTransformer`` (``tools/model_converters/vit2mmseg.py`` writes it):
+    ``patch_embed.projection``, ``layers.{i}.{ln1,ln2}``,
+    ``layers.{i}.attn.attn.{in_proj_weight,in_proj_bias,out_proj}`` (``nn.MultiheadAttention``,
+    q/k/v stacked as in ``qkv``), ``layers.{i}.ffn.layers.{0.0,1}``, final ``ln1``.
+``'mmpretrain-vit'``
+    mmpretrain / mmcls ``VisionTransformer``: as mmseg but ``layers.{i}.attn.{qkv,proj}``.
+``'mm-swin'``
+    mmseg / mmdet / mmpretrain ``SwinTransformer`` (``swin2mmseg.py``, mmdet's
+    ``swin_converter``): ``patch_embed.projection``, ``stages.{i}.blocks.{j}.attn.w_msa.*``,
+    ``ffn.layers.{0.0,1}``, ``stages.{i}.downsample`` at the end of stage ``i``, ``norm{i}``.
+    Its patch merging gathers the 2x2 children with ``nn.Unfold``: input channel
+    ``c * 4 + k`` with ``k`` the row-major kernel offset (0,0), (0,1), (1,0), (1,1), where the
+    official order is ``j * C + c`` with ``j`` = (0,0), (1,0), (0,1), (1,1); the downsample
+    ``reduction`` / ``norm`` are permuted back.
+
+Checkpoints are always read with ``torch.load(..., weights_only=True)``; the non-tensor objects
+mmengine keeps in its checkpoints (``HistoryBuffer``, numpy arrays / scalars / dtypes) are
+allow-listed by :func:`~tlalign_mm.utils.torch_compat.mmengine_safe_globals` (the one list shared
+with the process-wide registration done at ``import tlalign_mm``; re-exported here), never by
+unpickling arbitrary code.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .utils.torch_compat import mmengine_safe_globals
+from .version import __version__
+
+__all__ = ['LAYOUTS', 'LoadReport', 'mmengine_safe_globals', 'load_checkpoint_file',
+           'extract_state_dict', 'detect_layout', 'convert_state_dict', 'resize_pos_embed',
+           'resize_relative_position_bias_table', 'load_backbone_checkpoint', 'export_backbone']
+
+LAYOUTS = ('tlalign', 'timm-vit', 'official-swin', 'timm-swin', 'mmseg-vit', 'mmpretrain-vit',
+           'mm-swin')
+"""Layouts :func:`detect_layout` can return (besides ``'unknown'``)."""
+
+_CONTAINER_KEYS = ('state_dict', 'model', 'module')
+_BUFFER_NAMES = ('relative_position_index', 'attn_mask', 'relative_coords_table')
+_ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_token', 'pos_embed')
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe loading
+# ---------------------------------------------------------------------------------------------
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
+    """Load a checkpoint file without ever executing pickled code.
+
+    ``.safetensors`` files are read with ``safetensors.torch.load_file``; anything else with
+    ``torch.load(path, map_location, weights_only=True)`` inside
+    ``torch.serialization.safe_globals(mmengine_safe_globals())``.
+
+    Args:
+        path: local file.
+        map_location: as ``torch.load``.
+
+    Returns:
+        The loaded object, a dict (checkpoint or state dict).
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message names it).
+        pickle.UnpicklingError: the file holds objects ``weights_only`` loading refuses (a class
+            outside the allow-list); nothing from it was executed.
+        TypeError: the file does not hold a dict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path!r}')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        device = map_location if isinstance(map_location, str) else 'cpu'
+        obj: Any = load_file(path, device=device)
+    else:
+        try:
+            with torch.serialization.safe_globals(mmengine_safe_globals()):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(
+                f'{path}: refused by weights_only loading (tlalign_mm never unpickles arbitrary '
+                f'objects). If you trust this file, extract the weights yourself, e.g. '
+                f"torch.save({{'model': torch.load(path, weights_only=False)['model']}}, new_path). "
+                f'Cause: {e}') from e
+    if not isinstance(obj, Mapping):
+        raise TypeError(f'{path}: expected a dict checkpoint or state dict, got {type(obj).__name__}')
+    return dict(obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unwrapping, prefixes
+# ---------------------------------------------------------------------------------------------
+def _top_prefixes(keys, limit: int = 12) -> str:
+    cnt = Counter(k.split('.', 1)[0] for k in keys)
+    items = [f'{p!r} ({n})' for p, n in cnt.most_common(limit)]
+    if len(cnt) > limit:
+        items.append(f'... {len(cnt) - limit} more')
+    return ', '.join(items) if items else '(none: empty state dict)'
+
+
+def _backbone_prefix_candidates(keys) -> list[str]:
+    """Prefixes ``P`` under which the keys form a recognised backbone layout, most keys first.
+
+    Candidates are the strings before a ``_ROOT_MARKERS`` entry; kept when the keys under them
+    are recognised by :func:`detect_layout` and cover at least half as many keys as the best.
+    """
+    keys = list(keys)
+    cands = set()
+    for k in keys:
+        for m in _ROOT_MARKERS:
+            i = k.find('.' + m)
+            if i >= 0:
+                cands.add(k[:i + 1])
+    scored = []
+    for p in cands:
+        sub = {k[len(p):]: None for k in keys if k.startswith(p)}
+        if detect_layout(sub) != 'unknown':
+            scored.append((len(sub), p))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    return [p for n, p in scored if n * 2 >= scored[0][0]][:5] if scored else []
+
+
+def _norm_prefix(prefix: str) -> str:
+    return prefix if not prefix or prefix.endswith('.') else prefix + '.'
+
+
+def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[dict, str]:
+    """Find the backbone state dict inside a loaded checkpoint.
+
+    Unwraps ``{'state_dict': sd, 'meta': ...}`` (mmengine / timm), ``{'model': sd}`` (DeiT,
+    Swin), ``{'module': sd}`` (DeepSpeed), nested once more if needed, or takes a raw state dict;
+    keeps tensor values only; strips the DistributedDataParallel ``module.`` prefix.  Then:
+
+    * ``prefix`` given (``'backbone.'`` or ``'backbone'``): keeps the keys under it, stripped;
+      ``''`` keeps every key.
+    * ``prefix=None``: keys under ``backbone.`` if there are any (mmengine classifier /
+      segmentor / detector checkpoints), else every key.
+
+    Args:
+        checkpoint: what :func:`load_checkpoint_file` returned, or a state dict.
+        prefix: see above.
+
+    Returns:
+        (state dict with backbone-relative keys, prefix used).
+
+    Raises:
+        ValueError: nothing is left under ``prefix``, or no tensors at all; the message lists the
+            top-level prefixes present (and likely backbone prefixes).
+    """
+    sd: Any = checkpoint
+    for _ in range(3):
+        if not isinstance(sd, Mapping):
+            break
+        inner = next((sd[k] for k in _CONTAINER_KEYS if isinstance(sd.get(k), Mapping)), None)
+        if inner is None:
+            break
+        sd = inner
+    if not isinstance(sd, Mapping):
+        raise TypeError(f'expected a dict state dict, got {type(sd).__name__}')
+    sd = {k[len('module.'):] if k.startswith('module.') else k: v
+          for k, v in sd.items() if isinstance(v, Tensor)}
+    if not sd:
+        raise ValueError('the checkpoint holds no tensors; top-level keys: '
+                         f'{sorted(map(str, checkpoint))[:20]}')
+    if prefix is None:
+        prefix = 'backbone.' if any(k.startswith('backbone.') for k in sd) else ''
+    prefix = _norm_prefix(prefix)
+    if prefix:
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sub:
+            cands = _backbone_prefix_candidates(sd)
+            hint = f'; backbone-like keys sit under {cands}' if cands else ''
+            raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; top-level prefixes '
+                             f'present: {_top_prefixes(sd)}{hint}')
+        sd = sub
+    return sd, prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout detection and conversion
+# ---------------------------------------------------------------------------------------------
+def _has(sd: Mapping, pattern: str) -> bool:
+    rx = re.compile(pattern)
+    return any(rx.match(k) for k in sd)
+
+
+def _stage_ids(sd: Mapping, root: str) -> list[int]:
+    rx = re.compile(rf'{root}\.(\d+)\.')
+    return sorted({int(m.group(1)) for k in sd if (m := rx.match(k))})
+
+
+def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
+    """Name the layout of a backbone state dict (keys already unwrapped / un-prefixed).
+
+    Rules (see the module docstring for the layouts):
+
+    * ``stages.{i}.blocks.{j}.attn.w_msa.*`` -> ``'mm-swin'``;
+    * ``layers.{i}.attn.attn.in_proj_weight`` -> ``'mmseg-vit'``; ``layers.{i}.ln1`` with
+      ``layers.{i}.attn.qkv`` -> ``'mmpretrain-vit'``;
+    * ``layers.{i}.blocks.{j}.*``: a patch merging in the last stage or ``head.fc`` ->
+      ``'timm-swin'``; else output norms ``norm{i}`` -> ``'tlalign'``; else ``'official-swin'``;
+    * ``blocks.{i}.attn.qkv``: a classifier (``head``, ``head_dist``, ``fc_norm``) ->
+      ``'timm-vit'``, else ``'tlalign'`` (both convert identically);
+    * otherwise ``'unknown'``.
+
+    Args:
+        state_dict: mapping of key -> tensor.
+
+    Returns:
+        One of :data:`LAYOUTS` or ``'unknown'``.
+    """
+    if _has(state_dict, r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.'):
+        return 'mm-swin'
+    if _has(state_dict, r'layers\.\d+\.attn\.attn\.(in_proj_weight|out_proj\.)'):
+        return 'mmseg-vit'
+    if _has(state_dict, r'layers\.\d+\.ln1\.') and _has(state_dict, r'layers\.\d+\.attn\.qkv\.'):
+        return 'mmpretrain-vit'
+    if _has(state_dict, r'layers\.\d+\.blocks\.\d+\.'):
+        stages = _stage_ids(state_dict, 'layers')
+        last = stages[-1]
+        if (_has(state_dict, rf'layers\.{last}\.downsample\.') and len(stages) > 1) \
+                or 'head.fc.weight' in state_dict:
+            return 'timm-swin'
+        if _has(state_dict, r'norm\d+\.'):
+            return 'tlalign'
+        return 'official-swin'
+    if _has(state_dict, r'blocks\.\d+\.attn\.qkv\.'):
+        if _has(state_dict, r'(head|head_dist|fc_norm)\.'):
+            return 'timm-vit'
+        return 'tlalign'
+    return 'unknown'
+
+
+def _unfold_to_official_merge(t: Tensor) -> Tensor:
+    """Reorder the last (4C) axis of a patch-merging weight from ``nn.Unfold`` to official order.
+
+    mm (``nn.Unfold`` of a (C, 2, 2) neighbourhood): index ``c * 4 + k``, k over offsets
+    (0,0), (0,1), (1,0), (1,1) (row, col).  Official ``PatchMerging``: index ``j * C + c``, j over
+    (0,0), (1,0), (0,1), (1,1).  Works for ``reduction.weight`` (2C, 4C) and ``norm`` (4C,).
+    """
+    *lead, n = t.shape
+    if n % 4:
+        raise ValueError(f'patch-merging tensor of shape {tuple(t.shape)}: last dim not divisible by 4')
+    per_offset = t.reshape(*lead, n // 4, 4).transpose(-1, -2)  # (..., 4 [unfold k], C)
+    # official j -> unfold k: (0,0)->0, (1,0)->2, (0,1)->1, (1,1)->3
+    return per_offset[..., [0, 2, 1, 3], :].reshape(*lead, n).contiguous()
+
+
+def _is_buffer_key(k: str) -> bool:
+    return k.rsplit('.', 1)[-1] in _BUFFER_NAMES
+
+
+_MM_VIT_RULES = [
+    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
+    (re.compile(r'^layers\.(\d+)\.ln1\.'), r'blocks.\1.norm1.'),
+    (re.compile(r'^layers\.(\d+)\.ln2\.'), r'blocks.\1.norm2.'),
+    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_weight$'), r'blocks.\1.attn.qkv.weight'),
+    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_bias$'), r'blocks.\1.attn.qkv.bias'),
+    (re.compile(r'^layers\.(\d+)\.attn\.attn\.out_proj\.'), r'blocks.\1.attn.proj.'),
+    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.0\.0\.'), r'blocks.\1.mlp.fc1.'),
+    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.1\.'), r'blocks.\1.mlp.fc2.'),
+    (re.compile(r'^layers\.(\d+)\.'), r'blocks.\1.'),  # mmpretrain attn.qkv / attn.proj
+    (re.compile(r'^ln1\.'), 'norm.'),
+]
+
+_MM_SWIN_RULES = [
+    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
+    (re.compile(r'^stages\.(\d+)\.'), r'layers.\1.'),
+    (re.compile(r'\.attn\.w_msa\.'), '.attn.'),
+    (re.compile(r'\.ffn\.layers\.0\.0\.'), '.mlp.fc1.'),
+    (re.compile(r'\.ffn\.layers\.1\.'), '.mlp.fc2.'),
+]
+
+
+def _apply_rules(key: str, rules, first_only: bool) -> str:
+    for rx, repl in rules:
+        new = rx.sub(repl, key, count=1)
+        if new != key:
+            key = new
+            if first_only:
+                break
+    return key
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = None
+                       ) -> tuple[dict[str, Tensor], str, list[str]]:
+    """Rename a backbone state dict of any recognised layout into ours.
+
+    Drops classifier heads (``head.*``, ``head.fc.*``, ``head_dist.*``, ``fc_norm.*``) and the
+    buffers ``relative_position_index``, ``attn_mask``, ``relative_coords_table`` (recomputed by
+    the model); Swin's final ``norm`` becomes ``norm{last stage}``; the DeiT ``norm`` stays
+    ``norm``.  Tensors are not copied unless reordered (mm patch merging).  Keys that no rule
+    knows are kept as they are (they then show up as "unexpected" when loading).
+
+    Args:
+        state_dict: backbone-relative keys (see :func:`extract_state_dict`).
+        layout: one of :data:`LAYOUTS`; detected when None.
+
+    Returns:
+        (converted state dict, layout, ignored keys (source names)).
+
+    Raises:
+        ValueError: unknown / unsupported layout.
+    """
+    if layout is None:
+        layout = detect_layout(state_dict)
+    if layout not in LAYOUTS:
+        raise ValueError(f'unsupported checkpoint layout {layout!r}; known: {LAYOUTS}')
+    out: dict[str, Tensor] = {}
+    ignored: list[str] = []
+    swin = layout in ('official-swin', 'timm-swin', 'mm-swin') or (
+        layout == 'tlalign' and _has(state_dict, r'layers\.\d+\.blocks\.'))
+    if swin:
+        root = 'stages' if layout == 'mm-swin' else 'layers'
+        stages = _stage_ids(state_dict, root)
+        last = stages[-1] if stages else 0
+    for k, v in state_dict.items():
+        if _is_buffer_key(k) or (layout != 'tlalign' and re.match(r'(head|head_dist|fc_norm)\.', k)):
+            ignored.append(k)
+            continue
+        new = k
+        if layout in ('mmseg-vit', 'mmpretrain-vit'):
+            new = _apply_rules(k, _MM_VIT_RULES, first_only=True)
+        elif layout == 'mm-swin':
+            new = _apply_rules(k, _MM_SWIN_RULES, first_only=False)
+            if re.match(r'layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$', new):
+                v = _unfold_to_official_merge(v)
+        elif layout == 'timm-swin':
+            m = re.match(r'layers\.(\d+)\.downsample\.(.*)$', k)
+            if m:
+                i = int(m.group(1))
+                if i == 0:
+                    raise ValueError(f'timm-swin checkpoint with a patch merging before stage 0: {k}')
+                new = f'layers.{i - 1}.downsample.{m.group(2)}'
+        if swin and layout != 'tlalign' and new.startswith('norm.'):
+            new = f'norm{last}.' + new[len('norm.'):]
+        if new in out:
+            raise ValueError(f'two checkpoint keys map to {new!r} (layout {layout!r})')
+        out[new] = v
+    return out, layout, ignored
+
+
+# ---------------------------------------------------------------------------------------------
+# Resizing
+# ---------------------------------------------------------------------------------------------
+def _square_side(n: int) -> int | None:
+    s = math.isqrt(n)
+    return s if s * s == n else None
+
+
+def resize_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_tokens: int = 1,
+                     old_grid: tuple[int, int] | None = None, mode: str = 'bicubic') -> Tensor:
+    """Resample an absolute position embedding to another patch grid.
+
+    Prefix-token rows are kept; the grid part is resampled with timm's
+    ``resample_abs_pos_embed(..., antialias=False)`` (bicubic, ``align_corners=False``: the
+    interpolation timm and mmseg's ``resize_pos_embed`` apply).
+
+    Args:
+        pos_embed: (1, P + h*w, C).
+        new_grid: (H, W) patch grid of the model.
+        num_prefix_tokens: P.
+        old_grid: (h, w); square when None.
+        mode: interpolation mode.
+
+    Returns:
+        (1, P + H*W, C), same dtype.
+
+    Raises:
+        ValueError: the grid size cannot be inferred (not a square) or does not match old_grid.
+    """
+    from timm.layers import resample_abs_pos_embed
+    n = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        s = _square_side(n)
+        if s is None:
+            raise ValueError(f'pos_embed {tuple(pos_embed.shape)} with {num_prefix_tokens} prefix '
+                             f'token(s): {n} grid tokens is not a square grid; cannot resize')
+        old_grid = (s, s)
+    if old_grid[0] * old_grid[1] != n:
+        raise ValueError(f'pos_embed {tuple(pos_embed.shape)} does not hold a {old_grid} grid')
+    return resample_abs_pos_embed(pos_embed, list(new_grid), list(old_grid),
+                                  num_prefix_tokens=num_prefix_tokens, interpolation=mode,
+                                  antialias=False)
+
+
+def resize_relative_position_bias_table(table: Tensor, window: int | tuple[int, int]) -> Tensor:
+    """Resize a Swin relative-position bias table to another window.
+
+    The table is a (2W-1) x (2W-1) grid per head; each head's grid is resampled bicubically
+    (``align_corners=False``), as the official Swin ``load_pretrained`` does for fine-tuning at
+    another window size (e.g. 7 -> 12 for 384px).
+
+    Args:
+        table: ((2W-1)^2, H) (square source window).
+        window: new window size W' (int or (Wh, Ww)).
+
+    Returns:
+        ((2Wh'-1) * (2Ww'-1), H), same dtype.
+
+    Raises:
+        ValueError: the table length is not the square of an odd number.
+    """
+    wh, ww = (window, window) if isinstance(window, int) else tuple(window)
+    length, heads = table.shape
+    s = _square_side(length)
+    if s is None or s % 2 == 0:
+        raise ValueError(f'relative_position_bias_table {tuple(table.shape)}: length is not '
+                         '(2W-1)^2 for a square window')
+    grid = table.float().transpose(0, 1).reshape(1, heads, s, s)
+    grid = F.interpolate(grid, size=(2 * wh - 1, 2 * ww - 1), mode='bicubic', align_corners=False)
+    return grid.reshape(heads, -1).transpose(0, 1).contiguous().to(table.dtype)
+
+
+def _num_prefix_tokens_in(sd: Mapping[str, Tensor]) -> int:
+    return int('cls_token' in sd) + int('dist_token' in sd)
+
+
+def _fit_to_model(sd: dict[str, Tensor], model: nn.Module, model_sd: Mapping[str, Tensor],
+                  layout: str) -> list[str]:
+    """Resize pos_embed / relative tables in place; raise on any other shape mismatch."""
+    resized: list[str] = []
+    mismatched: list[str] = []
+    for k in list(sd):
+        if k not in model_sd:
+            continue
+        v, t = sd[k], model_sd[k]
+        if v.shape == t.shape:
+            continue
+        old = tuple(v.shape)
+        try:
+            if k == 'pos_embed' and v.dim() == 3 and t.dim() == 3 and v.shape[-1] == t.shape[-1]:
+                p_model = getattr(model, 'num_prefix_tokens', 1)
+                p_ckpt = _num_prefix_tokens_in(sd) or p_model
+                if p_ckpt < p_model:
+                    raise ValueError(f'pos_embed: the checkpoint has {p_ckpt} prefix token(s), the '
+                                     f'model {p_model} (a distilled model needs a distilled checkpoint)')
+                if p_ckpt > p_model:  # e.g. distilled DeiT into a plain one: drop the dist row
+                    v = torch.cat([v[:, :p_model], v[:, p_ckpt:]], dim=1)
+                grid = getattr(model, 'patch_grid', None)
+                if grid is None:
+                    s = _square_side(t.shape[1] - p_model)
+                    if s is None:
+                        raise ValueError('pos_embed: cannot infer the model grid')
+                    grid = (s, s)
+                if v.shape != t.shape:  # a square checkpoint grid resampled to the model's
+                    v = resize_pos_embed(v, tuple(grid), p_model, None,
+                                         getattr(model, 'interpolate_mode', 'bicubic'))
+            elif k.endswith('relative_position_bias_table') and v.dim() == 2 and t.dim() == 2 \
+                    and v.shape[1] == t.shape[1]:
+                s = _square_side(t.shape[0])
+                if s is None or s % 2 == 0:
+                    raise ValueError(f'{k}: model table {tuple(t.shape)} is not for a square window')
+                v = resize_relative_position_bias_table(v, (s + 1) // 2)
+            else:
+                mismatched.append(f'{k}: checkpoint {old} vs model {tuple(t.shape)}')
+                continue
+        except ValueError as e:
+            mismatched.append(f'{k}: checkpoint {old} vs model {tuple(t.shape)} ({e})')
+            continue
+        if v.shape != t.shape:
+            mismatched.append(f'{k}: checkpoint {old} vs model {tuple(t.shape)} (after resizing: '
+                              f'{tuple(v.shape)})')
+            continue
+        sd[k] = v
+        resized.append(f'{k} {old}->{tuple(v.shape)}')
+    if mismatched:
+        more = f' ... and {len(mismatched) - 10} more' if len(mismatched) > 10 else ''
+        raise ValueError(f"checkpoint (layout {layout!r}) does not fit {type(model).__name__}: "
+                         f"{len(mismatched)} shape mismatch(es): " + '; '.join(mismatched[:10]) + more
+                         + ' (a checkpoint of another architecture or configuration?)')
+    return resized
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading into a model, export
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_checkpoint` loaded.
+
+    Attributes:
+        layout: detected source layout (:func:`detect_layout`).
+        matched: model state-dict keys that were loaded.
+        missing: model state-dict keys the checkpoint did not provide (left as initialised).
+        unexpected: converted checkpoint keys the model does not have (not loaded).
+        resized: ``'key (old shape)->(new shape)'`` for resized tensors.
+        ignored: checkpoint keys dropped on purpose (heads, recomputed buffers).
+        source: the path (or ``'<state_dict>'``); prefix: the key prefix used.
+        num_params: parameter tensors of the model; num_matched_params: how many were loaded.
+    """
+
+    layout: str
+    matched: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    resized: list[str]
+    ignored: list[str] = field(default_factory=list)
+    source: str = '<state_dict>'
+    prefix: str = ''
+    num_params: int = 0
+    num_matched_params: int = 0
+
+    def summary(self) -> str:
+        """One line: how much was loaded from where, what was resized / missing / unexpected."""
+        def sample(keys):
+            return ', '.join(keys[:5]) + (', ...' if len(keys) > 5 else '')
+
+        parts = [f'loaded {self.num_matched_params}/{self.num_params} parameter tensors '
+                 f'({len(self.matched)} keys) from {self.source!r} '
+                 f'(layout {self.layout!r}{", prefix " + repr(self.prefix) if self.prefix else ""})']
+        if self.resized:
+            parts.append(f'resized {len(self.resized)}: ' + ', '.join(self.resized[:3])
+                         + (', ...' if len(self.resized) > 3 else ''))
+        if self.missing:
+            parts.append(f'missing {len(self.missing)}: {sample(self.missing)}')
+        if self.unexpected:
+            parts.append(f'unexpected {len(self.unexpected)}: {sample(self.unexpected)}')
+        if self.ignored:
+            parts.append(f'ignored {len(self.ignored)} (heads / buffers)')
+        return '; '.join(parts)
+
+
+def _sample(keys, n: int = 10) -> str:
+    keys = list(keys)
+    return (repr(keys[:n]) + (f' ... ({len(keys)} in all)' if len(keys) > n else '')) if keys else '[]'
+
+
+def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping,
+                             prefix: str | None = None, map_location: Any = 'cpu',
+                             min_match: float = 0.9) -> LoadReport:
+    """Load pretrained weights of any recognised layout into a TL-Align backbone.
+
+    Steps: :func:`load_checkpoint_file` (weights_only) -> :func:`extract_state_dict` (unwrap,
+    ``module.``, ``backbone.`` or ``prefix``) -> :func:`detect_layout` ->
+    :func:`convert_state_dict` -> resize ``pos_embed`` (model grid / prefix tokens) and
+    ``relative_position_bias_table`` (model window) -> check -> ``load_state_dict(strict=False)``
+    of the matched tensors only.  Nothing is loaded unless every check passes.
+
+    Args:
+        model: a :class:`~tlalign_mm.TLAVisionTransformer` / :class:`~tlalign_mm.TLASwinTransformer`
+            (or any module with our parameter names).
+        path_or_state_dict: checkpoint path, or an already loaded checkpoint / state dict.
+        prefix: key prefix of the backbone (default: ``backbone.`` when present, else none).
+        map_location: as ``torch.load``.
+        min_match: minimum fraction of the model's parameter tensors the checkpoint must
+            provide.
+
+    Returns:
+        :class:`LoadReport`.
+
+    Raises:
+        FileNotFoundError, pickle.UnpicklingError: see :func:`load_checkpoint_file`.
+        ValueError: prefix with no keys, unrecognised layout (message lists the prefixes found),
+            or a shape mismatch other than a resizable pos_embed / bias table (message names each
+            key with both shapes, e.g. a deit-tiny checkpoint for deit-small).
+        RuntimeError: under ``min_match`` of the parameters matched (message names the layout,
+            the fraction and samples of missing and unexpected keys).
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        ckpt, source = path_or_state_dict, '<state_dict>'
+    else:
+        source = os.fspath(path_or_state_dict)
+        ckpt = load_checkpoint_file(source, map_location)
+    sd, used_prefix = extract_state_dict(ckpt, prefix)
+    layout = detect_layout(sd)
+    if layout == 'unknown':
+        cands = _backbone_prefix_candidates(sd)
+        hint = f"; backbone-like keys sit under {cands}: pass prefix=..." if cands else ''
+        raise ValueError(f'{source}: unrecognised checkpoint layout (prefix {used_prefix!r}); '
+                         f'top-level prefixes present: {_top_prefixes(sd)}{hint}')
+    sd, layout, ignored = convert_state_dict(sd, layout)
+
+    model_sd = model.state_dict()
+    param_names = set(dict(model.named_parameters()))
+    named = [k for k in sd if k in model_sd]
+    n_named_params = sum(k in param_names for k in named)
+    if param_names and n_named_params < min_match * len(param_names):
+        missing = [k for k in model_sd if k not in sd]
+        unexpected = [k for k in sd if k not in model_sd]
+        raise RuntimeError(
+            f'{source}: checkpoint layout {layout!r} (prefix {used_prefix!r}) provides only '
+            f'{n_named_params}/{len(param_names)} ({n_named_params / len(param_names):.1%}) of '
+            f'{type(model).__name__} parameters, below min_match={min_match:.0%}. '
+            f'Missing: {_sample(missing)}. Unexpected: {_sample(unexpected)}. '
+            f'(Wrong model family, or the backbone sits under another prefix?)')
+    resized = _fit_to_model(sd, model, model_sd, layout)
+
+    matched = [k for k in sd if k in model_sd]
+    unexpected = [k for k in sd if k not in model_sd]
+    missing = [k for k in model_sd if k not in sd]
+    result = model.load_state_dict({k: sd[k] for k in matched}, strict=False)
+    if result.unexpected_keys:  # cannot happen: matched keys are model keys
+        raise RuntimeError(f'unexpected keys while loading: {result.unexpected_keys}')
+    return LoadReport(layout=layout, matched=matched, missing=missing, unexpected=unexpected,
+                      resized=resized, ignored=ignored, source=source, prefix=used_prefix,
+                      num_params=len(param_names),
+                      num_matched_params=sum(k in param_names for k in matched))
+
+
+def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.PathLike,
+                    prefix: str | None = None) -> dict:
+    """Write a backbone-only checkpoint in our layout, for ``init_cfg=dict(type='Pretrained', ...)``.
+
+    The file holds ``{'state_dict': converted, 'meta': {'source', 'layout', 'prefix',
+    'tlalign_mm_version'}}`` with keys as the backbones name their parameters (no prefix):
+    heads and recomputed buffers dropped, mm / timm-swin layouts renamed and reordered, the
+    Swin final ``norm`` renamed ``norm{last}``.  Sizes are kept (resizing happens at load time,
+    for the model that loads it).
+
+    Args:
+        src_checkpoint_path: any checkpoint :func:`load_backbone_checkpoint` reads.
+        dst_path: output file (parent folders are created).
+        prefix: as :func:`extract_state_dict`.
+
+    Returns:
+        dict with ``layout``, ``num_keys`` (written), ``ignored`` (dropped source keys),
+        ``prefix`` and ``dst``.
+
+    Raises:
+        FileNotFoundError, pickle.UnpicklingError: see :func:`load_checkpoint_file`.
+        ValueError: prefix with no keys, or unrecognised layout.
+    """
+    src = os.fspath(src_checkpoint_path)
+    dst = os.fspath(dst_path)
+    sd, used_prefix = extract_state_dict(load_checkpoint_file(src), prefix)
+    layout = detect_layout(sd)
+    if layout == 'unknown':
+        cands = _backbone_prefix_candidates(sd)
+        hint = f"; backbone-like keys sit under {cands}: pass --prefix" if cands else ''
+        raise ValueError(f'{src}: unrecognised checkpoint layout (prefix {used_prefix!r}); '
+                         f'top-level prefixes present: {_top_prefixes(sd)}{hint}')
+    converted, layout, ignored = convert_state_dict(sd, layout)
+    converted = {k: v.contiguous() for k, v in converted.items()}
+    parent = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    torch.save({'state_dict': converted,
+                'meta': {'source': src, 'layout': layout, 'prefix': used_prefix,
+                         'tlalign_mm_version': __version__}}, dst)
+    return {'layout': layout, 'num_keys': len(converted), 'ignored': ignored,
+            'prefix': used_prefix, 'dst': dst}
