@@ -1,0 +1,473 @@
+"""The command-line tools: ``tools/train.py``, ``tools/test.py``, ``tools/dist_train.sh``, ``tools/dist_test.sh``.
+
+Fast tests load the two Python tools in-process and check how the command line changes the config
+(``--resume`` / ``--amp`` / work dir / ``--show-dir`` / ``--tta`` / ``--out``, the mmseg / mmdet scope
+dispatch with stand-in modules, the CPU gloo fallback).  The ``slow`` tests run the tools as real
+subprocesses on a tiny self-contained config written to ``tmp_path``: a 2-layer, 32-wide
+``TLAVisionTransformer`` (patch 8 on 32x32 images, 16 tokens) inside ``TLAImageClassifier`` with 4
+classes, trained with AdamW on an ``ImageFolderDataset`` of 4 class folders x 4 PNGs (deterministic
+eval transform, ``DefaultSampler(shuffle=False)``, ``num_workers=0``, ``randomness`` seed 0 and
+deterministic).  Every subprocess runs with ``OMP_NUM_THREADS=1`` (faster on a 2-core machine and the
+same float reduction order in every run).
+
+The subprocess runs (each costs ~10 s of interpreter + torch/mmengine start-up) are:
+
+* train (mixer on) 2 epochs, then ``test.py`` on the last checkpoint (metric equals the last val);
+* a reference ``train.py`` run, mixer off, 3 epochs, batch 4 -- shared (module fixture) by
+* ``dist_train.sh CFG 1`` (batch 4: bit-identical) and ``dist_train.sh CFG 2`` (batch 2 per process,
+  same total batch: equal within 1e-5, see :func:`test_dist_train_matches_single_process`);
+* a real interruption: ``train.py`` (3 epochs) SIGKILLed after the epoch-1 checkpoint, then
+  ``train.py CFG --resume`` -- bit-identical to the reference;
+* ``dist_test.sh CFG CKPT 2`` -- the same accuracy as ``test.py``.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import os.path as osp
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip('mmengine')
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(REPO, 'tools')
+SUBPROCESS_TIMEOUT = 300
+
+
+# --------------------------------------------------------------------------- the tiny config
+def _write_images(root: str) -> None:
+    """4 class folders x 4 RGB 32x32 PNGs; each class has its own dominant colour (learnable)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+    for c, colour in enumerate(colours):
+        d = osp.join(root, 'train', f'class{c}')
+        os.makedirs(d, exist_ok=True)
+        for i in range(4):
+            img = np.asarray(colour, dtype=np.int64) + rng.integers(-30, 31, size=(32, 32, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(osp.join(d, f'{i}.png'))
+
+
+CONFIG = '''\
+default_scope = 'tlalign_mm'
+custom_imports = dict(imports=['tlalign_mm'], allow_failed_imports=False)
+data_root = {data_root!r}
+pipeline = [
+    dict(type='TimmClassificationTransform', input_size=32, is_training=False, crop_pct=1.0),
+    dict(type='PackClsInputs'),
+]
+model = dict(
+    type='TLAImageClassifier',
+    backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=2, num_heads=2),
+                  img_size=32, patch_size=8, out_type='cls_token', drop_path_rate=0.0),
+    num_classes=4,
+    data_preprocessor=dict(type='TLAClsDataPreprocessor', mixer=dict(cutmix_alpha=1.0, patch_size=8), seed=0))
+dataset = dict(type='ImageFolderDataset', data_root=data_root, split='train', pipeline=pipeline)
+train_dataloader = dict(batch_size=4, num_workers=0, dataset=dataset,
+                        sampler=dict(type='DefaultSampler', shuffle=False),
+                        collate_fn=dict(type='default_collate'))
+val_dataloader = dict(batch_size=4, num_workers=0, dataset=dict(dataset, test_mode=True),
+                      sampler=dict(type='DefaultSampler', shuffle=False),
+                      collate_fn=dict(type='default_collate'))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='Accuracy', topk=1)
+test_evaluator = val_evaluator
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3))
+train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)
+val_cfg = dict()
+test_cfg = dict()
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
+                     logger=dict(type='LoggerHook', interval=1))
+randomness = dict(seed=0, deterministic=True)
+env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'), dist_cfg=dict(backend='gloo'))
+log_level = 'INFO'
+'''
+
+#: mixer off, 3 epochs: the configuration of the equivalence and kill-and-resume runs
+NO_MIX = '''\
+_base_ = ['./tiny.py']
+model = dict(data_preprocessor=dict(mixer=None))
+train_cfg = dict(max_epochs=3)
+'''
+
+#: NO_MIX with a slow validation (64 single-image batches after each epoch).  Validation does not
+#: touch the weights, so the trained weights are those of NO_MIX; it only widens the window between
+#: the epoch-1 checkpoint and the end of the run, so the kill reliably lands mid-run.
+SLOW_VAL = '''\
+_base_ = ['./tiny_nomix.py']
+val_dataloader = dict(batch_size=1, dataset=dict(_delete_=True, type='RepeatDataset', times=4,
+                                                 dataset={{_base_.dataset}}))
+'''
+
+
+@pytest.fixture(scope='module')
+def cfgs(tmp_path_factory):
+    """Paths of the tiny config (``tiny``), its mixer-off variant (``nomix``) and ``slow_val``."""
+    root = tmp_path_factory.mktemp('tools_cfg')
+    _write_images(str(root / 'data'))
+    paths = {}
+    for name, text in (('tiny', CONFIG.format(data_root=str(root / 'data'))), ('nomix', NO_MIX),
+                       ('slow_val', SLOW_VAL)):
+        path = root / ('tiny.py' if name == 'tiny' else f'tiny_{name}.py')
+        path.write_text(text)
+        paths[name] = str(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- helpers
+def _load_tool(name: str) -> types.ModuleType:
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f'_tlalign_tools_{name}', osp.join(TOOLS, f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='module')
+def train_tool():
+    return _load_tool('train')
+
+
+@pytest.fixture(scope='module')
+def test_tool():
+    return _load_tool('test')
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHON=sys.executable, PYTHONUNBUFFERED='1')
+    env.pop('LOCAL_RANK', None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _free_port() -> int:
+    """A port that was free a moment ago (29500 + random would also do; this avoids collisions)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], log_path, **env) -> str:
+    """Run ``cmd`` in the repo root, tee stdout+stderr to ``log_path``; fail with the log's tail."""
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=SUBPROCESS_TIMEOUT)
+    with open(log_path, 'w') as f:
+        f.write(proc.stdout)
+    assert proc.returncode == 0, f'{" ".join(cmd)} exited with {proc.returncode}:\n{proc.stdout[-6000:]}'
+    return proc.stdout
+
+
+def _train(cfg: str, work_dir, *args: str) -> str:
+    return _run([sys.executable, osp.join(TOOLS, 'train.py'), cfg, '--work-dir', str(work_dir), *args],
+                osp.join(str(work_dir) + '.log'))
+
+
+def _weights(path) -> dict:
+    import tlalign_mm  # noqa: F401  (allow-lists the mmengine checkpoint meta for weights_only loading)
+    return torch.load(str(path), map_location='cpu', weights_only=True)['state_dict']
+
+
+def _metrics(stdout: str) -> dict:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith('metrics: ')]
+    assert lines, f'no "metrics: " line in the output:\n{stdout[-3000:]}'
+    return ast.literal_eval(lines[-1][len('metrics: '):])
+
+
+def _last_val_top1(stdout: str) -> float:
+    hits = re.findall(r'Epoch\(val\).*accuracy/top1: ([0-9.]+)', stdout)
+    assert hits, 'no validation accuracy in the training log'
+    return float(hits[-1])
+
+
+# =========================================================================== fast, in-process
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_help(tool, capsys, request):
+    mod = request.getfixturevalue(f'{tool}_tool')
+    assert mod.__doc__ and mod.main.__module__ == mod.__name__
+    with pytest.raises(SystemExit) as exc:
+        mod.parse_args(['--help'])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ('--work-dir', '--cfg-options', '--launcher', '--local_rank'):
+        assert opt in out
+    extra = ('--resume', '--amp') if tool == 'train' else ('--out', '--show-dir', '--tta', 'checkpoint')
+    for opt in extra:
+        assert opt in out
+
+
+def test_train_resume_workdir_local_rank(train_tool, cfgs, monkeypatch):
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    tiny = cfgs['tiny']
+    cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--local-rank', '3']))
+    assert os.environ['LOCAL_RANK'] == '3'
+    assert cfg.work_dir == osp.join('./work_dirs', 'tiny') and not cfg.get('resume', False)
+    assert cfg.launcher == 'none'
+
+    # mmdet semantics: `--resume` alone -> auto (latest in work dir); `--resume PATH` -> that file
+    cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--resume', '--work-dir', '/tmp/wd']))
+    assert cfg.resume is True and cfg.load_from is None and cfg.work_dir == '/tmp/wd'
+    cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--resume', 'some/epoch_3.pth']))
+    assert cfg.resume is True and cfg.load_from == 'some/epoch_3.pth'
+
+    cfg = train_tool.setup_cfg(train_tool.parse_args(
+        [tiny, '--cfg-options', 'train_cfg.max_epochs=7', 'work_dir=/tmp/from_cfg']))
+    assert cfg.train_cfg.max_epochs == 7 and cfg.work_dir == '/tmp/from_cfg'
+
+
+def test_train_amp(train_tool, cfgs, capsys):
+    cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--amp']))
+    if torch.cuda.is_available():
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
+    else:  # AMP on CPU is not what users mean: warn, keep fp32
+        assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+        assert 'CUDA is not available' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_cpu_distributed_cfg(tool, request, cfgs, capsys):
+    """Without CUDA: nccl -> gloo (printed) and CPU DDP (``device_ids=None``)."""
+    mod = request.getfixturevalue(f'{tool}_tool')
+    argv = [cfgs['tiny']] + (['x.pth'] if tool == 'test' else []) + [
+        '--launcher', 'pytorch', '--cfg-options', 'env_cfg.dist_cfg.backend=nccl']
+    cfg = mod.setup_cfg(mod.parse_args(argv))
+    assert cfg.env_cfg.dist_cfg.backend == 'nccl' and cfg.launcher == 'pytorch'
+    mod.prepare_cpu_distributed_cfg(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == 'MMDistributedDataParallel' and cfg.model_wrapper_cfg.device_ids is None
+    assert "-> 'gloo'" in capsys.readouterr().out
+    # a config without env_cfg at all, and one with its own DDP wrapper
+    cfg.pop('env_cfg')
+    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)
+    mod.prepare_cpu_distributed_cfg(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.device_ids is None and cfg.model_wrapper_cfg.find_unused_parameters
+    # nothing to do without a launcher
+    assert mod.setup_cpu_distributed(cfg, 'none') is False
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_scope_dispatch(tool, scope, request, monkeypatch):
+    """default_scope 'mmseg'/'mmdet' -> that codebase's register_all_modules(init_default_scope=False)."""
+    mod = request.getfixturevalue(f'{tool}_tool')
+    calls = []
+    fake_pkg, fake_utils = types.ModuleType(scope), types.ModuleType(f'{scope}.utils')
+    fake_utils.register_all_modules = lambda init_default_scope=True: calls.append((scope, init_default_scope))
+    fake_pkg.utils = fake_utils
+    monkeypatch.setitem(sys.modules, scope, fake_pkg)
+    monkeypatch.setitem(sys.modules, f'{scope}.utils', fake_utils)
+    from mmengine.config import Config
+    assert mod.register_scope(Config(dict(default_scope=scope))) == scope
+    assert calls == [(scope, False)]
+    assert mod.register_scope(Config(dict(default_scope='tlalign_mm'))) == 'tlalign_mm'
+    assert calls == [(scope, False)]
+
+
+def test_test_tool_options(test_tool, cfgs, tmp_path):
+    tiny = cfgs['tiny']
+    cfg = test_tool.setup_cfg(test_tool.parse_args([tiny, 'ck.pth', '--work-dir', str(tmp_path)]))
+    assert cfg.load_from == 'ck.pth' and cfg.work_dir == str(tmp_path) and not cfg.resume
+
+    with pytest.raises(RuntimeError, match='no visualization hook'):
+        test_tool.setup_cfg(test_tool.parse_args([tiny, 'ck.pth', '--show-dir', 'vis']))
+    cfg = test_tool.setup_cfg(test_tool.parse_args(
+        [tiny, 'ck.pth', '--show-dir', 'vis', '--cfg-options', 'default_hooks.visualization.type=VisualizationHook']))
+    assert cfg.default_hooks.visualization.draw is True and cfg.default_hooks.visualization.test_out_dir == 'vis'
+    # mmseg: SegVisualizationHook has no test_out_dir; mmseg's test.py sets visualizer.save_dir
+    seg = ['default_scope=mmseg', 'default_hooks.visualization.type=SegVisualizationHook']
+    with pytest.raises(RuntimeError, match='no visualizer'):
+        test_tool.setup_cfg(test_tool.parse_args([tiny, 'ck.pth', '--show-dir', 'vis', '--cfg-options', *seg]))
+    cfg = test_tool.setup_cfg(test_tool.parse_args(
+        [tiny, 'ck.pth', '--show-dir', 'vis', '--cfg-options', *seg, 'visualizer.type=SegLocalVisualizer']))
+    assert cfg.default_hooks.visualization.draw is True and 'test_out_dir' not in cfg.default_hooks.visualization
+    assert cfg.visualizer.save_dir == 'vis'
+
+    with pytest.raises(ValueError, match='tta_model / tta_pipeline'):
+        test_tool.setup_cfg(test_tool.parse_args([tiny, 'ck.pth', '--tta']))
+    with pytest.raises(ValueError, match='.pkl'):
+        test_tool.setup_cfg(test_tool.parse_args([tiny, 'ck.pth', '--out', 'results.json']))
+
+    # --tta: model wrapped in tta_model, pipeline of the (wrapped) test dataset replaced
+    tta_cfg = tmp_path / 'tta.py'
+    tta_cfg.write_text(textwrap.dedent(f'''\
+        _base_ = [{tiny!r}]
+        test_dataloader = dict(dataset=dict(_delete_=True, type='RepeatDataset', times=2,
+                                            dataset={{{{_base_.dataset}}}}))
+        tta_model = dict(type='SomeTTAModel')
+        tta_pipeline = [dict(type='TestTimeAug', transforms=[])]
+        '''))
+    cfg = test_tool.setup_cfg(test_tool.parse_args([str(tta_cfg), 'ck.pth', '--tta']))
+    assert cfg.model.type == 'SomeTTAModel' and cfg.model.module.type == 'TLAImageClassifier'
+    assert cfg.test_dataloader.dataset.dataset.pipeline == [dict(type='TestTimeAug', transforms=[])]
+
+
+def test_shell_scripts_are_executable():
+    for name in ('dist_train.sh', 'dist_test.sh', 'slurm_train.sh', 'slurm_test.sh'):
+        path = osp.join(TOOLS, name)
+        assert os.access(path, os.X_OK), f'{name} is not executable'
+        subprocess.run(['bash', '-n', path], check=True)
+
+
+# =========================================================================== slow, subprocesses
+@pytest.fixture(scope='module')
+def trained_tiny(cfgs, tmp_path_factory):
+    """train.py on the tiny config (TL-Align with token CutMix), 2 epochs: (work dir, log)."""
+    work = tmp_path_factory.mktemp('trained_tiny') / 'train'
+    return work, _train(cfgs['tiny'], work)
+
+
+@pytest.mark.slow
+def test_train_then_test(cfgs, trained_tiny, tmp_path):
+    """train.py writes per-epoch checkpoints; test.py on the last one reports accuracy/top1 equal to
+    the last validation (same data, same weights) and dumps the predictions with --out."""
+    work, log = trained_tiny
+    assert (work / 'epoch_1.pth').is_file() and (work / 'epoch_2.pth').is_file()
+    assert (work / 'last_checkpoint').read_text().strip().endswith('epoch_2.pth')
+    assert 'Epoch(train) [2][4/4]' in log
+
+    out_pkl = tmp_path / 'results.pkl'
+    stdout = _run([sys.executable, osp.join(TOOLS, 'test.py'), cfgs['tiny'], str(work / 'epoch_2.pth'),
+                   '--work-dir', str(tmp_path / 'test'), '--out', str(out_pkl)], tmp_path / 'test.log')
+    metrics = _metrics(stdout)
+    assert set(metrics) == {'accuracy/top1'}
+    assert metrics['accuracy/top1'] == pytest.approx(_last_val_top1(log), abs=1e-3)
+    import pickle
+    with open(out_pkl, 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 16 and all('pred_score' in r for r in results)
+
+
+@pytest.mark.slow
+def test_dist_test_two_processes(cfgs, trained_tiny, tmp_path):
+    """dist_test.sh with 2 CPU processes (gloo, the config asks for nccl) reports the accuracy that
+    the single-process validation of the same checkpoint logged."""
+    work, log = trained_tiny
+    stdout = _run(['bash', osp.join(TOOLS, 'dist_test.sh'), cfgs['tiny'], str(work / 'epoch_2.pth'), '2',
+                   '--work-dir', str(tmp_path / 'dist_test'), '--cfg-options', 'env_cfg.dist_cfg.backend=nccl'],
+                  tmp_path / 'dist_test.log', PORT=_free_port())
+    if not torch.cuda.is_available():
+        assert "env_cfg.dist_cfg.backend 'nccl' -> 'gloo'" in stdout
+    assert 'GPU number: 2' in stdout
+    assert _metrics(stdout)['accuracy/top1'] == pytest.approx(_last_val_top1(log), abs=1e-3)
+
+
+@pytest.fixture(scope='module')
+def reference_run(cfgs, tmp_path_factory):
+    """Uninterrupted single-process train.py, mixer off, 3 epochs, batch 4: the final state dict."""
+    work = tmp_path_factory.mktemp('reference')
+    _train(cfgs['nomix'], work)
+    return _weights(work / 'epoch_3.pth')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('nproc', [1, 2])
+def test_dist_train_matches_single_process(nproc, cfgs, reference_run, tmp_path):
+    """``dist_train.sh CFG N`` on CPU processes (gloo, set by train.py itself) with a batch of 4 // N
+    per process trains the same weights as one process with batch 4.
+
+    Why they should agree: with the mixer off (``mixer=None``: the mixing draw is per-process and its
+    generator state is not shared) and no dropout / drop-path, the loss is the mean over the batch,
+    so the gradient of one 4-sample mean equals the average of two 2-sample means, which is what DDP's
+    all-reduce computes; ``DefaultSampler(shuffle=False)`` gives rank r the indices r, r + N, ... so
+    each step's two half-batches together are the single process's batch.
+
+    Tolerance: N=1 is the same computation (bit-identical).  For N=2 the float32 sums happen in a
+    different order (~1e-7 relative); AdamW's step ``lr * m / (sqrt(v) + eps)`` is smooth in the
+    gradient when ``|g| >> eps``, so over 12 steps of at most ``lr = 1e-3`` the weights differ by
+    ~1e-8..1e-7 (observed max ~1e-7): atol 1e-5 leaves two orders of magnitude.  One exception is
+    excluded: the key bias (the middle third of each ``qkv.bias``).  Softmax attention is invariant
+    to it (``q.(k + b)`` shifts a query's logits by a constant), so its true gradient is 0 and what
+    autograd returns is rounding noise, which Adam normalises into O(lr) steps -- the two runs'
+    key biases wander by different noise (observed ~2e-5 after 12 steps).  The test checks that it
+    is the only tensor slice beyond 1e-5, and that it stays within 12 * lr of the reference.
+    """
+    work = tmp_path / f'dist{nproc}'
+    log = _run(['bash', osp.join(TOOLS, 'dist_train.sh'), cfgs['nomix'], str(nproc), '--work-dir', str(work),
+                '--cfg-options', f'train_dataloader.batch_size={4 // nproc}', 'env_cfg.dist_cfg.backend=nccl'],
+               str(work) + '.log', PORT=_free_port())
+    if not torch.cuda.is_available():
+        assert "env_cfg.dist_cfg.backend 'nccl' -> 'gloo'" in log
+    assert 'Distributed training: True' in log and f'GPU number: {nproc}' in log  # mmengine's world size
+    got = _weights(work / 'epoch_3.pth')
+    assert got.keys() == reference_run.keys()
+    if nproc == 1:
+        for k in got:
+            assert torch.equal(got[k], reference_run[k]), k
+        return
+    beyond = []
+    for k, ref in reference_run.items():
+        diff = (got[k] - ref).abs()
+        if k.endswith('attn.qkv.bias'):
+            c = ref.numel() // 3
+            diff = torch.cat([diff[:c], diff[2 * c:]])  # drop the key bias (see docstring)
+        if float(diff.max()) > 1e-5:
+            beyond.append((k, float(diff.max())))
+    assert not beyond, f'tensors differing by more than 1e-5: {beyond}'
+    # the key bias did move (it is not that nothing trained) and stayed within a few lr of the reference
+    for k in (k for k in got if k.endswith('attn.qkv.bias')):
+        c = got[k].numel() // 3
+        assert (got[k][c:2 * c] - reference_run[k][c:2 * c]).abs().max() < 12 * 1e-3
+
+
+@pytest.mark.slow
+def test_kill_and_auto_resume(cfgs, reference_run, tmp_path):
+    """A real interruption: train.py (3 epochs) is SIGKILLed after its epoch-1 checkpoint, then
+    ``train.py CFG --resume`` (auto: latest checkpoint in the work dir) finishes the run; the final
+    weights equal those of the uninterrupted run exactly (CPU, deterministic, ``num_workers=0``).
+
+    The mixer is off here (``mixer=None``): the data preprocessor's mixing generator state is not
+    saved in the checkpoint, so with mixing on a resumed run draws different boxes than an
+    uninterrupted one.  We wait for the ``last_checkpoint`` file to name ``epoch_1.pth`` (written
+    after the checkpoint file is complete), not merely for ``epoch_1.pth`` to appear, so the kill
+    cannot hit a half-written checkpoint.  The config has a slow validation (weights unaffected)
+    so the kill lands while epochs 2-3 are still to run.
+    """
+    work = tmp_path / 'killed'
+    cmd = [sys.executable, osp.join(TOOLS, 'train.py'), cfgs['slow_val'], '--work-dir', str(work)]
+    with open(str(work) + '.first.log', 'w') as first_log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=first_log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        marker, deadline = work / 'last_checkpoint', time.time() + SUBPROCESS_TIMEOUT
+        try:
+            while time.time() < deadline and proc.poll() is None:
+                if marker.is_file() and marker.read_text().strip().endswith('epoch_1.pth'):
+                    break
+                time.sleep(0.01)
+            finished_early = proc.poll() is not None
+            if not finished_early:
+                os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    first = open(str(work) + '.first.log').read()
+    assert not finished_early, f'the first run ended (rc {proc.returncode}) before it could be killed:\n{first[-3000:]}'
+    assert proc.returncode == -signal.SIGKILL
+    assert not (work / 'epoch_3.pth').exists(), 'killed too late: the run had already finished'
+    epoch1_mtime = (work / 'epoch_1.pth').stat().st_mtime_ns
+
+    log = _train(cfgs['slow_val'], work, '--resume')
+    assert 'Auto resumed from the latest checkpoint' in log
+    assert re.search(r'resumed epoch: [12], iter: [48]', log), log[-3000:]
+    assert 'Epoch(train) [1][' not in log and 'Epoch(train) [3][4/4]' in log
+    assert (work / 'epoch_1.pth').stat().st_mtime_ns == epoch1_mtime  # epoch 1 was not redone
+
+    got = _weights(work / 'epoch_3.pth')
+    assert got.keys() == reference_run.keys()
+    for k in got:
+        assert torch.equal(got[k], reference_run[k]), f'{k}: max diff {(got[k] - reference_run[k]).abs().max()}'
