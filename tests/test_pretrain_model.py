@@ -154,3 +154,17 @@ def test_expand_matches_manual_two_source_formula():
     y_b = smooth_one_hot(torch.tensor([2, 0]), 3, 0.0)
     assert torch.allclose(expand_source_labels(src, y_a, y_b),
                           torch.tensor([[0.7, 0.0, 0.3], [0.8, 0.2, 0.0]]))
+
+
+def test_seeded_mixing_continues_after_resume():
+    """The mixer's step counter is model state: a resumed preprocessor continues the sequence."""
+    m = _tiny()
+    batch = _batch()
+    run = [m.data_preprocessor(batch, training=True)['mix'] for _ in range(3)]
+    assert not torch.equal(run[0].share_b, run[1].share_b)
+    resumed = _tiny()
+    state = {k: v for k, v in m.state_dict().items()}
+    state['data_preprocessor.mix_step'] = torch.tensor(2)
+    resumed.load_state_dict(state)
+    again = resumed.data_preprocessor(batch, training=True)['mix']
+    assert torch.equal(again.share_b, run[2].share_b) and torch.equal(again.lam, run[2].lam)

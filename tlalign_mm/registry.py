@@ -1,26 +1,49 @@
 """Where tlalign_mm's names enter the mmengine registries.
 
-Our registries are children of mmengine's root registries under the scope ``tlalign_mm``, so a
-config with ``default_scope='tlalign_mm'`` finds our classes and, through the parent, every
-mmengine class (runner, hooks, optimisers).  The backbones are also put into the mmseg and mmdet
-``MODELS`` registries by :mod:`tlalign_mm.models.downstream`, which is the only place that
+Every mmengine root registry gets a child under the scope ``tlalign_mm`` (as mmpretrain's
+``registry.py`` does), so a config with ``default_scope='tlalign_mm'`` finds our classes and,
+through the parents, every mmengine class (runner, loops, optimisers, hooks, visualisers)
+without "failed to search registry" noise.  The backbones are also put into the mmseg and
+mmdet ``MODELS`` registries by :mod:`tlalign_mm.models.downstream`, the only place that
 imports mmseg / mmdet.
 """
-from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
-from mmengine.registry import DATASETS as MMENGINE_DATASETS
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import METRICS as MMENGINE_METRICS
-from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine import registry as _mm
 from mmengine.registry import Registry
 
-__all__ = ['MODELS', 'DATASETS', 'TRANSFORMS', 'HOOKS', 'METRICS', 'DATA_SAMPLERS']
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='tlalign_mm', locations=['tlalign_mm.models'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='tlalign_mm', locations=['tlalign_mm.datasets'])
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='tlalign_mm',
-                      locations=['tlalign_mm.datasets'])
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='tlalign_mm', locations=['tlalign_mm.hooks'])
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='tlalign_mm', locations=['tlalign_mm.evaluation'])
-DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='tlalign_mm',
-                         locations=['tlalign_mm.datasets'])
+def _child(parent: Registry, location: str | None = None) -> Registry:
+    return Registry(parent.name, parent=parent, scope='tlalign_mm',
+                    locations=[location] if location else [])
+
+
+MODELS = _child(_mm.MODELS, 'tlalign_mm.models')
+DATASETS = _child(_mm.DATASETS, 'tlalign_mm.datasets')
+TRANSFORMS = _child(_mm.TRANSFORMS, 'tlalign_mm.datasets')
+DATA_SAMPLERS = _child(_mm.DATA_SAMPLERS, 'tlalign_mm.datasets')
+HOOKS = _child(_mm.HOOKS, 'tlalign_mm.hooks')
+METRICS = _child(_mm.METRICS, 'tlalign_mm.evaluation')
+
+# The rest of mmengine's registries, so that scope 'tlalign_mm' resolves everywhere.
+RUNNERS = _child(_mm.RUNNERS)
+RUNNER_CONSTRUCTORS = _child(_mm.RUNNER_CONSTRUCTORS)
+LOOPS = _child(_mm.LOOPS)
+MODEL_WRAPPERS = _child(_mm.MODEL_WRAPPERS)
+WEIGHT_INITIALIZERS = _child(_mm.WEIGHT_INITIALIZERS)
+OPTIMIZERS = _child(_mm.OPTIMIZERS)
+OPTIM_WRAPPERS = _child(_mm.OPTIM_WRAPPERS)
+OPTIM_WRAPPER_CONSTRUCTORS = _child(_mm.OPTIM_WRAPPER_CONSTRUCTORS)
+PARAM_SCHEDULERS = _child(_mm.PARAM_SCHEDULERS)
+EVALUATOR = _child(_mm.EVALUATOR)
+TASK_UTILS = _child(_mm.TASK_UTILS)
+VISUALIZERS = _child(_mm.VISUALIZERS)
+VISBACKENDS = _child(_mm.VISBACKENDS)
+LOG_PROCESSORS = _child(_mm.LOG_PROCESSORS)
+INFERENCERS = _child(_mm.INFERENCERS)
+FUNCTIONS = _child(_mm.FUNCTIONS)
+
+__all__ = [
+    'MODELS', 'DATASETS', 'TRANSFORMS', 'DATA_SAMPLERS', 'HOOKS', 'METRICS', 'RUNNERS', 'RUNNER_CONSTRUCTORS',
+    'LOOPS', 'MODEL_WRAPPERS', 'WEIGHT_INITIALIZERS', 'OPTIMIZERS', 'OPTIM_WRAPPERS',
+    'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'EVALUATOR', 'TASK_UTILS', 'VISUALIZERS', 'VISBACKENDS',
+    'LOG_PROCESSORS', 'INFERENCERS', 'FUNCTIONS'
+]

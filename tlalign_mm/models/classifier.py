@@ -46,7 +46,10 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
         random_erasing: kwargs of :func:`tlalign_mm.datasets.build_random_erasing`
             (``re_prob``, ``re_mode``, ``re_count``), or None.  Applied to the normalised batch
             before mixing, in training only.
-        seed: optional seed of a private generator for the mixer (reproducible mixing).
+        seed: optional seed of the mixer's private generator (reproducible mixing).  The
+            generator of training batch ``t`` is seeded with ``seed + t`` (``t`` counted by the
+            ``mix_step`` buffer, which is saved with the model), so a run resumed from a
+            checkpoint continues the same sequence of mixes instead of replaying it.
 
     Input ``data``: dict with ``inputs`` (B, 3, H, W) uint8/float tensor or a list of
     (3, H, W) tensors of one size, and ``data_samples`` (list of ``ClsDataSample``).
@@ -66,14 +69,14 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
             from ..datasets import build_random_erasing
             self.random_erasing = build_random_erasing(**random_erasing)
         self._seed = seed
-        self._generator: Optional[torch.Generator] = None
+        self.register_buffer('mix_step', torch.zeros((), dtype=torch.long))
 
     def _gen(self, device: torch.device) -> Optional[torch.Generator]:
         if self._seed is None:
             return None
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self._seed)
-        return self._generator
+        gen = torch.Generator(device=device).manual_seed(self._seed + int(self.mix_step))
+        self.mix_step += 1
+        return gen
 
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
