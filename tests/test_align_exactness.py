@@ -58,7 +58,7 @@ def _reference_deit_targets(model, x, y0):
     return y[:, 0]
 
 
-@pytest.mark.parametrize('label_mode', ['fused', 'explicit'])
+@pytest.mark.parametrize('label_mode', ['fused', 'split', 'explicit'])
 def test_deit_matches_reference_algorithm_k1000_and_k2(label_mode):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -152,7 +152,7 @@ def _reference_swin_block(blk, x, hw, labels):
 
 
 @pytest.mark.parametrize('shift', [False, True])
-@pytest.mark.parametrize('label_mode', ['fused', 'explicit'])
+@pytest.mark.parametrize('label_mode', ['fused', 'split', 'explicit'])
 def test_swin_block_matches_per_window_loop_reference(shift, label_mode):
     torch.manual_seed(0)
     blk = TLASwinBlock(32, 2, window_size=4, shift=shift, label_mode=label_mode).eval()

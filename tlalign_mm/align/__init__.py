@@ -6,6 +6,7 @@ from .propagate import (
                         explicit_attention_with_labels,
                         fused_attention_with_labels,
                         residual_label_average,
+                        split_attention_with_labels,
 )
 from .token_labels import (
                         expand_source_labels,
@@ -27,7 +28,8 @@ from .windows import (
 )
 
 __all__ = [
-    'LABEL_MODES', 'attention_label_step', 'check_token_labels', 'explicit_attention_with_labels',
+    'LABEL_MODES', 'split_attention_with_labels', 'attention_label_step', 'check_token_labels',
+    'explicit_attention_with_labels',
     'fused_attention_with_labels', 'residual_label_average', 'expand_source_labels',
     'initial_class_labels', 'initial_source_labels', 'mixed_target', 'partner_index',
     'smooth_one_hot', 'token_share_from_mask', 'merge_patch_labels', 'pad_to_multiple',

@@ -18,6 +18,11 @@ output for the features and the aligned labels:
   attention matrix is materialised.  When the features' attention does not run in float32
   (autocast), the labels take a second float32 SDPA call on the detached q/k instead, so the
   label path stays float32 on every device.
+* :func:`split_attention_with_labels`: the features take the plain SDPA call (exactly the
+  baseline's kernel and autograd graph); the labels take a no-grad float32 pass that forms
+  ``mean_h softmax(q k^T)`` and multiplies it with ``Y``.  The (B, N, N) head mean exists only
+  transiently (nothing is saved for backward).  Cheapest on CPU, where SDPA with a wider value
+  tensor leaves its fastest kernel.
 * :func:`explicit_attention_with_labels`: the reference way, materialising ``softmax(QK^T)``
   per head.  Kept as a documented reference mode (``label_mode='explicit'``) and for tests.
 """
@@ -30,9 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ['attention_label_step', 'residual_label_average', 'fused_attention_with_labels',
-           'explicit_attention_with_labels', 'check_token_labels', 'LABEL_MODES']
+           'explicit_attention_with_labels', 'split_attention_with_labels', 'check_token_labels',
+           'LABEL_MODES']
 
-LABEL_MODES = ('fused', 'explicit')
+LABEL_MODES = ('fused', 'split', 'explicit')
 
 
 def check_token_labels(labels: Tensor, batch: int, tokens: int, name: str = 'token_labels') -> None:
@@ -145,3 +151,27 @@ def explicit_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Opti
     if attn_drop is not None:
         attn = attn_drop(attn)
     return attn @ v, labels_att
+
+
+def split_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
+                                attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+                                scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """Plain SDPA for the features plus a separate no-grad float32 label pass.
+
+    Same arguments and returns as :func:`fused_attention_with_labels`.  The label pass
+    computes ``softmax(q k^T * scale + mask)`` per head in float32 without autograd, averages
+    it over heads and multiplies with the labels; peak extra memory is one (B, H, N, N) float32
+    tensor, freed before the next block.
+    """
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    if labels is None:
+        return out, None
+    with torch.no_grad():
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            logits = (q.detach().float() * scale) @ k.detach().float().transpose(-2, -1)
+            if attn_mask is not None:
+                logits = logits + attn_mask.float() if attn_mask.is_floating_point() else \
+                    logits.masked_fill(~attn_mask, float('-inf'))
+            labels_att = logits.softmax(dim=-1).mean(dim=1) @ labels.detach().float()
+    return out, labels_att

@@ -41,6 +41,7 @@ from ...align import (
     relative_position_index,
     residual_label_average,
     shifted_window_mask,
+    split_attention_with_labels,
     window_partition,
     window_reverse,
 )
@@ -102,7 +103,8 @@ class TLAWindowAttention(nn.Module):
             out, lab = explicit_attention_with_labels(q, k, v, labels, attn_mask, self.attn_drop, self.scale)
         else:
             p = self.attn_drop.p if self.training else 0.0
-            out, lab = fused_attention_with_labels(q, k, v, labels, attn_mask, p, self.scale)
+            fn = split_attention_with_labels if self.label_mode == 'split' else fused_attention_with_labels
+            out, lab = fn(q, k, v, labels, attn_mask, p, self.scale)
         out = out.transpose(1, 2).reshape(bw, n, c)
         return self.proj_drop(self.proj(out)), lab
 

@@ -30,6 +30,7 @@ from ...align import (
     explicit_attention_with_labels,
     fused_attention_with_labels,
     residual_label_average,
+    split_attention_with_labels,
 )
 from ...registry import MODELS
 from .base import TLABackbone
@@ -72,7 +73,8 @@ class TLAAttention(nn.Module):
             out, lab = explicit_attention_with_labels(q, k, v, labels, attn_mask, self.attn_drop, self.scale)
         else:
             p = self.attn_drop.p if self.training else 0.0
-            out, lab = fused_attention_with_labels(q, k, v, labels, attn_mask, p, self.scale)
+            fn = split_attention_with_labels if self.label_mode == 'split' else fused_attention_with_labels
+            out, lab = fn(q, k, v, labels, attn_mask, p, self.scale)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out)), lab
 
