@@ -168,3 +168,13 @@ def test_seeded_mixing_continues_after_resume():
     resumed.load_state_dict(state)
     again = resumed.data_preprocessor(batch, training=True)['mix']
     assert torch.equal(again.share_b, run[2].share_b) and torch.equal(again.lam, run[2].lam)
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', 'demo', '*.py'))),
+                         ids=os.path.basename)
+def test_demo_configs_build(path):
+    init_default_scope('tlalign_mm')
+    cfg = Config.fromfile(path)
+    model = MODELS.build(cfg.model)
+    assert model.num_classes == 10 and model.tl_align == ('_tla_' in path)
+    assert model.data_preprocessor.mixer.patch_size == model.backbone.patch_size

@@ -8,7 +8,7 @@ _base_ = ['../pretrain/deit-small_tla_8xb128-300e_in1k.py']
 img_size = 32
 data_root = 'data/demo/fashion_mnist'
 model = dict(
-    backbone=dict(arch=dict(embed_dims=192, num_layers=4, num_heads=3), img_size=img_size, patch_size=4,
+    backbone=dict(arch=dict(_delete_=True, embed_dims=192, num_layers=4, num_heads=3), img_size=img_size, patch_size=4,
                   drop_path_rate=0.0),
     num_classes=10,
     data_preprocessor=dict(mixer=dict(patch_size=4)),

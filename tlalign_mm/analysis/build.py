@@ -1,0 +1,130 @@
+"""Shared set-up of the analysis tools: config -> classifier (+ checkpoint) and dataloaders."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+__all__ = ['RANDOM_INIT', 'quiet_init_weights', 'load_config', 'build_classifier', 'build_train_dataloader',
+           'build_dataset', 'class_names', 'pick_device']
+
+RANDOM_INIT = 'random-init'
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None):
+    """``mmengine.Config.fromfile(path)`` with ``cfg_options`` merged in and the config's default
+    scope (``tlalign_mm`` when it sets none) made current."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import tlalign_mm  # noqa: F401  (registries; weights_only allow-list for checkpoints)
+
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', None) or 'tlalign_mm')
+    return cfg
+
+
+def pick_device(device: Optional[str]) -> torch.device:
+    """``device`` as given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def quiet_init_weights(model) -> None:
+    """``model.init_weights()`` without mmengine's per-parameter INFO report."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
+def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.device = 'cpu',
+                     seed: int = 0, log=print):
+    """Build ``cfg.model`` (a :class:`~tlalign_mm.models.TLAImageClassifier`) and its weights.
+
+    Args:
+        cfg: config from :func:`load_config`.
+        checkpoint: a checkpoint path (full classifier checkpoint from mmengine, a backbone-only
+            export, or any layout :func:`tlalign_mm.checkpoint.load_backbone_checkpoint` reads),
+            or None for a random initialisation (``init_weights`` after ``torch.manual_seed(seed)``).
+        device: where to put the model.
+        log: called with one line describing what was loaded.
+
+    Returns:
+        ``(model, weights)``: the model in eval mode and a short description of its weights
+        (the checkpoint path, or ``'random-init'``).  The token-fluctuation figures depend on the
+        backbone only, so only the backbone is loaded from the checkpoint (the loader raises
+        when under 90% of it would be matched); a classifier checkpoint's head is loaded too
+        when its shape fits.
+    """
+    from ..registry import MODELS
+
+    torch.manual_seed(seed)
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    if not hasattr(model, 'aligned_targets'):
+        raise TypeError(f'cfg.model builds {type(model).__name__}; the analysis tools need a '
+                        'TLAImageClassifier (a pretraining config)')
+    quiet_init_weights(model)
+    weights = RANDOM_INIT
+    if checkpoint:
+        from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file
+        report = load_backbone_checkpoint(model.backbone, checkpoint)
+        ckpt = load_checkpoint_file(checkpoint)
+        sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+        head = {k[len('head.'):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith('head.')}
+        head_note = 'head left at random init'
+        if head and all(k in model.head.state_dict() and model.head.state_dict()[k].shape == v.shape
+                        for k, v in head.items()):
+            model.head.load_state_dict(head)
+            head_note = 'head loaded'
+        log(f'loaded {checkpoint}: {report.summary()}; {head_note}')
+        weights = str(checkpoint)
+    else:
+        log('no checkpoint given: the model is RANDOMLY INITIALISED (seed '
+            f'{seed}); figures describe an untrained network')
+    model.to(device)
+    model.eval()
+    return model, weights
+
+
+def build_train_dataloader(cfg, batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0):
+    """``Runner.build_dataloader(cfg.train_dataloader)`` with the batch size / workers overridden
+    (``persistent_workers`` off, so the tool exits promptly)."""
+    from mmengine.runner import Runner
+
+    dl = copy.deepcopy(cfg.train_dataloader)
+    if batch_size is not None:
+        dl['batch_size'] = batch_size
+    dl['num_workers'] = num_workers
+    dl['persistent_workers'] = False
+    if num_workers == 0:
+        dl.pop('prefetch_factor', None)
+    return Runner.build_dataloader(dl, seed=seed)
+
+
+def build_dataset(cfg, split: str = 'val'):
+    """The dataset of ``cfg.{split}_dataloader`` (``split`` in 'train', 'val', 'test')."""
+    from ..registry import DATASETS
+
+    key = f'{split}_dataloader'
+    if key not in cfg or cfg[key] is None:
+        raise ValueError(f'the config has no {key}')
+    return DATASETS.build(copy.deepcopy(cfg[key]['dataset']))
+
+
+def class_names(dataset) -> Optional[Sequence[str]]:
+    """``dataset.metainfo['classes']`` when present."""
+    meta = getattr(dataset, 'metainfo', None) or {}
+    classes = meta.get('classes') if isinstance(meta, dict) else None
+    return list(classes) if classes else None

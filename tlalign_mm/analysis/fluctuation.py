@@ -1,0 +1,324 @@
+"""Token fluctuation: how far the TL-Align target drifts from the plain CutMix target.
+
+For a mixed batch, the classifier's :meth:`~tlalign_mm.models.TLAImageClassifier.aligned_targets`
+gives the plain area target ``y_area = lam * y_A + (1 - lam) * y_B`` and the aligned target
+``y_al = lam_al * y_A + (1 - lam_al) * y_B`` traced through the network.  Measured here, per
+sample:
+
+* ``rmse = ||y_al - y_area||_2`` over the K classes (label smoothing included) -- the same
+  quantity the :class:`~tlalign_mm.hooks.TokenFluctuationHook` logs as ``align/rmse``.  Since
+  ``y_al - y_area = (lam_al - lam) (y_A - y_B)``, it equals ``|lam_al - lam| * (1 - s) * sqrt(2)``
+  (s = label smoothing) when A and B have different classes, and 0 when they share a class;
+* ``lam`` (area share of A) and ``lam_aligned`` (share of A in the aligned target);
+* per block ``l``: ``lam_l``, the share of A in the model's readout (class token for DeiT, mean
+  token for Swin) after block ``l``; the per-layer drift is ``mean |lam_l - lam|``.
+
+The labels are always traced with the exact 2-channel source embedding (``tl-align.md``, "An
+exact shortcut"), whatever ``label_channels`` the model trains with, and whether it trains with
+TL-Align or with the CutMix baseline (the targets are computed, not used).
+
+Everything runs without gradients.  :func:`run_fluctuation` puts the model in eval mode (no
+dropout / drop-path) but mixes the batches as in training, through the model's data
+preprocessor in training mode (random erasing included).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..mixing import MixResult
+from .tracing import block_names, iter_blocks, record_block_labels, source_share_readout
+
+__all__ = ['BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
+           'run_fluctuation', 'write_fluctuation_csv', 'plot_fluctuation']
+
+
+@dataclass
+class BatchFluctuation:
+    """Token-fluctuation figures of one mixed batch (all tensors on the CPU, float32).
+
+    Attributes:
+        lam: (B,) area share of image A, in [0, 1].
+        lam_aligned: (B,) share of A in the aligned target, in [0, 1].
+        rmse: (B,) ``||y_aligned - y_area||_2``, in [0, sqrt(2)].
+        layer_lam: (L, B) share of A in the readout after each of the L blocks.
+        labels: (B,) class of each image; partner_labels: (B,) class of its partner.
+        mode: the mixer's mode for the batch (``MixResult.mode``).
+    """
+    lam: Tensor
+    lam_aligned: Tensor
+    rmse: Tensor
+    layer_lam: Tensor
+    labels: Tensor
+    partner_labels: Tensor
+    mode: str
+
+
+@contextlib.contextmanager
+def _source_tracking(model):
+    """Make ``model.aligned_targets`` carry the K = 2 source embedding; restore afterwards."""
+    saved = (model.track_alignment, model.label_channels, model.last_alignment)
+    model.track_alignment = True
+    model.label_channels = 'source'
+    try:
+        yield
+    finally:
+        model.track_alignment, model.label_channels, model.last_alignment = saved
+
+
+@torch.no_grad()
+def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> BatchFluctuation:
+    """Fluctuation figures of one already mixed batch.
+
+    Args:
+        model: a :class:`~tlalign_mm.models.TLAImageClassifier` (either ``tl_align`` setting).
+            Its mode (train / eval) is left as it is.
+        inputs: (B, 3, H, W) mixed, normalised images (``mix.images``) on the model's device.
+        labels: (B,) integer classes of the (unmixed) images.
+        mix: the :class:`~tlalign_mm.mixing.MixResult` that produced ``inputs``; an unmixed
+            result (mode 'none', ``share_b`` all 0, ``lam`` 1) gives ``rmse = 0``.
+
+    Returns:
+        :class:`BatchFluctuation` with L = number of blocks (ViT ``num_layers``, Swin
+        ``sum(depths)``).
+    """
+    backbone = model.backbone
+    labels = labels.to(inputs.device)
+    with _source_tracking(model), record_block_labels(backbone, inputs.shape[-2:]) as trace:
+        _, area, aligned = model.aligned_targets(inputs, labels, mix)
+    blocks = iter_blocks(backbone)
+    prefix = model.num_prefix_tokens
+    layer_lam = torch.stack([source_share_readout(trace.labels[b.index], model.target_readout, prefix)
+                             for b in blocks])
+    partner = mix.partner.to(labels.device)
+    return BatchFluctuation(
+        lam=mix.lam.detach().float().cpu(),
+        lam_aligned=layer_lam[-1].cpu(),
+        rmse=(aligned.float() - area.float()).square().sum(-1).sqrt().cpu(),
+        layer_lam=layer_lam.cpu(),
+        labels=labels.cpu(),
+        partner_labels=labels[partner].cpu(),
+        mode=mix.mode)
+
+
+@torch.no_grad()
+def measure_data_batch(model, data_batch: dict) -> BatchFluctuation:
+    """Mix one dataloader batch with the model's data preprocessor (training mode) and measure it.
+
+    Args:
+        model: a ``TLAImageClassifier`` whose ``data_preprocessor`` has a mixer.
+        data_batch: a collated batch, dict(inputs, data_samples) as the dataloader yields it.
+
+    Raises:
+        ValueError: the data preprocessor produced no mix (no mixer configured).
+    """
+    data = model.data_preprocessor(data_batch, training=True)
+    mix = data.get('mix')
+    if mix is None:
+        raise ValueError('the data preprocessor returned no MixResult: the config has no mixer '
+                         '(model.data_preprocessor.mixer), so there is nothing to align')
+    labels = model._labels(data['data_samples'])
+    return measure_batch(model, data['inputs'], labels, mix)
+
+
+@dataclass
+class FluctuationResult:
+    """Per-sample and per-layer figures over several batches.
+
+    Attributes:
+        batches: the :class:`BatchFluctuation` of every batch, in order.
+        layer_names: L display names of the blocks ('0'.. for ViT, 'stage.block' for Swin).
+        readout: 'cls' or 'mean' (what lam_l is read from).
+    """
+    batches: list[BatchFluctuation] = field(default_factory=list)
+    layer_names: list[str] = field(default_factory=list)
+    readout: str = 'cls'
+
+    def _cat(self, name: str) -> Tensor:
+        return torch.cat([getattr(b, name) for b in self.batches]) if self.batches else torch.zeros(0)
+
+    @property
+    def lam(self) -> Tensor:
+        """(S,) lam of all S samples."""
+        return self._cat('lam')
+
+    @property
+    def lam_aligned(self) -> Tensor:
+        """(S,) aligned lam of all samples."""
+        return self._cat('lam_aligned')
+
+    @property
+    def rmse(self) -> Tensor:
+        """(S,) RMSE (L2 distance of the targets) of all samples."""
+        return self._cat('rmse')
+
+    @property
+    def layer_lam(self) -> Tensor:
+        """(L, S) share of A in the readout after each block."""
+        if not self.batches:
+            return torch.zeros(len(self.layer_names), 0)
+        return torch.cat([b.layer_lam for b in self.batches], dim=1)
+
+    def layer_drift(self) -> tuple[Tensor, Tensor]:
+        """(mean, std) over samples of ``|lam_l - lam|``, each (L,)."""
+        d = (self.layer_lam - self.lam[None]).abs()
+        std = d.std(dim=1, unbiased=False) if d.shape[1] else torch.zeros(d.shape[0])
+        return d.mean(dim=1), std
+
+    def summary(self) -> dict:
+        """Scalar summary: sample counts, RMSE mean/std, lam / aligned lam means, |gap| mean/std,
+        and the per-layer drift (lists, one entry per block)."""
+        lam, la, rmse = self.lam, self.lam_aligned, self.rmse
+        gap = (la - lam).abs()
+        n = int(lam.numel())
+
+        def stat(t: Tensor, fn: str) -> float:
+            if t.numel() == 0:
+                return math.nan
+            return float(t.mean()) if fn == 'mean' else float(t.std(unbiased=False))
+
+        mean_d, std_d = self.layer_drift()
+        return dict(
+            num_batches=len(self.batches), num_samples=n,
+            num_mixed=int((lam < 1).sum()),
+            rmse_mean=stat(rmse, 'mean'), rmse_std=stat(rmse, 'std'),
+            lam_mean=stat(lam, 'mean'), lam_aligned_mean=stat(la, 'mean'),
+            lam_gap_mean=stat(gap, 'mean'), lam_gap_std=stat(gap, 'std'),
+            readout=self.readout, layers=list(self.layer_names),
+            layer_drift_mean=[float(v) for v in mean_d], layer_drift_std=[float(v) for v in std_d],
+        )
+
+
+@torch.no_grad()
+def run_fluctuation(model, batches: Iterable[dict], num_batches: int) -> FluctuationResult:
+    """Measure ``num_batches`` batches of a dataloader.
+
+    Args:
+        model: a ``TLAImageClassifier`` with a mixer; it is put in eval mode (no dropout /
+            drop-path) and left there; mixing still runs (preprocessor in training mode).
+        batches: an iterable of collated batches (a dataloader); it is re-iterated from the start
+            if it ends before ``num_batches``.
+        num_batches: N >= 1.
+
+    Returns:
+        :class:`FluctuationResult` over N batches.
+    """
+    if num_batches < 1:
+        raise ValueError(f'num_batches must be >= 1, got {num_batches}')
+    model.eval()
+    result = FluctuationResult(layer_names=block_names(iter_blocks(model.backbone)),
+                               readout=model.target_readout)
+    while len(result.batches) < num_batches:
+        got = False
+        for data_batch in batches:
+            got = True
+            result.batches.append(measure_data_batch(model, data_batch))
+            if len(result.batches) >= num_batches:
+                break
+        if not got:
+            raise ValueError('the dataloader yielded no batch')
+    return result
+
+
+def _fmt(v: float) -> str:
+    return f'{v:.6g}'
+
+
+def write_fluctuation_csv(result: FluctuationResult, out_dir: str, weights: str) -> tuple[str, str]:
+    """Write ``fluctuation.csv`` (one row per sample) and ``fluctuation_layers.csv`` (one per block).
+
+    Args:
+        result: see :func:`run_fluctuation`.
+        out_dir: directory (created if needed).
+        weights: what the model's weights are (a checkpoint path, or ``'random-init'``); written
+            in a ``weights`` column of both files.
+
+    Returns:
+        the two paths.  ``fluctuation.csv`` columns: weights, batch, index, mode, label,
+        partner_label, lam, lam_aligned, lam_gap (= lam_aligned - lam), rmse.
+        ``fluctuation_layers.csv`` columns: weights, layer (global block index), name, readout,
+        mean_abs_drift (= mean |lam_l - lam|), std_abs_drift, mean_lam_l, mean_lam.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    samples = os.path.join(out_dir, 'fluctuation.csv')
+    with open(samples, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['weights', 'batch', 'index', 'mode', 'label', 'partner_label', 'lam', 'lam_aligned',
+                    'lam_gap', 'rmse'])
+        for bi, b in enumerate(result.batches):
+            for i in range(b.lam.numel()):
+                lam, la = float(b.lam[i]), float(b.lam_aligned[i])
+                w.writerow([weights, bi, i, b.mode, int(b.labels[i]), int(b.partner_labels[i]),
+                            _fmt(lam), _fmt(la), _fmt(la - lam), _fmt(float(b.rmse[i]))])
+    layers = os.path.join(out_dir, 'fluctuation_layers.csv')
+    mean_d, std_d = result.layer_drift()
+    layer_lam = result.layer_lam
+    lam_mean = float(result.lam.mean()) if result.lam.numel() else math.nan
+    with open(layers, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['weights', 'layer', 'name', 'readout', 'mean_abs_drift', 'std_abs_drift', 'mean_lam_l',
+                    'mean_lam'])
+        for i, name in enumerate(result.layer_names):
+            mlam = float(layer_lam[i].mean()) if layer_lam.shape[1] else math.nan
+            w.writerow([weights, i, name, result.readout, _fmt(float(mean_d[i])), _fmt(float(std_d[i])),
+                        _fmt(mlam), _fmt(lam_mean)])
+    return samples, layers
+
+
+def plot_fluctuation(result: FluctuationResult, path: str, title: str = '') -> str:
+    """Save a 2x2 figure (matplotlib, Agg backend) to ``path`` and return it.
+
+    Panels: lam vs aligned lam (scatter, diagonal = no fluctuation); histogram of
+    ``|lam_aligned - lam|``; histogram of the per-sample RMSE; per-block drift
+    ``mean |lam_l - lam|`` with a +-std band.
+    """
+    import matplotlib
+    matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+
+    s = result.summary()
+    lam, la, rmse = result.lam.numpy(), result.lam_aligned.numpy(), result.rmse.numpy()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], color='0.6', lw=1, ls='--', label='no fluctuation')
+    ax.scatter(lam, la, s=10, alpha=0.6)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel='lam (area share of A)',
+           ylabel=f'aligned lam ({"class token" if result.readout == "cls" else "mean token"})',
+           title='lam vs aligned lam')
+    ax.legend(loc='upper left', fontsize=8)
+
+    ax = axes[0, 1]
+    ax.hist(abs(la - lam), bins=30, color='tab:orange')
+    ax.set(xlabel='|lam_aligned - lam|', ylabel='samples',
+           title=f'|lam_aligned - lam|: mean {s["lam_gap_mean"]:.4f} ± {s["lam_gap_std"]:.4f}')
+
+    ax = axes[1, 0]
+    ax.hist(rmse, bins=30, color='tab:green')
+    ax.set(xlabel='||y_aligned - y_area||_2', ylabel='samples',
+           title=f'RMSE: mean {s["rmse_mean"]:.4f} ± {s["rmse_std"]:.4f}')
+
+    ax = axes[1, 1]
+    mean_d, std_d = (t.numpy() for t in result.layer_drift())
+    x = list(range(len(result.layer_names)))
+    ax.plot(x, mean_d, marker='o', color='tab:red')
+    ax.fill_between(x, mean_d - std_d, mean_d + std_d, color='tab:red', alpha=0.2)
+    ax.set_xticks(x)
+    ax.set_xticklabels(result.layer_names, rotation=90 if len(x) > 12 else 0, fontsize=8)
+    ax.set(xlabel='block' + (' (stage.block)' if any('.' in n for n in result.layer_names) else ''),
+           ylabel='mean |lam_l - lam|',
+           title=f'per-block drift of the {"class token" if result.readout == "cls" else "mean token"}')
+    ax.set_ylim(bottom=0)
+
+    fig.suptitle(f'{title}\n{s["num_samples"]} samples in {s["num_batches"]} batches', fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,112 @@
+"""Draw TL-Align token-label maps: the share of image A per token, before and after chosen blocks.
+
+    python tools/analysis/visualize_aligned_labels.py CONFIG [CHECKPOINT] [--layers 0 3 11]
+        [--num-images 4] [--out-dir DIR] [--split val] [--lam-range 0.3 0.8] [--seed S]
+        [--device DEV] [--cfg-options K=V ...]
+
+For ``--num-images`` images of the config's dataset (``--split``, default val: its deterministic
+test pipeline) the tool mixes each image with a partner through the model's own mixer (token
+CutMix in the TL-Align configs; no random erasing, so the images stay readable), traces the
+2-channel source labels through the backbone, and draws one row per image: A, B, the mixed image,
+the initial share-of-A map and the map after each chosen block, as heat maps over the image.
+The batch holds 2 x num-images images so that every drawn image has a partner not drawn in
+another row.
+
+``--layers``: global block indices (DeiT: ``blocks[i]``; Swin: counted over all stages, negative
+from the end) or ``STAGE.BLOCK`` for Swin (``2.5`` = ``layers[2].blocks[5]``).  Default: the
+first, a middle and the last block.  Without CHECKPOINT the network is randomly initialised
+(said in the figure's title).  Output: ``DIR/label_maps.png``.
+
+The computation lives in :mod:`tlalign_mm.analysis.label_maps`.
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+import tlalign_mm  # noqa: E402,F401
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config')
+    p.add_argument('checkpoint', nargs='?', default=None,
+                   help='checkpoint (classifier or backbone); omitted: random initialisation')
+    p.add_argument('--layers', nargs='+', default=None,
+                   help='blocks after which to draw the map: global indices or STAGE.BLOCK (Swin)')
+    p.add_argument('--num-images', type=int, default=4)
+    p.add_argument('--out-dir', default=None)
+    p.add_argument('--out-name', default='label_maps.png')
+    p.add_argument('--split', choices=('train', 'val', 'test'), default='val')
+    p.add_argument('--lam-range', nargs=2, type=float, default=(0.3, 0.8), metavar=('LO', 'HI'),
+                   help='redraw the mix until lam is in [LO, HI] (a visible box)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default=None)
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (KEY=VALUE)')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    import torch
+    from mmengine.dataset import pseudo_collate
+
+    from tlalign_mm.analysis import compute_label_maps, draw_display_mix, iter_blocks, plot_label_maps
+    from tlalign_mm.analysis.build import (
+        RANDOM_INIT,
+        build_classifier,
+        build_dataset,
+        class_names,
+        load_config,
+        pick_device,
+    )
+
+    if args.num_images < 1:
+        raise SystemExit('--num-images must be >= 1')
+    cfg = load_config(args.config, args.cfg_options)
+    stem = osp.splitext(osp.basename(args.config))[0]
+    out_dir = args.out_dir or osp.join('work_dirs', 'label_maps', stem)
+    device = pick_device(args.device)
+    model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
+    mixer = model.data_preprocessor.mixer
+    if mixer is None:
+        raise SystemExit('the config has no mixer (model.data_preprocessor.mixer): nothing to align')
+
+    n_blocks = len(iter_blocks(model.backbone))
+    layers = args.layers or sorted({0, n_blocks // 2, n_blocks - 1})
+
+    dataset = build_dataset(cfg, args.split)
+    batch = 2 * args.num_images
+    if len(dataset) < batch:
+        raise SystemExit(f'the {args.split} set has {len(dataset)} images; need {batch} (2 x --num-images)')
+    gen = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(dataset), generator=gen)[:batch].tolist()
+    data = model.data_preprocessor(pseudo_collate([dataset[i] for i in idx]), training=False)
+    images = data['inputs']
+    labels = model._labels(data['data_samples']).to(images.device)
+    mix_gen = torch.Generator(device=images.device).manual_seed(args.seed)
+    mix = draw_display_mix(mixer, images, mix_gen, args.lam_range)
+
+    maps = compute_label_maps(model, images, labels, mix, layers, num_images=args.num_images)
+    what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
+    readout = 'class token' if model.target_readout == 'cls' else 'mean token'
+    title = (f'{stem} -- weights: {what} -- {mix.mode}, lam={float(mix.lam[0]):.2f}; maps: share of A per token '
+             f'(red = A, blue = B); "A share" = {readout}')
+    path = plot_label_maps(maps, osp.join(out_dir, args.out_name), title, class_names(dataset))
+    print(f'weights: {weights}; layers: ' + ', '.join(maps.names[k] for k in maps.maps))
+    for k in [-1] + list(maps.maps):
+        name = 'initial' if k == -1 else f'after block {maps.names[k]}'
+        vals = ', '.join(f'{float(v):.3f}' for v in maps.readout[k])
+        print(f'  {readout} share of A, {name}: {vals}')
+    print(f'wrote {path}')
+    return path
+
+
+if __name__ == '__main__':
+    main()
