@@ -256,3 +256,18 @@ def _build_loader(Runner, folder_root):
                      pipeline=[dict(type='TimmClassificationTransform', input_size=64),
                                dict(type='PackClsInputs')]),
         collate_fn=dict(type='default_collate')), seed=0)
+
+
+def test_randaugment_posterize_zero_bits_works():
+    """timm's RandAugment 'inc1' (DeiT recipe) asks posterize for 0 bits at high magnitude.
+
+    Pillow 13 raises on that; the environment pins Pillow < 13, where it yields a black image.
+    A crash here would stop ImageNet pretraining at a random iteration.
+    """
+    import numpy as np
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    img = Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8))
+    out = np.asarray(posterize(img, 0))
+    assert out.shape == (8, 8, 3) and out.max() == 0
