@@ -1,0 +1,6 @@
+_base_ = './cascade-mask-rcnn_tla-swin-s_fpn_ms-crop-3x_8xb2_coco.py'
+# Same, with the official Swin-S ImageNet-1k release:
+#   wget -P checkpoints https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_small_patch4_window7_224.pth
+# Published result with these weights: 51.9 box AP / 45.0 mask AP.
+checkpoint = 'checkpoints/swin_small_patch4_window7_224.pth'
+model = dict(backbone=dict(init_cfg=dict(checkpoint=checkpoint)))

@@ -1,0 +1,6 @@
+_base_ = './upernet_tla-swin-s_8xb2-160k_ade20k-512x512.py'
+# Same, with the official Swin-S ImageNet-1k release:
+#   wget -P checkpoints https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_small_patch4_window7_224.pth
+# Published result with these weights: 47.6 mIoU (single scale).
+checkpoint = 'checkpoints/swin_small_patch4_window7_224.pth'
+model = dict(backbone=dict(init_cfg=dict(checkpoint=checkpoint)))

@@ -1,0 +1,330 @@
+"""Checks and CPU fallbacks for downstream (mmseg UperNet / mmdet Cascade Mask R-CNN) configs.
+
+Nothing here imports mmseg or mmdet at module level: the functions read an mmengine ``Config``
+(or any nested mapping) so that ``tools/train.py`` / ``tools/test.py`` can call them before the
+runner builds anything, and a mistake is reported by the config field that holds it instead of a
+shape error deep inside a forward pass.
+
+* :func:`check_downstream_config` -- crop / pad sizes divisible by the backbone's output stride,
+  and ``num_classes`` of every head equal to the dataset's number of classes.
+* :func:`sync_bn_to_bn` -- ``norm_cfg`` ``SyncBN`` -> ``BN`` in ``cfg.model`` (distributed runs on
+  CPU processes: torch's ``SyncBatchNorm`` refuses CPU tensors).  Single-process runs need
+  nothing: mmengine 0.10.7's ``Runner.wrap_model`` already calls ``revert_sync_batchnorm`` when
+  the run is not distributed.
+* :func:`amp_to_fp32_without_cuda` -- ``AmpOptimWrapper`` -> ``OptimWrapper`` on a machine
+  without CUDA (mmengine's ``AmpOptimWrapper`` asserts a GPU in its constructor).
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+__all__ = ['DownstreamConfigError', 'check_downstream_config', 'backbone_stride',
+           'dataset_num_classes', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda', 'KNOWN_NUM_CLASSES']
+
+KNOWN_NUM_CLASSES = {
+    # mmseg
+    'ADE20KDataset': 150, 'CityscapesDataset': 19, 'PascalVOCDataset': 21,
+    'PascalContextDataset': 60, 'PascalContextDataset59': 59, 'COCOStuffDataset': 171,
+    # mmdet
+    'CocoDataset': 80, 'VOCDataset': 20, 'CityscapesDataset(mmdet)': 8, 'LVISV1Dataset': 1203,
+}
+"""Classes of common datasets, used when the config gives no ``metainfo.classes`` and the dataset
+class cannot be imported (ADE20K after ``reduce_zero_label``: 150)."""
+
+_WRAPPERS = ('RepeatDataset', 'ClassBalancedDataset', 'MultiImageMixDataset', 'ConcatDataset')
+_DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+class DownstreamConfigError(ValueError):
+    """A downstream config that cannot train as written; the message names each bad field."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _pair(v: Any) -> Optional[tuple[int, int]]:
+    if v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return int(v), int(v)
+    if isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 \
+            and all(isinstance(x, (int, float)) for x in v):
+        return int(v[0]), int(v[1])
+    return None
+
+
+def _arch_get(backbone: Mapping, key: str, zoo: dict, default: Any) -> Any:
+    """A field of the backbone's ``arch`` (a dict, or a preset of ``zoo`` by name)."""
+    arch = _get(backbone, 'arch')
+    if isinstance(arch, Mapping) and key in arch:
+        return arch[key]
+    if isinstance(arch, str):
+        preset = zoo.get(arch.lower())
+        if preset is not None and key in preset:
+            return preset[key]
+    return default
+
+
+def backbone_stride(backbone: Mapping) -> Optional[int]:
+    """Largest output stride (pixels per feature cell) of a backbone config, or None if unknown.
+
+    ``TLASwinTransformer`` / ``SwinTransformer``: ``patch_size * 2 ** (stages - 1)`` (32 for the
+    standard 4-stage, patch-4 model); ``TLAVisionTransformer`` / ``VisionTransformer``:
+    ``patch_size`` (16).  Known without importing the backbone classes.
+    """
+    btype = str(_get(backbone, 'type', ''))
+    name = btype.rsplit('.', 1)[-1]
+    if 'Swin' in name:
+        patch = int(_get(backbone, 'patch_size', 4) or 4)
+        depths = _get(backbone, 'depths') or _arch_get(
+            backbone, 'depths', {'tiny': (2, 2, 6, 2), 'small': (2, 2, 18, 2), 'base': (2, 2, 18, 2)},
+            (2, 2, 6, 2))
+        strides = _get(backbone, 'strides')
+        if strides:  # mmseg SwinTransformer: (4, 2, 2, 2)
+            s = 1
+            for x in strides:
+                s *= int(x)
+            return s
+        return patch * 2 ** (len(depths) - 1)
+    if 'VisionTransformer' in name or name in ('ViT', 'DeiT'):
+        return int(_get(backbone, 'patch_size', 16) or 16)
+    return None
+
+
+def _iter_datasets(ds: Any, path: str):
+    """Yield (path, dataset cfg) of the leaf datasets under wrappers (Repeat / Concat / ...)."""
+    if ds is None:
+        return
+    if isinstance(ds, Sequence) and not isinstance(ds, (str, Mapping)):
+        for i, d in enumerate(ds):
+            yield from _iter_datasets(d, f'{path}[{i}]')
+        return
+    dtype = str(_get(ds, 'type', ''))
+    if dtype.rsplit('.', 1)[-1] in _WRAPPERS or (_get(ds, 'dataset') is not None and not _get(ds, 'pipeline')):
+        if _get(ds, 'datasets') is not None:
+            yield from _iter_datasets(_get(ds, 'datasets'), f'{path}.datasets')
+        if _get(ds, 'dataset') is not None:
+            yield from _iter_datasets(_get(ds, 'dataset'), f'{path}.dataset')
+        return
+    yield path, ds
+
+
+def _import_dataset_class(dtype: str, scope: Optional[str]):
+    """The dataset class named ``dtype`` from mmseg / mmdet, if importable (else None)."""
+    name = dtype.rsplit('.', 1)[-1]
+    prefix = dtype.split('.', 1)[0] if '.' in dtype else scope
+    if prefix not in ('mmseg', 'mmdet'):  # other scopes (e.g. pretraining): never import them
+        return None
+    pkgs = [f'{prefix}.datasets']
+    for pkg in pkgs:
+        try:
+            mod = importlib.import_module(pkg)
+        except Exception:  # not installed, or a broken mmcv: fall back to the table
+            continue
+        cls = getattr(mod, name, None)
+        if cls is not None:
+            return cls
+    return None
+
+
+def dataset_num_classes(ds: Mapping, scope: Optional[str] = None) -> Optional[int]:
+    """Number of classes of a (leaf) dataset config, or None when it cannot be told.
+
+    Order: ``metainfo.classes`` in the config; the dataset class's ``METAINFO['classes']`` when
+    mmseg / mmdet import; :data:`KNOWN_NUM_CLASSES`.
+    """
+    meta = _get(ds, 'metainfo')
+    classes = _get(meta, 'classes') if meta is not None else None
+    if classes is not None and not isinstance(classes, str):
+        return len(classes)
+    dtype = str(_get(ds, 'type', ''))
+    cls = _import_dataset_class(dtype, scope) if dtype else None
+    if cls is not None:
+        meta = getattr(cls, 'METAINFO', None) or {}
+        if meta.get('classes') is not None:
+            return len(meta['classes'])
+    name = dtype.rsplit('.', 1)[-1]
+    if name == 'CityscapesDataset' and scope == 'mmdet':
+        name = 'CityscapesDataset(mmdet)'
+    return KNOWN_NUM_CLASSES.get(name)
+
+
+def _head_num_classes(model: Mapping) -> list[tuple[str, int]]:
+    """(config path, num_classes) of every classifying head of an mmseg / mmdet model config."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            if 'num_classes' in node and isinstance(node['num_classes'], int):
+                found.append((f'{path}.num_classes', node['num_classes']))
+            for k, v in node.items():
+                if k in ('backbone', 'data_preprocessor', 'train_cfg', 'test_cfg', 'init_cfg'):
+                    continue
+                if isinstance(v, (Mapping, list, tuple)):
+                    visit(v, f'{path}.{k}')
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                visit(v, f'{path}[{i}]')
+
+    visit(model, 'model')
+    return found
+
+
+def _crop_fields(cfg: Any) -> list[tuple[str, tuple[int, int]]]:
+    """(config path, (h, w)) of every size that becomes the network's input size.
+
+    Under ``default_scope='mmdet'`` a ``RandomCrop`` is followed by a resize (the input size is
+    set by ``pad_size_divisor``), so only mmseg-style crops are collected there.
+    """
+    out: list[tuple[str, tuple[int, int]]] = []
+    top = _pair(_get(cfg, 'crop_size'))
+    if top is not None:
+        out.append(('crop_size', top))
+    model = _get(cfg, 'model') or {}
+    pre = _get(model, 'data_preprocessor') or {}
+    size = _pair(_get(pre, 'size'))
+    if size is not None:
+        out.append(('model.data_preprocessor.size', size))
+    test_cfg = _get(model, 'test_cfg') or {}
+    if isinstance(test_cfg, Mapping) and _get(test_cfg, 'mode') == 'slide':
+        cs = _pair(_get(test_cfg, 'crop_size'))
+        if cs is not None:
+            out.append(('model.test_cfg.crop_size', cs))
+    train_dl = _get(cfg, 'train_dataloader') or {}
+    if _get(cfg, 'default_scope') == 'mmdet':
+        return out
+    for dpath, ds in _iter_datasets(_get(train_dl, 'dataset'), 'train_dataloader.dataset'):
+        for i, t in enumerate(_get(ds, 'pipeline') or []):
+            if isinstance(t, Mapping) and str(_get(t, 'type', '')).rsplit('.', 1)[-1] == 'RandomCrop' \
+                    and _get(t, 'crop_type', 'absolute') == 'absolute':
+                cs = _pair(_get(t, 'crop_size'))
+                if cs is not None:
+                    out.append((f'{dpath}.pipeline[{i}].crop_size', cs))
+    return out
+
+
+# ------------------------------------------------------------------------------------ checks
+def check_downstream_config(cfg: Any) -> None:
+    """Validate a downstream (mmseg / mmdet) config before anything is built.
+
+    Checks (each failure names the config field):
+
+    * segmentation (a ``model.data_preprocessor.size`` / ``crop_size`` / ``RandomCrop`` in the
+      train pipeline / slide-test ``crop_size``): every such (h, w) divisible by the backbone's
+      output stride (:func:`backbone_stride`: 32 for Swin, 16 for DeiT); those sizes agreeing
+      with each other;
+    * detection (``model.data_preprocessor.pad_size_divisor``): a multiple of the stride;
+    * ``num_classes`` of every head (``decode_head``, ``auxiliary_head``, ``roi_head.bbox_head``,
+      ``roi_head.mask_head``...) equal to the classes of every dataset in the train / val / test
+      dataloaders (:func:`dataset_num_classes`; datasets whose class count cannot be told are
+      skipped).
+
+    Configs whose backbone is not a ViT / Swin (stride unknown) get only the class check; configs
+    without ``model`` are accepted unchanged (pretraining configs may be passed too).
+
+    Args:
+        cfg: mmengine ``Config`` (or a nested mapping with the same fields).
+
+    Raises:
+        DownstreamConfigError: listing every problem found.
+    """
+    model = _get(cfg, 'model')
+    if not isinstance(model, Mapping):
+        return
+    scope = _get(cfg, 'default_scope')
+    problems: list[str] = []
+
+    backbone = _get(model, 'backbone') or {}
+    stride = backbone_stride(backbone) if isinstance(backbone, Mapping) else None
+    if stride:
+        bdesc = f"model.backbone ({_get(backbone, 'type')}, output stride {stride})"
+        crops = _crop_fields(cfg)
+        for path, (h, w) in crops:
+            if h % stride or w % stride:
+                problems.append(f'{path}={(h, w)} is not divisible by the output stride of {bdesc}; '
+                                f'use a multiple of {stride}, e.g. '
+                                f'{(max(stride, h // stride * stride), max(stride, w // stride * stride))}')
+        distinct = {hw for p, hw in crops if p != 'model.test_cfg.crop_size'}
+        if len(distinct) > 1:
+            problems.append('the training input sizes disagree: '
+                            + ', '.join(f'{p}={hw}' for p, hw in crops if p != 'model.test_cfg.crop_size')
+                            + ' (the data preprocessor pads every crop to model.data_preprocessor.size)')
+        pre = _get(model, 'data_preprocessor') or {}
+        div = _get(pre, 'pad_size_divisor')
+        if isinstance(div, int) and div > 1 and div % stride:
+            problems.append(f'model.data_preprocessor.pad_size_divisor={div} is not a multiple of the '
+                            f'output stride of {bdesc}')
+
+    heads = _head_num_classes(model)
+    for dl_name in _DATALOADERS:
+        dl = _get(cfg, dl_name)
+        if not isinstance(dl, Mapping):
+            continue
+        for dpath, ds in _iter_datasets(_get(dl, 'dataset'), f'{dl_name}.dataset'):
+            n = dataset_num_classes(ds, scope)
+            if n is None:
+                continue
+            src = 'metainfo.classes' if _get(_get(ds, 'metainfo'), 'classes') is not None \
+                else str(_get(ds, 'type'))
+            for hpath, hn in heads:
+                if hn != n:
+                    problems.append(f'{hpath}={hn} but {dpath} ({src}) has {n} classes')
+    if problems:
+        uniq = list(dict.fromkeys(problems))
+        raise DownstreamConfigError('invalid downstream config:\n  - ' + '\n  - '.join(uniq))
+
+
+# ------------------------------------------------------------------------------------ fallbacks
+def sync_bn_to_bn(cfg: Any) -> list[str]:
+    """Replace every ``SyncBN`` norm config under ``cfg.model`` by ``BN``, in place.
+
+    For distributed runs on CPU processes (gloo): torch's ``SyncBatchNorm`` refuses CPU input, and
+    mmengine reverts SyncBN only for non-distributed runs.  Statistics are then per process.
+
+    Returns:
+        the config paths changed (e.g. ``['model.decode_head.norm_cfg', ...]``).
+    """
+    changed: list[str] = []
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            if node.get('type') in ('SyncBN', 'MMSyncBN', 'TorchSyncBN') and path.endswith('norm_cfg'):
+                node['type'] = 'BN'
+                changed.append(path)
+                return
+            for k, v in node.items():
+                if isinstance(v, (Mapping, list)):
+                    visit(v, f'{path}.{k}')
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                visit(v, f'{path}[{i}]')
+
+    model = _get(cfg, 'model')
+    if model is not None:
+        visit(model, 'model')
+    return changed
+
+
+def amp_to_fp32_without_cuda(cfg: Any, cuda_available: Optional[bool] = None) -> bool:
+    """``optim_wrapper.type`` ``AmpOptimWrapper`` -> ``OptimWrapper`` when CUDA is not available.
+
+    mmengine 0.10.7's ``AmpOptimWrapper.__init__`` asserts a GPU / NPU / MLU / MUSA device; the
+    AMP-only keys ``loss_scale`` and ``dtype`` are dropped with it.  Returns True if changed.
+    """
+    if cuda_available is None:
+        import torch
+        cuda_available = torch.cuda.is_available()
+    ow = _get(cfg, 'optim_wrapper')
+    if cuda_available or not isinstance(ow, Mapping) or ow.get('type') != 'AmpOptimWrapper':
+        return False
+    ow['type'] = 'OptimWrapper'
+    for k in ('loss_scale', 'dtype', 'use_fsdp'):
+        if k in ow:
+            del ow[k]
+    return True
