@@ -47,8 +47,8 @@ from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.models import TLAImageClassifier
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEMO_TLA = osp.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-8e_fashion-mnist.py')
-DEMO_CUTMIX = osp.join(REPO, 'configs', 'demo', 'deit-demo_cutmix_1xb64-8e_fashion-mnist.py')
+DEMO_TLA = osp.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-10e_fashion-mnist.py')
+DEMO_CUTMIX = osp.join(REPO, 'configs', 'demo', 'deit-demo_cutmix_1xb64-10e_fashion-mnist.py')
 DEMO_DATA = osp.join(REPO, 'data', 'demo', 'fashion_mnist', 'train')
 SMOOTH = 0.1
 

@@ -1307,9 +1307,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument('--install-apt', action='store_true',
                    help=f"if the files are missing, run 'apt-get install -y {FASHION_MNIST['debian_package']}' "
                         '(root only)')
-    g.add_argument('--cls-train-per-class', type=int, default=100, metavar='N',
+    g.add_argument('--cls-train-per-class', type=int, default=400, metavar='N',
                    help='first N training images of every class -> train/')
-    g.add_argument('--cls-val-per-class', type=int, default=20, metavar='N',
+    g.add_argument('--cls-val-per-class', type=int, default=100, metavar='N',
                    help='first N test (t10k) images of every class -> val/')
     args = p.parse_args(argv)
     wanted = []

@@ -46,8 +46,8 @@ from typing import Optional
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-DEFAULT_CONFIGS = ('configs/demo/deit-demo_tla_1xb64-8e_fashion-mnist.py',
-                   'configs/demo/deit-demo_cutmix_1xb64-8e_fashion-mnist.py')
+DEFAULT_CONFIGS = ('configs/demo/deit-demo_tla_1xb64-10e_fashion-mnist.py',
+                   'configs/demo/deit-demo_cutmix_1xb64-10e_fashion-mnist.py')
 
 
 def parse_args(argv=None):
