@@ -146,6 +146,36 @@ def test_tool():
     return _load_tool('test')
 
 
+class _CurrentStdout:
+    """A stream that writes to whatever ``sys.stdout`` is at the time of the write."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+@pytest.fixture
+def mm_capsys(capsys):
+    """``capsys`` that also sees mmengine's log (``print_log(..., logger='current')``).
+
+    ``MMLogger``'s ``StreamHandler`` keeps the ``sys.stdout`` of the moment the logger was created:
+    under pytest an earlier test's capture, closed by now (pytest also swaps ``sys.stdout`` between a
+    test's setup and call).  For this test it writes to the current ``sys.stdout`` instead.
+    """
+    import logging
+
+    from mmengine.logging import MMLogger
+    handlers = [h for h in MMLogger.get_current_instance().handlers if type(h) is logging.StreamHandler]
+    saved = [h.stream for h in handlers]
+    for h in handlers:
+        h.stream = _CurrentStdout()
+    yield capsys
+    for h, stream in zip(handlers, saved):
+        h.stream = stream
+
+
 def _env(**extra) -> dict:
     env = dict(os.environ)
     env['PYTHONPATH'] = REPO + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
@@ -229,7 +259,8 @@ def test_train_resume_workdir_local_rank(train_tool, cfgs, monkeypatch):
     assert cfg.train_cfg.max_epochs == 7 and cfg.work_dir == '/tmp/from_cfg'
 
 
-def test_train_amp(train_tool, cfgs, capsys):
+def test_train_amp(train_tool, cfgs, mm_capsys):
+    capsys = mm_capsys
     cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--amp']))
     if torch.cuda.is_available():
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
@@ -249,7 +280,8 @@ def test_cpu_distributed_cfg(tool, request, cfgs, capsys):
     mod.prepare_cpu_distributed_cfg(cfg)
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert cfg.model_wrapper_cfg.type == 'MMDistributedDataParallel' and cfg.model_wrapper_cfg.device_ids is None
-    assert "-> 'gloo'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-> 'gloo'" in out and 'SyncBN' not in out  # the tiny model has no SyncBN
     # a config without env_cfg at all, and one with its own DDP wrapper
     cfg.pop('env_cfg')
     cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)
@@ -258,6 +290,106 @@ def test_cpu_distributed_cfg(tool, request, cfgs, capsys):
     assert cfg.model_wrapper_cfg.device_ids is None and cfg.model_wrapper_cfg.find_unused_parameters
     # nothing to do without a launcher
     assert mod.setup_cpu_distributed(cfg, 'none') is False
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_cpu_distributed_sync_bn_to_bn(tool, request, capsys):
+    """Without CUDA a distributed run also gets ``SyncBN`` -> ``BN`` (torch's SyncBatchNorm refuses CPU
+    tensors), printed with the changed config paths; an already-gloo config prints no backend line."""
+    from mmengine.config import Config
+    mod = request.getfixturevalue(f'{tool}_tool')
+    cfg = Config(dict(
+        env_cfg=dict(dist_cfg=dict(backend='gloo')),
+        model=dict(type='EncoderDecoder', backbone=dict(type='TLASwinTransformer', norm_cfg=dict(type='LN')),
+                   decode_head=dict(type='UPerHead', norm_cfg=dict(type='SyncBN', requires_grad=True)),
+                   auxiliary_head=[dict(type='FCNHead', norm_cfg=dict(type='SyncBN', requires_grad=True))])))
+    mod.prepare_cpu_distributed_cfg(cfg)
+    assert cfg.model.decode_head.norm_cfg == dict(type='BN', requires_grad=True)
+    assert cfg.model.auxiliary_head[0].norm_cfg.type == 'BN' and cfg.model.backbone.norm_cfg.type == 'LN'
+    out = capsys.readouterr().out
+    assert ('[tlalign_mm] CUDA is not available: SyncBN -> BN in model.decode_head.norm_cfg, '
+            'model.auxiliary_head[0].norm_cfg (torch SyncBatchNorm needs GPU tensors; statistics are per process)'
+            in out)
+    assert 'gloo' not in out
+    mod.prepare_cpu_distributed_cfg(cfg)  # nothing left to change: silent
+    assert capsys.readouterr().out == ''
+
+
+def test_launch_module_imports():
+    """``tlalign_mm.utils.launch`` needs only torch and mmengine at module level (mmseg / mmdet are
+    imported inside ``register_scope``); both tools use its functions, not copies."""
+    import tlalign_mm.utils.launch as launch
+
+    with open(launch.__file__) as f:
+        tree = ast.parse(f.read())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top.update(a.name.split('.')[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            top.add(node.module.split('.')[0])
+    assert top <= {'__future__', 'argparse', 'os', 'collections', 'torch', 'mmengine'}, top
+    for name in ('train', 'test'):
+        mod = _load_tool(name)
+        for fn in ('register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed', 'build_runner'):
+            assert getattr(mod, fn) is getattr(launch, fn), (name, fn)
+
+
+DET_CFG = osp.join(REPO, 'configs', 'cascade_mask_rcnn', 'cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the fp32 fallback is for machines without CUDA')
+def test_train_config_amp_falls_back_to_fp32_without_cuda(train_tool, mm_capsys):
+    """The Cascade Mask R-CNN configs ask for ``AmpOptimWrapper``, whose constructor asserts a GPU:
+    without CUDA ``setup_cfg`` switches to ``OptimWrapper`` (warning) and the optimizer builds."""
+    cfg = train_tool.setup_cfg(train_tool.parse_args([DET_CFG, '--work-dir', 'unused']))
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'  # the rest untouched
+    assert 'optim_wrapper: AmpOptimWrapper needs CUDA, which is not available; training in fp32 (OptimWrapper).' \
+        in mm_capsys.readouterr().out
+    # what Runner.build_optim_wrapper does with it (the AmpOptimWrapper would raise here), on a stand-in
+    # model with the parameter names the paramwise_cfg custom_keys look for
+    from mmengine.optim import OptimWrapper, build_optim_wrapper
+    model = torch.nn.Module()
+    model.norm = torch.nn.LayerNorm(4)
+    model.fc = torch.nn.Linear(4, 2)
+    ow = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert type(ow) is OptimWrapper and type(ow.optimizer).__name__ == 'AdamW'
+    # also with --amp (ignored without CUDA: same result)
+    cfg = train_tool.setup_cfg(train_tool.parse_args([DET_CFG, '--amp']))
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+
+
+BAD_SEG = '''\
+default_scope = 'mmseg'
+crop_size = (500, 500)
+model = dict(type='EncoderDecoder', data_preprocessor=dict(size=crop_size),
+             backbone=dict(type='TLASwinTransformer', arch='tiny'),
+             decode_head=dict(type='UPerHead', num_classes=150))
+'''
+
+
+def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkeypatch):
+    """Both tools reject an invalid downstream config by its field before anything is registered or
+    built: train.py in ``main`` before ``register_scope``; test.py in ``setup_cfg`` before ``--tta``."""
+    from tlalign_mm.models.config_checks import DownstreamConfigError
+    bad = tmp_path / 'bad_seg.py'
+    bad.write_text(BAD_SEG)
+    calls = []
+    monkeypatch.setattr(train_tool, 'register_scope', lambda cfg: calls.append(cfg))
+    with pytest.raises(DownstreamConfigError, match=r'model\.data_preprocessor\.size=\(500, 500\) is not divisible'):
+        train_tool.main([str(bad), '--work-dir', str(tmp_path / 'wd')])
+    assert calls == []
+    # setup_cfg itself does not check (main does), so it can still be used to inspect a config
+    assert train_tool.setup_cfg(train_tool.parse_args([str(bad)])).crop_size == (500, 500)
+
+    with pytest.raises(DownstreamConfigError, match='crop_size=.*not divisible'):
+        test_tool.setup_cfg(test_tool.parse_args([str(bad), 'ck.pth', '--tta']))  # not the --tta error
+    # fixed by --cfg-options: passes the check, then --tta complains about the missing tta_model
+    with pytest.raises(ValueError, match='tta_model / tta_pipeline'):
+        test_tool.setup_cfg(test_tool.parse_args(
+            [str(bad), 'ck.pth', '--tta', '--cfg-options', 'crop_size=(512,512)',
+             'model.data_preprocessor.size=(512,512)']))
 
 
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
@@ -361,7 +493,7 @@ def test_dist_test_two_processes(cfgs, trained_tiny, tmp_path):
                    '--work-dir', str(tmp_path / 'dist_test'), '--cfg-options', 'env_cfg.dist_cfg.backend=nccl'],
                   tmp_path / 'dist_test.log', PORT=_free_port())
     if not torch.cuda.is_available():
-        assert "env_cfg.dist_cfg.backend 'nccl' -> 'gloo'" in stdout
+        assert "env_cfg.dist_cfg.backend 'nccl' -> 'gloo' (distributed testing on CPU processes)" in stdout
     assert 'GPU number: 2' in stdout
     assert _metrics(stdout)['accuracy/top1'] == pytest.approx(_last_val_top1(log), abs=1e-3)
 
@@ -401,7 +533,7 @@ def test_dist_train_matches_single_process(nproc, cfgs, reference_run, tmp_path)
                 '--cfg-options', f'train_dataloader.batch_size={4 // nproc}', 'env_cfg.dist_cfg.backend=nccl'],
                str(work) + '.log', PORT=_free_port())
     if not torch.cuda.is_available():
-        assert "env_cfg.dist_cfg.backend 'nccl' -> 'gloo'" in log
+        assert "env_cfg.dist_cfg.backend 'nccl' -> 'gloo' (distributed training on CPU processes)" in log
     assert 'Distributed training: True' in log and f'GPU number: {nproc}' in log  # mmengine's world size
     got = _weights(work / 'epoch_3.pth')
     assert got.keys() == reference_run.keys()

@@ -22,12 +22,14 @@ The same command line as OpenMMLab's ``tools/test.py`` (mmseg 1.x / mmdet 3.x)::
   such a hook is an error.
 * ``--tta`` wraps the model in ``cfg.tta_model`` and replaces the test dataset's pipeline with
   ``cfg.tta_pipeline`` (as mmseg / mmdet do); a config without them is an error.
-* Distributed without CUDA: gloo backend and CPU DDP, as in ``tools/train.py``.
+* A downstream config is checked before ``--show-dir`` / ``--tta`` change it
+  (:func:`tlalign_mm.models.config_checks.check_downstream_config`).
+* Distributed without CUDA: gloo backend, CPU DDP and ``SyncBN`` -> ``BN``, as in
+  ``tools/train.py`` (:mod:`tlalign_mm.utils.launch`).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -37,10 +39,12 @@ except ImportError:  # running from a source checkout without PYTHONPATH / insta
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import tlalign_mm  # noqa: F401
 
-import torch  # noqa: E402
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import Config, ConfigDict  # noqa: E402
+
+# sync_bn_to_bn is applied by launch.prepare_cpu_distributed_cfg (distributed runs without CUDA)
+from tlalign_mm.models.config_checks import amp_to_fp32_without_cuda, check_downstream_config, sync_bn_to_bn  # noqa: E402,F401,E501
+from tlalign_mm.utils import launch  # noqa: E402
+from tlalign_mm.utils.launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
            'trigger_visualization_hook', 'apply_tta', 'main']
@@ -68,79 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
              'for mmseg configs)')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation: needs tta_model and tta_pipeline in the config')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override some settings in the used config, the key-value pair in xxx=yyy format will '
-             'be merged into config file. If the value to be overwritten is a list, it should be '
-             'like key="[a,b]" or key=a,b It also allows nested list/tuple values, e.g. '
-             'key="[(a,b),(c,d)]" Note that the quotation marks are necessary and that no white '
-             'space is allowed.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher (pytorch: torchrun / dist_test.sh; slurm: srun)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
-                        help='set by torch.distributed.launch; exported as LOCAL_RANK')
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
-
-
-def register_scope(cfg: Config) -> str | None:
-    """mmseg / mmdet ``register_all_modules(init_default_scope=False)`` by ``cfg.default_scope``
-    (imported only in that branch); nothing for other scopes.  Returns the scope."""
-    scope = cfg.get('default_scope', None)
-    if scope == 'mmseg':
-        from mmseg.utils import register_all_modules
-        register_all_modules(init_default_scope=False)
-    elif scope == 'mmdet':
-        from mmdet.utils import register_all_modules
-        register_all_modules(init_default_scope=False)
-    return scope
-
-
-def prepare_cpu_distributed_cfg(cfg: Config) -> None:
-    """Make a distributed config usable without CUDA: gloo backend (printed), DDP ``device_ids=None``
-    (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU module)."""
-    # (assigning a dict to a Config / ConfigDict stores a converted copy: re-read after setting)
-    if cfg.get('env_cfg', None) is None:
-        cfg.env_cfg = ConfigDict()
-    env_cfg = cfg.env_cfg
-    if env_cfg.get('dist_cfg', None) is None:
-        env_cfg.dist_cfg = ConfigDict()
-    dist_cfg = env_cfg.dist_cfg
-    backend = dist_cfg.get('backend', 'nccl')
-    if backend != 'gloo':
-        print(f'[tlalign_mm] CUDA is not available: env_cfg.dist_cfg.backend {backend!r} -> \'gloo\' '
-              '(distributed testing on CPU processes)', flush=True)
-        dist_cfg.backend = 'gloo'
-    wrapper = cfg.get('model_wrapper_cfg', None)
-    if wrapper is None:
-        cfg.model_wrapper_cfg = ConfigDict(
-            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-    elif 'device_ids' not in wrapper:
-        from mmengine.registry import MODEL_WRAPPERS
-        from torch.nn.parallel import DistributedDataParallel
-        wrapper_type = MODEL_WRAPPERS.get(wrapper.get('type', 'MMDistributedDataParallel'))
-        if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
-            wrapper.device_ids = None
-
-
-def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
-    """Without CUDA and with a launcher: :func:`prepare_cpu_distributed_cfg`, then start the process
-    group here with ``torch.cuda.set_device`` a no-op (mmengine 0.10.7 calls it for every launcher
-    and it raises without a GPU); the Runner then uses that group.  Same as ``tools/train.py``.
-    Returns whether it did anything."""
-    if launcher == 'none' or torch.cuda.is_available():
-        return False
-    prepare_cpu_distributed_cfg(cfg)
-    from unittest import mock
-
-    from mmengine.dist import init_dist, is_distributed
-    if not is_distributed():
-        with mock.patch.object(torch.cuda, 'set_device', lambda *a, **k: None):
-            init_dist(launcher, **cfg.env_cfg.dist_cfg)
-    return True
+    launch.add_launch_args(parser, 'dist_test.sh')
+    return launch.parse_launch_args(parser, argv)
 
 
 def trigger_visualization_hook(cfg: Config, show_dir: str) -> Config:
@@ -201,18 +134,10 @@ def apply_tta(cfg: Config) -> Config:
 
 def setup_cfg(args: argparse.Namespace) -> Config:
     """Load the config and apply the command line to it (no runner, no process group)."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-
+    cfg = launch.load_cfg(args.config, args.launcher, args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    check_downstream_config(cfg)  # before --show-dir / --tta change the config
 
     if args.show_dir:
         trigger_visualization_hook(cfg, args.show_dir)
@@ -221,13 +146,6 @@ def setup_cfg(args: argparse.Namespace) -> Config:
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must be a .pkl / .pickle file, got {args.out!r}')
     return cfg
-
-
-def build_runner(cfg: Config):
-    """``Runner.from_cfg(cfg)``, or the registered ``cfg.runner_type``."""
-    if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
 
 
 def add_dump_metric(runner, out: str, scope: str | None) -> None:
@@ -244,7 +162,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = setup_cfg(args)
     scope = register_scope(cfg)
-    setup_cpu_distributed(cfg, args.launcher)
+    setup_cpu_distributed(cfg, args.launcher, 'testing')
     runner = build_runner(cfg)
     if args.out is not None:
         add_dump_metric(runner, args.out, scope)

@@ -1,0 +1,189 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: command line, config loading, scope, CPU DDP.
+
+Both tools take the same trailing options (``--cfg-options``, ``--launcher``, ``--local_rank``),
+load the config the same way (``--cfg-options`` merged, work dir ``--work-dir`` > the config's
+``work_dir`` > ``./work_dirs/<config file stem>``), register mmseg's / mmdet's modules by the
+config's ``default_scope``, and make a distributed run work on a machine without CUDA:
+
+* :func:`add_launch_args` / :func:`parse_launch_args` -- the shared options; ``LOCAL_RANK``
+  exported from ``--local_rank`` when the environment does not set it (torchrun does);
+* :func:`load_cfg` -- ``Config.fromfile`` + ``launcher`` + ``--cfg-options`` + work dir;
+* :func:`register_scope` -- ``register_all_modules(init_default_scope=False)`` of mmseg / mmdet;
+* :func:`prepare_cpu_distributed_cfg` / :func:`setup_cpu_distributed` -- gloo backend, DDP with
+  ``device_ids=None``, ``SyncBN`` -> ``BN``, and the process group started without
+  ``torch.cuda.set_device``;
+* :func:`build_runner` -- ``Runner.from_cfg`` or the config's ``runner_type``.
+
+Only torch and mmengine are imported at module level: mmseg / mmdet are imported inside
+:func:`register_scope`'s branches, and tlalign_mm's config checks inside
+:func:`prepare_cpu_distributed_cfg`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+from collections.abc import Sequence
+
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+
+__all__ = ['add_launch_args', 'parse_launch_args', 'load_cfg', 'register_scope',
+           'prepare_cpu_distributed_cfg', 'setup_cpu_distributed', 'build_runner']
+
+
+def add_launch_args(parser: argparse.ArgumentParser, dist_script: str) -> argparse.ArgumentParser:
+    """Add ``--cfg-options``, ``--launcher`` and ``--local_rank`` / ``--local-rank`` to ``parser``.
+
+    Args:
+        parser: the tool's parser (its own arguments added already: these come last in ``--help``).
+        dist_script: the tool's torchrun wrapper named in ``--launcher``'s help, e.g.
+            ``'dist_train.sh'``.
+
+    Returns:
+        ``parser``.
+    """
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override some settings in the used config, the key-value pair in xxx=yyy format will '
+             'be merged into config file. If the value to be overwritten is a list, it should be '
+             'like key="[a,b]" or key=a,b It also allows nested list/tuple values, e.g. '
+             'key="[(a,b),(c,d)]" Note that the quotation marks are necessary and that no white '
+             'space is allowed.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help=f'job launcher (pytorch: torchrun / {dist_script}; slurm: srun)')
+    # torch.distributed.launch passes --local_rank (older) or --local-rank (torch >= 2.0);
+    # torchrun sets the LOCAL_RANK environment variable instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help='set by torch.distributed.launch; exported as LOCAL_RANK')
+    return parser
+
+
+def parse_launch_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, then export ``--local_rank`` as ``LOCAL_RANK`` unless it is set."""
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def load_cfg(config: str, launcher: str = 'none', cfg_options: dict | None = None,
+             work_dir: str | None = None) -> Config:
+    """Read ``config`` and apply the options both tools share.
+
+    ``cfg.launcher = launcher``; ``cfg_options`` (``--cfg-options``) merged in; ``cfg.work_dir``:
+    ``work_dir`` (``--work-dir``) > the config's own ``work_dir`` > ``./work_dirs/<config file stem>``.
+    """
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+
+    # work_dir is determined in this priority: CLI > segment in file > filename
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg
+
+
+def register_scope(cfg: Config) -> str | None:
+    """Register the modules of the codebase named by ``cfg.default_scope``.
+
+    'mmseg' -> ``mmseg.utils.register_all_modules(init_default_scope=False)``, 'mmdet' -> the same
+    from ``mmdet.utils``; anything else (e.g. 'tlalign_mm', whose registries ``import tlalign_mm``
+    already filled) needs nothing.  mmseg / mmdet are imported only in their branch.
+
+    Returns:
+        The scope, or None when the config sets none.
+    """
+    scope = cfg.get('default_scope', None)
+    if scope == 'mmseg':
+        from mmseg.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+    elif scope == 'mmdet':
+        from mmdet.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+    return scope
+
+
+def prepare_cpu_distributed_cfg(cfg: Config, task: str = 'training') -> None:
+    """Make a distributed config usable without CUDA, in place.
+
+    * ``env_cfg.dist_cfg.backend`` -> ``'gloo'`` (printed when it changes; mmengine's default is nccl);
+    * DDP gets ``device_ids=None``: a default ``MMDistributedDataParallel`` ``model_wrapper_cfg`` is
+      written when the config has none, and a DDP-derived wrapper without ``device_ids`` gets it
+      (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU module);
+    * ``norm_cfg`` ``SyncBN`` -> ``BN`` under ``cfg.model``
+      (:func:`tlalign_mm.models.config_checks.sync_bn_to_bn`; printed when anything changed): torch's
+      ``SyncBatchNorm`` refuses CPU tensors, so the statistics are per process.
+
+    Args:
+        cfg: the config.
+        task: the word in the backend message, ``'training'`` or ``'testing'``.
+    """
+    # (assigning a dict to a Config / ConfigDict stores a converted copy: re-read after setting)
+    if cfg.get('env_cfg', None) is None:
+        cfg.env_cfg = ConfigDict()
+    env_cfg = cfg.env_cfg
+    if env_cfg.get('dist_cfg', None) is None:
+        env_cfg.dist_cfg = ConfigDict()
+    dist_cfg = env_cfg.dist_cfg
+    backend = dist_cfg.get('backend', 'nccl')
+    if backend != 'gloo':
+        print(f'[tlalign_mm] CUDA is not available: env_cfg.dist_cfg.backend {backend!r} -> \'gloo\' '
+              f'(distributed {task} on CPU processes)', flush=True)
+        dist_cfg.backend = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg', None)
+    if wrapper is None:
+        # what Runner.wrap_model builds by default, minus the GPU device id
+        cfg.model_wrapper_cfg = ConfigDict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    elif 'device_ids' not in wrapper:
+        from mmengine.registry import MODEL_WRAPPERS
+        from torch.nn.parallel import DistributedDataParallel
+        wrapper_type = MODEL_WRAPPERS.get(wrapper.get('type', 'MMDistributedDataParallel'))
+        if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
+            wrapper.device_ids = None
+
+    from tlalign_mm.models.config_checks import sync_bn_to_bn
+    changed = sync_bn_to_bn(cfg)
+    if changed:
+        print(f'[tlalign_mm] CUDA is not available: SyncBN -> BN in {", ".join(changed)} '
+              '(torch SyncBatchNorm needs GPU tensors; statistics are per process)', flush=True)
+
+
+def setup_cpu_distributed(cfg: Config, launcher: str, task: str = 'training') -> bool:
+    """On a machine without CUDA, prepare ``cfg`` for a distributed run and start the process group.
+
+    Does nothing (returns False) for ``launcher='none'`` or when CUDA is available.  Otherwise
+    :func:`prepare_cpu_distributed_cfg` (gloo, DDP ``device_ids=None``, SyncBN -> BN), then
+    ``mmengine.dist.init_dist(launcher, **dist_cfg)`` with ``torch.cuda.set_device`` made a no-op
+    for the call (mmengine 0.10.7 calls it for every launcher and it raises without a GPU).  The
+    Runner then finds the process group initialised and uses it.  Returns True in that case.
+
+    Args:
+        cfg: the config (changed in place).
+        launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
+        task: passed to :func:`prepare_cpu_distributed_cfg` (``'training'`` / ``'testing'``).
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return False
+    prepare_cpu_distributed_cfg(cfg, task)
+    from unittest import mock
+
+    from mmengine.dist import init_dist, is_distributed
+    if not is_distributed():
+        with mock.patch.object(torch.cuda, 'set_device', lambda *a, **k: None):
+            init_dist(launcher, **cfg.env_cfg.dist_cfg)
+    return True
+
+
+def build_runner(cfg: Config):
+    """``Runner.from_cfg(cfg)``, or the registered ``cfg.runner_type``."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
