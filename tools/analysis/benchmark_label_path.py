@@ -169,7 +169,9 @@ def dense_compare(args, device):
     x = torch.randn(args.batch, 3, s, s, device=device)
     res = {}
     for name, (ours, theirs) in pairs.items():
-        ours, theirs = ours.to(device).train(), theirs.to(device).train()
+        ours, theirs = ours.to(device), theirs.to(device)
+        ours.train()
+        theirs.train()   # (mmseg's VisionTransformer.train returns None: no chaining)
         t = {'ours': [], 'stock': []}
         for it in range(args.warmup + args.iters):
             for key, m in (('ours', ours), ('stock', theirs)):
