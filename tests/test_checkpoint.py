@@ -497,7 +497,8 @@ def test_mmseg_vit_features_match(deit_sd):
     mm = mmseg_vit.VisionTransformer(img_size=224, patch_size=16, embed_dims=384, num_layers=12,
                                      num_heads=6, mlp_ratio=4, out_indices=11, qkv_bias=True,
                                      patch_bias=True, final_norm=True, with_cls_token=True,
-                                     norm_cfg=dict(type='LN', eps=1e-6)).eval()
+                                     norm_cfg=dict(type='LN', eps=1e-6))
+    mm.eval()   # (mmseg's train() returns None: no chaining)
     mm.load_state_dict(ours_to_mm_vit(ours), strict=True)
     model = TLAVisionTransformer('deit-small').eval()
     load_backbone_checkpoint(model, {'state_dict': {'backbone.' + k: v for k, v in
@@ -517,7 +518,8 @@ def test_mm_swin_features_match(timm_swin):
         except ImportError:
             pytest.skip('neither mmdet nor mmseg importable')
     mm = SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
-                         drop_path_rate=0.0, out_indices=(0, 1, 2, 3)).eval()
+                         drop_path_rate=0.0, out_indices=(0, 1, 2, 3))
+    mm.eval()   # (mmdet's train() returns None: no chaining)
     model = TLASwinTransformer('tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.0).eval()
     load_backbone_checkpoint(model, timm_swin.state_dict(), min_match=0.9)
     for i in range(3):  # output norms other than the last are not in a classification checkpoint
