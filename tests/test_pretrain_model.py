@@ -178,3 +178,40 @@ def test_demo_configs_build(path):
     model = MODELS.build(cfg.model)
     assert model.num_classes == 10 and model.tl_align == ('_tla_' in path)
     assert model.data_preprocessor.mixer.patch_size == model.backbone.patch_size
+
+
+def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build():
+    @MODELS.register_module(force=True)
+    class PlainConvBackbone(torch.nn.Module):
+        out_type = 'avg_featmap'
+        embed_dims = 8
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return (self.conv(x).mean((2, 3)),)
+
+    with pytest.raises(ValueError, match='carries token labels'):
+        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), num_classes=5))
+    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), num_classes=5,
+                          tl_align=False))
+    assert m.head.in_features == 8
+    m.track_alignment = True       # the fluctuation hook asks; a plain backbone just skips it
+    imgs = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    data = m.data_preprocessor(dict(inputs=imgs, data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)]),
+                               training=True)
+    assert torch.isfinite(m(**data, mode='loss')['loss']) and m.last_alignment is None
+
+
+def test_nonfinite_loss_hook_names_iteration_terms_and_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from tlalign_mm.hooks import NonFiniteLossHook
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
+    runner = SimpleNamespace(work_dir=str(tmp_path), iter=41, epoch=3)
+    hook = NonFiniteLossHook()
+    hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(2.5)))   # finite: nothing
+    with pytest.raises(FloatingPointError, match=r'iteration 42 \(epoch 4\).*loss=nan.*epoch_3\.pth'):
+        hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(float('nan'))))

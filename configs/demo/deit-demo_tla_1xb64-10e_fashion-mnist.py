@@ -43,6 +43,7 @@ param_scheduler = [
 train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=2, max_keep_ckpts=2))
 custom_hooks = [
+    dict(type='NonFiniteLossHook'),
     dict(type='TokenFluctuationHook', interval=10),
     dict(type='BackboneExportHook', filename='backbone.pth'),
 ]

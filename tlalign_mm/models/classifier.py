@@ -142,6 +142,12 @@ class TLAImageClassifier(BaseModel):
         if target_readout not in ('auto', 'cls', 'mean'):
             raise ValueError(f"target_readout must be 'auto', 'cls' or 'mean', got {target_readout!r}")
         self.backbone = MODELS.build(backbone)
+        self.can_carry_labels = hasattr(self.backbone, 'num_tokens') and hasattr(self.backbone, 'token_grid')
+        if tl_align and not self.can_carry_labels:
+            raise ValueError(
+                f'tl_align=True needs a backbone that carries token labels (forward(x, token_labels), '
+                f'num_tokens, token_grid), such as TLAVisionTransformer or TLASwinTransformer; '
+                f'{type(self.backbone).__name__} cannot. Use one of those, or set tl_align=False.')
         self.num_classes = num_classes
         self.tl_align = tl_align
         self.label_channels = label_channels
@@ -208,7 +214,7 @@ class TLAImageClassifier(BaseModel):
         y_a = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
         y_b = y_a[mix.partner]
         area = mixed_target(mix.lam, y_a, y_b)
-        if not (self.tl_align or self.track_alignment):
+        if not (self.tl_align or (self.track_alignment and self.can_carry_labels)):
             return self.extract_feat(inputs), area, None
         r0 = self._initial_labels(mix, y_a, y_b, inputs.shape[-2:])
         feat, lab = self.extract_feat(inputs, r0)
