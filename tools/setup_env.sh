@@ -28,7 +28,7 @@ STEP="checking the interpreter"
 NSTEPS=7
 
 say()  { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-die()  { printf '\n[setup] FAILED while %s:\n  %s\n' "$STEP" "$*" >&2; exit 1; }
+die()  { printf '\n[setup] FAILED while %s:\n  %s\n' "$STEP" "$*" >&2; trap - EXIT; exit 1; }
 step() { STEP="$2"; say "step $1/$NSTEPS: $2"; }
 trap 'rc=$?; [ $rc -ne 0 ] && printf "\n[setup] FAILED while %s (exit %s). See the output above.\n" "$STEP" "$rc" >&2' EXIT
 
