@@ -30,12 +30,48 @@ class TLABackbone(BaseModule):
             extra forward).
     """
 
+    #: preset name -> arch dict; alias -> preset name; keys an arch dict must have; out types
+    arch_zoo: dict = {}
+    arch_alias: dict = {}
+    arch_keys: tuple = ()
+    OUT_TYPES: tuple = ()
+
     def __init__(self, frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 init_cfg=None):
+                 init_cfg=None, pretrained: str | None = None):
+        if pretrained is not None:   # mmseg/mmdet's older shorthand for init_cfg
+            if init_cfg is not None:
+                raise ValueError('give either pretrained or init_cfg, not both')
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+
+    @classmethod
+    def resolve_arch(cls, arch: str | dict) -> dict:
+        """Arch dict of a preset name (case-insensitive, aliases allowed) or a given dict.
+
+        Raises:
+            ValueError: an unknown name (the message lists the known ones) or a dict that lacks
+                one of :attr:`arch_keys`.
+        """
+        if isinstance(arch, str):
+            key = cls.arch_alias.get(arch.lower(), arch.lower())
+            if key not in cls.arch_zoo:
+                raise ValueError(f'unknown arch {arch!r} for {cls.__name__}; choose one of '
+                                 f'{sorted(cls.arch_zoo) + sorted(cls.arch_alias)} or give a dict')
+            arch = cls.arch_zoo[key]
+        missing = set(cls.arch_keys) - set(arch)
+        if missing:
+            raise ValueError(f'arch dict lacks {sorted(missing)}')
+        return dict(arch)
+
+    @classmethod
+    def check_out_type(cls, out_type: str) -> str:
+        """Return ``out_type`` or raise ValueError naming the allowed values."""
+        if out_type not in cls.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {cls.OUT_TYPES}, got {out_type!r}')
+        return out_type
 
     # -- init ----------------------------------------------------------------------------
     @staticmethod

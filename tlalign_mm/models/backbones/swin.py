@@ -248,6 +248,7 @@ class TLASwinTransformer(TLABackbone):
     }
     arch_alias = {'swin-t': 'tiny', 'swin-s': 'small', 'swin-b': 'base', 'swin-tiny': 'tiny',
                   'swin-small': 'small', 'swin-base': 'base', 't': 'tiny', 's': 'small', 'b': 'base'}
+    arch_keys = ('embed_dims', 'depths', 'num_heads')
     OUT_TYPES = ('featmap', 'avg_featmap')
 
     def __init__(self, arch: str | dict = 'tiny', img_size: int | Sequence[int] = 224,
@@ -257,22 +258,9 @@ class TLASwinTransformer(TLABackbone):
                  out_indices: Sequence[int] = (0, 1, 2, 3), out_type: str = 'featmap',
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  label_mode: str = 'fused', init_cfg=None, pretrained: Optional[str] = None):
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('give either pretrained or init_cfg, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        super().__init__(frozen_stages, norm_eval, with_cp, init_cfg)
-        if isinstance(arch, str):
-            key = self.arch_alias.get(arch.lower(), arch.lower())
-            if key not in self.arch_zoo:
-                raise ValueError(f'unknown arch {arch!r} for TLASwinTransformer; choose one of '
-                                 f'{sorted(self.arch_zoo) + sorted(self.arch_alias)} or give a dict')
-            arch = self.arch_zoo[key]
-        missing = {'embed_dims', 'depths', 'num_heads'} - set(arch)
-        if missing:
-            raise ValueError(f'arch dict lacks {sorted(missing)}')
-        if out_type not in self.OUT_TYPES:
-            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
+        arch = self.resolve_arch(arch)
+        self.check_out_type(out_type)
         if window_size < 1:
             raise ValueError(f'window_size must be >= 1, got {window_size}')
         depths, heads = tuple(arch['depths']), tuple(arch['num_heads'])

@@ -142,6 +142,7 @@ class TLAVisionTransformer(TLABackbone):
     }
     arch_alias = {'tiny': 'deit-tiny', 'small': 'deit-small', 'base': 'deit-base',
                   'deit-t': 'deit-tiny', 'deit-s': 'deit-small', 'deit-b': 'deit-base'}
+    arch_keys = ('embed_dims', 'num_layers', 'num_heads')
     OUT_TYPES = ('featmap', 'cls_token', 'avg_featmap', 'raw')
 
     def __init__(self, arch: str | dict = 'deit-small', img_size: int | Sequence[int] = 224,
@@ -151,22 +152,9 @@ class TLAVisionTransformer(TLABackbone):
                  drop_path_rate: float = 0.0, interpolate_mode: str = 'bicubic',
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  label_mode: str = 'fused', init_cfg=None, pretrained: Optional[str] = None):
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('give either pretrained or init_cfg, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        super().__init__(frozen_stages, norm_eval, with_cp, init_cfg)
-        if isinstance(arch, str):
-            key = self.arch_alias.get(arch.lower(), arch.lower())
-            if key not in self.arch_zoo:
-                raise ValueError(f'unknown arch {arch!r} for TLAVisionTransformer; choose one of '
-                                 f'{sorted(self.arch_zoo) + sorted(self.arch_alias)} or give a dict')
-            arch = self.arch_zoo[key]
-        missing = {'embed_dims', 'num_layers', 'num_heads'} - set(arch)
-        if missing:
-            raise ValueError(f'arch dict lacks {sorted(missing)}')
-        if out_type not in self.OUT_TYPES:
-            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
+        arch = self.resolve_arch(arch)
+        self.check_out_type(out_type)
         self.embed_dims = c = arch['embed_dims']
         self.num_layers = arch['num_layers']
         self.patch_size = patch_size
