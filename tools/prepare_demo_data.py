@@ -49,6 +49,7 @@ Examples::
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import gzip
@@ -441,7 +442,7 @@ def source_table(pins: dict[str, str]) -> str:
 # Set definitions
 # --------------------------------------------------------------------------------------------
 
-class DemoSet:
+class DemoSet(abc.ABC):
     """One output folder: its recipe (what determines its content) and how to build it."""
 
     name = ''
@@ -449,12 +450,13 @@ class DemoSet:
     #: The layout written, shown when the source cannot be had (to make the set by hand instead).
     layout_help = ''
 
+    @abc.abstractmethod
     def recipe(self, args) -> dict:
-        raise NotImplementedError
+        """Everything that determines the set's content (recorded in its completion marker)."""
 
+    @abc.abstractmethod
     def build(self, root: Path, args, cache: dict) -> dict:
         """Write the set under ``root``; return ``dict(card=str, counts=dict, sources=dict)``."""
-        raise NotImplementedError
 
 
 # ---- classification: Fashion-MNIST ----------------------------------------------------------
