@@ -42,6 +42,7 @@ def test_pretrain_config_builds_with_timm_param_count(path):
     assert cfg.model.label_smoothing == 0.1
     assert cfg.model.data_preprocessor.mixer.mixup_alpha == 0.0
     assert cfg.model.data_preprocessor.mixer.cutmix_alpha == 1.0
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'   # fp32 fallback without CUDA in tools/train.py
 
 
 def _tiny(tl_align=True, label_channels='source', arch='vit', seed=0):
