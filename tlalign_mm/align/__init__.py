@@ -2,6 +2,7 @@
 from .propagate import (
                         LABEL_MODES,
                         attention_label_step,
+                        attention_with_labels,
                         check_token_labels,
                         explicit_attention_with_labels,
                         fused_attention_with_labels,
@@ -28,7 +29,7 @@ from .windows import (
 )
 
 __all__ = [
-    'LABEL_MODES', 'split_attention_with_labels', 'attention_label_step', 'check_token_labels',
+    'LABEL_MODES', 'attention_with_labels', 'split_attention_with_labels', 'attention_label_step', 'check_token_labels',
     'explicit_attention_with_labels',
     'fused_attention_with_labels', 'residual_label_average', 'expand_source_labels',
     'initial_class_labels', 'initial_source_labels', 'mixed_target', 'partner_index',

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['attention_label_step', 'residual_label_average', 'fused_attention_with_labels',
+__all__ = ['attention_with_labels', 'attention_label_step', 'residual_label_average', 'fused_attention_with_labels',
            'explicit_attention_with_labels', 'split_attention_with_labels', 'check_token_labels',
            'LABEL_MODES']
 
@@ -175,3 +175,33 @@ def split_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optiona
                     logits.masked_fill(~attn_mask, float('-inf'))
             labels_att = logits.softmax(dim=-1).mean(dim=1) @ labels.detach().float()
     return out, labels_att
+
+
+def attention_with_labels(mode: str, q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
+                          attn_mask: Optional[Tensor] = None,
+                          attn_drop: Optional[torch.nn.Module] = None,
+                          scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """The attention step of a label-carrying block, in the given :data:`LABEL_MODES` mode.
+
+    Args:
+        mode: 'fused', 'split' or 'explicit' (see the module docstring).
+        q, k, v: (B, H, N, D); labels: (B, N, K) or None; attn_mask: additive mask
+            broadcastable to (B, H, N, N) or None.
+        attn_drop: the block's attention-dropout module (active when it is in training mode;
+            features only).
+        scale: softmax scale, default ``D ** -0.5``.
+
+    Returns:
+        (out (B, H, N, D), labels_att (B, N, K) float32 detached, or None without labels).
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode == 'explicit':
+        return explicit_attention_with_labels(q, k, v, labels, attn_mask, attn_drop, scale)
+    p = attn_drop.p if attn_drop is not None and attn_drop.training else 0.0
+    if mode == 'split':
+        return split_attention_with_labels(q, k, v, labels, attn_mask, p, scale)
+    if mode == 'fused':
+        return fused_attention_with_labels(q, k, v, labels, attn_mask, p, scale)
+    raise ValueError(f'label_mode must be one of {LABEL_MODES}, got {mode!r}')

@@ -32,16 +32,14 @@ from torch import Tensor
 
 from ...align import (
     LABEL_MODES,
+    attention_with_labels,
     check_token_labels,
-    explicit_attention_with_labels,
-    fused_attention_with_labels,
     merge_patch_labels,
     pad_to_multiple,
     patch_merge_gather,
     relative_position_index,
     residual_label_average,
     shifted_window_mask,
-    split_attention_with_labels,
     window_partition,
     window_reverse,
 )
@@ -99,12 +97,7 @@ class TLAWindowAttention(nn.Module):
             m = mask.view(1, nw, 1, n, n).expand(bw // nw, -1, self.num_heads, -1, -1)
             attn_mask = attn_mask + m.reshape(-1, self.num_heads, n, n)
         attn_mask = attn_mask.to(q.dtype)
-        if self.label_mode == 'explicit':
-            out, lab = explicit_attention_with_labels(q, k, v, labels, attn_mask, self.attn_drop, self.scale)
-        else:
-            p = self.attn_drop.p if self.training else 0.0
-            fn = split_attention_with_labels if self.label_mode == 'split' else fused_attention_with_labels
-            out, lab = fn(q, k, v, labels, attn_mask, p, self.scale)
+        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale)
         out = out.transpose(1, 2).reshape(bw, n, c)
         return self.proj_drop(self.proj(out)), lab
 

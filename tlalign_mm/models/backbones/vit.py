@@ -26,11 +26,9 @@ from torch import Tensor
 
 from ...align import (
     LABEL_MODES,
+    attention_with_labels,
     check_token_labels,
-    explicit_attention_with_labels,
-    fused_attention_with_labels,
     residual_label_average,
-    split_attention_with_labels,
 )
 from ...registry import MODELS
 from .base import TLABackbone
@@ -69,12 +67,7 @@ class TLAAttention(nn.Module):
         (B, H, N, N).  Returns (out (B, N, C), labels_att (B, N, K) float32 or None)."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.label_mode == 'explicit':
-            out, lab = explicit_attention_with_labels(q, k, v, labels, attn_mask, self.attn_drop, self.scale)
-        else:
-            p = self.attn_drop.p if self.training else 0.0
-            fn = split_attention_with_labels if self.label_mode == 'split' else fused_attention_with_labels
-            out, lab = fn(q, k, v, labels, attn_mask, p, self.scale)
+        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out)), lab
 
