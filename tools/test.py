@@ -47,7 +47,7 @@ from tlalign_mm.utils import launch  # noqa: E402
 from tlalign_mm.utils.launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
-           'trigger_visualization_hook', 'apply_tta', 'main']
+           'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,6 +158,17 @@ def add_dump_metric(runner, out: str, scope: str | None) -> None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
 
 
+def plain_metrics(metrics: dict) -> dict:
+    """The metrics with numpy / torch scalars turned into Python floats / ints, so that the
+    printed ``metrics: {...}`` line is a Python literal (``ast.literal_eval`` reads it)."""
+    out = {}
+    for k, v in dict(metrics).items():
+        if hasattr(v, 'item') and getattr(v, 'ndim', 0) == 0:
+            v = v.item()
+        out[k] = v
+    return out
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = setup_cfg(args)
@@ -168,7 +179,7 @@ def main(argv=None) -> dict:
         add_dump_metric(runner, args.out, scope)
     metrics = runner.test()
     if runner.rank == 0:
-        print(f'metrics: {dict(metrics)}', flush=True)
+        print(f'metrics: {plain_metrics(metrics)}', flush=True)
     return metrics
 
 
