@@ -220,6 +220,24 @@ def test_rmse_matches_lam_gap_on_random_models(build, tmp_path):
     assert len(list(csv.DictReader(open(layers)))) == n_blocks
 
 
+@pytest.mark.parametrize('build', [tiny_vit, tiny_swin], ids=['deit', 'swin'])
+def test_autocast_drift(build):
+    """float32 'autocast' moves nothing; CPU bfloat16 moves the aligned lam a little (the q / k
+    that form the attention are bf16), far less than the fluctuation itself; the L2 figure is
+    |dlam| sqrt(2) (1 - s) for pairs of different classes."""
+    from tlalign_mm.analysis import autocast_drift
+    batches = [data_batch(6, seed=s) for s in range(2)]
+    same = autocast_drift(build(), batches, 2, torch.float32)
+    assert same['num_samples'] == 12 and same['lam_aligned_absdiff_max'] == 0.0 and same['target_l2_max'] == 0.0
+    d = autocast_drift(build(), batches, 2, torch.bfloat16)
+    assert d['dtype'] == 'bfloat16' and d['device'] == 'cpu'
+    assert 0.0 < d['lam_aligned_absdiff_max'] < 0.02
+    assert d['lam_aligned_absdiff_mean'] < 0.1 * d['lam_gap_mean']
+    assert d['target_l2_max'] == pytest.approx(math.sqrt(2) * (1 - SMOOTH) * d['lam_aligned_absdiff_max'], rel=1e-5)
+    with pytest.raises(ValueError, match='num_batches'):
+        autocast_drift(build(), batches, 0, torch.bfloat16)
+
+
 def test_measure_data_batch_needs_a_mixer():
     model = tiny_vit()
     model.data_preprocessor.mixer = None
@@ -349,8 +367,11 @@ needs_demo = pytest.mark.skipif(not osp.isdir(DEMO_DATA), reason='demo data miss
 @needs_demo
 def test_token_fluctuation_cli(tmp_path):
     out = _run([osp.join('tools', 'analysis', 'token_fluctuation.py'), DEMO_TLA, '--num-batches', '1',
-                '--batch-size', '8', '--out-dir', str(tmp_path), '--device', 'cpu'])
+                '--batch-size', '8', '--out-dir', str(tmp_path), '--device', 'cpu', '--amp-dtype', 'bfloat16'])
     assert 'RANDOMLY INITIALISED' in out
+    assert 'autocast bfloat16 on cpu vs float32 (8 samples)' in out
+    drift = json.load(open(tmp_path / 'amp_drift.json'))
+    assert drift['num_samples'] == 8 and 0.0 <= drift['lam_aligned_absdiff_max'] < 0.05
     rows = list(csv.DictReader(open(tmp_path / 'fluctuation.csv')))
     assert len(rows) == 8 and {r['weights'] for r in rows} == {'random-init'}
     for r in rows:

@@ -12,20 +12,21 @@
 Importing this package does not import matplotlib; the plotting functions import it (Agg
 backend) when called.
 """
+from .curves import RunScalars, plot_curves, read_scalars
 from .fluctuation import (
                           BatchFluctuation,
                           FluctuationResult,
+                          autocast_drift,
                           measure_batch,
                           measure_data_batch,
                           plot_fluctuation,
                           run_fluctuation,
                           write_fluctuation_csv,
 )
-from .curves import RunScalars, plot_curves, read_scalars
 from .label_maps import LabelMaps, compute_label_maps, denormalise, draw_display_mix, plot_label_maps
 from .tracing import BlockRef, block_names, iter_blocks, parse_layer_spec, record_block_labels, source_share_readout
 
 __all__ = ['BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch', 'run_fluctuation',
            'write_fluctuation_csv', 'plot_fluctuation', 'LabelMaps', 'compute_label_maps', 'denormalise',
            'draw_display_mix', 'plot_label_maps', 'BlockRef', 'block_names', 'iter_blocks', 'parse_layer_spec',
-           'record_block_labels', 'source_share_readout', 'RunScalars', 'read_scalars', 'plot_curves']
+           'record_block_labels', 'source_share_readout', 'autocast_drift', 'RunScalars', 'read_scalars', 'plot_curves']

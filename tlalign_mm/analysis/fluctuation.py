@@ -37,7 +37,7 @@ from ..mixing import MixResult
 from .tracing import block_names, iter_blocks, record_block_labels, source_share_readout
 
 __all__ = ['BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
-           'run_fluctuation', 'write_fluctuation_csv', 'plot_fluctuation']
+           'run_fluctuation', 'write_fluctuation_csv', 'plot_fluctuation', 'autocast_drift']
 
 
 @dataclass
@@ -225,6 +225,69 @@ def run_fluctuation(model, batches: Iterable[dict], num_batches: int) -> Fluctua
         if not got:
             raise ValueError('the dataloader yielded no batch')
     return result
+
+
+@torch.no_grad()
+def autocast_drift(model, batches: Iterable[dict], num_batches: int, dtype: torch.dtype) -> dict:
+    """How far mixed precision moves the aligned targets: each batch mixed once, measured twice.
+
+    The same mixed batch goes through :func:`measure_batch` in float32 and under
+    ``torch.autocast(device_type, dtype)`` (the model's device: CUDA float16 / bfloat16 as AMP
+    training runs it, or CPU bfloat16).  The label path itself stays float32 under autocast
+    (:mod:`tlalign_mm.align.propagate`), so the drift comes from the low-precision q / k that
+    form the attention and from the features drifting through the blocks.
+
+    Args:
+        model: a ``TLAImageClassifier`` with a mixer; put in eval mode and left there.
+        batches: an iterable of collated batches (re-iterated if it ends early).
+        num_batches: N >= 1.
+        dtype: the autocast dtype; ``torch.float32`` disables autocast (the drift is then 0).
+
+    Returns:
+        dict with ``num_samples``, ``dtype``, ``device``, and over all samples:
+        ``lam_aligned_absdiff_mean`` / ``_max`` (``|lam_al(amp) - lam_al(fp32)|``),
+        ``target_l2_mean`` / ``_max`` (``||y_al(amp) - y_al(fp32)||_2`` over the K classes,
+        label smoothing included, as the RMSE above) and ``lam_gap_mean`` (the fluctuation
+        ``mean |lam_al - lam|`` in fp32, the scale the drift is to be compared with).
+
+    Raises:
+        ValueError: ``num_batches < 1``, an empty dataloader, or a batch without a mix.
+    """
+    if num_batches < 1:
+        raise ValueError(f'num_batches must be >= 1, got {num_batches}')
+    device_type = next(model.parameters()).device.type
+    model.eval()
+    lam, la32, la_amp, differ = [], [], [], []
+    done = 0
+    while done < num_batches:
+        got = False
+        for data_batch in batches:
+            got = True
+            data = model.data_preprocessor(data_batch, training=True)
+            mix = data.get('mix')
+            if mix is None:
+                raise ValueError('the data preprocessor returned no MixResult: the config has no mixer')
+            labels = model._labels(data['data_samples'])
+            r32 = measure_batch(model, data['inputs'], labels, mix)
+            with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32):
+                rlo = measure_batch(model, data['inputs'], labels, mix)
+            lam.append(r32.lam)
+            la32.append(r32.lam_aligned)
+            la_amp.append(rlo.lam_aligned)
+            differ.append((r32.labels != r32.partner_labels).float())
+            done += 1
+            if done >= num_batches:
+                break
+        if not got:
+            raise ValueError('the dataloader yielded no batch')
+    lam, la32, la_amp, differ = (torch.cat(t) for t in (lam, la32, la_amp, differ))
+    d = (la_amp - la32).abs()
+    # y_al = lam_al y_A + (1 - lam_al) y_B, so ||dy|| = |dlam| ||y_A - y_B|| = |dlam| sqrt(2) (1 - s)
+    l2 = d * differ * math.sqrt(2.0) * (1.0 - float(model.label_smoothing))
+    return dict(num_samples=int(d.numel()), dtype=str(dtype).replace('torch.', ''), device=device_type,
+                lam_aligned_absdiff_mean=float(d.mean()), lam_aligned_absdiff_max=float(d.max()),
+                target_l2_mean=float(l2.mean()), target_l2_max=float(l2.max()),
+                lam_gap_mean=float((la32 - lam).abs().mean()))
 
 
 def _fmt(v: float) -> str:

@@ -2,6 +2,7 @@
 
     python tools/analysis/token_fluctuation.py CONFIG [CHECKPOINT] [--num-batches N]
         [--batch-size B] [--out-dir DIR] [--device DEV] [--seed S] [--cfg-options K=V ...]
+        [--amp-dtype {float16,bfloat16}]
 
 Builds the model and the training dataloader from CONFIG, loads CHECKPOINT (any layout the
 backbone loader reads; without one the network is randomly initialised and the outputs say so),
@@ -11,7 +12,9 @@ eval mode, no gradients) and writes to DIR (default ``work_dirs/token_fluctuatio
 * ``fluctuation.csv``: one row per sample: lam, aligned lam, RMSE (``||y_al - y_area||_2``);
 * ``fluctuation_layers.csv``: one row per block: mean/std of ``|lam_l - lam|`` for the class
   token (DeiT) or the mean token (Swin) after that block;
-* ``fluctuation_summary.json`` and ``fluctuation.png``.
+* ``fluctuation_summary.json`` and ``fluctuation.png``;
+* with ``--amp-dtype``: ``amp_drift.json``, how far mixed precision moves the aligned targets
+  (:func:`tlalign_mm.analysis.autocast_drift`).
 
 The computation lives in :mod:`tlalign_mm.analysis.fluctuation`.
 """
@@ -42,6 +45,10 @@ def parse_args(argv=None):
     p.add_argument('--num-workers', type=int, default=0)
     p.add_argument('--seed', type=int, default=0, help='seeds the initialisation, sampler and mixing')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (KEY=VALUE)')
+    p.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default=None,
+                   help='also measure how far mixed precision moves the aligned targets: every batch mixed '
+                        'once, traced in float32 and under torch.autocast(dtype) (CUDA: as AMP training; '
+                        'CPU: bfloat16 only); writes amp_drift.json')
     return p.parse_args(argv)
 
 
@@ -76,6 +83,14 @@ def main(argv=None) -> dict:
     title = f'{stem} -- weights: {what}'
     png = plot_fluctuation(result, osp.join(out_dir, 'fluctuation.png'), title)
 
+    if args.amp_dtype:
+        from tlalign_mm.analysis import autocast_drift
+        torch.manual_seed(args.seed)
+        drift = autocast_drift(model, loader, args.num_batches, getattr(torch, args.amp_dtype))
+        summary['amp_drift'] = drift
+        with open(osp.join(out_dir, 'amp_drift.json'), 'w') as f:
+            json.dump(drift, f, indent=2)
+
     print(f'token fluctuation over {summary["num_samples"]} samples ({summary["num_batches"]} batches, '
           f'{summary["num_mixed"]} mixed), weights: {weights}')
     print(f'  RMSE ||y_aligned - y_area||_2: {summary["rmse_mean"]:.5f} ± {summary["rmse_std"]:.5f}')
@@ -83,6 +98,13 @@ def main(argv=None) -> dict:
           f'|gap| {summary["lam_gap_mean"]:.5f} ± {summary["lam_gap_std"]:.5f}')
     print('  per-block mean |lam_l - lam| (' + summary['readout'] + '): ' + ', '.join(
         f'{n}: {d:.4f}' for n, d in zip(summary['layers'], summary['layer_drift_mean'])))
+    if args.amp_dtype:
+        d = summary['amp_drift']
+        print(f'  autocast {d["dtype"]} on {d["device"]} vs float32 ({d["num_samples"]} samples): '
+              f'|lam_al(amp) - lam_al(fp32)| mean {d["lam_aligned_absdiff_mean"]:.2e}, max '
+              f'{d["lam_aligned_absdiff_max"]:.2e}; target L2 mean {d["target_l2_mean"]:.2e}, max '
+              f'{d["target_l2_max"]:.2e} (fluctuation |lam_al - lam| mean {d["lam_gap_mean"]:.2e})')
+        print(f'  wrote {osp.join(out_dir, "amp_drift.json")}')
     for path in (samples_csv, layers_csv, png):
         print(f'  wrote {path}')
     return summary
