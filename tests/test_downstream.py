@@ -115,6 +115,32 @@ def test_every_config_parses_and_passes_checks(path):
     check_downstream_config(cfg)
 
 
+DEMO_PARENTS = {
+    'upernet_tla-swin-demo_1xb4-400i_voc-seg-256x256.py': ('upernet', 'upernet_tla-swin-t_8xb2-160k_ade20k-512x512.py'),
+    'cascade-mask-rcnn_tla-swin-demo_fpn_1xb2-10e_coco-voc.py': (
+        'cascade_mask_rcnn', 'cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(DEMO_PARENTS))
+def test_demo_downstream_configs_match_the_demo_backbone(name):
+    """The demo UperNet / Cascade Mask R-CNN build the backbone the demo pretraining exports
+    (same arch, patch and window, so that every exported tensor loads), from the path
+    tools/run_demo.sh writes, and differ from their real parent only in size and schedule."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'demo', name))
+    pre = Config.fromfile(osp.join(REPO, 'configs', 'demo', 'swin-demo_tla_1xb64-10e_fashion-mnist.py'))
+    bb, pre_bb = cfg.model.backbone, pre.model.backbone
+    assert bb.type == pre_bb.type == 'TLASwinTransformer'
+    for key in ('arch', 'patch_size', 'window_size'):
+        assert bb[key] == pre_bb[key], key
+    assert bb.init_cfg == dict(type='Pretrained', checkpoint='work_dirs/demo/pretrain/backbone.pth')
+    assert bb.out_indices == (0, 1, 2, 3)
+    check_downstream_config(cfg)
+    parent = Config.fromfile(osp.join(REPO, 'configs', *DEMO_PARENTS[name]))
+    assert cfg.model.type == parent.model.type and cfg.default_scope == parent.default_scope
+    assert cfg.optim_wrapper.optimizer.type == parent.optim_wrapper.optimizer.type == 'AdamW'
+
+
 def _flat(cfg):
     d = cfg.to_dict()
     d.pop('model')
