@@ -66,6 +66,7 @@ def test_vit_dense_outputs_pad_and_resize_pos_embed():
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 250, 170))   # not multiples of 16 -> padded to 256x176
     assert [tuple(o.shape) for o in outs] == [(1, 192, 16, 11)] * 4
+    assert all(o.is_contiguous() for o in outs)  # NCHW as mmseg's ViT returns (not a channels-last view)
     assert model.num_tokens((250, 170)) == 1 + 16 * 11
 
 
@@ -76,6 +77,7 @@ def test_swin_dense_outputs_strides():
         outs = model(torch.randn(1, 3, 512, 512))
     assert [tuple(o.shape) for o in outs] == [(1, 96, 128, 128), (1, 192, 64, 64), (1, 384, 32, 32),
                                              (1, 768, 16, 16)]
+    assert all(o.is_contiguous() for o in outs)  # NCHW as mmseg / mmdet Swin return
 
 
 def test_with_cp_gives_same_gradients():

@@ -279,4 +279,5 @@ class TLAVisionTransformer(TLABackbone):
         patches = x[:, self.num_prefix_tokens:]
         if self.out_type == 'avg_featmap':
             return patches.mean(dim=1)
-        return patches.transpose(1, 2).reshape(x.shape[0], -1, *hw)
+        # contiguous NCHW, as mmseg returns (channels-last views slowed UperNet's convs on CPU)
+        return patches.transpose(1, 2).reshape(x.shape[0], -1, *hw).contiguous()
