@@ -34,6 +34,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from ..models.config_checks import _get
+
 __all__ = ['ModelCost', 'task_kind', 'build_analysis_model', 'default_input_shape', 'apply_input_shape',
            'make_dummy_batch', 'sdpa_flop_jit', 'SDPA_OPS', 'flop_analyzer', 'measure_cost', 'config_cost',
            'stock_backbone_config', 'with_stock_backbone', 'DETECTION_DEFAULT_SHAPE']
@@ -51,12 +53,6 @@ _OUR_BACKBONES = ('TLASwinTransformer', 'TLAVisionTransformer')
 
 
 # ------------------------------------------------------------------------------------- config
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
 def _type_name(t: Any) -> str:
     """'TLASwinTransformer' from 'TLASwinTransformer', 'mmseg.TLASwinTransformer' or a class."""
     if isinstance(t, type):
