@@ -27,7 +27,7 @@ import contextlib
 import csv
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -215,16 +215,29 @@ def run_fluctuation(model, batches: Iterable[dict], num_batches: int) -> Fluctua
     model.eval()
     result = FluctuationResult(layer_names=block_names(iter_blocks(model.backbone)),
                                readout=model.target_readout)
-    while len(result.batches) < num_batches:
+    for data_batch in _take(batches, num_batches):
+        result.batches.append(measure_data_batch(model, data_batch))
+    return result
+
+
+def _take(batches: Iterable[dict], num_batches: int) -> Iterator[dict]:
+    """``num_batches`` (>= 1, checked by the callers) batches of ``batches``, re-iterating it from the
+    start when it ends early.
+
+    Raises:
+        ValueError: ``batches`` yields nothing.
+    """
+    done = 0
+    while done < num_batches:
         got = False
         for data_batch in batches:
             got = True
-            result.batches.append(measure_data_batch(model, data_batch))
-            if len(result.batches) >= num_batches:
-                break
+            yield data_batch
+            done += 1
+            if done >= num_batches:
+                return
         if not got:
             raise ValueError('the dataloader yielded no batch')
-    return result
 
 
 @torch.no_grad()
@@ -258,28 +271,19 @@ def autocast_drift(model, batches: Iterable[dict], num_batches: int, dtype: torc
     device_type = next(model.parameters()).device.type
     model.eval()
     lam, la32, la_amp, differ = [], [], [], []
-    done = 0
-    while done < num_batches:
-        got = False
-        for data_batch in batches:
-            got = True
-            data = model.data_preprocessor(data_batch, training=True)
-            mix = data.get('mix')
-            if mix is None:
-                raise ValueError('the data preprocessor returned no MixResult: the config has no mixer')
-            labels = model._labels(data['data_samples'])
-            r32 = measure_batch(model, data['inputs'], labels, mix)
-            with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32):
-                rlo = measure_batch(model, data['inputs'], labels, mix)
-            lam.append(r32.lam)
-            la32.append(r32.lam_aligned)
-            la_amp.append(rlo.lam_aligned)
-            differ.append((r32.labels != r32.partner_labels).float())
-            done += 1
-            if done >= num_batches:
-                break
-        if not got:
-            raise ValueError('the dataloader yielded no batch')
+    for data_batch in _take(batches, num_batches):
+        data = model.data_preprocessor(data_batch, training=True)
+        mix = data.get('mix')
+        if mix is None:
+            raise ValueError('the data preprocessor returned no MixResult: the config has no mixer')
+        labels = model._labels(data['data_samples'])
+        r32 = measure_batch(model, data['inputs'], labels, mix)
+        with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32):
+            rlo = measure_batch(model, data['inputs'], labels, mix)
+        lam.append(r32.lam)
+        la32.append(r32.lam_aligned)
+        la_amp.append(rlo.lam_aligned)
+        differ.append((r32.labels != r32.partner_labels).float())
     lam, la32, la_amp, differ = (torch.cat(t) for t in (lam, la32, la_amp, differ))
     d = (la_amp - la32).abs()
     # y_al = lam_al y_A + (1 - lam_al) y_B, so ||dy|| = |dlam| ||y_A - y_B|| = |dlam| sqrt(2) (1 - s)
