@@ -9,22 +9,33 @@ with the attention the features use (relative position bias and shifted-window m
 taken before attention dropout, detached, in float32 (``tl-align.md``; reference: ``Attention``
 and ``Block.forward`` in Euphoria16/TL-Align ``timm/models/vision_transformer.py``).
 
-Two implementations of the attention step live here, both returning the block's attention
+Three implementations of the attention step live here, each returning the block's attention
 output for the features and the aligned labels:
 
-* :func:`fused_attention_with_labels` (default): one ``F.scaled_dot_product_attention`` call.
-  Since ``mean_h(A_h) @ Y = mean_h(A_h @ Y)`` and every head sees the same ``Y``, the labels ride
-  as extra value channels of every head; their outputs are split off and detached.  No per-head
-  attention matrix is materialised.  When the features' attention does not run in float32
-  (autocast), the labels take a second float32 SDPA call on the detached q/k instead, so the
-  label path stays float32 on every device.
-* :func:`split_attention_with_labels`: the features take the plain SDPA call (exactly the
-  baseline's kernel and autograd graph); the labels take a no-grad float32 pass that forms
-  ``mean_h softmax(q k^T)`` and multiplies it with ``Y``.  The (B, N, N) head mean exists only
-  transiently (nothing is saved for backward).  Cheapest on CPU, where SDPA with a wider value
-  tensor leaves its fastest kernel.
-* :func:`explicit_attention_with_labels`: the reference way, materialising ``softmax(QK^T)``
-  per head.  Kept as a documented reference mode (``label_mode='explicit'``) and for tests.
+* :func:`fused_attention_with_labels` (``label_mode='fused'``, the default).  Since
+  ``mean_h(A_h) @ Y = mean_h(A_h @ Y)`` and every head sees the same ``Y``, the labels ride as
+  extra value channels of every head in the features' own attention call; their outputs are
+  split off and detached, and no per-head attention matrix is materialised.  Per call:
+
+  - CPU, float32, mask (if any) without gradient, K <= D / 8 (DeiT; Swin without grad):
+    PyTorch's CPU flash-attention kernel with q/k zero-padded by K channels (zero channels
+    leave ``q k^T`` unchanged) and a backward that runs the kernel's own backward on the
+    unpadded tensors, so the features' gradient costs exactly what plain SDPA's does
+    (:class:`_CPUFlashAttentionWithLabels`);
+  - CPU, float32, mask with gradient (Swin's relative position bias in training): SDPA has no
+    CPU kernel for that and would take its math kernel, so the attention is written out once
+    and the labels are read off the same softmax (:func:`explicit_attention_with_labels`);
+  - CPU, float32, many label channels (K = num_classes): :func:`split_attention_with_labels`;
+  - other devices, float32: one SDPA call with the labels as extra value channels;
+  - features not in float32 (autocast) or attention dropout: the features' SDPA call plus a
+    second float32 SDPA call on the detached q/k for the labels, so the label path stays
+    float32 on every device.
+* :func:`split_attention_with_labels` (``'split'``): the features take the plain SDPA call
+  (exactly the baseline's kernel and autograd graph); the labels take a no-grad float32 pass
+  that forms ``mean_h softmax(q k^T)`` and multiplies it with ``Y``.  The (B, N, N) head mean
+  exists only transiently (nothing is saved for backward).
+* :func:`explicit_attention_with_labels` (``'explicit'``): the reference way, materialising
+  ``softmax(q k^T)`` per head.  Kept as the documented reference mode and for tests.
 """
 from __future__ import annotations
 
@@ -90,6 +101,84 @@ def _label_heads(labels: Tensor, num_heads: int, dtype: torch.dtype, pad_to: int
     return y.unsqueeze(1).expand(-1, num_heads, -1, -1)
 
 
+_FLASH_CPU = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+_FLASH_CPU_BACKWARD = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
+
+
+def _cpu_flash_applies(q: Tensor, k: Tensor, v: Tensor, labels: Tensor, attn_mask: Optional[Tensor],
+                       dropout_p: float) -> bool:
+    """Whether :class:`_CPUFlashAttentionWithLabels` can run this call.
+
+    It needs PyTorch's CPU flash-attention ops (private ``aten`` ops, present since torch 2.2),
+    CPU float32 q/k/v of one head size, no dropout, a float mask that needs no gradient (that
+    kernel's backward returns no mask gradient; plain SDPA itself leaves the flash kernel for
+    its math kernel in that case, e.g. Swin's learnable relative position bias), and few label
+    channels: q and k are padded by K zero channels, so K is held to at most 1/8 of the head
+    size (K = 2 source labels always qualify; K = num_classes takes the split pass instead).
+    """
+    if _FLASH_CPU is None or _FLASH_CPU_BACKWARD is None or dropout_p != 0.0:
+        return False
+    if labels.shape[-1] * 8 > q.shape[-1]:
+        return False
+    if q.device.type != 'cpu' or not (q.dtype == k.dtype == v.dtype == torch.float32):
+        return False
+    if not q.shape[-1] == k.shape[-1] == v.shape[-1]:
+        return False
+    if attn_mask is not None and (attn_mask.requires_grad or attn_mask.dtype != torch.float32):
+        return False
+    return True
+
+
+class _CPUFlashAttentionWithLabels(torch.autograd.Function):
+    """CPU flash attention for the features with the labels as extra value channels.
+
+    Forward: q, k (B, H, N, D) are zero-padded to D + K channels and the labels (B, N, K) are
+    appended to every head's values, so one ``_scaled_dot_product_flash_attention_for_cpu``
+    call returns ``A_h @ [V_h | Y]`` and the log-sum-exp of every softmax row.  Backward: the
+    same kernel's backward on the unpadded q, k, v with the feature part of the output and the
+    log-sum-exp (which the zero channels leave unchanged), i.e. exactly plain SDPA's backward.
+    The labels' output is detached (no gradient reaches the labels or through them).
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, labels: Tensor, attn_mask: Optional[Tensor],
+                scale: Optional[float]) -> tuple[Tensor, Tensor]:
+        d, n_lab = v.shape[-1], labels.shape[-1]
+        scale = d ** -0.5 if scale is None else scale
+        y = _label_heads(labels, q.shape[1], v.dtype)
+        out, lse = _FLASH_CPU(F.pad(q, (0, n_lab)), F.pad(k, (0, n_lab)), torch.cat([v, y], dim=-1),
+                              attn_mask=attn_mask, scale=scale)
+        # The kernel writes (B, N, H, D') memory; keep that layout so that the caller's
+        # ``transpose(1, 2).reshape`` stays a view, as after plain SDPA.
+        feat = out[..., :d].transpose(1, 2).contiguous().transpose(1, 2)
+        labels_att = out[..., d:].mean(dim=1)
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, feat, lse, attn_mask)
+        ctx.mark_non_differentiable(labels_att)
+        return feat, labels_att
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor, _grad_labels: Optional[Tensor]):
+        q, k, v, feat, lse, attn_mask = ctx.saved_tensors
+        gq, gk, gv = _FLASH_CPU_BACKWARD(grad_out, q, k, v, feat, lse, 0.0, False, attn_mask=attn_mask,
+                                         scale=ctx.scale)
+        return gq, gk, gv, None, None, None
+
+
+def _cpu_math_applies(q: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float) -> bool:
+    """Whether the features' attention is better written out than given to SDPA.
+
+    True on CPU for float32 without dropout when the mask needs a gradient (Swin's relative
+    position bias while training).  SDPA has no CPU fused kernel with a mask gradient and takes
+    its math kernel, which also scans every row for full masking (``_safe_softmax``); written
+    out (:func:`explicit_attention_with_labels`, as mmdet's ``WindowMSA``), the softmax is
+    materialised once and serves the labels too.
+    """
+    return (attn_mask is not None and attn_mask.requires_grad and dropout_p == 0.0
+            and q.device.type == 'cpu' and q.dtype == v.dtype == torch.float32)
+
+
 def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
                                 scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
@@ -108,11 +197,17 @@ def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optiona
         ``(out, labels_att)``: out (B, H, N, D) as SDPA returns it; labels_att (B, N, K) float32
         detached ``mean_h(A_h) @ Y`` (None when ``labels`` is None).
     """
+    if _cpu_math_applies(q, v, attn_mask, dropout_p):
+        return explicit_attention_with_labels(q, k, v, labels, attn_mask, None, scale)
     if labels is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                               scale=scale), None
     num_heads, head_dim = q.shape[1], v.shape[-1]
     n_lab = labels.shape[-1]
+    if _cpu_flash_applies(q, k, v, labels, attn_mask, dropout_p):
+        return _CPUFlashAttentionWithLabels.apply(q, k, v, labels, attn_mask, scale)
+    if q.device.type == 'cpu' and v.dtype == torch.float32 and dropout_p == 0.0:
+        return split_attention_with_labels(q, k, v, labels, attn_mask, dropout_p, scale)
     if v.dtype == torch.float32 and dropout_p == 0.0:
         # One call: labels as extra value channels (padded so head dims stay multiples of 8).
         y = _label_heads(labels, num_heads, v.dtype, pad_to=8)

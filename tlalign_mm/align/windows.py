@@ -1,8 +1,8 @@
 """Swin window rules shared by the features and the labels.
 
-Labels must see exactly the attention the features see, so they use the same partition: the
-Swin block concatenates the label embedding to the normalised features along the channel axis,
-shifts and partitions once, and splits the two again (``tl-align.md``, "Hierarchical models").
+Labels must see exactly the attention the features see, so the Swin block puts them through
+the same cyclic shift, partition and reverse as the tokens, with the same window and shift
+(``tl-align.md``, "Hierarchical models").
 References: Liu et al., "Swin Transformer", ICCV 2021 (github.com/microsoft/Swin-Transformer,
 ``window_partition``, ``window_reverse``, the shifted-window ``attn_mask``, ``PatchMerging``).
 """

@@ -459,7 +459,11 @@ def measure_cost(model: nn.Module, data: dict, kind: str = '') -> ModelCost:
     for name, child in children:
         child.forward = _scoped(child.forward, name)
     try:
-        total = int(fa.total())
+        # inference cost: traced without autograd, so the backbones take their inference kernels
+        # (on CPU our Swin writes its attention out only when the relative position bias needs a
+        # gradient; the count is the same either way)
+        with torch.no_grad():
+            total = int(fa.total())
         by_module = fa.by_module()
         uncalled = fa.uncalled_modules()
         by_op = fa.by_operator()

@@ -226,7 +226,9 @@ class TLASwinTransformer(TLABackbone):
             rises linearly over all blocks).
         frozen_stages: -1 nothing; 0 the patch embedding; k >= 1 also the first k stages and
             their output norms (mmdet semantics).
-        label_mode: 'fused' (default) or 'explicit' (reference way).
+        label_mode: how the labels take each block's attention (``tlalign_mm.align.propagate``):
+            'fused' (default: in the features' own attention call), 'split' (a separate
+            no-grad float32 pass) or 'explicit' (the reference way, materialised attention).
 
     Strides of the four stages are 4, 8, 16, 32 (for patch_size 4); channels C, 2C, 4C, 8C.
 

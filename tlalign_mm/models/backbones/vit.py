@@ -41,8 +41,9 @@ class TLAAttention(nn.Module):
 
     Args:
         dim: channels C; num_heads: H (C must be divisible by H).
-        label_mode: 'fused' (one SDPA call, labels as extra value channels) or 'explicit'
-            (materialised per-head attention, the reference code's way).
+        label_mode: 'fused' (labels as extra value channels of the features' attention call),
+            'split' (separate no-grad float32 pass) or 'explicit' (materialised per-head
+            attention, the reference code's way); see ``tlalign_mm.align.propagate``.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
@@ -120,7 +121,9 @@ class TLAVisionTransformer(TLABackbone):
         interpolate_mode: position-embedding resize mode ('bicubic' as mmseg / timm).
         frozen_stages: -1 freezes nothing; k >= 0 freezes the patch embedding, tokens, position
             embedding and the first k blocks.
-        label_mode: 'fused' (default) or 'explicit' (reference way, materialised attention).
+        label_mode: how the labels take each block's attention (``tlalign_mm.align.propagate``):
+            'fused' (default: in the features' own attention call), 'split' (a separate
+            no-grad float32 pass) or 'explicit' (the reference way, materialised attention).
 
     Input sizes not divisible by ``patch_size`` are zero-padded at the bottom/right.
 
