@@ -60,7 +60,8 @@ def _flops(model, *inputs):
     if hasattr(model, 'eval'):
         model.eval()   # (mmseg's VisionTransformer.train returns None: no chaining)
     fa = flop_analyzer(model, inputs)
-    return fa.total(), fa
+    with torch.no_grad():   # inference kernels, as measure_cost traces
+        return fa.total(), fa
 
 
 def _params(model):
@@ -339,3 +340,21 @@ def test_tools_reject_bad_arguments():
     r = subprocess.run([sys.executable, osp.join(TOOLS, 'get_flops.py'), DEMO_SEG, '--shape', '1', '2', '3'],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert r.returncode == 2 and '--shape takes H or H W' in r.stderr
+
+
+@pytest.mark.parametrize('model', ['deit-tiny', 'swin-tiny'])
+def test_benchmark_label_path_tool_runs(tmp_path, model):
+    out = tmp_path / 'label_path.json'
+    img = '32' if model.startswith('deit') else '56'   # Swin: stage maps 14/7/4/2 tile into windows
+    stdout = _run_tool('benchmark_label_path.py', '--model', model, '--batch', '2', '--img', img,
+                       '--num-classes', '10', '--iters', '3', '--warmup', '0', '--json', str(out))
+    assert 'paired [95% CI]' in stdout
+    res = json.loads(out.read_text())
+    variants = ('baseline', 'fused', 'split', 'reference')
+    assert set(res['step_s']) == set(res['peak_bytes']) == set(res['paired_ratio']) == set(variants)
+    assert all(len(res['step_s_rounds'][v]) == 3 for v in variants)
+    assert res['paired_ratio']['baseline'] == [1.0, 1.0, 1.0]
+    for v in variants:
+        mean, lo, hi = res['paired_ratio'][v]
+        assert 0 < lo <= mean <= hi
+        assert res['step_s'][v] > 0

@@ -4,17 +4,23 @@ Variants, on the same backbone, batch and weights (training step = forward + bac
 soft-target cross-entropy through a linear head):
 
 * ``baseline``  - CutMix baseline: no labels, target = lam * y_A + (1 - lam) * y_B;
-* ``fused``     - ours: TL-Align, K = 2 source embedding riding in the fused attention call
-                  (``label_mode='fused'``, the default);
+* ``fused``     - ours: TL-Align, K = 2 source embedding riding in the features' attention
+                  call (``label_mode='fused'``, the default; on CPU the flash kernel for DeiT,
+                  the written-out window attention for Swin in training);
 * ``split``     - ours: plain SDPA for the features, a no-grad float32 head-mean attention pass
                   for the K = 2 labels (``label_mode='split'``);
 * ``reference`` - the reference code's way: K = num_classes labels, per-head attention
                   materialised (``label_mode='explicit'``).
 
 Step time: median over ``--iters`` steps after ``--warmup``, the variants interleaved step by
-step so that machine noise hits all alike.  Peak memory: each variant in a fresh subprocess;
-on CPU the growth of the process's peak RSS over its steady state before the first step, on
-GPU ``torch.cuda.max_memory_allocated`` during the steps.
+step (the order reversed every other round) so that machine noise hits all alike.  ``x base``
+is the ratio of the medians; ``paired`` is the geometric mean over rounds of each round's ratio
+to the baseline step of the same round, with its 95% confidence interval (normal approximation
+on the log ratios).  The paired figure is the one to quote on a noisy machine: a shared 2-core
+VM's step time drifts by 10-40% within a minute, which the pairing cancels.
+
+Peak memory: each variant in a fresh subprocess; on CPU the growth of the process's peak RSS
+over its steady state before the first step, on GPU ``torch.cuda.max_memory_allocated`` during the steps.
 
 ``--dense`` adds the dense-prediction comparison: forward + backward at 512x512 of our DeiT-S
 and Swin-T (no labels) against mmseg's ``VisionTransformer`` and mmdet's ``SwinTransformer`` with
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -109,13 +116,14 @@ def sync(device):
 
 def time_variants(args, device):
     models, batches = {}, {}
-    for v in VARIANTS:
+    variants = args.variants
+    for v in variants:
         bb, head, prefix, readout = build(args.model, v, args.num_classes, args.drop_path)
         models[v] = (bb.to(device).train(), head.to(device), readout)
         batches[v] = make_batch(bb, prefix, args.batch, args.img, args.num_classes, v, device)
-    times = {v: [] for v in VARIANTS}
+    times = {v: [] for v in variants}
     for it in range(args.warmup + args.iters):
-        for v in VARIANTS:
+        for v in (variants if it % 2 == 0 else variants[::-1]):
             bb, head, readout = models[v]
             sync(device)
             t0 = time.perf_counter()
@@ -123,7 +131,26 @@ def time_variants(args, device):
             sync(device)
             if it >= args.warmup:
                 times[v].append(time.perf_counter() - t0)
-    return {v: statistics.median(t) for v, t in times.items()}
+    return times
+
+
+def paired_ratios(times: dict, ref: str = 'baseline') -> dict:
+    """Per variant: (geometric mean, 95% CI low, high) of the round-by-round ``t_variant / t_ref``.
+
+    Args:
+        times: variant -> list of step times in seconds, one per round, rounds aligned.
+
+    Returns:
+        variant -> (mean, low, high); the interval is ``exp(m +- 1.96 s / sqrt(n))`` over the
+        n log ratios (zero width for a single round).
+    """
+    out = {}
+    for v, ts in times.items():
+        logs = [math.log(a / b) for a, b in zip(ts, times[ref])]
+        m = statistics.fmean(logs)
+        half = 1.96 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else 0.0
+        out[v] = (math.exp(m), math.exp(m - half), math.exp(m + half))
+    return out
 
 
 def _rss_bytes():
@@ -150,31 +177,43 @@ def memory_one(args, variant, device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 
 
-def dense_compare(args, device):
-    """Our DeiT-S / Swin-T vs mmseg ViT / mmdet Swin: forward+backward at --dense-size."""
-    from mmdet.models.backbones import SwinTransformer as MMDetSwin
-    from mmseg.models.backbones import VisionTransformer as MMSegViT
+#: the dense pair per backbone: our config and the codebase whose stock backbone it is compared with
+DENSE_PAIRS = {
+    'deit-s': (dict(type='TLAVisionTransformer', arch='deit-small', out_indices=(2, 5, 8, 11),
+                    drop_path_rate=0.1), 'mmseg'),
+    'swin-t': (dict(type='TLASwinTransformer', arch='tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.3),
+               'mmdet'),
+}
 
-    import tlalign_mm  # noqa: F401  (registers into mmseg/mmdet)
-    from tlalign_mm.models.backbones import TLASwinTransformer, TLAVisionTransformer
+
+def dense_compare(args, device):
+    """Our DeiT-S / Swin-T vs mmseg's ViT / mmdet's Swin: forward+backward at --dense-size.
+
+    The stock backbone is built from ours by :func:`tlalign_mm.analysis.model_cost.stock_backbone_config`
+    (the mapping the FLOPs and downstream tools use), in the codebase's own registry.
+    """
+    import mmdet.models  # noqa: F401  (registers mmdet's backbones)
+    import mmseg.models  # noqa: F401
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmseg.registry import MODELS as MMSEG_MODELS
+
+    import tlalign_mm  # noqa: F401  (registers ours into mmseg/mmdet)
+    from tlalign_mm.analysis.model_cost import stock_backbone_config
+    registries = {'mmseg': MMSEG_MODELS, 'mmdet': MMDET_MODELS}
     s = args.dense_size
-    pairs = {
-        'deit-s': (TLAVisionTransformer('deit-small', img_size=s, out_indices=(2, 5, 8, 11), drop_path_rate=0.1),
-                   MMSegViT(img_size=(s, s), embed_dims=384, num_layers=12, num_heads=6, out_indices=(2, 5, 8, 11),
-                            final_norm=True, drop_path_rate=0.1, with_cls_token=True, interpolate_mode='bicubic')),
-        'swin-t': (TLASwinTransformer('tiny', drop_path_rate=0.3),
-                   MMDetSwin(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
-                             drop_path_rate=0.3, out_indices=(0, 1, 2, 3))),
-    }
     x = torch.randn(args.batch, 3, s, s, device=device)
     res = {}
-    for name, (ours, theirs) in pairs.items():
-        ours, theirs = ours.to(device), theirs.to(device)
+    for name, (cfg, scope) in DENSE_PAIRS.items():
+        cfg = dict(cfg, img_size=s) if cfg['type'] == 'TLAVisionTransformer' else dict(cfg)
+        torch.manual_seed(0)
+        ours = registries[scope].build(cfg).to(device)
+        theirs = registries[scope].build(stock_backbone_config(cfg, scope)).to(device)
         ours.train()
         theirs.train()   # (mmseg's VisionTransformer.train returns None: no chaining)
         t = {'ours': [], 'stock': []}
         for it in range(args.warmup + args.iters):
-            for key, m in (('ours', ours), ('stock', theirs)):
+            pair = (('ours', ours), ('stock', theirs))
+            for key, m in (pair if it % 2 == 0 else pair[::-1]):
                 sync(device)
                 t0 = time.perf_counter()
                 outs = m(x)
@@ -184,6 +223,7 @@ def dense_compare(args, device):
                 if it >= args.warmup:
                     t[key].append(time.perf_counter() - t0)
         res[name] = {k: statistics.median(v) for k, v in t.items()}
+        res[name]['paired'] = paired_ratios(t, ref='stock')['ours']
     return res
 
 
@@ -202,11 +242,19 @@ def main():
     p.add_argument('--dense-only', action='store_true')
     p.add_argument('--dense-size', type=int, default=512)
     p.add_argument('--json', help='also write the figures to this JSON file')
+    p.add_argument('--variants', default=','.join(VARIANTS),
+                   help=f'comma-separated subset of {",".join(VARIANTS)} to run (baseline is always run); '
+                        'fewer variants per round pair the steps more tightly')
     p.add_argument('--_memory', choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    chosen = [v.strip() for v in args.variants.split(',') if v.strip()]
+    bad = sorted(set(chosen) - set(VARIANTS))
+    if bad:
+        p.error(f'--variants: unknown {bad}; choose from {",".join(VARIANTS)}')
+    args.variants = tuple(v for v in VARIANTS if v == 'baseline' or v in chosen)
 
     if args._memory:
         print(json.dumps({'peak_bytes': memory_one(args, args._memory, device)}))
@@ -216,23 +264,29 @@ def main():
     if not args.dense_only:
         print(f'# {args.model}, batch {args.batch}, {args.img}px, K={args.num_classes}, {device}, '
               f'{torch.get_num_threads()} threads, median of {args.iters} steps')
-        times = time_variants(args, device)
+        rounds = time_variants(args, device)
+        times = {v: statistics.median(t) for v, t in rounds.items()}
+        paired = paired_ratios(rounds)
         mem = {}
-        for v in VARIANTS:
+        for v in args.variants:
             cmd = [sys.executable, os.path.abspath(__file__), '--_memory', v] + [
                 a for a in sys.argv[1:] if a not in ('--dense',)]
             r = subprocess.run(cmd, capture_output=True, text=True, check=True)
             mem[v] = json.loads(r.stdout.strip().splitlines()[-1])['peak_bytes']
-        print(f'{"variant":<10} {"step s":>8} {"x base":>7} {"peak MiB":>9} {"x base":>7}')
-        for v in VARIANTS:
-            print(f'{v:<10} {times[v]:8.3f} {times[v] / times["baseline"]:7.3f} {mem[v] / 2**20:9.1f} '
-                  f'{mem[v] / mem["baseline"]:7.3f}')
-        out.update(model=args.model, batch=args.batch, img=args.img, step_s=times, peak_bytes=mem)
+        print(f'{"variant":<10} {"step s":>8} {"x base":>7} {"paired [95% CI]":>21} {"peak MiB":>9} {"x base":>7}')
+        for v in args.variants:
+            mean, lo, hi = paired[v]
+            print(f'{v:<10} {times[v]:8.3f} {times[v] / times["baseline"]:7.3f} '
+                  f'{mean:7.3f} [{lo:.3f}, {hi:.3f}] {mem[v] / 2**20:9.1f} {mem[v] / mem["baseline"]:7.3f}')
+        out.update(model=args.model, batch=args.batch, img=args.img, step_s=times, step_s_rounds=rounds,
+                   paired_ratio=paired, peak_bytes=mem)
     if args.dense or args.dense_only:
         res = dense_compare(args, device)
         print(f'# dense forward+backward {args.dense_size}px batch {args.batch}: ours vs stock mm backbone')
         for name, r in res.items():
-            print(f'{name:<7} ours {r["ours"]:.3f}s  stock {r["stock"]:.3f}s  ratio {r["ours"] / r["stock"]:.3f}')
+            mean, lo, hi = r['paired']
+            print(f'{name:<7} ours {r["ours"]:.3f}s  stock {r["stock"]:.3f}s  ratio {r["ours"] / r["stock"]:.3f}  '
+                  f'paired {mean:.3f} [{lo:.3f}, {hi:.3f}]')
         out['dense'] = res
     if args.json:
         with open(args.json, 'w') as f:

@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default=None,
                    help='also measure how far mixed precision moves the aligned targets: every batch mixed '
                         'once, traced in float32 and under torch.autocast(dtype) (CUDA: as AMP training; '
-                        'CPU: bfloat16 only); writes amp_drift.json')
+                        'CPU autocast runs both dtypes too); writes amp_drift.json')
     return p.parse_args(argv)
 
 
