@@ -378,6 +378,11 @@ def test_token_fluctuation_cli(tmp_path):
         assert 0 <= float(r['lam_aligned']) <= 1 and float(r['rmse']) >= 0
     layers = list(csv.DictReader(open(tmp_path / 'fluctuation_layers.csv')))
     assert len(layers) == 4  # the demo ViT has 4 blocks
+    # --seed fixes the sampler, the augmentations and the mixes: a second run measures the same
+    again = tmp_path / 'again'
+    _run([osp.join('tools', 'analysis', 'token_fluctuation.py'), DEMO_TLA, '--num-batches', '1',
+          '--batch-size', '8', '--out-dir', str(again), '--device', 'cpu'])
+    assert list(csv.DictReader(open(again / 'fluctuation.csv'))) == rows
     summary = json.load(open(tmp_path / 'fluctuation_summary.json'))
     assert summary['weights'] == 'random-init' and summary['num_samples'] == 8
     with open(tmp_path / 'fluctuation.png', 'rb') as f:

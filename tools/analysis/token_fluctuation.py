@@ -55,6 +55,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
+    from mmengine.runner import set_random_seed
 
     from tlalign_mm.analysis import plot_fluctuation, run_fluctuation, write_fluctuation_csv
     from tlalign_mm.analysis.build import (
@@ -71,7 +72,9 @@ def main(argv=None) -> dict:
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
     loader = build_train_dataloader(cfg, args.batch_size, args.num_workers, seed=args.seed)
-    torch.manual_seed(args.seed)  # the mixer draws from the global RNG unless the config seeds it
+    # the mixer draws from torch's global RNG unless the config seeds it; the training transforms
+    # (timm RandAugment, random erasing) from Python's and numpy's: seed all three
+    set_random_seed(args.seed)
     result = run_fluctuation(model, loader, args.num_batches)
 
     samples_csv, layers_csv = write_fluctuation_csv(result, out_dir, weights)
@@ -85,7 +88,7 @@ def main(argv=None) -> dict:
 
     if args.amp_dtype:
         from tlalign_mm.analysis import autocast_drift
-        torch.manual_seed(args.seed)
+        set_random_seed(args.seed)
         drift = autocast_drift(model, loader, args.num_batches, getattr(torch, args.amp_dtype))
         summary['amp_drift'] = drift
         with open(osp.join(out_dir, 'amp_drift.json'), 'w') as f:
