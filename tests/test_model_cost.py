@@ -16,6 +16,7 @@ Tests marked ``mm`` need mmseg / mmdet.  Timings are never asserted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import os.path as osp
 import subprocess
@@ -328,10 +329,12 @@ def test_benchmark_downstream_tool_runs(tmp_path):
     out = tmp_path / 'bench.json'
     stdout = _run_tool('benchmark_downstream.py', DEMO_SEG, '--batch', '1', '--shape', '64', '64',
                        '--iters', '1', '--warmup', '0', '--threads', '2', '--out', str(out))
-    assert 'ratio ours / stock' in stdout
+    assert 'ratio ours / stock' in stdout and 'paired per round' in stdout
     res = json.loads(out.read_text())
     assert res['backbones'] == {'ours': 'TLASwinTransformer', 'stock': 'SwinTransformer'}
     assert all(t > 0 for t in res['step_s'].values()) and res['ratio'] > 0
+    mean, lo, hi = res['paired']
+    assert 0 < lo <= mean <= hi
     assert all(abs(v) < 1e4 for v in res['first_loss'].values())
 
 
@@ -358,3 +361,27 @@ def test_benchmark_label_path_tool_runs(tmp_path, model):
         mean, lo, hi = res['paired_ratio'][v]
         assert 0 < lo <= mean <= hi
         assert res['step_s'][v] > 0
+
+
+def test_paired_ratios_against_hand_computed_values():
+    from tlalign_mm.analysis.timing import paired_ratios
+
+    # rounds where the machine slows down 2x: the paired ratio ignores the drift
+    base = [1.0, 2.0, 1.0, 2.0]
+    ours = [1.02, 2.04, 1.03, 2.02]
+    res = paired_ratios({'base': base, 'ours': ours}, ref='base')
+    assert res['base'] == (1.0, 1.0, 1.0)
+    logs = [math.log(1.02), math.log(1.02), math.log(1.03), math.log(1.01)]
+    m = sum(logs) / 4
+    s = math.sqrt(sum((x - m) ** 2 for x in logs) / 3)
+    mean, lo, hi = res['ours']
+    assert mean == pytest.approx(math.exp(m), rel=1e-12)                 # 1.01998...
+    assert lo == pytest.approx(math.exp(m - 1.96 * s / 2), rel=1e-12)
+    assert hi == pytest.approx(math.exp(m + 1.96 * s / 2), rel=1e-12)
+    assert paired_ratios({'a': [2.0], 'b': [3.0]}, ref='a')['b'] == pytest.approx((1.5, 1.5, 1.5))
+    with pytest.raises(ValueError, match='rounds'):
+        paired_ratios({'a': [1.0, 2.0], 'b': [1.0]}, ref='a')
+    with pytest.raises(ValueError, match='positive'):
+        paired_ratios({'a': [1.0], 'b': [0.0]}, ref='a')
+    with pytest.raises(KeyError):
+        paired_ratios({'a': [1.0]}, ref='base')

@@ -246,9 +246,10 @@ def autocast_drift(model, batches: Iterable[dict], num_batches: int, dtype: torc
 
     The same mixed batch goes through :func:`measure_batch` in float32 and under
     ``torch.autocast(device_type, dtype)`` (the model's device: CUDA float16 / bfloat16 as AMP
-    training runs it; CPU autocast takes both dtypes as well, with its own kernels).  The label path itself stays float32 under autocast
-    (:mod:`tlalign_mm.align.propagate`), so the drift comes from the low-precision q / k that
-    form the attention and from the features drifting through the blocks.
+    training runs it; CPU autocast takes both dtypes as well, with its own kernels).  The label
+    path itself stays float32 under autocast (:mod:`tlalign_mm.align.propagate`), so the drift
+    comes from the low-precision q / k that form the attention and from the features drifting
+    through the blocks.
 
     Args:
         model: a ``TLAImageClassifier`` with a mixer; put in eval mode and left there.

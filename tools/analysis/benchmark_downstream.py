@@ -14,9 +14,11 @@ The batch is one random batch of ``--batch`` images of ``--shape`` with random a
 (:func:`~tlalign_mm.analysis.model_cost.make_dummy_batch`: a semantic map for mmseg, a few boxes
 with masks for mmdet), copied before each step (outside the timed part).  For mmseg configs the
 data preprocessor's ``size`` is set to ``--shape`` (it would pad the batch to the config's crop).
-The two models alternate step by step, with the same RNG seed per step (dropout, drop-path,
-RoI sampling), so that machine noise and sampling hit both alike.  Reported: the median step
-time over ``--iters`` steps after ``--warmup``, the ratio ours / stock and, on CUDA, the peak
+The two models alternate step by step (who goes first alternates too), with the same RNG seed
+per step (dropout, drop-path, RoI sampling), so that machine noise and sampling hit both alike.
+Reported: the median step time over ``--iters`` steps after ``--warmup``, the ratio of the
+medians ours / stock, the paired ratio (geometric mean of the per-round ratios with its 95%
+interval, :func:`tlalign_mm.analysis.timing.paired_ratios`) and, on CUDA, the peak
 memory of a step (``torch.cuda.max_memory_allocated``, both models resident; also the growth
 over the memory allocated before the step).  For mmseg configs at ``--batch 1`` the BatchNorm layers of the
 heads run in eval mode (the configs' SyncBN normalises over all GPUs' images; one image alone gives UperNet's
@@ -116,6 +118,7 @@ def run(args) -> dict:
         task_kind,
         with_stock_backbone,
     )
+    from tlalign_mm.analysis.timing import paired_ratios
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,7 +154,7 @@ def run(args) -> dict:
     growth = {v: 0 for v in VARIANTS}
     first_loss = {}
     for it in range(args.warmup + args.iters):
-        for v in VARIANTS:
+        for v in (VARIANTS if it % 2 == 0 else VARIANTS[::-1]):   # alternate who goes first
             b = copy.deepcopy(batch)
             torch.manual_seed(args.seed + it)
             if device.type == 'cuda':
@@ -179,7 +182,8 @@ def run(args) -> dict:
                device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
                amp=str(amp_dtype).replace('torch.', '') if amp_dtype is not None else 'fp32',
                iters=args.iters, warmup=args.warmup, step_s=med, steps_s=times, first_loss=first_loss,
-               ratio=med['ours'] / med['stock'], bn_eval=bn_eval)
+               ratio=med['ours'] / med['stock'], paired=paired_ratios(times, ref='stock')['ours'],
+               bn_eval=bn_eval)
     if device.type == 'cuda':
         res.update(peak_bytes=peak, peak_growth_bytes=growth, gpu=torch.cuda.get_device_name(device))
     return res
@@ -204,7 +208,8 @@ def main(argv=None):
         if cuda:
             row += f' {res["peak_bytes"][v] / 2**20:9.1f} {res["peak_growth_bytes"][v] / 2**20:10.1f}'
         print(row)
-    print(f'ratio ours / stock: {res["ratio"]:.3f}')
+    mean, lo, hi = res['paired']
+    print(f'ratio ours / stock: {res["ratio"]:.3f} (medians); paired per round {mean:.3f} [95% CI {lo:.3f}, {hi:.3f}]')
     if res['bn_eval']:
         print('batch 1: the BatchNorm layers ran in eval mode (running statistics): the 1x1 pooled map of one '
               'image has no batch statistics (the configs\' SyncBN normalises over all GPUs\' images)')

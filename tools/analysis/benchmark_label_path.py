@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -134,25 +133,6 @@ def time_variants(args, device):
     return times
 
 
-def paired_ratios(times: dict, ref: str = 'baseline') -> dict:
-    """Per variant: (geometric mean, 95% CI low, high) of the round-by-round ``t_variant / t_ref``.
-
-    Args:
-        times: variant -> list of step times in seconds, one per round, rounds aligned.
-
-    Returns:
-        variant -> (mean, low, high); the interval is ``exp(m +- 1.96 s / sqrt(n))`` over the
-        n log ratios (zero width for a single round).
-    """
-    out = {}
-    for v, ts in times.items():
-        logs = [math.log(a / b) for a, b in zip(ts, times[ref])]
-        m = statistics.fmean(logs)
-        half = 1.96 * statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else 0.0
-        out[v] = (math.exp(m), math.exp(m - half), math.exp(m + half))
-    return out
-
-
 def _rss_bytes():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
@@ -199,6 +179,7 @@ def dense_compare(args, device):
 
     import tlalign_mm  # noqa: F401  (registers ours into mmseg/mmdet)
     from tlalign_mm.analysis.model_cost import stock_backbone_config
+    from tlalign_mm.analysis.timing import paired_ratios
     registries = {'mmseg': MMSEG_MODELS, 'mmdet': MMDET_MODELS}
     s = args.dense_size
     x = torch.randn(args.batch, 3, s, s, device=device)
@@ -249,6 +230,8 @@ def main():
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from tlalign_mm.analysis.timing import paired_ratios
+
     device = torch.device(args.device)
     chosen = [v.strip() for v in args.variants.split(',') if v.strip()]
     bad = sorted(set(chosen) - set(VARIANTS))
@@ -266,7 +249,7 @@ def main():
               f'{torch.get_num_threads()} threads, median of {args.iters} steps')
         rounds = time_variants(args, device)
         times = {v: statistics.median(t) for v, t in rounds.items()}
-        paired = paired_ratios(rounds)
+        paired = paired_ratios(rounds, ref='baseline')
         mem = {}
         for v in args.variants:
             cmd = [sys.executable, os.path.abspath(__file__), '--_memory', v] + [
