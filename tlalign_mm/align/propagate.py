@@ -105,28 +105,27 @@ _FLASH_CPU = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cp
 _FLASH_CPU_BACKWARD = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
 
 
-def _cpu_flash_applies(q: Tensor, k: Tensor, v: Tensor, labels: Tensor, attn_mask: Optional[Tensor],
-                       dropout_p: float) -> bool:
-    """Whether :class:`_CPUFlashAttentionWithLabels` can run this call.
+def _cpu_float32(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
+    """CPU float32 q/k/v without attention dropout: where the CPU-specific label paths apply."""
+    return (q.device.type == 'cpu' and dropout_p == 0.0
+            and q.dtype == k.dtype == v.dtype == torch.float32)
+
+
+def _cpu_flash_applies(q: Tensor, v: Tensor, labels: Tensor, attn_mask: Optional[Tensor]) -> bool:
+    """Whether :class:`_CPUFlashAttentionWithLabels` can run a :func:`_cpu_float32` call.
 
     It needs PyTorch's CPU flash-attention ops (private ``aten`` ops, present since torch 2.2),
-    CPU float32 q/k/v of one head size, no dropout, a float mask that needs no gradient (that
-    kernel's backward returns no mask gradient; plain SDPA itself leaves the flash kernel for
-    its math kernel in that case, e.g. Swin's learnable relative position bias), and few label
-    channels: q and k are padded by K zero channels, so K is held to at most 1/8 of the head
-    size (K = 2 source labels always qualify; K = num_classes takes the split pass instead).
+    q/k/v of one head size, a float mask that needs no gradient (that kernel's backward returns
+    no mask gradient; plain SDPA itself leaves the flash kernel for its math kernel in that
+    case, e.g. Swin's learnable relative position bias), and few label channels: q and k are
+    padded by K zero channels, so K is held to at most 1/8 of the head size (K = 2 source
+    labels always qualify; K = num_classes takes the split pass instead).
     """
-    if _FLASH_CPU is None or _FLASH_CPU_BACKWARD is None or dropout_p != 0.0:
+    if _FLASH_CPU is None or _FLASH_CPU_BACKWARD is None:
         return False
-    if labels.shape[-1] * 8 > q.shape[-1]:
+    if labels.shape[-1] * 8 > q.shape[-1] or q.shape[-1] != v.shape[-1]:
         return False
-    if q.device.type != 'cpu' or not (q.dtype == k.dtype == v.dtype == torch.float32):
-        return False
-    if not q.shape[-1] == k.shape[-1] == v.shape[-1]:
-        return False
-    if attn_mask is not None and (attn_mask.requires_grad or attn_mask.dtype != torch.float32):
-        return False
-    return True
+    return attn_mask is None or (not attn_mask.requires_grad and attn_mask.dtype == torch.float32)
 
 
 class _CPUFlashAttentionWithLabels(torch.autograd.Function):
@@ -166,19 +165,6 @@ class _CPUFlashAttentionWithLabels(torch.autograd.Function):
         return gq, gk, gv, None, None, None
 
 
-def _cpu_math_applies(q: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float) -> bool:
-    """Whether the features' attention is better written out than given to SDPA.
-
-    True on CPU for float32 without dropout when the mask needs a gradient (Swin's relative
-    position bias while training).  SDPA has no CPU fused kernel with a mask gradient and takes
-    its math kernel, which also scans every row for full masking (``_safe_softmax``); written
-    out (:func:`explicit_attention_with_labels`, as mmdet's ``WindowMSA``), the softmax is
-    materialised once and serves the labels too.
-    """
-    return (attn_mask is not None and attn_mask.requires_grad and dropout_p == 0.0
-            and q.device.type == 'cpu' and q.dtype == v.dtype == torch.float32)
-
-
 def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
                                 scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
@@ -197,16 +183,21 @@ def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optiona
         ``(out, labels_att)``: out (B, H, N, D) as SDPA returns it; labels_att (B, N, K) float32
         detached ``mean_h(A_h) @ Y`` (None when ``labels`` is None).
     """
-    if _cpu_math_applies(q, v, attn_mask, dropout_p):
+    cpu32 = _cpu_float32(q, k, v, dropout_p)
+    if cpu32 and attn_mask is not None and attn_mask.requires_grad:
+        # A mask that needs a gradient (Swin's relative position bias in training): SDPA has no
+        # CPU fused kernel for it and would take its math kernel, which also scans every row for
+        # full masking (``_safe_softmax``).  Written out (as mmdet's ``WindowMSA``), the softmax
+        # is materialised once and serves the labels too.
         return explicit_attention_with_labels(q, k, v, labels, attn_mask, None, scale)
     if labels is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                               scale=scale), None
     num_heads, head_dim = q.shape[1], v.shape[-1]
     n_lab = labels.shape[-1]
-    if _cpu_flash_applies(q, k, v, labels, attn_mask, dropout_p):
-        return _CPUFlashAttentionWithLabels.apply(q, k, v, labels, attn_mask, scale)
-    if q.device.type == 'cpu' and v.dtype == torch.float32 and dropout_p == 0.0:
+    if cpu32:
+        if _cpu_flash_applies(q, v, labels, attn_mask):
+            return _CPUFlashAttentionWithLabels.apply(q, k, v, labels, attn_mask, scale)
         return split_attention_with_labels(q, k, v, labels, attn_mask, dropout_p, scale)
     if v.dtype == torch.float32 and dropout_p == 0.0:
         # One call: labels as extra value channels (padded so head dims stay multiples of 8).
