@@ -1,5 +1,7 @@
-"""TL-Align, the algorithm: framework-free torch functions (``../shared/docs/tl-align.md``)."""
+"""TL-Align, the algorithm: framework-free torch functions (``docs/tl-align.md``)."""
 from .propagate import (
+                        LABEL_DTYPES,
+                        check_label_options,
                         LABEL_MODES,
                         attention_label_step,
                         attention_with_labels,
@@ -29,7 +31,7 @@ from .windows import (
 )
 
 __all__ = [
-    'LABEL_MODES', 'attention_with_labels', 'split_attention_with_labels', 'attention_label_step', 'check_token_labels',
+    'LABEL_MODES', 'LABEL_DTYPES', 'check_label_options', 'attention_with_labels', 'split_attention_with_labels', 'attention_label_step', 'check_token_labels',
     'explicit_attention_with_labels',
     'fused_attention_with_labels', 'residual_label_average', 'expand_source_labels',
     'initial_class_labels', 'initial_source_labels', 'mixed_target', 'partner_index',

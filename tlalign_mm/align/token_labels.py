@@ -9,7 +9,7 @@ expands it to class targets at the end::
 
     Y = R[..., 0:1] * y_A + R[..., 1:2] * y_B
 
-which is exactly what propagating ``K = num_classes`` channels gives (``tl-align.md``).
+which is exactly what propagating ``K = num_classes`` channels gives (``docs/tl-align.md``).
 """
 from __future__ import annotations
 
@@ -38,16 +38,25 @@ def smooth_one_hot(target: Tensor, num_classes: int, smoothing: float = 0.0) -> 
         (B, K) float32 tensor.
 
     Raises:
-        ValueError: ``target`` not 1-D integer, out of range, or ``smoothing`` outside [0, 1).
+        ValueError: ``target`` not 1-D integer, or ``smoothing`` outside [0, 1); class indices
+            outside ``[0, num_classes)`` in a CPU ``target``.
+        RuntimeError: class indices out of range in a ``target`` on another device (CUDA), or
+            under ``torch.compile``: the range is checked there by ``torch._assert_async``, a
+            device-side assertion that never makes the host wait (and no graph break), so the
+            error surfaces at the next synchronisation.
     """
     if target.dim() != 1 or target.is_floating_point():
         raise ValueError(f'target must be a 1-D integer tensor of class indices, got '
                          f'shape {tuple(target.shape)} dtype {target.dtype}')
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f'smoothing must be in [0, 1), got {smoothing}')
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise ValueError(f'target has class indices outside [0, {num_classes}): '
-                         f'min {int(target.min())}, max {int(target.max())}')
+    in_range = ((target >= 0) & (target < num_classes)).all()
+    if target.device.type == 'cpu' and not torch.compiler.is_compiling():
+        if not in_range:
+            raise ValueError(f'target has class indices outside [0, {num_classes}): '
+                             f'min {int(target.min())}, max {int(target.max())}')
+    else:
+        torch._assert_async(in_range, f'target has class indices outside [0, {num_classes})')
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
     out = torch.full((target.shape[0], num_classes), off, dtype=torch.float32, device=target.device)
@@ -96,7 +105,7 @@ def token_share_from_mask(mask: Tensor, patch_size: int | tuple[int, int]) -> Te
 
 
 def initial_source_labels(share_b: Tensor, lam: Tensor | float, num_prefix_tokens: int = 1) -> Tensor:
-    """Initial 2-channel source embedding ``R0`` (TL-Align-S, ``tl-align.md`` "Inputs").
+    """Initial 2-channel source embedding ``R0`` (TL-Align-S, ``docs/tl-align.md`` "Inputs").
 
     Args:
         share_b: (B, N) float in [0, 1], each patch token's share of the partner image B

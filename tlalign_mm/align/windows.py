@@ -2,7 +2,7 @@
 
 Labels must see exactly the attention the features see, so the Swin block puts them through
 the same cyclic shift, partition and reverse as the tokens, with the same window and shift
-(``tl-align.md``, "Hierarchical models").
+(``docs/tl-align.md``, "Hierarchical models").
 References: Liu et al., "Swin Transformer", ICCV 2021 (github.com/microsoft/Swin-Transformer,
 ``window_partition``, ``window_reverse``, the shifted-window ``attn_mask``, ``PatchMerging``).
 """
@@ -74,12 +74,14 @@ def shifted_window_mask(h: int, w: int, window: tuple[int, int], shift: tuple[in
     return torch.zeros_like(diff).masked_fill(diff != 0, neg)
 
 
-def relative_position_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
+def relative_position_index(window: tuple[int, int], table_window: tuple[int, int],
+                            device: torch.device | None = None) -> Tensor:
     """Index into a ``(2*Wh-1) * (2*Ww-1)`` relative-position bias table for a window.
 
     Args:
         window: (wh, ww) window actually used, each <= the table's window.
         table_window: (Wh, Ww) window the bias table was built for.
+        device: where the index is built (default CPU).
 
     Returns:
         (wh*ww, wh*ww) long tensor; for ``window == table_window`` this is the official
@@ -87,7 +89,8 @@ def relative_position_index(window: tuple[int, int], table_window: tuple[int, in
     """
     wh, ww = window
     th, tw = table_window
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing='ij')).flatten(1)
+    coords = torch.stack(torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device),
+                                        indexing='ij')).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]
     return (rel[0] + th - 1) * (2 * tw - 1) + (rel[1] + tw - 1)
 

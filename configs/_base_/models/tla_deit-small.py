@@ -3,12 +3,19 @@
 model = dict(
     type='TLAImageClassifier',
     backbone=dict(type='TLAVisionTransformer', arch='deit-small', img_size=224, patch_size=16,
-                  out_type='cls_token', drop_path_rate=0.1),
+                  out_type='cls_token', drop_path_rate=0.1,
+                  # labels ride in each block's own attention call at the features' precision
+                  # (one fused call per block under AMP), renormalised and kept in float32
+                  # between blocks; 'float32' adds a float32 label pass per block under AMP
+                  label_dtype='auto'),
     num_classes=1000,
     tl_align=True,              # False: the CutMix baseline (area target)
     label_channels='source',    # 'classes': carry K = num_classes labels (same target)
     target_readout='auto',      # class token for DeiT
     label_smoothing=0.1,
+    # token fluctuation (paper Fig. 3) as align/* log keys: every step for TL-Align (free), every
+    # 100th step for the CutMix baseline (tl_align=False), which carries the labels only then
+    align_stats_interval=100,
     data_preprocessor=dict(
         type='TLAClsDataPreprocessor',
         mixer=dict(cutmix_alpha=1.0, mixup_alpha=0.0, prob=1.0, switch_prob=0.5,

@@ -4,6 +4,7 @@
 _base_ = ['./tla_deit-small.py']
 model = dict(
     backbone=dict(_delete_=True, type='TLASwinTransformer', arch='tiny', img_size=224, window_size=7,
-                  out_indices=(3,), out_type='avg_featmap', drop_path_rate=0.2),
+                  out_indices=(3,), out_type='avg_featmap', drop_path_rate=0.2,
+                  label_dtype='auto'),  # as the DeiT base: one fused attention call per window under AMP
     data_preprocessor=dict(mixer=dict(patch_size=4, token_grid_size=32)),
 )

@@ -8,7 +8,7 @@ mlp.fc1,mlp.fc2}``, ``layers.{i}.downsample.{reduction,norm}`` (merge order x0..
 ``norm{i}`` for each stage in ``out_indices`` (as the official detection / segmentation code);
 the classification checkpoint's final ``norm`` is ``norm3`` here.
 
-Labels (``tl-align.md``, "Hierarchical models"): in every block they are shifted and
+Labels (``docs/tl-align.md``, "Hierarchical models"): in every block they are shifted and
 partitioned into the same windows as the tokens, aligned with that window's attention
 (relative position bias and shifted-window mask included), reversed and shifted back, then
 averaged with the residual; at patch merging the 2x2 children are summed and renormalised.
@@ -31,8 +31,8 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor
 
 from ...align import (
-    LABEL_MODES,
     attention_with_labels,
+    check_label_options,
     check_token_labels,
     merge_patch_labels,
     pad_to_multiple,
@@ -57,15 +57,16 @@ class TLAWindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, label_mode: str = 'fused'):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, label_mode: str = 'fused',
+                 label_dtype: str = 'auto'):
         super().__init__()
-        if label_mode not in LABEL_MODES:
-            raise ValueError(f'label_mode must be one of {LABEL_MODES}, got {label_mode!r}')
+        check_label_options(label_mode, label_dtype)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.window_size = window_size
         self.label_mode = label_mode
+        self.label_dtype = label_dtype
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -76,13 +77,17 @@ class TLAWindowAttention(nn.Module):
 
     def position_bias(self, window: tuple[int, int]) -> Tensor:
         """(H, n, n) relative position bias for a (wh, ww) window, n = wh * ww."""
-        idx = self._index_cache.get(window)
-        if idx is None or idx.device != self.relative_position_bias_table.device:
-            idx = relative_position_index(window, (self.window_size, self.window_size))
-            idx = idx.to(self.relative_position_bias_table.device)
-            self._index_cache[window] = idx
+        table = self.relative_position_bias_table
+        if torch.compiler.is_compiling():
+            # built inside the graph: filling the cache would make dynamo recompile once
+            idx = relative_position_index(window, (self.window_size, self.window_size), table.device)
+        else:
+            idx = self._index_cache.get(window)
+            if idx is None or idx.device != table.device:
+                idx = relative_position_index(window, (self.window_size, self.window_size), table.device)
+                self._index_cache[window] = idx
         n = window[0] * window[1]
-        return self.relative_position_bias_table[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        return table[idx.view(-1)].view(n, n, -1).permute(2, 0, 1)
 
     def forward(self, x: Tensor, window: tuple[int, int], mask: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
@@ -97,7 +102,8 @@ class TLAWindowAttention(nn.Module):
             m = mask.view(1, nw, 1, n, n).expand(bw // nw, -1, self.num_heads, -1, -1)
             attn_mask = attn_mask + m.reshape(-1, self.num_heads, n, n)
         attn_mask = attn_mask.to(q.dtype)
-        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale)
+        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale,
+                                         self.label_dtype)
         out = out.transpose(1, 2).reshape(bw, n, c)
         return self.proj_drop(self.proj(out)), lab
 
@@ -107,12 +113,14 @@ class TLASwinBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: bool = False,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, label_mode: str = 'fused'):
+                 attn_drop: float = 0.0, drop_path: float = 0.0, label_mode: str = 'fused',
+                 label_dtype: str = 'auto'):
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = TLAWindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, label_mode)
+        self.attn = TLAWindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, label_mode,
+                                       label_dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
@@ -128,6 +136,8 @@ class TLASwinBlock(nn.Module):
     def _mask(self, hp: int, wp: int, win, shift, device) -> Optional[Tensor]:
         if not any(shift):
             return None
+        if torch.compiler.is_compiling():  # as position_bias: no cache mutation inside a graph
+            return shifted_window_mask(hp, wp, win, shift, device=device)
         key = (hp, wp, win, shift, device)
         m = self._mask_cache.get(key)
         if m is None:
@@ -201,12 +211,12 @@ class TLASwinStage(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: Sequence[float],
-                 downsample: bool, label_mode: str):
+                 downsample: bool, label_mode: str, label_dtype: str):
         super().__init__()
         self.blocks = nn.ModuleList([
             TLASwinBlock(dim, num_heads, window_size, shift=(j % 2 == 1), mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path[j],
-                         label_mode=label_mode) for j in range(depth)])
+                         label_mode=label_mode, label_dtype=label_dtype) for j in range(depth)])
         self.downsample = TLAPatchMerging(dim) if downsample else None
 
 
@@ -229,11 +239,15 @@ class TLASwinTransformer(TLABackbone):
         label_mode: how the labels take each block's attention (``tlalign_mm.align.propagate``):
             'fused' (default: in the features' own attention call), 'split' (a separate
             no-grad float32 pass) or 'explicit' (the reference way, materialised attention).
+        label_dtype: 'auto' (default: in the fused mode the labels ride at the features'
+            precision, one attention call per block under autocast, outputs renormalised and
+            kept in float32 between blocks) or 'float32' (full float32 label math; for
+            exactness studies).
 
     Strides of the four stages are 4, 8, 16, 32 (for patch_size 4); channels C, 2C, 4C, 8C.
 
     Raises:
-        ValueError: unknown arch, bad out_indices / out_type / label_mode.
+        ValueError: unknown arch, bad out_indices / out_type / label_mode / label_dtype.
     """
 
     arch_zoo = {
@@ -252,7 +266,7 @@ class TLASwinTransformer(TLABackbone):
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  out_indices: Sequence[int] = (0, 1, 2, 3), out_type: str = 'featmap',
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 label_mode: str = 'fused', init_cfg=None, pretrained: Optional[str] = None):
+                 label_mode: str = 'fused', label_dtype: str = 'auto', init_cfg=None, pretrained: Optional[str] = None):
         super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
         arch = self.resolve_arch(arch)
         self.check_out_type(out_type)
@@ -280,7 +294,8 @@ class TLASwinTransformer(TLABackbone):
             self.layers.append(TLASwinStage(
                 self.num_features[i], depths[i], heads[i], window_size, mlp_ratio, qkv_bias, drop_rate,
                 attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                downsample=i < self.num_stages - 1, label_mode=label_mode))
+                downsample=i < self.num_stages - 1, label_mode=label_mode,
+                label_dtype=label_dtype))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
 

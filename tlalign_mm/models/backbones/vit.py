@@ -7,7 +7,7 @@ the label path follows Euphoria16/TL-Align ``timm/models/vision_transformer.py``
 One module serves both jobs:
 
 * pretraining: ``forward(x, token_labels)`` returns ``(outs, labels)``, the labels aligned
-  block by block (``tl-align.md``);
+  block by block (``docs/tl-align.md``);
 * dense prediction (mmseg UperNet): ``forward(x)`` returns the feature maps of
   ``out_indices``; no label work is done, so inference costs what a plain ViT costs.
 """
@@ -25,8 +25,8 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from torch import Tensor
 
 from ...align import (
-    LABEL_MODES,
     attention_with_labels,
+    check_label_options,
     check_token_labels,
     residual_label_average,
 )
@@ -44,19 +44,23 @@ class TLAAttention(nn.Module):
         label_mode: 'fused' (labels as extra value channels of the features' attention call),
             'split' (separate no-grad float32 pass) or 'explicit' (materialised per-head
             attention, the reference code's way); see ``tlalign_mm.align.propagate``.
+        label_dtype: 'auto' (fused mode: labels at the features' precision, renormalised in
+            float32) or 'float32' (label step in float32 throughout, a second attention call
+            under autocast).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, label_mode: str = 'fused'):
+                 proj_drop: float = 0.0, label_mode: str = 'fused',
+                 label_dtype: str = 'auto'):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
-        if label_mode not in LABEL_MODES:
-            raise ValueError(f'label_mode must be one of {LABEL_MODES}, got {label_mode!r}')
+        check_label_options(label_mode, label_dtype)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.label_mode = label_mode
+        self.label_dtype = label_dtype
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -68,7 +72,8 @@ class TLAAttention(nn.Module):
         (B, H, N, N).  Returns (out (B, N, C), labels_att (B, N, K) float32 or None)."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale)
+        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale,
+                                         self.label_dtype)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out)), lab
 
@@ -82,10 +87,10 @@ class TLATransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 label_mode: str = 'fused'):
+                 label_mode: str = 'fused', label_dtype: str = 'auto'):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = TLAAttention(dim, num_heads, qkv_bias, attn_drop, drop, label_mode)
+        self.attn = TLAAttention(dim, num_heads, qkv_bias, attn_drop, drop, label_mode, label_dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
@@ -124,11 +129,15 @@ class TLAVisionTransformer(TLABackbone):
         label_mode: how the labels take each block's attention (``tlalign_mm.align.propagate``):
             'fused' (default: in the features' own attention call), 'split' (a separate
             no-grad float32 pass) or 'explicit' (the reference way, materialised attention).
+        label_dtype: 'auto' (default: in the fused mode the labels ride at the features'
+            precision, one attention call per block under autocast, outputs renormalised and
+            kept in float32 between blocks) or 'float32' (full float32 label math: a second,
+            float32 attention call per block under autocast; for exactness studies).
 
     Input sizes not divisible by ``patch_size`` are zero-padded at the bottom/right.
 
     Raises:
-        ValueError: unknown arch, bad out_indices/out_type/label_mode.
+        ValueError: unknown arch, bad out_indices/out_type/label_mode/label_dtype.
     """
 
     arch_zoo = {
@@ -147,7 +156,7 @@ class TLAVisionTransformer(TLABackbone):
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, interpolate_mode: str = 'bicubic',
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 label_mode: str = 'fused', init_cfg=None, pretrained: Optional[str] = None):
+                 label_mode: str = 'fused', label_dtype: str = 'auto', init_cfg=None, pretrained: Optional[str] = None):
         super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
         arch = self.resolve_arch(arch)
         self.check_out_type(out_type)
@@ -179,7 +188,8 @@ class TLAVisionTransformer(TLABackbone):
         dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
         self.blocks = nn.ModuleList([
             TLATransformerBlock(c, arch['num_heads'], arch.get('mlp_ratio', 4.0), qkv_bias, drop_rate,
-                                attn_drop_rate, dpr[i], label_mode) for i in range(self.num_layers)])
+                                attn_drop_rate, dpr[i], label_mode, label_dtype)
+            for i in range(self.num_layers)])
         self.norm = nn.LayerNorm(c, eps=1e-6) if final_norm else nn.Identity()
 
     # -- init / freezing -------------------------------------------------------------------
