@@ -4,6 +4,7 @@ Masks are recovered independently from the pixels (where the output differs from
 per-patch shares recomputed here with a reshape-mean, so nothing is checked against itself.
 """
 import math
+import random
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def _box_of(mask2d):
 
 def _draw(mixer, x, seed, want):
     """First result of mode ``want`` that actually pasted something, over successive draws."""
-    g = torch.Generator().manual_seed(seed)
+    g = random.Random(seed)
     for _ in range(50):
         res = mixer(x, generator=g)
         if res.mode == want and 0.0 < float(res.lam[0]) < 1.0:
@@ -97,7 +98,7 @@ def test_pixel_cutmix_has_partial_patches():
     """Pixel boxes are not grid aligned: some token gets a fractional share."""
     x = _images(2, 64, 64)
     mixer = BatchMixer(cutmix_mode='pixel', patch_size=16)
-    g = torch.Generator().manual_seed(3)
+    g = random.Random(3)
     fractional = False
     for _ in range(20):
         res = mixer(x, generator=g)
@@ -185,7 +186,7 @@ def test_no_mixing(kwargs):
     if disable:
         mixer.mixing_enabled = False
     for seed in range(5):
-        res = mixer(x, generator=torch.Generator().manual_seed(seed))
+        res = mixer(x, generator=random.Random(seed))
         assert res.mode == 'none' and not res.mixed
         assert torch.equal(res.images, x)
         assert torch.equal(res.lam, torch.ones(3))
@@ -199,18 +200,18 @@ def test_reproducible_with_generator():
     mixer = BatchMixer(mixup_alpha=0.8, cutmix_alpha=1.0, tokenmix_alpha=1.0, prob=0.9, patch_size=8)
     runs = []
     for _ in range(2):
-        g = torch.Generator().manual_seed(123)
+        g = random.Random(123)
         runs.append([mixer(x, generator=g) for _ in range(10)])
     for r1, r2 in zip(*runs):
         assert r1.mode == r2.mode
         assert torch.equal(r1.images, r2.images)
         assert torch.equal(r1.share_b, r2.share_b) and torch.equal(r1.lam, r2.lam)
-    other = [mixer(x, generator=torch.Generator().manual_seed(7)) for _ in range(10)]
+    other = [mixer(x, generator=random.Random(7)) for _ in range(10)]
     assert any(not torch.equal(a.lam, b.lam) for a, b in zip(runs[0], other))
-    # The global RNG path is seeded by torch.manual_seed as well
-    torch.manual_seed(5)
+    # The global RNG path is Python's random, which mmengine's randomness.seed seeds
+    random.seed(5)
     a = mixer(x)
-    torch.manual_seed(5)
+    random.seed(5)
     b = mixer(x)
     assert a.mode == b.mode and torch.equal(a.images, b.images)
 
@@ -219,7 +220,7 @@ def test_cutmix_minmax_box_sides():
     x = _images(2, 160, 160)
     mixer = BatchMixer(cutmix_alpha=0.0, cutmix_minmax=(0.2, 0.8), patch_size=16)
     assert mixer.cutmix_alpha == 1.0  # forced on, as timm
-    g = torch.Generator().manual_seed(0)
+    g = random.Random(0)
     for _ in range(20):
         res = mixer(x, generator=g)
         assert res.mode == 'token_cutmix'
@@ -241,7 +242,7 @@ def single_thread():
 def test_statistics(single_thread):
     x = _images(2, 32, 32)
     n = 2000
-    g = torch.Generator().manual_seed(0)
+    g = random.Random(0)
     # Raw Beta(1, 1) draws (correct_lam=False reports them): mean 1/2.
     raw = BatchMixer(cutmix_alpha=1.0, correct_lam=False, patch_size=16, return_mask=False)
     lams = torch.tensor([float(raw(x, generator=g).lam[0]) for _ in range(n)])
@@ -300,5 +301,5 @@ def test_cuda(mode):
         assert t.device == x.device
     torch.testing.assert_close(res.lam, 1.0 - res.share_b.mean(1), atol=1e-6, rtol=0)
     assert torch.equal(res.images[1], x[1])
-    g = torch.Generator(device='cuda').manual_seed(0)
+    g = random.Random(0)
     assert BatchMixer(patch_size=16, **MODES[mode])(x, generator=g).images.device == x.device

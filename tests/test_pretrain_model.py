@@ -80,8 +80,8 @@ def test_aligned_target_k2_equals_k_classes_and_differs_from_area(arch):
     data = a.data_preprocessor(_batch(), training=True)
     labels = torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
-        fa, area_a, al_a = a.aligned_targets(data['inputs'], labels, data['mix'])
-        fb, area_b, al_b = b.aligned_targets(data['inputs'], labels, data['mix'])
+        fa, area_a, al_a, _ = a.aligned_targets(data['inputs'], labels, data['mix'])
+        fb, area_b, al_b, _ = b.aligned_targets(data['inputs'], labels, data['mix'])
     assert (al_a - al_b).abs().max() <= 1e-5
     assert torch.allclose(area_a, area_b)
     y_a = smooth_one_hot(labels, 5, 0.1)
@@ -100,17 +100,30 @@ def test_loss_uses_aligned_target_only_with_tl_align():
     data = tla.data_preprocessor(_batch(), training=True)
     labels = torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
-        feat, area, aligned = tla.aligned_targets(data['inputs'], labels, data['mix'])
+        feat, area, aligned, _ = tla.aligned_targets(data['inputs'], labels, data['mix'])
         logits = tla.head(feat)
         want_tla = torch.sum(-aligned * torch.log_softmax(logits, -1), -1).mean()
         want_base = torch.sum(-area * torch.log_softmax(logits, -1), -1).mean()
-        got_tla = tla(**data, mode='loss')['loss']
-        got_base = base(**data, mode='loss')['loss']
+        out_tla = tla(**data, mode='loss')
+        out_base = base(**data, mode='loss')
+        out_base2 = base(**data, mode='loss')
+    got_tla, got_base = out_tla['loss'], out_base['loss']
     assert torch.allclose(got_tla, want_tla, atol=1e-6)
     assert torch.allclose(got_base, want_base, atol=1e-6)
+    assert torch.allclose(out_base2['loss'], want_base, atol=1e-6)
     assert not torch.allclose(got_tla, got_base)
-    assert base.last_alignment is None          # the baseline carries no labels by default
-    assert tla.last_alignment['rmse'] > 0
+    # statistics: tensors from the batch, written out here from the targets
+    lam = data['mix'].lam
+    want_l2 = (aligned - area).square().sum(-1).sqrt().mean()
+    for out in (out_tla, out_base):   # the baseline carries labels on its first (monitored) step
+        assert torch.allclose(out['align/target_l2'], want_l2, atol=1e-6) and float(want_l2) > 0
+        assert torch.allclose(out['align/lam'], lam.mean())
+        # labels 0..3 against partners 3..0 all differ: y_al[label] = lam_al * 0.92 + (1 - lam_al) * 0.02
+        lam_al = (aligned[torch.arange(4), labels] - 0.02) / 0.9
+        assert torch.allclose(out['align/lam_aligned'], lam_al.mean(), atol=1e-5)
+        assert torch.allclose(out['align/lam_gap'], (lam_al - lam).abs().mean(), atol=1e-5)
+        assert not any(v.requires_grad for v in out.values() if v is not out['loss'])
+    assert set(out_base2) == {'loss'}     # ... and not on the next one (align_stats_interval=100)
 
 
 def test_preprocessor_normalises_and_mixes_on_training_only():
@@ -201,11 +214,11 @@ def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build():
     m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), num_classes=5,
                           tl_align=False))
     assert m.head.in_features == 8
-    m.track_alignment = True       # the fluctuation hook asks; a plain backbone just skips it
     imgs = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     data = m.data_preprocessor(dict(inputs=imgs, data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)]),
                                training=True)
-    assert torch.isfinite(m(**data, mode='loss')['loss']) and m.last_alignment is None
+    out = m(**data, mode='loss')     # a monitored step: a plain backbone just reports no statistics
+    assert torch.isfinite(out['loss']) and set(out) == {'loss'}
 
 
 def test_nonfinite_loss_hook_names_iteration_terms_and_checkpoint(tmp_path):

@@ -12,8 +12,6 @@ default_hooks = dict(
 custom_hooks = [
     # Stop with the iteration, the loss terms and the last checkpoint on a NaN / inf loss.
     dict(type='NonFiniteLossHook'),
-    # Token fluctuation (paper Fig. 3) in the logs every 100 iterations.
-    dict(type='TokenFluctuationHook', interval=100),
     # Backbone-only checkpoint for the UperNet / Cascade Mask R-CNN configs.
     dict(type='BackboneExportHook', filename='backbone.pth', at_checkpoint=False),
 ]

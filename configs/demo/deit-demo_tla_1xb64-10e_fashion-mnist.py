@@ -11,6 +11,7 @@ model = dict(
     backbone=dict(arch=dict(_delete_=True, embed_dims=128, num_layers=4, num_heads=4), img_size=img_size, patch_size=4,
                   drop_path_rate=0.0),
     num_classes=10,
+    align_stats_interval=10,    # the baseline logs the token fluctuation as often as the logger writes
     data_preprocessor=dict(mixer=dict(patch_size=4)),
 )
 train_pipeline = [
@@ -44,7 +45,6 @@ train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=2, max_keep_ckpts=2))
 custom_hooks = [
     dict(type='NonFiniteLossHook'),
-    dict(type='TokenFluctuationHook', interval=10),
     dict(type='BackboneExportHook', filename='backbone.pth'),
 ]
 env_cfg = dict(cudnn_benchmark=False)

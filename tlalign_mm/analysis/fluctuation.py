@@ -5,15 +5,15 @@ gives the plain area target ``y_area = lam * y_A + (1 - lam) * y_B`` and the ali
 ``y_al = lam_al * y_A + (1 - lam_al) * y_B`` traced through the network.  Measured here, per
 sample:
 
-* ``rmse = ||y_al - y_area||_2`` over the K classes (label smoothing included) -- the same
-  quantity the :class:`~tlalign_mm.hooks.TokenFluctuationHook` logs as ``align/rmse``.  Since
+* ``rmse = ||y_al - y_area||_2`` over the K classes (label smoothing included; an L2 norm
+  per sample, despite the name) -- the quantity the classifier logs as ``align/target_l2``.  Since
   ``y_al - y_area = (lam_al - lam) (y_A - y_B)``, it equals ``|lam_al - lam| * (1 - s) * sqrt(2)``
   (s = label smoothing) when A and B have different classes, and 0 when they share a class;
 * ``lam`` (area share of A) and ``lam_aligned`` (share of A in the aligned target);
 * per block ``l``: ``lam_l``, the share of A in the model's readout (class token for DeiT, mean
   token for Swin) after block ``l``; the per-layer drift is ``mean |lam_l - lam|``.
 
-The labels are always traced with the exact 2-channel source embedding (``tl-align.md``, "An
+The labels are always traced with the exact 2-channel source embedding (``docs/tl-align.md``, "An
 exact shortcut"), whatever ``label_channels`` the model trains with, and whether it trains with
 TL-Align or with the CutMix baseline (the targets are computed, not used).
 
@@ -23,7 +23,6 @@ preprocessor in training mode (random erasing included).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
@@ -61,18 +60,6 @@ class BatchFluctuation:
     mode: str
 
 
-@contextlib.contextmanager
-def _source_tracking(model):
-    """Make ``model.aligned_targets`` carry the K = 2 source embedding; restore afterwards."""
-    saved = (model.track_alignment, model.label_channels, model.last_alignment)
-    model.track_alignment = True
-    model.label_channels = 'source'
-    try:
-        yield
-    finally:
-        model.track_alignment, model.label_channels, model.last_alignment = saved
-
-
 @torch.no_grad()
 def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> BatchFluctuation:
     """Fluctuation figures of one already mixed batch.
@@ -91,8 +78,8 @@ def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> Batc
     """
     backbone = model.backbone
     labels = labels.to(inputs.device)
-    with _source_tracking(model), record_block_labels(backbone, inputs.shape[-2:]) as trace:
-        _, area, aligned = model.aligned_targets(inputs, labels, mix)
+    with record_block_labels(backbone, inputs.shape[-2:]) as trace:
+        _, area, aligned, _ = model.aligned_targets(inputs, labels, mix, carry_labels=True, label_channels='source')
     blocks = iter_blocks(backbone)
     prefix = model.num_prefix_tokens
     layer_lam = torch.stack([source_share_readout(trace.labels[b.index], model.target_readout, prefix)
@@ -246,10 +233,11 @@ def autocast_drift(model, batches: Iterable[dict], num_batches: int, dtype: torc
 
     The same mixed batch goes through :func:`measure_batch` in float32 and under
     ``torch.autocast(device_type, dtype)`` (the model's device: CUDA float16 / bfloat16 as AMP
-    training runs it; CPU autocast takes both dtypes as well, with its own kernels).  The label
-    path itself stays float32 under autocast (:mod:`tlalign_mm.align.propagate`), so the drift
-    comes from the low-precision q / k that form the attention and from the features drifting
-    through the blocks.
+    training runs it; CPU autocast takes both dtypes as well, with its own kernels).  With the
+    backbone's default ``label_dtype='auto'`` the labels ride in the features' low-precision
+    attention call and are renormalised in float32 (:mod:`tlalign_mm.align.propagate`), so the
+    drift comes from the rounded attention weights and label outputs, from the low-precision
+    q / k that form the attention, and from the features drifting through the blocks.
 
     Args:
         model: a ``TLAImageClassifier`` with a mixer; put in eval mode and left there.

@@ -4,7 +4,7 @@ Every mixer here works in timm's ``mode='batch'`` fashion (``timm/data/mixup.py`
 ``Mixup``): one augmentation and one ``lam`` per batch, and sample ``i`` is mixed with its
 partner ``B - 1 - i`` (the batch flipped).  Besides the mixed images a :class:`MixResult` reports,
 for every patch token, the share of its pixels that came from the partner image -- the input
-TL-Align needs (``tl-align.md``, "Inputs"; :func:`tlalign_mm.align.token_share_from_mask`).
+TL-Align needs (``docs/tl-align.md``, "Inputs"; :func:`tlalign_mm.align.token_share_from_mask`).
 
 Behaviour and where it comes from:
 
@@ -24,14 +24,18 @@ Behaviour and where it comes from:
   batches are accepted -- the middle sample is its own partner and is reported unmixed -- and
   ``prob`` is honoured as in timm.
 
-Random numbers come from the ``torch.Generator`` passed to :meth:`BatchMixer.__call__` or, when
-none is given, from torch's global RNG; numpy's global RNG is never used.
+Random numbers: the batch's scalars (mode, lam, box) are drawn on the host from the
+``random.Random`` passed to :meth:`BatchMixer.__call__` or, when none is given, from Python's
+global ``random`` (seeded by mmengine's ``randomness.seed``), so mixing never reads a number back
+from the device.  TokenMix's token subset is drawn on the images' device by a
+``torch.Generator`` seeded from the same host stream.  numpy's global RNG is never used.
 """
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -81,10 +85,12 @@ class MixResult:
     patch_size: int = 16
     grid_size: tuple[int, int] = (0, 0)
 
-    @property
-    def mixed(self) -> bool:
-        """Whether any mixing happened (``mode != 'none'``)."""
-        return self.mode != 'none'
+    #: whether any mixing happened (``mode != 'none'``); a stored bool rather than a property of
+    #: ``mode``, so that a compiled model specialises on two cases instead of one per mode
+    mixed: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mixed = self.mode != 'none'
 
     def targets(self, labels: Tensor, num_classes: int, smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
         """Smoothed one-hot targets of each image and of its partner.
@@ -258,55 +264,42 @@ class BatchMixer:
         return f'{type(self).__name__}(' + ', '.join(f'{k}={getattr(self, k)!r}' for k in keys) + ')'
 
     @staticmethod
-    def _rand(gen: torch.Generator | None) -> float:
-        device = gen.device if gen is not None else 'cpu'
-        return float(torch.rand((), generator=gen, device=device))
-
-    @staticmethod
-    def _randint(low: int, high: int, gen: torch.Generator | None) -> int:
-        """Uniform integer in ``[low, high)`` (numpy ``randint`` convention)."""
-        device = gen.device if gen is not None else 'cpu'
-        return int(torch.randint(low, high, (), generator=gen, device=device))
-
-    @staticmethod
-    def _beta(alpha: float, gen: torch.Generator | None) -> float:
+    def _beta(alpha: float, rng) -> float:
         """One draw of ``Beta(alpha, alpha)`` as ``X / (X + Y)`` with ``X, Y ~ Gamma(alpha)``."""
-        device = gen.device if gen is not None else 'cpu'
-        conc = torch.full((2,), alpha, dtype=torch.float64, device=device)
-        x, y = torch._standard_gamma(conc, generator=gen).tolist()
+        x, y = rng.gammavariate(alpha, 1.0), rng.gammavariate(alpha, 1.0)
         if x + y == 0.0:  # both underflowed (tiny alpha): Beta mass sits at 0 and 1 equally
-            return float(torch.rand((), generator=gen, device=device) < 0.5)
+            return float(rng.random() < 0.5)
         return x / (x + y)
 
-    def _params(self, gen: torch.Generator | None) -> tuple[str, float]:
+    def _params(self, rng) -> tuple[str, float]:
         """Mode and raw lam of one batch (timm ``Mixup._params_per_batch`` + TokenMix)."""
-        if not self.mixing_enabled or not self._rand(gen) < self.prob:
+        if not self.mixing_enabled or not rng.random() < self.prob:
             return 'none', 1.0
         modes = self._active_modes()
         spatial = [m for m in modes if m != 'mixup']
         if 'mixup' in modes and spatial:
-            mode = spatial[0] if self._rand(gen) < self.switch_prob else 'mixup'
+            mode = spatial[0] if rng.random() < self.switch_prob else 'mixup'
         else:
             mode = modes[0]
         if mode in ('token_cutmix', 'cutmix') and 'tokenmix' in spatial:
-            if self._rand(gen) < self.tokenmix_switch_prob:
+            if rng.random() < self.tokenmix_switch_prob:
                 mode = 'tokenmix'
         alpha = {'mixup': self.mixup_alpha, 'tokenmix': self.tokenmix_alpha}.get(mode, self.cutmix_alpha)
-        return mode, self._beta(alpha, gen)
+        return mode, self._beta(alpha, rng)
 
-    def _rand_box(self, h: int, w: int, lam: float, gen: torch.Generator | None) -> tuple[int, int, int, int]:
+    def _rand_box(self, h: int, w: int, lam: float, rng) -> tuple[int, int, int, int]:
         """Box ``(yl, yh, xl, xh)`` on an ``h x w`` grid (timm ``rand_bbox`` / ``rand_bbox_minmax``)."""
         if self.cutmix_minmax is not None:
             lo, hi = self.cutmix_minmax
-            cut_h = self._randint(int(h * lo), max(int(h * hi), int(h * lo) + 1), gen)
-            cut_w = self._randint(int(w * lo), max(int(w * hi), int(w * lo) + 1), gen)
-            yl = self._randint(0, h - cut_h + 1, gen)
-            xl = self._randint(0, w - cut_w + 1, gen)
+            cut_h = rng.randrange(int(h * lo), max(int(h * hi), int(h * lo) + 1))
+            cut_w = rng.randrange(int(w * lo), max(int(w * hi), int(w * lo) + 1))
+            yl = rng.randrange(0, h - cut_h + 1)
+            xl = rng.randrange(0, w - cut_w + 1)
             return yl, yl + cut_h, xl, xl + cut_w
         ratio = math.sqrt(max(0.0, 1.0 - lam))
         cut_h, cut_w = int(h * ratio), int(w * ratio)
-        cy = self._randint(0, h, gen)
-        cx = self._randint(0, w, gen)
+        cy = rng.randrange(0, h)
+        cx = rng.randrange(0, w)
         yl, yh = max(cy - cut_h // 2, 0), min(cy + (cut_h + 1) // 2, h)
         xl, xh = max(cx - cut_w // 2, 0), min(cx + (cut_w + 1) // 2, w)
         return yl, yh, xl, xh
@@ -324,15 +317,17 @@ class BatchMixer:
         return h, w
 
     # --------------------------------------------------------------------- call
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> MixResult:
+    def __call__(self, images: Tensor, generator: random.Random | None = None) -> MixResult:
         """Mix ``images`` with ``images.flip(0)``.
 
         Args:
             images: (B, C, H, W) batch, H and W divisible by ``patch_size`` (and by
                 ``token_grid_size`` if set).  Any device; not modified.  Mixup needs a floating
                 dtype; the other modes copy pixels and accept any dtype.
-            generator: optional ``torch.Generator`` for reproducible draws; the global torch
-                RNG otherwise.  Draws are made on the generator's device.
+            generator: optional ``random.Random`` for reproducible draws; Python's global
+                ``random`` otherwise.  Scalars are drawn on the host and nothing is read back
+                from the device (no host-device synchronisation); TokenMix's token subset is
+                drawn on ``images.device`` by a ``torch.Generator`` seeded from this stream.
 
         Returns:
             :class:`MixResult`; all its tensors are on ``images.device``.  For an odd batch the
@@ -351,7 +346,8 @@ class BatchMixer:
         grid = (h // p, w // p)
         partner = partner_index(b, device=device)
 
-        mode, lam = self._params(generator)
+        rng = random if generator is None else generator
+        mode, lam = self._params(rng)
         if mode != 'none' and lam >= 1.0:
             mode, lam = 'none', 1.0  # nothing of B would be visible
         # share: (Hp, Wp) share of B per patch token; pix: (H, W) pixel share of B, built only
@@ -370,10 +366,11 @@ class BatchMixer:
             gh, gw = h // g, w // g
             n_cells = gh * gw
             n_b = min(n_cells, round((1.0 - lam) * n_cells))
-            gdev = generator.device if generator is not None else 'cpu'
-            cells = torch.zeros(n_cells, dtype=torch.float32, device=gdev)
-            cells[torch.randperm(n_cells, generator=generator, device=gdev)[:n_b]] = 1.0
-            cells = cells.to(device).view(gh, gw)
+            dev_gen = torch.Generator(device=device)
+            dev_gen.manual_seed(rng.getrandbits(63))
+            cells = torch.zeros(n_cells, dtype=torch.float32, device=device)
+            cells[torch.randperm(n_cells, generator=dev_gen, device=device)[:n_b]] = 1.0
+            cells = cells.view(gh, gw)
             share = cells.repeat_interleave(g // p, 0).repeat_interleave(g // p, 1)
             pix = cells.repeat_interleave(g, 0).repeat_interleave(g, 1)
             out = torch.where(pix.bool()[None, None], images.flip(0), images)
@@ -381,7 +378,7 @@ class BatchMixer:
                 lam = 1.0 - n_b / float(n_cells)
         else:  # box: token_cutmix on the alignment grid, cutmix on pixels
             g = self.align_size if mode == 'token_cutmix' else 1
-            yl, yh, xl, xh = (v * g for v in self._rand_box(h // g, w // g, lam, generator))
+            yl, yh, xl, xh = (v * g for v in self._rand_box(h // g, w // g, lam, rng))
             out = images.clone()
             out[:, :, yl:yh, xl:xh] = images[:, :, yl:yh, xl:xh].flip(0)
             share = _box_token_share(yl, yh, xl, xh, h, w, p, device)

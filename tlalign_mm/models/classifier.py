@@ -13,6 +13,7 @@ Transformers", ICCV 2023; reference training loop: Euphoria16/TL-Align ``engine.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Optional
 
@@ -47,9 +48,14 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
             (``re_prob``, ``re_mode``, ``re_count``), or None.  Applied to the normalised batch
             before mixing, in training only.
         seed: optional seed of the mixer's private generator (reproducible mixing).  The
-            generator of training batch ``t`` is seeded with ``seed + t`` (``t`` counted by the
-            ``mix_step`` buffer, which is saved with the model), so a run resumed from a
-            checkpoint continues the same sequence of mixes instead of replaying it.
+            host-side ``random.Random`` of training batch ``t`` is seeded with ``seed + t``
+            (``t`` counted on the host and saved with the model as the ``mix_step`` buffer), so
+            a run resumed from a checkpoint continues the same sequence of mixes instead of
+            replaying it.  Without a seed the mixer draws from Python's global ``random``.
+            Either way nothing is read back from the device.
+        non_blocking: copy the batch to the device asynchronously (mmengine's
+            ``BaseDataPreprocessor`` option; with the dataloader's ``pin_memory=True`` the host
+            does not wait for the copy, as DeiT's ``samples.to(device, non_blocking=True)``).
 
     Input ``data``: dict with ``inputs`` (B, 3, H, W) uint8/float tensor or a list of
     (3, H, W) tensors of one size, and ``data_samples`` (list of ``ClsDataSample``).
@@ -59,8 +65,8 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  mixer: Optional[dict] = None, random_erasing: Optional[dict] = None,
-                 seed: Optional[int] = None):
-        super().__init__()
+                 seed: Optional[int] = None, non_blocking: bool = True):
+        super().__init__(non_blocking=non_blocking)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
         self.mixer = BatchMixer(**mixer) if mixer is not None else None
@@ -69,15 +75,29 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
             from ..datasets import build_random_erasing
             self.random_erasing = build_random_erasing(**random_erasing)
         self._seed = seed
+        # The step lives on the host; the buffer only carries it into checkpoints (written
+        # with fill_, which never waits for the device) and back (_load_from_state_dict).
+        self._mix_step = 0
         self.register_buffer('mix_step', torch.zeros((), dtype=torch.long))
 
-    def _gen(self, device: torch.device) -> Optional[torch.Generator]:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        step = state_dict.get(prefix + 'mix_step')
+        if step is not None:
+            self._mix_step = int(step)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _rng(self) -> Optional[random.Random]:
         if self._seed is None:
             return None
-        gen = torch.Generator(device=device).manual_seed(self._seed + int(self.mix_step))
-        self.mix_step += 1
-        return gen
+        rng = random.Random(self._seed + self._mix_step)
+        self._mix_step += 1
+        self.mix_step.fill_(self._mix_step)
+        return rng
 
+    # Mixing draws host-side random numbers for every batch; under ``torch.compile`` (mmengine's
+    # ``compile=True`` compiles ``train_step``) it runs eagerly, so that those numbers do not
+    # make dynamo recompile the model for every batch.
+    @torch.compiler.disable
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
         inputs = data['inputs']
@@ -92,7 +112,7 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
             if self.random_erasing is not None:
                 x = self.random_erasing(x)
             if self.mixer is not None:
-                mix = self.mixer(x, generator=self._gen(x.device))
+                mix = self.mixer(x, generator=self._rng())
                 x = mix.images
         return dict(inputs=x, data_samples=data.get('data_samples'), mix=mix)
 
@@ -109,17 +129,29 @@ class TLAImageClassifier(BaseModel):
         tl_align: train on the aligned target (True) or on the area target (False, baseline).
         label_channels: 'source' (K = 2 source embedding, expanded at the end; default) or
             'classes' (K = num_classes labels carried through the blocks, the reference way).
-            Both give the same target (``tl-align.md``, "An exact shortcut").
+            Both give the same target (``docs/tl-align.md``, "An exact shortcut").
         target_readout: 'cls' (class-token label), 'mean' (mean of patch-token labels) or
             'auto' ('cls' for a backbone with a class token and ``out_type='cls_token'``,
             else 'mean').
         label_smoothing: smoothing of the one-hot labels before mixing (DeiT: 0.1).
+        align_stats_interval: the CutMix baseline (``tl_align=False``) carries the labels on
+            every ``align_stats_interval``-th mixed training step (one label pass each) to
+            report the token fluctuation; 0 never.  A TL-Align model reports it on every
+            step at no extra cost.
         data_preprocessor: config of :class:`TLAClsDataPreprocessor`.
         init_cfg: mmengine init config (``Pretrained`` with ``prefix='backbone.'`` etc.).
 
     ``forward(inputs, data_samples, mode, mix)``:
 
-    * ``mode='loss'``: dict(loss=...); also records :attr:`last_alignment` (see below).
+    * ``mode='loss'``: dict(loss=...) and, on steps that carried labels, the token-fluctuation
+      statistics of the batch as detached 0-d tensors (logged, not optimised; reading them is
+      left to the logger, so the step never waits for the device):
+
+      - ``align/lam``: mean area share of image A;
+      - ``align/lam_aligned``: mean aligned share of image A (K = 2 source labels only);
+      - ``align/lam_gap``: mean ``|lam_aligned - lam|``, the paper's Fig. 3 quantity (K = 2);
+      - ``align/target_l2``: mean over samples of ``||y_aligned - y_area||_2`` (class space,
+        label smoothing included).
     * ``mode='predict'``: the data samples with ``pred_score`` (B, K) softmax and
       ``pred_label`` set.
     * ``mode='tensor'``: logits (B, K).
@@ -131,6 +163,7 @@ class TLAImageClassifier(BaseModel):
     def __init__(self, backbone: dict, num_classes: int = 1000, tl_align: bool = True,
                  label_channels: str = 'source', target_readout: str = 'auto',
                  label_smoothing: float = 0.1, head_init_std: float = 0.02,
+                 align_stats_interval: int = 100,
                  data_preprocessor: Optional[dict] = None, init_cfg=None):
         if data_preprocessor is None:
             data_preprocessor = dict(type='TLAClsDataPreprocessor')
@@ -139,6 +172,8 @@ class TLAImageClassifier(BaseModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if label_channels not in ('source', 'classes'):
             raise ValueError(f"label_channels must be 'source' or 'classes', got {label_channels!r}")
+        if int(align_stats_interval) != align_stats_interval or align_stats_interval < 0:
+            raise ValueError(f'align_stats_interval must be an integer >= 0, got {align_stats_interval!r}')
         if target_readout not in ('auto', 'cls', 'mean'):
             raise ValueError(f"target_readout must be 'auto', 'cls' or 'mean', got {target_readout!r}")
         self.backbone = MODELS.build(backbone)
@@ -166,10 +201,8 @@ class TLAImageClassifier(BaseModel):
         self.head = nn.Linear(feat_dim, num_classes)
         self.head_init_std = head_init_std
         self.loss_fn = SoftTargetCrossEntropy()
-        #: whether loss mode carries labels even for the baseline (set by the fluctuation hook)
-        self.track_alignment = False
-        #: dict(rmse, lam_gap, lam, lam_aligned) of the last step that carried labels, or None
-        self.last_alignment: Optional[dict] = None
+        self.align_stats_interval = int(align_stats_interval)
+        self._loss_steps = 0  # host-side count of loss-mode calls with a mixed batch
 
     def init_weights(self):
         super().init_weights()
@@ -182,7 +215,7 @@ class TLAImageClassifier(BaseModel):
     def _labels(data_samples) -> Tensor:
         return torch.cat([ds.gt_label.reshape(-1) for ds in data_samples])
 
-    def _initial_labels(self, mix: MixResult, y_a: Tensor, y_b: Tensor, img_hw) -> Tensor:
+    def _initial_labels(self, mix: MixResult, y_a: Tensor, y_b: Tensor, img_hw, label_channels: str) -> Tensor:
         n = self.backbone.num_tokens(img_hw) - self.num_prefix_tokens
         if mix.share_b.shape[1] != n:
             raise ValueError(
@@ -190,7 +223,7 @@ class TLAImageClassifier(BaseModel):
                 f'backbone has {n} patch tokens for {tuple(img_hw)} inputs: set the data_preprocessor '
                 f"mixer's patch_size to the backbone's ({self.backbone.patch_size})")
         r0 = mix.source_labels(self.num_prefix_tokens)
-        return r0 if self.label_channels == 'source' else expand_source_labels(r0, y_a, y_b)
+        return r0 if label_channels == 'source' else expand_source_labels(r0, y_a, y_b)
 
     def _readout(self, labels: Tensor) -> Tensor:
         if self.target_readout == 'cls':
@@ -204,34 +237,58 @@ class TLAImageClassifier(BaseModel):
         outs, labels = self.backbone(inputs, token_labels)
         return outs[-1], labels
 
-    def aligned_targets(self, inputs: Tensor, labels: Tensor, mix: MixResult):
-        """Features and both targets for a mixed batch.
+    def aligned_targets(self, inputs: Tensor, labels: Tensor, mix: MixResult, carry_labels: Optional[bool] = None,
+                        label_channels: Optional[str] = None):
+        """Features, both targets and the alignment statistics of a mixed batch.
+
+        Args:
+            inputs: (B, 3, H, W) mixed images (``mix.images``).
+            labels: (B,) integer classes of the unmixed images, on the inputs' device.
+            mix: the :class:`~tlalign_mm.mixing.MixResult` of the batch.
+            carry_labels: run the backbone with labels; default ``self.tl_align``.
+            label_channels: 'source' or 'classes'; default ``self.label_channels``.
 
         Returns:
-            (features (B, C), area target (B, K), aligned target (B, K) or None when the
-            step does not carry labels).
+            (features (B, C), area target (B, K), aligned target (B, K) or None, statistics:
+            a dict of detached 0-d tensors, empty when no labels were carried; see the class
+            docstring).
+
+        Raises:
+            ValueError: labels carried by a backbone that cannot carry them; a mixer whose
+                token grid differs from the backbone's.
         """
+        carry_labels = self.tl_align if carry_labels is None else carry_labels
+        label_channels = label_channels or self.label_channels
         y_a = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
         y_b = y_a[mix.partner]
         area = mixed_target(mix.lam, y_a, y_b)
-        if not (self.tl_align or (self.track_alignment and self.can_carry_labels)):
-            return self.extract_feat(inputs), area, None
-        r0 = self._initial_labels(mix, y_a, y_b, inputs.shape[-2:])
+        if not carry_labels:
+            return self.extract_feat(inputs), area, None, {}
+        if not self.can_carry_labels:
+            raise ValueError(f'{type(self.backbone).__name__} cannot carry token labels')
+        r0 = self._initial_labels(mix, y_a, y_b, inputs.shape[-2:], label_channels)
         feat, lab = self.extract_feat(inputs, r0)
         out = self._readout(lab)
-        if self.label_channels == 'source':
+        stats = {'align/lam': mix.lam.mean().detach()}
+        if label_channels == 'source':
             aligned = expand_source_labels(out, y_a, y_b)
-            lam_aligned = out[:, 0]
+            lam_aligned = out[:, 0].detach()
+            stats['align/lam_aligned'] = lam_aligned.mean()
+            stats['align/lam_gap'] = (lam_aligned - mix.lam).abs().mean()
         else:
             aligned = out
-            lam_aligned = None
-        self.last_alignment = dict(
-            rmse=float((aligned - area).square().sum(-1).sqrt().mean()),
-            lam=float(mix.lam.mean()),
-            lam_gap=None if lam_aligned is None else float((lam_aligned - mix.lam).abs().mean()),
-            lam_aligned=None if lam_aligned is None else float(lam_aligned.mean()),
-        )
-        return feat, area, aligned
+        stats['align/target_l2'] = (aligned - area).detach().square().sum(-1).sqrt().mean()
+        return feat, area, aligned, stats
+
+    @torch.compiler.disable
+    def _carry_labels_now(self) -> bool:
+        """Whether this mixed training step carries labels (counted on the host; under
+        ``torch.compile`` the count stays out of the graph, leaving two compiled variants)."""
+        step, self._loss_steps = self._loss_steps, self._loss_steps + 1
+        if self.tl_align:
+            return True
+        return (self.can_carry_labels and self.align_stats_interval > 0
+                and step % self.align_stats_interval == 0)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, inputs: Tensor, data_samples=None, mode: str = 'tensor',
@@ -245,15 +302,21 @@ class TLAImageClassifier(BaseModel):
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
     def loss(self, inputs: Tensor, data_samples, mix: Optional[MixResult] = None) -> dict:
+        """Soft-target cross-entropy on the aligned (TL-Align) or area (baseline) target.
+
+        Returns:
+            dict(loss=0-d tensor) plus the ``align/*`` statistics on steps that carried labels.
+        """
         labels = self._labels(data_samples).to(inputs.device)
+        stats = {}
         if mix is None or not mix.mixed:
             target = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
             feat = self.extract_feat(inputs)
         else:
-            feat, area, aligned = self.aligned_targets(inputs, labels, mix)
+            feat, area, aligned, stats = self.aligned_targets(inputs, labels, mix, self._carry_labels_now())
             target = aligned if self.tl_align else area
         logits = self.head(feat)
-        return dict(loss=self.loss_fn(logits.float(), target))
+        return dict(loss=self.loss_fn(logits.float(), target), **stats)
 
     def predict(self, inputs: Tensor, data_samples=None) -> list:
         logits = self.head(self.extract_feat(inputs))
