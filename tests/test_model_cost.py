@@ -350,10 +350,12 @@ def test_benchmark_label_path_tool_runs(tmp_path, model):
     out = tmp_path / 'label_path.json'
     img = '32' if model.startswith('deit') else '56'   # Swin: stage maps 14/7/4/2 tile into windows
     stdout = _run_tool('benchmark_label_path.py', '--model', model, '--batch', '2', '--img', img,
-                       '--num-classes', '10', '--iters', '3', '--warmup', '0', '--json', str(out))
-    assert 'paired [95% CI]' in stdout
+                       '--num-classes', '10', '--iters', '3', '--warmup', '0', '--json', str(out),
+                       '--amp-dtype', 'bfloat16')
+    assert 'paired [95% CI]' in stdout and 'autocast bfloat16' in stdout
     res = json.loads(out.read_text())
-    variants = ('baseline', 'fused', 'split', 'reference')
+    assert res['amp_dtype'] == 'bfloat16'
+    variants = ('baseline', 'fused', 'fused32', 'split', 'reference')
     assert set(res['step_s']) == set(res['peak_bytes']) == set(res['paired_ratio']) == set(variants)
     assert all(len(res['step_s_rounds'][v]) == 3 for v in variants)
     assert res['paired_ratio']['baseline'] == [1.0, 1.0, 1.0]

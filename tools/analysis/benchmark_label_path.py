@@ -1,19 +1,24 @@
-"""Benchmark the TL-Align label path: step time and peak memory, three ways, one run.
+"""Benchmark the TL-Align label path: step time and peak memory, several ways, one run.
 
 Variants, on the same backbone, batch and weights (training step = forward + backward of a
-soft-target cross-entropy through a linear head):
+soft-target cross-entropy through a linear head; under ``--amp-dtype`` the forward runs in
+``torch.autocast`` as AMP training does):
 
 * ``baseline``  - CutMix baseline: no labels, target = lam * y_A + (1 - lam) * y_B;
 * ``fused``     - ours: TL-Align, K = 2 source embedding riding in the features' attention
-                  call (``label_mode='fused'``, the default; on CPU the flash kernel for DeiT,
-                  the written-out window attention for Swin in training);
+                  call (``label_mode='fused'``, ``label_dtype='auto'``, the default; on CPU the
+                  flash kernel for DeiT, the written-out window attention for Swin in training;
+                  one attention call per block under autocast);
+* ``fused32``   - ours with ``label_dtype='float32'``: under autocast a second, float32
+                  attention call per block for the labels (the label path before the fused
+                  low-precision call; the same as ``fused`` without autocast);
 * ``split``     - ours: plain SDPA for the features, a no-grad float32 head-mean attention pass
                   for the K = 2 labels (``label_mode='split'``);
 * ``reference`` - the reference code's way: K = num_classes labels, per-head attention
                   materialised (``label_mode='explicit'``).
 
-Step time: median over ``--iters`` steps after ``--warmup``, the variants interleaved step by
-step (the order reversed every other round) so that machine noise hits all alike.  ``x base``
+Step time (CUDA events on a GPU, wall clock on CPU): median over ``--iters`` steps after
+``--warmup``, the variants interleaved step by step (the order reversed every other round) so that machine noise hits all alike.  ``x base``
 is the ratio of the medians; ``paired`` is the geometric mean over rounds of each round's ratio
 to the baseline step of the same round, with its 95% confidence interval (normal approximation
 on the log ratios).  The paired figure is the one to quote on a noisy machine: a shared 2-core
@@ -26,8 +31,13 @@ over its steady state before the first step, on GPU ``torch.cuda.max_memory_allo
 and Swin-T (no labels) against mmseg's ``VisionTransformer`` and mmdet's ``SwinTransformer`` with
 the same settings (needs mmseg / mmdet).
 
+``--compile`` puts every variant's backbone through ``torch.compile`` (inductor); the warm-up
+steps then include the compilation.
+
 Example (the figures in README):
-    python tools/analysis/benchmark_label_path.py --model deit-small --batch 8
+    python tools/analysis/benchmark_label_path.py --model deit-small --batch 8 --variants fused
+    python tools/analysis/benchmark_label_path.py --model deit-small --batch 8 --variants fused,fused32 \
+        --amp-dtype bfloat16
     python tools/analysis/benchmark_label_path.py --model swin-tiny --batch 8
     python tools/analysis/benchmark_label_path.py --dense-only --batch 2
 """
@@ -47,18 +57,19 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-VARIANTS = ('baseline', 'fused', 'split', 'reference')
+VARIANTS = ('baseline', 'fused', 'fused32', 'split', 'reference')
+AMP_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 def build(model_name: str, variant: str, num_classes: int, drop_path: float):
     from tlalign_mm.models.backbones import TLASwinTransformer, TLAVisionTransformer
     mode = {'reference': 'explicit', 'split': 'split'}.get(variant, 'fused')
+    kw = dict(label_mode=mode, label_dtype='float32' if variant == 'fused32' else 'auto', drop_path_rate=drop_path)
     if model_name.startswith('deit'):
-        bb = TLAVisionTransformer(model_name, out_type='cls_token', label_mode=mode, drop_path_rate=drop_path)
+        bb = TLAVisionTransformer(model_name, out_type='cls_token', **kw)
         dim, prefix, readout = bb.embed_dims, 1, 'cls'
     elif model_name.startswith('swin'):
-        bb = TLASwinTransformer(model_name, out_indices=(3,), out_type='avg_featmap', label_mode=mode,
-                                drop_path_rate=drop_path)
+        bb = TLASwinTransformer(model_name, out_indices=(3,), out_type='avg_featmap', **kw)
         dim, prefix, readout = bb.num_features[-1], 0, 'mean'
     else:
         raise SystemExit(f'unknown --model {model_name!r}: deit-tiny/small/base or swin-tiny/small/base')
@@ -82,7 +93,7 @@ def make_batch(bb, prefix, batch, img, num_classes, variant, device):
     y_b = y_a.flip(0)
     if variant == 'baseline':
         r0 = None
-    elif variant in ('fused', 'split'):
+    elif variant in ('fused', 'fused32', 'split'):
         r0 = initial_source_labels(share, lam, prefix)
     else:
         r0 = initial_class_labels(share, lam, y_a, y_b, prefix)
@@ -90,17 +101,18 @@ def make_batch(bb, prefix, batch, img, num_classes, variant, device):
     return mv(x), mv(r0), mv(lam), mv(y_a), mv(y_b)
 
 
-def step(bb, head, batch, variant, readout):
+def step(bb, head, batch, variant, readout, amp_dtype=torch.float32):
     from tlalign_mm.align import expand_source_labels, mixed_target
     x, r0, lam, y_a, y_b = batch
-    if variant == 'baseline':
-        (feat,) = bb(x)
-        target = mixed_target(lam, y_a, y_b)
-    else:
-        (feat,), lab = bb(x, r0)
-        lab = lab[:, 0] if readout == 'cls' else lab.mean(1)
-        target = lab if variant == 'reference' else expand_source_labels(lab, y_a, y_b)
-    logits = head(feat)
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        if variant == 'baseline':
+            (feat,) = bb(x)
+            target = mixed_target(lam, y_a, y_b)
+        else:
+            (feat,), lab = bb(x, r0)
+            lab = lab[:, 0] if readout == 'cls' else lab.mean(1)
+            target = lab if variant == 'reference' else expand_source_labels(lab, y_a, y_b)
+        logits = head(feat)
     loss = torch.sum(-target * torch.log_softmax(logits.float(), -1), -1).mean()
     loss.backward()
     bb.zero_grad(set_to_none=True)
@@ -113,23 +125,41 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def timed(fn, device) -> float:
+    """Seconds that ``fn()`` takes: CUDA events on a GPU (device time), wall clock elsewhere."""
+    if device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def prepare(args, variant, device):
+    bb, head, prefix, readout = build(args.model, variant, args.num_classes, args.drop_path)
+    bb, head = bb.to(device).train(), head.to(device)
+    batch = make_batch(bb, prefix, args.batch, args.img, args.num_classes, variant, device)
+    if args.compile:
+        bb = torch.compile(bb)
+    return bb, head, readout, batch
+
+
 def time_variants(args, device):
-    models, batches = {}, {}
     variants = args.variants
-    for v in variants:
-        bb, head, prefix, readout = build(args.model, v, args.num_classes, args.drop_path)
-        models[v] = (bb.to(device).train(), head.to(device), readout)
-        batches[v] = make_batch(bb, prefix, args.batch, args.img, args.num_classes, v, device)
+    models = {v: prepare(args, v, device) for v in variants}
+    amp = AMP_DTYPES[args.amp_dtype]
     times = {v: [] for v in variants}
     for it in range(args.warmup + args.iters):
         for v in (variants if it % 2 == 0 else variants[::-1]):
-            bb, head, readout = models[v]
-            sync(device)
-            t0 = time.perf_counter()
-            step(bb, head, batches[v], v, readout)
-            sync(device)
+            bb, head, readout, batch = models[v]
+            t = timed(lambda: step(bb, head, batch, v, readout, amp), device)  # noqa: B023
             if it >= args.warmup:
-                times[v].append(time.perf_counter() - t0)
+                times[v].append(t)
     return times
 
 
@@ -139,21 +169,20 @@ def _rss_bytes():
 
 
 def memory_one(args, variant, device):
-    bb, head, prefix, readout = build(args.model, variant, args.num_classes, args.drop_path)
-    bb, head = bb.to(device).train(), head.to(device)
-    batch = make_batch(bb, prefix, args.batch, args.img, args.num_classes, variant, device)
+    bb, head, readout, batch = prepare(args, variant, device)
+    amp = AMP_DTYPES[args.amp_dtype]
     if device.type == 'cuda':
-        step(bb, head, batch, variant, readout)
+        step(bb, head, batch, variant, readout, amp)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         for _ in range(2):
-            step(bb, head, batch, variant, readout)
+            step(bb, head, batch, variant, readout, amp)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     base = _rss_bytes()
     for _ in range(2):
-        step(bb, head, batch, variant, readout)
+        step(bb, head, batch, variant, readout, amp)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 
 
@@ -208,6 +237,38 @@ def dense_compare(args, device):
     return res
 
 
+def label_path(args, device) -> dict:
+    """Time the variants interleaved and measure their peak memory.
+
+    ``args`` as :func:`main` parses them (``model``, ``batch``, ``img``, ``num_classes``,
+    ``drop_path``, ``iters``, ``warmup``, ``variants``, ``amp_dtype``, ``compile``).  Memory: on
+    CUDA in this process (``max_memory_allocated`` over two steps, less what was allocated
+    before), elsewhere in a fresh subprocess per variant (peak RSS growth).
+
+    Returns:
+        dict(model, batch, img, amp_dtype, compile, step_s (median per variant), step_s_rounds,
+        paired_ratio (variant -> (mean, low, high) against the baseline), peak_bytes).
+    """
+    from tlalign_mm.analysis.timing import paired_ratios
+    rounds = time_variants(args, device)
+    mem = {}
+    for v in args.variants:
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+            mem[v] = memory_one(args, v, device)
+            continue
+        cmd = [sys.executable, os.path.abspath(__file__), '--_memory', v, '--model', args.model,
+               '--batch', str(args.batch), '--img', str(args.img), '--num-classes', str(args.num_classes),
+               '--drop-path', str(args.drop_path), '--amp-dtype', args.amp_dtype, '--device', str(device)]
+        if args.compile:
+            cmd.append('--compile')
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        mem[v] = json.loads(r.stdout.strip().splitlines()[-1])['peak_bytes']
+    return dict(model=args.model, batch=args.batch, img=args.img, amp_dtype=args.amp_dtype, compile=args.compile,
+                step_s={v: statistics.median(t) for v, t in rounds.items()}, step_s_rounds=rounds,
+                paired_ratio=paired_ratios(rounds, ref='baseline'), peak_bytes=mem)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', default='deit-small', help='deit-tiny/small/base or swin-tiny/small/base')
@@ -219,6 +280,9 @@ def main():
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--amp-dtype', default='float32', choices=sorted(AMP_DTYPES),
+                   help='run the forward under torch.autocast in this dtype (float32: no autocast)')
+    p.add_argument('--compile', action='store_true', help='torch.compile every variant\'s backbone (inductor)')
     p.add_argument('--dense', action='store_true', help='also compare dense forward+backward with mmseg/mmdet')
     p.add_argument('--dense-only', action='store_true')
     p.add_argument('--dense-size', type=int, default=512)
@@ -230,7 +294,6 @@ def main():
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tlalign_mm.analysis.timing import paired_ratios
 
     device = torch.device(args.device)
     chosen = [v.strip() for v in args.variants.split(',') if v.strip()]
@@ -246,23 +309,17 @@ def main():
     out = {'device': str(device), 'threads': torch.get_num_threads(), 'torch': torch.__version__}
     if not args.dense_only:
         print(f'# {args.model}, batch {args.batch}, {args.img}px, K={args.num_classes}, {device}, '
-              f'{torch.get_num_threads()} threads, median of {args.iters} steps')
-        rounds = time_variants(args, device)
-        times = {v: statistics.median(t) for v, t in rounds.items()}
-        paired = paired_ratios(rounds, ref='baseline')
-        mem = {}
-        for v in args.variants:
-            cmd = [sys.executable, os.path.abspath(__file__), '--_memory', v] + [
-                a for a in sys.argv[1:] if a not in ('--dense',)]
-            r = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            mem[v] = json.loads(r.stdout.strip().splitlines()[-1])['peak_bytes']
-        print(f'{"variant":<10} {"step s":>8} {"x base":>7} {"paired [95% CI]":>21} {"peak MiB":>9} {"x base":>7}')
+              f'{torch.get_num_threads()} threads, autocast {args.amp_dtype}'
+              f'{", compiled" if args.compile else ""}, median of {args.iters} steps')
+        res = label_path(args, device)
+        times, paired, mem = res['step_s'], res['paired_ratio'], res['peak_bytes']
+        print(f'{"variant":<10} {"step s":>8} {"img/s":>8} {"x base":>7} {"paired [95% CI]":>21} '
+              f'{"peak MiB":>9} {"x base":>7}')
         for v in args.variants:
             mean, lo, hi = paired[v]
-            print(f'{v:<10} {times[v]:8.3f} {times[v] / times["baseline"]:7.3f} '
+            print(f'{v:<10} {times[v]:8.3f} {args.batch / times[v]:8.1f} {times[v] / times["baseline"]:7.3f} '
                   f'{mean:7.3f} [{lo:.3f}, {hi:.3f}] {mem[v] / 2**20:9.1f} {mem[v] / mem["baseline"]:7.3f}')
-        out.update(model=args.model, batch=args.batch, img=args.img, step_s=times, step_s_rounds=rounds,
-                   paired_ratio=paired, peak_bytes=mem)
+        out.update(res)
     if args.dense or args.dense_only:
         res = dense_compare(args, device)
         print(f'# dense forward+backward {args.dense_size}px batch {args.batch}: ours vs stock mm backbone')
