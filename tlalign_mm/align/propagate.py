@@ -184,7 +184,7 @@ class _FlashAttentionWithLabelsCPU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor, _grad_labels: Optional[Tensor]):
         q, k, v, feat, lse, attn_mask = ctx.saved_tensors
-        gq, gk, gv = _FLASH_CPU_BACKWARD(grad_out.contiguous(), q, k, v, feat, lse, 0.0, False,
+        gq, gk, gv = _FLASH_CPU_BACKWARD(grad_out, q, k, v, feat, lse, 0.0, False,
                                          attn_mask=attn_mask, scale=ctx.scale)
         return gq, gk, gv, None, None, None
 
