@@ -88,6 +88,45 @@ def test_fused_low_precision_call_features_gradients_labels_and_mass(dtype, mask
     assert (lab.sum(-1) - 1).abs().max() <= 1e-6         # renormalised: mass 1
 
 
+@pytest.mark.parametrize('dtype', [torch.float32] + LOW)
+@pytest.mark.parametrize('mask', [False, True])
+def test_generic_padded_sdpa_path(monkeypatch, dtype, mask):
+    """The path other devices (CUDA) take: one public SDPA call on padded q/k/v, autograd
+    through it.  Forced here on CPU by hiding the CPU flash op."""
+    from tlalign_mm.align import propagate
+    monkeypatch.setattr(propagate, '_FLASH_CPU', None)
+    b, h, n, d = 2, 3, 50, 32
+    labels = torch.softmax(3 * torch.randn(b, n, 2, generator=torch.Generator().manual_seed(1)), -1)
+    g_out = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(3)).to(dtype)
+
+    # (a mask that needs a gradient is written out on CPU whatever the path: tested above)
+    mask_r = (torch.randn(1, h, n, n, generator=torch.Generator().manual_seed(2)) * 2).to(dtype) if mask else None
+    base_r, q, k, v = _structured_qkv(dtype)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_r)
+    (ref.float() * g_out.float()).sum().backward()
+    with torch.no_grad():
+        logits = (q.float() @ k.float().transpose(-2, -1)) * d ** -0.5 + (mask_r.float() if mask else 0)
+        lab_ref = logits.softmax(-1).mean(1) @ labels
+
+    base, q, k, v = _structured_qkv(dtype)
+    ops = []
+
+    def run():
+        out, lab = fused_attention_with_labels(q, k, v, labels, attn_mask=mask_r)
+        (out.float() * g_out.float()).sum().backward()
+        ops.append(lab)
+
+    names = _ops(run)
+    lab = ops[0]
+    assert names.count('aten::scaled_dot_product_attention') == 1
+    tol = {torch.float32: 1e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}[dtype]
+    assert (lab - lab_ref).abs().max() <= tol and (lab.sum(-1) - 1).abs().max() <= 1e-5
+    # the features' gradient through the padded call: plain SDPA's up to the rounding of the dtype
+    gtol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    err = (base.grad.float() - base_r.grad.float()).abs().max() / base_r.grad.float().abs().max()
+    assert err <= gtol, err
+
+
 def test_label_options_are_checked_by_name():
     with pytest.raises(ValueError, match='label_dtype'):
         TLAVisionTransformer('deit-tiny', label_dtype='bfloat16')
