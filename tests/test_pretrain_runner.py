@@ -103,3 +103,20 @@ def test_runner_trains_on_real_images_and_exports_backbone(fmnist_root, tmp_path
     trained = runner.model.backbone.state_dict()
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, trained[k]), k
+
+
+def test_backbone_export_beside_every_checkpoint(fmnist_root, tmp_path):
+    """at_checkpoint=True: a backbone export follows each checkpoint the CheckpointHook writes."""
+    cfg = _cfg(fmnist_root, str(tmp_path), True, max_iters=4)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=2, by_epoch=False)
+    cfg.custom_hooks = [dict(type='BackboneExportHook', filename='backbone.pth', at_checkpoint=True)]
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    for it in (2, 4):
+        assert (tmp_path / f'iter_{it}.pth').exists()
+        export = torch.load(tmp_path / f'iter_{it}_backbone.pth', weights_only=True)
+        assert export['meta']['iter'] == it
+        ckpt = torch.load(tmp_path / f'iter_{it}.pth', weights_only=False)
+        for k, v in export['state_dict'].items():
+            assert torch.equal(v, ckpt['state_dict']['backbone.' + k]), k
+    assert not (tmp_path / 'iter_1_backbone.pth').exists() and (tmp_path / 'backbone.pth').exists()

@@ -52,26 +52,48 @@ class BackboneExportHook(Hook):
         self.filename = filename
         self.at_checkpoint = at_checkpoint
         self.last_export: str | None = None
+        self._exported_for: str | None = None   # the checkpoint the last per-checkpoint export followed
 
-    def _write(self, runner, path: str) -> None:
+    def _write(self, runner, path: str, done_iters: int | None = None) -> None:
         if not is_main_process():
             return
-        ckpt = backbone_checkpoint(runner.model, epoch=runner.epoch, iter=runner.iter,
+        ckpt = backbone_checkpoint(runner.model, epoch=runner.epoch,
+                                   iter=runner.iter if done_iters is None else done_iters,
                                    experiment=runner.experiment_name)
         torch.save(ckpt, path)
         self.last_export = path
         runner.logger.info(f'backbone exported to {path}')
 
-    def after_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    def _export_new_checkpoint(self, runner, done_iters: int) -> None:
+        """After the CheckpointHook (this hook runs later): export beside a checkpoint it just wrote.
+
+        mmengine 0.10.7 has no ``after_save_checkpoint`` stage, so the new checkpoint is found
+        through the ``last_checkpoint`` file that ``CheckpointHook`` rewrites on every save.
+        """
         if not self.at_checkpoint:
             return
         last = osp.join(runner.work_dir, 'last_checkpoint')
-        stem = f'epoch_{runner.epoch}' if runner.train_loop is not None and hasattr(runner.train_loop, 'max_epochs') \
-            else f'iter_{runner.iter}'
+        if not osp.exists(last):
+            return
+        with open(last) as f:
+            ckpt = f.read().strip()
+        if not ckpt or ckpt == self._exported_for:
+            return
+        self._exported_for = ckpt
+        stem = osp.splitext(osp.basename(ckpt))[0]
+        self._write(runner, osp.join(osp.dirname(ckpt) or runner.work_dir, f'{stem}_backbone.pth'), done_iters)
+
+    def before_train(self, runner) -> None:
+        last = osp.join(runner.work_dir, 'last_checkpoint')   # a resumed run's earlier checkpoint
         if osp.exists(last):
             with open(last) as f:
-                stem = osp.splitext(osp.basename(f.read().strip()))[0] or stem
-        self._write(runner, osp.join(runner.work_dir, f'{stem}_backbone.pth'))
+                self._exported_for = f.read().strip()
+
+    def after_train_epoch(self, runner) -> None:
+        self._export_new_checkpoint(runner, runner.iter)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._export_new_checkpoint(runner, runner.iter + 1)   # the loop counts this iteration after the hooks
 
     def after_run(self, runner) -> None:
         if runner.train_loop is None:
