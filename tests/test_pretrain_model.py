@@ -231,3 +231,42 @@ def test_nonfinite_loss_hook_names_iteration_terms_and_checkpoint(tmp_path):
     hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(2.5)))   # finite: nothing
     with pytest.raises(FloatingPointError, match=r'iteration 42 \(epoch 4\).*loss=nan.*epoch_3\.pth'):
         hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(float('nan'))))
+
+
+def test_swin_classifier_reads_the_last_returned_stage():
+    """out_indices=(1,) of a 3-stage Swin: the head takes stage 1's width, the aligned target is
+    the mean of stage 1's token labels, and stage 2 is not run."""
+    torch.manual_seed(0)
+    m = MODELS.build(dict(
+        type='TLAImageClassifier', num_classes=5,
+        backbone=dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2, 2), num_heads=(1, 2, 4)),
+                      window_size=4, out_indices=(1,), out_type='avg_featmap'),
+        data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0, mixer=dict(patch_size=4, token_grid_size=8))))
+    m.init_weights()
+    assert m.head.in_features == m.backbone.num_features[1] == 32
+    data = m.data_preprocessor(_batch(), training=True)
+    (feat,), lab = m.backbone(data['inputs'], data['mix'].source_labels(0))
+    assert feat.shape == (4, 32) and lab.shape == (4, 4 * 4, 2)    # 32 px / 4 / 2: stage 1 is 4 x 4
+    out = m(**data, mode='loss')
+    assert torch.isfinite(out['loss'])
+    out['loss'].backward()
+    assert all(p.grad is None for p in m.backbone.layers[2].parameters())
+
+
+@pytest.mark.parametrize('name', ['deit-small', 'swin-tiny'])
+def test_pretrain_weight_decay_groups(name):
+    """The recipes' no-decay parameters (mmengine reads them from paramwise_cfg, not from the
+    model): norms, biases, position embedding, class token, relative position bias tables."""
+    from mmengine.optim import build_optim_wrapper
+    init_default_scope('tlalign_mm')
+    cfg = Config.fromfile(os.path.join(REPO, 'configs', 'pretrain', f'{name}_tla_8xb128-300e_in1k.py'))
+    cfg.optim_wrapper.type = 'OptimWrapper'
+    cfg.optim_wrapper.pop('loss_scale')
+    model = MODELS.build(cfg.model)
+    ow = build_optim_wrapper(model, cfg.optim_wrapper)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    decay = {name_of[id(p)]: g['weight_decay'] for g in ow.optimizer.param_groups for p in g['params']}
+    assert len(decay) == len(name_of)
+    zero = ('norm', 'bias', 'pos_embed', 'cls_token', 'relative_position_bias_table')
+    for n, wd in decay.items():
+        assert wd == (0.0 if any(z in n for z in zero) else 0.05), (n, wd)

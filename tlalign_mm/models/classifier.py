@@ -196,7 +196,9 @@ class TLAImageClassifier(BaseModel):
         if target_readout == 'cls' and not self.num_prefix_tokens:
             raise ValueError("target_readout='cls' needs a backbone with a class token")
         self.target_readout = target_readout
-        feat_dim = (self.backbone.num_features[-1] if hasattr(self.backbone, 'num_features')
+        # the width of the pooled feature: the last returned stage of a hierarchical backbone
+        num_features = getattr(self.backbone, 'num_features', None)
+        feat_dim = (num_features[max(self.backbone.out_indices)] if isinstance(num_features, (list, tuple))
                     else self.backbone.embed_dims)
         self.head = nn.Linear(feat_dim, num_classes)
         self.head_init_std = head_init_std

@@ -314,10 +314,6 @@ class TLASwinTransformer(TLABackbone):
                 mods.append(getattr(self, f'norm{i}'))
         return mods
 
-    def no_weight_decay_keywords(self) -> set[str]:
-        """Name fragments excluded from weight decay in the Swin recipe."""
-        return {'relative_position_bias_table', 'absolute_pos_embed'}
-
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
         """Patch-token grid (h, w) of the first stage for an input of size ``img_hw``."""
         return -(-img_hw[0] // self.patch_size), -(-img_hw[1] // self.patch_size)
@@ -337,8 +333,9 @@ class TLASwinTransformer(TLABackbone):
 
         Returns:
             ``outs`` (a tuple, one entry per ``out_indices``), or with ``token_labels``
-            ``(outs, labels)``, labels (B, N_last, K) float32 for the last stage's tokens
-            (the aligned target is their mean over tokens).
+            ``(outs, labels)``, labels (B, N_s, K) float32 for the tokens of the last stage
+            ``s = max(out_indices)`` (the aligned target is their mean over tokens).  Stages
+            after ``max(out_indices)`` return nothing and are not run.
 
         Raises:
             TypeError / ValueError: bad ``token_labels``; a stage map that does not tile into
@@ -370,6 +367,8 @@ class TLASwinTransformer(TLABackbone):
                 else:
                     # contiguous NCHW, as mmseg / mmdet return (UperNet Swin-T CPU step: 1.048x -> 1.000x stock)
                     outs.append(out.transpose(1, 2).reshape(b, -1, *hw).contiguous())
+            if i == max(self.out_indices):
+                break
             if stage.downsample is not None:
                 x, hw, labels = stage.downsample(x, hw, labels)
         outs = tuple(outs)

@@ -212,10 +212,6 @@ class TLAVisionTransformer(TLABackbone):
             mods.append(self.norm)
         return mods
 
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names excluded from weight decay in the DeiT recipe."""
-        return {'pos_embed', 'cls_token', 'dist_token'}
-
     # -- forward ---------------------------------------------------------------------------
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
         """Patch-token grid (h, w) for an input of size ``img_hw`` (after padding)."""
