@@ -603,3 +603,18 @@ def test_kill_and_auto_resume(cfgs, reference_run, tmp_path):
     assert got.keys() == reference_run.keys()
     for k in got:
         assert torch.equal(got[k], reference_run[k]), f'{k}: max diff {(got[k] - reference_run[k]).abs().max()}'
+
+
+def test_config_paths_named_in_tools_and_readme_exist(repo_root):
+    """Every ``configs/....py`` path that a tool's help, a script's comment or the README shows
+    names a real file (a newcomer copies them)."""
+    import glob
+    import re
+    files = glob.glob(os.path.join(repo_root, 'tools', '**', '*.py'), recursive=True)
+    files += glob.glob(os.path.join(repo_root, 'tools', '*.sh')) + [os.path.join(repo_root, 'README.md')]
+    named = set()
+    for f in files:
+        named |= set(re.findall(r'configs/[\w./-]+?\.py', open(f).read()))
+    assert len(named) >= 8
+    missing = sorted(p for p in named if '{' not in p and not os.path.exists(os.path.join(repo_root, p)))
+    assert not missing, missing

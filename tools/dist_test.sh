@@ -2,7 +2,7 @@
 # Distributed testing on one or more nodes with torchrun (mmdet-style launcher).
 #
 # Usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
-#   e.g. bash tools/dist_test.sh configs/pretrain/deit_small_tla.py work_dirs/x/epoch_300.pth 8
+#   e.g. bash tools/dist_test.sh configs/pretrain/deit-small_tla_8xb128-300e_in1k.py work_dirs/x/epoch_300.pth 8
 # Environment: NNODES (1), NODE_RANK (0), PORT (29500), MASTER_ADDR (127.0.0.1),
 #              PYTHON (python) -- the interpreter that runs torchrun.
 # GPUS is the number of processes per node; without CUDA tools/test.py uses gloo on CPU.

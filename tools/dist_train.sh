@@ -2,7 +2,7 @@
 # Distributed training on one or more nodes with torchrun (mmdet-style launcher).
 #
 # Usage: bash tools/dist_train.sh CONFIG GPUS [train.py args...]
-#   e.g. bash tools/dist_train.sh configs/pretrain/deit_small_tla.py 8 --amp
+#   e.g. bash tools/dist_train.sh configs/pretrain/deit-small_tla_8xb128-300e_in1k.py 8 --amp
 #        NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 PORT=29501 bash tools/dist_train.sh CFG 8
 # Environment: NNODES (1), NODE_RANK (0), PORT (29500), MASTER_ADDR (127.0.0.1),
 #              PYTHON (python) -- the interpreter that runs torchrun.

@@ -3,8 +3,8 @@
 #
 # Usage: [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS="..."] \
 #        bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args...]
-#   e.g. GPUS=8 bash tools/slurm_test.sh gpu test_tla configs/pretrain/deit_small_tla.py \
-#            work_dirs/deit_small_tla/epoch_300.pth --out results.pkl
+#   e.g. GPUS=8 bash tools/slurm_test.sh gpu test_tla configs/pretrain/deit-small_tla_8xb128-300e_in1k.py \
+#            work_dirs/deit-small_tla_8xb128-300e_in1k/epoch_300.pth --out results.pkl
 # One task per GPU; each runs tools/test.py with --launcher slurm.  PYTHON (python) picks
 # the interpreter.
 

@@ -3,8 +3,8 @@
 #
 # Usage: [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS="..."] \
 #        bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
-#   e.g. GPUS=16 bash tools/slurm_train.sh gpu tla_deit_s configs/pretrain/deit_small_tla.py \
-#            work_dirs/deit_small_tla --resume
+#   e.g. GPUS=16 bash tools/slurm_train.sh gpu tla_deit_s configs/pretrain/deit-small_tla_8xb128-300e_in1k.py \
+#            work_dirs/deit-small_tla_8xb128-300e_in1k --resume
 # One task per GPU; each runs tools/train.py with --launcher slurm.  PYTHON (python) picks
 # the interpreter.
 

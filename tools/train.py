@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description='Train a model (TL-Align pretraining with default_scope tlalign_mm, or '
                     'mmseg / mmdet downstream) from an mmengine config.',
         epilog='Examples:\n'
-               '  python tools/train.py configs/pretrain/deit_small_tla.py\n'
+               '  python tools/train.py configs/pretrain/deit-small_tla_8xb128-300e_in1k.py\n'
                '  python tools/train.py CFG --resume                 # auto-resume in the work dir\n'
                '  python tools/train.py CFG --resume work_dirs/x/epoch_10.pth\n'
                '  bash tools/dist_train.sh CFG 8 --amp\n'
