@@ -588,3 +588,35 @@ def test_cli_converts_and_output_loads(deit_sd, tmp_path, capsys):
     assert report.layout == 'tlalign' and report.num_matched_params == report.num_params
     assert not report.missing and not report.unexpected
     assert_loaded(model, {k: v for k, v in deit_sd.items() if not k.startswith('head.')})
+
+
+def test_empty_numpy_array_in_meta_loads_but_bytes_with_arguments_does_not(tmp_path):
+    """Protocol 2 (torch.save's) writes an empty array's data as ``bytes()``: an mmengine
+    checkpoint whose meta holds an empty HistoryBuffer must load; ``bytes(n)`` must not."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    path = tmp_path / 'meta.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'buf': HistoryBuffer(), 'arr': np.zeros(0)}}, path)
+    ckpt = load_checkpoint_file(path)
+    assert ckpt['meta']['arr'].shape == (0,) and len(ckpt['meta']['buf'].data[0]) == 0
+    from tlalign_mm.utils import register_mmengine_safe_globals
+    register_mmengine_safe_globals()    # what import tlalign_mm does, for mmengine's own torch.load (resume)
+    assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(2))
+
+    class _BigBytes:
+        def __reduce__(self):
+            return (bytes, (10,))
+    torch.save({'x': _BigBytes()}, tmp_path / 'bytes.pth')
+    with pytest.raises(pickle.UnpicklingError, match='bytes'):
+        load_checkpoint_file(tmp_path / 'bytes.pth')
+
+
+@pytest.mark.parametrize('content', [b'hello world\n', b'', b'PK\x03\x04 truncated zip'])
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path, content):
+    path = tmp_path / 'notes.pth'
+    path.write_bytes(content)
+    with pytest.raises(pickle.UnpicklingError) as info:
+        load_checkpoint_file(path)
+    msg = str(info.value)
+    assert str(path) in msg and 'not a loadable checkpoint' in msg
+    assert '\n' not in msg and 'weights_only=False' not in msg and 'weights_only` set to `False' not in msg

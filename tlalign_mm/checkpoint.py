@@ -80,6 +80,16 @@ _ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_tok
 # ---------------------------------------------------------------------------------------------
 # Safe loading
 # ---------------------------------------------------------------------------------------------
+def _load_failure_reason(e: BaseException) -> str:
+    """One line on why ``torch.load`` failed, without torch's advice to turn ``weights_only`` off."""
+    text = str(e)
+    m = re.search(r'WeightsUnpickler error: (.*?)(?: was not an allowed global|\n|$)', text)
+    if m:
+        return m.group(1).strip()
+    first = text.strip().splitlines()[0] if text.strip() else ''
+    return f'{type(e).__name__}: {first[:200]}' if first else type(e).__name__
+
+
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
     """Load a checkpoint file without ever executing pickled code.
 
@@ -96,8 +106,10 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> 
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message names it).
-        pickle.UnpicklingError: the file holds objects ``weights_only`` loading refuses (a class
-            outside the allow-list); nothing from it was executed.
+        pickle.UnpicklingError: the file is not a checkpoint torch can read (a text file, a
+            truncated download), or it holds objects ``weights_only`` loading refuses (a class
+            outside the allow-list); one line naming the path and the reason; nothing from the
+            file was executed.
         TypeError: the file does not hold a dict.
     """
     path = os.fspath(path)
@@ -111,12 +123,10 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> 
         try:
             with torch.serialization.safe_globals(mmengine_safe_globals()):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:
+        except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError) as e:
             raise pickle.UnpicklingError(
-                f'{path}: refused by weights_only loading (tlalign_mm never unpickles arbitrary '
-                f'objects). If you trust this file, extract the weights yourself, e.g. '
-                f"torch.save({{'model': torch.load(path, weights_only=False)['model']}}, new_path). "
-                f'Cause: {e}') from e
+                f'{path}: not a loadable checkpoint, or it holds types that weights_only loading refuses '
+                f'({_load_failure_reason(e)}); nothing from it was run') from None
     if not isinstance(obj, Mapping):
         raise TypeError(f'{path}: expected a dict checkpoint or state dict, got {type(obj).__name__}')
     return dict(obj)

@@ -26,7 +26,9 @@ adding each global the error named, until they loaded.  Required were:
 * ``numpy.dtype``, ``numpy.dtypes.Float64DType``, ``numpy.dtypes.Int64DType`` (their dtypes; the
   dtype *class* is needed because the unpickler BUILDs the dtype instance)
 * ``numpy._core.multiarray.scalar``                                      (numpy scalars, e.g. ``eta``)
-* ``builtins.getattr`` -- only as a **restricted stand-in** (see below).
+* ``builtins.getattr`` -- only as a **restricted stand-in** (see below);
+* ``builtins.bytes`` -- only as a stand-in that builds the empty ``bytes()`` (protocol-2 pickles write
+  an empty numpy array's data, e.g. an empty ``HistoryBuffer``'s, as that call).
 
 Beyond that minimum we also allow, as equally inert data types:
 
@@ -97,6 +99,21 @@ def _history_buffer_getattr(obj: Any, name: Any, *default: Any) -> Any:
         'getattr(HistoryBuffer, <statistics method>) (see tlalign_mm.utils.torch_compat)')
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """Stand-in for ``builtins.bytes`` inside ``torch.load(weights_only=True)``: ``bytes()`` only.
+
+    ``torch.save`` pickles with protocol 2, which writes an empty ``bytes`` object as the call
+    ``bytes()`` (non-empty ones go through ``_codecs.encode``, which torch already allows).  An
+    empty numpy array -- e.g. an empty ``HistoryBuffer`` in an mmengine checkpoint's ``meta`` --
+    holds such a value.  The real ``bytes`` would also accept ``bytes(10**12)``, so anything but the
+    empty call is refused.
+    """
+    if args:
+        raise pickle.UnpicklingError('weights_only load: refusing bytes(...) with arguments; tlalign_mm '
+                                     'only allows the empty bytes() that protocol-2 pickles write')
+    return b''
+
+
 def _numpy_entries(with_aliases: bool) -> list:
     try:
         import numpy as np
@@ -161,7 +178,8 @@ def mmengine_safe_globals() -> list:
 
         tuples_ok = _torch_version() >= (2, 6)
         _SAFE_GLOBALS = ([argparse.Namespace] + _mmengine_entries(with_getattr=tuples_ok)
-                         + _numpy_entries(with_aliases=tuples_ok))
+                         + _numpy_entries(with_aliases=tuples_ok)
+                         + ([(_empty_bytes, 'builtins.bytes')] if tuples_ok else []))
     return list(_SAFE_GLOBALS)
 
 
