@@ -11,6 +11,7 @@ maps as heat maps over the mixed image (each token's value spread over the pixel
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -61,14 +62,14 @@ def denormalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return ((x.float() * std.to(x.device) + mean.to(x.device)) / 255.0).clamp(0.0, 1.0)
 
 
-def draw_display_mix(mixer: BatchMixer, images: Tensor, generator: Optional[torch.Generator] = None,
+def draw_display_mix(mixer: BatchMixer, images: Tensor, generator: Optional[random.Random] = None,
                      lam_range: Sequence[float] = (0.0, 1.0), max_tries: int = 200) -> MixResult:
     """Mix ``images`` with ``mixer``, redrawing until the batch is mixed with ``lam`` in range.
 
     Args:
         mixer: the model's :class:`~tlalign_mm.mixing.BatchMixer`.
         images: (B, 3, H, W) normalised images.
-        generator: torch generator for reproducible draws.
+        generator: ``random.Random`` for reproducible draws (the mixer's host-side generator).
         lam_range: (lo, hi) accepted ``lam`` of the batch (e.g. (0.3, 0.8) for a clearly visible
             box).  The last draw is returned if none fits within ``max_tries``.
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
+import random
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -90,8 +91,7 @@ def main(argv=None) -> str:
     data = model.data_preprocessor(pseudo_collate([dataset[i] for i in idx]), training=False)
     images = data['inputs']
     labels = model._labels(data['data_samples']).to(images.device)
-    mix_gen = torch.Generator(device=images.device).manual_seed(args.seed)
-    mix = draw_display_mix(mixer, images, mix_gen, args.lam_range)
+    mix = draw_display_mix(mixer, images, random.Random(args.seed), args.lam_range)
 
     maps = compute_label_maps(model, images, labels, mix, layers, num_images=args.num_images)
     what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
