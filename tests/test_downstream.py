@@ -3,7 +3,7 @@
 Fast, no mmseg / mmdet needed:
 
 * every config under ``configs/upernet`` and ``configs/cascade_mask_rcnn`` parses
-  (``Config.fromfile``) and carries the recipe of ``recipes.md`` (160k AdamW 6e-5 with warm-up +
+  (``Config.fromfile``) and carries the recipe of ``docs/recipes.md`` (160k AdamW 6e-5 with warm-up +
   poly; 3x AdamW 1e-4 with AMP, steps 27/33; heads; drop path; sibling configs differing only in
   the checkpoint);
 * :func:`tlalign_mm.models.config_checks.check_downstream_config` accepts them and names the
@@ -97,9 +97,9 @@ def test_config_set_is_complete():
 @pytest.mark.parametrize('path', SEG_CONFIGS + DET_CONFIGS, ids=_leaf_name)
 def test_every_config_parses_and_passes_checks(path):
     cfg = Config.fromfile(path)
-    assert cfg.custom_imports.imports == ['tlalign_mm']
+    assert cfg.custom_imports.imports == ['tlalign_mm.models']
     bb = cfg.model.backbone
-    assert bb.type in ('TLASwinTransformer', 'TLAVisionTransformer')
+    assert bb.type in ('tlalign_mm.TLASwinTransformer', 'tlalign_mm.TLAVisionTransformer')
     assert bb.init_cfg.type == 'Pretrained' and isinstance(bb.init_cfg.checkpoint, str)
     ckpt = bb.init_cfg.checkpoint
     name = _leaf_name(path)
@@ -130,7 +130,7 @@ def test_demo_downstream_configs_match_the_demo_backbone(name):
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'demo', name))
     pre = Config.fromfile(osp.join(REPO, 'configs', 'demo', 'swin-demo_tla_1xb64-10e_fashion-mnist.py'))
     bb, pre_bb = cfg.model.backbone, pre.model.backbone
-    assert bb.type == pre_bb.type == 'TLASwinTransformer'
+    assert bb.type == 'tlalign_mm.TLASwinTransformer' and pre_bb.type == 'TLASwinTransformer'
     for key in ('arch', 'patch_size', 'window_size'):
         assert bb[key] == pre_bb[key], key
     assert bb.init_cfg == dict(type='Pretrained', checkpoint='work_dirs/demo/pretrain/backbone.pth')
@@ -182,7 +182,7 @@ def test_upernet_recipe():
         assert tuple(crop.crop_size) == (512, 512) and crop.cat_max_ratio == 0.75
         assert cfg.tta_model.type == 'SegTTAModel' and cfg.tta_pipeline[-1].type == 'TestTimeAug'
         bb = cfg.model.backbone
-        if bb.type == 'TLASwinTransformer':
+        if bb.type == 'tlalign_mm.TLASwinTransformer':
             assert bb.drop_path_rate == 0.3 and bb.window_size == 7 and tuple(bb.out_indices) == (0, 1, 2, 3)
             c = {'tiny': 96, 'small': 96, 'base': 128}[bb.arch]
             assert list(dh.in_channels) == [c, 2 * c, 4 * c, 8 * c] and ah.in_channels == 4 * c
@@ -379,7 +379,11 @@ def mm():
     import tlalign_mm
     mmseg.utils.register_all_modules(init_default_scope=False)
     mmdet.utils.register_all_modules(init_default_scope=False)
-    assert set(tlalign_mm.models.downstream.register_downstream()) == {'mmseg', 'mmdet'}
+    # ours stay in our registry; mmseg / mmdet reach them across scopes
+    for scope in ('mmseg', 'mmdet'):
+        reg = _registry(scope, 'MODELS')
+        assert 'TLASwinTransformer' not in reg.module_dict
+        assert reg.get('tlalign_mm.TLASwinTransformer') is tlalign_mm.TLASwinTransformer
 
 
 def _scope(name):
@@ -846,3 +850,14 @@ def test_detector_checkpoint_for_a_classifier_backbone(det_swin_t, tmp_path):
     swin.init_weights()
     for k, v in swin.state_dict().items():
         assert torch.equal(v, det_sd['backbone.' + k]), k
+
+
+def test_import_tlalign_mm_stays_light():
+    """``import tlalign_mm`` (and ``tlalign_mm.models``, what the downstream configs import)
+    imports neither mmseg nor mmdet, and still allow-lists mmengine's checkpoint types."""
+    code = ("import sys, torch, tlalign_mm.models; "
+            "assert 'mmdet' not in sys.modules and 'mmseg' not in sys.modules, sorted(sys.modules); "
+            "from mmengine.logging import HistoryBuffer; "
+            "assert HistoryBuffer in torch.serialization.get_safe_globals(); print('light')")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == 'light', r.stderr[-2000:]

@@ -1,7 +1,9 @@
 """tlalign_mm: Token-Label Alignment (Xiao et al., ICCV 2023) for DeiT and Swin on OpenMMLab.
 
-``import tlalign_mm`` registers the backbones in tlalign_mm's own registries and, when mmseg /
-mmdet are installed, in theirs (:mod:`tlalign_mm.models.downstream`).
+``import tlalign_mm`` fills tlalign_mm's own mmengine registries (scope ``tlalign_mm``) and
+allow-lists the types mmengine checkpoints hold for torch >= 2.6's ``weights_only`` loading.  It
+imports neither mmseg nor mmdet: their configs name our backbones across scopes,
+``type='tlalign_mm.TLASwinTransformer'``, with ``custom_imports=dict(imports=['tlalign_mm.models'])``.
 """
 from .version import __version__
 from .utils import register_mmengine_safe_globals
@@ -11,9 +13,6 @@ register_mmengine_safe_globals()
 
 from . import align, datasets, evaluation, hooks, mixing  # noqa: F401  (fill the registries)
 from .models import TLAClsDataPreprocessor, TLAImageClassifier, TLASwinTransformer, TLAVisionTransformer
-from .models.downstream import register_downstream
-
-registered_scopes = register_downstream()
 
 __all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'TLAImageClassifier',
-           'TLAClsDataPreprocessor', 'registered_scopes']
+           'TLAClsDataPreprocessor']

@@ -3,9 +3,9 @@
 Every mmengine root registry gets a child under the scope ``tlalign_mm`` (as mmpretrain's
 ``registry.py`` does), so a config with ``default_scope='tlalign_mm'`` finds our classes and,
 through the parents, every mmengine class (runner, loops, optimisers, hooks, visualisers)
-without "failed to search registry" noise.  The backbones are also put into the mmseg and
-mmdet ``MODELS`` registries by :mod:`tlalign_mm.models.downstream`, the only place that
-imports mmseg / mmdet.
+without "failed to search registry" noise.  mmseg / mmdet configs reach our backbones across
+scopes, ``type='tlalign_mm.TLASwinTransformer'`` (mmengine looks the scope up among the root
+registry's children), so nothing here imports mmseg or mmdet.
 """
 from mmengine import registry as _mm
 from mmengine.registry import Registry

@@ -1,7 +1,8 @@
 # Runtime of the mmdet (Cascade Mask R-CNN / COCO) configs: mmdet scope, tlalign_mm backbones.
 default_scope = 'mmdet'
-# `import tlalign_mm` registers TLASwinTransformer / TLAVisionTransformer into mmdet's MODELS.
-custom_imports = dict(imports=['tlalign_mm'], allow_failed_imports=False)
+# The backbones are named across scopes (type='tlalign_mm.TLASwinTransformer'), as mmdet's configs
+# name mmpretrain backbones; importing tlalign_mm.models fills our registry (mmseg / mmdet untouched).
+custom_imports = dict(imports=['tlalign_mm.models'], allow_failed_imports=False)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

@@ -1,8 +1,9 @@
 # Runtime of the mmseg (UperNet / ADE20K) configs: mmseg scope, tlalign_mm backbones.
 # The schedule file (schedules/schedule_160k.py) holds the default_hooks, as in mmseg 1.x.
 default_scope = 'mmseg'
-# `import tlalign_mm` registers TLAVisionTransformer / TLASwinTransformer into mmseg's MODELS.
-custom_imports = dict(imports=['tlalign_mm'], allow_failed_imports=False)
+# The backbones are named across scopes (type='tlalign_mm.TLASwinTransformer'), as mmdet's configs
+# name mmpretrain backbones; importing tlalign_mm.models fills our registry (mmseg / mmdet untouched).
+custom_imports = dict(imports=['tlalign_mm.models'], allow_failed_imports=False)
 
 env_cfg = dict(
     cudnn_benchmark=True,

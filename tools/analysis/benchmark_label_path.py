@@ -188,9 +188,9 @@ def memory_one(args, variant, device):
 
 #: the dense pair per backbone: our config and the codebase whose stock backbone it is compared with
 DENSE_PAIRS = {
-    'deit-s': (dict(type='TLAVisionTransformer', arch='deit-small', out_indices=(2, 5, 8, 11),
+    'deit-s': (dict(type='tlalign_mm.TLAVisionTransformer', arch='deit-small', out_indices=(2, 5, 8, 11),
                     drop_path_rate=0.1), 'mmseg'),
-    'swin-t': (dict(type='TLASwinTransformer', arch='tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.3),
+    'swin-t': (dict(type='tlalign_mm.TLASwinTransformer', arch='tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.3),
                'mmdet'),
 }
 
@@ -206,7 +206,7 @@ def dense_compare(args, device):
     from mmdet.registry import MODELS as MMDET_MODELS
     from mmseg.registry import MODELS as MMSEG_MODELS
 
-    import tlalign_mm  # noqa: F401  (registers ours into mmseg/mmdet)
+    import tlalign_mm  # noqa: F401  (our registry: the configs name it across scopes)
     from tlalign_mm.analysis.model_cost import stock_backbone_config
     from tlalign_mm.analysis.timing import paired_ratios
     registries = {'mmseg': MMSEG_MODELS, 'mmdet': MMDET_MODELS}
@@ -214,7 +214,7 @@ def dense_compare(args, device):
     x = torch.randn(args.batch, 3, s, s, device=device)
     res = {}
     for name, (cfg, scope) in DENSE_PAIRS.items():
-        cfg = dict(cfg, img_size=s) if cfg['type'] == 'TLAVisionTransformer' else dict(cfg)
+        cfg = dict(cfg, img_size=s) if cfg['type'].endswith('TLAVisionTransformer') else dict(cfg)
         torch.manual_seed(0)
         ours = registries[scope].build(cfg).to(device)
         theirs = registries[scope].build(stock_backbone_config(cfg, scope)).to(device)

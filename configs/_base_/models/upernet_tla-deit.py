@@ -5,7 +5,7 @@ _base_ = ['./upernet_tla-swin.py']
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='TLAVisionTransformer',
+        type='tlalign_mm.TLAVisionTransformer',  # our registry, from the mmseg scope
         arch='deit-small',
         # position embedding held for the 512x512 crop (32x32 grid); the 14x14 pretrained one
         # is resized bicubically at load time, and again on the fly for other test sizes
