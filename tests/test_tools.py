@@ -606,12 +606,13 @@ def test_kill_and_auto_resume(cfgs, reference_run, tmp_path):
 
 
 def test_config_paths_named_in_tools_and_readme_exist(repo_root):
-    """Every ``configs/....py`` path that a tool's help, a script's comment or the README shows
+    """Every ``configs/....py`` path that a tool's help, a script's comment, the README or docs/ shows
     names a real file (a newcomer copies them)."""
     import glob
     import re
     files = glob.glob(os.path.join(repo_root, 'tools', '**', '*.py'), recursive=True)
     files += glob.glob(os.path.join(repo_root, 'tools', '*.sh')) + [os.path.join(repo_root, 'README.md')]
+    files += glob.glob(os.path.join(repo_root, 'docs', '*.md'))
     named = set()
     for f in files:
         named |= set(re.findall(r'configs/[\w./-]+?\.py', open(f).read()))

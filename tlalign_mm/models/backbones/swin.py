@@ -365,7 +365,7 @@ class TLASwinTransformer(TLABackbone):
                 if self.out_type == 'avg_featmap':
                     outs.append(out.mean(dim=1))
                 else:
-                    # contiguous NCHW, as mmseg / mmdet return (UperNet Swin-T CPU step: 1.048x -> 1.000x stock)
+                    # contiguous NCHW, as mmseg / mmdet return (channels-last views slow the necks' convs)
                     outs.append(out.transpose(1, 2).reshape(b, -1, *hw).contiguous())
             if i == max(self.out_indices):
                 break
