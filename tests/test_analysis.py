@@ -2,15 +2,15 @@
 
 Exact checks on tiny hand-built networks (no data, milliseconds):
 
-* an unmixed batch (mixer ``prob=0``: ``share_b`` all 0, ``lam = 1``) has RMSE 0 and no drift;
+* an unmixed batch (mixer ``prob=0``: ``share_b`` all 0, ``lam = 1``) has target L2 0 and no drift;
 * identity attention (every token attends only to itself: one head, orthogonal position codes as
   the only input, ``q = k = 10 x``, zero attention projection / MLP output so the features do not
   change across blocks): labels never move, so the class token keeps ``[lam, 1 - lam]`` and
-  RMSE = 0 at every block;
+  target L2 = 0 at every block;
 * attention concentrated on one patch token from image B (constant query, a key that only that
   token answers): each block halves the class token's share of A (``(Y + Y_B) / 2``), so after
-  L blocks ``lam_aligned = lam / 2^L`` and RMSE = ``|lam_aligned - lam| (1 - s) sqrt(2)`` > 0;
-* the RMSE identity ``rmse = |lam_al - lam| (1 - s) sqrt(2)`` (0 for same-class pairs) on random
+  L blocks ``lam_aligned = lam / 2^L`` and target L2 = ``|lam_aligned - lam| (1 - s) sqrt(2)`` > 0;
+* the target L2 identity ``target_l2 = |lam_al - lam| (1 - s) sqrt(2)`` (0 for same-class pairs) on random
   DeiT and Swin models; the label maps' shapes / values / PNG; layer specs; the A/B harness'
   schedule override and reporting (on fabricated ``scalars.json`` files).
 
@@ -122,18 +122,18 @@ def position_codes(vit, scale: float = 10.0) -> None:
         vit.pos_embed[0, torch.arange(n), torch.arange(n)] = scale
 
 
-def expected_rmse(lam_al, lam, labels, partner_labels):
+def expected_target_l2(lam_al, lam, labels, partner_labels):
     diff = (labels != partner_labels).float()
     return (lam_al - lam).abs() * (1 - SMOOTH) * math.sqrt(2) * diff
 
 
 # ------------------------------------------------------------------------------- fluctuation
-def test_unmixed_batch_has_zero_rmse():
+def test_unmixed_batch_has_zero_target_l2():
     model = tiny_vit(prob=0.0)
     fl = measure_data_batch(model, data_batch())
     assert fl.mode == 'none'
     assert torch.equal(fl.lam, torch.ones(4))
-    assert fl.rmse.abs().max() < 1e-6
+    assert fl.target_l2.abs().max() < 1e-6
     assert (fl.lam_aligned - 1).abs().max() < 1e-6
     assert fl.layer_lam.shape == (2, 4) and (fl.layer_lam - 1).abs().max() < 1e-6
 
@@ -144,12 +144,12 @@ def test_unmixed_share_b_zero_on_swin():
     mix.share_b.zero_()
     mix.lam.fill_(1.0)
     fl = measure_batch(model, mix.images, labels, mix)
-    assert fl.rmse.abs().max() < 1e-6
+    assert fl.target_l2.abs().max() < 1e-6
     assert fl.layer_lam.shape == (4, 4)  # 2 + 2 blocks
     assert (fl.layer_lam - 1).abs().max() < 1e-6
 
 
-def test_identity_attention_keeps_lam_and_zero_rmse():
+def test_identity_attention_keeps_lam_and_zero_target_l2():
     model = tiny_vit(num_heads=1, num_layers=3)
     vit = model.backbone
     position_codes(vit)
@@ -166,7 +166,7 @@ def test_identity_attention_keeps_lam_and_zero_rmse():
     assert 0.2 <= float(fl.lam[0]) <= 0.8
     assert (fl.lam_aligned - fl.lam).abs().max() < 1e-5
     assert (fl.layer_lam - fl.lam[None]).abs().max() < 1e-5
-    assert fl.rmse.max() < 1e-5
+    assert fl.target_l2.max() < 1e-5
 
 
 @pytest.mark.parametrize('num_heads,label_mode', [(1, 'fused'), (2, 'fused'), (2, 'explicit'), (2, 'split')])
@@ -193,21 +193,21 @@ def test_attention_on_one_b_token_pulls_lam_down(num_heads, label_mode):
         assert torch.allclose(fl.layer_lam[i], lam / 2 ** (i + 1), atol=1e-5)
     assert torch.allclose(fl.lam_aligned, lam / 2 ** layers, atol=1e-5)
     assert (fl.lam_aligned < lam).all()
-    assert (fl.rmse > 0.1).all()  # all partners have other classes here
-    assert torch.allclose(fl.rmse, expected_rmse(fl.lam_aligned, lam, fl.labels, fl.partner_labels), atol=1e-5)
+    assert (fl.target_l2 > 0.1).all()  # all partners have other classes here
+    assert torch.allclose(fl.target_l2, expected_target_l2(fl.lam_aligned, lam, fl.labels, fl.partner_labels), atol=1e-5)
 
 
 @pytest.mark.parametrize('build', [tiny_vit, tiny_swin], ids=['deit', 'swin'])
-def test_rmse_matches_lam_gap_on_random_models(build, tmp_path):
+def test_target_l2_matches_lam_gap_on_random_models(build, tmp_path):
     model = build()
     batches = [data_batch(6, seed=s) for s in range(3)]
     for b in batches:  # a same-class pair: sample 0 and its partner 5 share class 0
         b['data_samples'][5] = ClsDataSample().set_gt_label(0)
     res = run_fluctuation(model, batches, num_batches=3)
     assert len(res.batches) == 3 and res.lam.shape == (18,)
-    assert torch.allclose(res.rmse, expected_rmse(res.lam_aligned, res.lam, res._cat('labels'),
+    assert torch.allclose(res.target_l2, expected_target_l2(res.lam_aligned, res.lam, res._cat('labels'),
                                                   res._cat('partner_labels')), atol=1e-5)
-    assert float(res.rmse[0]) < 1e-6
+    assert float(res.target_l2[0]) < 1e-6
     assert ((res.lam_aligned >= 0) & (res.lam_aligned <= 1)).all()
     n_blocks = len(iter_blocks(model.backbone))
     assert res.layer_lam.shape == (n_blocks, 18) and len(res.layer_names) == n_blocks
@@ -216,7 +216,7 @@ def test_rmse_matches_lam_gap_on_random_models(build, tmp_path):
     samples, layers = write_fluctuation_csv(res, str(tmp_path), 'random-init')
     rows = list(csv.DictReader(open(samples)))
     assert len(rows) == 18 and rows[0]['weights'] == 'random-init'
-    assert abs(float(rows[3]['rmse']) - float(res.rmse[3])) < 1e-5
+    assert abs(float(rows[3]['target_l2']) - float(res.target_l2[3])) < 1e-5
     assert len(list(csv.DictReader(open(layers)))) == n_blocks
 
 
@@ -383,7 +383,7 @@ def test_token_fluctuation_cli(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / 'fluctuation.csv')))
     assert len(rows) == 8 and {r['weights'] for r in rows} == {'random-init'}
     for r in rows:
-        assert 0 <= float(r['lam_aligned']) <= 1 and float(r['rmse']) >= 0
+        assert 0 <= float(r['lam_aligned']) <= 1 and float(r['target_l2']) >= 0
     layers = list(csv.DictReader(open(tmp_path / 'fluctuation_layers.csv')))
     assert len(layers) == 4  # the demo ViT has 4 blocks
     # --seed fixes the sampler, the augmentations and the mixes: a second run measures the same

@@ -2,7 +2,7 @@
 
 * :mod:`~tlalign_mm.analysis.tracing`: forward hooks that record the label embedding after
   every block (ViT ``blocks[i]``, Swin ``layers[s].blocks[j]``);
-* :mod:`~tlalign_mm.analysis.fluctuation`: RMSE between the plain mixed target and the aligned
+* :mod:`~tlalign_mm.analysis.fluctuation`: target L2 between the plain mixed target and the aligned
   target, lam vs aligned lam, per-block drift (``tools/analysis/token_fluctuation.py``);
 * :mod:`~tlalign_mm.analysis.label_maps`: share-of-A maps on the token grid
   (``tools/analysis/visualize_aligned_labels.py``);

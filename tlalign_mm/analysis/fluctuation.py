@@ -5,8 +5,8 @@ gives the plain area target ``y_area = lam * y_A + (1 - lam) * y_B`` and the ali
 ``y_al = lam_al * y_A + (1 - lam_al) * y_B`` traced through the network.  Measured here, per
 sample:
 
-* ``rmse = ||y_al - y_area||_2`` over the K classes (label smoothing included; an L2 norm
-  per sample, despite the name) -- the quantity the classifier logs as ``align/target_l2``.  Since
+* ``target_l2 = ||y_al - y_area||_2`` over the K classes (label smoothing included) -- per
+  sample, the quantity whose batch mean the classifier logs as ``align/target_l2``.  Since
   ``y_al - y_area = (lam_al - lam) (y_A - y_B)``, it equals ``|lam_al - lam| * (1 - s) * sqrt(2)``
   (s = label smoothing) when A and B have different classes, and 0 when they share a class;
 * ``lam`` (area share of A) and ``lam_aligned`` (share of A in the aligned target);
@@ -46,14 +46,14 @@ class BatchFluctuation:
     Attributes:
         lam: (B,) area share of image A, in [0, 1].
         lam_aligned: (B,) share of A in the aligned target, in [0, 1].
-        rmse: (B,) ``||y_aligned - y_area||_2``, in [0, sqrt(2)].
+        target_l2: (B,) ``||y_aligned - y_area||_2``, in [0, sqrt(2)].
         layer_lam: (L, B) share of A in the readout after each of the L blocks.
         labels: (B,) class of each image; partner_labels: (B,) class of its partner.
         mode: the mixer's mode for the batch (``MixResult.mode``).
     """
     lam: Tensor
     lam_aligned: Tensor
-    rmse: Tensor
+    target_l2: Tensor
     layer_lam: Tensor
     labels: Tensor
     partner_labels: Tensor
@@ -70,7 +70,7 @@ def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> Batc
         inputs: (B, 3, H, W) mixed, normalised images (``mix.images``) on the model's device.
         labels: (B,) integer classes of the (unmixed) images.
         mix: the :class:`~tlalign_mm.mixing.MixResult` that produced ``inputs``; an unmixed
-            result (mode 'none', ``share_b`` all 0, ``lam`` 1) gives ``rmse = 0``.
+            result (mode 'none', ``share_b`` all 0, ``lam`` 1) gives ``target_l2 = 0``.
 
     Returns:
         :class:`BatchFluctuation` with L = number of blocks (ViT ``num_layers``, Swin
@@ -88,7 +88,7 @@ def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> Batc
     return BatchFluctuation(
         lam=mix.lam.detach().float().cpu(),
         lam_aligned=layer_lam[-1].cpu(),
-        rmse=(aligned.float() - area.float()).square().sum(-1).sqrt().cpu(),
+        target_l2=(aligned.float() - area.float()).square().sum(-1).sqrt().cpu(),
         layer_lam=layer_lam.cpu(),
         labels=labels.cpu(),
         partner_labels=labels[partner].cpu(),
@@ -142,9 +142,9 @@ class FluctuationResult:
         return self._cat('lam_aligned')
 
     @property
-    def rmse(self) -> Tensor:
-        """(S,) RMSE (L2 distance of the targets) of all samples."""
-        return self._cat('rmse')
+    def target_l2(self) -> Tensor:
+        """(S,) target L2 (L2 distance of the targets) of all samples."""
+        return self._cat('target_l2')
 
     @property
     def layer_lam(self) -> Tensor:
@@ -160,9 +160,9 @@ class FluctuationResult:
         return d.mean(dim=1), std
 
     def summary(self) -> dict:
-        """Scalar summary: sample counts, RMSE mean/std, lam / aligned lam means, |gap| mean/std,
+        """Scalar summary: sample counts, target L2 mean/std, lam / aligned lam means, |gap| mean/std,
         and the per-layer drift (lists, one entry per block)."""
-        lam, la, rmse = self.lam, self.lam_aligned, self.rmse
+        lam, la, target_l2 = self.lam, self.lam_aligned, self.target_l2
         gap = (la - lam).abs()
         n = int(lam.numel())
 
@@ -175,7 +175,7 @@ class FluctuationResult:
         return dict(
             num_batches=len(self.batches), num_samples=n,
             num_mixed=int((lam < 1).sum()),
-            rmse_mean=stat(rmse, 'mean'), rmse_std=stat(rmse, 'std'),
+            target_l2_mean=stat(target_l2, 'mean'), target_l2_std=stat(target_l2, 'std'),
             lam_mean=stat(lam, 'mean'), lam_aligned_mean=stat(la, 'mean'),
             lam_gap_mean=stat(gap, 'mean'), lam_gap_std=stat(gap, 'std'),
             readout=self.readout, layers=list(self.layer_names),
@@ -249,7 +249,7 @@ def autocast_drift(model, batches: Iterable[dict], num_batches: int, dtype: torc
         dict with ``num_samples``, ``dtype``, ``device``, and over all samples:
         ``lam_aligned_absdiff_mean`` / ``_max`` (``|lam_al(amp) - lam_al(fp32)|``),
         ``target_l2_mean`` / ``_max`` (``||y_al(amp) - y_al(fp32)||_2`` over the K classes,
-        label smoothing included, as the RMSE above) and ``lam_gap_mean`` (the fluctuation
+        label smoothing included, as the target L2 above) and ``lam_gap_mean`` (the fluctuation
         ``mean |lam_al - lam|`` in fp32, the scale the drift is to be compared with).
 
     Raises:
@@ -298,7 +298,7 @@ def write_fluctuation_csv(result: FluctuationResult, out_dir: str, weights: str)
 
     Returns:
         the two paths.  ``fluctuation.csv`` columns: weights, batch, index, mode, label,
-        partner_label, lam, lam_aligned, lam_gap (= lam_aligned - lam), rmse.
+        partner_label, lam, lam_aligned, lam_gap (= lam_aligned - lam), target_l2.
         ``fluctuation_layers.csv`` columns: weights, layer (global block index), name, readout,
         mean_abs_drift (= mean |lam_l - lam|), std_abs_drift, mean_lam_l, mean_lam.
     """
@@ -307,12 +307,12 @@ def write_fluctuation_csv(result: FluctuationResult, out_dir: str, weights: str)
     with open(samples, 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(['weights', 'batch', 'index', 'mode', 'label', 'partner_label', 'lam', 'lam_aligned',
-                    'lam_gap', 'rmse'])
+                    'lam_gap', 'target_l2'])
         for bi, b in enumerate(result.batches):
             for i in range(b.lam.numel()):
                 lam, la = float(b.lam[i]), float(b.lam_aligned[i])
                 w.writerow([weights, bi, i, b.mode, int(b.labels[i]), int(b.partner_labels[i]),
-                            _fmt(lam), _fmt(la), _fmt(la - lam), _fmt(float(b.rmse[i]))])
+                            _fmt(lam), _fmt(la), _fmt(la - lam), _fmt(float(b.target_l2[i]))])
     layers = os.path.join(out_dir, 'fluctuation_layers.csv')
     mean_d, std_d = result.layer_drift()
     layer_lam = result.layer_lam
@@ -332,7 +332,7 @@ def plot_fluctuation(result: FluctuationResult, path: str, title: str = '') -> s
     """Save a 2x2 figure (matplotlib, Agg backend) to ``path`` and return it.
 
     Panels: lam vs aligned lam (scatter, diagonal = no fluctuation); histogram of
-    ``|lam_aligned - lam|``; histogram of the per-sample RMSE; per-block drift
+    ``|lam_aligned - lam|``; histogram of the per-sample target L2; per-block drift
     ``mean |lam_l - lam|`` with a +-std band.
     """
     import matplotlib
@@ -340,7 +340,7 @@ def plot_fluctuation(result: FluctuationResult, path: str, title: str = '') -> s
     import matplotlib.pyplot as plt
 
     s = result.summary()
-    lam, la, rmse = result.lam.numpy(), result.lam_aligned.numpy(), result.rmse.numpy()
+    lam, la, target_l2 = result.lam.numpy(), result.lam_aligned.numpy(), result.target_l2.numpy()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
     ax = axes[0, 0]
     ax.plot([0, 1], [0, 1], color='0.6', lw=1, ls='--', label='no fluctuation')
@@ -356,9 +356,9 @@ def plot_fluctuation(result: FluctuationResult, path: str, title: str = '') -> s
            title=f'|lam_aligned - lam|: mean {s["lam_gap_mean"]:.4f} ± {s["lam_gap_std"]:.4f}')
 
     ax = axes[1, 0]
-    ax.hist(rmse, bins=30, color='tab:green')
+    ax.hist(target_l2, bins=30, color='tab:green')
     ax.set(xlabel='||y_aligned - y_area||_2', ylabel='samples',
-           title=f'RMSE: mean {s["rmse_mean"]:.4f} ± {s["rmse_std"]:.4f}')
+           title=f'target L2: mean {s["target_l2_mean"]:.4f} ± {s["target_l2_std"]:.4f}')
 
     ax = axes[1, 1]
     mean_d, std_d = (t.numpy() for t in result.layer_drift())

@@ -9,7 +9,7 @@ backbone loader reads; without one the network is randomly initialised and the o
 mixes N batches through the model's data preprocessor in training mode (the backbone itself in
 eval mode, no gradients) and writes to DIR (default ``work_dirs/token_fluctuation/<config>``):
 
-* ``fluctuation.csv``: one row per sample: lam, aligned lam, RMSE (``||y_al - y_area||_2``);
+* ``fluctuation.csv``: one row per sample: lam, aligned lam, target L2 (``||y_al - y_area||_2``);
 * ``fluctuation_layers.csv``: one row per block: mean/std of ``|lam_l - lam|`` for the class
   token (DeiT) or the mean token (Swin) after that block;
 * ``fluctuation_summary.json`` and ``fluctuation.png``;
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
 
     print(f'token fluctuation over {summary["num_samples"]} samples ({summary["num_batches"]} batches, '
           f'{summary["num_mixed"]} mixed), weights: {weights}')
-    print(f'  RMSE ||y_aligned - y_area||_2: {summary["rmse_mean"]:.5f} ± {summary["rmse_std"]:.5f}')
+    print(f'  target L2 ||y_aligned - y_area||_2: {summary["target_l2_mean"]:.5f} ± {summary["target_l2_std"]:.5f}')
     print(f'  lam {summary["lam_mean"]:.4f}, aligned lam {summary["lam_aligned_mean"]:.4f}, '
           f'|gap| {summary["lam_gap_mean"]:.5f} ± {summary["lam_gap_std"]:.5f}')
     print('  per-block mean |lam_l - lam| (' + summary['readout'] + '): ' + ', '.join(
