@@ -45,7 +45,7 @@ def test_pretrain_config_builds_with_timm_param_count(path):
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'   # fp32 fallback without CUDA in tools/train.py
 
 
-def _tiny(tl_align=True, label_channels='source', arch='vit', seed=0):
+def _tiny_cfg(tl_align=True, label_channels='source', arch='vit'):
     if arch == 'vit':
         bb = dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=2, num_heads=2),
                   img_size=32, patch_size=8, out_type='cls_token')
@@ -54,11 +54,15 @@ def _tiny(tl_align=True, label_channels='source', arch='vit', seed=0):
         bb = dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
                   window_size=4, out_indices=(1,), out_type='avg_featmap')
         patch = 4
+    return dict(type='TLAImageClassifier', backbone=bb, num_classes=5, tl_align=tl_align,
+                label_channels=label_channels,
+                data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,
+                                       mixer=dict(cutmix_alpha=1.0, patch_size=patch)))
+
+
+def _tiny(tl_align=True, label_channels='source', arch='vit', seed=0):
     torch.manual_seed(seed)
-    m = MODELS.build(dict(type='TLAImageClassifier', backbone=bb, num_classes=5, tl_align=tl_align,
-                          label_channels=label_channels,
-                          data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,
-                                                 mixer=dict(cutmix_alpha=1.0, patch_size=patch))))
+    m = MODELS.build(_tiny_cfg(tl_align, label_channels, arch))
     m.init_weights()
     return m
 
@@ -270,3 +274,32 @@ def test_pretrain_weight_decay_groups(name):
     zero = ('norm', 'bias', 'pos_embed', 'cls_token', 'relative_position_bias_table')
     for n, wd in decay.items():
         assert wd == (0.0 if any(z in n for z in zero) else 0.05), (n, wd)
+
+
+def test_classifier_pretrained_is_strict(tmp_path):
+    """init_cfg=Pretrained on the classifier: a checkpoint of the same model loads whole; one of
+    another shape, or with foreign keys, raises and names them (never a silent partial load);
+    an official-layout DeiT checkpoint loads the backbone and, when it fits, the head."""
+    src = _tiny()
+    torch.nn.init.normal_(src.head.weight)
+    path = tmp_path / 'cls.pth'
+    torch.save({'state_dict': src.state_dict(), 'meta': {}}, path)
+    m = MODELS.build(dict(_tiny_cfg(), init_cfg=dict(type='Pretrained', checkpoint=str(path))))
+    m.init_weights()
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    sd = dict(src.state_dict())
+    sd['backbone.extra.weight'] = torch.zeros(1)
+    del sd['head.bias']
+    torch.save({'state_dict': sd}, tmp_path / 'bad.pth')
+    bad = MODELS.build(dict(_tiny_cfg(), init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'bad.pth'))))
+    with pytest.raises(ValueError, match=r"missing \['head.bias'\].*unexpected \['backbone.extra.weight'\]"):
+        bad.init_weights()
+    # official layout ({'model': timm keys}): backbone by its loader, the head when its shape fits
+    official = {'model': {**{k: v for k, v in src.backbone.state_dict().items()},
+                          'head.weight': src.head.weight.detach().clone(), 'head.bias': src.head.bias.detach().clone()}}
+    torch.save(official, tmp_path / 'official.pth')
+    m2 = MODELS.build(dict(_tiny_cfg(), init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'official.pth'))))
+    m2.init_weights()
+    assert torch.equal(m2.head.weight, src.head.weight) and torch.equal(
+        m2.backbone.cls_token, src.backbone.cls_token)

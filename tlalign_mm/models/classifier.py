@@ -207,10 +207,67 @@ class TLAImageClassifier(BaseModel):
         self._loss_steps = 0  # host-side count of loss-mode calls with a mixed batch
 
     def init_weights(self):
-        super().init_weights()
-        if not (isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'):
-            trunc_normal_(self.head.weight, std=self.head_init_std)
-            nn.init.zeros_(self.head.bias)
+        """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` if given.
+
+        The checkpoint goes through this project's weights_only loader, never mmengine's
+        non-strict ``PretrainedInit``:
+
+        * a classifier checkpoint (keys under ``backbone.``, as the Runner saves this model):
+          every parameter and buffer of the backbone and head must be present with its shape,
+          and nothing else may be there (the data preprocessor's buffers may be absent);
+        * any other layout the backbone loader reads (official DeiT / Swin, timm, mmseg /
+          mmdet): the backbone through :func:`tlalign_mm.checkpoint.load_backbone_checkpoint`
+          (it raises when under 90% of the backbone would be matched), then the checkpoint's
+          ``head.*`` if it has this head's shape (a different class count keeps the new head,
+          and the log says so).
+
+        Raises:
+            ValueError: a classifier checkpoint with missing, unexpected or mis-shaped keys (all
+                listed), or a backbone the loader refuses.
+            FileNotFoundError, pickle.UnpicklingError: see
+                :func:`tlalign_mm.checkpoint.load_checkpoint_file`.
+        """
+        cfg = self.init_cfg if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained' else None
+        if cfg is not None:
+            self.init_cfg = None           # mmengine would load it again, non-strictly
+        try:
+            super().init_weights()
+        finally:
+            if cfg is not None:
+                self.init_cfg = cfg
+        trunc_normal_(self.head.weight, std=self.head_init_std)
+        nn.init.zeros_(self.head.bias)
+        if cfg is not None:
+            self._load_pretrained(cfg['checkpoint'])
+
+    def _load_pretrained(self, path: str) -> None:
+        from mmengine.logging import print_log
+
+        from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file
+        ckpt = load_checkpoint_file(path)
+        sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
+        if any(k.startswith('backbone.') for k in sd):
+            own = self.state_dict()
+            missing = [k for k in own if k not in sd and not k.startswith('data_preprocessor.')]
+            unexpected = [k for k in sd if k not in own]
+            shape = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+                     if k in sd and sd[k].shape != v.shape]
+            if missing or unexpected or shape:
+                raise ValueError(f'{path}: the classifier checkpoint does not fit this model '
+                                 f'(missing {missing[:10]}, unexpected {unexpected[:10]}, shapes {shape[:10]}); '
+                                 'load a checkpoint of the same config, or only its backbone with '
+                                 "model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)")
+            self.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+            print_log(f'{type(self).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
+            return
+        load_backbone_checkpoint(self.backbone, ckpt)
+        head = {k[len('head.'):]: v for k, v in sd.items() if k.startswith('head.')}
+        if head and all(k in head and head[k].shape == v.shape for k, v in self.head.state_dict().items()):
+            self.head.load_state_dict(head)
+            print_log(f'{type(self).__name__}: backbone and head loaded from {path!r}', logger='current')
+        else:
+            print_log(f'{type(self).__name__}: backbone loaded from {path!r}; the head is newly initialised '
+                      f"({'no head in the checkpoint' if not head else 'its shape differs'})", logger='current')
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
