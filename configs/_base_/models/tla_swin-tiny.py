@@ -1,10 +1,26 @@
-# Swin-T classifier trained with TL-Align on token-aligned CutMix. Labels ride on the
-# patch-4 tokens; boxes align to the 32-px grid of the last stage, so every final token is
-# wholly one image. Target: mean of the final token labels.
-_base_ = ['./tla_deit-small.py']
+# Swin-T classifier trained with TL-Align on token-aligned CutMix (the DeiT / TL-Align recipe's
+# mixing and label smoothing). Labels ride on the patch-4 tokens; boxes align to the 32-px grid
+# of the last stage, so every final token is wholly one image. Target: mean of the final token
+# labels.
 model = dict(
-    backbone=dict(_delete_=True, type='TLASwinTransformer', arch='tiny', img_size=224, window_size=7,
+    type='TLAImageClassifier',
+    backbone=dict(type='TLASwinTransformer', arch='tiny', img_size=224, window_size=7,
                   out_indices=(3,), out_type='avg_featmap', drop_path_rate=0.2,
-                  label_dtype='auto'),  # as the DeiT base: one fused attention call per window under AMP
-    data_preprocessor=dict(mixer=dict(patch_size=4, token_grid_size=32)),
+                  # labels ride in each window attention call at the features' precision
+                  # (one fused call per block under AMP), renormalised and kept in float32
+                  # between blocks; 'float32' adds a float32 label pass per block under AMP
+                  label_dtype='auto'),
+    num_classes=1000,
+    tl_align=True,              # False: the CutMix baseline (area target)
+    label_channels='source',    # 'classes': carry K = num_classes labels (same target)
+    target_readout='auto',      # token mean for Swin
+    label_smoothing=0.1,
+    # token fluctuation (paper Fig. 3) as align/* log keys: every step for TL-Align (free), every
+    # 100th step for the CutMix baseline (tl_align=False), which carries the labels only then
+    align_stats_interval=100,
+    data_preprocessor=dict(
+        type='TLAClsDataPreprocessor',
+        mixer=dict(cutmix_alpha=1.0, mixup_alpha=0.0, prob=1.0, switch_prob=0.5,
+                   cutmix_mode='token', correct_lam=True, patch_size=4, token_grid_size=32),
+        random_erasing=dict(re_prob=0.25, re_mode='pixel', re_count=1)),
 )
