@@ -64,3 +64,5 @@ train_cfg = dict(max_iters=max_iters, val_interval=200)
 # visualization: with tools/test.py --show-dir, paint every test image (mmseg's default is every 50th)
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=200, max_keep_ckpts=1),
                      visualization=dict(interval=1))
+# A fixed seed, as in the pretraining and detector demos: repeated runs of command one repeat.
+randomness = dict(seed=0, deterministic=False)
