@@ -149,8 +149,6 @@ _FLASH_CPU = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cp
 _FLASH_CPU_BACKWARD = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
 
 
-
-
 class _FlashAttentionWithLabelsCPU(torch.autograd.Function):
     """CPU flash attention for the features with the labels as extra value channels.
 
