@@ -2,7 +2,7 @@
 
 The ``cls`` tests read the Debian package ``dataset-fashion-mnist`` (skipped when it is not
 installed) and take a few seconds.  The ``seg`` / ``coco`` tests are ``slow``: they need the
-pinned labelme / deepforest archives (downloaded with pip into the download cache,
+pinned labelme archive (downloaded with pip into the download cache,
 ``$TLALIGN_CACHE/downloads`` or ``~/.cache/tlalign_mm/downloads``, unless already there) and are
 skipped, with the tool's message, when the download fails.
 """
@@ -25,10 +25,12 @@ TOOL = REPO / 'tools' / 'prepare_demo_data.py'
 
 _spec = importlib.util.spec_from_file_location('prepare_demo_data', TOOL)
 pdd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pdd)
+_spec.loader.exec_module(pdd)  # puts tools/ on sys.path: the demo_data package below is the tool's
 
-FM_DIR = Path(pdd.FASHION_MNIST['default_dir'])
-FM_FILES = [f'{n}.gz' for n in pdd.FASHION_MNIST['files']]
+from demo_data import common, fashion_mnist, labelme, voc_seg  # noqa: E402
+
+FM_DIR = Path(fashion_mnist.FASHION_MNIST['default_dir'])
+FM_FILES = [f'{n}.gz' for n in fashion_mnist.FASHION_MNIST['files']]
 CLASS_FOLDERS = ['00_t-shirt_top', '01_trouser', '02_pullover', '03_dress', '04_coat',
                  '05_sandal', '06_shirt', '07_sneaker', '08_bag', '09_ankle_boot']
 
@@ -102,9 +104,9 @@ def test_cls_layout_counts_and_pixels(tmp_path, capsys):
 
     # the marker lists exactly the files present, with their hashes
     hashes = output_hashes(root)
-    assert sorted(hashes) == pdd.list_files(root)
+    assert sorted(hashes) == common.list_files(root)
     assert len([h for h in hashes if h.endswith('.png')]) == 50
-    assert all(pdd.sha256_file(root / rel) == d for rel, d in hashes.items())
+    assert all(common.sha256_file(root / rel) == d for rel, d in hashes.items())
     assert '[fashion_mnist] done' in log and 'train=30, val=20' in log
 
 
@@ -148,7 +150,7 @@ def test_cls_idempotent_and_rebuilds(tmp_path, capsys):
     victim.write_bytes(b'not a png')
     code, log = run_tool(capsys, *args)
     assert code == 0 and 'was modified' in log
-    assert output_hashes(root) == first and pdd.sha256_file(victim) == first[str(victim.relative_to(root))]
+    assert output_hashes(root) == first and common.sha256_file(victim) == first[str(victim.relative_to(root))]
 
     # different settings rebuild; leftovers of an interrupted run are removed
     (tmp_path / '.tmp-fashion_mnist-crashed').mkdir()
@@ -168,7 +170,7 @@ def test_cls_missing_source_message(tmp_path, capsys):
     empty.mkdir()
     out = tmp_path / 'out'
     code, log = run_tool(capsys, *cls_args(out, src=empty))
-    assert code == pdd.EXIT_SOURCE_UNAVAILABLE == 3
+    assert code == common.EXIT_SOURCE_UNAVAILABLE == 3
     assert 'dataset-fashion-mnist' in log
     for f in FM_FILES:  # names every missing file and where the Debian package puts it
         assert str(empty / f) in log and f'{FM_DIR}/{f}' in log
@@ -181,10 +183,10 @@ def test_cls_missing_source_message(tmp_path, capsys):
 def test_cls_missing_default_source_offers_apt(tmp_path, capsys, monkeypatch):
     """With the default source folder missing, root + apt-get get the --install-apt offer."""
     missing = tmp_path / 'usr-share-datasets-fashion-mnist'
-    monkeypatch.setitem(pdd.FASHION_MNIST, 'default_dir', str(missing))
+    monkeypatch.setitem(fashion_mnist.FASHION_MNIST, 'default_dir', str(missing))
     code, log = run_tool(capsys, *cls_args(tmp_path / 'out', src=missing))
     assert code == 3 and 'dataset-fashion-mnist' in log
-    if pdd._can_apt():
+    if fashion_mnist._can_apt():
         assert '--install-apt' in log and "apt-get install -y dataset-fashion-mnist" in log
     else:
         assert "apt-get install dataset-fashion-mnist" in log and '--fashion-mnist-dir' in log
@@ -196,7 +198,7 @@ def test_cls_wrong_source_content(tmp_path, capsys):
     for f in FM_FILES:
         (bad / f).write_bytes(gzip.compress(b'\0\0\x08\x03' + bytes(100)))
     code, log = run_tool(capsys, *cls_args(tmp_path / 'out', src=bad))
-    assert code == pdd.EXIT_FAILED
+    assert code == common.EXIT_FAILED
     assert 'expected' in log and 'sha256' in log
     assert not (tmp_path / 'out' / 'fashion_mnist').exists()
 
@@ -211,8 +213,7 @@ def test_cli_help_and_bad_only(capsys):
         pdd.parse_args(['--only', 'cls,imagenet'])
     assert e.value.code == 2
     assert "unknown set 'imagenet'" in capsys.readouterr().err
-    assert [s.name for s in pdd.parse_args(['--only', 'coco,cls']).sets] == ['fashion_mnist', 'coco_voc',
-                                                                             'coco_trees']
+    assert [s.name for s in pdd.parse_args(['--only', 'coco,cls']).sets] == ['fashion_mnist', 'coco_voc']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,11 +224,11 @@ def test_cli_help_and_bad_only(capsys):
 def downloaded_sets(tmp_path_factory):
     """seg + coco built once into a temp folder; skipped when an archive cannot be downloaded."""
     out = tmp_path_factory.mktemp('demo')
-    cache = os.environ.get('TLALIGN_DEMO_CACHE') or str(pdd.default_cache())
+    cache = os.environ.get('TLALIGN_DEMO_CACHE') or str(common.default_cache())
     args = ['--out', str(out), '--only', 'seg,coco', '--cache', cache]
     res = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=1200)
     log = res.stdout + res.stderr
-    if res.returncode == pdd.EXIT_SOURCE_UNAVAILABLE:
+    if res.returncode == common.EXIT_SOURCE_UNAVAILABLE:
         why = [ln.strip() for ln in log.splitlines() if 'could not download' in ln or 'ERROR:' in ln]
         pytest.skip('a pinned archive could not be downloaded (registry unreachable?): ' + ' | '.join(why[:4]))
     assert res.returncode == 0, log
@@ -239,7 +240,7 @@ def test_seg_layout_and_labels(downloaded_sets):
     out, _, _ = downloaded_sets
     root = out / 'voc_seg'
     classes = (root / 'classes.txt').read_text().splitlines()
-    assert classes == list(pdd.SEG_CLASSES) and len(classes) == 22 and classes[21] == 'truck'
+    assert classes == list(voc_seg.SEG_CLASSES) and len(classes) == 22 and classes[21] == 'truck'
     stems = ['00000100', '00000101', '00000102', '00000103', '00000104',
              '2011_000003', '2011_000006', '2011_000025']
     present = set()
@@ -262,7 +263,7 @@ def test_seg_layout_and_labels(downloaded_sets):
         'background', 'bottle', 'bus', 'car', 'chair', 'person', 'sofa', 'truck'}
     assert 255 in present
     card = (root / 'DATA_CARD.md').read_text()
-    assert 'labelme==6.3.1' in card and 'GPL-3.0' in card and 'same' in card and pdd.LABELME['sha256'] in card
+    assert 'labelme==6.3.1' in card and 'GPL-3.0' in card and 'same' in card and labelme.LABELME['sha256'] in card
 
 
 @pytest.mark.slow
@@ -299,38 +300,12 @@ def test_coco_voc_loads_and_polygons_rasterise(downloaded_sets):
 
 
 @pytest.mark.slow
-def test_coco_trees_boxes(downloaded_sets):
-    out, _, _ = downloaded_sets
-    root = out / 'coco_trees'
-    total = 0
-    for split, (n_img, n_box) in {'train': (3, 890), 'val': (1, 61)}.items():
-        data = json.loads((root / 'annotations' / f'instances_{split}.json').read_text())
-        assert data['categories'] == [dict(id=1, name='tree', supercategory='tree')]
-        assert len(data['images']) == n_img and len(data['annotations']) == n_box
-        sizes = {}
-        for im in data['images']:
-            with Image.open(root / split / im['file_name']) as pil:
-                assert pil.size == (im['width'], im['height'])
-            sizes[im['id']] = (im['width'], im['height'])
-        for a in data['annotations']:
-            w, h = sizes[a['image_id']]
-            x, y, bw, bh = a['bbox']
-            assert bw > 0 and bh > 0 and x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
-            assert a['area'] == bw * bh and a['category_id'] == 1
-        total += n_box
-        if importlib.util.find_spec('pycocotools'):
-            from pycocotools.coco import COCO
-            assert len(COCO(str(root / 'annotations' / f'instances_{split}.json')).getAnnIds()) == n_box
-    assert total == 951
-
-
-@pytest.mark.slow
 def test_downloaded_sets_up_to_date_without_network(downloaded_sets):
     out, args, _ = downloaded_sets
     before = snapshot(out)
     res = subprocess.run([sys.executable, str(TOOL), *args, '--no-download'], capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    for name in ('voc_seg', 'coco_voc', 'coco_trees'):
+    for name in ('voc_seg', 'coco_voc'):
         assert f'[{name}] up to date' in res.stdout
     assert 'downloading' not in res.stdout and snapshot(out) == before
