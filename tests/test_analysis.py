@@ -64,7 +64,7 @@ def tiny_vit(num_heads: int = 2, num_layers: int = 2, prob: float = 1.0, label_m
         backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=num_layers,
                                                              num_heads=num_heads),
                       img_size=32, patch_size=8, out_type='cls_token', label_mode=label_mode),
-        num_classes=4, label_smoothing=SMOOTH,
+        head=dict(type='TLALinearClsHead', num_classes=4), label_smoothing=SMOOTH,
         data_preprocessor=dict(type='TLAClsDataPreprocessor',
                                mixer=dict(cutmix_alpha=1.0, prob=prob, patch_size=8), seed=0))
     quiet_init_weights(model)
@@ -78,7 +78,7 @@ def tiny_swin() -> TLAImageClassifier:
         backbone=dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
                       img_size=32, window_size=4, out_indices=(1,), out_type='avg_featmap',
                       drop_path_rate=0.0),
-        num_classes=4, label_smoothing=SMOOTH,
+        head=dict(type='TLALinearClsHead', num_classes=4), label_smoothing=SMOOTH,
         data_preprocessor=dict(type='TLAClsDataPreprocessor',
                                mixer=dict(cutmix_alpha=1.0, patch_size=4, token_grid_size=8), seed=0))
     quiet_init_weights(model)

@@ -54,7 +54,7 @@ def _tiny_cfg(tl_align=True, label_channels='source', arch='vit'):
         bb = dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
                   window_size=4, out_indices=(1,), out_type='avg_featmap')
         patch = 4
-    return dict(type='TLAImageClassifier', backbone=bb, num_classes=5, tl_align=tl_align,
+    return dict(type='TLAImageClassifier', backbone=bb, head=dict(type='TLALinearClsHead', num_classes=5), tl_align=tl_align,
                 label_channels=label_channels,
                 data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,
                                        mixer=dict(cutmix_alpha=1.0, patch_size=patch)))
@@ -97,7 +97,7 @@ def test_aligned_target_k2_equals_k_classes_and_differs_from_area(arch):
 def test_loss_uses_aligned_target_only_with_tl_align():
     tla = _tiny(tl_align=True)
     base = _tiny(tl_align=False)
-    torch.nn.init.normal_(tla.head.weight, std=1.0)   # non-uniform logits, so targets matter
+    torch.nn.init.normal_(tla.head.fc.weight, std=1.0)   # non-uniform logits, so targets matter
     base.load_state_dict(tla.state_dict())
     for m in (tla, base):
         m.eval()
@@ -154,7 +154,7 @@ def test_predict_and_tensor_modes():
 def test_mixer_patch_size_mismatch_is_a_clear_error():
     torch.manual_seed(0)
     m = MODELS.build(dict(
-        type='TLAImageClassifier', num_classes=5,
+        type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5),
         backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=1, num_heads=2),
                       img_size=32, patch_size=8, out_type='cls_token'),
         data_preprocessor=dict(type='TLAClsDataPreprocessor', mixer=dict(patch_size=16))))
@@ -214,10 +214,10 @@ def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build():
             return (self.conv(x).mean((2, 3)),)
 
     with pytest.raises(ValueError, match='carries token labels'):
-        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), num_classes=5))
-    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), num_classes=5,
+        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), head=dict(type='TLALinearClsHead', num_classes=5)))
+    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), head=dict(type='TLALinearClsHead', num_classes=5),
                           tl_align=False))
-    assert m.head.in_features == 8
+    assert m.head.fc.in_features == 8
     imgs = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     data = m.data_preprocessor(dict(inputs=imgs, data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)]),
                                training=True)
@@ -242,12 +242,12 @@ def test_swin_classifier_reads_the_last_returned_stage():
     the mean of stage 1's token labels, and stage 2 is not run."""
     torch.manual_seed(0)
     m = MODELS.build(dict(
-        type='TLAImageClassifier', num_classes=5,
+        type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5),
         backbone=dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2, 2), num_heads=(1, 2, 4)),
                       window_size=4, out_indices=(1,), out_type='avg_featmap'),
         data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0, mixer=dict(patch_size=4, token_grid_size=8))))
     m.init_weights()
-    assert m.head.in_features == m.backbone.num_features[1] == 32
+    assert m.head.fc.in_features == m.backbone.num_features[1] == 32
     data = m.data_preprocessor(_batch(), training=True)
     (feat,), lab = m.backbone(data['inputs'], data['mix'].source_labels(0))
     assert feat.shape == (4, 32) and lab.shape == (4, 4 * 4, 2)    # 32 px / 4 / 2: stage 1 is 4 x 4
@@ -281,7 +281,7 @@ def test_classifier_pretrained_is_strict(tmp_path):
     another shape, or with foreign keys, raises and names them (never a silent partial load);
     an official-layout DeiT checkpoint loads the backbone and, when it fits, the head."""
     src = _tiny()
-    torch.nn.init.normal_(src.head.weight)
+    torch.nn.init.normal_(src.head.fc.weight)
     path = tmp_path / 'cls.pth'
     torch.save({'state_dict': src.state_dict(), 'meta': {}}, path)
     m = MODELS.build(dict(_tiny_cfg(), init_cfg=dict(type='Pretrained', checkpoint=str(path))))
@@ -290,16 +290,45 @@ def test_classifier_pretrained_is_strict(tmp_path):
         assert torch.equal(m.state_dict()[k], v), k
     sd = dict(src.state_dict())
     sd['backbone.extra.weight'] = torch.zeros(1)
-    del sd['head.bias']
+    del sd['head.fc.bias']
     torch.save({'state_dict': sd}, tmp_path / 'bad.pth')
     bad = MODELS.build(dict(_tiny_cfg(), init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'bad.pth'))))
-    with pytest.raises(ValueError, match=r"missing \['head.bias'\].*unexpected \['backbone.extra.weight'\]"):
+    with pytest.raises(ValueError, match=r"missing \['head.fc.bias'\].*unexpected \['backbone.extra.weight'\]"):
         bad.init_weights()
     # official layout ({'model': timm keys}): backbone by its loader, the head when its shape fits
     official = {'model': {**{k: v for k, v in src.backbone.state_dict().items()},
-                          'head.weight': src.head.weight.detach().clone(), 'head.bias': src.head.bias.detach().clone()}}
+                          'head.weight': src.head.fc.weight.detach().clone(), 'head.bias': src.head.fc.bias.detach().clone()}}
     torch.save(official, tmp_path / 'official.pth')
     m2 = MODELS.build(dict(_tiny_cfg(), init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'official.pth'))))
     m2.init_weights()
-    assert torch.equal(m2.head.weight, src.head.weight) and torch.equal(
+    assert torch.equal(m2.head.fc.weight, src.head.fc.weight) and torch.equal(
         m2.backbone.cls_token, src.backbone.cls_token)
+
+
+def test_head_owns_logits_loss_and_predict_with_gt_score():
+    """The classifier stores each sample's target as gt_score; the head's loss is the soft-target
+    cross-entropy of its logits against them, written out here; predict is the softmax/argmax."""
+    from tlalign_mm.models.heads import stack_gt_scores
+    tla = _tiny(tl_align=True)
+    torch.nn.init.normal_(tla.head.fc.weight, std=1.0)
+    data = tla.data_preprocessor(_batch(), training=True)
+    with torch.no_grad():
+        out = tla(**data, mode='loss')
+        feat, _, aligned, _ = tla.aligned_targets(data['inputs'], torch.tensor([0, 1, 2, 3]), data['mix'])
+    scores = torch.stack([ds.gt_score for ds in data['data_samples']])
+    torch.testing.assert_close(scores, aligned)
+    logits = feat @ tla.head.fc.weight.T + tla.head.fc.bias
+    want = -(aligned * torch.log_softmax(logits, -1)).sum(-1).mean()
+    torch.testing.assert_close(out['loss'], want)
+    # predictions
+    samples = tla(data['inputs'], [ClsDataSample().set_gt_label(0) for _ in range(4)], mode='predict')
+    torch.testing.assert_close(torch.stack([s.pred_score for s in samples]), logits.softmax(-1))
+    assert [int(s.pred_label) for s in samples] == logits.argmax(-1).tolist()
+    # without gt_score the head falls back to the one-hot label; a mixed batch is refused
+    plain = [ClsDataSample().set_gt_label(i) for i in (3, 1)]
+    torch.testing.assert_close(stack_gt_scores(plain, 5), torch.eye(5)[[3, 1]])
+    plain[0].set_field(torch.ones(5) / 5, 'gt_score')
+    with pytest.raises(ValueError, match='every data sample carries gt_score or none'):
+        stack_gt_scores(plain, 5)
+    with pytest.raises(ValueError, match='in_channels=7 but the backbone'):
+        MODELS.build(dict(_tiny_cfg(), head=dict(type='TLALinearClsHead', num_classes=5, in_channels=7)))

@@ -10,7 +10,7 @@ data_root = 'data/demo/fashion_mnist'
 model = dict(
     backbone=dict(arch=dict(_delete_=True, embed_dims=128, num_layers=4, num_heads=4), img_size=img_size, patch_size=4,
                   drop_path_rate=0.0),
-    num_classes=10,
+    head=dict(num_classes=10),
     align_stats_interval=10,    # the baseline logs the token fluctuation as often as the logger writes
     data_preprocessor=dict(mixer=dict(patch_size=4)),
 )

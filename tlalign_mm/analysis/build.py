@@ -82,12 +82,7 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
         report = load_backbone_checkpoint(model.backbone, checkpoint)
         ckpt = load_checkpoint_file(checkpoint)
         sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
-        head = {k[len('head.'):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith('head.')}
-        head_note = 'head left at random init'
-        if head and all(k in model.head.state_dict() and model.head.state_dict()[k].shape == v.shape
-                        for k, v in head.items()):
-            model.head.load_state_dict(head)
-            head_note = 'head loaded'
+        head_note = model.load_head_state(ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
         log(f'loaded {checkpoint}: {report.summary()}; {head_note}')
         weights = str(checkpoint)
     else:

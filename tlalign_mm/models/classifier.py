@@ -2,13 +2,15 @@
 
 ``TLAClsDataPreprocessor`` normalises the batch on the model's device, applies timm's random
 erasing (after normalising, as DeiT does) and mixes the batch (:class:`~tlalign_mm.mixing.BatchMixer`).
-``TLAImageClassifier`` runs a label-carrying backbone and a linear head and trains on
+``TLAImageClassifier`` runs a label-carrying backbone, builds the training target
 
 * the aligned target (TL-Align): the backbone's final label embedding, read out at the class
   token (DeiT) or as the token mean (Swin), expanded to classes -- ``tl_align=True``;
 * the plain mixed target ``lam * y_A + (1 - lam) * y_B`` (the CutMix baseline) -- ``tl_align=False``;
 
-with timm's ``SoftTargetCrossEntropy``.  Paper: Xiao et al., "Token-Label Alignment for Vision
+stores it in the data samples as ``gt_score`` and leaves logits, loss and predictions to its head
+(:class:`~tlalign_mm.models.heads.TLALinearClsHead`, timm's ``SoftTargetCrossEntropy``), as
+mmpretrain's ``ImageClassifier`` / ``LinearClsHead`` split does.  Paper: Xiao et al., "Token-Label Alignment for Vision
 Transformers", ICCV 2023; reference training loop: Euphoria16/TL-Align ``engine.py``.
 """
 from __future__ import annotations
@@ -18,16 +20,14 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-import torch.nn as nn
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.structures import BaseDataElement
-from timm.layers import trunc_normal_
-from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor
 
 from ..align import expand_source_labels, mixed_target, smooth_one_hot
 from ..mixing import BatchMixer, MixResult
 from ..registry import MODELS
+from .heads import TLALinearClsHead, store_gt_scores  # noqa: F401  (TLALinearClsHead: the default head)
 
 __all__ = ['TLAClsDataPreprocessor', 'TLAImageClassifier']
 
@@ -119,13 +119,15 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
 
 @MODELS.register_module()
 class TLAImageClassifier(BaseModel):
-    """Backbone + linear head, trained on the TL-Align target or on the plain mixed target.
+    """Backbone + head, trained on the TL-Align target or on the plain mixed target.
 
     Args:
         backbone: config of a label-carrying backbone (``TLAVisionTransformer`` with
             ``out_type='cls_token'`` or ``'avg_featmap'``, ``TLASwinTransformer`` with
             ``out_indices=(3,)``, ``out_type='avg_featmap'``).
-        num_classes: K.
+        head: config of the head (default :class:`~tlalign_mm.models.heads.TLALinearClsHead`);
+            ``num_classes`` (K) is required, ``in_channels`` is the backbone's pooled width when
+            left None (the last returned stage of a hierarchical backbone).
         tl_align: train on the aligned target (True) or on the area target (False, baseline).
         label_channels: 'source' (K = 2 source embedding, expanded at the end; default) or
             'classes' (K = num_classes labels carried through the blocks, the reference way).
@@ -143,7 +145,8 @@ class TLAImageClassifier(BaseModel):
 
     ``forward(inputs, data_samples, mode, mix)``:
 
-    * ``mode='loss'``: dict(loss=...) and, on steps that carried labels, the token-fluctuation
+    * ``mode='loss'``: the target of each sample is stored in its data sample as ``gt_score``
+      (K,) float32 and the head's loss is returned, dict(loss=...), with, on steps that carried labels, the token-fluctuation
       statistics of the batch as detached 0-d tensors (logged, not optimised; reading them is
       left to the logger, so the step never waits for the device):
 
@@ -160,10 +163,9 @@ class TLAImageClassifier(BaseModel):
         ValueError: bad option values; a mixer whose token grid differs from the backbone's.
     """
 
-    def __init__(self, backbone: dict, num_classes: int = 1000, tl_align: bool = True,
-                 label_channels: str = 'source', target_readout: str = 'auto',
-                 label_smoothing: float = 0.1, head_init_std: float = 0.02,
-                 align_stats_interval: int = 100,
+    def __init__(self, backbone: dict, head: dict = dict(type='TLALinearClsHead', num_classes=1000),
+                 tl_align: bool = True, label_channels: str = 'source', target_readout: str = 'auto',
+                 label_smoothing: float = 0.1, align_stats_interval: int = 100,
                  data_preprocessor: Optional[dict] = None, init_cfg=None):
         if data_preprocessor is None:
             data_preprocessor = dict(type='TLAClsDataPreprocessor')
@@ -183,7 +185,6 @@ class TLAImageClassifier(BaseModel):
                 f'tl_align=True needs a backbone that carries token labels (forward(x, token_labels), '
                 f'num_tokens, token_grid), such as TLAVisionTransformer or TLASwinTransformer; '
                 f'{type(self.backbone).__name__} cannot. Use one of those, or set tl_align=False.')
-        self.num_classes = num_classes
         self.tl_align = tl_align
         self.label_channels = label_channels
         self.label_smoothing = label_smoothing
@@ -200,9 +201,14 @@ class TLAImageClassifier(BaseModel):
         num_features = getattr(self.backbone, 'num_features', None)
         feat_dim = (num_features[max(self.backbone.out_indices)] if isinstance(num_features, (list, tuple))
                     else self.backbone.embed_dims)
-        self.head = nn.Linear(feat_dim, num_classes)
-        self.head_init_std = head_init_std
-        self.loss_fn = SoftTargetCrossEntropy()
+        head = dict(head)
+        if head.get('in_channels') is None:
+            head['in_channels'] = feat_dim
+        elif head['in_channels'] != feat_dim:
+            raise ValueError(f"head.in_channels={head['in_channels']} but the backbone's pooled feature "
+                             f'has {feat_dim} channels; leave in_channels None to take it from the backbone')
+        self.head = MODELS.build(head)
+        self.num_classes = self.head.num_classes
         self.align_stats_interval = int(align_stats_interval)
         self._loss_steps = 0  # host-side count of loss-mode calls with a mixed batch
 
@@ -235,8 +241,6 @@ class TLAImageClassifier(BaseModel):
         finally:
             if cfg is not None:
                 self.init_cfg = cfg
-        trunc_normal_(self.head.weight, std=self.head_init_std)
-        nn.init.zeros_(self.head.bias)
         if cfg is not None:
             self._load_pretrained(cfg['checkpoint'])
 
@@ -261,13 +265,27 @@ class TLAImageClassifier(BaseModel):
             print_log(f'{type(self).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
             return
         load_backbone_checkpoint(self.backbone, ckpt)
-        head = {k[len('head.'):]: v for k, v in sd.items() if k.startswith('head.')}
-        if head and all(k in head and head[k].shape == v.shape for k, v in self.head.state_dict().items()):
-            self.head.load_state_dict(head)
-            print_log(f'{type(self).__name__}: backbone and head loaded from {path!r}', logger='current')
-        else:
-            print_log(f'{type(self).__name__}: backbone loaded from {path!r}; the head is newly initialised '
-                      f"({'no head in the checkpoint' if not head else 'its shape differs'})", logger='current')
+        note = self.load_head_state(sd)
+        print_log(f'{type(self).__name__}: backbone loaded from {path!r}; {note}', logger='current')
+
+    def load_head_state(self, state_dict: dict) -> str:
+        """Load the classifier head of a foreign checkpoint when it has this head's shape.
+
+        ``head.weight`` / ``head.bias`` (official DeiT / Swin, timm ViT) and ``head.fc.*`` (timm
+        Swin, ours) are both read.  Returns what happened, for the log: ``'head loaded'``, or why
+        the head keeps its initialisation (no head in the checkpoint, or another class count).
+        """
+        head = {}
+        for k, v in state_dict.items():
+            if isinstance(k, str) and k.startswith('head.') and not k.startswith('head_dist'):
+                name = k[len('head.'):]
+                head[name if name.startswith('fc.') else 'fc.' + name] = v
+        own = self.head.state_dict()
+        if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
+            self.head.load_state_dict({k: head[k] for k in own})
+            return 'head loaded'
+        return ('the head is newly initialised '
+                f"({'no head in the checkpoint' if not head else 'its shape differs'})")
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -361,12 +379,15 @@ class TLAImageClassifier(BaseModel):
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
     def loss(self, inputs: Tensor, data_samples, mix: Optional[MixResult] = None) -> dict:
-        """Soft-target cross-entropy on the aligned (TL-Align) or area (baseline) target.
+        """The head's loss on the aligned (TL-Align) or area (baseline) target.
+
+        Each sample's target (K,) is stored in its data sample as ``gt_score`` (label smoothing
+        included; an unmixed batch gets the smoothed one-hot label).
 
         Returns:
             dict(loss=0-d tensor) plus the ``align/*`` statistics on steps that carried labels.
         """
-        labels = self._labels(data_samples).to(inputs.device)
+        labels = self._labels(data_samples).to(inputs.device, non_blocking=True)
         stats = {}
         if mix is None or not mix.mixed:
             target = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
@@ -374,15 +395,9 @@ class TLAImageClassifier(BaseModel):
         else:
             feat, area, aligned, stats = self.aligned_targets(inputs, labels, mix, self._carry_labels_now())
             target = aligned if self.tl_align else area
-        logits = self.head(feat)
-        return dict(loss=self.loss_fn(logits.float(), target), **stats)
+        store_gt_scores(data_samples, target)
+        return dict(**self.head.loss(feat, data_samples), **stats)
 
     def predict(self, inputs: Tensor, data_samples=None) -> list:
-        logits = self.head(self.extract_feat(inputs))
-        scores = logits.float().softmax(dim=-1)
-        if data_samples is None:
-            data_samples = [BaseDataElement() for _ in range(inputs.shape[0])]
-        for ds, s in zip(data_samples, scores):
-            ds.set_field(s, 'pred_score')
-            ds.set_field(s.argmax().view(1), 'pred_label')
-        return data_samples
+        """Data samples with ``pred_score`` (K,) softmax and ``pred_label`` (1,) (see the head)."""
+        return self.head.predict(self.extract_feat(inputs), data_samples)

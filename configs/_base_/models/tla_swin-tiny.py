@@ -10,7 +10,9 @@ model = dict(
                   # (one fused call per block under AMP), renormalised and kept in float32
                   # between blocks; 'float32' adds a float32 label pass per block under AMP
                   label_dtype='auto'),
-    num_classes=1000,
+    # logits, loss and predictions; in_channels None: the backbone's pooled width
+    head=dict(type='TLALinearClsHead', num_classes=1000, in_channels=None,
+              loss=dict(type='SoftTargetCrossEntropy')),
     tl_align=True,              # False: the CutMix baseline (area target)
     label_channels='source',    # 'classes': carry K = num_classes labels (same target)
     target_readout='auto',      # token mean for Swin
