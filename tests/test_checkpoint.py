@@ -316,6 +316,59 @@ def test_unknown_objects_are_refused_not_executed(deit_sd, tmp_path, payload):
     assert _SIDE_EFFECT == []
 
 
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """A local HTTP server on 127.0.0.1 serving ``tmp_path / 'www'``; torch's hub cache in tmp."""
+    import functools
+    import http.server
+    import threading
+    www = tmp_path / 'www'
+    www.mkdir()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f'http://127.0.0.1:{server.server_address[1]}'
+    server.shutdown()
+
+
+def test_http_checkpoint_loads_through_mmengine_weights_only(deit_sd, http_root):
+    """A URL goes through mmengine's CheckpointLoader (http backend, torch hub cache), and the
+    backbone loads from it as from a file; a URL pickle with a foreign object is refused even
+    though torch.hub's own default is weights_only=False."""
+    www, url = http_root
+    torch.save({'model': deit_sd}, www / 'deit.pth')
+    model = TLAVisionTransformer('deit-small')
+    report = load_backbone_checkpoint(model, f'{url}/deit.pth')
+    assert report.layout == 'timm-vit' and report.num_matched_params == report.num_params
+    assert torch.equal(model.cls_token, deit_sd['cls_token'])
+    torch.save({'model': {'cls_token': deit_sd['cls_token']}, 'extra': _Evil()}, www / 'evil.pth')
+    _SIDE_EFFECT.clear()
+    with pytest.raises(pickle.UnpicklingError, match='evil.pth.*nothing from it was run'):
+        load_checkpoint_file(f'{url}/evil.pth')
+    assert _SIDE_EFFECT == [] and os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD') is None
+
+
+def test_registered_scheme_cannot_turn_weights_only_off(tmp_path):
+    """A backend that calls torch.load(weights_only=False) itself is still held to weights_only."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    @CheckpointLoader.register_scheme(prefixes='tlatest://', force=True)
+    def _load(filename, map_location):
+        return torch.load(str(tmp_path / filename[len('tlatest://'):]), map_location=map_location,
+                          weights_only=False)
+
+    torch.save({'x': torch.ones(2), 'extra': _Evil()}, tmp_path / 'evil.pth')
+    torch.save({'x': torch.ones(2)}, tmp_path / 'ok.pth')
+    _SIDE_EFFECT.clear()
+    with pytest.raises(pickle.UnpicklingError, match='tlatest://evil.pth'):
+        load_checkpoint_file('tlatest://evil.pth')
+    assert _SIDE_EFFECT == []
+    assert torch.equal(load_checkpoint_file('tlatest://ok.pth')['x'], torch.ones(2))
+
+
 def test_missing_file_names_the_path(tmp_path):
     p = str(tmp_path / 'nope.pth')
     with pytest.raises(FileNotFoundError, match=re.escape(p)):

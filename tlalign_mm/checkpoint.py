@@ -6,7 +6,8 @@ parameter names of :class:`~tlalign_mm.TLAVisionTransformer` / :class:`~tlalign_
 size, and refuses to load anything that does not fit (mmengine's ``PretrainedInit`` loads with
 ``strict=False`` and so loads nothing, silently, from an unconverted checkpoint).
 
-Layouts recognised (:func:`detect_layout`):
+Layouts recognised (:func:`detect_layout`; each backbone file recognises and renames its own
+family with its ``detect_layout`` / ``checkpoint_filter_fn``, as timm's model files do):
 
 ``'tlalign'``
     Ours: the ViT keys below without a classifier head, or Swin keys with output norms
@@ -39,7 +40,9 @@ Layouts recognised (:func:`detect_layout`):
     official order is ``j * C + c`` with ``j`` = (0,0), (1,0), (0,1), (1,1); the downsample
     ``reduction`` / ``norm`` are permuted back.
 
-Checkpoints are always read with ``torch.load(..., weights_only=True)``; the non-tensor objects
+Checkpoints are read by mmengine's ``CheckpointLoader`` (local paths, ``https://`` and every
+other scheme mmseg / mmdet configs use) with every ``torch.load`` forced to ``weights_only=True``;
+the non-tensor objects
 mmengine keeps in its checkpoints (``HistoryBuffer``, numpy arrays / scalars / dtypes) are
 allow-listed by :func:`~tlalign_mm.utils.torch_compat.mmengine_safe_globals` (the one list shared
 with the process-wide registration done at ``import tlalign_mm``; re-exported here), never by
@@ -47,6 +50,7 @@ unpickling arbitrary code.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -64,7 +68,8 @@ from torch import Tensor
 from .utils.torch_compat import mmengine_safe_globals
 from .version import __version__
 
-__all__ = ['LAYOUTS', 'LoadReport', 'mmengine_safe_globals', 'load_checkpoint_file',
+__all__ = ['LAYOUTS', 'LoadReport', 'mmengine_safe_globals', 'load_checkpoint_file', 'has_key', 'stage_ids',
+           'is_recomputed_buffer', 'filter_state_dict', 'rename_key',
            'extract_state_dict', 'detect_layout', 'convert_state_dict', 'resize_pos_embed',
            'resize_relative_position_bias_table', 'load_backbone_checkpoint', 'export_backbone']
 
@@ -90,39 +95,67 @@ def _load_failure_reason(e: BaseException) -> str:
     return f'{type(e).__name__}: {first[:200]}' if first else type(e).__name__
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
-    """Load a checkpoint file without ever executing pickled code.
+@contextlib.contextmanager
+def _weights_only_everywhere():
+    """Every ``torch.load`` inside runs with ``weights_only=True``, even one that passes
+    ``weights_only=False`` (torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``): mmengine's http backend
+    reads through ``torch.hub.load_state_dict_from_url``, whose default is False."""
+    key = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
+    old = os.environ.get(key)
+    os.environ[key] = '1'
+    try:
+        with torch.serialization.safe_globals(mmengine_safe_globals()):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
-    ``.safetensors`` files are read with ``safetensors.torch.load_file``; anything else with
-    ``torch.load(path, map_location, weights_only=True)`` inside
-    ``torch.serialization.safe_globals(mmengine_safe_globals())``.
+
+def _is_local(path: str) -> bool:
+    return '://' not in path
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
+    """Load a checkpoint (local or remote) without ever executing pickled code.
+
+    The file is read by mmengine's ``CheckpointLoader`` (``mmengine/runner/checkpoint.py``), so
+    every scheme mmseg / mmdet configs use works: local paths, ``http://`` / ``https://`` (cached
+    in torch's hub folder), ``open-mmlab://``, ``torchvision://``, ``pavi://``, ``s3://`` and
+    any scheme registered with ``CheckpointLoader.register_scheme``.  Every ``torch.load`` it
+    makes runs with ``weights_only=True`` (forced, whatever the backend passes) and only the
+    types of :func:`~tlalign_mm.utils.torch_compat.mmengine_safe_globals` allowed.  Local
+    ``.safetensors`` files are read with ``safetensors.torch.load_file``.
 
     Args:
-        path: local file.
+        path: a local file or a URL of an mmengine checkpoint scheme.
         map_location: as ``torch.load``.
 
     Returns:
         The loaded object, a dict (checkpoint or state dict).
 
     Raises:
-        FileNotFoundError: no file at ``path`` (the message names it).
+        FileNotFoundError: no local file at ``path`` (the message names it).
         pickle.UnpicklingError: the file is not a checkpoint torch can read (a text file, a
             truncated download), or it holds objects ``weights_only`` loading refuses (a class
             outside the allow-list); one line naming the path and the reason; nothing from the
             file was executed.
         TypeError: the file does not hold a dict.
+        Whatever the scheme's backend raises when it cannot fetch the file (``URLError`` ...).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if _is_local(path) and not os.path.isfile(os.path.expanduser(path)):
         raise FileNotFoundError(f'checkpoint file not found: {path!r}')
-    if path.endswith('.safetensors'):
+    if _is_local(path) and path.endswith('.safetensors'):
         from safetensors.torch import load_file
         device = map_location if isinstance(map_location, str) else 'cpu'
-        obj: Any = load_file(path, device=device)
+        obj: Any = load_file(os.path.expanduser(path), device=device)
     else:
+        from mmengine.runner.checkpoint import CheckpointLoader
         try:
-            with torch.serialization.safe_globals(mmengine_safe_globals()):
-                obj = torch.load(path, map_location=map_location, weights_only=True)
+            with _weights_only_everywhere():
+                obj = CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent')
         except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError) as e:
             raise pickle.UnpicklingError(
                 f'{path}: not a loadable checkpoint, or it holds types that weights_only loading refuses '
@@ -224,29 +257,31 @@ def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[
 # ---------------------------------------------------------------------------------------------
 # Layout detection and conversion
 # ---------------------------------------------------------------------------------------------
-def _has(sd: Mapping, pattern: str) -> bool:
+def has_key(sd: Mapping, pattern: str) -> bool:
+    """Whether a key of ``sd`` matches the regex ``pattern`` at its start."""
     rx = re.compile(pattern)
     return any(rx.match(k) for k in sd)
 
 
-def _stage_ids(sd: Mapping, root: str) -> list[int]:
+def stage_ids(sd: Mapping, root: str) -> list[int]:
+    """The sorted stage numbers ``i`` of keys ``{root}.{i}.*``."""
     rx = re.compile(rf'{root}\.(\d+)\.')
     return sorted({int(m.group(1)) for k in sd if (m := rx.match(k))})
+
+
+def _families():
+    """The backbone files' checkpoint filters, in detection order (mm Swin before mm ViT; each
+    ``detect`` returns None for another family's keys)."""
+    from .models.backbones import swin, vit
+    return (swin, vit)
 
 
 def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
     """Name the layout of a backbone state dict (keys already unwrapped / un-prefixed).
 
-    Rules (see the module docstring for the layouts):
-
-    * ``stages.{i}.blocks.{j}.attn.w_msa.*`` -> ``'mm-swin'``;
-    * ``layers.{i}.attn.attn.in_proj_weight`` -> ``'mmseg-vit'``; ``layers.{i}.ln1`` with
-      ``layers.{i}.attn.qkv`` -> ``'mmpretrain-vit'``;
-    * ``layers.{i}.blocks.{j}.*``: a patch merging in the last stage or ``head.fc`` ->
-      ``'timm-swin'``; else output norms ``norm{i}`` -> ``'tlalign'``; else ``'official-swin'``;
-    * ``blocks.{i}.attn.qkv``: a classifier (``head``, ``head_dist``, ``fc_norm``) ->
-      ``'timm-vit'``, else ``'tlalign'`` (both convert identically);
-    * otherwise ``'unknown'``.
+    Each backbone file recognises its own family (``detect_layout`` in
+    ``tlalign_mm/models/backbones/swin.py`` and ``vit.py``; the rules are in their docstrings
+    and in this module's).
 
     Args:
         state_dict: mapping of key -> tensor.
@@ -254,77 +289,16 @@ def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
     Returns:
         One of :data:`LAYOUTS` or ``'unknown'``.
     """
-    if _has(state_dict, r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.'):
-        return 'mm-swin'
-    if _has(state_dict, r'layers\.\d+\.attn\.attn\.(in_proj_weight|out_proj\.)'):
-        return 'mmseg-vit'
-    if _has(state_dict, r'layers\.\d+\.ln1\.') and _has(state_dict, r'layers\.\d+\.attn\.qkv\.'):
-        return 'mmpretrain-vit'
-    if _has(state_dict, r'layers\.\d+\.blocks\.\d+\.'):
-        stages = _stage_ids(state_dict, 'layers')
-        last = stages[-1]
-        if (_has(state_dict, rf'layers\.{last}\.downsample\.') and len(stages) > 1) \
-                or 'head.fc.weight' in state_dict:
-            return 'timm-swin'
-        if _has(state_dict, r'norm\d+\.'):
-            return 'tlalign'
-        return 'official-swin'
-    if _has(state_dict, r'blocks\.\d+\.attn\.qkv\.'):
-        if _has(state_dict, r'(head|head_dist|fc_norm)\.'):
-            return 'timm-vit'
-        return 'tlalign'
+    for family in _families():
+        layout = family.detect_layout(state_dict)
+        if layout is not None:
+            return layout
     return 'unknown'
 
 
-def _unfold_to_official_merge(t: Tensor) -> Tensor:
-    """Reorder the last (4C) axis of a patch-merging weight from ``nn.Unfold`` to official order.
-
-    mm (``nn.Unfold`` of a (C, 2, 2) neighbourhood): index ``c * 4 + k``, k over offsets
-    (0,0), (0,1), (1,0), (1,1) (row, col).  Official ``PatchMerging``: index ``j * C + c``, j over
-    (0,0), (1,0), (0,1), (1,1).  Works for ``reduction.weight`` (2C, 4C) and ``norm`` (4C,).
-    """
-    *lead, n = t.shape
-    if n % 4:
-        raise ValueError(f'patch-merging tensor of shape {tuple(t.shape)}: last dim not divisible by 4')
-    per_offset = t.reshape(*lead, n // 4, 4).transpose(-1, -2)  # (..., 4 [unfold k], C)
-    # official j -> unfold k: (0,0)->0, (1,0)->2, (0,1)->1, (1,1)->3
-    return per_offset[..., [0, 2, 1, 3], :].reshape(*lead, n).contiguous()
-
-
-def _is_buffer_key(k: str) -> bool:
+def is_recomputed_buffer(k: str) -> bool:
+    """Whether ``k`` names a buffer the model recomputes (relative position index, attention mask)."""
     return k.rsplit('.', 1)[-1] in _BUFFER_NAMES
-
-
-_MM_VIT_RULES = [
-    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
-    (re.compile(r'^layers\.(\d+)\.ln1\.'), r'blocks.\1.norm1.'),
-    (re.compile(r'^layers\.(\d+)\.ln2\.'), r'blocks.\1.norm2.'),
-    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_weight$'), r'blocks.\1.attn.qkv.weight'),
-    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_bias$'), r'blocks.\1.attn.qkv.bias'),
-    (re.compile(r'^layers\.(\d+)\.attn\.attn\.out_proj\.'), r'blocks.\1.attn.proj.'),
-    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.0\.0\.'), r'blocks.\1.mlp.fc1.'),
-    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.1\.'), r'blocks.\1.mlp.fc2.'),
-    (re.compile(r'^layers\.(\d+)\.'), r'blocks.\1.'),  # mmpretrain attn.qkv / attn.proj
-    (re.compile(r'^ln1\.'), 'norm.'),
-]
-
-_MM_SWIN_RULES = [
-    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
-    (re.compile(r'^stages\.(\d+)\.'), r'layers.\1.'),
-    (re.compile(r'\.attn\.w_msa\.'), '.attn.'),
-    (re.compile(r'\.ffn\.layers\.0\.0\.'), '.mlp.fc1.'),
-    (re.compile(r'\.ffn\.layers\.1\.'), '.mlp.fc2.'),
-]
-
-
-def _apply_rules(key: str, rules, first_only: bool) -> str:
-    for rx, repl in rules:
-        new = rx.sub(repl, key, count=1)
-        if new != key:
-            key = new
-            if first_only:
-                break
-    return key
 
 
 def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = None
@@ -335,7 +309,8 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = No
     buffers ``relative_position_index``, ``attn_mask``, ``relative_coords_table`` (recomputed by
     the model); Swin's final ``norm`` becomes ``norm{last stage}``; the DeiT ``norm`` stays
     ``norm``.  Tensors are not copied unless reordered (mm patch merging).  Keys that no rule
-    knows are kept as they are (they then show up as "unexpected" when loading).
+    knows are kept as they are (they then show up as "unexpected" when loading).  The renaming
+    is the backbone file's ``checkpoint_filter_fn`` (as in timm).
 
     Args:
         state_dict: backbone-relative keys (see :func:`extract_state_dict`).
@@ -351,38 +326,59 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = No
         layout = detect_layout(state_dict)
     if layout not in LAYOUTS:
         raise ValueError(f'unsupported checkpoint layout {layout!r}; known: {LAYOUTS}')
+    for family in _families():
+        if layout in family.CHECKPOINT_LAYOUTS or (layout == 'tlalign' and family.detect_layout(state_dict)):
+            out, ignored = family.checkpoint_filter_fn(state_dict, layout)
+            return out, layout, ignored
+    raise ValueError(f'no backbone family converts layout {layout!r}')  # LAYOUTS lists only theirs
+
+
+def _detect_or_raise(sd: Mapping[str, Tensor], source: str, prefix: str, prefix_hint: str) -> str:
+    """:func:`detect_layout`, or the one unknown-layout error (names the prefixes present)."""
+    layout = detect_layout(sd)
+    if layout == 'unknown':
+        cands = _backbone_prefix_candidates(sd)
+        hint = f'; backbone-like keys sit under {cands}: {prefix_hint}' if cands else ''
+        raise ValueError(f'{source}: unrecognised checkpoint layout (prefix {prefix!r}); '
+                         f'top-level prefixes present: {_top_prefixes(sd)}{hint}')
+    return layout
+
+
+def filter_state_dict(state_dict: Mapping[str, Tensor], layout: str, rename) -> tuple[dict[str, Tensor], list[str]]:
+    """The loop every backbone's ``checkpoint_filter_fn`` shares.
+
+    Drops recomputed buffers and, for a foreign layout, classifier heads (``head``, ``head_dist``,
+    ``fc_norm``); renames the rest with ``rename(key, tensor) -> (new key, tensor)``.
+
+    Returns:
+        (renamed state dict, dropped source keys).
+
+    Raises:
+        ValueError: two source keys map to one name.
+    """
     out: dict[str, Tensor] = {}
     ignored: list[str] = []
-    swin = layout in ('official-swin', 'timm-swin', 'mm-swin') or (
-        layout == 'tlalign' and _has(state_dict, r'layers\.\d+\.blocks\.'))
-    if swin:
-        root = 'stages' if layout == 'mm-swin' else 'layers'
-        stages = _stage_ids(state_dict, root)
-        last = stages[-1] if stages else 0
     for k, v in state_dict.items():
-        if _is_buffer_key(k) or (layout != 'tlalign' and re.match(r'(head|head_dist|fc_norm)\.', k)):
+        if is_recomputed_buffer(k) or (layout != 'tlalign' and re.match(r'(head|head_dist|fc_norm)\.', k)):
             ignored.append(k)
             continue
-        new = k
-        if layout in ('mmseg-vit', 'mmpretrain-vit'):
-            new = _apply_rules(k, _MM_VIT_RULES, first_only=True)
-        elif layout == 'mm-swin':
-            new = _apply_rules(k, _MM_SWIN_RULES, first_only=False)
-            if re.match(r'layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$', new):
-                v = _unfold_to_official_merge(v)
-        elif layout == 'timm-swin':
-            m = re.match(r'layers\.(\d+)\.downsample\.(.*)$', k)
-            if m:
-                i = int(m.group(1))
-                if i == 0:
-                    raise ValueError(f'timm-swin checkpoint with a patch merging before stage 0: {k}')
-                new = f'layers.{i - 1}.downsample.{m.group(2)}'
-        if swin and layout != 'tlalign' and new.startswith('norm.'):
-            new = f'norm{last}.' + new[len('norm.'):]
+        new, v = rename(k, v)
         if new in out:
             raise ValueError(f'two checkpoint keys map to {new!r} (layout {layout!r})')
         out[new] = v
-    return out, layout, ignored
+    return out, ignored
+
+
+def rename_key(key: str, rules, first_only: bool) -> str:
+    """Apply ``(compiled regex, replacement)`` rules to a key: the first that matches when
+    ``first_only``, else each in turn.  Used by the backbones' ``checkpoint_filter_fn``."""
+    for rx, repl in rules:
+        new = rx.sub(repl, key, count=1)
+        if new != key:
+            key = new
+            if first_only:
+                break
+    return key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,12 +604,7 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
         source = os.fspath(path_or_state_dict)
         ckpt = load_checkpoint_file(source, map_location)
     sd, used_prefix = extract_state_dict(ckpt, prefix)
-    layout = detect_layout(sd)
-    if layout == 'unknown':
-        cands = _backbone_prefix_candidates(sd)
-        hint = f"; backbone-like keys sit under {cands}: pass prefix=..." if cands else ''
-        raise ValueError(f'{source}: unrecognised checkpoint layout (prefix {used_prefix!r}); '
-                         f'top-level prefixes present: {_top_prefixes(sd)}{hint}')
+    layout = _detect_or_raise(sd, source, used_prefix, 'pass prefix=...')
     sd, layout, ignored = convert_state_dict(sd, layout)
 
     model_sd = model.state_dict()
@@ -669,12 +660,7 @@ def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.P
     src = os.fspath(src_checkpoint_path)
     dst = os.fspath(dst_path)
     sd, used_prefix = extract_state_dict(load_checkpoint_file(src), prefix)
-    layout = detect_layout(sd)
-    if layout == 'unknown':
-        cands = _backbone_prefix_candidates(sd)
-        hint = f"; backbone-like keys sit under {cands}: pass --prefix" if cands else ''
-        raise ValueError(f'{src}: unrecognised checkpoint layout (prefix {used_prefix!r}); '
-                         f'top-level prefixes present: {_top_prefixes(sd)}{hint}')
+    layout = _detect_or_raise(sd, src, used_prefix, 'pass --prefix')
     converted, layout, ignored = convert_state_dict(sd, layout)
     converted = {k: v.contiguous() for k, v in converted.items()}
     parent = os.path.dirname(os.path.abspath(dst))

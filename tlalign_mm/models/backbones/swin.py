@@ -20,6 +20,7 @@ official and timm models); larger maps are zero-padded to a multiple of the wind
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Optional
 
@@ -373,3 +374,96 @@ class TLASwinTransformer(TLABackbone):
                 x, hw, labels = stage.downsample(x, hw, labels)
         outs = tuple(outs)
         return outs if token_labels is None else (outs, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of other layouts (timm's ``checkpoint_filter_fn``; the loader is
+# tlalign_mm/checkpoint.py, which asks each backbone file to recognise and rename its own)
+# ---------------------------------------------------------------------------------------------
+CHECKPOINT_LAYOUTS = ('official-swin', 'timm-swin', 'mm-swin')
+"""Foreign Swin layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
+
+_MM_SWIN_RULES = [
+    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
+    (re.compile(r'^stages\.(\d+)\.'), r'layers.\1.'),
+    (re.compile(r'\.attn\.w_msa\.'), '.attn.'),
+    (re.compile(r'\.ffn\.layers\.0\.0\.'), '.mlp.fc1.'),
+    (re.compile(r'\.ffn\.layers\.1\.'), '.mlp.fc2.'),
+]
+
+
+
+def _unfold_to_official_merge(t: Tensor) -> Tensor:
+    """Reorder the last (4C) axis of a patch-merging weight from ``nn.Unfold`` to official order.
+
+    mm (``nn.Unfold`` of a (C, 2, 2) neighbourhood): index ``c * 4 + k``, k over offsets
+    (0,0), (0,1), (1,0), (1,1) (row, col).  Official ``PatchMerging``: index ``j * C + c``, j over
+    (0,0), (1,0), (0,1), (1,1).  Works for ``reduction.weight`` (2C, 4C) and ``norm`` (4C,).
+    """
+    *lead, n = t.shape
+    if n % 4:
+        raise ValueError(f'patch-merging tensor of shape {tuple(t.shape)}: last dim not divisible by 4')
+    per_offset = t.reshape(*lead, n // 4, 4).transpose(-1, -2)  # (..., 4 [unfold k], C)
+    # official j -> unfold k: (0,0)->0, (1,0)->2, (0,1)->1, (1,1)->3
+    return per_offset[..., [0, 2, 1, 3], :].reshape(*lead, n).contiguous()
+
+
+
+def detect_layout(state_dict) -> Optional[str]:
+    """The Swin layout of a backbone state dict, or None for another family.
+
+    * ``stages.{i}.blocks.{j}.attn.w_msa.*`` -> ``'mm-swin'`` (mmseg / mmdet / mmpretrain);
+    * ``layers.{i}.blocks.{j}.*``: a patch merging in the last stage, or ``head.fc`` ->
+      ``'timm-swin'``; else output norms ``norm{i}`` -> ``'tlalign'``; else ``'official-swin'``.
+    """
+    from ...checkpoint import has_key, stage_ids
+    if has_key(state_dict, r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.'):
+        return 'mm-swin'
+    if not has_key(state_dict, r'layers\.\d+\.blocks\.\d+\.'):
+        return None
+    stages = stage_ids(state_dict, 'layers')
+    if (has_key(state_dict, rf'layers\.{stages[-1]}\.downsample\.') and len(stages) > 1) \
+            or 'head.fc.weight' in state_dict:
+        return 'timm-swin'
+    return 'tlalign' if has_key(state_dict, r'norm\d+\.') else 'official-swin'
+
+
+def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
+    """Rename a Swin state dict of ``layout`` into :class:`TLASwinTransformer`'s names.
+
+    * ``'mm-swin'``: ``stages`` -> ``layers``, ``attn.w_msa`` -> ``attn``, ``ffn.layers`` ->
+      ``mlp``, ``patch_embed.projection`` -> ``patch_embed.proj``; the patch-merging
+      ``reduction`` / ``norm`` reordered from ``nn.Unfold`` to the official order;
+    * ``'timm-swin'``: the patch merging at the start of stage ``i`` moves to the end of stage
+      ``i - 1``;
+    * a foreign final ``norm`` becomes ``norm{last stage}``; heads and recomputed buffers are
+      dropped.
+
+    Returns:
+        (renamed state dict, dropped source keys).
+
+    Raises:
+        ValueError: a timm-swin patch merging before stage 0; two keys map to one name.
+    """
+    from ...checkpoint import filter_state_dict, rename_key, stage_ids
+    stages = stage_ids(state_dict, 'stages' if layout == 'mm-swin' else 'layers')
+    last = stages[-1] if stages else 0
+
+    def rename(k, v):
+        new = k
+        if layout == 'mm-swin':
+            new = rename_key(k, _MM_SWIN_RULES, first_only=False)
+            if re.match(r'layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$', new):
+                v = _unfold_to_official_merge(v)
+        elif layout == 'timm-swin':
+            m = re.match(r'layers\.(\d+)\.downsample\.(.*)$', k)
+            if m:
+                i = int(m.group(1))
+                if i == 0:
+                    raise ValueError(f'timm-swin checkpoint with a patch merging before stage 0: {k}')
+                new = f'layers.{i - 1}.downsample.{m.group(2)}'
+        if layout != 'tlalign' and new.startswith('norm.'):
+            new = f'norm{last}.' + new[len('norm.'):]
+        return new, v
+
+    return filter_state_dict(state_dict, layout, rename)

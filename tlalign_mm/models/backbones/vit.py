@@ -14,6 +14,7 @@ One module serves both jobs:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Optional
 
@@ -290,3 +291,62 @@ class TLAVisionTransformer(TLABackbone):
             return patches.mean(dim=1)
         # contiguous NCHW, as mmseg returns (channels-last views slowed UperNet's convs on CPU)
         return patches.transpose(1, 2).reshape(x.shape[0], -1, *hw).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of other layouts (timm's ``checkpoint_filter_fn``; the loader is
+# tlalign_mm/checkpoint.py, which asks each backbone file to recognise and rename its own)
+# ---------------------------------------------------------------------------------------------
+CHECKPOINT_LAYOUTS = ('timm-vit', 'mmseg-vit', 'mmpretrain-vit')
+"""Foreign ViT layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
+
+_MM_VIT_RULES = [
+    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
+    (re.compile(r'^layers\.(\d+)\.ln1\.'), r'blocks.\1.norm1.'),
+    (re.compile(r'^layers\.(\d+)\.ln2\.'), r'blocks.\1.norm2.'),
+    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_weight$'), r'blocks.\1.attn.qkv.weight'),
+    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_bias$'), r'blocks.\1.attn.qkv.bias'),
+    (re.compile(r'^layers\.(\d+)\.attn\.attn\.out_proj\.'), r'blocks.\1.attn.proj.'),
+    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.0\.0\.'), r'blocks.\1.mlp.fc1.'),
+    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.1\.'), r'blocks.\1.mlp.fc2.'),
+    (re.compile(r'^layers\.(\d+)\.'), r'blocks.\1.'),  # mmpretrain attn.qkv / attn.proj
+    (re.compile(r'^ln1\.'), 'norm.'),
+]
+
+
+def detect_layout(state_dict) -> Optional[str]:
+    """The ViT layout of a backbone state dict, or None for another family.
+
+    * ``layers.{i}.attn.attn.in_proj_weight`` -> ``'mmseg-vit'`` (``nn.MultiheadAttention``);
+    * ``layers.{i}.ln1`` with ``layers.{i}.attn.qkv`` -> ``'mmpretrain-vit'``;
+    * ``blocks.{i}.attn.qkv`` with a classifier (``head``, ``head_dist``, ``fc_norm``) ->
+      ``'timm-vit'`` (official DeiT, TL-Align and timm releases), without -> ``'tlalign'``.
+    """
+    from ...checkpoint import has_key
+    if has_key(state_dict, r'layers\.\d+\.attn\.attn\.(in_proj_weight|out_proj\.)'):
+        return 'mmseg-vit'
+    if has_key(state_dict, r'layers\.\d+\.ln1\.') and has_key(state_dict, r'layers\.\d+\.attn\.qkv\.'):
+        return 'mmpretrain-vit'
+    if has_key(state_dict, r'blocks\.\d+\.attn\.qkv\.'):
+        return 'timm-vit' if has_key(state_dict, r'(head|head_dist|fc_norm)\.') else 'tlalign'
+    return None
+
+
+def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
+    """Rename a ViT state dict of ``layout`` into :class:`TLAVisionTransformer`'s names.
+
+    timm / official DeiT keys are ours already (heads dropped); mmseg / mmpretrain keys are
+    renamed (``patch_embed.projection`` -> ``patch_embed.proj``, ``layers.{i}.ln1`` ->
+    ``blocks.{i}.norm1``, ``attn.attn.in_proj_*`` -> ``attn.qkv.*`` (q/k/v stacked alike),
+    ``ffn.layers.{0.0,1}`` -> ``mlp.{fc1,fc2}``, final ``ln1`` -> ``norm``).
+
+    Returns:
+        (renamed state dict, dropped source keys: heads and recomputed buffers).
+
+    Raises:
+        ValueError: two keys map to one name.
+    """
+    from ...checkpoint import filter_state_dict, rename_key
+    mm = layout in ('mmseg-vit', 'mmpretrain-vit')
+    return filter_state_dict(state_dict, layout,
+                             lambda k, v: (rename_key(k, _MM_VIT_RULES, first_only=True) if mm else k, v))
