@@ -42,9 +42,8 @@ family with its ``detect_layout`` / ``checkpoint_filter_fn``, as timm's model fi
 
 Checkpoints are read by mmengine's ``CheckpointLoader`` (local paths, ``https://`` and every
 other scheme mmseg / mmdet configs use) with every ``torch.load`` forced to ``weights_only=True``;
-the non-tensor objects
-mmengine keeps in its checkpoints (``HistoryBuffer``, numpy arrays / scalars / dtypes) are
-allow-listed by :func:`~tlalign_mm.utils.torch_compat.mmengine_safe_globals` (the one list shared
+the non-tensor objects mmengine keeps in its checkpoints (``HistoryBuffer``, numpy arrays /
+scalars / dtypes) are allow-listed by :func:`~tlalign_mm.utils.torch_compat.mmengine_safe_globals` (the one list shared
 with the process-wide registration done at ``import tlalign_mm``; re-exported here), never by
 unpickling arbitrary code.
 """
