@@ -6,7 +6,7 @@
 # size and schedule: the demo Swin (32 channels, window 4), 64-channel FPN and heads, 128 RoIs
 # per image and stage, short side 320, the 3 images repeated 20 times per epoch, 10 epochs, fp32.
 # Train and val hold the same images (see the data card): AP measures fitting.
-_base_ = ['../cascade_mask_rcnn/cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py']
+_base_ = ['../cascade_mask_rcnn/cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py', '../_base_/models/swin-demo_arch.py']
 
 # written by the demo pretraining (tools/run_demo.sh passes its own work dir with --cfg-options)
 checkpoint = 'work_dirs/demo/pretrain/backbone.pth'
@@ -38,8 +38,7 @@ def _demo_rcnn_train_cfg(iou):
 
 model = dict(
     backbone=dict(
-        # the arch of configs/demo/swin-demo_tla_1xb64-10e_fashion-mnist.py
-        arch=dict(_delete_=True, embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
+        arch=dict(_delete_=True, **_base_.swin_demo_arch),   # the demo pretraining's
         window_size=4, drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=width),

@@ -5,7 +5,7 @@
 # config and overrides only size and schedule: the demo Swin (32 channels, window 4), head
 # widths 128 / 64, 256x256 crops, batch 4, 400 iterations. Train and val hold the same 8 images
 # (see the data card), so mIoU measures fitting, i.e. that the pipeline learns.
-_base_ = ['../upernet/upernet_tla-swin-t_8xb2-160k_ade20k-512x512.py']
+_base_ = ['../upernet/upernet_tla-swin-t_8xb2-160k_ade20k-512x512.py', '../_base_/models/swin-demo_arch.py']
 
 # written by the demo pretraining (tools/run_demo.sh passes its own work dir with --cfg-options)
 checkpoint = 'work_dirs/demo/pretrain/backbone.pth'
@@ -18,8 +18,7 @@ classes = ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus'
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        # the arch of configs/demo/swin-demo_tla_1xb64-10e_fashion-mnist.py
-        arch=dict(_delete_=True, embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
+        arch=dict(_delete_=True, **_base_.swin_demo_arch),   # the demo pretraining's
         window_size=4, drop_path_rate=0.1,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
     decode_head=dict(in_channels=[32, 64, 128, 256], channels=128, num_classes=num_classes, ignore_index=255),
