@@ -54,8 +54,8 @@ def _tiny_cfg(tl_align=True, label_channels='source', arch='vit'):
         bb = dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
                   window_size=4, out_indices=(1,), out_type='avg_featmap')
         patch = 4
-    return dict(type='TLAImageClassifier', backbone=bb, head=dict(type='TLALinearClsHead', num_classes=5), tl_align=tl_align,
-                label_channels=label_channels,
+    return dict(type='TLAImageClassifier', backbone=bb, head=dict(type='TLALinearClsHead', num_classes=5),
+                label_rule=dict(type='TLAlign', label_channels=label_channels) if tl_align else dict(type='Area'),
                 data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,
                                        mixer=dict(cutmix_alpha=1.0, patch_size=patch)))
 
@@ -163,7 +163,8 @@ def test_mixer_patch_size_mismatch_is_a_clear_error():
         m(**data, mode='loss')
     with pytest.raises(ValueError, match='label_channels'):
         MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='TLAVisionTransformer', arch='deit-tiny',
-                                                                   out_type='cls_token'), label_channels='k'))
+                                                                   out_type='cls_token'),
+                          label_rule=dict(type='TLAlign', label_channels='k')))
 
 
 def test_expand_matches_manual_two_source_formula():
@@ -216,7 +217,7 @@ def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build():
     with pytest.raises(ValueError, match='carries token labels'):
         MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), head=dict(type='TLALinearClsHead', num_classes=5)))
     m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), head=dict(type='TLALinearClsHead', num_classes=5),
-                          tl_align=False))
+                          label_rule=dict(type='Area')))
     assert m.head.fc.in_features == 8
     imgs = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     data = m.data_preprocessor(dict(inputs=imgs, data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)]),

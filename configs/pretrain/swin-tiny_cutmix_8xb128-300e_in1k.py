@@ -1,2 +1,2 @@
 _base_ = ['./swin-tiny_tla_8xb128-300e_in1k.py']
-model = dict(tl_align=False)
+model = dict(label_rule=dict(_delete_=True, type='Area'))

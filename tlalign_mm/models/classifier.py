@@ -2,16 +2,15 @@
 
 ``TLAClsDataPreprocessor`` normalises the batch on the model's device, applies timm's random
 erasing (after normalising, as DeiT does) and mixes the batch (:class:`~tlalign_mm.mixing.BatchMixer`).
-``TLAImageClassifier`` runs a label-carrying backbone, builds the training target
-
-* the aligned target (TL-Align): the backbone's final label embedding, read out at the class
-  token (DeiT) or as the token mean (Swin), expanded to classes -- ``tl_align=True``;
-* the plain mixed target ``lam * y_A + (1 - lam) * y_B`` (the CutMix baseline) -- ``tl_align=False``;
-
-stores it in the data samples as ``gt_score`` and leaves logits, loss and predictions to its head
+``TLAImageClassifier`` runs a label-carrying backbone, builds the training target of a mixed
+batch with its label rule (:mod:`tlalign_mm.models.label_rules`: the TL-Align target -- the
+backbone's final label embedding read out at the class token (DeiT) or as the token mean (Swin)
+-- its ablations, the CutMix / Mixup area target, TransMix, dense TL-Align), stores it in the
+data samples as ``gt_score`` and leaves logits, loss and predictions to its head
 (:class:`~tlalign_mm.models.heads.TLALinearClsHead`, timm's ``SoftTargetCrossEntropy``), as
-mmpretrain's ``ImageClassifier`` / ``LinearClsHead`` split does.  Paper: Xiao et al., "Token-Label Alignment for Vision
-Transformers", ICCV 2023; reference training loop: Euphoria16/TL-Align ``engine.py``.
+mmpretrain's ``ImageClassifier`` / ``LinearClsHead`` split does.  Paper: Xiao et al.,
+"Token-Label Alignment for Vision Transformers", ICCV 2023; reference training loop:
+Euphoria16/TL-Align ``engine.py``.
 """
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ from ..align import expand_source_labels, mixed_target, smooth_one_hot
 from ..mixing import BatchMixer, MixResult
 from ..registry import MODELS
 from .heads import TLALinearClsHead, store_gt_scores  # noqa: F401  (TLALinearClsHead: the default head)
+from .label_rules import LabelRule, TLAlignRule
 
 __all__ = ['TLAClsDataPreprocessor', 'TLAImageClassifier']
 
@@ -119,7 +119,7 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
 
 @MODELS.register_module()
 class TLAImageClassifier(BaseModel):
-    """Backbone + head, trained on the TL-Align target or on the plain mixed target.
+    """Backbone + head, trained on the target of a label rule (TL-Align by default).
 
     Args:
         backbone: config of a label-carrying backbone (``TLAVisionTransformer`` with
@@ -128,15 +128,13 @@ class TLAImageClassifier(BaseModel):
         head: config of the head (default :class:`~tlalign_mm.models.heads.TLALinearClsHead`);
             ``num_classes`` (K) is required, ``in_channels`` is the backbone's pooled width when
             left None (the last returned stage of a hierarchical backbone).
-        tl_align: train on the aligned target (True) or on the area target (False, baseline).
-        label_channels: 'source' (K = 2 source embedding, expanded at the end; default) or
-            'classes' (K = num_classes labels carried through the blocks, the reference way).
-            Both give the same target (``docs/tl-align.md``, "An exact shortcut").
-        target_readout: 'cls' (class-token label), 'mean' (mean of patch-token labels) or
-            'auto' ('cls' for a backbone with a class token and ``out_type='cls_token'``,
-            else 'mean').
+        label_rule: config of the label rule (:mod:`tlalign_mm.models.label_rules`):
+            ``dict(type='TLAlign')`` (default; options ``blocks``, ``residual``, ``readout``,
+            ``label_channels``), ``'Area'`` (the CutMix baseline), ``'TransMix'``,
+            ``'DenseTLAlign'``.  The rule checks at build time that the backbone has what it
+            needs.
         label_smoothing: smoothing of the one-hot labels before mixing (DeiT: 0.1).
-        align_stats_interval: the CutMix baseline (``tl_align=False``) carries the labels on
+        align_stats_interval: a rule that carries no labels (``'Area'``) carries them on
             every ``align_stats_interval``-th mixed training step (one label pass each) to
             report the token fluctuation; 0 never.  A TL-Align model reports it on every
             step at no extra cost.
@@ -164,39 +162,25 @@ class TLAImageClassifier(BaseModel):
     """
 
     def __init__(self, backbone: dict, head: dict = dict(type='TLALinearClsHead', num_classes=1000),
-                 tl_align: bool = True, label_channels: str = 'source', target_readout: str = 'auto',
-                 label_smoothing: float = 0.1, align_stats_interval: int = 100,
+                 label_rule: Optional[dict] = None, label_smoothing: float = 0.1, align_stats_interval: int = 100,
                  data_preprocessor: Optional[dict] = None, init_cfg=None):
         if data_preprocessor is None:
             data_preprocessor = dict(type='TLAClsDataPreprocessor')
         if isinstance(data_preprocessor, dict) and '.' not in data_preprocessor.get('type', '.'):
             data_preprocessor = dict(data_preprocessor, type='tlalign_mm.' + data_preprocessor['type'])
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if label_channels not in ('source', 'classes'):
-            raise ValueError(f"label_channels must be 'source' or 'classes', got {label_channels!r}")
         if int(align_stats_interval) != align_stats_interval or align_stats_interval < 0:
             raise ValueError(f'align_stats_interval must be an integer >= 0, got {align_stats_interval!r}')
-        if target_readout not in ('auto', 'cls', 'mean'):
-            raise ValueError(f"target_readout must be 'auto', 'cls' or 'mean', got {target_readout!r}")
         self.backbone = MODELS.build(backbone)
-        self.can_carry_labels = hasattr(self.backbone, 'num_tokens') and hasattr(self.backbone, 'token_grid')
-        if tl_align and not self.can_carry_labels:
-            raise ValueError(
-                f'tl_align=True needs a backbone that carries token labels (forward(x, token_labels), '
-                f'num_tokens, token_grid), such as TLAVisionTransformer or TLASwinTransformer; '
-                f'{type(self.backbone).__name__} cannot. Use one of those, or set tl_align=False.')
-        self.tl_align = tl_align
-        self.label_channels = label_channels
+        self.can_carry_labels = all(hasattr(self.backbone, a) for a in ('num_tokens', 'token_grid', 'set_alignment'))
         self.label_smoothing = label_smoothing
         self.num_prefix_tokens = getattr(self.backbone, 'num_prefix_tokens', 0)
-        out_type = getattr(self.backbone, 'out_type', 'avg_featmap')
-        if out_type not in ('cls_token', 'avg_featmap'):
-            raise ValueError(f"the classifier needs backbone out_type 'cls_token' or 'avg_featmap', got {out_type!r}")
-        if target_readout == 'auto':
-            target_readout = 'cls' if (self.num_prefix_tokens and out_type == 'cls_token') else 'mean'
-        if target_readout == 'cls' and not self.num_prefix_tokens:
-            raise ValueError("target_readout='cls' needs a backbone with a class token")
-        self.target_readout = target_readout
+        # how the backbone's last output becomes the pooled feature (a rule that needs every
+        # token, DenseTLAlign, switches the backbone to return them and the pooling moves here)
+        self.pool_type = getattr(self.backbone, 'out_type', 'avg_featmap')
+        if self.pool_type not in ('cls_token', 'avg_featmap'):
+            raise ValueError("the classifier needs backbone out_type 'cls_token' or 'avg_featmap', "
+                             f'got {self.pool_type!r}')
         # the width of the pooled feature: the last returned stage of a hierarchical backbone
         num_features = getattr(self.backbone, 'num_features', None)
         feat_dim = (num_features[max(self.backbone.out_indices)] if isinstance(num_features, (list, tuple))
@@ -209,8 +193,68 @@ class TLAImageClassifier(BaseModel):
                              f'has {feat_dim} channels; leave in_channels None to take it from the backbone')
         self.head = MODELS.build(head)
         self.num_classes = self.head.num_classes
+        self.label_rule = MODELS.build(label_rule if label_rule is not None else dict(type='TLAlign'))
+        if not isinstance(self.label_rule, LabelRule):
+            raise ValueError(f'label_rule builds {type(self.label_rule).__name__}, not a label rule '
+                             "(types: 'Area', 'TLAlign', 'TransMix', 'DenseTLAlign', 'TokenMix')")
+        self.label_rule.setup(self)
+        if getattr(self.label_rule, 'needs_tokens', False):
+            self.backbone.out_type = 'raw' if self.num_prefix_tokens else 'featmap'
         self.align_stats_interval = int(align_stats_interval)
         self._loss_steps = 0  # host-side count of loss-mode calls with a mixed batch
+
+    # -- what the analysis tools and the rules read ------------------------------------------
+    @property
+    def tl_align(self) -> bool:
+        """Whether the model trains on an aligned target (a TL-Align rule)."""
+        return isinstance(self.label_rule, TLAlignRule)
+
+    @property
+    def label_channels(self) -> str:
+        """'source' or 'classes': the channels the TL-Align rule carries ('source' otherwise)."""
+        return getattr(self.label_rule, 'label_channels', 'source') if self.tl_align else 'source'
+
+    @property
+    def target_readout(self) -> str:
+        """'cls' or 'mean': where the aligned target is read out (the rule's readout, else the
+        one matching the pooled feature)."""
+        readout = getattr(self.label_rule, 'readout', 'auto')
+        return self.resolve_readout(readout if readout in ('cls', 'mean') else 'auto', 'the classifier')
+
+    def resolve_readout(self, readout: str, who: str) -> str:
+        """'auto' -> 'cls' when the pooled feature is the class token, else 'mean'.
+
+        Raises:
+            ValueError: 'cls' for a backbone without a class token (the message names ``who``).
+        """
+        if readout == 'auto':
+            return 'cls' if (self.num_prefix_tokens and self.pool_type == 'cls_token') else 'mean'
+        if readout == 'cls' and not self.num_prefix_tokens:
+            raise ValueError(f"{who}: readout 'cls' needs a backbone with a class token; "
+                             f'{type(self.backbone).__name__} has none (use readout=\'mean\')')
+        return readout
+
+    def read_labels(self, labels: Tensor, readout: Optional[str] = None) -> Tensor:
+        """(B, N, K) labels -> (B, K): the class token's row ('cls') or the patch-token mean."""
+        if (readout or self.target_readout) == 'cls':
+            return labels[:, 0]
+        return labels[:, self.num_prefix_tokens:].mean(dim=1)
+
+    def source_label_stats(self, labels: Tensor, mix: MixResult, y_a: Tensor, y_b: Tensor, area: Tensor,
+                           readout: Optional[str] = None, aligned: Optional[Tensor] = None) -> dict:
+        """The ``align/*`` statistics of carried TL-Align labels (see the class docstring)."""
+        out = self.read_labels(labels, readout)
+        stats = {'align/lam': mix.lam.mean().detach()}
+        if out.shape[-1] == 2:
+            lam_aligned = out[:, 0].detach()
+            stats['align/lam_aligned'] = lam_aligned.mean()
+            stats['align/lam_gap'] = (lam_aligned - mix.lam).abs().mean()
+            if aligned is None:
+                aligned = expand_source_labels(out, y_a, y_b)
+        elif aligned is None:
+            aligned = out
+        stats['align/target_l2'] = (aligned - area).detach().square().sum(-1).sqrt().mean()
+        return stats
 
     def init_weights(self):
         """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` if given.
@@ -292,31 +336,49 @@ class TLAImageClassifier(BaseModel):
     def _labels(data_samples) -> Tensor:
         return torch.cat([ds.gt_label.reshape(-1) for ds in data_samples])
 
-    def _initial_labels(self, mix: MixResult, y_a: Tensor, y_b: Tensor, img_hw, label_channels: str) -> Tensor:
+    def check_token_grid(self, mix: MixResult, img_hw) -> None:
+        """Raise ``ValueError`` when the mixer's token grid is not the backbone's."""
         n = self.backbone.num_tokens(img_hw) - self.num_prefix_tokens
         if mix.share_b.shape[1] != n:
             raise ValueError(
                 f'the mixer reports {mix.share_b.shape[1]} tokens (patch_size={mix.patch_size}) but the '
                 f'backbone has {n} patch tokens for {tuple(img_hw)} inputs: set the data_preprocessor '
                 f"mixer's patch_size to the backbone's ({self.backbone.patch_size})")
-        r0 = mix.source_labels(self.num_prefix_tokens)
-        return r0 if label_channels == 'source' else expand_source_labels(r0, y_a, y_b)
 
-    def _readout(self, labels: Tensor) -> Tensor:
-        if self.target_readout == 'cls':
-            return labels[:, 0]
-        return labels[:, self.num_prefix_tokens:].mean(dim=1)
+    def _pool(self, out: Tensor) -> Tensor:
+        """The backbone's last output -> the pooled (B, C) feature the head reads."""
+        if out.dim() == 2:
+            return out
+        if out.dim() == 4:                                    # (B, C, H, W) feature map
+            return out.mean(dim=(2, 3))
+        if self.pool_type == 'cls_token':                     # (B, N, C) tokens, prefix first
+            return out[:, 0]
+        return out[:, self.num_prefix_tokens:].mean(dim=1)
 
-    def extract_feat(self, inputs: Tensor, token_labels: Optional[Tensor] = None):
-        """Pooled features (B, C), or ``(features, labels)`` when ``token_labels`` is given."""
+    def _patch_tokens(self, out: Tensor) -> Tensor:
+        """The backbone's last output -> (B, N_patch, C) final patch tokens."""
+        if out.dim() == 4:
+            return out.flatten(2).transpose(1, 2)
+        return out[:, self.num_prefix_tokens:]
+
+    def _run_backbone(self, inputs: Tensor, token_labels: Optional[Tensor] = None):
+        """(last output, labels or None)."""
         if token_labels is None:
-            return self.backbone(inputs)[-1]
+            return self.backbone(inputs)[-1], None
         outs, labels = self.backbone(inputs, token_labels)
         return outs[-1], labels
 
+    def extract_feat(self, inputs: Tensor, token_labels: Optional[Tensor] = None):
+        """Pooled features (B, C), or ``(features, labels)`` when ``token_labels`` is given."""
+        last, labels = self._run_backbone(inputs, token_labels)
+        return self._pool(last) if token_labels is None else (self._pool(last), labels)
+
     def aligned_targets(self, inputs: Tensor, labels: Tensor, mix: MixResult, carry_labels: Optional[bool] = None,
                         label_channels: Optional[str] = None):
-        """Features, both targets and the alignment statistics of a mixed batch.
+        """Features, the area target and the TL-Align target of a mixed batch (analysis tools).
+
+        The aligned target is TL-Align's, with the backbone's current alignment settings and
+        :attr:`target_readout`, whatever rule the model trains with.
 
         Args:
             inputs: (B, 3, H, W) mixed images (``mix.images``).
@@ -343,26 +405,21 @@ class TLAImageClassifier(BaseModel):
             return self.extract_feat(inputs), area, None, {}
         if not self.can_carry_labels:
             raise ValueError(f'{type(self.backbone).__name__} cannot carry token labels')
-        r0 = self._initial_labels(mix, y_a, y_b, inputs.shape[-2:], label_channels)
+        self.check_token_grid(mix, inputs.shape[-2:])
+        r0 = mix.source_labels(self.num_prefix_tokens)
+        if label_channels == 'classes':
+            r0 = expand_source_labels(r0, y_a, y_b)
         feat, lab = self.extract_feat(inputs, r0)
-        out = self._readout(lab)
-        stats = {'align/lam': mix.lam.mean().detach()}
-        if label_channels == 'source':
-            aligned = expand_source_labels(out, y_a, y_b)
-            lam_aligned = out[:, 0].detach()
-            stats['align/lam_aligned'] = lam_aligned.mean()
-            stats['align/lam_gap'] = (lam_aligned - mix.lam).abs().mean()
-        else:
-            aligned = out
-        stats['align/target_l2'] = (aligned - area).detach().square().sum(-1).sqrt().mean()
-        return feat, area, aligned, stats
+        out = self.read_labels(lab)
+        aligned = expand_source_labels(out, y_a, y_b) if label_channels == 'source' else out
+        return feat, area, aligned, self.source_label_stats(lab, mix, y_a, y_b, area, aligned=aligned)
 
     @torch.compiler.disable
     def _carry_labels_now(self) -> bool:
         """Whether this mixed training step carries labels (counted on the host; under
         ``torch.compile`` the count stays out of the graph, leaving two compiled variants)."""
         step, self._loss_steps = self._loss_steps, self._loss_steps + 1
-        if self.tl_align:
+        if self.label_rule.carries_labels:
             return True
         return (self.can_carry_labels and self.align_stats_interval > 0
                 and step % self.align_stats_interval == 0)
@@ -379,24 +436,35 @@ class TLAImageClassifier(BaseModel):
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
     def loss(self, inputs: Tensor, data_samples, mix: Optional[MixResult] = None) -> dict:
-        """The head's loss on the aligned (TL-Align) or area (baseline) target.
+        """The head's loss on the target of the label rule (:mod:`tlalign_mm.models.label_rules`).
 
         Each sample's target (K,) is stored in its data sample as ``gt_score`` (label smoothing
         included; an unmixed batch gets the smoothed one-hot label).
 
         Returns:
-            dict(loss=0-d tensor) plus the ``align/*`` statistics on steps that carried labels.
+            dict(loss=0-d tensor), the rule's extra losses (``loss_dense``), and the ``align/*``
+            statistics on steps that carried labels.
         """
         labels = self._labels(data_samples).to(inputs.device, non_blocking=True)
-        stats = {}
+        stats, extra = {}, {}
         if mix is None or not mix.mixed:
             target = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
             feat = self.extract_feat(inputs)
         else:
-            feat, area, aligned, stats = self.aligned_targets(inputs, labels, mix, self._carry_labels_now())
-            target = aligned if self.tl_align else area
+            y_a = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+            y_b = y_a[mix.partner]
+            area = mixed_target(mix.lam, y_a, y_b)
+            rule = self.label_rule
+            r0 = None
+            if self._carry_labels_now():
+                self.check_token_grid(mix, inputs.shape[-2:])
+                r0 = rule.initial_labels(self, mix, y_a, y_b)
+            last, carried = self._run_backbone(inputs, r0)
+            feat = self._pool(last)
+            tokens = self._patch_tokens(last) if getattr(rule, 'needs_tokens', False) else None
+            target, stats, extra = rule(self, mix, y_a, y_b, area, carried, tokens)
         store_gt_scores(data_samples, target)
-        return dict(**self.head.loss(feat, data_samples), **stats)
+        return dict(**self.head.loss(feat, data_samples), **extra, **stats)
 
     def predict(self, inputs: Tensor, data_samples=None) -> list:
         """Data samples with ``pred_score`` (K,) softmax and ``pred_label`` (1,) (see the head)."""

@@ -11,12 +11,16 @@ model = dict(
     # logits, loss and predictions; in_channels None: the backbone's pooled width
     head=dict(type='TLALinearClsHead', num_classes=1000, in_channels=None,
               loss=dict(type='SoftTargetCrossEntropy')),
-    tl_align=True,              # False: the CutMix baseline (area target)
-    label_channels='source',    # 'classes': carry K = num_classes labels (same target)
-    target_readout='auto',      # class token for DeiT
+    # the training target (tlalign_mm/models/label_rules.py); the sibling configs switch it in one line:
+    # 'Area' (the CutMix baseline), 'TransMix', 'DenseTLAlign'; TLAlign's ablations are its options
+    label_rule=dict(type='TLAlign',
+                    blocks='all',            # 'last' or a list of block indices: the paper's Table 8
+                    residual=True,           # False: A Y instead of (Y + A Y) / 2
+                    readout='auto',          # class token for DeiT
+                    label_channels='source'),  # 'classes': carry K = num_classes labels (same target)
     label_smoothing=0.1,
     # token fluctuation (paper Fig. 3) as align/* log keys: every step for TL-Align (free), every
-    # 100th step for the CutMix baseline (tl_align=False), which carries the labels only then
+    # 100th step for the CutMix baseline (label_rule 'Area'), which carries the labels only then
     align_stats_interval=100,
     data_preprocessor=dict(
         type='TLAClsDataPreprocessor',

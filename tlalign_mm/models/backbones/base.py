@@ -106,6 +106,51 @@ class TLABackbone(BaseModule):
         self._is_init = True
 
     # -- training switches -----------------------------------------------------------------
+    def label_blocks(self) -> list:
+        """The blocks that can align labels, in forward order (subclasses list them)."""
+        raise NotImplementedError
+
+    def set_alignment(self, blocks='all', residual: bool = True) -> list[int]:
+        """Choose which blocks align the labels, and how (the ablations of the TL-Align paper,
+        Table 8).
+
+        A block that does not align passes the labels on unchanged; patch merging still pools
+        them.  Features are never affected.
+
+        Args:
+            blocks: 'all' (the paper), 'last' (the last block that runs only: one layer's
+                attention), or a sequence of block indices counted over :meth:`label_blocks`
+                (negative indices count from the end).
+            residual: average each block's aligned labels with its input labels,
+                ``(Y + A Y) / 2`` (the paper's residual rule), or take ``A Y`` alone (False).
+
+        Returns:
+            The aligning block indices, sorted.
+
+        Raises:
+            ValueError: an unknown name, an empty list or an index out of range (the message
+                names the number of blocks).
+        """
+        all_blocks = self.label_blocks()
+        n = len(all_blocks)
+        if isinstance(blocks, str):
+            if blocks not in ('all', 'last'):
+                raise ValueError(f"align blocks must be 'all', 'last' or a list of block indices, got {blocks!r}")
+            chosen = list(range(n)) if blocks == 'all' else [n - 1]
+        else:
+            chosen = []
+            for i in blocks:
+                if int(i) != i or not -n <= i < n:
+                    raise ValueError(f'align block index {i!r} is out of range for the {n} blocks that run')
+                chosen.append(int(i) % n)
+            if not chosen:
+                raise ValueError('align blocks: an empty list aligns nothing; use the area target instead')
+        chosen = sorted(set(chosen))
+        for i, blk in enumerate(all_blocks):
+            blk.align_labels = i in chosen
+            blk.label_residual = bool(residual)
+        return chosen
+
     def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
         """Modules and parameters frozen by ``frozen_stages``; subclass hook."""
         return []

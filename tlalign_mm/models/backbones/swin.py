@@ -146,6 +146,11 @@ class TLASwinBlock(nn.Module):
             self._mask_cache = {key: m}
         return m
 
+    #: TL-Align ablations (set through :meth:`TLABackbone.set_alignment`): whether this block
+    #: moves the labels with its attention, and whether it averages them with its input
+    align_labels = True
+    label_residual = True
+
     def forward(self, x: Tensor, hw: tuple[int, int], labels: Optional[Tensor] = None):
         """x: (B, L, C) with L = H*W; labels: (B, L, K) or None. Returns (x, labels)."""
         h, w = hw
@@ -155,7 +160,8 @@ class TLASwinBlock(nn.Module):
         xs, ph, pw = pad_to_multiple(xs, win)
         hp, wp = xs.shape[1:3]
         lab_w = None
-        if labels is not None:
+        align = labels is not None and self.align_labels
+        if align:
             if ph or pw:
                 raise ValueError(
                     f'token_labels need every stage map to be divisible by window_size: a {h}x{w} '
@@ -174,11 +180,12 @@ class TLASwinBlock(nn.Module):
         out = out[:, :h, :w].reshape(b, h * w, c)
         x = x + self.drop_path(out)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        if labels is not None:
-            la = window_reverse(lab_att, win, h, w)
+        if align:
+            la = window_reverse(lab_att, win, h, w).reshape(b, h, w, -1)
             if any(shift):
                 la = torch.roll(la, shifts=shift, dims=(1, 2))
-            labels = residual_label_average(labels, la.reshape(b, h * w, -1))
+            la = la.reshape(b, h * w, -1)
+            labels = residual_label_average(labels, la) if self.label_residual else la
         return x, labels
 
 
@@ -323,6 +330,11 @@ class TLASwinTransformer(TLABackbone):
         """Tokens N a ``token_labels`` tensor must have for this input size (no prefix)."""
         h, w = self.token_grid(img_hw)
         return h * w
+
+    def label_blocks(self) -> list:
+        """The blocks that can align labels, in forward order (stages after the last returned
+        one are not run and not listed)."""
+        return [blk for stage in self.layers[:max(self.out_indices) + 1] for blk in stage.blocks]
 
     def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
         """Run the backbone.

@@ -96,12 +96,18 @@ class TLATransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
+    #: TL-Align ablations (set through :meth:`TLABackbone.set_alignment`): whether this block
+    #: moves the labels with its attention, and whether it averages them with its input
+    align_labels = True
+    label_residual = True
+
     def forward(self, x: Tensor, labels: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        h, lab = self.attn(self.norm1(x), labels)
+        align = labels is not None and self.align_labels
+        h, lab = self.attn(self.norm1(x), labels if align else None)
         x = x + self.drop_path(h)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        if labels is not None:
-            labels = residual_label_average(labels, lab)
+        if align:
+            labels = residual_label_average(labels, lab) if self.label_residual else lab
         return x, labels
 
 
@@ -229,6 +235,10 @@ class TLAVisionTransformer(TLABackbone):
         return resample_abs_pos_embed(self.pos_embed, list(hw), list(self.patch_grid),
                                       num_prefix_tokens=self.num_prefix_tokens,
                                       interpolation=self.interpolate_mode, antialias=False)
+
+    def label_blocks(self) -> list:
+        """The blocks that can align labels, in forward order."""
+        return list(self.blocks)
 
     def _run_block(self, blk: nn.Module, x: Tensor, labels: Optional[Tensor]):
         if self.with_cp and x.requires_grad:

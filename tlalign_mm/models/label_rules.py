@@ -1,0 +1,269 @@
+"""Label rules: the training target of a mixed batch, one config switch for every rule compared.
+
+``TLAImageClassifier(label_rule=dict(type=...))`` picks how the target of a CutMix / Mixup /
+TokenMix batch is built.  Every rule returns a (B, K) soft target (label smoothing included), its
+statistics as detached 0-d tensors, and any extra loss terms:
+
+* :class:`AreaRule` (``type='Area'``): ``lam * y_A + (1 - lam) * y_B``, the CutMix / Mixup
+  target (timm ``mixup_target``) -- the baseline.
+* :class:`TLAlignRule` (``type='TLAlign'``): the paper's aligned target (Xiao et al., ICCV
+  2023; ``docs/tl-align.md``), with its ablations (Table 8): which blocks align, the residual
+  average on or off, and the readout (class token or token mean).
+* :class:`TransMixRule` (``type='TransMix'``): TransMix (Chen et al., CVPR 2022;
+  Beckschen/TransMix ``transmix.py``, ``Mixup_transmix.transmix_label``).
+* :class:`DenseTLAlignRule` (``type='DenseTLAlign'``): TL-Align plus a dense loss: every output
+  token is trained on its own aligned label through a shared token head (TokenLabeling's dense
+  loss, Jiang et al., NeurIPS 2021, with labels from the alignment instead of a teacher).
+
+The rules that read attention do it through the backbone's label path
+(:meth:`~tlalign_mm.models.backbones.base.TLABackbone.set_alignment`): labels ride in the
+blocks' own attention call, so no rule materialises an attention matrix.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..align import expand_source_labels
+from ..registry import MODELS
+
+__all__ = ['LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlignRule', 'READOUTS']
+
+#: Values of the TL-Align readout: 'auto' (class token when the backbone's pooled feature is its
+#: class token, else the token mean), 'cls', 'mean'.
+READOUTS = ('auto', 'cls', 'mean')
+
+
+class LabelRule(nn.Module):
+    """Base class of the label rules.
+
+    Class attributes:
+        carries_labels: the backbone carries token labels on every mixed training step.
+
+    Subclasses implement :meth:`setup` (build-time checks and backbone configuration),
+    :meth:`initial_labels` and :meth:`forward`.
+    """
+
+    carries_labels = False
+
+    def setup(self, model) -> None:
+        """Check that ``model`` (a :class:`~tlalign_mm.TLAImageClassifier`) has what the rule
+        needs, and configure its backbone.  Raises ``ValueError`` naming the rule and the gap."""
+
+    def _require_labels(self, model) -> None:
+        if not model.can_carry_labels:
+            raise ValueError(
+                f'label rule {type(self).__name__} needs a backbone that carries token labels through '
+                f'its attention (TLAVisionTransformer, TLASwinTransformer); {type(model.backbone).__name__} '
+                'cannot. Use label_rule=dict(type=\'Area\') with this backbone.')
+
+    def initial_labels(self, model, mix, y_a: Tensor, y_b: Tensor) -> Tensor:
+        """(B, N, K) float32 labels the backbone carries (default: TL-Align's 2-channel source
+        embedding, :meth:`~tlalign_mm.mixing.MixResult.source_labels`); ``y_a`` / ``y_b`` as
+        in :meth:`forward`."""
+        return mix.source_labels(model.num_prefix_tokens)
+
+    def forward(self, model, mix, y_a: Tensor, y_b: Tensor, area: Tensor, labels: Optional[Tensor],
+                tokens: Optional[Tensor]) -> tuple[Tensor, dict, dict]:
+        """The target of a mixed batch.
+
+        Args:
+            model: the classifier.
+            mix: the batch's :class:`~tlalign_mm.mixing.MixResult`.
+            y_a, y_b: (B, K) smoothed one-hot labels of each image and of its partner.
+            area: (B, K) area target ``lam * y_A + (1 - lam) * y_B``.
+            labels: (B, N, K') float32 labels the backbone carried, or None on a step without.
+            tokens: (B, N_patch, C) final patch-token features (only for rules that ask for
+                them through ``needs_tokens``), else None.
+
+        Returns:
+            (target (B, K) float32, statistics {name: detached 0-d tensor}, extra losses
+            {name: 0-d tensor}).
+        """
+        raise NotImplementedError
+
+
+@MODELS.register_module(name='Area')
+class AreaRule(LabelRule):
+    """The CutMix / Mixup target: the mixing ratio of the pasted area (the baseline).
+
+    On the steps where the classifier carries labels for statistics
+    (``align_stats_interval``), the token fluctuation is reported as for TL-Align; the target
+    stays the area target.
+    """
+
+    def setup(self, model) -> None:
+        if model.can_carry_labels:
+            model.backbone.set_alignment('all', True)   # what the statistics measure
+
+    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
+        stats = model.source_label_stats(labels, mix, y_a, y_b, area) if labels is not None else {}
+        return area, stats, {}
+
+
+@MODELS.register_module(name='TLAlign')
+class TLAlignRule(LabelRule):
+    """Token-Label Alignment: the labels follow the attention block by block; the target is the
+    final label embedding read out where the classifier reads its feature.
+
+    Args:
+        blocks: the blocks that align: 'all' (the paper), 'last' (one layer's attention), or a
+            list of block indices (Swin: counted over all stages in order).  Table 8 of the paper.
+        residual: average each block's aligned labels with its input, ``(Y + A Y) / 2`` (the
+            paper; the reference ``Block.forward``), or take ``A Y`` alone.
+        readout: 'auto' (class token for a DeiT whose feature is its class token, else the mean
+            over patch tokens), 'cls' or 'mean'.
+        label_channels: 'source' (K = 2: the share of each image, expanded to classes at the
+            end; exact and cheap) or 'classes' (K = num_classes labels carried, the reference
+            code's way); both give the same target (``docs/tl-align.md``).
+
+    Raises:
+        ValueError: a bad option value; at build time, a backbone that cannot carry labels or a
+            'cls' readout without a class token.
+    """
+
+    carries_labels = True
+
+    def __init__(self, blocks='all', residual: bool = True, readout: str = 'auto',
+                 label_channels: str = 'source'):
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f'TLAlign readout must be one of {READOUTS}, got {readout!r}')
+        if label_channels not in ('source', 'classes'):
+            raise ValueError(f"TLAlign label_channels must be 'source' or 'classes', got {label_channels!r}")
+        self.blocks = blocks
+        self.residual = bool(residual)
+        self.readout = readout
+        self.label_channels = label_channels
+
+    def setup(self, model) -> None:
+        self._require_labels(model)
+        self.readout = model.resolve_readout(self.readout, type(self).__name__)
+        model.backbone.set_alignment(self.blocks, self.residual)
+
+    def initial_labels(self, model, mix, y_a, y_b) -> Tensor:
+        r0 = mix.source_labels(model.num_prefix_tokens)
+        return expand_source_labels(r0, y_a, y_b) if self.label_channels == 'classes' else r0
+
+    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
+        out = model.read_labels(labels, self.readout)
+        aligned = expand_source_labels(out, y_a, y_b) if self.label_channels == 'source' else out
+        return aligned, model.source_label_stats(labels, mix, y_a, y_b, area, readout=self.readout,
+                                                 aligned=aligned), {}
+
+
+@MODELS.register_module(name='TransMix')
+class TransMixRule(LabelRule):
+    """TransMix: the partner's share is the attention the readout gives to its tokens in the last
+    block, blended with the area share.
+
+    The reference (Beckschen/TransMix ``transmix.py``): ``attn`` is the last block's class-token
+    attention to the patch tokens averaged over heads, ``lam1 = sum(mask * attn) / sum(attn)``
+    with ``mask`` the pasted box on the token grid, ``lam = (lam0 + lam1) / 2`` with ``lam0``
+    the box area, target ``(1 - lam) y_A + lam y_B``.
+
+    Here the one attention row is never formed: labels ride in the last block's own attention
+    call (:meth:`~tlalign_mm.models.backbones.base.TLABackbone.set_alignment` with
+    ``blocks='last', residual=False``; earlier blocks pass them on unchanged).  Patch token j
+    carries ``[s_j, 1 - s_j, 0]`` (``s_j`` its share of the partner: the box mask for CutMix,
+    any share for token / pixel CutMix, Mixup or TokenMix masks) and each prefix token
+    ``[0, 0, 1]``.  The class token's output ``[sum_j a_j s_j, sum_j a_j (1 - s_j), a_cls]``
+    gives ``lam1 = c0 / (c0 + c1)``, the reference's ratio.  Under Mixup ``s_j = 1 - lam`` and
+    ``lam1 = lam0``, as the reference leaves the area target then.
+
+    Backbones without a class token (Swin; PVT in the TransMix paper): the public TransMix code
+    has DeiT only.  This rule reads the token mean instead, the readout the classifier pools:
+    ``lam1 = mean_i sum_j A_ij s_j`` over the last block's (window) attention, i.e. the
+    attention the pooled feature gives to the partner's tokens.  Labels are pooled by patch
+    merging between stages, as TL-Align does.
+
+    Args:
+        area_weight: weight of the area share in the blend, 0.5 in the reference (``ratio=0.5``).
+
+    Raises:
+        ValueError: ``area_weight`` outside [0, 1]; at build time, a backbone that cannot carry
+            labels through its attention.
+    """
+
+    carries_labels = True
+
+    def __init__(self, area_weight: float = 0.5):
+        super().__init__()
+        if not 0.0 <= area_weight <= 1.0:
+            raise ValueError(f'TransMix area_weight must be in [0, 1], got {area_weight!r}')
+        self.area_weight = float(area_weight)
+        self.readout = 'auto'
+
+    def setup(self, model) -> None:
+        self._require_labels(model)
+        self.readout = model.resolve_readout('auto', type(self).__name__)
+        model.backbone.set_alignment('last', False)
+
+    def initial_labels(self, model, mix, y_a, y_b) -> Tensor:
+        s = mix.share_b.float()
+        patches = torch.stack([s, 1.0 - s, torch.zeros_like(s)], dim=-1)
+        p = model.num_prefix_tokens
+        if p == 0:
+            return patches
+        prefix = patches.new_tensor([0.0, 0.0, 1.0]).expand(s.shape[0], p, 3)
+        return torch.cat([prefix, patches], dim=1)
+
+    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
+        out = model.read_labels(labels, self.readout)
+        lam_attn = out[:, 0] / (out[:, 0] + out[:, 1]).clamp_min(1e-12)   # the partner's share
+        lam_b = self.area_weight * (1.0 - mix.lam) + (1.0 - self.area_weight) * lam_attn
+        target = (1.0 - lam_b)[:, None] * y_a + lam_b[:, None] * y_b
+        stats = {'align/lam': mix.lam.mean().detach(),
+                 'align/lam_aligned': (1.0 - lam_b).detach().mean(),
+                 'align/lam_gap': (lam_b - (1.0 - mix.lam)).detach().abs().mean(),
+                 'align/target_l2': (target - area).detach().square().sum(-1).sqrt().mean()}
+        return target, stats, {}
+
+
+@MODELS.register_module(name='DenseTLAlign')
+class DenseTLAlignRule(TLAlignRule):
+    """TL-Align, plus a dense loss on every output token's own aligned label.
+
+    A shared token head (a linear layer, C -> K) maps each final patch token to logits; the
+    loss ``dense_weight * mean_tokens SoftTargetCE(token_logits, y_aligned_token)`` is added to
+    the classifier's loss as ``loss_dense`` (TokenLabeling's dense loss, with the token labels of
+    the alignment instead of a teacher's label maps).  The head trains on the pooled target as
+    in :class:`TLAlignRule`.  Inference never runs the token head.
+
+    Args:
+        dense_weight: weight of the dense loss (TokenLabeling: 0.5).
+        token_head_init_std: std of the token head's truncated-normal weight init (bias 0).
+        blocks, residual, readout, label_channels: as :class:`TLAlignRule`.
+
+    Raises:
+        ValueError: ``dense_weight`` < 0, or as :class:`TLAlignRule`.
+    """
+
+    needs_tokens = True
+
+    def __init__(self, dense_weight: float = 0.5, token_head_init_std: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        if not dense_weight >= 0.0:
+            raise ValueError(f'DenseTLAlign dense_weight must be >= 0, got {dense_weight!r}')
+        self.dense_weight = float(dense_weight)
+        self.token_head_init_std = token_head_init_std
+        self.token_head: Optional[nn.Linear] = None
+
+    def setup(self, model) -> None:
+        super().setup(model)
+        from timm.layers import trunc_normal_
+        self.token_head = nn.Linear(model.head.in_channels, model.num_classes)
+        trunc_normal_(self.token_head.weight, std=self.token_head_init_std)
+        nn.init.zeros_(self.token_head.bias)
+
+    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
+        target, stats, losses = super().forward(model, mix, y_a, y_b, area, labels, tokens)
+        token_labels = labels[:, model.num_prefix_tokens:]
+        if self.label_channels == 'source':
+            token_labels = expand_source_labels(token_labels, y_a, y_b)
+        logits = self.token_head(tokens).float()
+        dense = -(token_labels * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+        return target, stats, dict(losses, loss_dense=self.dense_weight * dense)
