@@ -6,7 +6,7 @@ Fast, no mmseg / mmdet needed:
   (``Config.fromfile``) and carries the recipe of ``docs/recipes.md`` (160k AdamW 6e-5 with warm-up +
   poly; 3x AdamW 1e-4 with AMP, steps 27/33; heads; drop path; sibling configs differing only in
   the checkpoint);
-* :func:`tlalign_mm.models.config_checks.check_downstream_config` accepts them and names the
+* :func:`check_downstream_config` (``tools/config_checks.py``) accepts them and names the
   field of a crop not divisible by the backbone stride, or of a ``num_classes`` that does not
   match the dataset; the CPU fallbacks (SyncBN -> BN, AMP -> fp32).
 
@@ -39,7 +39,11 @@ import torch.nn.functional as F
 pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
 
-from tlalign_mm.models.config_checks import (  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if osp.join(REPO, 'tools') not in sys.path:  # tools/config_checks.py, as the tools import it
+    sys.path.insert(0, osp.join(REPO, 'tools'))
+
+from config_checks import (  # noqa: E402
     DownstreamConfigError,
     amp_to_fp32_without_cuda,
     backbone_stride,
@@ -47,7 +51,6 @@ from tlalign_mm.models.config_checks import (  # noqa: E402
     sync_bn_to_bn,
 )
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_DIR = osp.join(REPO, 'configs', 'upernet')
 DET_DIR = osp.join(REPO, 'configs', 'cascade_mask_rcnn')
 SEG_CONFIGS = sorted(glob.glob(osp.join(SEG_DIR, '*.py')))
@@ -258,7 +261,18 @@ def test_crop_not_divisible_by_stride_names_the_field():
         check_downstream_config(cfg)
 
 
-def test_num_classes_mismatch_names_the_field():
+@pytest.fixture(scope='module')
+def mm_datasets():
+    """Skip unless mmseg's and mmdet's dataset classes import: their ``METAINFO`` gives the number of
+    classes of a dataset config without ``metainfo.classes`` (else that check is skipped)."""
+    try:
+        importlib.import_module('mmseg.datasets')
+        importlib.import_module('mmdet.datasets')
+    except Exception as e:  # not installed, or a broken mmcv
+        pytest.skip(f'mmseg / mmdet datasets do not import: {e}')
+
+
+def test_num_classes_mismatch_names_the_field(mm_datasets):
     cfg = Config.fromfile(SWIN_T_SEG)
     cfg.model.decode_head.num_classes = 19
     with pytest.raises(DownstreamConfigError) as e:
@@ -287,7 +301,7 @@ def test_num_classes_mismatch_names_the_field():
     check_downstream_config(cfg)
 
 
-def test_wrapped_dataset_is_checked():
+def test_wrapped_dataset_is_checked(mm_datasets):
     cfg = Config.fromfile(SWIN_T_SEG)
     inner = cfg.train_dataloader.dataset
     cfg.train_dataloader.dataset = dict(type='RepeatDataset', times=2, dataset=inner)
@@ -327,23 +341,54 @@ def test_sync_bn_to_bn_and_amp_fallback():
 
 
 def test_config_checks_import_without_mmseg_mmdet():
-    """The module (and a check) works with mmseg / mmdet unimportable."""
+    """The module (and a check) works with mmseg / mmdet unimportable: the stride is still checked;
+    the classes of a dataset whose class cannot be imported are not known, and that check is skipped
+    (mmseg / mmdet would report a mismatch when they build the dataset)."""
     code = textwrap.dedent(f"""
         import importlib.util, sys
         sys.modules.update({{'mmseg': None, 'mmdet': None}})  # importing them now fails
         spec = importlib.util.spec_from_file_location(
-            'cc', {osp.join(REPO, 'tlalign_mm', 'models', 'config_checks.py')!r})
+            'cc', {osp.join(REPO, 'tools', 'config_checks.py')!r})
         m = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(m)
-        cfg = {{'model': {{'backbone': {{'type': 'TLASwinTransformer'}}, 'decode_head': {{'num_classes': 19}}}},
-               'train_dataloader': {{'dataset': {{'type': 'ADE20KDataset'}}}}}}
+        ade = {{'type': 'ADE20KDataset'}}
+        cfg = {{'default_scope': 'mmseg',
+               'model': {{'backbone': {{'type': 'TLASwinTransformer'}}, 'decode_head': {{'num_classes': 19}}}},
+               'train_dataloader': {{'dataset': ade}}}}
+        print(m.dataset_num_classes(ade, 'mmseg'))
+        m.check_downstream_config(cfg)  # classes unknown: skipped
+        cfg['crop_size'] = (500, 500)
         try:
             m.check_downstream_config(cfg)
         except m.DownstreamConfigError as e:
-            print('150 classes' in str(e))
+            print('crop_size=(500, 500) is not divisible' in str(e) and 'num_classes' not in str(e))
     """)
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == 'True', out.stderr
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.split() == ['None', 'True'], out.stdout + out.stderr
+
+
+def test_dataset_classes_come_from_config_or_registered_class():
+    """``metainfo.classes`` first, then the registered class's ``METAINFO`` (by ``'scope.Name'``, or
+    ``'Name'`` under the config's scope); an unknown type / scope gives None."""
+    from config_checks import dataset_num_classes
+
+    from tlalign_mm.datasets import ImageFolderDataset
+    assert dataset_num_classes(dict(type='ADE20KDataset', metainfo=dict(classes=('a', 'b'))), 'mmseg') == 2
+    assert dataset_num_classes(dict(type='NoSuchDataset'), 'mmseg') is None
+    assert dataset_num_classes(dict(type='ADE20KDataset'), None) is None            # no scope to look in
+    assert dataset_num_classes(dict(type='ADE20KDataset'), 'no_such_scope') is None
+    assert dataset_num_classes(dict(type='ImageFolderDataset'), 'tlalign_mm') is None  # classes from folders
+    assert dataset_num_classes(dict(type=ImageFolderDataset, metainfo=dict(classes='classes.txt'))) is None
+
+
+def test_dataset_classes_of_mm_datasets(mm_datasets):
+    """mmseg's / mmdet's registered dataset classes: a scope prefix wins over the config's scope."""
+    from config_checks import dataset_num_classes
+    assert dataset_num_classes(dict(type='ADE20KDataset'), 'mmseg') == 150
+    assert dataset_num_classes(dict(type='mmseg.ADE20KDataset'), 'mmdet') == 150
+    assert dataset_num_classes(dict(type='CityscapesDataset'), 'mmseg') == 19
+    assert dataset_num_classes(dict(type='CityscapesDataset'), 'mmdet') == 8
+    assert dataset_num_classes(dict(type='CocoDataset'), 'mmdet') == 80
 
 
 def _set_det_num_classes(cfg, n):

@@ -32,8 +32,14 @@ pytest.importorskip('mmengine')
 from mmengine.analysis import FlopAnalyzer  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
-from tlalign_mm.analysis.model_cost import (  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(REPO, 'tools', 'analysis')
+if TOOLS not in sys.path:  # tools/analysis/model_cost.py, as the cost tools import it
+    sys.path.insert(0, TOOLS)
+
+from model_cost import (  # noqa: E402
     DETECTION_DEFAULT_SHAPE,
+    build_analysis_model,
     config_cost,
     default_input_shape,
     flop_analyzer,
@@ -42,8 +48,6 @@ from tlalign_mm.analysis.model_cost import (  # noqa: E402
     with_stock_backbone,
 )
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOLS = osp.join(REPO, 'tools', 'analysis')
 DEMO_SEG = 'configs/demo/upernet_tla-swin-demo_1xb4-400i_voc-seg-256x256.py'
 DEMO_DET = 'configs/demo/cascade-mask-rcnn_tla-swin-demo_fpn_1xb2-10e_coco-voc.py'
 SWIN_T_SEG = 'configs/upernet/upernet_tla-swin-t_8xb2-160k_ade20k-512x512.py'
@@ -235,7 +239,6 @@ def test_default_shapes_and_dummy_batch_validation():
 @pytest.mark.mm
 def test_swin_t_upernet_cost_breakdown_and_stock_swap():
     """Real Swin-T UperNet at 224 x 224 (stage maps 56/28/14/7: whole windows, as at 512)."""
-    from tlalign_mm.analysis.model_cost import build_analysis_model
     from tlalign_mm.models.backbones import TLASwinTransformer
     cfg = _cfg(SWIN_T_SEG)
     cost = config_cost(cfg, (224, 224))
@@ -261,7 +264,6 @@ def test_swin_t_upernet_cost_breakdown_and_stock_swap():
 @pytest.mark.mm
 def test_dummy_batches_train_through_the_models():
     """The dummy batches pass each data preprocessor in training mode and give finite losses."""
-    from tlalign_mm.analysis.model_cost import build_analysis_model
     for rel, shape, keys in ((DEMO_SEG, (64, 64), {'decode.loss_ce', 'aux.loss_ce'}),
                              (DEMO_DET, (96, 128), {'loss_rpn_cls', 's0.loss_mask', 's2.loss_bbox'})):
         cfg = _cfg(rel)

@@ -73,7 +73,7 @@ model = dict(
     type='TLAImageClassifier',
     backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=2, num_heads=2),
                   img_size=32, patch_size=8, out_type='cls_token', drop_path_rate=0.0),
-    num_classes=4,
+    head=dict(type='TLALinearClsHead', num_classes=4),
     data_preprocessor=dict(type='TLAClsDataPreprocessor', mixer=dict(cutmix_alpha=1.0, patch_size=8), seed=0))
 dataset = dict(type='ImageFolderDataset', data_root=data_root, split='train', pipeline=pipeline)
 train_dataloader = dict(batch_size=4, num_workers=0, dataset=dataset,
@@ -316,9 +316,10 @@ def test_cpu_distributed_sync_bn_to_bn(tool, request, capsys):
 
 
 def test_launch_module_imports():
-    """``tlalign_mm.utils.launch`` needs only torch and mmengine at module level (mmseg / mmdet are
-    imported inside ``register_scope``); both tools use its functions, not copies."""
-    import tlalign_mm.utils.launch as launch
+    """``tools/launch.py`` needs only torch, mmengine and ``tools/config_checks.py`` at module level
+    (mmseg / mmdet are imported inside ``register_scope``); both tools use its functions, not copies."""
+    launch = _load_tool('train').launch
+    assert osp.samefile(launch.__file__, osp.join(TOOLS, 'launch.py'))
 
     with open(launch.__file__) as f:
         tree = ast.parse(f.read())
@@ -328,11 +329,52 @@ def test_launch_module_imports():
             top.update(a.name.split('.')[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top.add(node.module.split('.')[0])
-    assert top <= {'__future__', 'argparse', 'os', 'collections', 'torch', 'mmengine'}, top
+    assert top <= {'__future__', 'argparse', 'datetime', 'os', 'collections', 'torch', 'mmengine',
+                   'config_checks'}, top
     for name in ('train', 'test'):
         mod = _load_tool(name)
         for fn in ('register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed', 'build_runner'):
             assert getattr(mod, fn) is getattr(launch, fn), (name, fn)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU process group is for machines without CUDA')
+def test_cpu_distributed_launchers(train_tool, cfgs, monkeypatch):
+    """Without CUDA: ``--launcher slurm`` / ``mpi`` are refused by name (the config untouched);
+    ``pytorch`` initialises the gloo process group from torchrun's environment, itself (no mmengine
+    ``init_dist``, whose ``torch.cuda.set_device`` raises without a GPU)."""
+    launch = train_tool.launch
+    for launcher in ('slurm', 'mpi'):
+        cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--launcher', launcher]))
+        with pytest.raises(RuntimeError, match=f'--launcher {launcher} needs CUDA.*--launcher pytorch'):
+            launch.setup_cpu_distributed(cfg, launcher)
+        assert 'model_wrapper_cfg' not in cfg
+
+    cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--launcher', 'pytorch']))
+    for k in launch.TORCHRUN_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(RuntimeError, match='RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set.*torchrun'):
+        launch.setup_cpu_distributed(cfg, 'pytorch')
+
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(_free_port()))
+    cfg.env_cfg.dist_cfg.timeout = 60
+    assert not torch.distributed.is_initialized()
+    try:
+        assert launch.setup_cpu_distributed(cfg, 'pytorch') is True
+        assert torch.distributed.is_initialized()
+        assert torch.distributed.get_backend() == 'gloo' and torch.distributed.get_world_size() == 1
+        from mmengine.dist import get_dist_info, is_distributed
+        assert is_distributed() and get_dist_info() == (0, 1)  # what the Runner then finds
+        assert launch.setup_cpu_distributed(cfg, 'pytorch') is True  # already initialised: kept
+        launch.end_cpu_distributed(False)  # not ours: kept
+        assert torch.distributed.is_initialized()
+        launch.end_cpu_distributed(True)   # after the run: destroyed (gloo would abort at exit)
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 DET_CFG = osp.join(REPO, 'configs', 'cascade_mask_rcnn', 'cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py')
@@ -372,7 +414,7 @@ model = dict(type='EncoderDecoder', data_preprocessor=dict(size=crop_size),
 def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkeypatch):
     """Both tools reject an invalid downstream config by its field before anything is registered or
     built: train.py in ``main`` before ``register_scope``; test.py in ``setup_cfg`` before ``--tta``."""
-    from tlalign_mm.models.config_checks import DownstreamConfigError
+    from config_checks import DownstreamConfigError  # tools/config_checks.py (the tools put tools/ on sys.path)
     bad = tmp_path / 'bad_seg.py'
     bad.write_text(BAD_SEG)
     calls = []

@@ -7,6 +7,7 @@
 #            work_dirs/deit-small_tla_8xb128-300e_in1k --resume
 # One task per GPU; each runs tools/train.py with --launcher slurm.  PYTHON (python) picks
 # the interpreter.
+# Needs CUDA: without it tools/train.py refuses --launcher slurm (CPU processes: dist_train.sh).
 
 set -x
 

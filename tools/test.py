@@ -23,9 +23,9 @@ The same command line as OpenMMLab's ``tools/test.py`` (mmseg 1.x / mmdet 3.x)::
 * ``--tta`` wraps the model in ``cfg.tta_model`` and replaces the test dataset's pipeline with
   ``cfg.tta_pipeline`` (as mmseg / mmdet do); a config without them is an error.
 * A downstream config is checked before ``--show-dir`` / ``--tta`` change it
-  (:func:`tlalign_mm.models.config_checks.check_downstream_config`).
-* Distributed without CUDA: gloo backend, CPU DDP and ``SyncBN`` -> ``BN``, as in
-  ``tools/train.py`` (:mod:`tlalign_mm.utils.launch`).
+  (:func:`config_checks.check_downstream_config`, ``tools/config_checks.py``).
+* Distributed without CUDA (``--launcher pytorch``): gloo backend, CPU DDP and ``SyncBN`` ->
+  ``BN``, as in ``tools/train.py`` (``tools/launch.py``).
 """
 from __future__ import annotations
 
@@ -39,12 +39,15 @@ except ImportError:  # running from a source checkout without PYTHONPATH / insta
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import tlalign_mm  # noqa: F401
 
-from mmengine.config import Config, ConfigDict  # noqa: E402
+# tools/ on sys.path: `python tools/test.py` has it already; a test loading this file by path does not
+_TOOLS = osp.dirname(osp.abspath(__file__))
+if _TOOLS not in sys.path:
+    sys.path.insert(0, _TOOLS)
 
-# sync_bn_to_bn is applied by launch.prepare_cpu_distributed_cfg (distributed runs without CUDA)
-from tlalign_mm.models.config_checks import amp_to_fp32_without_cuda, check_downstream_config, sync_bn_to_bn  # noqa: E402,F401,E501
-from tlalign_mm.utils import launch  # noqa: E402
-from tlalign_mm.utils.launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
+import launch  # noqa: E402  (tools/launch.py)
+from config_checks import check_downstream_config  # noqa: E402  (tools/config_checks.py)
+from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
+from mmengine.config import Config, ConfigDict  # noqa: E402
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
            'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']
@@ -173,13 +176,14 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = setup_cfg(args)
     scope = register_scope(cfg)
-    setup_cpu_distributed(cfg, args.launcher, 'testing')
+    cpu_dist = setup_cpu_distributed(cfg, args.launcher, 'testing')
     runner = build_runner(cfg)
     if args.out is not None:
         add_dump_metric(runner, args.out, scope)
     metrics = runner.test()
     if runner.rank == 0:
         print(f'metrics: {plain_metrics(metrics)}', flush=True)
+    launch.end_cpu_distributed(cpu_dist)
     return metrics
 
 

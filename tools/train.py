@@ -14,9 +14,10 @@ What it does, in order:
    registries and allow-lists the types in mmengine checkpoints for torch >= 2.6's
    ``weights_only`` loading (otherwise ``--resume`` fails with ``UnpicklingError``);
 2. reads the config (its ``custom_imports`` are imported), applies ``--cfg-options``, and checks
-   a downstream config (:func:`tlalign_mm.models.config_checks.check_downstream_config`: crop /
-   pad sizes divisible by the backbone's output stride, heads' ``num_classes`` equal to the
-   datasets' classes; other configs pass unchanged);
+   a downstream config (:func:`config_checks.check_downstream_config`, ``tools/config_checks.py``:
+   crop / pad sizes divisible by the backbone's output stride, heads' ``num_classes`` equal to the
+   datasets' classes where the config or the registered dataset class tells them; other configs
+   pass unchanged);
 3. by the config's ``default_scope`` registers mmseg's (``'mmseg'``) or mmdet's (``'mmdet'``)
    modules -- those packages are imported only then;
 4. work dir: ``--work-dir`` > the config's ``work_dir`` > ``./work_dirs/<config file stem>``;
@@ -27,12 +28,14 @@ What it does, in order:
    machine without CUDA a warning is printed and training stays fp32, and a config's own
    ``AmpOptimWrapper`` becomes ``OptimWrapper`` (with a warning: mmengine's ``AmpOptimWrapper``
    asserts a GPU);
-7. distributed without CUDA (CPU processes, e.g. ``dist_train.sh CONFIG 2`` on a laptop / CI):
-   ``env_cfg.dist_cfg.backend`` becomes ``'gloo'`` (mmengine's default is nccl), the process group
-   is initialised here without ``torch.cuda.set_device`` (mmengine 0.10.7 calls it unconditionally
-   and it raises without a GPU), and DDP is built with ``device_ids=None`` (mmengine passes
-   ``[LOCAL_RANK]``, which DDP refuses for a CPU module); ``SyncBN`` norm configs become ``BN``
-   (printed; torch's ``SyncBatchNorm`` needs GPU tensors) -- see :mod:`tlalign_mm.utils.launch`;
+7. distributed without CUDA (CPU processes, e.g. ``dist_train.sh CONFIG 2`` on a laptop / CI;
+   ``--launcher pytorch`` only, ``slurm`` / ``mpi`` are refused without CUDA):
+   ``env_cfg.dist_cfg.backend`` becomes ``'gloo'`` (mmengine's default is nccl), the gloo process
+   group is initialised here from torchrun's environment (mmengine 0.10.7's ``init_dist`` calls
+   ``torch.cuda.set_device``, which raises without a GPU), and DDP is built with
+   ``device_ids=None`` (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU module);
+   ``SyncBN`` norm configs become ``BN`` (printed; torch's ``SyncBatchNorm`` needs GPU tensors) --
+   see ``tools/launch.py``; that process group is destroyed after training;
 8. builds the runner with ``Runner.from_cfg`` (or the config's ``runner_type``) and trains.
 """
 from __future__ import annotations
@@ -48,14 +51,17 @@ except ImportError:  # running from a source checkout without PYTHONPATH / insta
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import tlalign_mm  # noqa: F401
 
+# tools/ on sys.path: `python tools/train.py` has it already; a test loading this file by path does not
+_TOOLS = osp.dirname(osp.abspath(__file__))
+if _TOOLS not in sys.path:
+    sys.path.insert(0, _TOOLS)
+
+import launch  # noqa: E402  (tools/launch.py)
 import torch  # noqa: E402
+from config_checks import amp_to_fp32_without_cuda, check_downstream_config  # noqa: E402  (tools/config_checks.py)
+from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
 from mmengine.config import Config  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-
-# sync_bn_to_bn is applied by launch.prepare_cpu_distributed_cfg (distributed runs without CUDA)
-from tlalign_mm.models.config_checks import amp_to_fp32_without_cuda, check_downstream_config, sync_bn_to_bn  # noqa: E402,F401,E501
-from tlalign_mm.utils import launch  # noqa: E402
-from tlalign_mm.utils.launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
            'build_runner', 'main']
@@ -126,9 +132,11 @@ def main(argv=None):
     cfg = setup_cfg(args)
     check_downstream_config(cfg)
     register_scope(cfg)
-    setup_cpu_distributed(cfg, args.launcher, 'training')
+    cpu_dist = setup_cpu_distributed(cfg, args.launcher, 'training')
     runner = build_runner(cfg)
-    return runner.train()
+    model = runner.train()
+    launch.end_cpu_distributed(cpu_dist)
+    return model
 
 
 if __name__ == '__main__':

@@ -33,5 +33,5 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 # Mixed precision (dynamic loss scale). AmpOptimWrapper needs a GPU; without CUDA train in fp32 with
 # --cfg-options optim_wrapper.type=OptimWrapper
-# (tlalign_mm.models.config_checks.amp_to_fp32_without_cuda does the same in code).
+# (amp_to_fp32_without_cuda in tools/config_checks.py does the same in code).
 optim_wrapper = dict(type='AmpOptimWrapper')

@@ -1,9 +1,10 @@
 """Training-step time of a downstream config's model: our backbone vs the stock mm backbone.
 
-Both models are built from the same config (:func:`tlalign_mm.analysis.model_cost.build_analysis_model`:
-random init through ``init_weights`` with the checkpoint dropped, SyncBN -> BN), the second with
+Both models are built from the same config (:func:`model_cost.build_analysis_model`, in
+``tools/analysis/model_cost.py``: random init through ``init_weights`` with the checkpoint dropped,
+SyncBN -> BN), the second with
 ``model.backbone`` replaced by the stock OpenMMLab backbone of the same architecture
-(:func:`~tlalign_mm.analysis.model_cost.with_stock_backbone`: mmseg / mmdet ``SwinTransformer``,
+(:func:`~model_cost.with_stock_backbone`: mmseg / mmdet ``SwinTransformer``,
 mmseg ``VisionTransformer``).  Everything else -- neck, heads, losses, data preprocessor -- is
 the config's, with the same weights in both (copied from ours), so that RPN proposals and RoI
 sampling differ only through the backbone's features.
@@ -11,7 +12,7 @@ sampling differ only through the backbone's features.
 One step = what the runner's ``train_step`` does minus the optimizer: ``data_preprocessor(batch,
 training=True)``, ``model(**data, mode='loss')``, ``parse_losses``, ``backward``, ``zero_grad``.
 The batch is one random batch of ``--batch`` images of ``--shape`` with random annotations
-(:func:`~tlalign_mm.analysis.model_cost.make_dummy_batch`: a semantic map for mmseg, a few boxes
+(:func:`~model_cost.make_dummy_batch`: a semantic map for mmseg, a few boxes
 with masks for mmdet), copied before each step (outside the timed part).  For mmseg configs the
 data preprocessor's ``size`` is set to ``--shape`` (it would pad the batch to the config's crop).
 The two models alternate step by step (who goes first alternates too), with the same RNG seed
@@ -108,9 +109,7 @@ def train_step(model, batch: dict, amp_dtype=None):
 def run(args) -> dict:
     import torch
     from mmengine.config import Config
-    from torch.nn.modules.batchnorm import _BatchNorm
-
-    from tlalign_mm.analysis.model_cost import (
+    from model_cost import (  # tools/analysis/model_cost.py
         apply_input_shape,
         build_analysis_model,
         default_input_shape,
@@ -118,6 +117,8 @@ def run(args) -> dict:
         task_kind,
         with_stock_backbone,
     )
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     from tlalign_mm.analysis.timing import paired_ratios
 
     if args.threads:

@@ -198,16 +198,16 @@ DENSE_PAIRS = {
 def dense_compare(args, device):
     """Our DeiT-S / Swin-T vs mmseg's ViT / mmdet's Swin: forward+backward at --dense-size.
 
-    The stock backbone is built from ours by :func:`tlalign_mm.analysis.model_cost.stock_backbone_config`
+    The stock backbone is built from ours by :func:`model_cost.stock_backbone_config` (``tools/analysis/``)
     (the mapping the FLOPs and downstream tools use), in the codebase's own registry.
     """
     import mmdet.models  # noqa: F401  (registers mmdet's backbones)
     import mmseg.models  # noqa: F401
     from mmdet.registry import MODELS as MMDET_MODELS
     from mmseg.registry import MODELS as MMSEG_MODELS
+    from model_cost import stock_backbone_config  # tools/analysis/model_cost.py
 
     import tlalign_mm  # noqa: F401  (our registry: the configs name it across scopes)
-    from tlalign_mm.analysis.model_cost import stock_backbone_config
     from tlalign_mm.analysis.timing import paired_ratios
     registries = {'mmseg': MMSEG_MODELS, 'mmdet': MMDET_MODELS}
     s = args.dense_size

@@ -2,7 +2,7 @@
 
 Builds ``cfg.model`` with random weights (no checkpoint is read; SyncBN -> BN), feeds it one
 random batch of the given size through its data preprocessor and counts, with mmengine's
-``FlopAnalyzer`` on the model's ``'tensor'``-mode forward (:mod:`tlalign_mm.analysis.model_cost`):
+``FlopAnalyzer`` on the model's ``'tensor'``-mode forward (``tools/analysis/model_cost.py``):
 
 * parameters (M), total and per top-level part (backbone, neck, decode / auxiliary heads, RPN /
   RoI heads, classifier head);
@@ -114,8 +114,7 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
     from mmengine.config import Config
-
-    from tlalign_mm.analysis.model_cost import config_cost, default_input_shape, task_kind, with_stock_backbone
+    from model_cost import config_cost, default_input_shape, task_kind, with_stock_backbone  # tools/analysis/
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:

@@ -122,14 +122,17 @@ def pretrain_sync_check(iters: int, work_dir: str, cfg_options: dict | None = No
 
     ``cfg_options`` are merged into the config first (as ``--cfg-options``).
     """
-    import tlalign_mm  # noqa: F401  (registries)
     from mmengine.config import Config
     from mmengine.runner import Runner
+
+    import tlalign_mm  # noqa: F401  (registries)
     cfg = Config.fromfile(os.path.join(REPO, 'configs', 'pretrain', 'deit-small_tla_8xb128-300e_in1k.py'))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if not torch.cuda.is_available():  # a CPU smoke run (tests): fp32, as tools/train.py does
-        from tlalign_mm.models.config_checks import amp_to_fp32_without_cuda
+        if os.path.join(REPO, 'tools') not in sys.path:
+            sys.path.insert(0, os.path.join(REPO, 'tools'))
+        from config_checks import amp_to_fp32_without_cuda  # tools/config_checks.py
         amp_to_fp32_without_cuda(cfg)
     batch = cfg.train_dataloader.batch_size
     runner = Runner(

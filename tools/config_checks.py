@@ -1,12 +1,14 @@
 """Checks and CPU fallbacks for downstream (mmseg UperNet / mmdet Cascade Mask R-CNN) configs.
 
-Nothing here imports mmseg or mmdet at module level: the functions read an mmengine ``Config``
-(or any nested mapping) so that ``tools/train.py`` / ``tools/test.py`` can call them before the
-runner builds anything, and a mistake is reported by the config field that holds it instead of a
-shape error deep inside a forward pass.
+Used by ``tools/train.py`` / ``tools/test.py`` (and ``tools/launch.py``, ``tools/analysis/``); not
+part of the ``tlalign_mm`` package.  Nothing here imports mmseg or mmdet at module level: the
+functions read an mmengine ``Config`` (or any nested mapping) so that the tools can call them
+before the runner builds anything, and a mistake is reported by the config field that holds it
+instead of a shape error deep inside a forward pass.
 
 * :func:`check_downstream_config` -- crop / pad sizes divisible by the backbone's output stride,
-  and ``num_classes`` of every head equal to the dataset's number of classes.
+  and ``num_classes`` of every head equal to the dataset's number of classes (when the config or
+  the registered dataset class tells it; otherwise mmseg / mmdet report it when they build).
 * :func:`sync_bn_to_bn` -- ``norm_cfg`` ``SyncBN`` -> ``BN`` in ``cfg.model`` (distributed runs on
   CPU processes: torch's ``SyncBatchNorm`` refuses CPU tensors).  Single-process runs need
   nothing: mmengine 0.10.7's ``Runner.wrap_model`` already calls ``revert_sync_batchnorm`` when
@@ -16,22 +18,12 @@ shape error deep inside a forward pass.
 """
 from __future__ import annotations
 
-import importlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 __all__ = ['DownstreamConfigError', 'check_downstream_config', 'backbone_stride',
-           'dataset_num_classes', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda', 'KNOWN_NUM_CLASSES']
-
-KNOWN_NUM_CLASSES = {
-    # mmseg
-    'ADE20KDataset': 150, 'CityscapesDataset': 19, 'PascalVOCDataset': 21,
-    'PascalContextDataset': 60, 'PascalContextDataset59': 59, 'COCOStuffDataset': 171,
-    # mmdet
-    'CocoDataset': 80, 'VOCDataset': 20, 'CityscapesDataset(mmdet)': 8, 'LVISV1Dataset': 1203,
-}
-"""Classes of common datasets, used when the config gives no ``metainfo.classes`` and the dataset
-class cannot be imported (ADE20K after ``reduce_zero_label``: 150)."""
+           'dataset_num_classes', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda']
 
 _WRAPPERS = ('RepeatDataset', 'ClassBalancedDataset', 'MultiImageMixDataset', 'ConcatDataset')
 _DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -59,38 +51,31 @@ def _pair(v: Any) -> Optional[tuple[int, int]]:
     return None
 
 
-def _arch_get(backbone: Mapping, key: str, zoo: dict, default: Any) -> Any:
-    """A field of the backbone's ``arch`` (a dict, or a preset of ``zoo`` by name)."""
-    arch = _get(backbone, 'arch')
-    if isinstance(arch, Mapping) and key in arch:
-        return arch[key]
-    if isinstance(arch, str):
-        preset = zoo.get(arch.lower())
-        if preset is not None and key in preset:
-            return preset[key]
-    return default
-
-
 def backbone_stride(backbone: Mapping) -> Optional[int]:
     """Largest output stride (pixels per feature cell) of a backbone config, or None if unknown.
 
-    ``TLASwinTransformer`` / ``SwinTransformer``: ``patch_size * 2 ** (stages - 1)`` (32 for the
-    standard 4-stage, patch-4 model); ``TLAVisionTransformer`` / ``VisionTransformer``:
-    ``patch_size`` (16).  Known without importing the backbone classes.
+    * ``SwinTransformer`` with ``strides`` (mmseg / mmdet): their product (``(4, 2, 2, 2)``: 32);
+    * ``TLASwinTransformer`` / ``SwinTransformer`` otherwise: ``patch_size * 2 ** (stages - 1)``
+      (32 for the standard 4-stage, patch-4 model), the stages from ``depths`` or from ``arch``
+      resolved by :meth:`TLASwinTransformer.resolve_arch
+      <tlalign_mm.models.backbones.base.TLABackbone.resolve_arch>` (its ``arch_zoo``; default
+      ``'tiny'``); an arch it rejects gives None (the backbone's constructor reports it);
+    * ``TLAVisionTransformer`` / ``VisionTransformer``: ``patch_size`` (16).
     """
-    btype = str(_get(backbone, 'type', ''))
-    name = btype.rsplit('.', 1)[-1]
+    btype = _get(backbone, 'type', '')
+    name = btype.__name__ if isinstance(btype, type) else str(btype).rsplit('.', 1)[-1]
     if 'Swin' in name:
-        patch = int(_get(backbone, 'patch_size', 4) or 4)
-        depths = _get(backbone, 'depths') or _arch_get(
-            backbone, 'depths', {'tiny': (2, 2, 6, 2), 'small': (2, 2, 18, 2), 'base': (2, 2, 18, 2)},
-            (2, 2, 6, 2))
         strides = _get(backbone, 'strides')
-        if strides:  # mmseg SwinTransformer: (4, 2, 2, 2)
-            s = 1
-            for x in strides:
-                s *= int(x)
-            return s
+        if strides:  # mmseg / mmdet SwinTransformer: (4, 2, 2, 2)
+            return math.prod(int(x) for x in strides)
+        patch = int(_get(backbone, 'patch_size', 4) or 4)
+        depths = _get(backbone, 'depths')
+        if not depths:
+            from tlalign_mm.models.backbones.swin import TLASwinTransformer
+            try:
+                depths = TLASwinTransformer.resolve_arch(_get(backbone, 'arch') or 'tiny')['depths']
+            except ValueError:
+                return None
         return patch * 2 ** (len(depths) - 1)
     if 'VisionTransformer' in name or name in ('ViT', 'DeiT'):
         return int(_get(backbone, 'patch_size', 16) or 16)
@@ -115,44 +100,44 @@ def _iter_datasets(ds: Any, path: str):
     yield path, ds
 
 
-def _import_dataset_class(dtype: str, scope: Optional[str]):
-    """The dataset class named ``dtype`` from mmseg / mmdet, if importable (else None)."""
-    name = dtype.rsplit('.', 1)[-1]
-    prefix = dtype.split('.', 1)[0] if '.' in dtype else scope
-    if prefix not in ('mmseg', 'mmdet'):  # other scopes (e.g. pretraining): never import them
+def _dataset_class(dtype: Any, scope: Optional[str]) -> Optional[type]:
+    """The registered dataset class that a dataset config's ``type`` names, or None.
+
+    ``type`` may be a class, ``'scope.Name'`` or ``'Name'`` (looked up under ``scope``, the
+    config's ``default_scope``) in mmengine's root ``DATASETS`` registry, which imports the scope's
+    ``registry`` / ``datasets`` modules itself; a scope that does not import (mmseg / mmdet not
+    installed, a broken mmcv) or a name it does not know gives None.
+    """
+    if isinstance(dtype, type):
+        return dtype
+    key = str(dtype or '')
+    if '.' not in key:
+        if not key or not scope:
+            return None
+        key = f'{scope}.{key}'
+    try:
+        from mmengine.registry import DATASETS
+        return DATASETS.get(key)
+    except Exception:  # the scope's modules failed to import: nothing to check against
         return None
-    pkgs = [f'{prefix}.datasets']
-    for pkg in pkgs:
-        try:
-            mod = importlib.import_module(pkg)
-        except Exception:  # not installed, or a broken mmcv: fall back to the table
-            continue
-        cls = getattr(mod, name, None)
-        if cls is not None:
-            return cls
-    return None
 
 
 def dataset_num_classes(ds: Mapping, scope: Optional[str] = None) -> Optional[int]:
     """Number of classes of a (leaf) dataset config, or None when it cannot be told.
 
-    Order: ``metainfo.classes`` in the config; the dataset class's ``METAINFO['classes']`` when
-    mmseg / mmdet import; :data:`KNOWN_NUM_CLASSES`.
+    Order: ``metainfo.classes`` in the config; the ``METAINFO['classes']`` of the registered
+    dataset class (:func:`_dataset_class`: e.g. 150 for mmseg's ``ADE20KDataset``, 80 for mmdet's
+    ``CocoDataset``).  None when neither gives a sequence of classes.
     """
     meta = _get(ds, 'metainfo')
     classes = _get(meta, 'classes') if meta is not None else None
     if classes is not None and not isinstance(classes, str):
         return len(classes)
-    dtype = str(_get(ds, 'type', ''))
-    cls = _import_dataset_class(dtype, scope) if dtype else None
-    if cls is not None:
-        meta = getattr(cls, 'METAINFO', None) or {}
-        if meta.get('classes') is not None:
-            return len(meta['classes'])
-    name = dtype.rsplit('.', 1)[-1]
-    if name == 'CityscapesDataset' and scope == 'mmdet':
-        name = 'CityscapesDataset(mmdet)'
-    return KNOWN_NUM_CLASSES.get(name)
+    cls = _dataset_class(_get(ds, 'type'), scope)
+    classes = (getattr(cls, 'METAINFO', None) or {}).get('classes') if cls is not None else None
+    if classes is not None and not isinstance(classes, str):
+        return len(classes)
+    return None
 
 
 def _head_num_classes(model: Mapping) -> list[tuple[str, int]]:
@@ -223,7 +208,7 @@ def check_downstream_config(cfg: Any) -> None:
     * ``num_classes`` of every head (``decode_head``, ``auxiliary_head``, ``roi_head.bbox_head``,
       ``roi_head.mask_head``...) equal to the classes of every dataset in the train / val / test
       dataloaders (:func:`dataset_num_classes`; datasets whose class count cannot be told are
-      skipped).
+      skipped: mmseg / mmdet report those when they build the dataset).
 
     Configs whose backbone is not a ViT / Swin (stride unknown) get only the class check; configs
     without ``model`` are accepted unchanged (pretraining configs may be passed too).

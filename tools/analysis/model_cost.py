@@ -1,5 +1,10 @@
 """Parameters and FLOPs of the models our configs build, and the stock OpenMMLab backbone to compare with.
 
+The shared module of the cost tools in ``tools/analysis/`` (``get_flops.py``,
+``benchmark_downstream.py``, ``benchmark_label_path.py``), imported as ``model_cost`` with this
+folder on ``sys.path`` (a script's own folder is); not part of the ``tlalign_mm`` package.  It puts
+``tools/`` on ``sys.path`` for ``config_checks`` and ``launch``.
+
 What is counted, and how:
 
 * the model of any of our configs -- pretraining (``TLAImageClassifier``, scope ``tlalign_mm``),
@@ -18,14 +23,16 @@ What is counted, and how:
   mmseg / mmdet backbone of the same architecture (``tools/analysis/get_flops.py
   --compare-stock``, ``tools/analysis/benchmark_downstream.py``).
 
-Only torch, timm and mmengine are imported at module level; mmseg / mmdet are imported inside
-the functions that need them (those of an mmseg / mmdet config).
+Only torch, mmengine and the tools' ``config_checks`` / ``launch`` are imported at module level;
+mmseg / mmdet are imported inside the functions that need them (those of an mmseg / mmdet config).
 """
 from __future__ import annotations
 
 import copy
 import functools
 import math
+import os.path as osp
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,7 +41,12 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from ..models.config_checks import _get
+_TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _TOOLS not in sys.path:  # tools/config_checks.py, tools/launch.py
+    sys.path.insert(0, _TOOLS)
+
+from config_checks import _get, sync_bn_to_bn  # noqa: E402
+from launch import register_scope  # noqa: E402
 
 __all__ = ['ModelCost', 'task_kind', 'build_analysis_model', 'default_input_shape', 'apply_input_shape',
            'make_dummy_batch', 'sdpa_flop_jit', 'SDPA_OPS', 'flop_analyzer', 'measure_cost', 'config_cost',
@@ -133,7 +145,6 @@ def _register(cfg: Any) -> str:
     from mmengine.registry import init_default_scope
 
     import tlalign_mm  # noqa: F401  (registers TLA* into tlalign_mm / mmseg / mmdet MODELS)
-    from tlalign_mm.utils.launch import register_scope
 
     scope = register_scope(cfg) or 'tlalign_mm'
     init_default_scope(scope)
@@ -144,9 +155,9 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
                          seed: int = 0) -> nn.Module:
     """Build ``cfg.model`` for cost analysis: random weights, no checkpoint, eval mode.
 
-    Steps: :func:`tlalign_mm.utils.launch.register_scope` (mmseg / mmdet modules by
+    Steps: :func:`launch.register_scope` (``tools/launch.py``: mmseg / mmdet modules by
     ``cfg.default_scope``) and that scope made the default (``init_default_scope``); on a copy of
-    the config, ``SyncBN`` -> ``BN`` (:func:`tlalign_mm.models.config_checks.sync_bn_to_bn`) and the
+    the config, ``SyncBN`` -> ``BN`` (:func:`config_checks.sync_bn_to_bn`, ``tools/config_checks.py``) and the
     backbone's ``init_cfg`` / ``pretrained`` (and the model's ``pretrained`` and ``Pretrained``
     ``init_cfg``) removed; mmengine's
     root ``MODELS.build``, which resolves the type in the default scope; mmengine's
@@ -169,8 +180,6 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS
 
-    from tlalign_mm.models.config_checks import sync_bn_to_bn
-
     if _get(cfg, 'model') is None:
         raise ValueError('the config has no `model` field: pass a training config (configs/pretrain, '
                          'configs/upernet, configs/cascade_mask_rcnn, configs/demo)')
@@ -189,7 +198,7 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
     model = MODELS.build(model_cfg)
     model = revert_sync_batchnorm(model)
     if init_weights:
-        from .build import quiet_init_weights
+        from tlalign_mm.analysis.build import quiet_init_weights
         quiet_init_weights(model)
     return model.to(device).eval()
 
@@ -197,8 +206,8 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
 # -------------------------------------------------------------------------------- dummy batch
 def _num_classes(cfg: Any, kind: str) -> int:
     model = _get(cfg, 'model') or {}
-    if kind == 'cls':
-        n = _get(model, 'num_classes')
+    if kind == 'cls':  # TLAImageClassifier: num_classes, or its head's
+        n = _get(model, 'num_classes') or _get(_get(model, 'head') or {}, 'num_classes')
     elif kind == 'seg':
         head = _get(model, 'decode_head') or {}
         n = _get(head[0] if isinstance(head, Sequence) else head, 'num_classes')

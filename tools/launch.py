@@ -1,5 +1,8 @@
 """What ``tools/train.py`` and ``tools/test.py`` share: command line, config loading, scope, CPU DDP.
 
+A tools-side module (not part of the ``tlalign_mm`` package): the tools put ``tools/`` on
+``sys.path`` and ``import launch``.
+
 Both tools take the same trailing options (``--cfg-options``, ``--launcher``, ``--local_rank``),
 load the config the same way (``--cfg-options`` merged, work dir ``--work-dir`` > the config's
 ``work_dir`` > ``./work_dirs/<config file stem>``), register mmseg's / mmdet's modules by the
@@ -10,26 +13,31 @@ config's ``default_scope``, and make a distributed run work on a machine without
 * :func:`load_cfg` -- ``Config.fromfile`` + ``launcher`` + ``--cfg-options`` + work dir;
 * :func:`register_scope` -- ``register_all_modules(init_default_scope=False)`` of mmseg / mmdet;
 * :func:`prepare_cpu_distributed_cfg` / :func:`setup_cpu_distributed` -- gloo backend, DDP with
-  ``device_ids=None``, ``SyncBN`` -> ``BN``, and the process group started without
-  ``torch.cuda.set_device``;
+  ``device_ids=None``, ``SyncBN`` -> ``BN``, and the gloo process group initialised from the
+  torchrun environment (``--launcher pytorch``; mmengine's ``init_dist`` would call
+  ``torch.cuda.set_device``, which raises without a GPU); ``slurm`` / ``mpi`` without CUDA are
+  refused with an error naming ``--launcher pytorch``; :func:`end_cpu_distributed` destroys that
+  process group after the run;
 * :func:`build_runner` -- ``Runner.from_cfg`` or the config's ``runner_type``.
 
-Only torch and mmengine are imported at module level: mmseg / mmdet are imported inside
-:func:`register_scope`'s branches, and tlalign_mm's config checks inside
-:func:`prepare_cpu_distributed_cfg`.
+Only torch, mmengine and ``config_checks`` (next to this file; standard library only) are imported
+at module level: mmseg / mmdet are imported inside :func:`register_scope`'s branches.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import os.path as osp
 from collections.abc import Sequence
 
 import torch
+from config_checks import sync_bn_to_bn
 from mmengine.config import Config, ConfigDict, DictAction
 
 __all__ = ['add_launch_args', 'parse_launch_args', 'load_cfg', 'register_scope',
-           'prepare_cpu_distributed_cfg', 'setup_cpu_distributed', 'build_runner']
+           'prepare_cpu_distributed_cfg', 'TORCHRUN_ENV', 'init_gloo_from_torchrun_env', 'setup_cpu_distributed',
+           'end_cpu_distributed', 'build_runner']
 
 
 def add_launch_args(parser: argparse.ArgumentParser, dist_script: str) -> argparse.ArgumentParser:
@@ -115,7 +123,7 @@ def prepare_cpu_distributed_cfg(cfg: Config, task: str = 'training') -> None:
       written when the config has none, and a DDP-derived wrapper without ``device_ids`` gets it
       (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU module);
     * ``norm_cfg`` ``SyncBN`` -> ``BN`` under ``cfg.model``
-      (:func:`tlalign_mm.models.config_checks.sync_bn_to_bn`; printed when anything changed): torch's
+      (:func:`config_checks.sync_bn_to_bn`; printed when anything changed): torch's
       ``SyncBatchNorm`` refuses CPU tensors, so the statistics are per process.
 
     Args:
@@ -147,37 +155,83 @@ def prepare_cpu_distributed_cfg(cfg: Config, task: str = 'training') -> None:
         if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
             wrapper.device_ids = None
 
-    from tlalign_mm.models.config_checks import sync_bn_to_bn
     changed = sync_bn_to_bn(cfg)
     if changed:
         print(f'[tlalign_mm] CUDA is not available: SyncBN -> BN in {", ".join(changed)} '
               '(torch SyncBatchNorm needs GPU tensors; statistics are per process)', flush=True)
 
 
+#: what ``torch.distributed``'s ``env://`` initialisation reads; torchrun sets all four
+TORCHRUN_ENV = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def init_gloo_from_torchrun_env(dist_cfg: dict | None = None) -> None:
+    """``torch.distributed.init_process_group(backend='gloo')`` from the torchrun environment.
+
+    What mmengine's ``init_dist('pytorch', **dist_cfg)`` does, minus its ``torch.cuda.set_device``:
+    ``rank`` / ``world_size`` from ``RANK`` / ``WORLD_SIZE``, the rendezvous ``env://`` from
+    ``MASTER_ADDR`` / ``MASTER_PORT``; ``dist_cfg`` (``env_cfg.dist_cfg``) passes its other keys on,
+    ``timeout`` in seconds (mmengine's convention) turned into a ``timedelta``; its ``backend`` is
+    ignored (gloo: the only CPU backend here).
+
+    Raises:
+        RuntimeError: a variable of :data:`TORCHRUN_ENV` is not set (not started by torchrun /
+            ``tools/dist_train.sh`` / ``tools/dist_test.sh``).
+    """
+    missing = [k for k in TORCHRUN_ENV if k not in os.environ]
+    if missing:
+        raise RuntimeError(f'--launcher pytorch: {", ".join(missing)} not set; start the processes with '
+                           'torchrun (tools/dist_train.sh / tools/dist_test.sh), which sets '
+                           f'{", ".join(TORCHRUN_ENV)}')
+    kwargs = dict(dist_cfg or {})
+    kwargs.pop('backend', None)
+    if kwargs.get('timeout') is not None:
+        kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+    torch.distributed.init_process_group(backend='gloo', init_method='env://', rank=int(os.environ['RANK']),
+                                         world_size=int(os.environ['WORLD_SIZE']), **kwargs)
+
+
 def setup_cpu_distributed(cfg: Config, launcher: str, task: str = 'training') -> bool:
     """On a machine without CUDA, prepare ``cfg`` for a distributed run and start the process group.
 
     Does nothing (returns False) for ``launcher='none'`` or when CUDA is available.  Otherwise
-    :func:`prepare_cpu_distributed_cfg` (gloo, DDP ``device_ids=None``, SyncBN -> BN), then
-    ``mmengine.dist.init_dist(launcher, **dist_cfg)`` with ``torch.cuda.set_device`` made a no-op
-    for the call (mmengine 0.10.7 calls it for every launcher and it raises without a GPU).  The
-    Runner then finds the process group initialised and uses it.  Returns True in that case.
+    :func:`prepare_cpu_distributed_cfg` (gloo, DDP ``device_ids=None``, SyncBN -> BN), then, unless
+    a process group exists already, :func:`init_gloo_from_torchrun_env`; the Runner then finds the
+    process group initialised and uses it.  Returns True in that case.
 
     Args:
         cfg: the config (changed in place).
         launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
         task: passed to :func:`prepare_cpu_distributed_cfg` (``'training'`` / ``'testing'``).
+
+    Raises:
+        RuntimeError: ``launcher`` ``'slurm'`` or ``'mpi'`` without CUDA (distributed CPU runs are
+            supported with ``--launcher pytorch`` only); as :func:`init_gloo_from_torchrun_env`.
     """
     if launcher == 'none' or torch.cuda.is_available():
         return False
+    if launcher != 'pytorch':
+        raise RuntimeError(f'--launcher {launcher} needs CUDA, which is not available; distributed runs on CPU '
+                           'processes are supported with --launcher pytorch (torchrun: tools/dist_train.sh, '
+                           'tools/dist_test.sh)')
     prepare_cpu_distributed_cfg(cfg, task)
-    from unittest import mock
-
-    from mmengine.dist import init_dist, is_distributed
-    if not is_distributed():
-        with mock.patch.object(torch.cuda, 'set_device', lambda *a, **k: None):
-            init_dist(launcher, **cfg.env_cfg.dist_cfg)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        init_gloo_from_torchrun_env(cfg.env_cfg.dist_cfg)
     return True
+
+
+def end_cpu_distributed(started: bool) -> None:
+    """Destroy the process group of a CPU distributed run once the run has finished.
+
+    Call it with :func:`setup_cpu_distributed`'s return value after a successful ``train()`` /
+    ``test()`` (not on an error: a rank that destroys while others still communicate can hang).
+    A gloo process group left to interpreter shutdown may abort the process (SIGABRT, "terminate
+    called without an active exception") after the run has finished; torch asks for
+    ``destroy_process_group()`` at the end of a run.  Nothing happens when ``started`` is False or
+    no process group exists.
+    """
+    if started and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def build_runner(cfg: Config):
