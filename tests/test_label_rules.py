@@ -251,3 +251,166 @@ def test_bad_rule_options_name_the_option():
         _model(dict(type='TransMix', area_weight=1.5))
     with pytest.raises(ValueError, match='dense_weight'):
         _model(dict(type='DenseTLAlign', dense_weight=-1))
+
+
+def _teacher_files(tmp_path):
+    """A tiny DeiT classifier config + checkpoint with non-uniform per-token class maps."""
+    cfg = tmp_path / 'teacher.py'
+    cfg.write_text(
+        "model = dict(type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5),\n"
+        "             backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=24, num_layers=2, num_heads=2),\n"
+        "                           img_size=32, patch_size=8, out_type='cls_token'))\n")
+    torch.manual_seed(5)
+    t = MODELS.build(dict(type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=K),
+                          backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=24, num_layers=2, num_heads=2),
+                                        img_size=32, patch_size=8, out_type='cls_token')))
+    t.init_weights()
+    torch.nn.init.normal_(t.head.fc.weight, std=1.0)
+    ckpt = tmp_path / 'teacher.pth'
+    torch.save({'state_dict': t.state_dict(), 'meta': {}}, ckpt)
+    return str(cfg), str(ckpt), t
+
+
+def _tokenmix_student(teacher, mask='block'):
+    torch.manual_seed(0)
+    m = MODELS.build(dict(
+        type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=K), label_smoothing=SMOOTH,
+        backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=2, num_heads=2),
+                      img_size=32, patch_size=8, out_type='cls_token'),
+        label_rule=dict(type='TokenMix', teacher=teacher),
+        data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=1,
+                               mixer=dict(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask=mask,
+                                          tokenmix_lam=0.5, tokenmix_min_tokens=2, patch_size=8))))
+    m.init_weights()
+    return m.eval()
+
+
+def test_tokenmix_target_is_the_kept_share_of_the_teacher_cam(tmp_path):
+    cfg, ckpt, t = _teacher_files(tmp_path)
+    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt))
+    assert 'teacher' not in dict(m.named_children()) and not any('teacher' in k for k in m.state_dict())
+    data = m.data_preprocessor(_batch(), training=True)
+    mix = data['mix']
+    assert mix.mode == 'tokenmix' and abs(float(mix.lam[0]) - (1 - 10 / 16)) < 1e-6   # 8 + 2 of 16 cells
+    # reference: the teacher's head on each final patch token, the class of each image, ReLU, sum 1
+    t.eval()
+    with torch.no_grad():
+        t.backbone.out_type = 'raw'
+        tok = t.backbone(mix.source_images)[-1][:, 1:]                      # (B, 16, C)
+        logits = t.head.fc(tok)
+    labels = torch.tensor([ds.gt_label.item() for ds in data['data_samples']])
+    cam = logits[torch.arange(len(labels)), :, labels].clamp_min(0)
+    cam = cam / cam.sum(1, keepdim=True)
+    s = mix.share_b
+    w_a = ((1 - s) * cam).sum(1)
+    w_b = (s * cam[mix.partner]).sum(1)
+    y_a, y_b = _targets(m, data)
+    out, got = _loss_with_target(m, data)
+    torch.testing.assert_close(got, w_a[:, None] * y_a + w_b[:, None] * y_b, atol=1e-6, rtol=0)
+    area = mix.lam[:, None] * y_a + (1 - mix.lam[:, None]) * y_b
+    assert (got - area).abs().max() > 1e-2
+    assert torch.allclose(out['align/lam_aligned'], w_a.mean())
+
+
+def test_tokenmix_with_a_timm_teacher(tmp_path):
+    import timm
+    torch.manual_seed(2)
+    t = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=K, img_size=32, patch_size=8)
+    torch.nn.init.normal_(t.head.weight, std=1.0)
+    torch.save(t.state_dict(), tmp_path / 'timm.pth')
+    m = _tokenmix_student(dict(timm='vit_tiny_patch16_224', checkpoint=str(tmp_path / 'timm.pth'),
+                               img_size=32, patch_size=8), mask='random')
+    data = m.data_preprocessor(_batch(), training=True)
+    mix = data['mix']
+    t.eval()
+    with torch.no_grad():
+        logits = t.head(t.forward_features(mix.source_images)[:, 1:])
+    labels = torch.tensor([ds.gt_label.item() for ds in data['data_samples']])
+    cam = logits[torch.arange(len(labels)), :, labels].clamp_min(0)
+    cam = cam / cam.sum(1, keepdim=True)
+    w_a = ((1 - mix.share_b) * cam).sum(1)
+    w_b = (mix.share_b * cam[mix.partner]).sum(1)
+    y_a, y_b = _targets(m, data)
+    torch.testing.assert_close(_loss_with_target(m, data)[1], w_a[:, None] * y_a + w_b[:, None] * y_b,
+                               atol=1e-6, rtol=0)
+
+
+def test_tokenmix_without_a_teacher_fails_at_build(tmp_path):
+    with pytest.raises(ValueError, match='label rule TokenMix needs a teacher'):
+        _tokenmix_student(None)
+    with pytest.raises(ValueError, match='label rule TokenMix needs a teacher'):
+        _tokenmix_student(dict(config='x.py'))
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        cfg, _, _ = _teacher_files(tmp_path)
+        _tokenmix_student(dict(config=cfg, checkpoint=str(tmp_path / 'nope.pth')))
+
+
+def test_block_mask_cells_cover_rectangles_of_the_count():
+    import random as pyrandom
+
+    from tlalign_mm.mixing import BatchMixer
+    from tlalign_mm.mixing.mixers import block_mask_cells
+    rng = pyrandom.Random(0)
+    for count in (1, 20, 98 + 14, 196):
+        grid = torch.tensor(block_mask_cells(14, 14, count, rng))
+        assert set(grid.unique().tolist()) <= {0, 1} and 0 < grid.sum() <= count
+        assert grid.sum() >= 0.8 * count                    # BEiT-style blocks reach (nearly) the count
+    # blocks are contiguous: far fewer 0/1 edges than a scattered mask with as many cells
+    grid = torch.tensor(block_mask_cells(14, 14, 98, pyrandom.Random(1))).float()
+    edges = (grid[1:] != grid[:-1]).sum() + (grid[:, 1:] != grid[:, :-1]).sum()
+    assert edges < 0.5 * 2 * 13 * 14 * 0.5
+    mixer = BatchMixer(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask='block', tokenmix_lam=0.5,
+                       patch_size=4)
+    res = mixer(torch.rand(4, 3, 56, 56), generator=pyrandom.Random(3))
+    assert res.mode == 'tokenmix'
+    torch.testing.assert_close(res.lam, 1 - res.share_b.mean(1))
+    assert torch.equal(res.mask[0].view(14, 4, 14, 4).mean((1, 3)).flatten(), res.share_b[0])
+    with pytest.raises(ValueError, match='tokenmix_mask'):
+        BatchMixer(tokenmix_alpha=1.0, tokenmix_mask='grid')
+
+
+# ---------------------------------------------------------------- every rule through tools/train.py
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = os.path.join(REPO, 'data', 'demo', 'fashion_mnist')
+SHORT = ['train_cfg.max_epochs=1', 'train_dataloader.dataset.indices=96', 'val_dataloader.dataset.indices=64',
+         'train_dataloader.batch_size=16', 'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+         'train_dataloader.persistent_workers=False', 'val_dataloader.persistent_workers=False',
+         'default_hooks.logger.interval=2']
+
+
+def _train(config, work_dir, *options):
+    import subprocess
+    cmd = [sys.executable, os.path.join(REPO, 'tools', 'train.py'), config, '--work-dir', str(work_dir),
+           '--cfg-options', *SHORT, *options]
+    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=REPO)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope='module')
+def demo_teacher(tmp_path_factory):
+    """The demo TL-Align model trained 1 short epoch: TokenMix's teacher."""
+    work = tmp_path_factory.mktemp('teacher')
+    _train('configs/demo/deit-demo_tla_1xb64-10e_fashion-mnist.py', work)
+    return str(work / 'epoch_1.pth')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(FMNIST), reason='demo data missing: run tools/prepare_demo_data.py')
+@pytest.mark.parametrize('rule', ['cutmix', 'tla', 'transmix', 'tla-dense', 'tla-last', 'tla-nores', 'tokenmix'])
+def test_each_rule_trains_through_train_py(rule, tmp_path, request):
+    """Each rule's demo config trains through tools/train.py on the real demo images: the rule's
+    loss terms and statistics are logged, the checkpoint holds no teacher."""
+    options = []
+    if rule == 'tokenmix':
+        options.append(f'model.label_rule.teacher.checkpoint={request.getfixturevalue("demo_teacher")}')
+    log = _train(f'configs/demo/deit-demo_{rule}_1xb64-10e_fashion-mnist.py', tmp_path, *options)
+    assert 'Epoch(train) [1][6/6]' in log and 'accuracy/top1' in log
+    assert ('loss_dense' in log) == (rule == 'tla-dense')
+    assert 'align/lam_aligned' in log
+    import tlalign_mm  # noqa: F401
+    sd = torch.load(tmp_path / 'epoch_1.pth', map_location='cpu', weights_only=True)['state_dict']
+    assert not any('teacher' in k for k in sd)
+    assert any(k.startswith('label_rule.token_head') for k in sd) == (rule == 'tla-dense')

@@ -20,29 +20,89 @@ TIMM_NAME = {'deit-tiny': 'deit_tiny_patch16_224', 'deit-small': 'deit_small_pat
              'swin-small': 'swin_small_patch4_window7_224', 'swin-base': 'swin_base_patch4_window7_224'}
 
 
-def test_all_twelve_pretrain_configs_exist():
-    names = {os.path.basename(p) for p in PRETRAIN_CONFIGS}
-    for arch in TIMM_NAME:
-        for variant in ('tla', 'cutmix'):
-            assert f'{arch}_{variant}_8xb128-300e_in1k.py' in names
+# Every pretraining / demo classification config and what its built model must be: the model
+# family (timm's parameter count), the label rule, where the target is read, which blocks align,
+# the residual rule, and the mixer.  A config that is added without a row here fails
+# test_every_config_has_a_row.
+_ALL = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+_TOKEN_CUTMIX = dict(mode='token', cutmix_alpha=1.0, mixup_alpha=0.0, tokenmix_alpha=0.0)
+_TOKENMIX = dict(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask='block', tokenmix_lam=0.5)
 
 
-@pytest.mark.parametrize('path', PRETRAIN_CONFIGS, ids=os.path.basename)
-def test_pretrain_config_builds_with_timm_param_count(path):
+def _row(rule, readout, blocks=None, residual=True, mixer=_TOKEN_CUTMIX, classes=1000, epochs=300):
+    return dict(rule=rule, readout=readout, blocks=blocks, residual=residual, mixer=mixer, classes=classes,
+                epochs=epochs)
+
+
+CONFIG_TABLE = {}
+for _arch in ('deit-tiny', 'deit-small', 'deit-base', 'swin-tiny', 'swin-small', 'swin-base'):
+    _ro = 'cls' if _arch.startswith('deit') else 'mean'
+    _n = {'deit': 12, 'swin-tiny': 12, 'swin-small': 24, 'swin-base': 24}[_arch.split('-')[0] if 'deit' in _arch else _arch]
+    CONFIG_TABLE[f'pretrain/{_arch}_tla_8xb128-300e_in1k.py'] = _row('TLAlignRule', _ro, list(range(_n)))
+    CONFIG_TABLE[f'pretrain/{_arch}_cutmix_8xb128-300e_in1k.py'] = _row('AreaRule', _ro, list(range(_n)))
+for _arch in ('deit-small', 'swin-tiny'):
+    _ro = 'cls' if _arch.startswith('deit') else 'mean'
+    CONFIG_TABLE.update({
+        f'pretrain/{_arch}_transmix_8xb128-300e_in1k.py': _row('TransMixRule', _ro, [11], residual=False),
+        f'pretrain/{_arch}_tla-dense_8xb128-300e_in1k.py': _row('DenseTLAlignRule', _ro, _ALL),
+        f'pretrain/{_arch}_tla-last_8xb128-300e_in1k.py': _row('TLAlignRule', _ro, [11]),
+        f'pretrain/{_arch}_tla-nores_8xb128-300e_in1k.py': _row('TLAlignRule', _ro, _ALL, residual=False),
+        f'pretrain/{_arch}_tokenmix_8xb128-300e_in1k.py': _row('TokenMixRule', _ro, _ALL, mixer=_TOKENMIX),
+    })
+_DEMO = dict(classes=10, epochs=10)
+CONFIG_TABLE.update({
+    'demo/deit-demo_tla_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'cls', [0, 1, 2, 3], **_DEMO),
+    'demo/deit-demo_cutmix_1xb64-10e_fashion-mnist.py': _row('AreaRule', 'cls', [0, 1, 2, 3], **_DEMO),
+    'demo/deit-demo_transmix_1xb64-10e_fashion-mnist.py': _row('TransMixRule', 'cls', [3], residual=False, **_DEMO),
+    'demo/deit-demo_tla-dense_1xb64-10e_fashion-mnist.py': _row('DenseTLAlignRule', 'cls', [0, 1, 2, 3], **_DEMO),
+    'demo/deit-demo_tla-last_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'cls', [3], **_DEMO),
+    'demo/deit-demo_tla-nores_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'cls', [0, 1, 2, 3], residual=False,
+                                                                **_DEMO),
+    'demo/deit-demo_tokenmix_1xb64-10e_fashion-mnist.py': _row('TokenMixRule', 'cls', [0, 1, 2, 3], mixer=_TOKENMIX,
+                                                               **_DEMO),
+    'demo/swin-demo_tla_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'mean', list(range(8)), **_DEMO),
+})
+
+
+def test_every_config_has_a_row():
+    on_disk = {os.path.relpath(p, os.path.join(REPO, 'configs')) for p in
+               PRETRAIN_CONFIGS + glob.glob(os.path.join(REPO, 'configs', 'demo', '*_fashion-mnist.py'))}
+    assert on_disk == set(CONFIG_TABLE)
+
+
+@pytest.mark.parametrize('name', sorted(CONFIG_TABLE))
+def test_config_builds_the_model_of_its_row(name, tmp_path):
+    want = CONFIG_TABLE[name]
     init_default_scope('tlalign_mm')
-    cfg = Config.fromfile(path)
+    cfg = Config.fromfile(os.path.join(REPO, 'configs', name))
+    teacher = cfg.model.label_rule.get('teacher')
+    if teacher is not None:   # TokenMix: a checkpoint of the teacher config, written here
+        tcfg = Config.fromfile(os.path.join(REPO, teacher.config)).model
+        torch.save({'state_dict': MODELS.build(tcfg).state_dict()}, tmp_path / 'teacher.pth')
+        teacher.checkpoint = str(tmp_path / 'teacher.pth')
     model = MODELS.build(cfg.model)
-    arch = os.path.basename(path).split('_')[0]
-    ref = timm.create_model(TIMM_NAME[arch], pretrained=False, num_classes=1000)
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert model.tl_align == ('_tla_' in path)
-    assert model.target_readout == ('cls' if arch.startswith('deit') else 'mean')
-    # recipe facts
-    assert cfg.train_cfg.max_epochs == 300
+    arch = os.path.basename(name).split('_')[0]
+    params = {n: p.numel() for n, p in model.named_parameters() if not n.startswith('label_rule.')}
+    if arch in TIMM_NAME:
+        ref = timm.create_model(TIMM_NAME[arch], pretrained=False, num_classes=1000)
+        assert sum(params.values()) == sum(p.numel() for p in ref.parameters())
+    assert type(model.label_rule).__name__ == want['rule']
+    assert model.num_classes == want['classes'] and cfg.train_cfg.max_epochs == want['epochs']
+    assert model.target_readout == want['readout']
+    blocks = model.backbone.label_blocks()
+    assert [i for i, b in enumerate(blocks) if b.align_labels] == (want['blocks'] if want['blocks'] != _ALL
+                                                                   else list(range(len(blocks))))
+    assert all(b.label_residual == want['residual'] for b in blocks)
+    mixer = model.data_preprocessor.mixer
+    assert mixer.patch_size == model.backbone.patch_size
+    for key, value in want['mixer'].items():
+        assert getattr(mixer, 'cutmix_mode' if key == 'mode' else key) == value, key
     assert cfg.model.label_smoothing == 0.1
-    assert cfg.model.data_preprocessor.mixer.mixup_alpha == 0.0
-    assert cfg.model.data_preprocessor.mixer.cutmix_alpha == 1.0
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'   # fp32 fallback without CUDA in tools/train.py
+    if name.startswith('pretrain/'):
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'   # fp32 fallback without CUDA in tools/train.py
+        assert cfg.model.backbone.label_dtype == 'auto'
+    if want['rule'] == 'DenseTLAlignRule':
+        assert model.label_rule.token_head.out_features == want['classes']
 
 
 def _tiny_cfg(tl_align=True, label_channels='source', arch='vit'):
@@ -187,18 +247,6 @@ def test_seeded_mixing_continues_after_resume():
     resumed.load_state_dict(state)
     again = resumed.data_preprocessor(batch, training=True)['mix']
     assert torch.equal(again.share_b, run[2].share_b) and torch.equal(again.lam, run[2].lam)
-
-
-@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', 'demo', '*_fashion-mnist.py'))),
-                         ids=os.path.basename)
-def test_demo_configs_build(path):
-    """The demo pretraining configs (test_downstream.py checks the downstream demo configs,
-    test_demo_chain.py trains them)."""
-    init_default_scope('tlalign_mm')
-    cfg = Config.fromfile(path)
-    model = MODELS.build(cfg.model)
-    assert model.num_classes == 10 and model.tl_align == ('_tla_' in path)
-    assert model.data_preprocessor.mixer.patch_size == model.backbone.patch_size
 
 
 def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build():

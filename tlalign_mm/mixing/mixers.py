@@ -17,9 +17,13 @@ Behaviour and where it comes from:
   the token fraction actually kept.  Difference: the box extent uses timm's rounding
   (``cut // 2`` before and ``(cut + 1) // 2`` after the centre), so an unclipped box has exactly
   ``cut`` cells; the reference uses ``cut // 2`` on both sides (even sizes only).
-* TokenMix-style scattered masks (``tokenmix_alpha > 0``) follow the ``tokenmix_mask_and_lam``
-  helper in the same ``tla.py``: a uniformly random subset of ``round((1 - lam) * N)`` tokens
-  comes from B.
+* TokenMix masks (``tokenmix_alpha > 0``): ``tokenmix_mask='random'`` (scattered) follows the
+  ``tokenmix_mask_and_lam`` helper in the same ``tla.py``: a uniformly random subset of
+  ``round((1 - lam) * N)`` tokens comes from B; ``tokenmix_mask='block'`` draws rectangles of
+  random area and aspect ratio until that many cells are covered, as TokenMix's
+  ``generate_mask`` (github Sense-X/TokenMix ``tokenmix.py``; BEiT's block masking).
+  ``tokenmix_min_tokens`` adds cells as TokenMix's ``minimum_tokens`` (14 there, with
+  ``int``), and ``tokenmix_lam`` fixes lam as its ``lam_constant`` (0.5 there).
 * Unlike ``TL_AlignMix`` (which asserts an even batch and redraws until ``lam != 1``), odd
   batches are accepted -- the middle sample is its own partner and is reported unmixed -- and
   ``prob`` is honoured as in timm.
@@ -47,12 +51,14 @@ from ..align.token_labels import (
     smooth_one_hot,
 )
 
-__all__ = ['MixResult', 'BatchMixer', 'MIX_MODES', 'CUTMIX_MODES']
+__all__ = ['MixResult', 'BatchMixer', 'MIX_MODES', 'CUTMIX_MODES', 'TOKENMIX_MASKS', 'block_mask_cells']
 
 #: Values of :attr:`MixResult.mode`.
 MIX_MODES = ('token_cutmix', 'cutmix', 'mixup', 'tokenmix', 'none')
 #: Values of ``BatchMixer(cutmix_mode=...)``.
 CUTMIX_MODES = ('token', 'pixel')
+#: Values of ``BatchMixer(tokenmix_mask=...)``.
+TOKENMIX_MASKS = ('random', 'block')
 
 
 @dataclass
@@ -75,6 +81,8 @@ class MixResult:
             built with ``return_mask=False``.  ``share_b`` is its per-patch mean.
         patch_size: token stride in pixels ``share_b`` refers to.
         grid_size: (H / patch_size, W / patch_size), the token grid ``share_b`` flattens.
+        source_images: the (B, C, H, W) batch before mixing (the input tensor itself, not a
+            copy), for rules that look at the unmixed images (TokenMix's teacher).
     """
     images: Tensor
     share_b: Tensor
@@ -84,6 +92,7 @@ class MixResult:
     mask: Tensor | None = None
     patch_size: int = 16
     grid_size: tuple[int, int] = (0, 0)
+    source_images: Tensor | None = None
 
     #: whether any mixing happened (``mode != 'none'``); a stored bool rather than a property of
     #: ``mode``, so that a compiled model specialises on two cases instead of one per mode
@@ -152,6 +161,45 @@ def _box_token_share(yl: int, yh: int, xl: int, xh: int, h: int, w: int, p: int,
     return overlap(yl, yh, h)[:, None] * overlap(xl, xh, w)[None, :] / float(p * p)
 
 
+def block_mask_cells(h: int, w: int, count: int, rng, min_aspect: float = 0.3,
+                     attempts: int = 10) -> list[list[int]]:
+    """A 0/1 (h, w) grid with about ``count`` ones made of random rectangles (TokenMix blocks).
+
+    Rectangles of area ``U(1, cells still to cover)`` and aspect ratio ``exp(U(log a, -log a))``
+    (``a = min_aspect``) at a random position are added while they cover new cells, up to
+    ``attempts`` tries per rectangle, until ``count`` cells are covered or no try adds any:
+    TokenMix's ``generate_mask`` (github Sense-X/TokenMix ``tokenmix.py``), the block masking of
+    BEiT.  All draws come from the host ``rng`` (``random.Random`` or the ``random`` module).
+
+    Returns:
+        h lists of w ints (0 or 1); the ones may fall short of ``count`` when no rectangle fits.
+    """
+    grid = [[0] * w for _ in range(h)]
+    lo, hi = math.log(min_aspect), math.log(1.0 / min_aspect)
+    covered = 0
+    while covered < count:
+        budget = count - covered
+        added = 0
+        for _ in range(attempts):
+            area = rng.uniform(1, budget)
+            aspect = math.exp(rng.uniform(lo, hi))
+            bh, bw = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if not (0 < bh < h and 0 < bw < w):
+                continue
+            top, left = rng.randint(0, h - bh), rng.randint(0, w - bw)
+            new = sum(1 - grid[r][c] for r in range(top, top + bh) for c in range(left, left + bw))
+            if 0 < new <= budget:
+                for r in range(top, top + bh):
+                    for c in range(left, left + bw):
+                        grid[r][c] = 1
+                added = new
+                break
+        if added == 0:
+            break
+        covered += added
+    return grid
+
+
 class BatchMixer:
     """Mix a batch with its flipped copy and report per-token source shares (timm 'batch' mode).
 
@@ -161,8 +209,13 @@ class BatchMixer:
         cutmix_minmax: ``(min, max)`` box side ratios, ``0 <= min < max <= 1``; when given, CutMix
             is active with ``cutmix_alpha`` forced to 1 and boxes drawn as timm
             ``rand_bbox_minmax`` (lam is then always corrected).
-        tokenmix_alpha: TokenMix-style scattered masks are active if > 0: a random subset of
-            ``round((1 - lam) * N)`` alignment cells comes from the partner.
+        tokenmix_alpha: TokenMix masks are active if > 0: ``round((1 - lam) * N)``
+            (+ ``tokenmix_min_tokens``) alignment cells come from the partner.
+        tokenmix_mask: 'random' (scattered cells) or 'block' (rectangles of random area and
+            aspect ratio in [0.3, 1/0.3], TokenMix's ``generate_mask``).
+        tokenmix_min_tokens: cells added to the partner's count (TokenMix: 14).
+        tokenmix_lam: a fixed lam for TokenMix draws instead of the Beta draw (TokenMix: 0.5);
+            None draws ``Beta(tokenmix_alpha, tokenmix_alpha)``.
         prob: probability that a batch is mixed at all.
         switch_prob: when Mixup and a spatial mix (CutMix and/or TokenMix) are both active, the
             probability of the spatial mix (timm: of CutMix instead of Mixup).
@@ -207,6 +260,9 @@ class BatchMixer:
                  patch_size: int = 16,
                  token_grid_size: int | None = None,
                  tokenmix_switch_prob: float = 0.5,
+                 tokenmix_mask: str = 'random',
+                 tokenmix_min_tokens: int = 0,
+                 tokenmix_lam: float | None = None,
                  return_mask: bool = True) -> None:
         self.mixup_alpha = _check_alpha('mixup_alpha', mixup_alpha)
         self.cutmix_alpha = _check_alpha('cutmix_alpha', cutmix_alpha)
@@ -235,6 +291,15 @@ class BatchMixer:
                                  f'({self.patch_size}), got {token_grid_size}')
             token_grid_size = int(token_grid_size)
         self.token_grid_size = token_grid_size
+        if tokenmix_mask not in TOKENMIX_MASKS:
+            raise ValueError(f'tokenmix_mask must be one of {TOKENMIX_MASKS}, got {tokenmix_mask!r}')
+        self.tokenmix_mask = tokenmix_mask
+        if int(tokenmix_min_tokens) != tokenmix_min_tokens or tokenmix_min_tokens < 0:
+            raise ValueError(f'tokenmix_min_tokens must be an integer >= 0, got {tokenmix_min_tokens!r}')
+        self.tokenmix_min_tokens = int(tokenmix_min_tokens)
+        if tokenmix_lam is not None:
+            tokenmix_lam = _check_prob('tokenmix_lam', tokenmix_lam)
+        self.tokenmix_lam = tokenmix_lam
         self.return_mask = bool(return_mask)
         if self.prob > 0 and not self._active_modes():
             raise ValueError('no augmentation is active: set mixup_alpha, cutmix_alpha or '
@@ -284,6 +349,8 @@ class BatchMixer:
         if mode in ('token_cutmix', 'cutmix') and 'tokenmix' in spatial:
             if rng.random() < self.tokenmix_switch_prob:
                 mode = 'tokenmix'
+        if mode == 'tokenmix' and self.tokenmix_lam is not None:
+            return mode, self.tokenmix_lam
         alpha = {'mixup': self.mixup_alpha, 'tokenmix': self.tokenmix_alpha}.get(mode, self.cutmix_alpha)
         return mode, self._beta(alpha, rng)
 
@@ -365,12 +432,17 @@ class BatchMixer:
             g = self.align_size
             gh, gw = h // g, w // g
             n_cells = gh * gw
-            n_b = min(n_cells, round((1.0 - lam) * n_cells))
-            dev_gen = torch.Generator(device=device)
-            dev_gen.manual_seed(rng.getrandbits(63))
-            cells = torch.zeros(n_cells, dtype=torch.float32, device=device)
-            cells[torch.randperm(n_cells, generator=dev_gen, device=device)[:n_b]] = 1.0
-            cells = cells.view(gh, gw)
+            n_b = min(n_cells, round((1.0 - lam) * n_cells) + self.tokenmix_min_tokens)
+            if self.tokenmix_mask == 'block':
+                grid_cells = block_mask_cells(gh, gw, n_b, rng)          # drawn on the host
+                n_b = sum(map(sum, grid_cells))
+                cells = torch.tensor(grid_cells, dtype=torch.float32).to(device, non_blocking=True)
+            else:
+                dev_gen = torch.Generator(device=device)
+                dev_gen.manual_seed(rng.getrandbits(63))
+                cells = torch.zeros(n_cells, dtype=torch.float32, device=device)
+                cells[torch.randperm(n_cells, generator=dev_gen, device=device)[:n_b]] = 1.0
+                cells = cells.view(gh, gw)
             share = cells.repeat_interleave(g // p, 0).repeat_interleave(g // p, 1)
             pix = cells.repeat_interleave(g, 0).repeat_interleave(g, 1)
             out = torch.where(pix.bool()[None, None], images.flip(0), images)
@@ -404,4 +476,4 @@ class BatchMixer:
             if mask is not None:
                 mask[mid] = 0.0
         return MixResult(images=out, share_b=share_b, lam=lam_t, partner=partner, mode=mode,
-                         mask=mask, patch_size=p, grid_size=grid)
+                         mask=mask, patch_size=p, grid_size=grid, source_images=images)

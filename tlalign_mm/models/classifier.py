@@ -297,7 +297,8 @@ class TLAImageClassifier(BaseModel):
         if any(k.startswith('backbone.') for k in sd):
             own = self.state_dict()
             missing = [k for k in own if k not in sd and not k.startswith('data_preprocessor.')]
-            unexpected = [k for k in sd if k not in own]
+            # a label rule's training-only parameters (DenseTLAlign's token head) may be left out
+            unexpected = [k for k in sd if k not in own and not k.startswith('label_rule.')]
             shape = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
                      if k in sd and sd[k].shape != v.shape]
             if missing or unexpected or shape:
@@ -305,7 +306,7 @@ class TLAImageClassifier(BaseModel):
                                  f'(missing {missing[:10]}, unexpected {unexpected[:10]}, shapes {shape[:10]}); '
                                  'load a checkpoint of the same config, or only its backbone with '
                                  "model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)")
-            self.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+            self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
             print_log(f'{type(self).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
             return
         load_backbone_checkpoint(self.backbone, ckpt)

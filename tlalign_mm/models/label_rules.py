@@ -14,6 +14,9 @@ statistics as detached 0-d tensors, and any extra loss terms:
 * :class:`DenseTLAlignRule` (``type='DenseTLAlign'``): TL-Align plus a dense loss: every output
   token is trained on its own aligned label through a shared token head (TokenLabeling's dense
   loss, Jiang et al., NeurIPS 2021, with labels from the alignment instead of a teacher).
+* :class:`TokenMixRule` (``type='TokenMix'``): TokenMix's target (Liu et al., ECCV 2022;
+  Sense-X/TokenMix ``tokenmix.py``): the share of a teacher's class activation map each image
+  keeps.
 
 The rules that read attention do it through the backbone's label path
 (:meth:`~tlalign_mm.models.backbones.base.TLABackbone.set_alignment`): labels ride in the
@@ -30,7 +33,7 @@ from torch import Tensor
 from ..align import expand_source_labels
 from ..registry import MODELS
 
-__all__ = ['LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlignRule', 'READOUTS']
+__all__ = ['LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlignRule', 'TokenMixRule', 'READOUTS']
 
 #: Values of the TL-Align readout: 'auto' (class token when the backbone's pooled feature is its
 #: class token, else the token mean), 'cls', 'mean'.
@@ -267,3 +270,142 @@ class DenseTLAlignRule(TLAlignRule):
         logits = self.token_head(tokens).float()
         dense = -(token_labels * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
         return target, stats, dict(losses, loss_dense=self.dense_weight * dense)
+
+
+@MODELS.register_module(name='TokenMix')
+class TokenMixRule(LabelRule):
+    """TokenMix's target: each image weighs what the mix keeps of its teacher's activation map.
+
+    TokenMix (Liu et al., ECCV 2022; github Sense-X/TokenMix ``tokenmix.py``, ``Mixup.__call__``)
+    takes, for each image, a teacher's score map of its ground-truth class, normalised to sum 1
+    over the token grid; the target is ``w_A y_A + w_B y_B`` with ``w_A`` the map's mass on the
+    tokens kept from A and ``w_B`` the partner's map on the tokens pasted from it.  The weights
+    are not renormalised (their code does not; ``normalize=True`` divides by ``w_A + w_B``).
+    Under Mixup (a uniform share) the weights reduce to ``lam`` and ``1 - lam``.
+
+    Here the map is the class activation map (CAM) of a teacher on the unmixed image, taken to
+    the student's token grid (bilinear), clipped at 0 and normalised (a uniform map when nothing
+    is positive).  TokenMix itself reads ReLabel's pre-computed label maps of an NFNet; any
+    teacher can be plugged in here:
+
+    * ``teacher=dict(config=PATH, checkpoint=CKPT)``: a classifier config of this project and
+      its checkpoint (loaded strictly).  Its CAM is the head applied to every final patch token
+      (exactly the CAM for token-mean models such as Swin; for a class-token DeiT it reads the
+      patch tokens through the class-token head);
+    * ``teacher=dict(timm=NAME, checkpoint=CKPT, **kwargs)``: ``timm.create_model(NAME,
+      num_classes=K, **kwargs)`` and a timm state dict; its CAM is ``get_classifier()`` applied
+      to ``forward_features`` (a CNN's (B, C, h, w) map, or a ViT's patch tokens).
+
+    The teacher runs in eval mode, without gradient, on the student's device and on the
+    student's normalised input; it is not part of the model's parameters or checkpoints.  The
+    mask types of TokenMix are the mixer's ``tokenmix_mask='block'`` / ``'random'``.
+
+    Args:
+        teacher: see above.
+        normalize: divide the weights by their sum.
+
+    Raises:
+        ValueError: no teacher, or one without ``checkpoint`` or with neither ``config`` nor
+            ``timm`` (the message names the rule and what is missing); a teacher whose class
+            count differs from the student's.
+        FileNotFoundError: a config or checkpoint that does not exist.
+    """
+
+    def __init__(self, teacher: Optional[dict] = None, normalize: bool = False):
+        super().__init__()
+        if not isinstance(teacher, dict) or not teacher.get('checkpoint') \
+                or not (teacher.get('config') or teacher.get('timm')):
+            raise ValueError('label rule TokenMix needs a teacher: teacher=dict(config=CONFIG, checkpoint=CKPT) '
+                             '(a classifier of this project) or teacher=dict(timm=NAME, checkpoint=CKPT); '
+                             f'got teacher={teacher!r}')
+        self.teacher_cfg = dict(teacher)
+        self.normalize = bool(normalize)
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.__dict__['_teacher']
+
+    def setup(self, model) -> None:
+        cfg = dict(self.teacher_cfg)
+        path = cfg.pop('checkpoint')
+        if cfg.get('config'):
+            import os
+
+            from mmengine.config import Config
+            if not os.path.isfile(cfg['config']):
+                raise FileNotFoundError(f"TokenMix teacher config not found: {cfg['config']!r}")
+            tcfg = Config.fromfile(cfg['config']).model
+            tcfg.pop('init_cfg', None)
+            tcfg['label_rule'] = dict(type='Area')
+            teacher = MODELS.build(tcfg)
+            teacher.init_weights()
+            teacher._load_pretrained(path)
+            teacher.backbone.out_type = 'raw' if teacher.num_prefix_tokens else 'featmap'
+            classes = teacher.num_classes
+        else:
+            import timm
+
+            from ..checkpoint import load_checkpoint_file
+            name = cfg.pop('timm')
+            teacher = timm.create_model(name, pretrained=False, num_classes=model.num_classes, **cfg)
+            ckpt = load_checkpoint_file(path)
+            sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
+            teacher.load_state_dict(sd, strict=True)
+            classes = model.num_classes
+        if classes != model.num_classes:
+            raise ValueError(f'TokenMix teacher has {classes} classes, the student {model.num_classes}')
+        teacher.eval().requires_grad_(False)
+        self.__dict__['_teacher'] = teacher     # not a submodule: no parameters, no checkpoint keys
+
+    @torch.no_grad()
+    def teacher_cam(self, images: Tensor, labels: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, h*w) float32 CAM of each image's class on the student's token grid, summing to 1.
+
+        Args:
+            images: (B, 3, H, W) unmixed, normalised images.
+            labels: (B,) int64 ground-truth classes.
+            grid: the student's patch-token grid (h, w).
+        """
+        t = self.teacher
+        if next(t.parameters()).device != images.device:
+            t.to(images.device)
+        if hasattr(t, 'label_rule'):                                   # a classifier of ours
+            last = t.backbone(images)[-1]
+            tokens = t._patch_tokens(last)                             # (B, n, C)
+            fmap_hw = last.shape[-2:] if last.dim() == 4 else t.backbone.token_grid(images.shape[-2:])
+            logits = t.head.fc(tokens)                                 # (B, n, K)
+        else:
+            feats = t.forward_features(images)
+            head = t.get_classifier()
+            if feats.dim() == 4:                                       # CNN: (B, C, h, w)
+                fmap_hw = feats.shape[-2:]
+                tokens = feats.flatten(2).transpose(1, 2)
+            else:                                                      # ViT: (B, P + n, C)
+                tokens = feats[:, getattr(t, 'num_prefix_tokens', 1):]
+                n = tokens.shape[1]
+                side = int(round(n ** 0.5))
+                fmap_hw = (side, n // side)
+            logits = head(tokens)
+        cam = logits.float().gather(2, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
+        cam = cam.view(-1, 1, *fmap_hw)
+        if tuple(fmap_hw) != tuple(grid):
+            cam = torch.nn.functional.interpolate(cam, size=grid, mode='bilinear', align_corners=False)
+        cam = cam.flatten(1).clamp_min(0.0)
+        mass = cam.sum(1, keepdim=True)
+        return torch.where(mass > 0, cam / mass.clamp_min(1e-12), torch.full_like(cam, 1.0 / cam.shape[1]))
+
+    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
+        cls = y_a.argmax(-1)
+        cam = self.teacher_cam(mix.source_images, cls, tuple(mix.grid_size))
+        s = mix.share_b.float()
+        w_a = ((1.0 - s) * cam).sum(1)
+        w_b = (s * cam[mix.partner]).sum(1)
+        if self.normalize:
+            total = (w_a + w_b).clamp_min(1e-12)
+            w_a, w_b = w_a / total, w_b / total
+        target = w_a[:, None] * y_a + w_b[:, None] * y_b
+        stats = {'align/lam': mix.lam.mean().detach(),
+                 'align/lam_aligned': w_a.mean(),
+                 'align/lam_gap': (w_a - mix.lam).abs().mean(),
+                 'align/target_l2': (target - area).square().sum(-1).sqrt().mean()}
+        return target, stats, {}
