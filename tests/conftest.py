@@ -13,3 +13,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def repo_root():
     return REPO
+
+
+def mm_unavailable_reason():
+    """Why mmseg / mmdet / mmcv's compiled ops cannot be used here, or None when they can."""
+    import importlib
+    try:
+        importlib.import_module('mmseg.models')
+        importlib.import_module('mmdet.models')
+        importlib.import_module('mmcv.ops').RoIAlign  # noqa: B018  (the compiled ops)
+    except Exception as e:  # noqa: BLE001  (any failure means: not usable here)
+        return f'{type(e).__name__}: {e}'
+    return None
+
+
+_MM_REASON = []
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``mm`` are skipped, with the reason, where mmseg / mmdet / mmcv ops are absent."""
+    if item.get_closest_marker('mm') is None:
+        return
+    if not _MM_REASON:
+        _MM_REASON.append(mm_unavailable_reason())
+    if _MM_REASON[0]:
+        pytest.skip(f'mmseg / mmdet / mmcv ops not importable: {_MM_REASON[0]}')

@@ -48,11 +48,11 @@ from model_cost import (  # noqa: E402
     with_stock_backbone,
 )
 
-DEMO_SEG = 'configs/demo/upernet_tla-swin-demo_1xb4-400i_voc-seg-256x256.py'
-DEMO_DET = 'configs/demo/cascade-mask-rcnn_tla-swin-demo_fpn_1xb2-10e_coco-voc.py'
-SWIN_T_SEG = 'configs/upernet/upernet_tla-swin-t_8xb2-160k_ade20k-512x512.py'
-DEIT_S_SEG = 'configs/upernet/upernet_tla-deit-s_mln_8xb2-160k_ade20k-512x512.py'
-SWIN_T_DET = 'configs/cascade_mask_rcnn/cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py'
+DEMO_SEG = 'configs/demo/upernet_swin-demo_fmnist-tla-pre_1xb4-400i_voc-seg-256x256.py'
+DEMO_DET = 'configs/demo/cascade-mask-rcnn_swin-demo_fmnist-tla-pre_fpn_1xb2-10e_coco-voc.py'
+SWIN_T_SEG = 'configs/upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py'
+DEIT_S_SEG = 'configs/upernet/upernet_deit-s_in1k-tla-pre_mln_8xb2-160k_ade20k-512x512.py'
+SWIN_T_DET = 'configs/cascade_mask_rcnn/cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py'
 DEIT_S_PRE = 'configs/pretrain/deit-small_tla_8xb128-300e_in1k.py'
 SUBPROCESS_TIMEOUT = 240
 

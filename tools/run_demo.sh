@@ -11,7 +11,7 @@
 # VOC masks and COCO polygons from the labelme source archive on PyPI) ->
 #   tools/dist_train.sh configs/demo/swin-demo_tla_...        (TL-Align pretraining, exports backbone.pth)
 #   tools/test.py                                             (top-1 / top-5)
-#   tools/dist_train.sh configs/demo/upernet_tla-swin-demo_... (from backbone.pth)
+#   tools/dist_train.sh configs/demo/upernet_swin-demo_fmnist-tla-pre_... (from backbone.pth)
 #   tools/test.py --show-dir                                  (mIoU, painted predictions)
 #   tools/dist_train.sh configs/demo/cascade-mask-rcnn_...    (from backbone.pth)
 #   tools/test.py --show-dir                                  (bbox / segm AP, painted predictions)
@@ -34,8 +34,8 @@ if [ "$QUICK" = 1 ]; then WORK_DIR=${WORK_DIR:-work_dirs/demo-quick}; else WORK_
 case "$WORK_DIR" in /*) ;; *) WORK_DIR=$REPO/$WORK_DIR ;; esac
 GPUS=${GPUS:-1}
 PRE_CFG=configs/demo/swin-demo_tla_1xb64-10e_fashion-mnist.py
-SEG_CFG=configs/demo/upernet_tla-swin-demo_1xb4-400i_voc-seg-256x256.py
-DET_CFG=configs/demo/cascade-mask-rcnn_tla-swin-demo_fpn_1xb2-10e_coco-voc.py
+SEG_CFG=configs/demo/upernet_swin-demo_fmnist-tla-pre_1xb4-400i_voc-seg-256x256.py
+DET_CFG=configs/demo/cascade-mask-rcnn_swin-demo_fmnist-tla-pre_fpn_1xb2-10e_coco-voc.py
 # --quick: same configs and code path, schedules cut to a few iterations
 PRE_OPTS=() SEG_OPTS=() DET_OPTS=()
 if [ "$QUICK" = 1 ]; then

@@ -605,7 +605,7 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
     if scope == 'mmdet':
         raise ValueError('mmdet has no VisionTransformer backbone: a TLAVisionTransformer in an mmdet config has '
                          'no stock counterpart (compare DeiT in an mmseg config, e.g. '
-                         'configs/upernet/upernet_tla-deit-s_mln_8xb2-160k_ade20k-512x512.py)')
+                         'configs/upernet/upernet_deit-s_in1k-tla-pre_mln_8xb2-160k_ade20k-512x512.py)')
     if b.get('out_type', 'featmap') != 'featmap':
         raise ValueError(f"stock VisionTransformer returns feature maps here: out_type={b['out_type']!r}, "
                          "use 'featmap'")

@@ -1,6 +1,6 @@
 # COCO 2017 instance segmentation, as mmdet 3.x's coco_instance.py (boxes + masks).
 # Data: data/coco/{annotations,train2017,val2017}. The 3x multi-scale + crop training pipeline
-# is set in cascade_mask_rcnn/cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py.
+# is set in cascade_mask_rcnn/cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py.
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 backend_args = None

@@ -6,7 +6,7 @@
 # size and schedule: the demo Swin (32 channels, window 4), 64-channel FPN and heads, 128 RoIs
 # per image and stage, short side 320, the 3 images repeated 20 times per epoch, 10 epochs, fp32.
 # Train and val hold the same images (see the data card): AP measures fitting.
-_base_ = ['../cascade_mask_rcnn/cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py', '../_base_/models/swin-demo_arch.py']
+_base_ = ['../cascade_mask_rcnn/cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py', '../_base_/models/swin-demo_arch.py']
 
 # written by the demo pretraining (tools/run_demo.sh passes its own work dir with --cfg-options)
 checkpoint = 'work_dirs/demo/pretrain/backbone.pth'

@@ -1,4 +1,4 @@
-_base_ = './upernet_tla-swin-b_8xb2-160k_ade20k-512x512.py'
+_base_ = './upernet_swin-b_in1k-tla-pre_8xb2-160k_ade20k-512x512.py'
 # Same, with the CutMix-baseline backbone (configs/pretrain/swin-base_cutmix_8xb128-300e_in1k.py).
 checkpoint = 'work_dirs/swin-base_cutmix_8xb128-300e_in1k/backbone.pth'
 model = dict(backbone=dict(init_cfg=dict(checkpoint=checkpoint)))

@@ -1,4 +1,4 @@
-_base_ = './cascade-mask-rcnn_tla-swin-t_fpn_ms-crop-3x_8xb2_coco.py'
+_base_ = './cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py'
 # Same, with the CutMix-baseline backbone (configs/pretrain/swin-tiny_cutmix_8xb128-300e_in1k.py).
 checkpoint = 'work_dirs/swin-tiny_cutmix_8xb128-300e_in1k/backbone.pth'
 model = dict(backbone=dict(init_cfg=dict(checkpoint=checkpoint)))

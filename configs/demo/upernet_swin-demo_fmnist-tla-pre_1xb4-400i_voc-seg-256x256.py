@@ -5,7 +5,7 @@
 # config and overrides only size and schedule: the demo Swin (32 channels, window 4), head
 # widths 128 / 64, 256x256 crops, batch 4, 400 iterations. Train and val hold the same 8 images
 # (see the data card), so mIoU measures fitting, i.e. that the pipeline learns.
-_base_ = ['../upernet/upernet_tla-swin-t_8xb2-160k_ade20k-512x512.py', '../_base_/models/swin-demo_arch.py']
+_base_ = ['../upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py', '../_base_/models/swin-demo_arch.py']
 
 # written by the demo pretraining (tools/run_demo.sh passes its own work dir with --cfg-options)
 checkpoint = 'work_dirs/demo/pretrain/backbone.pth'

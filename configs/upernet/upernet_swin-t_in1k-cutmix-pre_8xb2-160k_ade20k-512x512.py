@@ -1,4 +1,4 @@
-_base_ = './upernet_tla-swin-t_8xb2-160k_ade20k-512x512.py'
+_base_ = './upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py'
 # Same, with the CutMix-baseline backbone (configs/pretrain/swin-tiny_cutmix_8xb128-300e_in1k.py).
 checkpoint = 'work_dirs/swin-tiny_cutmix_8xb128-300e_in1k/backbone.pth'
 model = dict(backbone=dict(init_cfg=dict(checkpoint=checkpoint)))
