@@ -14,7 +14,7 @@ Exact checks on tiny hand-built networks (no data, milliseconds):
   DeiT and Swin models; the label maps' shapes / values / PNG; layer specs; the A/B harness'
   schedule override and reporting (on fabricated ``scalars.json`` files).
 
-Subprocess checks (~10 s each on 2 cores): both CLIs on the demo config with a random init; the
+Subprocess checks: both CLIs on the demo config with a random init; the
 A/B harness end to end (1 seed, 1 epoch, 64 images) is ``slow``.
 """
 from __future__ import annotations

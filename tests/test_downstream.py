@@ -77,7 +77,7 @@ PUBLISHED_PARAMS_M = {
 }
 PARAM_TOLERANCE = 0.03
 # Input sizes of the forward + backward runs: small, because UPerHead's 512-channel 3x3 convs and
-# the 4conv1fc cascade heads dominate the cost on CPU (2 cores: ~10 s per model even so).
+# the 4conv1fc cascade heads dominate the cost on CPU.
 SEG_SIZE = 128
 DET_SHORT = 192
 

@@ -10,7 +10,7 @@ eval transform, ``DefaultSampler(shuffle=False)``, ``num_workers=0``, ``randomne
 deterministic).  Every subprocess runs with ``OMP_NUM_THREADS=1`` (faster on a 2-core machine and the
 same float reduction order in every run).
 
-The subprocess runs (each costs ~10 s of interpreter + torch/mmengine start-up) are:
+The subprocess runs (each pays an interpreter + torch / mmengine start-up) are:
 
 * train (mixer on) 2 epochs, then ``test.py`` on the last checkpoint (metric equals the last val);
 * a reference ``train.py`` run, mixer off, 3 epochs, batch 4 -- shared (module fixture) by

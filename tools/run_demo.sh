@@ -5,7 +5,7 @@
 #
 #   bash tools/run_demo.sh                 # everything (set-up is skipped in seconds when cached)
 #   WORK_DIR=work_dirs/demo GPUS=1 bash tools/run_demo.sh
-#   bash tools/run_demo.sh --quick         # the same chain, shortened (CI's slow test: ~3 min)
+#   bash tools/run_demo.sh --quick         # the same chain, shortened
 #
 # Steps: tools/setup_env.sh -> tools/prepare_demo_data.py (Fashion-MNIST from the Debian package,
 # VOC masks and COCO polygons from the labelme source archive on PyPI) ->

@@ -140,7 +140,7 @@ else
     fi
   fi
   if [ -z "$whl" ]; then
-    say "  none matches: building mmcv $MMCV from source (about 12 minutes on 2 cores)"
+    say "  none matches: building mmcv $MMCV from source (the longest step of a fresh set-up)"
     SRC=$(mktemp -d)
     # mmcv 2.1's setup.py imports pkg_resources (gone from setuptools >= 70), while torch
     # wants setuptools >= 77: pin the old one for the compile only, then restore.

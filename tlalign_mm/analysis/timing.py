@@ -1,7 +1,7 @@
 """Paired timing statistics for the benchmark tools on noisy machines.
 
-A shared 2-core VM's step time drifts by 10-40% within a minute, far more than the few percent
-the benchmarks compare.  The tools therefore run their variants interleaved, round by round,
+On a shared machine step times drift by far more, within a minute, than the few percent the
+benchmarks compare.  The tools therefore run their variants interleaved, round by round,
 and compare each variant's step with the reference's step of the same round.
 """
 from __future__ import annotations
