@@ -44,6 +44,7 @@ from tlalign_mm.analysis import (
     run_fluctuation,
     write_fluctuation_csv,
 )
+from tlalign_mm.align import smooth_one_hot
 from tlalign_mm.analysis.build import quiet_init_weights
 from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.models import TLAImageClassifier
@@ -417,3 +418,75 @@ def test_ab_experiment_end_to_end(tmp_path):
     assert all(r['epoch'] == '1' and 0 <= float(r['top1']) <= 100 for r in rows)
     assert 'final top-1' in out and osp.getsize(tmp_path / 'ab_results.png') > 1000
     assert (tmp_path / 'ab_results.md').exists()
+
+
+def test_ab_paired_differences_against_the_chosen_baseline(tmp_path):
+    ab = _load_ab()
+    runs = {n: {s: [dict(epoch=1, top1=v + s, top5=99.0)] for s in (0, 1)}
+            for n, v in (('tla', 80.0), ('area', 78.5), ('transmix', 79.0))}
+    summary = ab.summarise(runs)
+    md = ab.write_reports(str(tmp_path), list(runs), ['a.py', 'b.py', 'c.py'], runs, summary, {}, [0, 1], {},
+                          baseline='area')[1]
+    text = open(md).read()
+    assert 'Paired differences (other − area, same seed)' in text
+    assert '- tla − area: +1.50 ± 0.00 points over 2 seed(s)' in text
+    assert '- transmix − area: +0.50 ± 0.00 points over 2 seed(s)' in text
+    assert '- area − area' not in text
+
+
+def test_rule_lambdas_agree_with_the_rules_at_the_last_block(tmp_path):
+    """Fig. 4 curves: at the last block TL-Align's curve is the TL-Align target's share of A and
+    TransMix's the TransMix rule's; the area curve is flat; the backbone's settings come back."""
+    from tlalign_mm.analysis.precision import structure_attention_
+    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, plot_rule_lambdas, rule_lambdas, write_rule_lambdas
+    from tlalign_mm.registry import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=4),
+        backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=3, num_heads=4),
+                      img_size=32, patch_size=8, out_type='cls_token'),
+        label_rule=dict(type='TransMix'),
+        data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0, mixer=dict(cutmix_alpha=1.0, patch_size=8))))
+    model.init_weights()
+    structure_attention_(model.backbone)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    batch = dict(inputs=torch.randint(0, 256, (6, 3, 32, 32), generator=g, dtype=torch.uint8),
+                 data_samples=[ClsDataSample().set_gt_label(i % 4) for i in range(6)])
+    data = model.data_preprocessor(batch, training=True)
+    mix, labels = data['mix'], torch.tensor([i % 4 for i in range(6)])
+    curves = rule_lambdas(model, data['inputs'], labels, mix)
+    assert [b.align_labels for b in model.backbone.label_blocks()] == [False, False, True]   # TransMix's, restored
+    assert set(curves) == {'area', 'tl_align', 'transmix'} and curves['tl_align'].shape == (3, 6)
+    assert torch.equal(curves['area'], mix.lam.expand(3, -1))
+    with model.backbone.alignment('all', True):
+        _, _, aligned, _ = model.aligned_targets(data['inputs'], labels, mix, carry_labels=True)
+    y_a = smooth_one_hot(labels, 4, 0.1)
+    y_b = y_a[mix.partner]
+    share = ((aligned - y_b) * (y_a - y_b)).sum(-1) / ((y_a - y_b) ** 2).sum(-1).clamp_min(1e-12)
+    differ = labels != labels[mix.partner]
+    torch.testing.assert_close(curves['tl_align'][-1][differ], share[differ], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        model(**data, mode='loss')
+    target = torch.stack([ds.gt_score for ds in data['data_samples']])
+    share_tm = ((target - y_b) * (y_a - y_b)).sum(-1) / ((y_a - y_b) ** 2).sum(-1).clamp_min(1e-12)
+    torch.testing.assert_close(curves['transmix'][-1][differ], share_tm[differ], atol=1e-5, rtol=0)
+    assert (curves['tl_align'] - curves['area']).abs().max() > 1e-2
+    top = most_fluctuating(curves, 3)
+    gaps = (curves['tl_align'] - curves['area']).abs().max(0).values
+    assert gaps[top[0]] == gaps.max() and len(top) == 3
+    names = ['0', '1', '2']
+    rows = list(csv.DictReader(open(write_rule_lambdas(curves, top, names, str(tmp_path / 'r.csv')))))
+    assert len(rows) == 3 * 3 * 3 and {r['rule'] for r in rows} == {'area', 'tl_align', 'transmix'}
+    assert osp.getsize(plot_rule_lambdas(curves, top, names, str(tmp_path / 'r.png'))) > 1000
+
+
+@pytest.mark.slow
+@needs_demo
+def test_rule_lambdas_cli(tmp_path):
+    out = _run([osp.join('tools', 'analysis', 'rule_lambdas.py'), DEMO_TLA, '--num-batches', '1', '--top-k', '3',
+                '--batch-size', '16', '--out-dir', str(tmp_path)], timeout=600)
+    assert 'weights: random-init' in out
+    rows = list(csv.DictReader(open(tmp_path / 'rule_lambdas.csv')))
+    assert len(rows) == 3 * 3 * 4                       # 3 samples x 3 rules x 4 blocks of the demo DeiT
+    assert osp.getsize(tmp_path / 'rule_lambdas.png') > 1000

@@ -78,7 +78,8 @@ def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> Batc
     """
     backbone = model.backbone
     labels = labels.to(inputs.device)
-    with record_block_labels(backbone, inputs.shape[-2:]) as trace:
+    # the paper's alignment (every block, residual average), whatever rule the model trains with
+    with backbone.alignment('all', True), record_block_labels(backbone, inputs.shape[-2:]) as trace:
         _, area, aligned, _ = model.aligned_targets(inputs, labels, mix, carry_labels=True, label_channels='source')
     blocks = iter_blocks(backbone)
     prefix = model.num_prefix_tokens

@@ -296,6 +296,9 @@ class TLAImageClassifier(BaseModel):
         sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
         if any(k.startswith('backbone.') for k in sd):
             own = self.state_dict()
+            # checkpoints written before the head became a module: head.{weight,bias} -> head.fc.*
+            sd = {('head.fc.' + k[5:] if k in ('head.weight', 'head.bias') and 'head.fc.weight' in own else k): v
+                  for k, v in sd.items()}
             missing = [k for k in own if k not in sd and not k.startswith('data_preprocessor.')]
             # a label rule's training-only parameters (DenseTLAlign's token head) may be left out
             unexpected = [k for k in sd if k not in own and not k.startswith('label_rule.')]

@@ -1,6 +1,6 @@
 """A/B harness: train two (or more) configs with several seeds, compare val top-1.
 
-    python tools/analysis/ab_experiment.py [--configs A.py B.py] [--names tla cutmix]
+    python tools/analysis/ab_experiment.py [--configs A.py B.py ...] [--names tla cutmix ...] [--baseline NAME]
         [--seeds 0 1 2] [--epochs E] [--val-interval V] [--work-dir DIR]
         [--cfg-options K=V ...] [--threads N] [--skip-existing] [--collect-only] [--dry-run]
 
@@ -18,7 +18,8 @@ its own subprocess::
 
 * ``DIR/ab_results.csv``: one row per (variant, seed, evaluated epoch): top-1 / top-5;
 * ``DIR/ab_results.md``: final and best top-1 per variant as mean +- std over seeds (sample std,
-  n - 1), per-seed values, and the paired difference to the first variant (same seeds);
+  n - 1), per-seed values, and the paired difference of every variant to the baseline
+  (``--baseline NAME``, default the first variant; same seeds);
 * ``DIR/ab_results.png``: learning curves, mean over seeds with a +-std band.
 
 ``--epochs E`` shortens (or lengthens) the schedule: ``train_cfg.max_epochs = E``; epoch-based
@@ -60,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument('--names', nargs='+', default=None,
                    help='variant names (default: the parts of the config names that differ)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--baseline', default=None,
+                   help='variant name the paired differences are taken against (default: the first)')
     p.add_argument('--epochs', type=int, default=None, help='override the number of epochs (see above)')
     p.add_argument('--val-interval', type=int, default=None, help='evaluate every V epochs')
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'ab_experiment'))
@@ -75,6 +78,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.configs):
         p.error(f'--names needs one name per config ({len(args.configs)})')
+    if args.baseline is not None and args.names is not None and args.baseline not in args.names:
+        p.error(f'--baseline {args.baseline!r} is not one of --names {args.names}')
     if args.epochs is not None and args.epochs < 1:
         p.error('--epochs must be >= 1')
     return args
@@ -236,8 +241,11 @@ def summarise(runs: dict[str, dict[int, list[dict]]]) -> dict:
 
 
 def write_reports(work_dir: str, names: list[str], configs: list[str], runs: dict, summary: dict,
-                  notes: dict[str, list[str]], seeds: list[int], wall: dict) -> tuple[str, str, str]:
-    """Write ``ab_results.{csv,md,png}`` in ``work_dir``; returns their paths."""
+                  notes: dict[str, list[str]], seeds: list[int], wall: dict,
+                  baseline: Optional[str] = None) -> tuple[str, str, str]:
+    """Write ``ab_results.{csv,md,png}`` in ``work_dir``; returns their paths.  Paired differences
+    are taken against ``baseline`` (a variant name; default the first)."""
+    baseline = baseline or names[0]
     csv_path = osp.join(work_dir, 'ab_results.csv')
     with open(csv_path, 'w', newline='') as f:
         w = csv.writer(f)
@@ -257,13 +265,15 @@ def write_reports(work_dir: str, names: list[str], configs: list[str], runs: dic
         lines.append(f'| {name} | `{cfg}` | {len(s["final"])}/{len(seeds)} | {_pm(s["final_mean"], s["final_std"])} '
                      f'| {_pm(s["best_mean"], s["best_std"])} |')
     if len(names) > 1:
-        lines += ['', f'Paired differences ({names[0]} − other, same seed), final top-1:', '']
-        for other in names[1:]:
-            common = sorted(set(summary[names[0]]['final']) & set(summary[other]['final']))
-            diffs = [summary[names[0]]['final'][k] - summary[other]['final'][k] for k in common]
+        lines += ['', f'Paired differences (other − {baseline}, same seed), final top-1:', '']
+        for other in names:
+            if other == baseline:
+                continue
+            common = sorted(set(summary[baseline]['final']) & set(summary[other]['final']))
+            diffs = [summary[other]['final'][k] - summary[baseline]['final'][k] for k in common]
             m, sd = _mean_std(diffs)
             val = 'n/a' if math.isnan(m) else f'{m:+.2f}' + ('' if math.isnan(sd) else f' ± {sd:.2f}')
-            lines.append(f'- {names[0]} − {other}: {val} points over {len(common)} seed(s)'
+            lines.append(f'- {other} − {baseline}: {val} points over {len(common)} seed(s)'
                          + (f' (per seed: {", ".join(f"{d:+.2f}" for d in diffs)})' if diffs else ''))
     lines += ['', '## Per seed', '', '| variant | seed | final top-1 | best top-1 | evals | wall (s) |',
               '|---|---:|---:|---:|---:|---:|']
@@ -362,7 +372,9 @@ def main(argv=None) -> dict:
     if args.dry_run:
         return {}
     summary = summarise(runs)
-    paths = write_reports(work_dir, names, args.configs, runs, summary, notes, args.seeds, wall)
+    if args.baseline is not None and args.baseline not in names:
+        raise SystemExit(f'--baseline {args.baseline!r} is not one of the variants {names}')
+    paths = write_reports(work_dir, names, args.configs, runs, summary, notes, args.seeds, wall, args.baseline)
     for name in names:
         s = summary[name]
         print(f'{name}: final top-1 {_pm(s["final_mean"], s["final_std"])} over {len(s["final"])} seed(s), '

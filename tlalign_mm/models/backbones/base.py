@@ -1,6 +1,8 @@
 """What the DeiT and Swin backbones share: weight init, strict pretrained loading, freezing."""
 from __future__ import annotations
 
+import contextlib
+
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
@@ -150,6 +152,18 @@ class TLABackbone(BaseModule):
             blk.align_labels = i in chosen
             blk.label_residual = bool(residual)
         return chosen
+
+    @contextlib.contextmanager
+    def alignment(self, blocks='all', residual: bool = True):
+        """Context manager: :meth:`set_alignment` for the block, then the previous settings back
+        (the analysis tools trace TL-Align on a model trained with another rule)."""
+        saved = [(b.align_labels, b.label_residual) for b in self.label_blocks()]
+        try:
+            self.set_alignment(blocks, residual)
+            yield self
+        finally:
+            for b, (align, res) in zip(self.label_blocks(), saved):
+                b.align_labels, b.label_residual = align, res
 
     def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
         """Modules and parameters frozen by ``frozen_stages``; subclass hook."""

@@ -1,0 +1,145 @@
+"""How each label rule reads the mixing ratio, layer by layer (the TL-Align paper's Fig. 4).
+
+For a mixed batch and a (trained) classifier, the share of image A in the target, ``lam_A``, as
+each rule would give it if it read the network at block ``l``:
+
+* ``area`` (CutMix / Mixup): the pasted-area ratio, the same at every block;
+* ``tl_align``: the labels aligned through blocks ``0..l`` (the paper's rule: every block,
+  residual average), read where the classifier reads its feature (class token / token mean);
+* ``transmix``: TransMix's ratio taken from block ``l``'s attention alone (the reference uses the
+  last block): the readout's attention share of A's tokens, blended half and half with the area
+  ratio (:class:`~tlalign_mm.models.label_rules.TransMixRule`);
+* ``tokenmix`` (with a TokenMix rule, i.e. a teacher): the share of A's teacher CAM the mix
+  keeps, which does not depend on the block.
+
+TL-Align's figure shows that the share an image keeps moves from block to block, which one
+fixed reading (the area, or one layer's attention) cannot follow.  :func:`rule_lambdas` returns
+the curves of a batch; :func:`most_fluctuating` picks the samples whose TL-Align share moves
+most; :func:`write_rule_lambdas` / :func:`plot_rule_lambdas` write the CSV and the picture.
+Nothing here changes the model: the backbone's alignment settings are restored afterwards.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .tracing import iter_blocks, record_block_labels, source_share_readout
+
+__all__ = ['RULES', 'rule_lambdas', 'most_fluctuating', 'write_rule_lambdas', 'plot_rule_lambdas']
+
+#: The curves :func:`rule_lambdas` can return, in plotting order.
+RULES = ('area', 'tl_align', 'transmix', 'tokenmix')
+
+
+@torch.no_grad()
+def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None) -> dict[str, Tensor]:
+    """Per rule, the (L, B) share of image A in the target, read at each of the L blocks.
+
+    Args:
+        model: a :class:`~tlalign_mm.TLAImageClassifier` whose backbone carries labels.
+        inputs: (B, 3, H, W) mixed images (``mix.images``) on the model's device.
+        labels: (B,) int64 classes of the unmixed images.
+        mix: the batch's :class:`~tlalign_mm.mixing.MixResult`.
+        tokenmix_rule: a set-up :class:`~tlalign_mm.models.label_rules.TokenMixRule` (its
+            teacher gives the ``tokenmix`` curve), or None.
+
+    Returns:
+        ``{rule: (L, B) float32 on the CPU}`` for ``area``, ``tl_align``, ``transmix`` (and
+        ``tokenmix``); values in [0, 1] (TokenMix's weights need not sum to 1).
+
+    Raises:
+        ValueError: a backbone that cannot carry labels.
+    """
+    from ..models.label_rules import TransMixRule
+    if not model.can_carry_labels:
+        raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
+    backbone = model.backbone
+    readout = model.target_readout
+    prefix = model.num_prefix_tokens
+    num_blocks = len(iter_blocks(backbone))
+    lam = mix.lam.float()
+    out = {'area': lam.expand(num_blocks, -1).cpu()}
+    with backbone.alignment('all', True), record_block_labels(backbone, inputs.shape[-2:]) as trace:
+        backbone(inputs, mix.source_labels(prefix))
+    out['tl_align'] = torch.stack([source_share_readout(trace.labels[b.index], readout, prefix)
+                                   for b in iter_blocks(backbone)]).cpu()
+    transmix = TransMixRule()
+    r0 = transmix.initial_labels(model, mix, None, None)
+    rows = []
+    for layer in range(num_blocks):
+        with backbone.alignment([layer], False):
+            _, lab = backbone(inputs, r0)
+        read = model.read_labels(lab, readout)
+        share_b = read[:, 0] / (read[:, 0] + read[:, 1]).clamp_min(1e-12)
+        rows.append(1.0 - (transmix.area_weight * (1.0 - lam) + (1.0 - transmix.area_weight) * share_b))
+    out['transmix'] = torch.stack(rows).cpu()
+    if tokenmix_rule is not None:
+        cam = tokenmix_rule.teacher_cam(mix.source_images, labels.to(inputs.device), tuple(mix.grid_size))
+        w_a = ((1.0 - mix.share_b.float()) * cam).sum(1)
+        out['tokenmix'] = w_a.expand(num_blocks, -1).cpu()
+    return out
+
+
+def most_fluctuating(curves: dict[str, Tensor], k: int) -> list[int]:
+    """Indices of the ``k`` samples whose TL-Align share moves most from the area share
+    (``max_l |lam_l - lam|``), largest first."""
+    gap = (curves['tl_align'] - curves['area']).abs().max(dim=0).values
+    return gap.argsort(descending=True)[:k].tolist()
+
+
+def write_rule_lambdas(curves: dict[str, Tensor], samples: list[int], layer_names: list[str], path: str,
+                       sample_names: Optional[list[str]] = None) -> str:
+    """CSV with one row per (sample, rule, block): ``sample, rule, block, lam_A``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['sample', 'rule', 'block', 'lam_A'])
+        for j, i in enumerate(samples):
+            name = sample_names[j] if sample_names else str(i)
+            for rule in RULES:
+                if rule in curves:
+                    for layer, v in zip(layer_names, curves[rule][:, i].tolist()):
+                        w.writerow([name, rule, layer, f'{v:.6f}'])
+    return path
+
+
+def plot_rule_lambdas(curves: dict[str, Tensor], samples: list[int], layer_names: list[str], path: str,
+                      title: str = '', sample_names: Optional[list[str]] = None) -> str:
+    """One panel per sample: ``lam_A`` against the block, one line per rule."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    style = {'area': dict(color='0.4', ls='--'), 'tl_align': dict(color='C0', marker='o', ms=3),
+             'transmix': dict(color='C1', marker='s', ms=3), 'tokenmix': dict(color='C2', ls=':')}
+    n = len(samples)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
+    x = list(range(len(layer_names)))
+    for j, i in enumerate(samples):
+        ax = axes[j // cols][j % cols]
+        for rule in RULES:
+            if rule in curves:
+                ax.plot(x, curves[rule][:, i].numpy(), label=rule, **style[rule])
+        ax.set_title(sample_names[j] if sample_names else f'sample {i}', fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(x[::max(1, len(x) // 6)])
+        ax.set_xticklabels(layer_names[::max(1, len(x) // 6)], fontsize=7)
+        ax.set_xlabel('block', fontsize=8)
+        if j % cols == 0:
+            ax.set_ylabel('share of image A in the target', fontsize=8)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis('off')
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
