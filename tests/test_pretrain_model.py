@@ -49,6 +49,13 @@ for _arch in ('deit-small', 'swin-tiny'):
         f'pretrain/{_arch}_tla-nores_8xb128-300e_in1k.py': _row('TLAlignRule', _ro, _ALL, residual=False),
         f'pretrain/{_arch}_tokenmix_8xb128-300e_in1k.py': _row('TokenMixRule', _ro, _ALL, mixer=_TOKENMIX),
     })
+# PVT: v2 against timm's pvt_v2_b*, v1 against the release's published parameter counts (13.2M,
+# 24.5M, 44.2M; ours has no class token and no class-token row in pos_embed4)
+PVT_PARAMS_M = {'pvt-tiny': 13.2, 'pvt-small': 24.5, 'pvt-medium': 44.2}
+for _arch, _depth in (('pvt-tiny', 8), ('pvt-small', 16), ('pvt-medium', 28), ('pvt-v2-b0', 8), ('pvt-v2-b1', 8),
+                      ('pvt-v2-b2', 16)):
+    CONFIG_TABLE[f'pretrain/{_arch}_tla_8xb128-300e_in1k.py'] = _row('TLAlignRule', 'mean', list(range(_depth)))
+    CONFIG_TABLE[f'pretrain/{_arch}_cutmix_8xb128-300e_in1k.py'] = _row('AreaRule', 'mean', list(range(_depth)))
 _DEMO = dict(classes=10, epochs=10)
 CONFIG_TABLE.update({
     'demo/deit-demo_tla_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'cls', [0, 1, 2, 3], **_DEMO),
@@ -83,9 +90,11 @@ def test_config_builds_the_model_of_its_row(name, tmp_path):
     model = MODELS.build(cfg.model)
     arch = os.path.basename(name).split('_')[0]
     params = {n: p.numel() for n, p in model.named_parameters() if not n.startswith('label_rule.')}
-    if arch in TIMM_NAME:
-        ref = timm.create_model(TIMM_NAME[arch], pretrained=False, num_classes=1000)
+    if arch in TIMM_NAME or arch.startswith('pvt-v2'):
+        ref = timm.create_model(TIMM_NAME.get(arch, arch.replace('-', '_')), pretrained=False, num_classes=1000)
         assert sum(params.values()) == sum(p.numel() for p in ref.parameters())
+    elif arch in PVT_PARAMS_M:
+        assert abs(sum(params.values()) / 1e6 - PVT_PARAMS_M[arch]) < 0.05
     assert type(model.label_rule).__name__ == want['rule']
     assert model.num_classes == want['classes'] and cfg.train_cfg.max_epochs == want['epochs']
     assert model.target_readout == want['readout']

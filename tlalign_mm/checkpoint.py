@@ -73,12 +73,13 @@ __all__ = ['LAYOUTS', 'LoadReport', 'mmengine_safe_globals', 'load_checkpoint_fi
            'resize_relative_position_bias_table', 'load_backbone_checkpoint', 'export_backbone']
 
 LAYOUTS = ('tlalign', 'timm-vit', 'official-swin', 'timm-swin', 'mmseg-vit', 'mmpretrain-vit',
-           'mm-swin')
+           'mm-swin', 'official-pvt', 'mm-pvt')
 """Layouts :func:`detect_layout` can return (besides ``'unknown'``)."""
 
 _CONTAINER_KEYS = ('state_dict', 'model', 'module')
 _BUFFER_NAMES = ('relative_position_index', 'attn_mask', 'relative_coords_table')
-_ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_token', 'pos_embed')
+_ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_token', 'pos_embed', 'patch_embed1.',
+                 'block1.0.')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,8 +272,8 @@ def stage_ids(sd: Mapping, root: str) -> list[int]:
 def _families():
     """The backbone files' checkpoint filters, in detection order (mm Swin before mm ViT; each
     ``detect`` returns None for another family's keys)."""
-    from .models.backbones import swin, vit
-    return (swin, vit)
+    from .models.backbones import pvt, swin, vit
+    return (pvt, swin, vit)
 
 
 def detect_layout(state_dict: Mapping[str, Tensor]) -> str:

@@ -20,6 +20,7 @@ from .token_labels import (
                         smooth_one_hot,
                         token_share_from_mask,
 )
+from .reduction import pool_token_labels, reduce_token_labels
 from .windows import (
                         merge_patch_labels,
                         pad_to_multiple,
@@ -31,6 +32,7 @@ from .windows import (
 )
 
 __all__ = [
+    'pool_token_labels', 'reduce_token_labels',
     'LABEL_MODES', 'LABEL_DTYPES', 'check_label_options', 'attention_with_labels', 'split_attention_with_labels', 'attention_label_step', 'check_token_labels',
     'explicit_attention_with_labels',
     'fused_attention_with_labels', 'residual_label_average', 'expand_source_labels',

@@ -1,4 +1,4 @@
-from .backbones import TLASwinTransformer, TLAVisionTransformer
+from .backbones import TLAPyramidVisionTransformer, TLASwinTransformer, TLAVisionTransformer
 from .classifier import TLAClsDataPreprocessor, TLAImageClassifier
 
-__all__ = ['TLAVisionTransformer', 'TLASwinTransformer', 'TLAClsDataPreprocessor', 'TLAImageClassifier']
+__all__ = ['TLAVisionTransformer', 'TLASwinTransformer', 'TLAPyramidVisionTransformer', 'TLAClsDataPreprocessor', 'TLAImageClassifier']

@@ -1,0 +1,25 @@
+# PVT-Small (v1, Wang et al., ICCV 2021) classifier trained with TL-Align on token-aligned CutMix.
+# The labels follow every spatial-reduction attention (the keys carry the mean label of the tokens
+# they reduce) and are pooled by each stage's patch embedding (tlalign_mm/align/reduction.py).
+# No class token: the target and the feature are read as the token mean of the last stage.
+model = dict(
+    type='TLAImageClassifier',
+    backbone=dict(type='TLAPyramidVisionTransformer', arch='small', img_size=224, out_indices=(3,),
+                  out_type='avg_featmap', drop_path_rate=0.1,
+                  # labels ride in each block's own attention call (see tla_deit-small.py)
+                  label_dtype='auto'),
+    # logits, loss and predictions; in_channels None: the backbone's pooled width
+    head=dict(type='TLALinearClsHead', num_classes=1000, in_channels=None,
+              loss=dict(type='SoftTargetCrossEntropy')),
+    # the training target (tlalign_mm/models/label_rules.py); the sibling configs switch it in one line
+    label_rule=dict(type='TLAlign', blocks='all', residual=True, readout='auto', label_channels='source'),
+    label_smoothing=0.1,
+    align_stats_interval=100,
+    data_preprocessor=dict(
+        type='TLAClsDataPreprocessor',
+        # boxes on the 32-px grid of the last stage, so that the patch embeddings pool tokens of
+        # one source until then; shares reported on the 4-px grid of the first stage
+        mixer=dict(cutmix_alpha=1.0, mixup_alpha=0.0, prob=1.0, switch_prob=0.5,
+                   cutmix_mode='token', correct_lam=True, patch_size=4, token_grid_size=32),
+        random_erasing=dict(re_prob=0.25, re_mode='pixel', re_count=1)),
+)

@@ -1,0 +1,8 @@
+# PVT-Tiny (v1, Wang et al., ICCV 2021) with TL-Align. PVT's recipe is DeiT's (AdamW 1e-3 at
+# batch 1024, weight decay 0.05, 5 warm-up epochs, cosine, 300 epochs; whai362/PVT
+# classification/main.py), drop_path 0.1.
+_base_ = [
+    '../_base_/models/tla_pvt-small.py', '../_base_/datasets/imagenet_bs128_deit.py',
+    '../_base_/schedules/imagenet_bs1024_adamw_deit.py', '../_base_/default_runtime.py'
+]
+model = dict(backbone=dict(arch='tiny', drop_path_rate=0.1))

@@ -1,0 +1,189 @@
+"""The label-carrying PVT (tlalign_mm/models/backbones/pvt.py).
+
+* the spatial-reduction label rule against a per-token reference written with explicit loops,
+  with sharpened (trained-like) attention;
+* label mass conserved through every block and stage, v1 and v2 (overlapping patch embeddings);
+* the official (whai362/PVT) and mmdet layouts load through the strict loader; without labels the
+  features equal mmdet's ``PyramidVisionTransformer(V2)``;
+* bad input: a stage map the reduction ratio does not divide names the stage and the sizes;
+* the classifier trains on a PVT with every label rule that reads attention.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tlalign_mm  # noqa: E402,F401
+from tlalign_mm.checkpoint import detect_layout, load_backbone_checkpoint  # noqa: E402
+from tlalign_mm.models import TLAPyramidVisionTransformer  # noqa: E402
+from tlalign_mm.registry import MODELS  # noqa: E402
+
+ARCH = dict(embed_dims=(16, 32, 32, 64), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4))
+
+
+def _pvt(version=1, seed=0, **kw):
+    torch.manual_seed(seed)
+    m = TLAPyramidVisionTransformer(dict(ARCH, version=version), img_size=64, drop_path_rate=0.0, **kw)
+    m.init_weights()
+    with torch.no_grad():                       # sharpen the attention: trained-like, not uniform
+        for blk in m.label_blocks():
+            blk.attn.q.weight.mul_(12.0)
+            blk.attn.kv.weight[:blk.attn.kv.weight.shape[0] // 2].mul_(12.0)
+    return m.eval()
+
+
+def _unit_labels(b, n, k=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(b, n, k, generator=g) ** 3
+    return y / y.sum(-1, keepdim=True)
+
+
+def test_sra_label_rule_matches_per_token_loops():
+    """One block: query i's label is sum_m mean_h A[h, i, m] * Y_m, where key m reduces an
+    sr x sr cell and carries the mean label of its tokens; then (Y + A Y) / 2."""
+    m = _pvt()
+    blk = m.block1[0]
+    attn = blk.attn
+    b, hw, sr = 2, (16, 16), attn.sr_ratio
+    x = torch.randn(b, hw[0] * hw[1], 16)
+    y = _unit_labels(b, hw[0] * hw[1])
+    with torch.no_grad():
+        _, got = blk(x, hw, y, 1)
+        h = blk.norm1(x)
+        q = attn.q(h).reshape(b, -1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        xr = attn.norm(attn.sr(h.transpose(1, 2).reshape(b, 16, *hw)).flatten(2).transpose(1, 2))
+        k = attn.kv(xr)[..., :16].reshape(b, -1, attn.num_heads, attn.head_dim).transpose(1, 2)
+        a = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1).mean(1)            # (B, N, M)
+    assert a.max() > 0.5                                                             # peaked rows
+    gh, gw = hw[0] // sr, hw[1] // sr
+    want = torch.zeros_like(y)
+    for bi in range(b):
+        key_label = []
+        for r in range(gh):
+            for c in range(gw):
+                cell = [y[bi, (r * sr + dr) * hw[1] + c * sr + dc] for dr in range(sr) for dc in range(sr)]
+                key_label.append(sum(cell) / len(cell))
+        for i in range(hw[0] * hw[1]):
+            moved = sum(a[bi, i, mi] * key_label[mi] for mi in range(gh * gw))
+            want[bi, i] = (y[bi, i] + moved) / 2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('version', [1, 2])
+def test_label_mass_is_conserved_through_every_block_and_stage(version):
+    m = _pvt(version)
+    x = torch.randn(2, 3, 64, 64)
+    y = _unit_labels(2, m.num_tokens((64, 64)))
+    seen = []
+    hooks = [blk.register_forward_hook(lambda mod, args, out: seen.append(out[1])) for blk in m.label_blocks()]
+    with torch.no_grad():
+        outs, lab = m(x, y)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == sum(ARCH['depths']) and lab.shape == (2, 4, 2)
+    for s in seen:
+        torch.testing.assert_close(s.sum(-1), torch.ones_like(s[..., 0]), atol=1e-5, rtol=0)
+    # labels change (the attention moves them) but stay in [0, 1]
+    assert (lab >= -1e-6).all() and (lab <= 1 + 1e-6).all()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(outs, m(x)))       # labels never touch features
+
+
+def test_overlapping_patch_embedding_pools_labels_by_area():
+    """v2's stage-2 embedding (kernel 3, stride 2, padding 1): each new token's label is the mean
+    of the real tokens under its 3x3 window (corner windows hold 4, edge windows 6)."""
+    from tlalign_mm.align import pool_token_labels
+    y = _unit_labels(1, 16)                                   # a 4 x 4 map
+    got, hw = pool_token_labels(y, (4, 4), 3, 2, 1)
+    assert hw == (2, 2)
+    grid = y[0].view(4, 4, 2)
+    torch.testing.assert_close(got[0, 0], grid[0:2, 0:2].reshape(-1, 2).mean(0))        # corner: 2x2 real
+    torch.testing.assert_close(got[0, 1], grid[0:2, 1:4].reshape(-1, 2).mean(0))        # edge: 2x3 real
+    torch.testing.assert_close(got[0, 3], grid[1:4, 1:4].reshape(-1, 2).mean(0))        # inside: 3x3
+
+
+def test_bad_stage_size_names_the_stage_and_sizes():
+    m = _pvt()
+    x = torch.randn(1, 3, 72, 72)                              # stage 1: 18 x 18, not divisible by 8
+    y = _unit_labels(1, m.num_tokens((72, 72)))
+    with pytest.raises(ValueError, match=r'stage 1: the 18x18 token map is not divisible by the spatial-reduction '
+                                         r'ratio sr_ratio=8'):
+        m(x, y)
+    m(x)                                                       # features alone: mmdet's behaviour (no error)
+
+
+def test_official_layout_loads_and_drops_the_class_token():
+    src = _pvt(seed=3)
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    sd['cls_token'] = torch.zeros(1, 1, 64)
+    sd['pos_embed4'] = torch.cat([torch.zeros(1, 1, 64), sd['pos_embed4']], dim=1)     # 1 + 2 x 2 rows
+    sd['head.weight'], sd['head.bias'] = torch.zeros(1000, 64), torch.zeros(1000)
+    assert detect_layout(sd) == 'official-pvt'
+    dst = _pvt(seed=4)
+    report = load_backbone_checkpoint(dst, {'model': sd})
+    assert report.layout == 'official-pvt' and report.num_matched_params == report.num_params
+    assert sorted(report.ignored) == ['cls_token', 'head.bias', 'head.weight']
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+
+
+@pytest.mark.mm
+@pytest.mark.parametrize('version', [1, 2])
+def test_features_equal_mmdet_pvt_and_its_layout_loads(version):
+    from mmdet.models.backbones.pvt import PyramidVisionTransformer, PyramidVisionTransformerV2
+    torch.manual_seed(0)
+    cls = PyramidVisionTransformerV2 if version == 2 else PyramidVisionTransformer
+    mm = cls(embed_dims=16, num_layers=list(ARCH['depths']), num_heads=list(ARCH['num_heads']),
+             pretrain_img_size=64, drop_path_rate=0.0)
+    mm.init_weights()
+    for p in mm.parameters():
+        p.data.normal_(0, 0.2)
+    mm.eval()
+    ours = TLAPyramidVisionTransformer(dict(ARCH, version=version), img_size=64, drop_path_rate=0.0).eval()
+    report = load_backbone_checkpoint(ours, {'state_dict': mm.state_dict()})
+    assert report.layout == 'mm-pvt' and not report.unexpected
+    # v1's final norm is ours only (mmdet drops the classifier's norm)
+    assert report.missing == ([] if version == 2 else ['norm.weight', 'norm.bias'])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(mm(x), ours(x)):
+            # LayerNorm eps: patch embedding and reduction norms 1e-5 (the release) vs mmdet's 1e-6
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.mm
+def test_pvt_builds_in_mmdet_and_mmseg_configs():
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+    cfg = dict(type='tlalign_mm.TLAPyramidVisionTransformer', arch='v2-b0', out_indices=(0, 1, 2, 3))
+    for registry in (DET, SEG):
+        m = registry.build(cfg)
+        assert isinstance(m, TLAPyramidVisionTransformer)
+    with torch.no_grad():
+        outs = m(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [32, 64, 160, 256]
+
+
+@pytest.mark.parametrize('rule', ['TLAlign', 'TransMix', 'Area'])
+def test_classifier_trains_on_pvt(rule):
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5), label_rule=dict(type=rule),
+        backbone=dict(type='TLAPyramidVisionTransformer', arch=dict(ARCH, version=2), img_size=64,
+                      out_indices=(3,), out_type='avg_featmap'),
+        data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,
+                               mixer=dict(cutmix_alpha=1.0, patch_size=4, token_grid_size=32))))
+    model.init_weights()
+    from tlalign_mm.datasets import ClsDataSample
+    batch = dict(inputs=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8),
+                 data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)])
+    data = model.data_preprocessor(batch, training=True)
+    out = model(**data, mode='loss')
+    out['loss'].backward()
+    assert torch.isfinite(out['loss']) and model.backbone.block1[0].attn.q.weight.grad is not None
+    assert model.target_readout == 'mean'
+    if rule != 'Area':
+        assert 'align/lam_aligned' in out

@@ -1,0 +1,470 @@
+"""Pyramid Vision Transformer (PVT v1 and v2) backbone that carries TL-Align label embeddings.
+
+Layout follows the official release (Wang et al., ICCV 2021 and CVMJ 2022; github
+whai362/PVT, ``classification/pvt.py`` and ``pvt_v2.py``), so its checkpoints load with only the
+classifier dropped: ``patch_embed{i}.{proj,norm}``, ``pos_embed{i}`` (v1), ``block{i}.{j}.{norm1,
+attn.{q,kv,proj,sr,norm},norm2,mlp.{fc1,dwconv.dwconv,fc2}}``, final ``norm`` (v1) or per-stage
+``norm{i}`` (v2), i = 1..4.  mmdet's ``PyramidVisionTransformer(V2)`` layout is converted on load
+(:func:`checkpoint_filter_fn`); without labels the features equal mmdet's.
+
+Labels (``tlalign_mm/align/reduction.py``): each block aligns them with its spatial-reduction
+attention, whose keys carry the mean label of the ``sr x sr`` tokens they reduce; each stage's
+patch embedding pools them (mean over a patch for v1, area-weighted over the overlapping kernel
+window for v2).  The depth-wise convolution of v2's feed-forward layer mixes neighbouring tokens
+too; like every feed-forward layer it is left out of the label path (TL-Align traces attention).
+The label path needs every stage map to be divisible by its reduction ratio (224 px inputs are);
+the features alone follow mmdet at any size.  The model has no class token: the classification
+readout is the token mean (PVTv2's own head; the v1 release read a class token added in stage 4,
+whose checkpoint row is dropped on load).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from timm.layers import DropPath, trunc_normal_
+from torch import Tensor
+
+from ...align import (
+    attention_with_labels,
+    check_label_options,
+    check_token_labels,
+    pool_token_labels,
+    reduce_token_labels,
+    residual_label_average,
+)
+from ...registry import MODELS
+from .base import TLABackbone
+
+__all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPyramidVisionTransformer']
+
+
+class TLASpatialReductionAttention(nn.Module):
+    """Spatial-reduction attention (keys ``q``, ``kv``, ``proj``, ``sr``, ``norm`` as the release).
+
+    Queries come from every token; keys and values from the token map reduced by an
+    ``sr_ratio`` strided convolution and a LayerNorm.  Labels: the keys carry the mean label of
+    the tokens they reduce (:func:`~tlalign_mm.align.reduce_token_labels`).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, sr_ratio: int = 1, label_mode: str = 'fused',
+                 label_dtype: str = 'auto'):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
+        check_label_options(label_mode, label_dtype)
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.label_mode = label_mode
+        self.label_dtype = label_dtype
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)         # eps 1e-5 as the release (mmdet: 1e-6)
+
+    def forward(self, x: Tensor, hw: tuple[int, int], labels: Optional[Tensor] = None,
+                stage: int = 0) -> tuple[Tensor, Optional[Tensor]]:
+        """x: (B, N, C) with N = H*W; labels: (B, N, K) or None.
+
+        Returns (out (B, N, C), labels_att (B, N, K) float32 or None)."""
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        lab_kv = None
+        if self.sr_ratio > 1:
+            if labels is not None:
+                lab_kv = reduce_token_labels(labels, hw, self.sr_ratio, stage)
+            xr = self.sr(x.transpose(1, 2).reshape(b, c, *hw)).flatten(2).transpose(1, 2)
+            xr = self.norm(xr)
+        else:
+            xr, lab_kv = x, labels
+        k, v = self.kv(xr).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out, lab = attention_with_labels(self.label_mode, q, k, v, lab_kv, None, self.attn_drop, self.scale,
+                                         self.label_dtype)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out)), lab
+
+
+class _DWConv(nn.Module):
+    """PVTv2's 3x3 depth-wise convolution inside the feed-forward layer (key ``dwconv.dwconv``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        b, n, c = x.shape
+        return self.dwconv(x.transpose(1, 2).reshape(b, c, *hw)).flatten(2).transpose(1, 2)
+
+
+class _Mlp(nn.Module):
+    """fc1 (-> depth-wise conv, v2) -> GELU -> fc2, with dropout (keys as the release)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float, use_conv: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = _DWConv(hidden) if use_conv else None
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = self.fc1(x)
+        if self.dwconv is not None:
+            x = self.dwconv(x, hw)
+        return self.drop(self.fc2(self.drop(self.act(x))))
+
+
+class TLAPVTBlock(nn.Module):
+    """Pre-norm PVT block: ``x + DropPath(SRA(LN(x)))``, then ``x + DropPath(MLP(LN(x)))``.
+
+    Labels: ``(Y + mean_h(A_h) @ Y_reduced) / 2`` (or ``A Y_reduced`` without the residual rule).
+    """
+
+    #: TL-Align ablations (set through :meth:`TLABackbone.set_alignment`)
+    align_labels = True
+    label_residual = True
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float,
+                 attn_drop: float, drop_path: float, sr_ratio: int, use_conv_ffn: bool,
+                 label_mode: str, label_dtype: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = TLASpatialReductionAttention(dim, num_heads, qkv_bias, attn_drop, drop, sr_ratio,
+                                                 label_mode, label_dtype)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio), drop, use_conv_ffn)
+
+    def forward(self, x: Tensor, hw: tuple[int, int], labels: Optional[Tensor] = None, stage: int = 0):
+        align = labels is not None and self.align_labels
+        h, lab = self.attn(self.norm1(x), hw, labels if align else None, stage)
+        x = x + self.drop_path(h)
+        x = x + self.drop_path(self.mlp(self.norm2(x), hw))
+        if align:
+            labels = residual_label_average(labels, lab) if self.label_residual else lab
+        return x, labels
+
+
+class _PatchEmbed(nn.Module):
+    """Strided convolution + LayerNorm (keys ``proj``, ``norm``); v2's overlaps (padding k // 2)."""
+
+    def __init__(self, in_channels: int, dim: int, kernel: int, stride: int, padding: int):
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.proj = nn.Conv2d(in_channels, dim, kernel, stride, padding)
+        self.norm = nn.LayerNorm(dim)             # eps 1e-5 as the release (mmdet: 1e-6)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.proj(x)
+        hw = (x.shape[2], x.shape[3])
+        return self.norm(x.flatten(2).transpose(1, 2)), hw
+
+
+@MODELS.register_module()
+class TLAPyramidVisionTransformer(TLABackbone):
+    """PVT v1 / v2 backbone with TL-Align label propagation through spatial-reduction attention.
+
+    Args:
+        arch: 'tiny' | 'small' | 'medium' | 'large' (v1) or 'v2-b0' | 'v2-b1' | 'v2-b2' |
+            'v2-b3' (v2), or a dict with ``embed_dims`` (4), ``depths`` (4), ``num_heads`` (4),
+            ``mlp_ratios`` (4), ``sr_ratios`` (4) and ``version`` (1 or 2).
+        img_size: pretraining resolution (int or (H, W)); v1 stores its position embeddings
+            for it and resizes them (bilinear, as mmdet and the release) for other inputs.
+        in_channels: input channels.
+        out_indices: stages whose outputs are returned.
+        out_type: 'featmap' (B, C_i, H_i, W_i) per stage, or 'avg_featmap' (B, C_i): the token
+            mean (after the final ``norm`` for v1, the stage's ``norm{i}`` for v2).
+        qkv_bias, drop_rate, attn_drop_rate, drop_path_rate: as the release (stochastic depth
+            linear over all blocks).
+        frozen_stages: -1 freezes nothing; k >= 1 freezes the first k stages.
+        label_mode, label_dtype: as :class:`~tlalign_mm.TLAVisionTransformer`.
+
+    Patch embeddings: v1 kernel = stride = 4, 2, 2, 2; v2 kernels 7, 3, 3, 3 with strides
+    4, 2, 2, 2 and padding k // 2.  ``num_tokens`` / ``token_grid`` describe the first stage.
+
+    Raises:
+        ValueError: unknown arch, bad out_indices / out_type / label options; with labels, a
+            stage map not divisible by its reduction ratio or patch stride (names the stage).
+    """
+
+    arch_zoo = {
+        'tiny': dict(version=1, embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2)),
+        'small': dict(version=1, embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3)),
+        'medium': dict(version=1, embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3)),
+        'large': dict(version=1, embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3)),
+        'v2-b0': dict(version=2, embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),
+        'v2-b1': dict(version=2, embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2)),
+        'v2-b2': dict(version=2, embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3)),
+        'v2-b3': dict(version=2, embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3)),
+    }
+    arch_alias = {'pvt-tiny': 'tiny', 'pvt-small': 'small', 'pvt-medium': 'medium', 'pvt-large': 'large',
+                  'b0': 'v2-b0', 'b1': 'v2-b1', 'b2': 'v2-b2', 'b3': 'v2-b3',
+                  'pvt-v2-b0': 'v2-b0', 'pvt-v2-b1': 'v2-b1', 'pvt-v2-b2': 'v2-b2', 'pvt-v2-b3': 'v2-b3'}
+    arch_keys = ('embed_dims', 'depths')
+    OUT_TYPES = ('featmap', 'avg_featmap')
+    DEFAULTS = dict(num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), version=1)
+
+    def __init__(self, arch: str | dict = 'small', img_size: int | Sequence[int] = 224, in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), out_type: str = 'featmap', qkv_bias: bool = True,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 label_mode: str = 'fused', label_dtype: str = 'auto', init_cfg=None,
+                 pretrained: Optional[str] = None):
+        super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
+        arch = dict(self.DEFAULTS, **self.resolve_arch(arch))
+        self.check_out_type(out_type)
+        self.version = int(arch['version'])
+        if self.version not in (1, 2):
+            raise ValueError(f"PVT arch version must be 1 or 2, got {arch['version']!r}")
+        dims, depths = tuple(arch['embed_dims']), tuple(arch['depths'])
+        heads, mlp, sr = tuple(arch['num_heads']), tuple(arch['mlp_ratios']), tuple(arch['sr_ratios'])
+        if not len(dims) == len(depths) == len(heads) == len(mlp) == len(sr):
+            raise ValueError(f'PVT arch: embed_dims, depths, num_heads, mlp_ratios and sr_ratios need one '
+                             f'entry per stage, got {arch}')
+        self.num_stages = len(dims)
+        self.num_features = list(dims)
+        self.embed_dims = dims[-1]
+        self.sr_ratios = sr
+        self.depths = depths
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.out_type = out_type
+        self.out_indices = sorted({i + self.num_stages if i < 0 else i for i in out_indices})
+        if not self.out_indices or not all(0 <= i < self.num_stages for i in self.out_indices):
+            raise ValueError(f'out_indices {tuple(out_indices)} out of range for {self.num_stages} stages')
+        self.num_prefix_tokens = 0
+        self.patch_size = 4                                   # the first stage's token stride
+        v2 = self.version == 2
+        kernels = (7, 3, 3, 3) if v2 else (4, 2, 2, 2)
+        strides = (4, 2, 2, 2)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        cur, in_ch, stride = 0, in_channels, 1
+        for i in range(self.num_stages):
+            stride *= strides[i]
+            k = kernels[i] if i < len(kernels) else 3
+            pe = _PatchEmbed(in_ch, dims[i], k, strides[i], k // 2 if v2 else 0)
+            setattr(self, f'patch_embed{i + 1}', pe)
+            if not v2:
+                grid = (self.img_size[0] // stride) * (self.img_size[1] // stride)
+                setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, grid, dims[i])))
+                setattr(self, f'pos_drop{i + 1}', nn.Dropout(drop_rate))
+            setattr(self, f'block{i + 1}', nn.ModuleList([
+                TLAPVTBlock(dims[i], heads[i], mlp[i], qkv_bias, drop_rate, attn_drop_rate, dpr[cur + j], sr[i],
+                            v2, label_mode, label_dtype) for j in range(depths[i])]))
+            if v2:
+                setattr(self, f'norm{i + 1}', nn.LayerNorm(dims[i], eps=1e-6))
+            cur += depths[i]
+            in_ch = dims[i]
+        if not v2:
+            self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.stage_grids = [(self.img_size[0] // (4 * 2 ** i), self.img_size[1] // (4 * 2 ** i))
+                            for i in range(self.num_stages)]
+
+    # -- init / freezing -------------------------------------------------------------------
+    def _init_extra(self) -> None:
+        for i in range(self.num_stages):
+            pos = getattr(self, f'pos_embed{i + 1}', None)
+            if pos is not None:
+                trunc_normal_(pos, std=0.02)
+        for m in self.modules():               # the release's conv init (fan-out normal, bias 0)
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    m.bias.data.zero_()
+
+    def _frozen_modules(self):
+        mods = []
+        for i in range(max(self.frozen_stages, 0)):
+            mods += [getattr(self, f'patch_embed{i + 1}'), getattr(self, f'block{i + 1}')]
+            if hasattr(self, f'pos_embed{i + 1}'):
+                mods.append(getattr(self, f'pos_embed{i + 1}'))
+            if hasattr(self, f'norm{i + 1}'):
+                mods.append(getattr(self, f'norm{i + 1}'))
+        return mods
+
+    # -- labels ----------------------------------------------------------------------------
+    def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
+        """First-stage token grid (h, w) for an input of size ``img_hw`` (stride 4)."""
+        if self.version == 2:
+            return (img_hw[0] - 1) // 4 + 1, (img_hw[1] - 1) // 4 + 1
+        return img_hw[0] // 4, img_hw[1] // 4
+
+    def num_tokens(self, img_hw: Sequence[int]) -> int:
+        """Tokens N a ``token_labels`` tensor must have (first stage, no prefix)."""
+        h, w = self.token_grid(img_hw)
+        return h * w
+
+    def label_blocks(self) -> list:
+        return [blk for i in range(max(self.out_indices) + 1) for blk in getattr(self, f'block{i + 1}')]
+
+    # -- forward ---------------------------------------------------------------------------
+    def _pos_embed(self, i: int, hw: tuple[int, int]) -> Tensor:
+        pos = getattr(self, f'pos_embed{i + 1}')
+        if hw == self.stage_grids[i]:
+            return pos
+        gh, gw = self.stage_grids[i]
+        grid = pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        return F.interpolate(grid, size=hw, mode='bilinear').flatten(2).transpose(1, 2)
+
+    def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
+        """Run the backbone.
+
+        Args:
+            x: (B, C_in, H, W) images.
+            token_labels: None, or (B, N, K) float initial labels of the first-stage tokens
+                (N = ``num_tokens((H, W))``, row-major).
+
+        Returns:
+            ``outs`` (one entry per ``out_indices``), or with ``token_labels`` ``(outs,
+            labels)``, labels (B, N_s, K) float32 of the last returned stage's tokens.
+
+        Raises:
+            TypeError / ValueError: bad ``token_labels``; with labels, a stage map its patch
+                stride or reduction ratio does not divide.
+        """
+        b = x.shape[0]
+        labels = None
+        outs = []
+        for i in range(self.num_stages):
+            pe = getattr(self, f'patch_embed{i + 1}')
+            x, hw = pe(x)
+            if i == 0 and token_labels is not None:
+                check_token_labels(token_labels, b, x.shape[1])
+                labels = token_labels.detach().float()
+            elif labels is not None:
+                labels, lhw = pool_token_labels(labels, prev_hw, pe.kernel, pe.stride, pe.padding,
+                                                f'stage {i + 1} patch embedding')
+                if lhw != hw:
+                    raise ValueError(f'stage {i + 1}: labels pooled to {lhw}, tokens {hw}')
+            if self.version == 1:
+                x = getattr(self, f'pos_drop{i + 1}')(x + self._pos_embed(i, hw))
+            for blk in getattr(self, f'block{i + 1}'):
+                if self.with_cp and x.requires_grad:
+                    x, labels = cp.checkpoint(blk, x, hw, labels, i + 1, use_reentrant=False)
+                else:
+                    x, labels = blk(x, hw, labels, i + 1)
+            if self.version == 2:
+                x = getattr(self, f'norm{i + 1}')(x)
+            if i in self.out_indices:
+                if self.out_type == 'avg_featmap':
+                    last = self.norm(x) if (self.version == 1 and i == self.num_stages - 1) else x
+                    outs.append(last.mean(dim=1))
+                else:
+                    outs.append(x.transpose(1, 2).reshape(b, -1, *hw).contiguous())
+            if i == max(self.out_indices):
+                break
+            x = x.transpose(1, 2).reshape(b, -1, *hw)
+            prev_hw = hw
+        outs = tuple(outs)
+        return outs if token_labels is None else (outs, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of other layouts (timm's ``checkpoint_filter_fn``; the loader is
+# tlalign_mm/checkpoint.py, which asks each backbone file to recognise and rename its own)
+# ---------------------------------------------------------------------------------------------
+CHECKPOINT_LAYOUTS = ('official-pvt', 'mm-pvt')
+"""Foreign PVT layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
+
+
+def detect_layout(state_dict) -> Optional[str]:
+    """The PVT layout of a backbone state dict, or None for another family.
+
+    * ``layers.{s}.1.{j}.attn.attn.in_proj_weight`` (mmdet ``PyramidVisionTransformer(V2)``) ->
+      ``'mm-pvt'``;
+    * ``block{i}.{j}.attn.q`` with a classifier ``head`` or a ``cls_token`` -> ``'official-pvt'``
+      (whai362/PVT), without -> ``'tlalign'``.
+    """
+    from ...checkpoint import has_key
+    if has_key(state_dict, r'layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight'):
+        return 'mm-pvt'
+    if has_key(state_dict, r'block\d+\.\d+\.attn\.q\.'):
+        return 'official-pvt' if has_key(state_dict, r'(head|cls_token)') else 'tlalign'
+    return None
+
+
+def _mm_rename(k: str, v: Tensor, sd) -> list[tuple[str, Tensor]]:
+    """One mmdet PVT key -> our (key, tensor) pairs (in_proj splits into q and kv)."""
+    m = re.match(r'layers\.(\d+)\.(\d)\.(.*)$', k)
+    if not m:
+        return [(k, v)]
+    s, part, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+    if part == '0':                                               # patch embedding
+        return [(f'patch_embed{s}.' + rest.replace('projection.', 'proj.'), v)]
+    if part == '2':                                               # norm after the stage (v2)
+        return [(f'norm{s}.{rest}', v)]
+    m = re.match(r'(\d+)\.(.*)$', rest)
+    j, rest = int(m.group(1)), m.group(2)
+    if rest == 'pos_embed':
+        return [(f'pos_embed{s}', v)]
+    offset = int(any(re.match(rf'layers\.{s - 1}\.1\.0\.pos_embed$', key) for key in sd))
+    pre = f'block{s}.{j - offset}.'
+    if rest.startswith('attn.attn.in_proj_'):
+        kind = rest[len('attn.attn.in_proj_'):]
+        c = v.shape[0] // 3
+        return [(pre + f'attn.q.{kind}', v[:c]), (pre + f'attn.kv.{kind}', v[c:])]
+    if rest.startswith('attn.attn.out_proj.'):
+        return [(pre + 'attn.proj.' + rest[len('attn.attn.out_proj.'):], v)]
+    m = re.match(r'ffn\.layers\.(\d)\.(weight|bias)$', rest)
+    if m:
+        conv = any(re.match(rf'layers\.{s - 1}\.1\.\d+\.ffn\.layers\.4\.', key) for key in sd)
+        name = {'0': 'fc1', '1': 'dwconv.dwconv' if conv else None, '3': None if conv else 'fc2',
+                '4': 'fc2'}.get(m.group(1))
+        if name is None:
+            return [(pre + rest, v)]
+        if name in ('fc1', 'fc2') and m.group(2) == 'weight':
+            v = v.reshape(v.shape[0], v.shape[1])
+        return [(pre + f'mlp.{name}.{m.group(2)}', v)]
+    return [(pre + rest, v)]
+
+
+def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
+    """Rename a PVT state dict of ``layout`` into :class:`TLAPyramidVisionTransformer`'s names.
+
+    * ``'official-pvt'``: the names are ours; ``head``, ``cls_token`` are dropped and
+      ``pos_embed4``'s class-token row is removed (v1: 1 + 7 * 7 rows at 224 px);
+    * ``'mm-pvt'``: ``layers.{s}.0`` -> ``patch_embed{s+1}`` (``projection`` -> ``proj``),
+      ``layers.{s}.1.0.pos_embed`` -> ``pos_embed{s+1}``, blocks ``layers.{s}.1.{j}`` (after
+      the position embedding) -> ``block{s+1}.{j}``, ``attn.attn.in_proj_*`` split into ``attn.q``
+      and ``attn.kv``, ``attn.attn.out_proj`` -> ``attn.proj``, the 1x1-conv ``ffn.layers`` ->
+      ``mlp.fc1`` / ``mlp.dwconv.dwconv`` / ``mlp.fc2``, ``layers.{s}.2`` -> ``norm{s+1}``
+      (mmdet's inverse of its own ``pvt_convert``).
+
+    Returns:
+        (renamed state dict, dropped source keys).
+
+    Raises:
+        ValueError: two keys map to one name.
+    """
+    from ...checkpoint import filter_state_dict
+    if layout == 'mm-pvt':
+        out, ignored = {}, []
+        for k, v in state_dict.items():
+            for nk, nv in _mm_rename(k, v, state_dict):
+                if nk in out:
+                    raise ValueError(f'two checkpoint keys map to {nk!r} (layout {layout!r})')
+                out[nk] = nv
+        return out, ignored
+
+    def rename(k, v):
+        if k == 'pos_embed4' and 'cls_token' in state_dict and v.dim() == 3:
+            side = math.isqrt(v.shape[1] - 1)
+            if side * side == v.shape[1] - 1:
+                v = v[:, 1:]
+        return k, v
+
+    out, ignored = filter_state_dict({k: v for k, v in state_dict.items() if k != 'cls_token'}, layout, rename)
+    return out, ignored + (['cls_token'] if 'cls_token' in state_dict else [])
