@@ -1,4 +1,4 @@
-"""tlalign_mm: Token-Label Alignment (Xiao et al., ICCV 2023) for DeiT and Swin on OpenMMLab.
+"""tlalign_mm: Token-Label Alignment (Xiao et al., ICCV 2023) for DeiT, Swin and PVT on OpenMMLab.
 
 ``import tlalign_mm`` fills tlalign_mm's own mmengine registries (scope ``tlalign_mm``) and
 allow-lists the types mmengine checkpoints hold for torch >= 2.6's ``weights_only`` loading.  It
@@ -12,7 +12,8 @@ from .utils import register_mmengine_safe_globals
 register_mmengine_safe_globals()
 
 from . import align, datasets, evaluation, hooks, mixing  # noqa: F401  (fill the registries)
-from .models import TLAClsDataPreprocessor, TLAImageClassifier, TLASwinTransformer, TLAVisionTransformer
+from .models import (TLAClsDataPreprocessor, TLAImageClassifier, TLAPyramidVisionTransformer, TLASwinTransformer,
+                     TLAVisionTransformer)
 
-__all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'TLAImageClassifier',
+__all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'TLAPyramidVisionTransformer', 'TLAImageClassifier',
            'TLAClsDataPreprocessor']
