@@ -1,4 +1,5 @@
-"""ImageNet-style data for pretraining: dataset, timm transforms (unnormalised), DeiT's sampler.
+"""ImageNet-style data for pretraining: dataset, timm transforms (unnormalised), DeiT's sampler;
+the transfer sets (CIFAR-10/100, Flowers-102, Stanford Cars) through torchvision (``TorchvisionClsDataset``).
 
 Registered in tlalign_mm's registries (``tlalign_mm.registry``): ``ImageNetDataset``,
 ``ImageFolderDataset`` (DATASETS); ``TimmClassificationTransform``, ``PackClsInputs``
@@ -7,6 +8,7 @@ the model's data preprocessor (:func:`build_random_erasing`).
 """
 from .imagenet import IMG_EXTENSIONS, ImageFolderDataset, ImageNetDataset
 from .samplers import RepeatAugSampler
+from .transfer import TRANSFER_SETS, TorchvisionClsDataset
 from .transforms import (
     ClsDataSample,
     ImageReadError,
@@ -19,5 +21,5 @@ from .transforms import (
 __all__ = [
     'IMG_EXTENSIONS', 'ImageNetDataset', 'ImageFolderDataset', 'RepeatAugSampler', 'ClsDataSample',
     'ImageReadError', 'PackClsInputs', 'TimmClassificationTransform', 'build_random_erasing',
-    'load_image'
+    'load_image', 'TorchvisionClsDataset', 'TRANSFER_SETS'
 ]

@@ -134,7 +134,8 @@ class TimmClassificationTransform:
             ``train_crop_mode``, ``crop_mode``, ``color_jitter_prob``, ...).  ``normalize``,
             ``use_prefetcher``, ``separate`` and ``re_*`` are refused, with the reason.
 
-    Input ``results``: ``img_path`` (str) and optionally ``img`` (a PIL image; then no file is read).
+    Input ``results``: ``img_path`` (str) and optionally ``img`` (a PIL image or an (H, W, 3) uint8
+    RGB array; then no file is read).
     Output ``results`` adds/overwrites ``img``: ``torch.uint8`` tensor (3, H, W), values 0..255, and
     ``ori_shape`` (h, w) of the decoded image, ``img_shape`` (H, W) of the output.
 
@@ -169,6 +170,8 @@ class TimmClassificationTransform:
 
     def __call__(self, results: dict) -> dict:
         img = results.get('img')
+        if isinstance(img, np.ndarray):         # in-memory sets (CIFAR): (H, W, 3) uint8 RGB
+            img = Image.fromarray(img)
         if not isinstance(img, Image.Image):
             img = load_image(results['img_path'])
         elif img.mode != 'RGB':
