@@ -262,7 +262,8 @@ def _teacher_files(tmp_path):
         "                           img_size=32, patch_size=8, out_type='cls_token'))\n")
     torch.manual_seed(5)
     t = MODELS.build(dict(type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=K),
-                          backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=24, num_layers=2, num_heads=2),
+                          backbone=dict(type='TLAVisionTransformer',
+                                        arch=dict(embed_dims=24, num_layers=2, num_heads=2),
                                         img_size=32, patch_size=8, out_type='cls_token')))
     t.init_weights()
     torch.nn.init.normal_(t.head.fc.weight, std=1.0)

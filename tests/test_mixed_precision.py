@@ -247,7 +247,8 @@ def _classifier(arch, tl_align, mixer):
         bb = dict(type='TLASwinTransformer', arch=dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)),
                   window_size=4, out_indices=(1,), out_type='avg_featmap')
         mixer = dict(mixer, patch_size=4, token_grid_size=8)
-    m = TLAImageClassifier(bb, head=dict(type='TLALinearClsHead', num_classes=5), label_rule=dict(type='TLAlign' if tl_align else 'Area'),
+    m = TLAImageClassifier(bb, head=dict(type='TLALinearClsHead', num_classes=5),
+                           label_rule=dict(type='TLAlign' if tl_align else 'Area'),
                            align_stats_interval=2,
                            data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0, mixer=mixer,
                                                   random_erasing=dict(re_prob=0.5)))

@@ -37,7 +37,7 @@ def _row(rule, readout, blocks=None, residual=True, mixer=_TOKEN_CUTMIX, classes
 CONFIG_TABLE = {}
 for _arch in ('deit-tiny', 'deit-small', 'deit-base', 'swin-tiny', 'swin-small', 'swin-base'):
     _ro = 'cls' if _arch.startswith('deit') else 'mean'
-    _n = {'deit': 12, 'swin-tiny': 12, 'swin-small': 24, 'swin-base': 24}[_arch.split('-')[0] if 'deit' in _arch else _arch]
+    _n = 12 if _arch in ('deit-tiny', 'deit-small', 'deit-base', 'swin-tiny') else 24
     CONFIG_TABLE[f'pretrain/{_arch}_tla_8xb128-300e_in1k.py'] = _row('TLAlignRule', _ro, list(range(_n)))
     CONFIG_TABLE[f'pretrain/{_arch}_cutmix_8xb128-300e_in1k.py'] = _row('AreaRule', _ro, list(range(_n)))
 for _arch in ('deit-small', 'swin-tiny'):
@@ -272,8 +272,10 @@ def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build():
             return (self.conv(x).mean((2, 3)),)
 
     with pytest.raises(ValueError, match='carries token labels'):
-        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), head=dict(type='TLALinearClsHead', num_classes=5)))
-    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'), head=dict(type='TLALinearClsHead', num_classes=5),
+        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'),
+                          head=dict(type='TLALinearClsHead', num_classes=5)))
+    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'),
+                          head=dict(type='TLALinearClsHead', num_classes=5),
                           label_rule=dict(type='Area')))
     assert m.head.fc.in_features == 8
     imgs = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
@@ -355,7 +357,8 @@ def test_classifier_pretrained_is_strict(tmp_path):
         bad.init_weights()
     # official layout ({'model': timm keys}): backbone by its loader, the head when its shape fits
     official = {'model': {**{k: v for k, v in src.backbone.state_dict().items()},
-                          'head.weight': src.head.fc.weight.detach().clone(), 'head.bias': src.head.fc.bias.detach().clone()}}
+                          'head.weight': src.head.fc.weight.detach().clone(),
+                          'head.bias': src.head.fc.bias.detach().clone()}}
     torch.save(official, tmp_path / 'official.pth')
     m2 = MODELS.build(dict(_tiny_cfg(), init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'official.pth'))))
     m2.init_weights()

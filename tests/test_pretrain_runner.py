@@ -42,7 +42,8 @@ def _cfg(root, work_dir, tl_align, max_iters=30):
         default_scope='tlalign_mm',
         work_dir=work_dir,
         model=dict(
-            type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=10), label_rule=dict(type='TLAlign' if tl_align else 'Area'), align_stats_interval=5,
+            type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=10),
+            label_rule=dict(type='TLAlign' if tl_align else 'Area'), align_stats_interval=5,
             backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=64, num_layers=2, num_heads=2),
                           img_size=32, patch_size=8, out_type='cls_token'),
             data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,

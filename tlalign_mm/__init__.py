@@ -15,5 +15,6 @@ from . import align, datasets, evaluation, hooks, mixing  # noqa: F401  (fill th
 from .models import (TLAClsDataPreprocessor, TLAImageClassifier, TLAPyramidVisionTransformer, TLASwinTransformer,
                      TLAVisionTransformer)
 
-__all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'TLAPyramidVisionTransformer', 'TLAImageClassifier',
+__all__ = ['__version__', 'TLAVisionTransformer', 'TLASwinTransformer', 'TLAPyramidVisionTransformer',
+           'TLAImageClassifier',
            'TLAClsDataPreprocessor']

@@ -81,7 +81,6 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
         from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file
         report = load_backbone_checkpoint(model.backbone, checkpoint)
         ckpt = load_checkpoint_file(checkpoint)
-        sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
         head_note = model.load_head_state(ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
         log(f'loaded {checkpoint}: {report.summary()}; {head_note}')
         weights = str(checkpoint)

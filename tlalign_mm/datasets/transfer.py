@@ -100,7 +100,8 @@ class TorchvisionClsDataset(BaseDataset):
         except RuntimeError as e:
             raise FileNotFoundError(
                 f'{self.dataset} ({split}) not found under data_root={self.data_root!r} ({e}). Expected layout: '
-                + layout.replace('{root}', str(self.data_root)) + '. Download it yourself: nothing is fetched here.') from None
+                + layout.replace('{root}', str(self.data_root))
+                + '. Download it yourself: nothing is fetched here.') from None
 
     def load_data_list(self) -> list[dict]:
         """``[dict(img_path, gt_label[, img]), ...]`` from the torchvision class."""

@@ -20,7 +20,6 @@ from typing import Optional
 
 import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
-from mmengine.structures import BaseDataElement
 from torch import Tensor
 
 from ..align import expand_source_labels, mixed_target, smooth_one_hot
@@ -144,9 +143,9 @@ class TLAImageClassifier(BaseModel):
     ``forward(inputs, data_samples, mode, mix)``:
 
     * ``mode='loss'``: the target of each sample is stored in its data sample as ``gt_score``
-      (K,) float32 and the head's loss is returned, dict(loss=...), with, on steps that carried labels, the token-fluctuation
-      statistics of the batch as detached 0-d tensors (logged, not optimised; reading them is
-      left to the logger, so the step never waits for the device):
+      (K,) float32 and the head's loss is returned, dict(loss=...), with, on steps that carried
+      labels, the token-fluctuation statistics of the batch as detached 0-d tensors (logged, not
+      optimised; reading them is left to the logger, so the step never waits for the device):
 
       - ``align/lam``: mean area share of image A;
       - ``align/lam_aligned``: mean aligned share of image A (K = 2 source labels only);

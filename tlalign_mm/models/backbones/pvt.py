@@ -336,7 +336,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
                 stride or reduction ratio does not divide.
         """
         b = x.shape[0]
-        labels = None
+        labels, prev_hw = None, None
         outs = []
         for i in range(self.num_stages):
             pe = getattr(self, f'patch_embed{i + 1}')
