@@ -415,3 +415,18 @@ def test_each_rule_trains_through_train_py(rule, tmp_path, request):
     sd = torch.load(tmp_path / 'epoch_1.pth', map_location='cpu', weights_only=True)['state_dict']
     assert not any('teacher' in k for k in sd)
     assert any(k.startswith('label_rule.token_head') for k in sd) == (rule == 'tla-dense')
+
+
+def test_dense_tl_align_on_swin_reads_the_last_stage_tokens():
+    """Swin has no class token: the dense loss covers the last stage's tokens, the pooled feature
+    is their mean after the stage norm, as the avg_featmap output was."""
+    m = _model(dict(type='DenseTLAlign'), arch='swin')
+    ref = _model(dict(type='TLAlign'), arch='swin')
+    m.backbone.load_state_dict(ref.backbone.state_dict())
+    m.head.load_state_dict(ref.head.state_dict())
+    data = m.data_preprocessor(_batch(), training=True)
+    out, got = _loss_with_target(m, data)
+    torch.testing.assert_close(got, _loss_with_target(ref, data)[1], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(m(data['inputs'], mode='tensor'), ref(data['inputs'], mode='tensor'))
+    assert out['loss_dense'] > 0 and m.backbone.out_type == 'featmap'
