@@ -352,7 +352,8 @@ def test_ab_reports_from_scalars(tmp_path):
     assert summary['tla']['final_mean'] == 62 and abs(summary['tla']['final_std'] - math.sqrt(8)) < 1e-9
     assert summary['cutmix']['best_mean'] == 59
     assert [c[0] for c in summary['tla']['curve']] == [2, 4]
-    paths = ab.write_reports(str(tmp_path), ['tla', 'cutmix'], ['A.py', 'B.py'], runs, summary, {}, [0, 1], {})
+    paths = ab.write_reports(str(tmp_path), ['tla', 'cutmix'], ['A.py', 'B.py'], runs, summary, {}, [0, 1], {},
+                             baseline='cutmix')
     rows = list(csv.DictReader(open(paths[0])))
     assert len(rows) == 8 and rows[0]['variant'] == 'tla'
     md = open(paths[1]).read()

@@ -411,8 +411,8 @@ def test_each_rule_trains_through_train_py(rule, tmp_path, request):
     assert 'Epoch(train) [1][6/6]' in log and 'accuracy/top1' in log
     assert ('loss_dense' in log) == (rule == 'tla-dense')
     assert 'align/lam_aligned' in log
-    import tlalign_mm  # noqa: F401
-    sd = torch.load(tmp_path / 'epoch_1.pth', map_location='cpu', weights_only=True)['state_dict']
+    from tlalign_mm.checkpoint import load_checkpoint_file
+    sd = load_checkpoint_file(tmp_path / 'epoch_1.pth')['state_dict']
     assert not any('teacher' in k for k in sd)
     assert any(k.startswith('label_rule.token_head') for k in sd) == (rule == 'tla-dense')
 
