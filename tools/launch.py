@@ -231,6 +231,9 @@ def end_cpu_distributed(started: bool) -> None:
     no process group exists.
     """
     if started and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank first reaches the end: a rank that destroys the group while another still
+        # finishes its last collective (the final checkpoint / evaluation) aborts in gloo
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
