@@ -24,6 +24,8 @@ blocks' own attention call, so no rule materialises an attention matrix.
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Optional
 
 import torch
@@ -40,7 +42,7 @@ __all__ = ['LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlign
 READOUTS = ('auto', 'cls', 'mean')
 
 
-class LabelRule(nn.Module):
+class LabelRule(nn.Module, metaclass=abc.ABCMeta):
     """Base class of the label rules.
 
     Class attributes:
@@ -69,6 +71,7 @@ class LabelRule(nn.Module):
         in :meth:`forward`."""
         return mix.source_labels(model.num_prefix_tokens)
 
+    @abc.abstractmethod
     def forward(self, model, mix, y_a: Tensor, y_b: Tensor, area: Tensor, labels: Optional[Tensor],
                 tokens: Optional[Tensor]) -> tuple[Tensor, dict, dict]:
         """The target of a mixed batch.
@@ -86,7 +89,6 @@ class LabelRule(nn.Module):
             (target (B, K) float32, statistics {name: detached 0-d tensor}, extra losses
             {name: 0-d tensor}).
         """
-        raise NotImplementedError
 
 
 @MODELS.register_module(name='Area')

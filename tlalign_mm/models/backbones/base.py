@@ -1,6 +1,7 @@
 """What the DeiT and Swin backbones share: weight init, strict pretrained loading, freezing."""
 from __future__ import annotations
 
+import abc
 import contextlib
 
 import torch.nn as nn
@@ -11,7 +12,7 @@ from timm.layers import trunc_normal_
 __all__ = ['TLABackbone']
 
 
-class TLABackbone(BaseModule):
+class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
     """Base of the label-carrying backbones (mmengine ``BaseModule``).
 
     Subclasses define the layers, ``forward(x, token_labels=None)`` and :meth:`_frozen_modules`.
@@ -108,9 +109,9 @@ class TLABackbone(BaseModule):
         self._is_init = True
 
     # -- training switches -----------------------------------------------------------------
+    @abc.abstractmethod
     def label_blocks(self) -> list:
-        """The blocks that can align labels, in forward order (subclasses list them)."""
-        raise NotImplementedError
+        """The blocks that can align labels, in forward order (each backbone lists its own)."""
 
     def set_alignment(self, blocks='all', residual: bool = True) -> list[int]:
         """Choose which blocks align the labels, and how (the ablations of the TL-Align paper,

@@ -396,8 +396,11 @@ def detect_layout(state_dict) -> Optional[str]:
     return None
 
 
-def _mm_rename(k: str, v: Tensor, sd) -> list[tuple[str, Tensor]]:
-    """One mmdet PVT key -> our (key, tensor) pairs (in_proj splits into q and kv)."""
+def _mm_rename(k: str, v: Tensor, pos_stages: set, conv_stages: set) -> list[tuple[str, Tensor]]:
+    """One mmdet PVT key -> our (key, tensor) pairs (in_proj splits into q and kv).
+
+    ``pos_stages`` / ``conv_stages``: 1-based stages with an absolute position embedding (which
+    shifts mmdet's block indices by one) / a convolutional feed-forward layer."""
     m = re.match(r'layers\.(\d+)\.(\d)\.(.*)$', k)
     if not m:
         return [(k, v)]
@@ -410,8 +413,7 @@ def _mm_rename(k: str, v: Tensor, sd) -> list[tuple[str, Tensor]]:
     j, rest = int(m.group(1)), m.group(2)
     if rest == 'pos_embed':
         return [(f'pos_embed{s}', v)]
-    offset = int(any(re.match(rf'layers\.{s - 1}\.1\.0\.pos_embed$', key) for key in sd))
-    pre = f'block{s}.{j - offset}.'
+    pre = f'block{s}.{j - int(s in pos_stages)}.'
     if rest.startswith('attn.attn.in_proj_'):
         kind = rest[len('attn.attn.in_proj_'):]
         c = v.shape[0] // 3
@@ -420,7 +422,7 @@ def _mm_rename(k: str, v: Tensor, sd) -> list[tuple[str, Tensor]]:
         return [(pre + 'attn.proj.' + rest[len('attn.attn.out_proj.'):], v)]
     m = re.match(r'ffn\.layers\.(\d)\.(weight|bias)$', rest)
     if m:
-        conv = any(re.match(rf'layers\.{s - 1}\.1\.\d+\.ffn\.layers\.4\.', key) for key in sd)
+        conv = s in conv_stages
         name = {'0': 'fc1', '1': 'dwconv.dwconv' if conv else None, '3': None if conv else 'fc2',
                 '4': 'fc2'}.get(m.group(1))
         if name is None:
@@ -452,8 +454,12 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     from ...checkpoint import filter_state_dict
     if layout == 'mm-pvt':
         out, ignored = {}, []
+        stages = [(int(m.group(1)) + 1, m.group(2)) for k in state_dict
+                  if (m := re.match(r'layers\.(\d+)\.1\.(0\.pos_embed$|\d+\.ffn\.layers\.4\.)', k))]
+        pos_stages = {s for s, what in stages if what.endswith('pos_embed')}
+        conv_stages = {s for s, what in stages if not what.endswith('pos_embed')}
         for k, v in state_dict.items():
-            for nk, nv in _mm_rename(k, v, state_dict):
+            for nk, nv in _mm_rename(k, v, pos_stages, conv_stages):
                 if nk in out:
                     raise ValueError(f'two checkpoint keys map to {nk!r} (layout {layout!r})')
                 out[nk] = nv
