@@ -7,7 +7,8 @@
 # Installs, pinned by requirements/constraints.txt: torch + torchvision (matched pair, the
 # registry's default builds), mmengine, mmcv WITH compiled ops (prebuilt wheel if one matches,
 # else built from the source archive and cached), mmdet, mmsegmentation, timm, pycocotools,
-# the test tools, and this package in editable mode.
+# the test tools, the robustness tools (torchattacks, imagecorruptions), and this package in
+# editable mode.
 #
 # Idempotent: a stamp holding the hash of every input is written when an environment is
 # complete; a re-run with the same inputs only re-links this checkout (seconds).
@@ -58,7 +59,11 @@ check_env() {
 import importlib.metadata as md
 import torch, torchvision, timm, mmengine, mmcv, mmdet.models, mmseg.models  # noqa: F401
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops)
-import pycocotools, pytest  # noqa: F401
+import pycocotools, pytest, torchattacks  # noqa: F401
+import warnings
+with warnings.catch_warnings():  # imagecorruptions imports the deprecated pkg_resources
+    warnings.simplefilter('ignore')
+    import imagecorruptions  # noqa: F401
 print('  torch', torch.__version__, '| torchvision', torchvision.__version__, '| mmcv', mmcv.__version__,
       '| mmdet', md.version('mmdet'), '| mmseg', md.version('mmsegmentation'), '| timm', timm.__version__,
       '| mmengine', mmengine.__version__)
@@ -116,10 +121,15 @@ fi
   || die "torch and torchvision do not import together (mismatched pair?). Remove both and re-run: $VPY -m pip uninstall -y torch torchvision"
 
 # --- 4. pure-Python runtime -----------------------------------------------------------
-step 4 "installing mmengine, timm, pycocotools and the test tools"
+step 4 "installing mmengine, timm, pycocotools, the test tools and the robustness tools"
 "$VPY" -m pip install -q -c "$CONSTRAINTS" -r "$REPO/requirements/runtime.txt" \
   -r "$REPO/requirements/tests.txt" pycocotools \
   || die "pip could not install requirements/runtime.txt + tests.txt."
+# Robustness tools (requirements/robustness.txt): torchattacks without its stale requests pin.
+"$VPY" -m pip install -q -c "$CONSTRAINTS" "setuptools>=77,<81" imagecorruptions tqdm \
+  || die "pip could not install imagecorruptions (requirements/robustness.txt)."
+"$VPY" -m pip install -q --no-deps -c "$CONSTRAINTS" torchattacks \
+  || die "pip could not install torchattacks (requirements/robustness.txt)."
 
 # --- 5. mmcv with compiled ops ----------------------------------------------------------
 MMCV=$(pin mmcv)
@@ -157,9 +167,9 @@ else
     HB=$!
     ( cd "$SRC/mmcv-$MMCV" && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         "$VPY" -m pip wheel -q --no-deps --no-build-isolation -w "$MMCV_DIR" . ) \
-      || { kill $HB 2>/dev/null; "$VPY" -m pip install -q "setuptools>=77"; die "compiling mmcv $MMCV failed (log above). Needs g++, Python headers, setuptools<70."; }
+      || { kill $HB 2>/dev/null; "$VPY" -m pip install -q "setuptools>=77,<81"; die "compiling mmcv $MMCV failed (log above). Needs g++, Python headers, setuptools<70."; }
     kill $HB 2>/dev/null || true
-    "$VPY" -m pip install -q "setuptools>=77" || die "could not restore setuptools>=77 after the mmcv build."
+    "$VPY" -m pip install -q "setuptools>=77,<81" || die "could not restore setuptools>=77,<81 after the mmcv build."
     rm -rf "$SRC"
     whl=$(ls "$MMCV_DIR"/mmcv-*.whl | head -n1)
     say "  built and cached $whl"
