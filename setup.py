@@ -27,6 +27,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'data')),
+    package_data={'tlalign_mm.evaluation': ['wnids/*.txt', 'wnids/*.md']},
     install_requires=read_requirements('runtime.txt'),
     extras_require={
         'mm': read_requirements('mminstall.txt'),

@@ -50,7 +50,7 @@ def quiet_init_weights(model) -> None:
 
 
 def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.device = 'cpu',
-                     seed: int = 0, log=print):
+                     seed: int = 0, log=print, require_head: bool = False):
     """Build ``cfg.model`` (a :class:`~tlalign_mm.models.TLAImageClassifier`) and its weights.
 
     Args:
@@ -60,6 +60,8 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
             or None for a random initialisation (``init_weights`` after ``torch.manual_seed(seed)``).
         device: where to put the model.
         log: called with one line describing what was loaded.
+        require_head: raise ``ValueError`` unless the checkpoint also holds a head of this
+            model's shape (tools that score predictions need the trained classifier).
 
     Returns:
         ``(model, weights)``: the model in eval mode and a short description of its weights
@@ -82,8 +84,14 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
         report = load_backbone_checkpoint(model.backbone, checkpoint)
         ckpt = load_checkpoint_file(checkpoint)
         head_note = model.load_head_state(ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
+        if require_head and head_note != 'head loaded':
+            raise ValueError(f'{checkpoint}: {head_note}; scoring predictions needs a classifier checkpoint '
+                             f'whose head has {model.num_classes} classes (a full training checkpoint, not a '
+                             'backbone export)')
         log(f'loaded {checkpoint}: {report.summary()}; {head_note}')
         weights = str(checkpoint)
+    elif require_head:
+        raise ValueError('no checkpoint given: scoring predictions needs a trained classifier checkpoint')
     else:
         log('no checkpoint given: the model is RANDOMLY INITIALISED (seed '
             f'{seed}); figures describe an untrained network')
