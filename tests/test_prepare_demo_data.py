@@ -111,6 +111,44 @@ def test_cls_layout_counts_and_pixels(tmp_path, capsys):
 
 
 @needs_fashion_mnist
+def test_robust_set_corrupts_the_test_images_reproducibly(tmp_path, capsys):
+    pytest.importorskip('imagecorruptions')
+    from demo_data import fashion_mnist_c
+    args = ['--out', tmp_path, '--only', 'robust', '--robust-per-class', 1, '--fashion-mnist-dir', FM_DIR]
+    code, log = run_tool(capsys, *args)
+    assert code == 0, log
+    root = tmp_path / 'fashion_mnist_c'
+    names = ['gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur', 'glass_blur', 'motion_blur',
+             'zoom_blur', 'snow', 'frost', 'fog', 'brightness', 'contrast', 'elastic_transform', 'pixelate',
+             'jpeg_compression']
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(names)
+    images, labels = read_idx(FM_DIR / 't10k-images-idx3-ubyte.gz'), read_idx(FM_DIR / 't10k-labels-idx1-ubyte.gz')
+    firsts = [int(np.flatnonzero(labels == c)[0]) for c in range(10)]
+    for name in names:
+        assert sorted(p.name for p in (root / name).iterdir()) == ['1', '2', '3', '4', '5']
+        for sev in range(1, 6):
+            assert sorted(p.name for p in (root / name / str(sev)).iterdir()) == CLASS_FOLDERS
+    # severity raises the distance to the clean (resized) image, here for additive noise and contrast
+    for name in ('gaussian_noise', 'contrast'):
+        dist = []
+        for sev in range(1, 6):
+            d = 0.0
+            for c, i in enumerate(firsts):
+                clean = np.asarray(Image.fromarray(images[i]).convert('RGB').resize((32, 32), Image.BICUBIC), float)
+                with Image.open(root / name / str(sev) / CLASS_FOLDERS[c] / f'{i:05d}.png') as im:
+                    assert im.mode == 'RGB' and im.size == (32, 32)
+                    d += np.abs(np.asarray(im, float) - clean).mean()
+            dist.append(d)
+        assert all(a < b for a, b in zip(dist, dist[1:])), (name, dist)
+    # deterministic: a forced rebuild writes the same bytes
+    before = output_hashes(root)
+    assert len(before) == 15 * 5 * 10 + 1  # + DATA_CARD.md
+    assert run_tool(capsys, *args, '--force')[0] == 0
+    assert output_hashes(root) == before
+    assert fashion_mnist_c.corruption_seed('fog', 1, 0) != fashion_mnist_c.corruption_seed('fog', 2, 0)
+
+
+@needs_fashion_mnist
 def test_cls_readable_by_imagenet_dataset(tmp_path, capsys):
     pytest.importorskip('mmengine')
     from tlalign_mm.datasets import ImageNetDataset

@@ -11,12 +11,16 @@ Sets (``--only`` takes group names or set names, comma-separated)::
     seg   voc_seg        labelme==6.3.1 source archive            3 VOC2012 photos + 5 video frames,
                                                                   class masks
     coco  coco_voc       labelme==6.3.1 source archive            3 VOC photos, 12 COCO polygons
+    robust fashion_mnist_c Debian dataset-fashion-mnist +           Fashion-MNIST test images under the
+                         imagecorruptions==1.1.2 (PyPI)           15 ImageNet-C corruptions x 5 severities
+                                                                  (only when asked for: --only robust)
 
 Layouts written under ``--out`` (default ``<repo>/data/demo``)::
 
     fashion_mnist/{train,val}/<NN_class>/<idx>.png               ImageNetDataset folder layout
     voc_seg/{img_dir,ann_dir}/{train,val}/<stem>.{jpg,png}       mmseg (labels: uint8, 255 = ignore)
     coco_voc/annotations/instances_{train,val}.json + {train,val}/   mmdet CocoDataset
+    fashion_mnist_c/<corruption>/<severity>/<NN_class>/<idx>.png ImageNet-C layout
 
 Licences: Fashion-MNIST MIT (Zalando SE); labelme GPL-3.0 (VOC photos from Flickr).  Each set
 folder gets a ``DATA_CARD.md`` and a copy of the licence.
@@ -47,6 +51,7 @@ Examples::
     python tools/prepare_demo_data.py --only cls --cls-train-per-class 10 --cls-val-per-class 5
     python tools/prepare_demo_data.py --only seg,coco --cache /tmp/dl --force
     python tools/prepare_demo_data.py --only cls --install-apt # apt-get install dataset-fashion-mnist first
+    python tools/prepare_demo_data.py --only robust            # the corrupted set of the robustness demo
 """
 from __future__ import annotations
 
@@ -108,7 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog='prepare_demo_data.py',
         description='Build small real demo datasets under data/demo from package registries only: '
                     'fashion_mnist (cls, Debian dataset-fashion-mnist, MIT), voc_seg (seg, labelme 6.3.1 '
-                    'examples, GPL-3.0), coco_voc (coco, labelme 6.3.1 polygons, GPL-3.0). '
+                    'examples, GPL-3.0), coco_voc (coco, labelme 6.3.1 polygons, GPL-3.0); on request fashion_mnist_c '
+                    '(robust, the same test images under the ImageNet-C corruptions of imagecorruptions 1.1.2). '
                     'Pinned by version and sha256, deterministic, idempotent: '
                     "complete sets carry a .complete marker and are skipped ('up to date').",
         epilog='Exit status: 0 ready; 3 a source is unavailable (the message says how to provide it); '
@@ -116,8 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', default=str(REPO / 'data' / 'demo'), help='output root')
     p.add_argument('--only', default='cls,seg,coco',
-                   help='comma-separated groups (cls, seg, coco) and/or set names '
-                        '(fashion_mnist, voc_seg, coco_voc)')
+                   help='comma-separated groups (cls, seg, coco, robust) and/or set names '
+                        '(fashion_mnist, voc_seg, coco_voc, fashion_mnist_c)')
     p.add_argument('--force', action='store_true', help='rebuild complete sets (from the cached sources)')
     p.add_argument('--cache', default=str(default_cache()),
                    help='download cache for the pinned archives ($TLALIGN_CACHE/downloads when set)')
@@ -135,6 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='first N training images of every class -> train/')
     g.add_argument('--cls-val-per-class', type=int, default=100, metavar='N',
                    help='first N test (t10k) images of every class -> val/')
+    g = p.add_argument_group('robust (Fashion-MNIST-C)')
+    g.add_argument('--robust-per-class', type=int, default=50, metavar='N',
+                   help='first N test images of every class, each under 15 corruptions x 5 severities')
     args = p.parse_args(argv)
     wanted = []
     for tok in (t.strip() for t in args.only.split(',')):
@@ -150,6 +159,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sets = [s for s in SETS if s.name in wanted]
     if args.cls_train_per_class < 1 or args.cls_val_per_class < 1:
         p.error('--cls-train-per-class and --cls-val-per-class must be >= 1')
+    if not 1 <= args.robust_per_class <= 1000:
+        p.error('--robust-per-class must be in 1..1000 (Fashion-MNIST has 1000 test images per class)')
     if args.cls_train_per_class > 6000 or args.cls_val_per_class > 1000:
         p.error('Fashion-MNIST has 6000 training and 1000 test images per class')
     return args
