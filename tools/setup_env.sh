@@ -57,13 +57,13 @@ INPUTS_HASH=$( (cat "$CONSTRAINTS" "$REPO"/requirements/*.txt "$0"; "$PYTHON" -V
 check_env() {
   "$VPY" - <<'EOF'
 import importlib.metadata as md
-import torch, torchvision, timm, mmengine, mmcv, mmdet.models, mmseg.models  # noqa: F401
-from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops)
-import pycocotools, pytest, torchattacks  # noqa: F401
 import warnings
 with warnings.catch_warnings():  # imagecorruptions imports the deprecated pkg_resources
     warnings.simplefilter('ignore')
-    import imagecorruptions  # noqa: F401
+    import imagecorruptions  # noqa: F401  (before mmdet, whose import makes warnings show regardless)
+import torch, torchvision, timm, mmengine, mmcv, mmdet.models, mmseg.models  # noqa: F401
+from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops)
+import pycocotools, pytest, torchattacks  # noqa: F401
 print('  torch', torch.__version__, '| torchvision', torchvision.__version__, '| mmcv', mmcv.__version__,
       '| mmdet', md.version('mmdet'), '| mmseg', md.version('mmsegmentation'), '| timm', timm.__version__,
       '| mmengine', mmengine.__version__)
