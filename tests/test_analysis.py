@@ -25,15 +25,15 @@ import json
 import math
 import os
 import os.path as osp
+import random
 import subprocess
 import sys
-
-import random
 
 import pytest
 import torch
 
 import tlalign_mm  # noqa: F401
+from tlalign_mm.align import smooth_one_hot
 from tlalign_mm.analysis import (
     compute_label_maps,
     iter_blocks,
@@ -44,7 +44,6 @@ from tlalign_mm.analysis import (
     run_fluctuation,
     write_fluctuation_csv,
 )
-from tlalign_mm.align import smooth_one_hot
 from tlalign_mm.analysis.build import quiet_init_weights
 from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.models import TLAImageClassifier
@@ -195,7 +194,8 @@ def test_attention_on_one_b_token_pulls_lam_down(num_heads, label_mode):
     assert torch.allclose(fl.lam_aligned, lam / 2 ** layers, atol=1e-5)
     assert (fl.lam_aligned < lam).all()
     assert (fl.target_l2 > 0.1).all()  # all partners have other classes here
-    assert torch.allclose(fl.target_l2, expected_target_l2(fl.lam_aligned, lam, fl.labels, fl.partner_labels), atol=1e-5)
+    expected = expected_target_l2(fl.lam_aligned, lam, fl.labels, fl.partner_labels)
+    assert torch.allclose(fl.target_l2, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize('build', [tiny_vit, tiny_swin], ids=['deit', 'swin'])

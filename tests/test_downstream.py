@@ -98,7 +98,8 @@ for _arch, _full in (('deit-s', 'deit-small'), ('swin-t', 'swin-tiny'), ('swin-s
                      ('swin-b', 'swin-base')):
     for _kind in ('tla', 'cutmix', 'official'):
         _ckpt = _OFFICIAL[_arch] if _kind == 'official' else f'work_dirs/{_full}_{_kind}_8xb128-300e_in1k/backbone.pth'
-        _seg = f'upernet_{_arch}_in1k-{_kind}-pre_' + ('mln_' if _arch == 'deit-s' else '') + '8xb2-160k_ade20k-512x512.py'
+        _seg = (f'upernet_{_arch}_in1k-{_kind}-pre_' + ('mln_' if _arch == 'deit-s' else '')
+                + '8xb2-160k_ade20k-512x512.py')
         DOWNSTREAM_TABLE[_seg] = _ckpt
         if _arch != 'deit-s':
             DOWNSTREAM_TABLE[f'cascade-mask-rcnn_{_arch}_in1k-{_kind}-pre_fpn_ms-crop-3x_8xb2_coco.py'] = _ckpt
@@ -123,7 +124,8 @@ def test_every_config_parses_and_passes_checks(path):
 
 
 DEMO_PARENTS = {
-    'upernet_swin-demo_fmnist-tla-pre_1xb4-400i_voc-seg-256x256.py': ('upernet', 'upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py'),
+    'upernet_swin-demo_fmnist-tla-pre_1xb4-400i_voc-seg-256x256.py':
+        ('upernet', 'upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py'),
     'cascade-mask-rcnn_swin-demo_fmnist-tla-pre_fpn_1xb2-10e_coco-voc.py': (
         'cascade_mask_rcnn', 'cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py'),
 }
@@ -828,9 +830,10 @@ def test_official_swin_checkpoint_loads_exactly_into_both_families(mm, tmp_path)
     official = _official_swin_from_timm(swin.state_dict())
     path = tmp_path / 'swin_tiny_patch4_window7_224.pth'
     torch.save({'model': official}, path)
-    for cfg_path, scope in ((osp.join(SEG_DIR, 'upernet_swin-t_in1k-official-pre_8xb2-160k_ade20k-512x512.py'), 'mmseg'),
-                            (osp.join(DET_DIR, 'cascade-mask-rcnn_swin-t_in1k-official-pre_fpn_ms-crop-3x_8xb2_coco.py'),
-                             'mmdet')):
+    official_cfgs = ((osp.join(SEG_DIR, 'upernet_swin-t_in1k-official-pre_8xb2-160k_ade20k-512x512.py'), 'mmseg'),
+                     (osp.join(DET_DIR, 'cascade-mask-rcnn_swin-t_in1k-official-pre_fpn_ms-crop-3x_8xb2_coco.py'),
+                      'mmdet'))
+    for cfg_path, scope in official_cfgs:
         cfg = _with_checkpoint(cfg_path, path, scope)
         bb = _backbone_only(cfg, scope)
         bb.init_weights()

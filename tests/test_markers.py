@@ -2,9 +2,8 @@
 import sys
 import types
 
-import pytest
-
 import conftest
+import pytest
 
 
 def test_mm_reason_names_the_missing_package(monkeypatch):

@@ -153,7 +153,7 @@ def test_deit_under_autocast_runs_one_attention_kernel_per_block(dtype):
     for label_dtype in ('auto', 'float32'):
         vit = _tiny_vit(label_dtype=label_dtype)
         with torch.autocast('cpu', dtype=dtype):
-            ops = _ops(lambda: vit(x, y0))
+            ops = _ops(lambda vit=vit: vit(x, y0))
         counts[label_dtype] = ops.count(FLASH) + ops.count('aten::_scaled_dot_product_attention_math')
     assert counts['auto'] == 3                  # the labels ride in the features' call
     assert counts['float32'] == 6               # the float32 option adds a label call per block

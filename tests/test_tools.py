@@ -377,7 +377,8 @@ def test_cpu_distributed_launchers(train_tool, cfgs, monkeypatch):
             torch.distributed.destroy_process_group()
 
 
-DET_CFG = osp.join(REPO, 'configs', 'cascade_mask_rcnn', 'cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py')
+DET_CFG = osp.join(REPO, 'configs', 'cascade_mask_rcnn',
+                   'cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py')
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the fp32 fallback is for machines without CUDA')

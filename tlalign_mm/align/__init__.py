@@ -1,16 +1,17 @@
 """TL-Align, the algorithm: framework-free torch functions (``docs/tl-align.md``)."""
 from .propagate import (
                         LABEL_DTYPES,
-                        check_label_options,
                         LABEL_MODES,
                         attention_label_step,
                         attention_with_labels,
+                        check_label_options,
                         check_token_labels,
                         explicit_attention_with_labels,
                         fused_attention_with_labels,
                         residual_label_average,
                         split_attention_with_labels,
 )
+from .reduction import pool_token_labels, reduce_token_labels
 from .token_labels import (
                         expand_source_labels,
                         initial_class_labels,
@@ -20,7 +21,6 @@ from .token_labels import (
                         smooth_one_hot,
                         token_share_from_mask,
 )
-from .reduction import pool_token_labels, reduce_token_labels
 from .windows import (
                         merge_patch_labels,
                         pad_to_multiple,
@@ -33,7 +33,8 @@ from .windows import (
 
 __all__ = [
     'pool_token_labels', 'reduce_token_labels',
-    'LABEL_MODES', 'LABEL_DTYPES', 'check_label_options', 'attention_with_labels', 'split_attention_with_labels', 'attention_label_step', 'check_token_labels',
+    'LABEL_MODES', 'LABEL_DTYPES', 'check_label_options', 'attention_with_labels', 'split_attention_with_labels',
+    'attention_label_step', 'check_token_labels',
     'explicit_attention_with_labels',
     'fused_attention_with_labels', 'residual_label_average', 'expand_source_labels',
     'initial_class_labels', 'initial_source_labels', 'mixed_target', 'partner_index',

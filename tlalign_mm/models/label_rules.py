@@ -25,7 +25,6 @@ blocks' own attention call, so no rule materialises an attention matrix.
 from __future__ import annotations
 
 import abc
-
 from typing import Optional
 
 import torch

@@ -29,13 +29,13 @@ heads run in eval mode (the configs' SyncBN normalises over all GPUs' images; on
 ``AmpOptimWrapper``, bfloat16 on CPU), without a loss scaler.
 
 Commands for the figures (the ones this tool was first run with; CPU, 2 threads, busy machine):
-    python tools/analysis/benchmark_downstream.py configs/upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py \\
-        --batch 1 --shape 256 256 --iters 3
+    python tools/analysis/benchmark_downstream.py \\
+        configs/upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py --batch 1 --shape 256 256 --iters 3
 Full-size runs (GPU):
-    python tools/analysis/benchmark_downstream.py configs/upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py \\
-        --batch 2
-    python tools/analysis/benchmark_downstream.py configs/upernet/upernet_deit-s_in1k-tla-pre_mln_8xb2-160k_ade20k-512x512.py \\
-        --batch 2
+    python tools/analysis/benchmark_downstream.py \\
+        configs/upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py --batch 2
+    python tools/analysis/benchmark_downstream.py \\
+        configs/upernet/upernet_deit-s_in1k-tla-pre_mln_8xb2-160k_ade20k-512x512.py --batch 2
     python tools/analysis/benchmark_downstream.py \\
         configs/cascade_mask_rcnn/cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py --batch 2 --amp
 """

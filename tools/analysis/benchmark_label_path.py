@@ -18,11 +18,11 @@ soft-target cross-entropy through a linear head; under ``--amp-dtype`` the forwa
                   materialised (``label_mode='explicit'``).
 
 Step time (CUDA events on a GPU, wall clock on CPU): median over ``--iters`` steps after
-``--warmup``, the variants interleaved step by step (the order reversed every other round) so that machine noise hits all alike.  ``x base``
-is the ratio of the medians; ``paired`` is the geometric mean over rounds of each round's ratio
-to the baseline step of the same round, with its 95% confidence interval (normal approximation
-on the log ratios).  The paired figure is the one to quote on a noisy machine: the pairing cancels
-the drift of a shared machine's step time.
+``--warmup``, the variants interleaved step by step (the order reversed every other round) so
+that machine noise hits all alike.  ``x base`` is the ratio of the medians; ``paired`` is the
+geometric mean over rounds of each round's ratio to the baseline step of the same round, with its
+95% confidence interval (normal approximation on the log ratios).  The paired figure is the one
+to quote on a noisy machine: the pairing cancels the drift of a shared machine's step time.
 
 Peak memory: each variant in a fresh subprocess; on CPU the growth of the process's peak RSS
 over its steady state before the first step, on GPU ``torch.cuda.max_memory_allocated`` during the steps.

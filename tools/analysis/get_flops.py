@@ -26,7 +26,8 @@ Default input size: mmseg ``model.data_preprocessor.size`` (the training crop); 
 (H x W, mmdet's ``get_flops`` default); pretraining the backbone's ``img_size``.
 
 Examples:
-    python tools/analysis/get_flops.py configs/upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py --compare-stock
+    python tools/analysis/get_flops.py \\
+        configs/upernet/upernet_swin-t_in1k-tla-pre_8xb2-160k_ade20k-512x512.py --compare-stock
     python tools/analysis/get_flops.py configs/pretrain/deit-small_tla_8xb128-300e_in1k.py
     python tools/analysis/get_flops.py \\
         configs/cascade_mask_rcnn/cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py --shape 800 1333 \\

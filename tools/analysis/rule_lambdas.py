@@ -50,8 +50,13 @@ def main(argv=None) -> dict:
     import torch
     from mmengine.runner import set_random_seed
 
-    from tlalign_mm.analysis.build import (RANDOM_INIT, build_classifier, build_train_dataloader, load_config,
-                                           pick_device)
+    from tlalign_mm.analysis.build import (
+        RANDOM_INIT,
+        build_classifier,
+        build_train_dataloader,
+        load_config,
+        pick_device,
+    )
     from tlalign_mm.analysis.rule_lambdas import most_fluctuating, plot_rule_lambdas, rule_lambdas, write_rule_lambdas
     from tlalign_mm.analysis.tracing import block_names, iter_blocks
 
