@@ -8,6 +8,7 @@ of the library code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import pickle
@@ -233,6 +234,18 @@ def _mmengine_meta():
     }
 
 
+@contextlib.contextmanager
+def _no_process_allow_list():
+    """Torch's process-wide weights_only allow-list emptied for the block, then restored."""
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(saved)
+
+
 def test_mmengine_checkpoint_with_numpy_and_history_buffer(deit_sd, tmp_path):
     from mmengine.logging import HistoryBuffer
     sd = {'backbone.' + k: v for k, v in deit_sd.items() if not k.startswith('head.')}
@@ -243,11 +256,12 @@ def test_mmengine_checkpoint_with_numpy_and_history_buffer(deit_sd, tmp_path):
             'optimizer': {'state': {}, 'param_groups': [{'lr': 0.1, 'params': [0, 1]}]}}
     path = tmp_path / 'mmengine.pth'
     torch.save(ckpt, path)
-    # plain weights_only loading refuses it: the allow-list is what makes it load
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(path, weights_only=True)
-
-    loaded = load_checkpoint_file(path)
+    # without the allow-list (that import tlalign_mm registers) plain weights_only loading refuses
+    # it; the loader brings the list itself
+    with _no_process_allow_list():
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(path, weights_only=True)
+        loaded = load_checkpoint_file(path)
     hb = loaded['meta']['buffer']
     assert isinstance(hb, HistoryBuffer) and hb.statistics('mean') == pytest.approx(1.75 / 3)
     np.testing.assert_array_equal(loaded['meta']['hist'], np.linspace(0, 1, 5))
@@ -279,8 +293,9 @@ def test_numpy1_pickled_names_load(tmp_path):
             zout.writestr(info, data)
     old = tmp_path / 'np1.pth'
     old.write_bytes(buf.getvalue())
-    assert 'numpy.core.multiarray._reconstruct' in torch.serialization.get_unsafe_globals_in_checkpoint(old)
-    loaded = load_checkpoint_file(old)
+    with _no_process_allow_list():
+        assert 'numpy.core.multiarray._reconstruct' in torch.serialization.get_unsafe_globals_in_checkpoint(old)
+        loaded = load_checkpoint_file(old)
     np.testing.assert_array_equal(loaded['meta']['hist'], np.linspace(0, 1, 5))
     assert loaded['meta']['lr'] == np.float32(1e-3)
 
@@ -662,6 +677,22 @@ def test_empty_numpy_array_in_meta_loads_but_bytes_with_arguments_does_not(tmp_p
     torch.save({'x': _BigBytes()}, tmp_path / 'bytes.pth')
     with pytest.raises(pickle.UnpicklingError, match='bytes'):
         load_checkpoint_file(tmp_path / 'bytes.pth')
+
+
+def test_loading_keeps_the_process_wide_allow_list(tmp_path):
+    """``import tlalign_mm`` allow-lists mmengine's checkpoint types for every ``torch.load``
+    (mmengine's resume); a load through the project's loader must leave that list as it was."""
+    from mmengine.logging import HistoryBuffer
+
+    from tlalign_mm.utils import register_mmengine_safe_globals
+    register_mmengine_safe_globals()
+    before = set(torch.serialization.get_safe_globals())
+    assert HistoryBuffer in before
+    path = tmp_path / 'meta.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'buf': HistoryBuffer()}}, path)
+    load_checkpoint_file(path)
+    assert set(torch.serialization.get_safe_globals()) == before
+    assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(2))
 
 
 @pytest.mark.parametrize('content', [b'hello world\n', b'', b'PK\x03\x04 truncated zip'])

@@ -103,8 +103,12 @@ def _weights_only_everywhere():
     key = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
     old = os.environ.get(key)
     os.environ[key] = '1'
+    # torch's safe_globals context removes its entries on exit, even ones registered before it
+    # (import tlalign_mm registers the list process-wide): hand it only the missing ones.
+    registered = set(torch.serialization.get_safe_globals())
+    missing = [g for g in mmengine_safe_globals() if g not in registered]
     try:
-        with torch.serialization.safe_globals(mmengine_safe_globals()):
+        with torch.serialization.safe_globals(missing):
             yield
     finally:
         if old is None:
