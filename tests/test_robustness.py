@@ -182,6 +182,11 @@ def imagenet_like(tmp_path_factory):
                 label = p if i < keep else (p + 1) % 1000
                 _save_png(str(root / 'imagenet-c' / name / str(sev) / k1[label] / f'{i:03d}.png'), img)
             c_acc[(name, sev)] = keep / 16
+    # an extra corruption (ImageNet-C's held-out speckle noise): scored, but AlexNet has no error for it
+    for i, (img, p) in enumerate(zip(imgs, full)):
+        label = p if i < 8 else (p + 1) % 1000
+        _save_png(str(root / 'imagenet-c' / 'speckle_noise' / '1' / k1[label] / f'{i:03d}.png'), img)
+    c_acc[('speckle_noise', 1)] = 0.5
     cfg_path = root / 'cfg.py'
     cfg_path.write_text(
         f"_base_ = {DEMO_CFG!r}\n"
@@ -204,7 +209,7 @@ def test_tool_scores_every_layout_as_expected(imagenet_like, tmp_path, capsys):
     res = tool.main([d['cfg'], d['ckpt'], d['ckpt'], '--names', 'm', 'm', '--baseline', 'm',
                      '--data-root', str(d['root']), '--num-workers', '0', '--batch-size', '5',
                      '--suites', 'clean', 'a', 'r', 'sketch', 'v2', 'c', 'fgsm',
-                     '--corruptions', 'fog', 'snow', '--severities', '1', '2',
+                     '--corruptions', 'fog', 'snow', 'speckle_noise', '--severities', '1', '2',
                      '--eps', '1/255', '--adv-samples', '16', '--out-dir', str(tmp_path)])
     rows = _rows(res)
     ex = d['expected']
@@ -216,7 +221,8 @@ def test_tool_scores_every_layout_as_expected(imagenet_like, tmp_path, capsys):
     errors = corruption_errors(d['c_acc'])
     note = ', 4 of 75 corruption/severity folders'
     assert rows[('imagenet-c', f'mean corruption error (%){note}')]['m'][0] == pytest.approx(
-        100 * (errors['fog'] + errors['snow']) / 2)
+        100 * (errors['fog'] + errors['snow'] + 0.5) / 3)
+    assert rows[('imagenet-c', 'speckle_noise error (%)')]['m'][0] == pytest.approx(50.0)
     assert rows[('imagenet-c', f'mCE (%), AlexNet-normalised{note}')]['m'][0] == pytest.approx(
         100 * (errors['fog'] / 0.819324 + errors['snow'] / 0.866816) / 2)
     assert rows[('imagenet-c', 'fog error (%)')]['m'][0] == pytest.approx(100 * errors['fog'])
