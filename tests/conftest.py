@@ -38,3 +38,24 @@ def pytest_runtest_setup(item):
         _MM_REASON.append(mm_unavailable_reason())
     if _MM_REASON[0]:
         pytest.skip(f'mmseg / mmdet / mmcv ops not importable: {_MM_REASON[0]}')
+
+
+@pytest.fixture
+def plain_backbone():
+    """Registers, and returns the type name of, a backbone that cannot carry token labels: one
+    convolution and a global mean, (B, 3, H, W) -> ((B, 8),), ``embed_dims`` 8."""
+    from tlalign_mm.registry import MODELS
+
+    @MODELS.register_module(name='PlainConvBackbone', force=True)
+    class PlainConvBackbone(torch.nn.Module):
+        out_type = 'avg_featmap'
+        embed_dims = 8
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return (self.conv(x).mean((2, 3)),)
+
+    return 'PlainConvBackbone'

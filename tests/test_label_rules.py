@@ -218,24 +218,12 @@ def test_dense_tl_align_adds_the_token_loss_and_keeps_the_pooled_target():
     assert samples[0].pred_score.shape == (K,)
 
 
-def test_rules_that_need_labels_fail_at_build_on_a_plain_backbone():
-    @MODELS.register_module(force=True)
-    class PlainConvBackbone2(torch.nn.Module):
-        out_type = 'avg_featmap'
-        embed_dims = 8
-
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 8, 3)
-
-        def forward(self, x):
-            return (self.conv(x).mean((2, 3)),)
-
+def test_rules_that_need_labels_fail_at_build_on_a_plain_backbone(plain_backbone):
     for rule in ('TLAlign', 'TransMix', 'DenseTLAlign'):
         with pytest.raises(ValueError, match=f'label rule {rule}Rule needs a backbone that carries token labels'):
-            MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone2'),
+            MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type=plain_backbone),
                               head=dict(type='TLALinearClsHead', num_classes=K), label_rule=dict(type=rule)))
-    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone2'),
+    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type=plain_backbone),
                           head=dict(type='TLALinearClsHead', num_classes=K), label_rule=dict(type='Area')))
     assert not m.tl_align
 

@@ -258,23 +258,11 @@ def test_seeded_mixing_continues_after_resume():
     assert torch.equal(again.share_b, run[2].share_b) and torch.equal(again.lam, run[2].lam)
 
 
-def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build():
-    @MODELS.register_module(force=True)
-    class PlainConvBackbone(torch.nn.Module):
-        out_type = 'avg_featmap'
-        embed_dims = 8
-
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 8, 3)
-
-        def forward(self, x):
-            return (self.conv(x).mean((2, 3)),)
-
+def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build(plain_backbone):
     with pytest.raises(ValueError, match='carries token labels'):
-        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'),
+        MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type=plain_backbone),
                           head=dict(type='TLALinearClsHead', num_classes=5)))
-    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='PlainConvBackbone'),
+    m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type=plain_backbone),
                           head=dict(type='TLALinearClsHead', num_classes=5),
                           label_rule=dict(type='Area')))
     assert m.head.fc.in_features == 8

@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ['RANDOM_INIT', 'quiet_init_weights', 'load_config', 'build_classifier', 'build_train_dataloader',
-           'build_dataset', 'class_names', 'pick_device']
+__all__ = ['RANDOM_INIT', 'quiet_init_weights', 'load_config', 'build_classifier', 'build_dataloader',
+           'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device']
 
 RANDOM_INIT = 'random-init'
 
@@ -100,19 +100,28 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
     return model, weights
 
 
-def build_train_dataloader(cfg, batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0):
-    """``Runner.build_dataloader(cfg.train_dataloader)`` with the batch size / workers overridden
-    (``persistent_workers`` off, so the tool exits promptly)."""
+def build_dataloader(dataloader_cfg, batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0,
+                     shuffle: Optional[bool] = None):
+    """``Runner.build_dataloader`` of a copy of ``dataloader_cfg`` with the batch size / workers
+    overridden (``persistent_workers`` off, so the tool exits promptly); ``shuffle`` set replaces
+    the sampler by mmengine's ``DefaultSampler`` with that shuffle."""
     from mmengine.runner import Runner
 
-    dl = copy.deepcopy(cfg.train_dataloader)
+    dl = copy.deepcopy(dataloader_cfg)
     if batch_size is not None:
         dl['batch_size'] = batch_size
     dl['num_workers'] = num_workers
     dl['persistent_workers'] = False
     if num_workers == 0:
         dl.pop('prefetch_factor', None)
+    if shuffle is not None:
+        dl['sampler'] = dict(type='DefaultSampler', shuffle=shuffle)
     return Runner.build_dataloader(dl, seed=seed)
+
+
+def build_train_dataloader(cfg, batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0):
+    """:func:`build_dataloader` of ``cfg.train_dataloader``."""
+    return build_dataloader(cfg.train_dataloader, batch_size, num_workers, seed)
 
 
 def build_dataset(cfg, split: str = 'val'):

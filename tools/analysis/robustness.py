@@ -149,30 +149,24 @@ def eval_pipeline(cfg, crop_pct: float | None = None) -> list:
 
 def folder_loader(cfg, args, root: str, classes, pipeline, indices=None, batch_size=None):
     """A test dataloader over ``root/<class>/*`` with labels = positions in ``classes``."""
-    from mmengine.runner import Runner
-    dl = copy.deepcopy(cfg.test_dataloader)
+    dl = dict(cfg.test_dataloader)
     dl['dataset'] = dict(type='ImageNetDataset', data_root=root, split='', classes=list(classes),
                          pipeline=pipeline, test_mode=True, indices=indices)
-    return _finish_loader(dl, args, batch_size, Runner)
+    return _loader(dl, args, batch_size)
 
 
 def config_loader(cfg, args, indices=None, batch_size=None):
     """The config's own test dataloader (optionally on a subset of its samples)."""
-    from mmengine.runner import Runner
     dl = copy.deepcopy(cfg.test_dataloader)
     if indices is not None:
         dl['dataset']['indices'] = indices
-    return _finish_loader(dl, args, batch_size, Runner)
+    return _loader(dl, args, batch_size)
 
 
-def _finish_loader(dl, args, batch_size, runner_cls):
-    dl['batch_size'] = batch_size or args.batch_size or dl.get('batch_size', 64)
-    dl['num_workers'] = args.num_workers
-    dl['persistent_workers'] = False
-    if args.num_workers == 0:
-        dl.pop('prefetch_factor', None)
-    dl['sampler'] = dict(type='DefaultSampler', shuffle=False)
-    return runner_cls.build_dataloader(dl, seed=args.seed)
+def _loader(dl, args, batch_size):
+    from tlalign_mm.analysis.build import build_dataloader
+    return build_dataloader(dl, batch_size or args.batch_size or dl.get('batch_size', 64), args.num_workers,
+                            seed=args.seed, shuffle=False)
 
 
 def model_classes(cfg, model, args) -> tuple[list[str], str]:
