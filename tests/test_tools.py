@@ -23,6 +23,7 @@ The subprocess runs (each pays an interpreter + torch / mmengine start-up) are:
 from __future__ import annotations
 
 import ast
+import gc
 import importlib.util
 import os
 import os.path as osp
@@ -34,6 +35,7 @@ import sys
 import textwrap
 import time
 import types
+import weakref
 
 import numpy as np
 import pytest
@@ -329,7 +331,7 @@ def test_launch_module_imports():
             top.update(a.name.split('.')[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top.add(node.module.split('.')[0])
-    assert top <= {'__future__', 'argparse', 'datetime', 'os', 'collections', 'torch', 'mmengine',
+    assert top <= {'__future__', 'argparse', 'datetime', 'gc', 'os', 'collections', 'torch', 'mmengine',
                    'config_checks'}, top
     for name in ('train', 'test'):
         mod = _load_tool(name)
@@ -370,9 +372,19 @@ def test_cpu_distributed_launchers(train_tool, cfgs, monkeypatch):
         assert launch.setup_cpu_distributed(cfg, 'pytorch') is True  # already initialised: kept
         launch.end_cpu_distributed(False)  # not ours: kept
         assert torch.distributed.is_initialized()
+        # a runner's DDP model in a reference cycle (as the runner's hooks make it) owns the group too:
+        # end_cpu_distributed frees it with the group, not interpreter shutdown (SIGABRT in gloo)
+        gc.disable()  # no automatic collection in between: only end_cpu_distributed's
+        runner = types.SimpleNamespace(model=torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2)))
+        runner.self_ref = runner
+        ddp = weakref.ref(runner.model)
+        del runner
+        assert ddp() is not None  # the cycle keeps it: refcounting alone does not free it
         launch.end_cpu_distributed(True)   # after the run: destroyed (gloo would abort at exit)
         assert not torch.distributed.is_initialized()
+        assert ddp() is None
     finally:
+        gc.enable()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

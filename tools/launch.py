@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import os
 import os.path as osp
 from collections.abc import Sequence
@@ -224,17 +225,23 @@ def end_cpu_distributed(started: bool) -> None:
     """Destroy the process group of a CPU distributed run once the run has finished.
 
     Call it with :func:`setup_cpu_distributed`'s return value after a successful ``train()`` /
-    ``test()`` (not on an error: a rank that destroys while others still communicate can hang).
-    A gloo process group left to interpreter shutdown may abort the process (SIGABRT, "terminate
-    called without an active exception") after the run has finished; torch asks for
-    ``destroy_process_group()`` at the end of a run.  Nothing happens when ``started`` is False or
-    no process group exists.
+    ``test()`` (not on an error: a rank that destroys while others still communicate can hang),
+    and after dropping the caller's last reference to the runner (``del runner``).
+
+    A gloo process group whose last owner is freed during interpreter shutdown aborts the process
+    (SIGABRT, "terminate called without an active exception", no Python frame) after the run has
+    finished.  ``destroy_process_group()`` alone does not prevent that: it drops only
+    ``torch.distributed``'s own reference, while the DDP wrapper of the runner's model (and its
+    C++ reducer) keeps the group alive, and the runner sits in reference cycles (hooks, message
+    hub) that only the garbage collector frees.  So: a barrier (a rank that destroys the group while
+    another still finishes its last collective aborts in gloo), ``destroy_process_group()``, then
+    ``gc.collect()``, which frees the runner and with it the group while the interpreter is still
+    whole.  Nothing happens when ``started`` is False or no process group exists.
     """
     if started and torch.distributed.is_available() and torch.distributed.is_initialized():
-        # every rank first reaches the end: a rank that destroys the group while another still
-        # finishes its last collective (the final checkpoint / evaluation) aborts in gloo
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        gc.collect()
 
 
 def build_runner(cfg: Config):

@@ -183,6 +183,7 @@ def main(argv=None) -> dict:
     metrics = runner.test()
     if runner.rank == 0:
         print(f'metrics: {plain_metrics(metrics)}', flush=True)
+    del runner  # the group's last owner (DDP): freed by end_cpu_distributed, not at interpreter exit
     launch.end_cpu_distributed(cpu_dist)
     return metrics
 

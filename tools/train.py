@@ -62,6 +62,7 @@ from config_checks import amp_to_fp32_without_cuda, check_downstream_config  # n
 from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
 from mmengine.config import Config  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
+from mmengine.model import is_model_wrapper  # noqa: E402
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
            'build_runner', 'main']
@@ -135,6 +136,9 @@ def main(argv=None):
     cpu_dist = setup_cpu_distributed(cfg, args.launcher, 'training')
     runner = build_runner(cfg)
     model = runner.train()
+    if is_model_wrapper(model):
+        model = model.module
+    del runner  # the group's last owner (DDP): freed by end_cpu_distributed, not at interpreter exit
     launch.end_cpu_distributed(cpu_dist)
     return model
 
