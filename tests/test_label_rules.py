@@ -14,6 +14,7 @@ The attention is made trained-like first (``structure_attention_``): near-unifor
 at random init would make every rule return almost the area target and hide errors.
 """
 import os
+import re
 import sys
 
 import pytest
@@ -156,6 +157,82 @@ def test_transmix_matches_the_reference_formula(area_weight):
     assert torch.allclose(out['align/lam_aligned'], (1 - lam).mean(), atol=2e-6)
 
 
+def _pixel_box(mask):
+    """(yl, yh, xl, xh) of the 0/1 pixel box in an (H, W) mask."""
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _transmix_pixel_model(token_mask='nearest', seed=0, **mixer):
+    m = _model(dict(type='TransMix', token_mask=token_mask), seed=seed)
+    from tlalign_mm.mixing import BatchMixer
+    m.data_preprocessor.mixer = BatchMixer(**dict(dict(cutmix_alpha=1.0, cutmix_mode='pixel', correct_lam=False,
+                                                       patch_size=8), **mixer))
+    return m
+
+
+def test_transmix_reads_the_pixel_box_as_the_release_does():
+    """Pixel CutMix (the release's recipe): the token mask is the box sampled nearest on the token
+    grid (nn.Upsample(size=grid): a token is pasted iff its top-left pixel is), lam0 the box's pixel
+    area whatever correct_lam says, lam = (lam0 + lam1) / 2 (Beckschen/TransMix transmix.py)."""
+    import torch.nn as nn
+    m = _transmix_pixel_model()
+    for _ in range(20):                         # a batch whose box cuts through patches
+        data = _mixed(m)
+        mix = data['mix']
+        yl, yh, xl, xh = _pixel_box(mix.mask[0])
+        if any(v % 8 for v in (yl, yh, xl, xh)):
+            break
+    assert mix.mode == 'cutmix' and any(v % 8 for v in (yl, yh, xl, xh))
+    # the release's mask and area, from the box alone
+    box = torch.zeros(32, 32)
+    box[yl:yh, xl:xh] = 1
+    mask = nn.Upsample(size=4)(box[None, None]).int().view(1, -1).float()
+    torch.testing.assert_close(mask.view(4, 4), box[::8, ::8])      # nearest = the top-left pixel
+    lam0 = (yh - yl) * (xh - xl) / (32 * 32)
+    assert abs(lam0 - (1 - float(mix.lam[0]))) > 1e-3                # correct_lam=False: lam is the Beta draw
+    attn = _vit_attention(m, data['inputs'])[-1][:, 0, 1:]
+    w1, w2 = ((1 - mask) * attn).sum(1), (mask * attn).sum(1)
+    lam = (lam0 + w2 / (w1 + w2)) / 2
+    y_a, y_b = _targets(m, data)
+    out, got = _loss_with_target(m, data)
+    # the middle sample of no pair: B = 6 is even, every sample is mixed with the same box
+    torch.testing.assert_close(got, y_a * (1 - lam)[:, None] + y_b * lam[:, None], atol=2e-6, rtol=0)
+    # the area-share mask ('area') reads the same box differently
+    m_area = _transmix_pixel_model('area')
+    m_area.load_state_dict(m.state_dict())
+    _, got_area = _loss_with_target(m_area, data)
+    assert (got - got_area).abs().max() > 1e-4
+
+
+def test_transmix_keeps_the_area_target_on_mixup_batches():
+    m = _transmix_pixel_model(mixup_alpha=0.8, cutmix_alpha=0.0)
+    data = _mixed(m)
+    mix = data['mix']
+    assert mix.mode == 'mixup'
+    y_a, y_b = _targets(m, data)
+    out, got = _loss_with_target(m, data)
+    torch.testing.assert_close(got, mix.lam[:, None] * y_a + (1 - mix.lam[:, None]) * y_b, atol=0, rtol=0)
+    assert float(out['align/lam_gap']) == 0
+
+
+def test_transmix_bad_token_mask_options():
+    with pytest.raises(ValueError, match=r"TransMix token_mask must be one of \('nearest', 'area'\), got 'box'"):
+        _model(dict(type='TransMix', token_mask='box'))
+
+    def build(token_mask):
+        return MODELS.build(dict(
+            type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=K),
+            backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=1, num_heads=2),
+                          img_size=32, patch_size=8, out_type='cls_token'),
+            label_rule=dict(type='TransMix', token_mask=token_mask),
+            data_preprocessor=dict(type='TLAClsDataPreprocessor',
+                                   mixer=dict(cutmix_alpha=1.0, patch_size=8, return_mask=False))))
+    with pytest.raises(ValueError, match='return_mask=True'):
+        build('nearest')
+    build('area')     # the area share needs no pixel mask
+
+
 def test_transmix_on_swin_reads_the_token_mean_of_the_last_window_attention():
     """Swin has no class token: lam1 is the mean over tokens of the partner's attention share in
     the last block, with the share pooled 2x2 by patch merging before the last stage."""
@@ -241,97 +318,231 @@ def test_bad_rule_options_name_the_option():
         _model(dict(type='DenseTLAlign', dense_weight=-1))
 
 
-def _teacher_files(tmp_path):
-    """A tiny DeiT classifier config + checkpoint with non-uniform per-token class maps."""
+def _teacher_files(tmp_path, patch_size=8):
+    """A tiny DeiT classifier config + checkpoint with non-uniform per-token class maps (logits of
+    both signs: the head's weights have std 1)."""
     cfg = tmp_path / 'teacher.py'
-    cfg.write_text(
-        "model = dict(type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5),\n"
-        "             backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=24, num_layers=2, num_heads=2),\n"
-        "                           img_size=32, patch_size=8, out_type='cls_token'))\n")
+    bb = (f"dict(type='TLAVisionTransformer', arch=dict(embed_dims=24, num_layers=2, num_heads=2), img_size=32, "
+          f"patch_size={patch_size}, out_type='cls_token')")
+    cfg.write_text(f"model = dict(type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5),\n"
+                   f"             backbone={bb})\n")
     torch.manual_seed(5)
     t = MODELS.build(dict(type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=K),
                           backbone=dict(type='TLAVisionTransformer',
                                         arch=dict(embed_dims=24, num_layers=2, num_heads=2),
-                                        img_size=32, patch_size=8, out_type='cls_token')))
+                                        img_size=32, patch_size=patch_size, out_type='cls_token')))
     t.init_weights()
     torch.nn.init.normal_(t.head.fc.weight, std=1.0)
     ckpt = tmp_path / 'teacher.pth'
     torch.save({'state_dict': t.state_dict(), 'meta': {}}, ckpt)
-    return str(cfg), str(ckpt), t
+    return str(cfg), str(ckpt), t.eval()
 
 
-def _tokenmix_student(teacher, mask='block'):
+def _tokenmix_student(teacher, mask='block', random_erasing=None, mixer=None, **rule):
     torch.manual_seed(0)
     m = MODELS.build(dict(
         type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=K), label_smoothing=SMOOTH,
         backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=2, num_heads=2),
                       img_size=32, patch_size=8, out_type='cls_token'),
-        label_rule=dict(type='TokenMix', teacher=teacher),
-        data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=1,
-                               mixer=dict(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask=mask,
-                                          tokenmix_lam=0.5, tokenmix_min_tokens=2, patch_size=8))))
+        label_rule=dict(type='TokenMix', teacher=teacher, **rule),
+        data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=1, random_erasing=random_erasing,
+                               mixer=mixer or dict(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask=mask,
+                                                   tokenmix_lam=0.5, tokenmix_min_tokens=2, patch_size=8))))
     m.init_weights()
     return m.eval()
 
 
-def test_tokenmix_target_is_the_kept_share_of_the_teacher_cam(tmp_path):
-    cfg, ckpt, t = _teacher_files(tmp_path)
-    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt))
-    assert 'teacher' not in dict(m.named_children()) and not any('teacher' in k for k in m.state_dict())
-    data = m.data_preprocessor(_batch(), training=True)
-    mix = data['mix']
-    assert mix.mode == 'tokenmix' and abs(float(mix.lam[0]) - (1 - 10 / 16)) < 1e-6   # 8 + 2 of 16 cells
-    # reference: the teacher's head on each final patch token, the class of each image, ReLU, sum 1
-    t.eval()
+def _teacher_maps(t, images, labels):
+    """(B, 1, h, w) score map of each image's class: the teacher's head on its final patch tokens."""
     with torch.no_grad():
         t.backbone.out_type = 'raw'
-        tok = t.backbone(mix.source_images)[-1][:, 1:]                      # (B, 16, C)
+        tok = t.backbone(images)[-1][:, 1:]
         logits = t.head.fc(tok)
+    side = int(tok.shape[1] ** 0.5)
+    return logits[torch.arange(len(labels)), :, labels].view(-1, 1, side, side)
+
+
+def _release_tokenmix_target(maps, labels, share_b, grid, smoothing, k):
+    """Sense-X/TokenMix tokenmix.py, restated: roi_align of the map over the crop box (corners
+    ``coords * W - 0.5``), the true class's map divided by its sum + 1e-8 (no ReLU), the partner
+    (the flipped batch) seen through the mask, then one_hot(on = w - ls/2 + off/2, off = off/2)
+    for each image, summed."""
+    from torchvision.ops import roi_align
+    b = len(labels)
+    coords = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(b, 1)
+    boxes = torch.cat([torch.arange(b).float().view(b, 1), coords * maps.size(3) - 0.5], 1)
+    y1 = roi_align(maps, boxes, output_size=grid)[:, 0]
+    y1 = y1 / (y1.sum((1, 2), keepdim=True) + 1e-8)
+    y2 = y1.flip(0)
+    mask = share_b.view(b, *grid)
+    w1, w2 = (y1 * (1 - mask)).sum((1, 2)), (y2 * mask).sum((1, 2))
+    off = smoothing / k
+    t1 = torch.full((b, k), off / 2).scatter(1, labels.view(-1, 1), (w1 - smoothing / 2 + off / 2).view(-1, 1))
+    t2 = torch.full((b, k), off / 2).scatter(1, labels.flip(0).view(-1, 1), (w2 - smoothing / 2 + off / 2).view(-1, 1))
+    return t1 + t2, w1, w2
+
+
+@pytest.mark.parametrize('teacher_patch', [8, 16], ids=['map-4x4', 'map-2x2-roi-align'])
+def test_tokenmix_target_is_the_release_formula(tmp_path, teacher_patch):
+    """The defaults are the release's: roi_align to the token grid, no ReLU, its per-class smoothing;
+    the teacher sees the clean crop (random erasing is on, with probability 1, for the student)."""
+    cfg, ckpt, t = _teacher_files(tmp_path, teacher_patch)
+    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt), random_erasing=dict(re_prob=1.0))
+    assert 'teacher' not in dict(m.named_children()) and not any('teacher' in k for k in m.state_dict())
+    batch = _batch()
+    data = m.data_preprocessor(batch, training=True)
+    mix = data['mix']
+    assert mix.mode == 'tokenmix' and abs(float(mix.lam[0]) - (1 - 10 / 16)) < 1e-6   # int(8) + 2 of 16 cells
+    pp = m.data_preprocessor
+    clean = (batch['inputs'].float() - pp.mean) / pp.std
+    torch.testing.assert_close(mix.source_images, clean, atol=0, rtol=0)     # before erasing
     labels = torch.tensor([ds.gt_label.item() for ds in data['data_samples']])
-    cam = logits[torch.arange(len(labels)), :, labels].clamp_min(0)
+    maps = _teacher_maps(t, clean, labels)
+    assert (maps < 0).any() and (maps > 0).any()                             # a ReLU would change it
+    want, w1, _ = _release_tokenmix_target(maps, labels, mix.share_b, (4, 4), SMOOTH, K)
+    out, got = _loss_with_target(m, data)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+    assert torch.allclose(out['align/lam_aligned'], w1.mean(), atol=1e-6)
+    # the erased crop would give another target: the test sees which images the teacher read
+    erased = data['inputs'].clone()
+    erased = torch.where(mix.share_b.view(-1, 1, 4, 4).repeat_interleave(8, 2).repeat_interleave(8, 3).bool(),
+                         erased.flip(0), erased)                              # un-mix: the erased batch
+    assert (erased - clean).abs().max() > 0.5
+    other, _, _ = _release_tokenmix_target(_teacher_maps(t, erased, labels), labels, mix.share_b, (4, 4), SMOOTH, K)
+    assert (other - want).abs().max() > 1e-3
+    area = mix.lam[:, None] * _targets(m, data)[0] + (1 - mix.lam[:, None]) * _targets(m, data)[1]
+    assert (got - area).abs().max() > 1e-2
+
+
+def test_tokenmix_options_relu_bilinear_weighted(tmp_path):
+    """cam_activation='relu', resize='bilinear', smoothing='weighted': the earlier conventions."""
+    cfg, ckpt, t = _teacher_files(tmp_path, 16)
+    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt), cam_activation='relu', resize='bilinear',
+                          smoothing='weighted')
+    data = m.data_preprocessor(_batch(), training=True)
+    mix = data['mix']
+    labels = torch.tensor([ds.gt_label.item() for ds in data['data_samples']])
+    cam = torch.nn.functional.interpolate(_teacher_maps(t, mix.source_images, labels), size=(4, 4), mode='bilinear',
+                                          align_corners=False).flatten(1).clamp_min(0)
     cam = cam / cam.sum(1, keepdim=True)
     s = mix.share_b
-    w_a = ((1 - s) * cam).sum(1)
-    w_b = (s * cam[mix.partner]).sum(1)
+    w_a, w_b = ((1 - s) * cam).sum(1), (s * cam[mix.partner]).sum(1)
     y_a, y_b = _targets(m, data)
-    out, got = _loss_with_target(m, data)
+    _, got = _loss_with_target(m, data)
     torch.testing.assert_close(got, w_a[:, None] * y_a + w_b[:, None] * y_b, atol=1e-6, rtol=0)
-    area = mix.lam[:, None] * y_a + (1 - mix.lam[:, None]) * y_b
-    assert (got - area).abs().max() > 1e-2
-    assert torch.allclose(out['align/lam_aligned'], w_a.mean())
+    release = _tokenmix_student(dict(config=cfg, checkpoint=ckpt))
+    assert (_loss_with_target(release, data)[1] - got).abs().max() > 1e-3
+
+
+def test_tokenmix_resizes_like_the_release_15_to_14(tmp_path):
+    """The release's sizes: a 15 x 15 label map to the 14 x 14 token grid with roi_align over the whole
+    crop; bilinear interpolation gives another map at this non-integer ratio."""
+    from torchvision.ops import roi_align
+    cfg, ckpt, _ = _teacher_files(tmp_path)
+    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt))
+    maps = torch.randn(3, 1, 15, 15, generator=torch.Generator().manual_seed(0))
+    boxes = torch.cat([torch.arange(3.0).view(3, 1), torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(3, 1) * 15 - 0.5], 1)
+    want = roi_align(maps, boxes, output_size=(14, 14)).flatten(1)
+    want = want / (want.sum(1, keepdim=True) + 1e-8)
+    got = m.label_rule._class_map(maps, (14, 14))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    m.label_rule.resize = 'bilinear'
+    assert (m.label_rule._class_map(maps, (14, 14)) - got).abs().max() > 1e-3
+
+
+def test_tokenmix_keeps_the_area_target_on_mixup_batches_without_the_teacher(tmp_path):
+    cfg, ckpt, _ = _teacher_files(tmp_path)
+    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt),
+                          mixer=dict(mixup_alpha=0.8, cutmix_alpha=0.0, tokenmix_alpha=1.0, switch_prob=0.0,
+                                     tokenmix_lam=0.5, patch_size=8))
+    m.label_rule.teacher.forward = None           # the teacher must not run on a Mixup batch
+    m.label_rule.teacher.backbone.forward = None
+    data = _mixed(m)
+    assert data['mix'].mode == 'mixup'
+    y_a, y_b = _targets(m, data)
+    lam = data['mix'].lam[:, None]
+    torch.testing.assert_close(_loss_with_target(m, data)[1], lam * y_a + (1 - lam) * y_b, atol=0, rtol=0)
+
+
+def test_tokenmix_bce_loss_through_the_head_config(tmp_path):
+    """--use-bce: timm's BinaryCrossEntropy on the soft target, mean over batch and classes."""
+    cfg, ckpt, _ = _teacher_files(tmp_path)
+    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt))
+    m.head.loss_module = MODELS.build(dict(type='BinaryCrossEntropy'))
+    data = m.data_preprocessor(_batch(), training=True)
+    out, target = _loss_with_target(m, data)
+    with torch.no_grad():
+        logits = m(data['inputs'], mode='tensor')
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    torch.testing.assert_close(out['loss'], want)
 
 
 def test_tokenmix_with_a_timm_teacher(tmp_path):
+    """A timm teacher whose map is a class activation map (a ViT with global average pooling and no
+    norm after it): the map is its classifier on every patch token."""
     import timm
     torch.manual_seed(2)
-    t = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=K, img_size=32, patch_size=8)
+    kw = dict(img_size=32, patch_size=8, global_pool='avg', fc_norm=False)
+    t = timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=K, **kw)
     torch.nn.init.normal_(t.head.weight, std=1.0)
     torch.save(t.state_dict(), tmp_path / 'timm.pth')
-    m = _tokenmix_student(dict(timm='vit_tiny_patch16_224', checkpoint=str(tmp_path / 'timm.pth'),
-                               img_size=32, patch_size=8), mask='random')
+    m = _tokenmix_student(dict(timm='vit_tiny_patch16_224', checkpoint=str(tmp_path / 'timm.pth'), **kw),
+                          mask='random')
     data = m.data_preprocessor(_batch(), training=True)
     mix = data['mix']
     t.eval()
     with torch.no_grad():
-        logits = t.head(t.forward_features(mix.source_images)[:, 1:])
+        feats = t.forward_features(mix.source_images)
+        logits = t.head(feats[:, 1:])
+        torch.testing.assert_close(logits.mean(1), t.forward_head(feats))   # the CAM's defining property
     labels = torch.tensor([ds.gt_label.item() for ds in data['data_samples']])
-    cam = logits[torch.arange(len(labels)), :, labels].clamp_min(0)
-    cam = cam / cam.sum(1, keepdim=True)
-    w_a = ((1 - mix.share_b) * cam).sum(1)
-    w_b = (mix.share_b * cam[mix.partner]).sum(1)
-    y_a, y_b = _targets(m, data)
-    torch.testing.assert_close(_loss_with_target(m, data)[1], w_a[:, None] * y_a + w_b[:, None] * y_b,
-                               atol=1e-6, rtol=0)
+    maps = logits[torch.arange(len(labels)), :, labels].view(-1, 1, 4, 4)
+    want, _, _ = _release_tokenmix_target(maps, labels, mix.share_b, (4, 4), SMOOTH, K)
+    torch.testing.assert_close(_loss_with_target(m, data)[1], want, atol=2e-6, rtol=0)
 
 
-def test_tokenmix_without_a_teacher_fails_at_build(tmp_path):
+@pytest.mark.parametrize('name,kwargs,why', [
+    ('mobilenetv3_small_050', {}, r'classifier does not apply per location \(RuntimeError'),   # conv_head
+    ('convnext_atto', {}, 'not the spatial mean'),                   # head norm after the pool
+    ('vit_tiny_patch16_224', dict(img_size=32, patch_size=8), 'not the spatial mean'),   # class token
+])
+def test_tokenmix_refuses_a_timm_teacher_without_a_cam_at_build(tmp_path, name, kwargs, why):
+    import timm
+    t = timm.create_model(name, pretrained=False, num_classes=K, **kwargs)
+    torch.save(t.state_dict(), tmp_path / 't.pth')
+    with pytest.raises(ValueError, match=f"TokenMix teacher timm '{name}' has no class activation map: its .*{why}"):
+        _tokenmix_student(dict(timm=name, checkpoint=str(tmp_path / 't.pth'), **kwargs))
+
+
+def test_tokenmix_without_a_teacher_or_with_bad_options_fails_at_build(tmp_path):
     with pytest.raises(ValueError, match='label rule TokenMix needs a teacher'):
         _tokenmix_student(None)
     with pytest.raises(ValueError, match='label rule TokenMix needs a teacher'):
         _tokenmix_student(dict(config='x.py'))
+    cfg, ckpt, _ = _teacher_files(tmp_path)
     with pytest.raises(FileNotFoundError, match='nope.pth'):
-        cfg, _, _ = _teacher_files(tmp_path)
         _tokenmix_student(dict(config=cfg, checkpoint=str(tmp_path / 'nope.pth')))
+    for option, value, allowed in (('smoothing', 'soft', "('tokenmix', 'weighted')"),
+                                   ('cam_activation', 'sigmoid', "(None, 'relu')"),
+                                   ('resize', 'nearest', "('roi_align', 'bilinear')")):
+        with pytest.raises(ValueError, match=f'TokenMix {option} must be one of {re.escape(allowed)}, got '
+                                             f"'{value}'"):
+            _tokenmix_student(dict(config=cfg, checkpoint=ckpt), **{option: value})
+
+
+def test_tokenmix_counts_cells_with_int_as_the_releases():
+    """int((1 - lam) * N) + min_tokens cells (TokenMix generate_mask, TL-Align tokenmix_mask_and_lam),
+    not round: lam 0.3375 on 16 cells is 10.6 -> 10."""
+    import random as pyrandom
+
+    from tlalign_mm.mixing import BatchMixer
+    for mask, extra in (('random', 0), ('random', 3), ('block', 0)):
+        mixer = BatchMixer(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask=mask, tokenmix_lam=0.3375,
+                           tokenmix_min_tokens=extra, patch_size=8)
+        res = mixer(torch.rand(2, 3, 32, 32), generator=pyrandom.Random(0))
+        n = int(res.share_b[0].sum())
+        assert (n == 10 + extra) if mask == 'random' else (0 < n <= 10)
+        torch.testing.assert_close(res.lam, torch.full((2,), 1 - n / 16))
 
 
 def test_block_mask_cells_cover_rectangles_of_the_count():
@@ -388,12 +599,13 @@ def demo_teacher(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(FMNIST), reason='demo data missing: run tools/prepare_demo_data.py')
-@pytest.mark.parametrize('rule', ['cutmix', 'tla', 'transmix', 'tla-dense', 'tla-last', 'tla-nores', 'tokenmix'])
+@pytest.mark.parametrize('rule', ['cutmix', 'tla', 'transmix', 'tla-dense', 'tla-last', 'tla-nores', 'tokenmix',
+                                  'transmix-official', 'tokenmix-official'])
 def test_each_rule_trains_through_train_py(rule, tmp_path, request):
     """Each rule's demo config trains through tools/train.py on the real demo images: the rule's
     loss terms and statistics are logged, the checkpoint holds no teacher."""
     options = []
-    if rule == 'tokenmix':
+    if rule.startswith('tokenmix'):
         options.append(f'model.label_rule.teacher.checkpoint={request.getfixturevalue("demo_teacher")}')
     log = _train(f'configs/demo/deit-demo_{rule}_1xb64-10e_fashion-mnist.py', tmp_path, *options)
     assert 'Epoch(train) [1][6/6]' in log and 'accuracy/top1' in log

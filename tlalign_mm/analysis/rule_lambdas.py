@@ -75,7 +75,8 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
             _, lab = backbone(inputs, r0)
         read = model.read_labels(lab, readout)
         share_b = read[:, 0] / (read[:, 0] + read[:, 1]).clamp_min(1e-12)
-        rows.append(1.0 - (transmix.area_weight * (1.0 - lam) + (1.0 - transmix.area_weight) * share_b))
+        lam0 = mix.share_b.float().mean(1)      # the pasted area, as the rule reads it
+        rows.append(1.0 - (transmix.area_weight * lam0 + (1.0 - transmix.area_weight) * share_b))
     out['transmix'] = torch.stack(rows).cpu()
     if tokenmix_rule is not None:
         cam = tokenmix_rule.teacher_cam(mix.source_images, labels.to(inputs.device), tuple(mix.grid_size))

@@ -19,8 +19,9 @@ Behaviour and where it comes from:
   ``cut`` cells; the reference uses ``cut // 2`` on both sides (even sizes only).
 * TokenMix masks (``tokenmix_alpha > 0``): ``tokenmix_mask='random'`` (scattered) follows the
   ``tokenmix_mask_and_lam`` helper in the same ``tla.py``: a uniformly random subset of
-  ``round((1 - lam) * N)`` tokens comes from B; ``tokenmix_mask='block'`` draws rectangles of
-  random area and aspect ratio until that many cells are covered, as TokenMix's
+  ``int((1 - lam) * N)`` tokens comes from B (``int`` truncates, as both releases count);
+  ``tokenmix_mask='block'`` draws rectangles of random area and aspect ratio until that many
+  cells are covered, as TokenMix's
   ``generate_mask`` (github Sense-X/TokenMix ``tokenmix.py``; BEiT's block masking).
   ``tokenmix_min_tokens`` adds cells as TokenMix's ``minimum_tokens`` (14 there, with
   ``int``), and ``tokenmix_lam`` fixes lam as its ``lam_constant`` (0.5 there).
@@ -209,8 +210,9 @@ class BatchMixer:
         cutmix_minmax: ``(min, max)`` box side ratios, ``0 <= min < max <= 1``; when given, CutMix
             is active with ``cutmix_alpha`` forced to 1 and boxes drawn as timm
             ``rand_bbox_minmax`` (lam is then always corrected).
-        tokenmix_alpha: TokenMix masks are active if > 0: ``round((1 - lam) * N)``
-            (+ ``tokenmix_min_tokens``) alignment cells come from the partner.
+        tokenmix_alpha: TokenMix masks are active if > 0: ``int((1 - lam) * N)``
+            (+ ``tokenmix_min_tokens``, at most N) alignment cells come from the partner; ``int``
+            truncates, as TokenMix's ``generate_mask`` and TL-Align's ``tokenmix_mask_and_lam``.
         tokenmix_mask: 'random' (scattered cells) or 'block' (rectangles of random area and
             aspect ratio in [0.3, 1/0.3], TokenMix's ``generate_mask``).
         tokenmix_min_tokens: cells added to the partner's count (TokenMix: 14).
@@ -432,7 +434,7 @@ class BatchMixer:
             g = self.align_size
             gh, gw = h // g, w // g
             n_cells = gh * gw
-            n_b = min(n_cells, round((1.0 - lam) * n_cells) + self.tokenmix_min_tokens)
+            n_b = min(n_cells, int((1.0 - lam) * n_cells) + self.tokenmix_min_tokens)
             if self.tokenmix_mask == 'block':
                 grid_cells = block_mask_cells(gh, gw, n_b, rng)          # drawn on the host
                 n_b = sum(map(sum, grid_cells))

@@ -55,6 +55,12 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
         non_blocking: copy the batch to the device asynchronously (mmengine's
             ``BaseDataPreprocessor`` option; with the dataloader's ``pin_memory=True`` the host
             does not wait for the copy, as DeiT's ``samples.to(device, non_blocking=True)``).
+        keep_clean_images: hand the label rule the normalised batch *before* random erasing
+            as ``MixResult.source_images`` (one extra copy of the batch when erasing is on).
+            The classifier sets it for rules that look at the unmixed images
+            (``needs_clean_images``: TokenMix's teacher sees the clean crop, as the release's
+            label maps are of the unerased image); otherwise ``source_images`` is the erased
+            batch the mixer received.
 
     Input ``data``: dict with ``inputs`` (B, 3, H, W) uint8/float tensor or a list of
     (3, H, W) tensors of one size, and ``data_samples`` (list of ``ClsDataSample``).
@@ -64,8 +70,9 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  mixer: Optional[dict] = None, random_erasing: Optional[dict] = None,
-                 seed: Optional[int] = None, non_blocking: bool = True):
+                 seed: Optional[int] = None, non_blocking: bool = True, keep_clean_images: bool = False):
         super().__init__(non_blocking=non_blocking)
+        self.keep_clean_images = bool(keep_clean_images)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
         self.mixer = BatchMixer(**mixer) if mixer is not None else None
@@ -108,10 +115,13 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
         x = (inputs.float() - self.mean) / self.std
         mix: Optional[MixResult] = None
         if training:
+            clean = x
             if self.random_erasing is not None:
-                x = self.random_erasing(x)
+                x = self.random_erasing(x.clone() if self.keep_clean_images else x)   # erases in place
             if self.mixer is not None:
                 mix = self.mixer(x, generator=self._rng())
+                if self.keep_clean_images:
+                    mix.source_images = clean
                 x = mix.images
         return dict(inputs=x, data_samples=data.get('data_samples'), mix=mix)
 
@@ -197,6 +207,9 @@ class TLAImageClassifier(BaseModel):
             raise ValueError(f'label_rule builds {type(self.label_rule).__name__}, not a label rule '
                              "(types: 'Area', 'TLAlign', 'TransMix', 'DenseTLAlign', 'TokenMix')")
         self.label_rule.setup(self)
+        if getattr(self.label_rule, 'needs_clean_images', False) and hasattr(self.data_preprocessor,
+                                                                              'keep_clean_images'):
+            self.data_preprocessor.keep_clean_images = True
         if getattr(self.label_rule, 'needs_tokens', False):
             self.backbone.out_type = 'raw' if self.num_prefix_tokens else 'featmap'
         self.align_stats_interval = int(align_stats_interval)

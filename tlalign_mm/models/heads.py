@@ -6,8 +6,10 @@ mmpretrain's batch augments do; the head turns pooled features into logits, the 
 ``gt_score`` (or the one-hot ``gt_label`` when no soft target is set), and the predictions.
 
 The loss is a config: any ``torch.nn`` loss of (logits, soft targets) registered in tlalign_mm's
-``MODELS``; timm's ``SoftTargetCrossEntropy`` (DeiT's loss under Mixup / CutMix) is registered here
-and is the default.
+``MODELS``.  timm's ``SoftTargetCrossEntropy`` (DeiT's loss under Mixup / CutMix) is registered here
+and is the default; timm's ``BinaryCrossEntropy`` (TokenMix's ``--use-bce``: per-class sigmoid
+cross-entropy against the soft target, mean over batch and classes; its ``smoothing`` applies to
+hard labels only, so a soft target is used as it is) is registered too.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.structures import BaseDataElement
-from timm.loss import SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 from torch import Tensor
 
 from ..registry import MODELS
@@ -26,6 +28,7 @@ from ..registry import MODELS
 __all__ = ['TLALinearClsHead', 'stack_gt_scores', 'store_gt_scores']
 
 MODELS.register_module(name='SoftTargetCrossEntropy', module=SoftTargetCrossEntropy)
+MODELS.register_module(name='BinaryCrossEntropy', module=BinaryCrossEntropy)
 
 
 # The two helpers below loop over Python data samples.  Under ``torch.compile`` they run eagerly

@@ -25,6 +25,7 @@ blocks' own attention call, so no rule materialises an attention matrix.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -34,7 +35,8 @@ from torch import Tensor
 from ..align import expand_source_labels
 from ..registry import MODELS
 
-__all__ = ['LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlignRule', 'TokenMixRule', 'READOUTS']
+__all__ = ['LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlignRule', 'TokenMixRule', 'READOUTS',
+           'TRANSMIX_TOKEN_MASKS', 'TOKENMIX_SMOOTHINGS', 'TOKENMIX_CAM_ACTIVATIONS', 'TOKENMIX_RESIZES']
 
 #: Values of the TL-Align readout: 'auto' (class token when the backbone's pooled feature is its
 #: class token, else the token mean), 'cls', 'mean'.
@@ -159,55 +161,97 @@ class TLAlignRule(LabelRule):
                                                  aligned=aligned), {}
 
 
+#: Values of ``TransMix(token_mask=...)``.
+TRANSMIX_TOKEN_MASKS = ('nearest', 'area')
+
+
+def _check_choice(rule: str, option: str, value, allowed: tuple):
+    if value not in allowed:
+        raise ValueError(f'{rule} {option} must be one of {allowed}, got {value!r}')
+    return value
+
+
 @MODELS.register_module(name='TransMix')
 class TransMixRule(LabelRule):
     """TransMix: the partner's share is the attention the readout gives to its tokens in the last
     block, blended with the area share.
 
-    The reference (Beckschen/TransMix ``transmix.py``): ``attn`` is the last block's class-token
-    attention to the patch tokens averaged over heads, ``lam1 = sum(mask * attn) / sum(attn)``
-    with ``mask`` the pasted box on the token grid, ``lam = (lam0 + lam1) / 2`` with ``lam0``
-    the box area, target ``(1 - lam) y_A + lam y_B``.
+    The release (Beckschen/TransMix ``transmix.py``, ``Mixup_transmix.transmix_label``; called in
+    ``train.py`` on CutMix batches only):
+
+    * ``attn`` is the last block's class-token attention to the patch tokens, averaged over heads;
+    * ``mask`` is the pixel box taken to the token grid by ``nn.Upsample(size=grid)`` (nearest):
+      a token counts as pasted iff its **top-left pixel** is in the box (``token_mask='nearest'``,
+      the default).  ``token_mask='area'`` uses each token's pasted-area share instead
+      (``MixResult.share_b``); both agree for boxes on the token grid (token CutMix, TokenMix);
+    * ``lam1 = sum(mask * attn) / sum(attn)``; ``lam0`` is the box's **pixel area** share
+      ``(yh - yl)(xh - xl) / (H W)`` whatever ``correct_lam`` says (here: the mean of the
+      partner's pixel share, ``share_b.mean(1)``);
+    * ``lam = (lam0 + lam1) / 2``, target ``(1 - lam) y_A + lam y_B``;
+    * Mixup batches keep the area target ``lam y_A + (1 - lam) y_B`` (the release passes them
+      through ``mixup_target``).
 
     Here the one attention row is never formed: labels ride in the last block's own attention
     call (:meth:`~tlalign_mm.models.backbones.base.TLABackbone.set_alignment` with
     ``blocks='last', residual=False``; earlier blocks pass them on unchanged).  Patch token j
-    carries ``[s_j, 1 - s_j, 0]`` (``s_j`` its share of the partner: the box mask for CutMix,
-    any share for token / pixel CutMix, Mixup or TokenMix masks) and each prefix token
-    ``[0, 0, 1]``.  The class token's output ``[sum_j a_j s_j, sum_j a_j (1 - s_j), a_cls]``
-    gives ``lam1 = c0 / (c0 + c1)``, the reference's ratio.  Under Mixup ``s_j = 1 - lam`` and
-    ``lam1 = lam0``, as the reference leaves the area target then.
+    carries ``[s_j, 1 - s_j, 0]`` (``s_j`` its mask value) and each prefix token ``[0, 0, 1]``.
+    The class token's output ``[sum_j a_j s_j, sum_j a_j (1 - s_j), a_cls]`` gives
+    ``lam1 = c0 / (c0 + c1)``, the release's ratio.
 
-    Backbones without a class token (Swin; PVT in the TransMix paper): the public TransMix code
-    has DeiT only.  This rule reads the token mean instead, the readout the classifier pools:
-    ``lam1 = mean_i sum_j A_ij s_j`` over the last block's (window) attention, i.e. the
-    attention the pooled feature gives to the partner's tokens.  Labels are pooled by patch
-    merging between stages, as TL-Align does.
+    Backbones without a class token (Swin; PVT): the public TransMix code has DeiT only.  This
+    rule reads the token mean instead, the readout the classifier pools:
+    ``lam1 = mean_i sum_j A_ij s_j`` over the last block's (window) attention, i.e. the attention
+    the pooled feature gives to the partner's tokens.  The mask is taken on the patch-embedding
+    grid (nearest: each patch's top-left pixel) and pooled by patch merging between stages, as
+    TL-Align's labels are.
 
     Args:
-        area_weight: weight of the area share in the blend, 0.5 in the reference (``ratio=0.5``).
+        area_weight: weight of ``lam0`` in the blend, 0.5 in the release (``ratio=0.5``).
+        token_mask: 'nearest' (the release) or 'area'.
 
     Raises:
-        ValueError: ``area_weight`` outside [0, 1]; at build time, a backbone that cannot carry
-            labels through its attention.
+        ValueError: ``area_weight`` outside [0, 1] or an unknown ``token_mask`` (the message names
+            the option and its values); at build time, a backbone that cannot carry labels, or
+            ``token_mask='nearest'`` with a mixer built with ``return_mask=False``.
     """
 
     carries_labels = True
 
-    def __init__(self, area_weight: float = 0.5):
+    def __init__(self, area_weight: float = 0.5, token_mask: str = 'nearest'):
         super().__init__()
         if not 0.0 <= area_weight <= 1.0:
             raise ValueError(f'TransMix area_weight must be in [0, 1], got {area_weight!r}')
         self.area_weight = float(area_weight)
+        self.token_mask = _check_choice('TransMix', 'token_mask', token_mask, TRANSMIX_TOKEN_MASKS)
         self.readout = 'auto'
 
     def setup(self, model) -> None:
         self._require_labels(model)
         self.readout = model.resolve_readout('auto', type(self).__name__)
         model.backbone.set_alignment('last', False)
+        mixer = getattr(model.data_preprocessor, 'mixer', None)
+        if self.token_mask == 'nearest' and mixer is not None and not mixer.return_mask:
+            raise ValueError("TransMix token_mask='nearest' reads the mixer's pixel mask: build the "
+                             "data_preprocessor's mixer with return_mask=True, or use token_mask='area'")
+
+    def token_mask_of(self, mix) -> Tensor:
+        """(B, N) float32 mask of the partner on the patch grid: the pixel share at each patch's
+        top-left pixel ('nearest', ``nn.Upsample`` nearest as the release) or the patch's pasted
+        area share ('area').
+
+        Raises:
+            ValueError: 'nearest' on a :class:`~tlalign_mm.mixing.MixResult` without a pixel mask.
+        """
+        if self.token_mask == 'area':
+            return mix.share_b.float()
+        if mix.mask is None:
+            raise ValueError("TransMix token_mask='nearest' needs the mixer's pixel mask "
+                             '(BatchMixer(return_mask=True))')
+        p = mix.patch_size
+        return mix.mask[:, ::p, ::p].reshape(mix.mask.shape[0], -1).float()
 
     def initial_labels(self, model, mix, y_a, y_b) -> Tensor:
-        s = mix.share_b.float()
+        s = self.token_mask_of(mix)
         patches = torch.stack([s, 1.0 - s, torch.zeros_like(s)], dim=-1)
         p = model.num_prefix_tokens
         if p == 0:
@@ -216,10 +260,14 @@ class TransMixRule(LabelRule):
         return torch.cat([prefix, patches], dim=1)
 
     def forward(self, model, mix, y_a, y_b, area, labels, tokens):
-        out = model.read_labels(labels, self.readout)
-        lam_attn = out[:, 0] / (out[:, 0] + out[:, 1]).clamp_min(1e-12)   # the partner's share
-        lam_b = self.area_weight * (1.0 - mix.lam) + (1.0 - self.area_weight) * lam_attn
-        target = (1.0 - lam_b)[:, None] * y_a + lam_b[:, None] * y_b
+        if mix.mode == 'mixup':                      # the release: Mixup keeps the area target
+            target, lam_b = area, 1.0 - mix.lam
+        else:
+            out = model.read_labels(labels, self.readout)
+            lam_attn = out[:, 0] / (out[:, 0] + out[:, 1]).clamp_min(1e-12)   # the partner's share
+            lam0 = mix.share_b.float().mean(1)       # the box's pixel area (not the Beta draw)
+            lam_b = self.area_weight * lam0 + (1.0 - self.area_weight) * lam_attn
+            target = (1.0 - lam_b)[:, None] * y_a + lam_b[:, None] * y_b
         stats = {'align/lam': mix.lam.mean().detach(),
                  'align/lam_aligned': (1.0 - lam_b).detach().mean(),
                  'align/lam_gap': (lam_b - (1.0 - mix.lam)).detach().abs().mean(),
@@ -273,29 +321,105 @@ class DenseTLAlignRule(TLAlignRule):
         return target, stats, dict(losses, loss_dense=self.dense_weight * dense)
 
 
+#: Values of ``TokenMix(smoothing=...)``, ``cam_activation=...`` and ``resize=...``.
+TOKENMIX_SMOOTHINGS = ('tokenmix', 'weighted')
+TOKENMIX_CAM_ACTIVATIONS = (None, 'relu')
+TOKENMIX_RESIZES = ('roi_align', 'bilinear')
+
+
+def _timm_location_logits(teacher: nn.Module, feats: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """A timm model's classifier applied at every location of its ``forward_features`` output.
+
+    ``feats`` is (B, C, h, w) (CNNs), (B, h, w, C) (timm's Swin-style NHWC maps) or (B, P + n, C)
+    (ViT-style tokens, ``P = num_prefix_tokens``, a square grid).  Returns ((B, n, K) logits,
+    (h, w)).
+    """
+    c = teacher.num_features
+    if feats.dim() == 4:
+        if feats.shape[1] == c:                                        # (B, C, h, w)
+            hw = tuple(feats.shape[-2:])
+            tokens = feats.flatten(2).transpose(1, 2)
+        else:                                                          # (B, h, w, C)
+            hw = tuple(feats.shape[1:3])
+            tokens = feats.flatten(1, 2)
+    else:
+        tokens = feats[:, getattr(teacher, 'num_prefix_tokens', 0):]
+        side = int(round(tokens.shape[1] ** 0.5))
+        hw = (side, tokens.shape[1] // side)
+    return teacher.get_classifier()(tokens), hw
+
+
+def check_timm_cam_teacher(teacher: nn.Module, name: str, img_hw: Sequence[int]) -> None:
+    """Refuse a timm teacher whose class activation map is not defined.
+
+    TokenMix's map is the teacher's classifier at every location; it is the class activation map
+    (Zhou et al., CVPR 2016) only when the logits are a linear classifier of the globally
+    average-pooled features: ``logits == mean_locations(classifier(feature_location))``.  This is
+    checked on a random (2, 3, *img_hw) input with the teacher's own weights.  ResNet, EfficientNet,
+    RegNet, NFNet and ViTs with ``global_pool='avg', fc_norm=False`` pass; heads with a layer
+    between the pooling and the classifier (MobileNetV3's ``conv_head``, ConvNeXt's head norm, a
+    ViT's class token) do not.
+
+    Raises:
+        ValueError: naming the model and why its map is not a CAM.
+    """
+    x = torch.randn(2, 3, *img_hw, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            feats = teacher.forward_features(x)
+            logits = teacher.forward_head(feats).float()
+            per_location, _ = _timm_location_logits(teacher, feats)
+            pooled = per_location.float().mean(1)
+        ok = pooled.shape == logits.shape and torch.allclose(
+            pooled, logits, rtol=1e-4, atol=1e-4 * max(1.0, float(logits.abs().max())))
+        why = 'its logits are not the spatial mean of the per-location logits'
+    except (RuntimeError, ValueError, TypeError, AttributeError) as e:
+        ok, why = False, f'its classifier does not apply per location ({type(e).__name__}: {e})'
+    if not ok:
+        raise ValueError(
+            f'TokenMix teacher timm {name!r} has no class activation map: {why}, i.e. its head is not '
+            'global average pooling followed by a linear classifier (a layer between them, such as '
+            "MobileNetV3's conv_head, ConvNeXt's head norm or a ViT's class token, makes the per-location "
+            'map differ from what the head scores). Use a teacher such as a ResNet, EfficientNet, RegNet or '
+            "NFNet, a ViT built with global_pool='avg', fc_norm=False, or a classifier of this project "
+            '(teacher=dict(config=..., checkpoint=...))')
+
+
 @MODELS.register_module(name='TokenMix')
 class TokenMixRule(LabelRule):
     """TokenMix's target: each image weighs what the mix keeps of its teacher's activation map.
 
-    TokenMix (Liu et al., ECCV 2022; github Sense-X/TokenMix ``tokenmix.py``, ``Mixup.__call__``)
-    takes, for each image, a teacher's score map of its ground-truth class, normalised to sum 1
-    over the token grid; the target is ``w_A y_A + w_B y_B`` with ``w_A`` the map's mass on the
-    tokens kept from A and ``w_B`` the partner's map on the tokens pasted from it.  The weights
-    are not renormalised (their code does not; ``normalize=True`` divides by ``w_A + w_B``).
-    Under Mixup (a uniform share) the weights reduce to ``lam`` and ``1 - lam``.
+    The release (Liu et al., ECCV 2022; github Sense-X/TokenMix ``tokenmix.py``,
+    ``Mixup.__call__``), on a TokenMix batch:
 
-    Here the map is the class activation map (CAM) of a teacher on the unmixed image, taken to
-    the student's token grid (bilinear), clipped at 0 and normalised (a uniform map when nothing
-    is positive).  TokenMix itself reads ReLabel's pre-computed label maps of an NFNet; any
-    teacher can be plugged in here:
+    * the map of each image is the teacher's score map of its ground-truth class, resized to the
+      student's token grid with torchvision's ``roi_align`` over the whole map (box corners at
+      ``-0.5`` and ``size - 0.5``, ``aligned=False``; ``resize='roi_align'``, the default; or
+      ``'bilinear'``), **not** passed through a ReLU, divided by its sum ``+ 1e-8``
+      (``cam_activation=None``, the default; ``'relu'`` clips at 0 and takes a uniform map when
+      nothing is positive);
+    * ``w_A`` is A's map on the tokens kept from A, ``w_B`` the partner's map on the tokens pasted
+      from it; neither is renormalised (``normalize=True`` divides by ``w_A + w_B``);
+    * the target puts ``ls / K`` on every class plus ``w_A - ls / 2`` on A's class and
+      ``w_B - ls / 2`` on B's (``smoothing='tokenmix'``, the default: its ``on_value`` /
+      ``off_value`` per class, ``ls`` the label smoothing); ``smoothing='weighted'`` takes
+      ``w_A y_A + w_B y_B`` of the smoothed one-hots instead;
+    * Mixup batches keep the area target ``lam y_A + (1 - lam) y_B`` (the release's
+      ``mixup_target``); the teacher does not run on them.
+
+    The release reads ReLabel-style label maps an NFNet-F6 computed offline on the whole image
+    (``--label_dir label_top5_train_nfnet``), cut to the crop by ``roi_align``.  Here the teacher
+    runs online on the augmented crop **before random erasing** (the classifier hands it the clean
+    batch, ``needs_clean_images``), so any teacher can be plugged in:
 
     * ``teacher=dict(config=PATH, checkpoint=CKPT)``: a classifier config of this project and
-      its checkpoint (loaded strictly).  Its CAM is the head applied to every final patch token
+      its checkpoint (loaded strictly).  Its map is the head applied to every final patch token
       (exactly the CAM for token-mean models such as Swin; for a class-token DeiT it reads the
       patch tokens through the class-token head);
     * ``teacher=dict(timm=NAME, checkpoint=CKPT, **kwargs)``: ``timm.create_model(NAME,
-      num_classes=K, **kwargs)`` and a timm state dict; its CAM is ``get_classifier()`` applied
-      to ``forward_features`` (a CNN's (B, C, h, w) map, or a ViT's patch tokens).
+      num_classes=K, **kwargs)`` and a timm state dict; its map is ``get_classifier()`` applied
+      to ``forward_features`` at every location.  Only teachers whose map is a class activation
+      map are accepted (:func:`check_timm_cam_teacher`, at build time).
 
     The teacher runs in eval mode, without gradient, on the student's device and on the
     student's normalised input; it is not part of the model's parameters or checkpoints.  The
@@ -304,15 +428,22 @@ class TokenMixRule(LabelRule):
     Args:
         teacher: see above.
         normalize: divide the weights by their sum.
+        smoothing: 'tokenmix' (the release) or 'weighted'.
+        cam_activation: None (the release) or 'relu'.
+        resize: 'roi_align' (the release) or 'bilinear'.
 
     Raises:
         ValueError: no teacher, or one without ``checkpoint`` or with neither ``config`` nor
-            ``timm`` (the message names the rule and what is missing); a teacher whose class
-            count differs from the student's.
+            ``timm`` (the message names the rule and what is missing); an unknown option value
+            (named with its allowed values); a teacher whose class count differs from the
+            student's; a timm teacher without a class activation map.
         FileNotFoundError: a config or checkpoint that does not exist.
     """
 
-    def __init__(self, teacher: Optional[dict] = None, normalize: bool = False):
+    needs_clean_images = True
+
+    def __init__(self, teacher: Optional[dict] = None, normalize: bool = False, smoothing: str = 'tokenmix',
+                 cam_activation: Optional[str] = None, resize: str = 'roi_align'):
         super().__init__()
         if not isinstance(teacher, dict) or not teacher.get('checkpoint') \
                 or not (teacher.get('config') or teacher.get('timm')):
@@ -321,6 +452,9 @@ class TokenMixRule(LabelRule):
                              f'got teacher={teacher!r}')
         self.teacher_cfg = dict(teacher)
         self.normalize = bool(normalize)
+        self.smoothing = _check_choice('TokenMix', 'smoothing', smoothing, TOKENMIX_SMOOTHINGS)
+        self.cam_activation = _check_choice('TokenMix', 'cam_activation', cam_activation, TOKENMIX_CAM_ACTIVATIONS)
+        self.resize = _check_choice('TokenMix', 'resize', resize, TOKENMIX_RESIZES)
 
     @property
     def teacher(self) -> nn.Module:
@@ -335,12 +469,13 @@ class TokenMixRule(LabelRule):
             from mmengine.config import Config
             if not os.path.isfile(cfg['config']):
                 raise FileNotFoundError(f"TokenMix teacher config not found: {cfg['config']!r}")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f'TokenMix teacher checkpoint not found: {path!r}')
             tcfg = Config.fromfile(cfg['config']).model
-            tcfg.pop('init_cfg', None)
+            tcfg['init_cfg'] = dict(type='Pretrained', checkpoint=path)   # the classifier's strict loader
             tcfg['label_rule'] = dict(type='Area')
             teacher = MODELS.build(tcfg)
             teacher.init_weights()
-            teacher._load_pretrained(path)
             teacher.backbone.out_type = 'raw' if teacher.num_prefix_tokens else 'featmap'
             classes = teacher.num_classes
         else:
@@ -352,18 +487,39 @@ class TokenMixRule(LabelRule):
             ckpt = load_checkpoint_file(path)
             sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
             teacher.load_state_dict(sd, strict=True)
+            teacher.eval()
+            check_timm_cam_teacher(teacher, name, getattr(model.backbone, 'img_size', (224, 224)))
             classes = model.num_classes
         if classes != model.num_classes:
             raise ValueError(f'TokenMix teacher has {classes} classes, the student {model.num_classes}')
         teacher.eval().requires_grad_(False)
         self.__dict__['_teacher'] = teacher     # not a submodule: no parameters, no checkpoint keys
 
+    def _class_map(self, cam: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, 1, h, w) maps -> (B, N) float32 weights on the ``grid`` summing to 1 (see class doc)."""
+        if self.resize == 'roi_align':
+            from torchvision.ops import roi_align
+            b, _, h, w = cam.shape
+            boxes = cam.new_tensor([-0.5, -0.5, w - 0.5, h - 0.5]).expand(b, 4)
+            boxes = torch.cat([torch.arange(b, device=cam.device, dtype=cam.dtype)[:, None], boxes], 1)
+            cam = roi_align(cam, boxes, output_size=tuple(grid), spatial_scale=1.0, sampling_ratio=-1,
+                            aligned=False)
+        elif tuple(cam.shape[-2:]) != tuple(grid):
+            cam = torch.nn.functional.interpolate(cam, size=grid, mode='bilinear', align_corners=False)
+        cam = cam.flatten(1)
+        if self.cam_activation is None:                              # the release: no ReLU
+            return cam / (cam.sum(1, keepdim=True) + 1e-8)
+        cam = cam.clamp_min(0.0)
+        mass = cam.sum(1, keepdim=True)
+        return torch.where(mass > 0, cam / mass.clamp_min(1e-12), torch.full_like(cam, 1.0 / cam.shape[1]))
+
     @torch.no_grad()
     def teacher_cam(self, images: Tensor, labels: Tensor, grid: tuple[int, int]) -> Tensor:
-        """(B, h*w) float32 CAM of each image's class on the student's token grid, summing to 1.
+        """(B, h*w) float32 map of each image's class on the student's token grid, summing to 1
+        (up to the release's ``+ 1e-8``).
 
         Args:
-            images: (B, 3, H, W) unmixed, normalised images.
+            images: (B, 3, H, W) unmixed, normalised images (the clean crop, before erasing).
             labels: (B,) int64 ground-truth classes.
             grid: the student's patch-token grid (h, w).
         """
@@ -376,35 +532,29 @@ class TokenMixRule(LabelRule):
             fmap_hw = last.shape[-2:] if last.dim() == 4 else t.backbone.token_grid(images.shape[-2:])
             logits = t.head.fc(tokens)                                 # (B, n, K)
         else:
-            feats = t.forward_features(images)
-            head = t.get_classifier()
-            if feats.dim() == 4:                                       # CNN: (B, C, h, w)
-                fmap_hw = feats.shape[-2:]
-                tokens = feats.flatten(2).transpose(1, 2)
-            else:                                                      # ViT: (B, P + n, C)
-                tokens = feats[:, getattr(t, 'num_prefix_tokens', 1):]
-                n = tokens.shape[1]
-                side = int(round(n ** 0.5))
-                fmap_hw = (side, n // side)
-            logits = head(tokens)
+            logits, fmap_hw = _timm_location_logits(t, t.forward_features(images))
         cam = logits.float().gather(2, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
-        cam = cam.view(-1, 1, *fmap_hw)
-        if tuple(fmap_hw) != tuple(grid):
-            cam = torch.nn.functional.interpolate(cam, size=grid, mode='bilinear', align_corners=False)
-        cam = cam.flatten(1).clamp_min(0.0)
-        mass = cam.sum(1, keepdim=True)
-        return torch.where(mass > 0, cam / mass.clamp_min(1e-12), torch.full_like(cam, 1.0 / cam.shape[1]))
+        return self._class_map(cam.view(-1, 1, *fmap_hw), grid)
 
     def forward(self, model, mix, y_a, y_b, area, labels, tokens):
-        cls = y_a.argmax(-1)
-        cam = self.teacher_cam(mix.source_images, cls, tuple(mix.grid_size))
-        s = mix.share_b.float()
-        w_a = ((1.0 - s) * cam).sum(1)
-        w_b = (s * cam[mix.partner]).sum(1)
-        if self.normalize:
-            total = (w_a + w_b).clamp_min(1e-12)
-            w_a, w_b = w_a / total, w_b / total
-        target = w_a[:, None] * y_a + w_b[:, None] * y_b
+        if mix.mode == 'mixup':                    # the release: Mixup keeps the area target
+            w_a, w_b, target = mix.lam, 1.0 - mix.lam, area
+        else:
+            cls = y_a.argmax(-1)
+            cam = self.teacher_cam(mix.source_images, cls, tuple(mix.grid_size))
+            s = mix.share_b.float()
+            w_a = ((1.0 - s) * cam).sum(1)
+            w_b = (s * cam[mix.partner]).sum(1)
+            if self.normalize:
+                total = (w_a + w_b).clamp_min(1e-12)
+                w_a, w_b = w_a / total, w_b / total
+            if self.smoothing == 'tokenmix':
+                ls, k = float(model.label_smoothing), y_a.shape[-1]
+                one_a = torch.nn.functional.one_hot(cls, k).float()
+                target = (ls / k + (w_a - ls / 2)[:, None] * one_a
+                          + (w_b - ls / 2)[:, None] * one_a[mix.partner])
+            else:
+                target = w_a[:, None] * y_a + w_b[:, None] * y_b
         stats = {'align/lam': mix.lam.mean().detach(),
                  'align/lam_aligned': w_a.mean(),
                  'align/lam_gap': (w_a - mix.lam).abs().mean(),
