@@ -49,6 +49,18 @@ for _arch in ('deit-small', 'swin-tiny'):
         f'pretrain/{_arch}_tla-nores_8xb128-300e_in1k.py': _row('TLAlignRule', _ro, _ALL, residual=False),
         f'pretrain/{_arch}_tokenmix_8xb128-300e_in1k.py': _row('TokenMixRule', _ro, _ALL, mixer=_TOKENMIX),
     })
+# each rule in its own released recipe: pixel Mixup / CutMix (TransMix), Mixup / TokenMix (TokenMix)
+_PIXEL_MIX = dict(mode='pixel', cutmix_alpha=1.0, mixup_alpha=0.8, switch_prob=0.5, tokenmix_alpha=0.0,
+                  correct_lam=True)
+_MIXUP_TOKENMIX = dict(_TOKENMIX, mixup_alpha=0.8, switch_prob=0.5)
+CONFIG_TABLE.update({
+    'pretrain/deit-small_transmix-official_8xb32-300e_in1k.py': _row('TransMixRule', 'cls', [11], residual=False,
+                                                                     mixer=_PIXEL_MIX),
+    'pretrain/swin-tiny_transmix-official_8xb128-300e_in1k.py': _row('TransMixRule', 'mean', [11], residual=False,
+                                                                     mixer=dict(_PIXEL_MIX, token_grid_size=None)),
+    'pretrain/deit-small_tokenmix-official_8xb128-300e_in1k.py': _row('TokenMixRule', 'cls', _ALL,
+                                                                      mixer=_MIXUP_TOKENMIX),
+})
 # PVT: v2 against timm's pvt_v2_b*, v1 against the release's published parameter counts (13.2M,
 # 24.5M, 44.2M; ours has no class token and no class-token row in pos_embed4)
 PVT_PARAMS_M = {'pvt-tiny': 13.2, 'pvt-small': 24.5, 'pvt-medium': 44.2}
@@ -67,6 +79,10 @@ CONFIG_TABLE.update({
                                                                 **_DEMO),
     'demo/deit-demo_tokenmix_1xb64-10e_fashion-mnist.py': _row('TokenMixRule', 'cls', [0, 1, 2, 3], mixer=_TOKENMIX,
                                                                **_DEMO),
+    'demo/deit-demo_transmix-official_1xb64-10e_fashion-mnist.py': _row('TransMixRule', 'cls', [3], residual=False,
+                                                                        mixer=_PIXEL_MIX, **_DEMO),
+    'demo/deit-demo_tokenmix-official_1xb64-10e_fashion-mnist.py': _row('TokenMixRule', 'cls', [0, 1, 2, 3],
+                                                                        mixer=_MIXUP_TOKENMIX, **_DEMO),
     'demo/swin-demo_tla_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'mean', list(range(8)), **_DEMO),
 })
 
@@ -110,8 +126,40 @@ def test_config_builds_the_model_of_its_row(name, tmp_path):
     if name.startswith('pretrain/'):
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper'   # fp32 fallback without CUDA in tools/train.py
         assert cfg.model.backbone.label_dtype == 'auto'
+    if '-official' in name:      # the release's recipe: its loss, sampler, erasing, EMA, rule conventions
+        _check_official_recipe(name, cfg, model)
     if want['rule'] == 'DenseTLAlignRule':
         assert model.label_rule.token_head.out_features == want['classes']
+
+
+def _check_official_recipe(name, cfg, model):
+    """The values each official-recipe config takes from its release (Beckschen/TransMix
+    configs/deit_s_transmix.yaml + train.py defaults; Sense-X/TokenMix exp/deit_small/run.sh +
+    main.py defaults; Swin's config.py for the Swin-T TransMix counterpart)."""
+    assert cfg.train_dataloader.sampler.type == 'DefaultSampler'        # no repeated augmentation
+    rule = model.label_rule
+    hooks = {h['type']: h for h in cfg.custom_hooks}
+    on_imagenet = name.startswith('pretrain/')
+    if 'transmix' in name:
+        assert rule.token_mask == 'nearest' and rule.area_weight == 0.5
+        assert type(model.head.loss_module).__name__ == 'SoftTargetCrossEntropy'
+    if 'deit-small_transmix' in name or 'deit-demo_transmix' in name:
+        assert cfg.model.data_preprocessor.random_erasing is None      # reprob default 0.
+        assert cfg.train_dataloader.dataset.pipeline[0].interpolation == 'random'
+        assert cfg.optim_wrapper.optimizer.weight_decay == 0.03
+    if name == 'pretrain/deit-small_transmix-official_8xb32-300e_in1k.py':
+        assert cfg.train_dataloader.batch_size * 8 == 256 and cfg.optim_wrapper.optimizer.lr == 1e-3
+        assert cfg.param_scheduler[0].end == 20 and cfg.param_scheduler[1].eta_min == 1e-5
+    if name.startswith('pretrain/swin'):
+        assert cfg.model.data_preprocessor.random_erasing.re_prob == 0.25
+    if 'tokenmix' in name:
+        assert (rule.smoothing, rule.cam_activation, rule.resize) == ('tokenmix', None, 'roi_align')
+        assert type(model.head.loss_module).__name__ == 'BinaryCrossEntropy'
+        assert cfg.model.data_preprocessor.random_erasing.re_prob == 0.25
+    if on_imagenet and not name.startswith('pretrain/swin'):
+        assert hooks['EMAHook']['momentum'] == pytest.approx(1 - 0.99996)
+    else:
+        assert 'EMAHook' not in hooks
 
 
 def _tiny_cfg(tl_align=True, label_channels='source', arch='vit'):
