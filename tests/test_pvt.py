@@ -6,7 +6,9 @@
 * the official (whai362/PVT) and mmdet layouts load through the strict loader; without labels the
   features equal mmdet's ``PyramidVisionTransformer(V2)``;
 * bad input: a stage map the reduction ratio does not divide names the stage and the sizes;
-* the classifier trains on a PVT with every label rule that reads attention.
+* the classifier trains on a PVT with every label rule that reads attention;
+* v2's first stage: token shares pooled from the pixel mask over the 7x7 stride-4 padding-3 window,
+  against a per-pixel loop, and end to end on a v2-b0;
 """
 import os
 import sys
@@ -24,14 +26,19 @@ from tlalign_mm.registry import MODELS  # noqa: E402
 ARCH = dict(embed_dims=(16, 32, 32, 64), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4))
 
 
+def _sharpen(blocks, factor=12.0):
+    """Scale queries and keys: trained-like peaked attention instead of near-uniform rows."""
+    with torch.no_grad():
+        for blk in blocks:
+            blk.attn.q.weight.mul_(factor)
+            blk.attn.kv.weight[:blk.attn.kv.weight.shape[0] // 2].mul_(factor)
+
+
 def _pvt(version=1, seed=0, **kw):
     torch.manual_seed(seed)
     m = TLAPyramidVisionTransformer(dict(ARCH, version=version), img_size=64, drop_path_rate=0.0, **kw)
     m.init_weights()
-    with torch.no_grad():                       # sharpen the attention: trained-like, not uniform
-        for blk in m.label_blocks():
-            blk.attn.q.weight.mul_(12.0)
-            blk.attn.kv.weight[:blk.attn.kv.weight.shape[0] // 2].mul_(12.0)
+    _sharpen(m.label_blocks())
     return m.eval()
 
 
@@ -167,15 +174,22 @@ def test_pvt_builds_in_mmdet_and_mmseg_configs():
     assert [o.shape[1] for o in outs] == [32, 64, 160, 256]
 
 
-@pytest.mark.parametrize('rule', ['TLAlign', 'TransMix', 'Area'])
-def test_classifier_trains_on_pvt(rule):
-    torch.manual_seed(0)
-    model = MODELS.build(dict(
-        type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5), label_rule=dict(type=rule),
-        backbone=dict(type='TLAPyramidVisionTransformer', arch=dict(ARCH, version=2), img_size=64,
-                      out_indices=(3,), out_type='avg_featmap'),
+def _classifier(version=2, rule='TLAlign', num_classes=5, arch=None, img_size=64, **kw):
+    """A TLAImageClassifier on a small PVT, token-mean readout ('avg_featmap')."""
+    out_type, v = 'avg_featmap', version
+    return MODELS.build(dict(
+        type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=num_classes),
+        label_rule=dict(type=rule),
+        backbone=dict(type='TLAPyramidVisionTransformer', arch=arch or dict(ARCH, version=v), img_size=img_size,
+                      out_indices=(3,), out_type=out_type, drop_path_rate=0.0),
         data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0,
-                               mixer=dict(cutmix_alpha=1.0, patch_size=4, token_grid_size=32))))
+                               mixer=dict(cutmix_alpha=1.0, patch_size=4, token_grid_size=32)), **kw))
+
+
+@pytest.mark.parametrize('version,rule', [(2, 'TLAlign'), (2, 'TransMix'), (2, 'Area')])
+def test_classifier_trains_on_pvt(version, rule):
+    torch.manual_seed(0)
+    model = _classifier(version, rule)
     model.init_weights()
     from tlalign_mm.datasets import ClsDataSample
     batch = dict(inputs=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8),
@@ -187,3 +201,87 @@ def test_classifier_trains_on_pvt(rule):
     assert model.target_readout == 'mean'
     if rule != 'Area':
         assert 'align/lam_aligned' in out
+
+
+# -- v2's first stage: the pixel mask pooled over the 7x7 stride-4 padding-3 window ------------
+def _box_masks(h, w):
+    """(2, H, W) structured, non-uniform pixel shares of image B: CutMix boxes whose edges are not
+    on the 4-px grid, one clipped at the border, and a Mixup-like fractional region."""
+    mask = torch.zeros(2, h, w)
+    mask[0, 3:22, 5:27] = 1.0
+    mask[0, 40:h, 33:50] = 0.35
+    mask[1, 0:17, w - 23:w] = 1.0
+    mask[1, 29:58, 2:13] = 0.8
+    return mask
+
+
+def _window_share_loop(mask, kernel=7, stride=4, padding=3):
+    """Per-pixel reference: token (i, j) averages the mask over the pixels of rows
+    [s*i - p, s*i - p + k) and columns [s*j - p, s*j - p + k) that lie inside the image."""
+    b, h, w = mask.shape
+    gh, gw = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+    rows = mask.tolist()
+    out = torch.zeros(b, gh * gw)
+    for bi in range(b):
+        for i in range(gh):
+            for j in range(gw):
+                total, count = 0.0, 0
+                for r in range(stride * i - padding, stride * i - padding + kernel):
+                    for c in range(stride * j - padding, stride * j - padding + kernel):
+                        if 0 <= r < h and 0 <= c < w:
+                            total += rows[bi][r][c]
+                            count += 1
+                out[bi, i * gw + j] = total / count
+    return out
+
+
+def test_v2_first_stage_share_pools_the_pixel_mask_like_a_per_pixel_loop():
+    from tlalign_mm.align import token_share_from_mask
+    v2, v1 = _pvt(2), _pvt(1)
+    mask = _box_masks(64, 60)
+    got = v2.token_share(mask)
+    assert got.shape == (2, v2.num_tokens((64, 60))) and got.dtype == torch.float32
+    torch.testing.assert_close(got, _window_share_loop(mask), atol=1e-6, rtol=0)
+    assert (got - token_share_from_mask(mask, 4)).abs().max() > 0.1        # not the 4x4 cells
+    # v1's first embedding is its 4 x 4 patch: the mixer's own share
+    torch.testing.assert_close(v1.token_share(mask), token_share_from_mask(mask, 4), atol=1e-6, rtol=0)
+    assert v2.share_from_mask and not v1.share_from_mask
+    with pytest.raises(ValueError, match=r'mask must be a \(B, H, W\) floating-point'):
+        v2.token_share(mask[0])
+
+
+def test_v2_b0_aligned_share_moves_with_the_first_stage_window():
+    """End to end on PVTv2-B0 at 224 px, a pixel CutMix box off the 4-px grid: the classifier
+    (loss and aligned_targets) starts the labels from the 7x7-window shares, and the aligned
+    share of image A moves from the old 4x4-cell result by ~1e-3."""
+    from tlalign_mm.align import partner_index, token_share_from_mask
+    from tlalign_mm.datasets import ClsDataSample
+    from tlalign_mm.mixing import MixResult
+    torch.manual_seed(0)
+    model = _classifier(2, 'TLAlign', num_classes=10, arch='v2-b0', img_size=224)
+    model.init_weights()
+    model.eval()
+    _sharpen(model.backbone.label_blocks(), 4.0)
+    b, h = 2, 224
+    imgs = torch.randn(b, 3, h, h)
+    mask = torch.zeros(b, h, h)
+    mask[:, 10:113, 10:113] = 1.0
+    mixed = torch.where(mask.bool()[:, None], imgs.flip(0), imgs)
+    mix = MixResult(images=mixed, share_b=token_share_from_mask(mask, 4), lam=1.0 - mask.mean((1, 2)),
+                    partner=partner_index(b), mode='cutmix', mask=mask, patch_size=4, grid_size=(56, 56),
+                    source_images=imgs)
+    with torch.no_grad():
+        _, old = model.backbone(mixed, mix.source_labels(0))                   # the 4x4 cells
+        _, new = model.backbone(mixed, initial := model.backbone_mix(mix).source_labels(0))
+        _, _, _, stats = model.aligned_targets(mixed, torch.tensor([0, 1]), mix)
+        loss = model(mixed, [ClsDataSample().set_gt_label(i) for i in range(b)], mode='loss', mix=mix)
+    torch.testing.assert_close(initial[..., 1], model.backbone.token_share(mask))
+    lam_old, lam_new = old[..., 0].mean(1), new[..., 0].mean(1)
+    torch.testing.assert_close(stats['align/lam_aligned'], lam_new.mean())
+    torch.testing.assert_close(loss['align/lam_aligned'], lam_new.mean())
+    moved = (lam_new - lam_old).abs()
+    assert ((moved > 3e-4) & (moved < 5e-3)).all(), moved
+    mix.mask = None
+    with pytest.raises(ValueError, match='build the mixer with return_mask=True'):
+        model.backbone_mix(mix)
+

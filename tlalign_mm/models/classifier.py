@@ -14,6 +14,7 @@ Euphoria16/TL-Align ``engine.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from typing import Optional
@@ -339,6 +340,26 @@ class TLAImageClassifier(BaseModel):
     def _labels(data_samples) -> Tensor:
         return torch.cat([ds.gt_label.reshape(-1) for ds in data_samples])
 
+    def backbone_mix(self, mix: MixResult) -> MixResult:
+        """``mix`` with ``share_b`` as the backbone's first stage sees it.
+
+        The mixer reports each ``patch_size`` cell's share of image B; that is the first-stage
+        share of DeiT, Swin and PVT v1.  A backbone whose first patch embedding looks further
+        (PVT v2: a 7x7 convolution with stride 4 and padding 3) sets ``share_from_mask`` and
+        pools the pixel mask itself (``backbone.token_share(mix.mask)``, the rule of its later
+        patch embeddings).  Every rule's initial labels are affine in the share, so this is
+        the same as pooling pixel-level labels.  Runs on the device, never waits for it.
+
+        Raises:
+            ValueError: such a backbone and a mix without its pixel mask.
+        """
+        if not getattr(self.backbone, 'share_from_mask', False):
+            return mix
+        if mix.mask is None:
+            raise ValueError(f'{type(self.backbone).__name__} pools the pixel-level mixing mask over its first patch '
+                             "embedding's window, but the mix has none: build the mixer with return_mask=True")
+        return dataclasses.replace(mix, share_b=self.backbone.token_share(mix.mask))
+
     def check_token_grid(self, mix: MixResult, img_hw) -> None:
         """Raise ``ValueError`` when the mixer's token grid is not the backbone's."""
         n = self.backbone.num_tokens(img_hw) - self.num_prefix_tokens
@@ -409,7 +430,7 @@ class TLAImageClassifier(BaseModel):
         if not self.can_carry_labels:
             raise ValueError(f'{type(self.backbone).__name__} cannot carry token labels')
         self.check_token_grid(mix, inputs.shape[-2:])
-        r0 = mix.source_labels(self.num_prefix_tokens)
+        r0 = self.backbone_mix(mix).source_labels(self.num_prefix_tokens)
         if label_channels == 'classes':
             r0 = expand_source_labels(r0, y_a, y_b)
         feat, lab = self.extract_feat(inputs, r0)
@@ -461,7 +482,7 @@ class TLAImageClassifier(BaseModel):
             r0 = None
             if self._carry_labels_now():
                 self.check_token_grid(mix, inputs.shape[-2:])
-                r0 = rule.initial_labels(self, mix, y_a, y_b)
+                r0 = rule.initial_labels(self, self.backbone_mix(mix), y_a, y_b)
             last, carried = self._run_backbone(inputs, r0)
             feat = self._pool(last)
             tokens = self._patch_tokens(last) if getattr(rule, 'needs_tokens', False) else None

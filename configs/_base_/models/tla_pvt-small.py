@@ -17,8 +17,9 @@ model = dict(
     align_stats_interval=100,
     data_preprocessor=dict(
         type='TLAClsDataPreprocessor',
-        # boxes on the 32-px grid of the last stage, so that the patch embeddings pool tokens of
-        # one source until then; shares reported on the 4-px grid of the first stage
+        # boxes on the 32-px grid of the last stage, so that v1's patch embeddings pool tokens of
+        # one source until then; shares reported on the 4-px grid of the first stage (v2's
+        # overlapping 7x7 stride-4 embedding pools the pixel mask itself: return_mask stays True)
         mixer=dict(cutmix_alpha=1.0, mixup_alpha=0.0, prob=1.0, switch_prob=0.5,
                    cutmix_mode='token', correct_lam=True, patch_size=4, token_grid_size=32),
         random_erasing=dict(re_prob=0.25, re_mode='pixel', re_count=1)),

@@ -9,13 +9,17 @@ attn.{q,kv,proj,sr,norm},norm2,mlp.{fc1,dwconv.dwconv,fc2}}``, final ``norm`` (v
 
 Labels (``tlalign_mm/align/reduction.py``): each block aligns them with its spatial-reduction
 attention, whose keys carry the mean label of the ``sr x sr`` tokens they reduce; each stage's
-patch embedding pools them (mean over a patch for v1, area-weighted over the overlapping kernel
-window for v2).  The depth-wise convolution of v2's feed-forward layer mixes neighbouring tokens
-too; like every feed-forward layer it is left out of the label path (TL-Align traces attention).
-The label path needs every stage map to be divisible by its reduction ratio (224 px inputs are);
-the features alone follow mmdet at any size.  The model has no class token: the classification
-readout is the token mean (PVTv2's own head; the v1 release read a class token added in stage 4,
-whose checkpoint row is dropped on load).
+patch embedding pools them over its kernel window, counting real (not zero-padded) positions only
+(:func:`~tlalign_mm.align.pool_token_labels`; a mean per patch for v1).  The first stage applies
+the same rule to the pixels: :meth:`TLAPyramidVisionTransformer.token_share` pools the pixel-level
+mixing mask over ``patch_embed1``'s window (v2: 7x7, stride 4, padding 3), and the classifier
+builds the first-stage labels from it (``share_from_mask``).  The depth-wise convolution of v2's
+feed-forward layer mixes neighbouring tokens too; like every feed-forward layer it is left out of
+the label path (TL-Align traces attention).  The label path needs every stage map to be divisible
+by its reduction ratio (224 px inputs are); the features alone follow mmdet at any size.
+
+The model has no class token: the classification readout is the token mean (PVTv2's own head; the
+v1 release read a class token added in stage 4, whose checkpoint row is dropped on load).
 """
 from __future__ import annotations
 
@@ -194,6 +198,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
 
     Patch embeddings: v1 kernel = stride = 4, 2, 2, 2; v2 kernels 7, 3, 3, 3 with strides
     4, 2, 2, 2 and padding k // 2.  ``num_tokens`` / ``token_grid`` describe the first stage.
+    ``share_from_mask`` (v2): the first-stage token shares are pooled from the pixel mask over
+    the 7x7 window (:meth:`token_share`), not the mixer's 4x4 cells.
 
     Raises:
         ValueError: unknown arch, bad out_indices / out_type / label options; with labels, a
@@ -247,6 +253,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
         self.num_prefix_tokens = 0
         self.patch_size = 4                                   # the first stage's token stride
         v2 = self.version == 2
+        #: the first-stage shares come from the pixel mask (v2's 7x7 window), see token_share
+        self.share_from_mask = v2
         kernels = (7, 3, 3, 3) if v2 else (4, 2, 2, 2)
         strides = (4, 2, 2, 2)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -307,6 +315,35 @@ class TLAPyramidVisionTransformer(TLABackbone):
         h, w = self.token_grid(img_hw)
         return h * w
 
+    def token_share(self, mask: Tensor) -> Tensor:
+        """Share of the partner image in each first-stage token, from the pixel-level mixing mask.
+
+        The rule of the later patch embeddings applied to the pixels
+        (:func:`~tlalign_mm.align.pool_token_labels`): each token takes the mean of ``mask`` over
+        the real pixels under its ``patch_embed1`` kernel window (v2: 7x7, stride 4, padding 3,
+        as ``OverlapPatchEmbed`` of whai362/PVT ``classification/pvt_v2.py``; v1: its 4x4
+        patch, which is the mixer's own ``share_b``).
+
+        Args:
+            mask: (B, H, W) floating-point pixel share of image B in [0, 1]
+                (:attr:`tlalign_mm.mixing.MixResult.mask`).
+
+        Returns:
+            (B, N) float32, N = ``h * w`` of :meth:`token_grid`, row-major.
+
+        Raises:
+            ValueError: ``mask`` not a (B, H, W) floating-point tensor; v1 with H or W not a
+                multiple of 4.
+        """
+        if not torch.is_tensor(mask) or mask.dim() != 3 or not mask.is_floating_point():
+            got = f'shape {tuple(mask.shape)} dtype {mask.dtype}' if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f'mask must be a (B, H, W) floating-point pixel share of image B, got {got}')
+        pe = self.patch_embed1
+        b, h, w = mask.shape
+        share, _ = pool_token_labels(mask.reshape(b, h * w, 1), (h, w), pe.kernel, pe.stride, pe.padding,
+                                     'stage 1 patch embedding')
+        return share[..., 0]
+
     def label_blocks(self) -> list:
         return [blk for i in range(max(self.out_indices) + 1) for blk in getattr(self, f'block{i + 1}')]
 
@@ -325,7 +362,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
         Args:
             x: (B, C_in, H, W) images.
             token_labels: None, or (B, N, K) float initial labels of the first-stage tokens
-                (N = ``num_tokens((H, W))``, row-major).
+                (N = ``num_tokens((H, W))``, row-major; :meth:`token_share` gives their share of
+                image B from the pixel mask).
 
         Returns:
             ``outs`` (one entry per ``out_indices``), or with ``token_labels`` ``(outs,
