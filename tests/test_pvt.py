@@ -9,12 +9,16 @@
 * the classifier trains on a PVT with every label rule that reads attention;
 * v2's first stage: token shares pooled from the pixel mask over the 7x7 stride-4 padding-3 window,
   against a per-pixel loop, and end to end on a v2-b0;
+* v1 as released: the stage-4 class token, its label row, and a release checkpoint (random weights
+  in the official key layout) giving the logits of a forward written here from the release's
+  conventions (whai362/PVT ``classification/pvt.py``);
 """
 import os
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,6 +40,8 @@ def _sharpen(blocks, factor=12.0):
 
 def _pvt(version=1, seed=0, **kw):
     torch.manual_seed(seed)
+    if version == 'cls':                        # v1 with the release's stage-4 class token
+        version, kw = 1, dict(kw, out_indices=(3,), out_type='cls_token')
     m = TLAPyramidVisionTransformer(dict(ARCH, version=version), img_size=64, drop_path_rate=0.0, **kw)
     m.init_weights()
     _sharpen(m.label_blocks())
@@ -79,7 +85,7 @@ def test_sra_label_rule_matches_per_token_loops():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize('version', [1, 2])
+@pytest.mark.parametrize('version', [1, 2, 'cls'])
 def test_label_mass_is_conserved_through_every_block_and_stage(version):
     m = _pvt(version)
     x = torch.randn(2, 3, 64, 64)
@@ -90,7 +96,7 @@ def test_label_mass_is_conserved_through_every_block_and_stage(version):
         outs, lab = m(x, y)
     for h in hooks:
         h.remove()
-    assert len(seen) == sum(ARCH['depths']) and lab.shape == (2, 4, 2)
+    assert len(seen) == sum(ARCH['depths']) and lab.shape == (2, 4 + m.num_prefix_tokens, 2)
     for s in seen:
         torch.testing.assert_close(s.sum(-1), torch.ones_like(s[..., 0]), atol=1e-5, rtol=0)
     # labels change (the attention moves them) but stay in [0, 1]
@@ -175,8 +181,10 @@ def test_pvt_builds_in_mmdet_and_mmseg_configs():
 
 
 def _classifier(version=2, rule='TLAlign', num_classes=5, arch=None, img_size=64, **kw):
-    """A TLAImageClassifier on a small PVT, token-mean readout ('avg_featmap')."""
-    out_type, v = 'avg_featmap', version
+    """A TLAImageClassifier on a small PVT: v2 / v1 token mean ('avg_featmap'), or 'cls' (v1 with
+    the release's class token)."""
+    out_type = 'cls_token' if version == 'cls' else 'avg_featmap'
+    v = 1 if version == 'cls' else version
     return MODELS.build(dict(
         type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=num_classes),
         label_rule=dict(type=rule),
@@ -186,7 +194,8 @@ def _classifier(version=2, rule='TLAlign', num_classes=5, arch=None, img_size=64
                                mixer=dict(cutmix_alpha=1.0, patch_size=4, token_grid_size=32)), **kw))
 
 
-@pytest.mark.parametrize('version,rule', [(2, 'TLAlign'), (2, 'TransMix'), (2, 'Area')])
+@pytest.mark.parametrize('version,rule', [(2, 'TLAlign'), (2, 'TransMix'), (2, 'Area'), ('cls', 'TLAlign'),
+                                          ('cls', 'TransMix'), ('cls', 'DenseTLAlign')])
 def test_classifier_trains_on_pvt(version, rule):
     torch.manual_seed(0)
     model = _classifier(version, rule)
@@ -198,7 +207,9 @@ def test_classifier_trains_on_pvt(version, rule):
     out = model(**data, mode='loss')
     out['loss'].backward()
     assert torch.isfinite(out['loss']) and model.backbone.block1[0].attn.q.weight.grad is not None
-    assert model.target_readout == 'mean'
+    assert model.target_readout == ('cls' if version == 'cls' else 'mean')
+    if version == 'cls':
+        assert model.backbone.cls_token.grad is not None
     if rule != 'Area':
         assert 'align/lam_aligned' in out
 
@@ -284,4 +295,166 @@ def test_v2_b0_aligned_share_moves_with_the_first_stage_window():
     mix.mask = None
     with pytest.raises(ValueError, match='build the mixer with return_mask=True'):
         model.backbone_mix(mix)
+
+
+# -- v1 as released: the stage-4 class token ---------------------------------------------------
+V1_SR, V1_MLP = (8, 4, 2, 1), (8, 8, 4, 4)
+
+
+def _release_v1_state(img=64, num_classes=7, seed=5, with_head=True):
+    """Random weights in the release's key layout (classification/pvt.py ``PyramidVisionTransformer``
+    at ``patch_size=4``): ``pos_embed4`` has the class token's row first, ``cls_token``, ``head``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, mean=0.0, std=0.1):
+        return torch.randn(*shape, generator=g) * std + mean
+
+    sd, in_ch, stride = {}, 3, 1
+    for i, (c, depth) in enumerate(zip(ARCH['embed_dims'], ARCH['depths'])):
+        k = 4 if i == 0 else 2
+        stride *= k
+        hidden = c * V1_MLP[i]
+        sd[f'patch_embed{i + 1}.proj.weight'], sd[f'patch_embed{i + 1}.proj.bias'] = rand(c, in_ch, k, k), rand(c)
+        sd[f'patch_embed{i + 1}.norm.weight'], sd[f'patch_embed{i + 1}.norm.bias'] = rand(c, mean=1.0), rand(c)
+        sd[f'pos_embed{i + 1}'] = rand(1, (img // stride) ** 2 + (i == 3), c)
+        for j in range(depth):
+            pre = f'block{i + 1}.{j}.'
+            shapes = {'norm1': None, 'norm2': None, 'attn.q': (c, c), 'attn.kv': (2 * c, c), 'attn.proj': (c, c),
+                      'mlp.fc1': (hidden, c), 'mlp.fc2': (c, hidden)}
+            if V1_SR[i] > 1:
+                shapes.update({'attn.sr': (c, c, V1_SR[i], V1_SR[i]), 'attn.norm': None})
+            for name, shape in shapes.items():
+                sd[pre + name + '.weight'] = rand(c, mean=1.0) if shape is None else rand(*shape, std=0.3)
+                sd[pre + name + '.bias'] = rand(shape[0] if shape else c)
+        in_ch = c
+    c = ARCH['embed_dims'][-1]
+    sd['norm.weight'], sd['norm.bias'] = rand(c, mean=1.0), rand(c)
+    sd['cls_token'] = rand(1, 1, c)
+    if with_head:
+        sd['head.weight'], sd['head.bias'] = rand(num_classes, c), rand(num_classes)
+    return sd
+
+
+def _release_v1_forward(sd, x, with_cls=True):
+    """The release's forward, restated from its conventions: stride-4/2 patch embeddings with a
+    LayerNorm (eps 1e-5), position embeddings added, blocks ``x + SRA(LN(x))``, ``x + MLP(LN(x))``
+    (eps 1e-6; the reduction's LayerNorm eps 1e-5; GELU), the class token prepended in stage 4
+    with pos_embed4's row 0, the final norm (eps 1e-6) and the head on the class token.
+
+    Returns (logits (B, K) or None, the four stage maps (B, C_i, H_i, W_i) without the class
+    token).  ``with_cls=False``: mmdet's dense model (no class token, pos_embed4 without row 0)."""
+    b = x.shape[0]
+    maps = []
+    for i, (c, depth, heads) in enumerate(zip(ARCH['embed_dims'], ARCH['depths'], ARCH['num_heads'])):
+        pe = f'patch_embed{i + 1}.'
+        x = F.conv2d(x, sd[pe + 'proj.weight'], sd[pe + 'proj.bias'], stride=4 if i == 0 else 2)
+        h, w = x.shape[-2:]
+        x = F.layer_norm(x.flatten(2).transpose(1, 2), (c,), sd[pe + 'norm.weight'], sd[pe + 'norm.bias'], 1e-5)
+        pos = sd[f'pos_embed{i + 1}']
+        if i == 3 and with_cls:
+            x = torch.cat([sd['cls_token'].expand(b, -1, -1), x], dim=1)
+        elif i == 3:
+            pos = pos[:, 1:]
+        x = x + pos
+        for j in range(depth):
+            def p(name, pre=f'block{i + 1}.{j}.'):
+                return sd[pre + name + '.weight'], sd[pre + name + '.bias']
+            n = x.shape[1]
+            y = F.layer_norm(x, (c,), *p('norm1'), 1e-6)
+            q = F.linear(y, *p('attn.q')).reshape(b, n, heads, c // heads).transpose(1, 2)
+            kv_in = y
+            if V1_SR[i] > 1:
+                kv_in = F.conv2d(y.transpose(1, 2).reshape(b, c, h, w), *p('attn.sr'), stride=V1_SR[i])
+                kv_in = F.layer_norm(kv_in.flatten(2).transpose(1, 2), (c,), *p('attn.norm'), 1e-5)
+            kv = F.linear(kv_in, *p('attn.kv')).reshape(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+            attn = (q @ kv[0].transpose(-2, -1) * (c // heads) ** -0.5).softmax(-1)
+            x = x + F.linear((attn @ kv[1]).transpose(1, 2).reshape(b, n, c), *p('attn.proj'))
+            y = F.gelu(F.linear(F.layer_norm(x, (c,), *p('norm2'), 1e-6), *p('mlp.fc1')))
+            x = x + F.linear(y, *p('mlp.fc2'))
+        maps.append(x[:, x.shape[1] - h * w:].transpose(1, 2).reshape(b, c, h, w))
+        if i < 3:
+            x = maps[-1]
+    if not with_cls:
+        return None, maps
+    cls = F.layer_norm(x, (x.shape[-1],), sd['norm.weight'], sd['norm.bias'], 1e-6)[:, 0]
+    return F.linear(cls, sd['head.weight'], sd['head.bias']), maps
+
+
+def test_release_v1_checkpoint_gives_the_release_logits(tmp_path):
+    """An official v1 checkpoint ({'model': ...} with cls_token, pos_embed4 with the class row,
+    head) loads into the class-token classifier, head included, and gives the release's logits;
+    the dense backbone (mmdet's model) loads it without the class token and gives its maps."""
+    sd = _release_v1_state()
+    path = tmp_path / 'pvt_tiny_release.pth'
+    torch.save({'model': sd}, path)
+    model = _classifier('cls', num_classes=7, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    model.eval()
+    assert model.backbone.pos_embed4.shape == (1, 1 + 2 * 2, 64) and model.target_readout == 'cls'
+    torch.testing.assert_close(model.head.fc.weight, sd['head.weight'], atol=0, rtol=0)
+    x = torch.randn(2, 3, 64, 64)
+    want, _ = _release_v1_forward(sd, x)
+    with torch.no_grad():
+        got = model(x, mode='tensor')
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    # another input size: the grid rows of every pos_embed are resized, the class row kept
+    x96 = torch.randn(1, 3, 96, 96)
+    sd96 = dict(sd)
+    for i, side in enumerate((24, 12, 6, 3)):                 # the release's _get_pos_embed
+        pos, g = sd[f'pos_embed{i + 1}'], 16 // 2 ** i          # stored for 64 px: 16, 8, 4, 2
+        grid = pos[:, -g * g:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(side, side), mode='bilinear').flatten(2).transpose(1, 2)
+        sd96[f'pos_embed{i + 1}'] = torch.cat([pos[:, :-g * g], grid], dim=1)    # class row (stage 4) first
+    with torch.no_grad():
+        torch.testing.assert_close(model(x96, mode='tensor'), _release_v1_forward(sd96, x96)[0], atol=1e-4, rtol=0)
+    # dense use: no class token (as mmdet's PyramidVisionTransformer); the stage maps are mmdet's
+    dense = TLAPyramidVisionTransformer(dict(ARCH, version=1), img_size=64, drop_path_rate=0.0).eval()
+    report = load_backbone_checkpoint(dense, str(path))
+    assert dense.cls_token is None and 'cls_token' in report.ignored and not report.missing
+    with torch.no_grad():
+        for got_map, want_map in zip(dense(x), _release_v1_forward(sd, x, with_cls=False)[1]):
+            torch.testing.assert_close(got_map, want_map, atol=1e-4, rtol=0)
+
+
+def test_class_token_label_row_enters_at_stage_4():
+    """The class token's label: row 0 of token_labels, held until the class token joins the
+    tokens in stage 4; the classifier gives it [lam, 1 - lam] (DeiT's prefix convention) and
+    reads the target from it."""
+    m = _pvt('cls')
+    n = m.num_tokens((64, 64))
+    assert m.num_prefix_tokens == 1 and n == 1 + 16 * 16
+    y = _unit_labels(2, n)
+    seen = {}
+    hook = m.block4[0].register_forward_pre_hook(lambda mod, args: seen.update(labels=args[2]))
+    with torch.no_grad():
+        (feat,), lab = m(torch.randn(2, 3, 64, 64), y)
+    hook.remove()
+    assert feat.shape == (2, 64) and lab.shape == (2, 1 + 4, 2)
+    torch.testing.assert_close(seen['labels'][:, 0], y[:, 0], atol=0, rtol=0)
+    assert not torch.allclose(lab[:, 0], y[:, 0])                   # stage 4's attention moved it
+    # the classifier: prefix row [lam, 1 - lam], target read at row 0
+    from tlalign_mm.datasets import ClsDataSample
+    model = _classifier('cls')
+    model.init_weights()
+    batch = dict(inputs=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8),
+                 data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)])
+    data = model.data_preprocessor(batch, training=True)
+    r0 = model.backbone_mix(data['mix']).source_labels(model.num_prefix_tokens)
+    torch.testing.assert_close(r0[:, 0], torch.stack([data['mix'].lam, 1 - data['mix'].lam], -1))
+    with torch.no_grad():
+        _, lab = model.backbone(data['inputs'], r0)
+        torch.testing.assert_close(model.read_labels(lab), lab[:, 0])
+
+
+def test_class_token_options_are_checked():
+    with pytest.raises(ValueError, match="PVT v2 has no class token.*out_type='avg_featmap'"):
+        TLAPyramidVisionTransformer(dict(ARCH, version=2), img_size=64, out_indices=(3,), out_type='cls_token')
+    with pytest.raises(ValueError, match=r'set out_indices=\(3,\), got \(2, 3\)'):
+        TLAPyramidVisionTransformer(dict(ARCH, version=1), img_size=64, out_indices=(2, 3), out_type='cls_token')
+    with pytest.raises(ValueError, match='sr_ratios\\[-1\\] must be 1'):
+        TLAPyramidVisionTransformer(dict(ARCH, version=1, sr_ratios=(8, 4, 2, 2)), img_size=64, out_indices=(3,),
+                                    out_type='cls_token')
+    m = _pvt('cls')
+    with pytest.raises(ValueError, match=r'token_labels must have shape \(B=1, N=257, K\)'):
+        m(torch.randn(1, 3, 64, 64), _unit_labels(1, 256))                 # the class token's row is missing
 

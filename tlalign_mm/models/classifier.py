@@ -124,7 +124,9 @@ class TLAImageClassifier(BaseModel):
     Args:
         backbone: config of a label-carrying backbone (``TLAVisionTransformer`` with
             ``out_type='cls_token'`` or ``'avg_featmap'``, ``TLASwinTransformer`` with
-            ``out_indices=(3,)``, ``out_type='avg_featmap'``).
+            ``out_indices=(3,)``, ``out_type='avg_featmap'``, ``TLAPyramidVisionTransformer``
+            with ``out_indices=(3,)`` and ``out_type='cls_token'`` (v1 as released) or
+            ``'avg_featmap'`` (v2)).
         head: config of the head (default :class:`~tlalign_mm.models.heads.TLALinearClsHead`);
             ``num_classes`` (K) is required, ``in_channels`` is the backbone's pooled width when
             left None (the last returned stage of a hierarchical backbone).
