@@ -12,6 +12,8 @@
 * v1 as released: the stage-4 class token, its label row, and a release checkpoint (random weights
   in the official key layout) giving the logits of a forward written here from the release's
   conventions (whai362/PVT ``classification/pvt.py``);
+* the head loader refuses a head trained on another readout; a class-token model refuses a
+  checkpoint without ``cls_token``.
 """
 import os
 import sys
@@ -458,3 +460,38 @@ def test_class_token_options_are_checked():
     with pytest.raises(ValueError, match=r'token_labels must have shape \(B=1, N=257, K\)'):
         m(torch.randn(1, 3, 64, 64), _unit_labels(1, 256))                 # the class token's row is missing
 
+
+# -- the head loader never puts a head onto a feature it was not trained on ---------------------
+def test_release_head_is_refused_by_a_token_mean_classifier(tmp_path):
+    path = tmp_path / 'release.pth'
+    sd = _release_v1_state()
+    torch.save({'model': sd}, path)
+    model = _classifier(1, num_classes=7, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(ValueError, match=r"head was trained on the class token \(the checkpoint has 'cls_token'\) but "
+                                         r"this model's pooled feature is the token mean \(backbone "
+                                         r"out_type='avg_featmap'\)"):
+        model.init_weights()
+    for name in ('patch_embed1.proj.weight', 'block4.0.attn.q.weight'):         # refused before loading
+        assert not torch.equal(model.backbone.state_dict()[name], sd[name]), name
+    # a head of another class count is not loaded, so nothing is refused
+    other = _classifier(1, num_classes=5)
+    assert other.load_head_state(_release_v1_state()) == 'the head is newly initialised (its shape differs)'
+
+
+def test_checkpoint_without_cls_token_is_refused_by_a_class_token_model(tmp_path):
+    sd = _release_v1_state()
+    del sd['cls_token']
+    sd['pos_embed4'] = sd['pos_embed4'][:, 1:]
+    # with a head: it was trained on the token mean
+    torch.save({'model': sd}, tmp_path / 'mean.pth')
+    model = _classifier('cls', num_classes=7, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'mean.pth')))
+    with pytest.raises(ValueError, match=r"trained on the token mean \(the checkpoint has no 'cls_token'\) but this "
+                                         r"model's pooled feature is the class token"):
+        model.init_weights()
+    # without a head (a dense export, mmdet's layout): the backbone loader names the missing key
+    backbone_only = {k: v for k, v in sd.items() if not k.startswith('head.')}
+    with pytest.raises(ValueError, match=r"missing key 'cls_token'.*out_type='cls_token'"):
+        load_backbone_checkpoint(_pvt('cls'), {'state_dict': backbone_only})
+    # the dense and token-mean models take it as it is
+    report = load_backbone_checkpoint(_pvt(1), {'state_dict': backbone_only})
+    assert not report.missing and report.num_matched_params == report.num_params
