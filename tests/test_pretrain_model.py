@@ -62,12 +62,13 @@ CONFIG_TABLE.update({
                                                                       mixer=_MIXUP_TOKENMIX),
 })
 # PVT: v2 against timm's pvt_v2_b*, v1 against the release's published parameter counts (13.2M,
-# 24.5M, 44.2M; ours has no class token and no class-token row in pos_embed4)
+# 24.5M, 44.2M; v1 reads the release's stage-4 class token, v2 the token mean)
 PVT_PARAMS_M = {'pvt-tiny': 13.2, 'pvt-small': 24.5, 'pvt-medium': 44.2}
 for _arch, _depth in (('pvt-tiny', 8), ('pvt-small', 16), ('pvt-medium', 28), ('pvt-v2-b0', 8), ('pvt-v2-b1', 8),
                       ('pvt-v2-b2', 16)):
-    CONFIG_TABLE[f'pretrain/{_arch}_tla_8xb128-300e_in1k.py'] = _row('TLAlignRule', 'mean', list(range(_depth)))
-    CONFIG_TABLE[f'pretrain/{_arch}_cutmix_8xb128-300e_in1k.py'] = _row('AreaRule', 'mean', list(range(_depth)))
+    _ro = 'mean' if _arch.startswith('pvt-v2') else 'cls'
+    CONFIG_TABLE[f'pretrain/{_arch}_tla_8xb128-300e_in1k.py'] = _row('TLAlignRule', _ro, list(range(_depth)))
+    CONFIG_TABLE[f'pretrain/{_arch}_cutmix_8xb128-300e_in1k.py'] = _row('AreaRule', _ro, list(range(_depth)))
 _DEMO = dict(classes=10, epochs=10)
 CONFIG_TABLE.update({
     'demo/deit-demo_tla_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'cls', [0, 1, 2, 3], **_DEMO),

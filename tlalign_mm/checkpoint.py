@@ -578,7 +578,9 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
 
     Steps: :func:`load_checkpoint_file` (weights_only) -> :func:`extract_state_dict` (unwrap,
     ``module.``, ``backbone.`` or ``prefix``) -> :func:`detect_layout` ->
-    :func:`convert_state_dict` -> resize ``pos_embed`` (model grid / prefix tokens) and
+    :func:`convert_state_dict` -> the model's ``adapt_checkpoint(state_dict, source)`` if it has
+    one (PVT: keep or drop v1's class token, refuse a class-token model a checkpoint without
+    ``cls_token``) -> resize ``pos_embed`` (model grid / prefix tokens) and
     ``relative_position_bias_table`` (model window) -> check -> ``load_state_dict(strict=False)``
     of the matched tensors only.  Nothing is loaded unless every check passes.
 
@@ -597,8 +599,9 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
     Raises:
         FileNotFoundError, pickle.UnpicklingError: see :func:`load_checkpoint_file`.
         ValueError: prefix with no keys, unrecognised layout (message lists the prefixes found),
-            or a shape mismatch other than a resizable pos_embed / bias table (message names each
-            key with both shapes, e.g. a deit-tiny checkpoint for deit-small).
+            what the model's ``adapt_checkpoint`` refuses, or a shape mismatch other than a
+            resizable pos_embed / bias table (message names each key with both shapes, e.g. a
+            deit-tiny checkpoint for deit-small).
         RuntimeError: under ``min_match`` of the parameters matched (message names the layout,
             the fraction and samples of missing and unexpected keys).
     """
@@ -610,6 +613,10 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
     sd, used_prefix = extract_state_dict(ckpt, prefix)
     layout = _detect_or_raise(sd, source, used_prefix, 'pass prefix=...')
     sd, layout, ignored = convert_state_dict(sd, layout)
+    adapt = getattr(model, 'adapt_checkpoint', None)
+    if callable(adapt):      # what depends on the model's configuration (PVT v1's class token)
+        sd, dropped = adapt(sd, source)
+        ignored = ignored + dropped
 
     model_sd = model.state_dict()
     param_names = set(dict(model.named_parameters()))

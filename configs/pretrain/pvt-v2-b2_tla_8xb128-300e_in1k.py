@@ -5,4 +5,5 @@ _base_ = [
     '../_base_/models/tla_pvt-small.py', '../_base_/datasets/imagenet_bs128_deit.py',
     '../_base_/schedules/imagenet_bs1024_adamw_deit.py', '../_base_/default_runtime.py'
 ]
-model = dict(backbone=dict(arch='v2-b2', drop_path_rate=0.1))
+# v2 reads the token mean (pvt_v2.py), no class token
+model = dict(backbone=dict(out_type='avg_featmap', arch='v2-b2', drop_path_rate=0.1))

@@ -10,7 +10,10 @@ stage with a strided patch embedding.  Labels follow both with mass-conserving p
 * a patch embedding with kernel = stride (PVTv1) pools the labels of each patch like Swin's patch
   merging; an overlapping one (PVTv2: kernel 7 / 3, stride 4 / 2, zero padding) gives each new
   token the area-weighted mean of the labels under its kernel window, counting only real tokens
-  (the zero padding carries no image).
+  (the zero padding carries no image);
+* the first patch embedding applies the same rule to the pixels: PVTv2's 7x7 stride-4 window
+  pools the pixel-level mixing mask into the first-stage token shares
+  (``TLAPyramidVisionTransformer.token_share``), so one function owns the rule at every stage.
 
 Every rule averages unit-mass rows, so every label row keeps unit mass.
 """

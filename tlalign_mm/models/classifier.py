@@ -14,6 +14,7 @@ Euphoria16/TL-Align ``engine.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from typing import Optional
@@ -133,7 +134,9 @@ class TLAImageClassifier(BaseModel):
     Args:
         backbone: config of a label-carrying backbone (``TLAVisionTransformer`` with
             ``out_type='cls_token'`` or ``'avg_featmap'``, ``TLASwinTransformer`` with
-            ``out_indices=(3,)``, ``out_type='avg_featmap'``).
+            ``out_indices=(3,)``, ``out_type='avg_featmap'``, ``TLAPyramidVisionTransformer``
+            with ``out_indices=(3,)`` and ``out_type='cls_token'`` (v1 as released) or
+            ``'avg_featmap'`` (v2)).
         head: config of the head (default :class:`~tlalign_mm.models.heads.TLALinearClsHead`);
             ``num_classes`` (K) is required, ``in_channels`` is the backbone's pooled width when
             left None (the last returned stage of a hierarchical backbone).
@@ -281,11 +284,12 @@ class TLAImageClassifier(BaseModel):
           mmdet): the backbone through :func:`tlalign_mm.checkpoint.load_backbone_checkpoint`
           (it raises when under 90% of the backbone would be matched), then the checkpoint's
           ``head.*`` if it has this head's shape (a different class count keeps the new head,
-          and the log says so).
+          and the log says so) and was trained on this model's readout (class token or token
+          mean, :meth:`check_head_readout`; checked before anything is loaded).
 
         Raises:
             ValueError: a classifier checkpoint with missing, unexpected or mis-shaped keys (all
-                listed), or a backbone the loader refuses.
+                listed), a backbone the loader refuses, or a head of another readout.
             FileNotFoundError, pickle.UnpicklingError: see
                 :func:`tlalign_mm.checkpoint.load_checkpoint_file`.
         """
@@ -324,17 +328,15 @@ class TLAImageClassifier(BaseModel):
             self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
             print_log(f'{type(self).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
             return
+        if self._foreign_head(sd):                    # refuse before loading anything
+            self.check_head_readout(sd, repr(path))
         load_backbone_checkpoint(self.backbone, ckpt)
-        note = self.load_head_state(sd)
+        note = self.load_head_state(sd, repr(path))
         print_log(f'{type(self).__name__}: backbone loaded from {path!r}; {note}', logger='current')
 
-    def load_head_state(self, state_dict: dict) -> str:
-        """Load the classifier head of a foreign checkpoint when it has this head's shape.
-
-        ``head.weight`` / ``head.bias`` (official DeiT / Swin, timm ViT) and ``head.fc.*`` (timm
-        Swin, ours) are both read.  Returns what happened, for the log: ``'head loaded'``, or why
-        the head keeps its initialisation (no head in the checkpoint, or another class count).
-        """
+    def _foreign_head(self, state_dict: dict) -> Optional[dict]:
+        """The checkpoint's ``head.*`` in this head's names, or None when it has no head of this
+        head's shape (nothing would be loaded)."""
         head = {}
         for k, v in state_dict.items():
             if isinstance(k, str) and k.startswith('head.') and not k.startswith('head_dist'):
@@ -342,15 +344,85 @@ class TLAImageClassifier(BaseModel):
                 head[name if name.startswith('fc.') else 'fc.' + name] = v
         own = self.head.state_dict()
         if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
-            self.head.load_state_dict({k: head[k] for k in own})
+            return {k: head[k] for k in own}
+        return {} if head else None
+
+    def check_head_readout(self, state_dict: dict, source: str = 'the checkpoint') -> None:
+        """Refuse a foreign head trained on another pooled feature than this model's.
+
+        A foreign checkpoint (keys at the backbone's root) tells its readout by its keys: with
+        ``cls_token`` its head read the class token (official DeiT / TL-Align, timm ViT, the PVT
+        v1 release, whai362/PVT ``classification/pvt.py``), unless ``fc_norm`` is there too
+        (timm's token-mean ViT); without ``cls_token`` it read the token mean (Swin, PVT v2
+        ``classification/pvt_v2.py``, mmdet's PVT).  This model reads the class token when the
+        backbone's ``out_type`` is ``'cls_token'``, else the token mean.  A checkpoint of this
+        classifier (keys under ``backbone.``) says nothing about its readout and passes.
+
+        Raises:
+            ValueError: the two readouts differ (names both, and the key that tells).
+        """
+        if any(isinstance(k, str) and k.startswith('backbone.') for k in state_dict):
+            return
+        if 'cls_token' in state_dict and 'fc_norm.weight' not in state_dict:
+            theirs, why = 'the class token', "the checkpoint has 'cls_token'"
+        elif 'cls_token' in state_dict:
+            theirs, why = 'the token mean', "the checkpoint has 'cls_token' and 'fc_norm' (timm's token-mean ViT)"
+        else:
+            theirs, why = 'the token mean', "the checkpoint has no 'cls_token'"
+        ours = 'the class token' if self.pool_type == 'cls_token' else 'the token mean'
+        if theirs != ours:
+            raise ValueError(
+                f"{source}: its head was trained on {theirs} ({why}) but this model's pooled feature is {ours} "
+                f"(backbone out_type={self.pool_type!r}); the head would read a feature it was never trained on. "
+                "Build the backbone with the checkpoint's readout (PVT v1 release: out_type='cls_token'), or load "
+                "the backbone alone (model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)) and train "
+                'a new head')
+
+    def load_head_state(self, state_dict: dict, source: str = 'the checkpoint') -> str:
+        """Load the classifier head of a foreign checkpoint when it has this head's shape.
+
+        ``head.weight`` / ``head.bias`` (official DeiT / Swin / PVT, timm ViT) and ``head.fc.*``
+        (timm Swin, ours) are both read.  Returns what happened, for the log: ``'head loaded'``,
+        or why the head keeps its initialisation (no head in the checkpoint, or another class
+        count).
+
+        Raises:
+            ValueError: a head that would load but was trained on another readout
+                (:meth:`check_head_readout`: a class-token checkpoint onto a token-mean model,
+                or the reverse; ``source`` names the checkpoint in the message).
+        """
+        head = self._foreign_head(state_dict)
+        if head:
+            self.check_head_readout(state_dict, source)
+            self.head.load_state_dict(head)
             return 'head loaded'
         return ('the head is newly initialised '
-                f"({'no head in the checkpoint' if not head else 'its shape differs'})")
+                f"({'no head in the checkpoint' if head is None else 'its shape differs'})")
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
     def _labels(data_samples) -> Tensor:
         return torch.cat([ds.gt_label.reshape(-1) for ds in data_samples])
+
+    def backbone_mix(self, mix: MixResult) -> MixResult:
+        """``mix`` with ``share_b`` as the backbone's first stage sees it.
+
+        The mixer reports each ``patch_size`` cell's share of image B; that is the first-stage
+        share of DeiT, Swin and PVT v1.  A backbone whose first patch embedding looks further
+        (PVT v2: a 7x7 convolution with stride 4 and padding 3) sets ``share_from_mask`` and
+        pools the pixel mask itself (``backbone.token_share(mix.mask)``, the rule of its later
+        patch embeddings).  Every rule's initial labels are affine in the share, so this is
+        the same as pooling pixel-level labels.  Runs on the device, never waits for it.
+
+        Raises:
+            ValueError: such a backbone and a mix without its pixel mask.
+        """
+        if not getattr(self.backbone, 'share_from_mask', False):
+            return mix
+        if mix.mask is None:
+            raise ValueError(f'{type(self.backbone).__name__} pools the pixel-level mixing mask over its first patch '
+                             "embedding's window, but the mix has none: build the mixer with return_mask=True")
+        return dataclasses.replace(mix, share_b=self.backbone.token_share(mix.mask))
 
     def check_token_grid(self, mix: MixResult, img_hw) -> None:
         """Raise ``ValueError`` when the mixer's token grid is not the backbone's."""
@@ -422,7 +494,7 @@ class TLAImageClassifier(BaseModel):
         if not self.can_carry_labels:
             raise ValueError(f'{type(self.backbone).__name__} cannot carry token labels')
         self.check_token_grid(mix, inputs.shape[-2:])
-        r0 = mix.source_labels(self.num_prefix_tokens)
+        r0 = self.backbone_mix(mix).source_labels(self.num_prefix_tokens)
         if label_channels == 'classes':
             r0 = expand_source_labels(r0, y_a, y_b)
         feat, lab = self.extract_feat(inputs, r0)
@@ -474,7 +546,7 @@ class TLAImageClassifier(BaseModel):
             r0 = None
             if self._carry_labels_now():
                 self.check_token_grid(mix, inputs.shape[-2:])
-                r0 = rule.initial_labels(self, mix, y_a, y_b)
+                r0 = rule.initial_labels(self, self.backbone_mix(mix), y_a, y_b)
             last, carried = self._run_backbone(inputs, r0)
             feat = self._pool(last)
             tokens = self._patch_tokens(last) if getattr(rule, 'needs_tokens', False) else None

@@ -1,21 +1,31 @@
 """Pyramid Vision Transformer (PVT v1 and v2) backbone that carries TL-Align label embeddings.
 
 Layout follows the official release (Wang et al., ICCV 2021 and CVMJ 2022; github
-whai362/PVT, ``classification/pvt.py`` and ``pvt_v2.py``), so its checkpoints load with only the
-classifier dropped: ``patch_embed{i}.{proj,norm}``, ``pos_embed{i}`` (v1), ``block{i}.{j}.{norm1,
+whai362/PVT, ``classification/pvt.py`` and ``pvt_v2.py``), so its checkpoints load under their own
+names (the ``head`` goes to the classifier, :meth:`~tlalign_mm.TLAImageClassifier.load_head_state`):
+``patch_embed{i}.{proj,norm}``, ``pos_embed{i}`` and ``cls_token`` (v1), ``block{i}.{j}.{norm1,
 attn.{q,kv,proj,sr,norm},norm2,mlp.{fc1,dwconv.dwconv,fc2}}``, final ``norm`` (v1) or per-stage
 ``norm{i}`` (v2), i = 1..4.  mmdet's ``PyramidVisionTransformer(V2)`` layout is converted on load
 (:func:`checkpoint_filter_fn`); without labels the features equal mmdet's.
 
 Labels (``tlalign_mm/align/reduction.py``): each block aligns them with its spatial-reduction
 attention, whose keys carry the mean label of the ``sr x sr`` tokens they reduce; each stage's
-patch embedding pools them (mean over a patch for v1, area-weighted over the overlapping kernel
-window for v2).  The depth-wise convolution of v2's feed-forward layer mixes neighbouring tokens
-too; like every feed-forward layer it is left out of the label path (TL-Align traces attention).
-The label path needs every stage map to be divisible by its reduction ratio (224 px inputs are);
-the features alone follow mmdet at any size.  The model has no class token: the classification
-readout is the token mean (PVTv2's own head; the v1 release read a class token added in stage 4,
-whose checkpoint row is dropped on load).
+patch embedding pools them over its kernel window, counting real (not zero-padded) positions only
+(:func:`~tlalign_mm.align.pool_token_labels`; a mean per patch for v1).  The first stage applies
+the same rule to the pixels: :meth:`TLAPyramidVisionTransformer.token_share` pools the pixel-level
+mixing mask over ``patch_embed1``'s window (v2: 7x7, stride 4, padding 3), and the classifier
+builds the first-stage labels from it (``share_from_mask``).  The depth-wise convolution of v2's
+feed-forward layer mixes neighbouring tokens too; like every feed-forward layer it is left out of
+the label path (TL-Align traces attention).  The label path needs every stage map to be divisible
+by its reduction ratio (224 px inputs are); the features alone follow mmdet at any size.
+
+Readout: v1 as released (``classification/pvt.py``) prepends a learned class token to the stage-4
+tokens (``cls_token``, with its own row 0 in ``pos_embed4``), runs stage 4 with it and classifies
+from it after the final ``norm``: ``out_type='cls_token'`` builds that model.  Its label row
+enters at stage 4 as row 0 of the labels, with the value the caller gave as the prefix row of
+``token_labels`` (the classifier: ``[lam, 1 - lam]``, DeiT's class-token convention).  Dense use
+(``'featmap'``) has no class token, as mmdet's ``PyramidVisionTransformer``; ``'avg_featmap'``
+(v1: a token-mean variant of ours) neither.  v2 (``pvt_v2.py``) reads the token mean.
 """
 from __future__ import annotations
 
@@ -184,20 +194,32 @@ class TLAPyramidVisionTransformer(TLABackbone):
         img_size: pretraining resolution (int or (H, W)); v1 stores its position embeddings
             for it and resizes them (bilinear, as mmdet and the release) for other inputs.
         in_channels: input channels.
-        out_indices: stages whose outputs are returned.
-        out_type: 'featmap' (B, C_i, H_i, W_i) per stage, or 'avg_featmap' (B, C_i): the token
-            mean (after the final ``norm`` for v1, the stage's ``norm{i}`` for v2).
+        out_indices: stages whose outputs are returned ('cls_token' / 'raw': the last stage only).
+        out_type: 'featmap' (B, C_i, H_i, W_i) per stage (no class token: mmdet's dense
+            ``PyramidVisionTransformer(V2)``); 'avg_featmap' (B, C_i): the token mean (after the
+            final ``norm`` for v1, the stage's ``norm{i}`` for v2; v2's classifier readout);
+            'cls_token' (v1 only) (B, C_4): the release's classifier readout, the stage-4 class
+            token after the final ``norm``; the model then has the parameter ``cls_token``
+            (1, 1, C_4) and ``pos_embed4`` (1, 1 + H_4 W_4, C_4), class-token row first, as the
+            release (``classification/pvt.py``); 'raw' (v1 only, the same model): the
+            normalised stage-4 tokens (B, 1 + H_4 W_4, C_4), class token first.
         qkv_bias, drop_rate, attn_drop_rate, drop_path_rate: as the release (stochastic depth
             linear over all blocks).
         frozen_stages: -1 freezes nothing; k >= 1 freezes the first k stages.
         label_mode, label_dtype: as :class:`~tlalign_mm.TLAVisionTransformer`.
 
     Patch embeddings: v1 kernel = stride = 4, 2, 2, 2; v2 kernels 7, 3, 3, 3 with strides
-    4, 2, 2, 2 and padding k // 2.  ``num_tokens`` / ``token_grid`` describe the first stage.
+    4, 2, 2, 2 and padding k // 2.  ``num_tokens`` / ``token_grid`` describe the first stage
+    (``num_tokens`` counts the class token's row, ``num_prefix_tokens`` = 1 with a class token).
+    ``share_from_mask`` (v2): the first-stage token shares are pooled from the pixel mask over
+    the 7x7 window (:meth:`token_share`), not the mixer's 4x4 cells.
 
     Raises:
-        ValueError: unknown arch, bad out_indices / out_type / label options; with labels, a
-            stage map not divisible by its reduction ratio or patch stride (names the stage).
+        ValueError: unknown arch, bad out_indices / out_type / label options; 'cls_token' /
+            'raw' for v2, with out_indices other than the last stage, or with a stage-4
+            reduction ratio other than 1 (the release's class token needs full attention);
+            with labels, a stage map not divisible by its reduction ratio or patch stride
+            (names the stage).
     """
 
     arch_zoo = {
@@ -214,7 +236,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
                   'b0': 'v2-b0', 'b1': 'v2-b1', 'b2': 'v2-b2', 'b3': 'v2-b3',
                   'pvt-v2-b0': 'v2-b0', 'pvt-v2-b1': 'v2-b1', 'pvt-v2-b2': 'v2-b2', 'pvt-v2-b3': 'v2-b3'}
     arch_keys = ('embed_dims', 'depths')
-    OUT_TYPES = ('featmap', 'avg_featmap')
+    OUT_TYPES = ('featmap', 'avg_featmap', 'cls_token', 'raw')
     DEFAULTS = dict(num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), version=1)
 
     def __init__(self, arch: str | dict = 'small', img_size: int | Sequence[int] = 224, in_channels: int = 3,
@@ -244,9 +266,23 @@ class TLAPyramidVisionTransformer(TLABackbone):
         self.out_indices = sorted({i + self.num_stages if i < 0 else i for i in out_indices})
         if not self.out_indices or not all(0 <= i < self.num_stages for i in self.out_indices):
             raise ValueError(f'out_indices {tuple(out_indices)} out of range for {self.num_stages} stages')
-        self.num_prefix_tokens = 0
-        self.patch_size = 4                                   # the first stage's token stride
         v2 = self.version == 2
+        with_cls = out_type in ('cls_token', 'raw')
+        if with_cls:
+            if v2:
+                raise ValueError(f"PVT v2 has no class token (its head reads the token mean, pvt_v2.py): "
+                                 f"use out_type='avg_featmap', not {out_type!r}")
+            if self.out_indices != [self.num_stages - 1]:
+                raise ValueError(f"out_type={out_type!r} reads the stage-{self.num_stages} class token: set "
+                                 f"out_indices=({self.num_stages - 1},), got {tuple(out_indices)}")
+            if sr[-1] != 1:
+                raise ValueError(f'the class token attends with the stage-{self.num_stages} tokens, whose keys the '
+                                 f'release does not reduce: sr_ratios[-1] must be 1 with out_type={out_type!r}, '
+                                 f'got {sr[-1]}')
+        self.num_prefix_tokens = int(with_cls)
+        self.patch_size = 4                                   # the first stage's token stride
+        #: the first-stage shares come from the pixel mask (v2's 7x7 window), see token_share
+        self.share_from_mask = v2
         kernels = (7, 3, 3, 3) if v2 else (4, 2, 2, 2)
         strides = (4, 2, 2, 2)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -258,7 +294,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
             setattr(self, f'patch_embed{i + 1}', pe)
             if not v2:
                 grid = (self.img_size[0] // stride) * (self.img_size[1] // stride)
-                setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, grid, dims[i])))
+                rows = grid + (self.num_prefix_tokens if i == self.num_stages - 1 else 0)
+                setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, rows, dims[i])))
                 setattr(self, f'pos_drop{i + 1}', nn.Dropout(drop_rate))
             setattr(self, f'block{i + 1}', nn.ModuleList([
                 TLAPVTBlock(dims[i], heads[i], mlp[i], qkv_bias, drop_rate, attn_drop_rate, dpr[cur + j], sr[i],
@@ -269,6 +306,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
             in_ch = dims[i]
         if not v2:
             self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims[-1])) if with_cls else None
         self.stage_grids = [(self.img_size[0] // (4 * 2 ** i), self.img_size[1] // (4 * 2 ** i))
                             for i in range(self.num_stages)]
 
@@ -278,6 +316,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
             pos = getattr(self, f'pos_embed{i + 1}', None)
             if pos is not None:
                 trunc_normal_(pos, std=0.02)
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():               # the release's conv init (fan-out normal, bias 0)
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
@@ -293,6 +333,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
                 mods.append(getattr(self, f'pos_embed{i + 1}'))
             if hasattr(self, f'norm{i + 1}'):
                 mods.append(getattr(self, f'norm{i + 1}'))
+        if self.frozen_stages >= self.num_stages and self.cls_token is not None:
+            mods.append(self.cls_token)
         return mods
 
     # -- labels ----------------------------------------------------------------------------
@@ -303,52 +345,108 @@ class TLAPyramidVisionTransformer(TLABackbone):
         return img_hw[0] // 4, img_hw[1] // 4
 
     def num_tokens(self, img_hw: Sequence[int]) -> int:
-        """Tokens N a ``token_labels`` tensor must have (first stage, no prefix)."""
+        """Rows N a ``token_labels`` tensor must have: the class token's (if any), then the
+        first-stage tokens."""
         h, w = self.token_grid(img_hw)
-        return h * w
+        return self.num_prefix_tokens + h * w
+
+    def token_share(self, mask: Tensor) -> Tensor:
+        """Share of the partner image in each first-stage token, from the pixel-level mixing mask.
+
+        The rule of the later patch embeddings applied to the pixels
+        (:func:`~tlalign_mm.align.pool_token_labels`): each token takes the mean of ``mask`` over
+        the real pixels under its ``patch_embed1`` kernel window (v2: 7x7, stride 4, padding 3,
+        as ``OverlapPatchEmbed`` of whai362/PVT ``classification/pvt_v2.py``; v1: its 4x4
+        patch, which is the mixer's own ``share_b``).
+
+        Args:
+            mask: (B, H, W) floating-point pixel share of image B in [0, 1]
+                (:attr:`tlalign_mm.mixing.MixResult.mask`).
+
+        Returns:
+            (B, N) float32, N = ``h * w`` of :meth:`token_grid`, row-major.
+
+        Raises:
+            ValueError: ``mask`` not a (B, H, W) floating-point tensor; v1 with H or W not a
+                multiple of 4.
+        """
+        if not torch.is_tensor(mask) or mask.dim() != 3 or not mask.is_floating_point():
+            got = f'shape {tuple(mask.shape)} dtype {mask.dtype}' if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f'mask must be a (B, H, W) floating-point pixel share of image B, got {got}')
+        pe = self.patch_embed1
+        b, h, w = mask.shape
+        share, _ = pool_token_labels(mask.reshape(b, h * w, 1), (h, w), pe.kernel, pe.stride, pe.padding,
+                                     'stage 1 patch embedding')
+        return share[..., 0]
 
     def label_blocks(self) -> list:
         return [blk for i in range(max(self.out_indices) + 1) for blk in getattr(self, f'block{i + 1}')]
 
     # -- forward ---------------------------------------------------------------------------
     def _pos_embed(self, i: int, hw: tuple[int, int]) -> Tensor:
+        """Stage ``i``'s position embedding for an ``hw`` map; the grid rows resized bilinearly as
+        the release's ``_get_pos_embed``, a class-token row (stage 4) kept first."""
         pos = getattr(self, f'pos_embed{i + 1}')
         if hw == self.stage_grids[i]:
             return pos
         gh, gw = self.stage_grids[i]
-        grid = pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        return F.interpolate(grid, size=hw, mode='bilinear').flatten(2).transpose(1, 2)
+        p = pos.shape[1] - gh * gw
+        grid = pos[:, p:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=hw, mode='bilinear').flatten(2).transpose(1, 2)
+        return torch.cat([pos[:, :p], grid], dim=1) if p else grid
+
+    def _format(self, x: Tensor, hw: tuple[int, int], i: int) -> Tensor:
+        """Stage ``i``'s tokens (B, P + H_i W_i, C_i) -> the output of ``out_type``."""
+        if self.version == 1 and i == self.num_stages - 1 and self.out_type != 'featmap':
+            x = self.norm(x)                                   # the release's final norm
+        if self.out_type == 'raw':
+            return x
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        patches = x[:, x.shape[1] - hw[0] * hw[1]:]           # the class token is never a map token
+        if self.out_type == 'avg_featmap':
+            return patches.mean(dim=1)
+        return patches.transpose(1, 2).reshape(x.shape[0], -1, *hw).contiguous()
 
     def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
         """Run the backbone.
 
         Args:
             x: (B, C_in, H, W) images.
-            token_labels: None, or (B, N, K) float initial labels of the first-stage tokens
-                (N = ``num_tokens((H, W))``, row-major).
+            token_labels: None, or (B, N, K) float initial labels, N = ``num_tokens((H, W))``:
+                with a class token, its row first (held until it joins the tokens in stage 4),
+                then the first-stage tokens row-major (:meth:`token_share` gives their
+                share of image B from the pixel mask).
 
         Returns:
-            ``outs`` (one entry per ``out_indices``), or with ``token_labels`` ``(outs,
-            labels)``, labels (B, N_s, K) float32 of the last returned stage's tokens.
+            ``outs`` (one entry per ``out_indices``, shapes per ``out_type``), or with
+            ``token_labels`` ``(outs, labels)``, labels (B, P + N_s, K) float32 of the last
+            returned stage's tokens (P = 1: row 0 is the class token's).
 
         Raises:
             TypeError / ValueError: bad ``token_labels``; with labels, a stage map its patch
                 stride or reduction ratio does not divide.
         """
         b = x.shape[0]
-        labels, prev_hw = None, None
+        labels, prefix_labels, prev_hw = None, None, None
+        p = self.num_prefix_tokens
         outs = []
         for i in range(self.num_stages):
             pe = getattr(self, f'patch_embed{i + 1}')
             x, hw = pe(x)
             if i == 0 and token_labels is not None:
-                check_token_labels(token_labels, b, x.shape[1])
+                check_token_labels(token_labels, b, p + x.shape[1])
                 labels = token_labels.detach().float()
+                prefix_labels, labels = labels[:, :p], labels[:, p:]
             elif labels is not None:
                 labels, lhw = pool_token_labels(labels, prev_hw, pe.kernel, pe.stride, pe.padding,
                                                 f'stage {i + 1} patch embedding')
                 if lhw != hw:
                     raise ValueError(f'stage {i + 1}: labels pooled to {lhw}, tokens {hw}')
+            if p and i == self.num_stages - 1:              # the release's stage-4 class token
+                x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
+                if labels is not None:
+                    labels = torch.cat([prefix_labels, labels], dim=1)
             if self.version == 1:
                 x = getattr(self, f'pos_drop{i + 1}')(x + self._pos_embed(i, hw))
             for blk in getattr(self, f'block{i + 1}'):
@@ -359,17 +457,51 @@ class TLAPyramidVisionTransformer(TLABackbone):
             if self.version == 2:
                 x = getattr(self, f'norm{i + 1}')(x)
             if i in self.out_indices:
-                if self.out_type == 'avg_featmap':
-                    last = self.norm(x) if (self.version == 1 and i == self.num_stages - 1) else x
-                    outs.append(last.mean(dim=1))
-                else:
-                    outs.append(x.transpose(1, 2).reshape(b, -1, *hw).contiguous())
+                outs.append(self._format(x, hw, i))
             if i == max(self.out_indices):
                 break
             x = x.transpose(1, 2).reshape(b, -1, *hw)
             prev_hw = hw
         outs = tuple(outs)
         return outs if token_labels is None else (outs, labels)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def adapt_checkpoint(self, state_dict: dict, source: str = '<state_dict>') -> tuple[dict, list[str]]:
+        """Fit a converted PVT state dict to this model's class token (the loader's model hook).
+
+        * A model with the release's class token (``out_type='cls_token'`` / ``'raw'``) needs the
+          checkpoint's ``cls_token`` and its ``pos_embed4`` row: a PVT v1 checkpoint without
+          them (mmdet's layout, a dense or token-mean export) is refused.
+        * A model without one (dense ``'featmap'``, ``'avg_featmap'``) drops ``cls_token`` and
+          the class-token row 0 of ``pos_embed4``, as mmdet's ``pvt_convert`` does.
+
+        Args:
+            state_dict: keys in our names (after :func:`checkpoint_filter_fn`); not modified.
+            source: the checkpoint's name, for the error message.
+
+        Returns:
+            (state dict, dropped keys).
+
+        Raises:
+            ValueError: a class-token model and a PVT v1 checkpoint (one with ``pos_embed4``)
+                without ``cls_token`` (the message names the missing key).
+        """
+        pos4 = state_dict.get('pos_embed4')
+        if self.cls_token is not None:
+            if pos4 is not None and 'cls_token' not in state_dict:
+                raise ValueError(
+                    f"{source}: missing key 'cls_token': this PVT v1 reads the release's stage-4 class token "
+                    f"(out_type={self.out_type!r}) but the checkpoint has none (mmdet's layout, or a dense / "
+                    "token-mean model); load a release checkpoint (classification/pvt.py), or build the backbone "
+                    "with out_type='avg_featmap' (token mean) or 'featmap' (dense)")
+            return dict(state_dict), []
+        if 'cls_token' not in state_dict:
+            return dict(state_dict), []
+        out = {k: v for k, v in state_dict.items() if k != 'cls_token'}
+        own = getattr(self, 'pos_embed4', None)
+        if pos4 is not None and own is not None and pos4.dim() == 3 and pos4.shape[1] == own.shape[1] + 1:
+            out['pos_embed4'] = pos4[:, 1:]
+        return out, ['cls_token']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,8 +568,9 @@ def _mm_rename(k: str, v: Tensor, pos_stages: set, conv_stages: set) -> list[tup
 def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     """Rename a PVT state dict of ``layout`` into :class:`TLAPyramidVisionTransformer`'s names.
 
-    * ``'official-pvt'``: the names are ours; ``head``, ``cls_token`` are dropped and
-      ``pos_embed4``'s class-token row is removed (v1: 1 + 7 * 7 rows at 224 px);
+    * ``'official-pvt'``: the names are ours; ``head`` is dropped (the classifier reads it), v1's
+      ``cls_token`` and ``pos_embed4`` (1 + 7 * 7 rows at 224 px) are kept: the model fits them
+      to its readout (:meth:`TLAPyramidVisionTransformer.adapt_checkpoint`);
     * ``'mm-pvt'``: ``layers.{s}.0`` -> ``patch_embed{s+1}`` (``projection`` -> ``proj``),
       ``layers.{s}.1.0.pos_embed`` -> ``pos_embed{s+1}``, blocks ``layers.{s}.1.{j}`` (after
       the position embedding) -> ``block{s+1}.{j}``, ``attn.attn.in_proj_*`` split into ``attn.q``
@@ -465,12 +598,4 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
                 out[nk] = nv
         return out, ignored
 
-    def rename(k, v):
-        if k == 'pos_embed4' and 'cls_token' in state_dict and v.dim() == 3:
-            side = math.isqrt(v.shape[1] - 1)
-            if side * side == v.shape[1] - 1:
-                v = v[:, 1:]
-        return k, v
-
-    out, ignored = filter_state_dict({k: v for k, v in state_dict.items() if k != 'cls_token'}, layout, rename)
-    return out, ignored + (['cls_token'] if 'cls_token' in state_dict else [])
+    return filter_state_dict(state_dict, layout, lambda k, v: (k, v))
