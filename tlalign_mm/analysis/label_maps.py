@@ -120,7 +120,8 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
     if tuple(mix.grid_size) != grid:
         raise ValueError(f'the mix is on a {tuple(mix.grid_size)} token grid but the backbone has {grid}: '
                          "set the mixer's patch_size to the backbone's")
-    r0 = mix.source_labels(prefix).to(mixed.device)
+    start = model.backbone_mix(mix)           # the share the first stage sees (PVT v2: its window)
+    r0 = start.source_labels(prefix).to(mixed.device)
     with record_block_labels(backbone, mixed.shape[-2:], only=[b.index for b in chosen]) as trace:
         backbone(mixed, r0)
     maps, readout = {}, {}
@@ -137,7 +138,7 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
         images_b=denormalise(images[partner][:n], pre.mean, pre.std).cpu(),
         mixed=denormalise(mixed[:n], pre.mean, pre.std).cpu(),
         lam=mix.lam[:n].float().cpu(),
-        initial=(1.0 - mix.share_b[:n].float()).reshape(n, *grid).cpu(),
+        initial=(1.0 - start.share_b[:n].float()).reshape(n, *grid).cpu(),
         maps=maps, readout=readout, names={b.index: names[b.index] for b in chosen},
         labels=labels[:n].cpu(), partner_labels=labels.to(partner.device)[partner][:n].cpu(),
         readout_kind=model.target_readout)

@@ -63,12 +63,13 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
     num_blocks = len(iter_blocks(backbone))
     lam = mix.lam.float()
     out = {'area': lam.expand(num_blocks, -1).cpu()}
+    start = model.backbone_mix(mix)           # the share the first stage sees (PVT v2: its window)
     with backbone.alignment('all', True), record_block_labels(backbone, inputs.shape[-2:]) as trace:
-        backbone(inputs, mix.source_labels(prefix))
+        backbone(inputs, start.source_labels(prefix))
     out['tl_align'] = torch.stack([source_share_readout(trace.labels[b.index], readout, prefix)
                                    for b in iter_blocks(backbone)]).cpu()
     transmix = TransMixRule()
-    r0 = transmix.initial_labels(model, mix, None, None)
+    r0 = transmix.initial_labels(model, start, None, None)
     rows = []
     for layer in range(num_blocks):
         with backbone.alignment([layer], False):
