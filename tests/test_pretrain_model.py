@@ -69,6 +69,10 @@ for _arch, _depth in (('pvt-tiny', 8), ('pvt-small', 16), ('pvt-medium', 28), ('
     _ro = 'mean' if _arch.startswith('pvt-v2') else 'cls'
     CONFIG_TABLE[f'pretrain/{_arch}_tla_8xb128-300e_in1k.py'] = _row('TLAlignRule', _ro, list(range(_depth)))
     CONFIG_TABLE[f'pretrain/{_arch}_cutmix_8xb128-300e_in1k.py'] = _row('AreaRule', _ro, list(range(_depth)))
+# PVT's own recipe (whai362/PVT main.py): pixel Mixup / CutMix, area target
+for _arch, _ro, _depth in (('pvt-small', 'cls', 16), ('pvt-v2-b2', 'mean', 16)):
+    CONFIG_TABLE[f'pretrain/{_arch}_cutmix-official_8xb128-300e_in1k.py'] = _row(
+        'AreaRule', _ro, list(range(_depth)), mixer=dict(_PIXEL_MIX, token_grid_size=None))
 _DEMO = dict(classes=10, epochs=10)
 CONFIG_TABLE.update({
     'demo/deit-demo_tla_1xb64-10e_fashion-mnist.py': _row('TLAlignRule', 'cls', [0, 1, 2, 3], **_DEMO),
@@ -127,7 +131,9 @@ def test_config_builds_the_model_of_its_row(name, tmp_path):
     if name.startswith('pretrain/'):
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper'   # fp32 fallback without CUDA in tools/train.py
         assert cfg.model.backbone.label_dtype == 'auto'
-    if '-official' in name:      # the release's recipe: its loss, sampler, erasing, EMA, rule conventions
+    if 'pvt-medium' in name:     # configs/pvt/pvt_medium.py: clip_grad=1.0
+        assert cfg.optim_wrapper.clip_grad.max_norm == 1.0
+    if '-official' in name and 'pvt' not in name:      # the release's loss, sampler, erasing, EMA, rule options
         _check_official_recipe(name, cfg, model)
     if want['rule'] == 'DenseTLAlignRule':
         assert model.label_rule.token_head.out_features == want['classes']

@@ -19,6 +19,8 @@ model = dict(
     align_stats_interval=100,
     data_preprocessor=dict(
         type='TLAClsDataPreprocessor',
+        # the TL-Align recipe's token CutMix (PVT's release trains with pixel Mixup 0.8 / CutMix 1.0:
+        # configs/pretrain/pvt-{small,v2-b2}_cutmix-official_8xb128-300e_in1k.py);
         # boxes on the 32-px grid of the last stage, so that v1's patch embeddings pool tokens of
         # one source until then; shares reported on the 4-px grid of the first stage (v2's
         # overlapping 7x7 stride-4 embedding pools the pixel mask itself: return_mask stays True)
