@@ -11,6 +11,7 @@ from .propagate import (
                         residual_label_average,
                         split_attention_with_labels,
 )
+from .readout import LABEL_CHANNELS, READOUTS, align_stats, aligned_target, read_labels
 from .reduction import pool_token_labels, reduce_token_labels
 from .token_labels import (
                         expand_source_labels,
@@ -32,6 +33,7 @@ from .windows import (
 )
 
 __all__ = [
+    'READOUTS', 'LABEL_CHANNELS', 'read_labels', 'aligned_target', 'align_stats',
     'pool_token_labels', 'reduce_token_labels',
     'LABEL_MODES', 'LABEL_DTYPES', 'check_label_options', 'attention_with_labels', 'split_attention_with_labels',
     'attention_label_step', 'check_token_labels',

@@ -54,7 +54,8 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
     Raises:
         ValueError: a backbone that cannot carry labels.
     """
-    from ..models.label_rules import TransMixRule
+    from ..align import read_labels
+    from ..models.label_rules import TransMixRule, transmix_attention_share, transmix_initial_labels
     if not model.can_carry_labels:
         raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
     backbone = model.backbone
@@ -68,14 +69,13 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
         backbone(inputs, start.source_labels(prefix))
     out['tl_align'] = torch.stack([source_share_readout(trace.labels[b.index], readout, prefix)
                                    for b in iter_blocks(backbone)]).cpu()
-    transmix = TransMixRule()
-    r0 = transmix.initial_labels(model, start, None, None)
+    transmix = TransMixRule()                 # the release's options; not set up: only its formulas are read
+    r0 = transmix_initial_labels(transmix.token_mask_of(start), prefix)
     rows = []
     for layer in range(num_blocks):
         with backbone.alignment([layer], False):
             _, lab = backbone(inputs, r0)
-        read = model.read_labels(lab, readout)
-        share_b = read[:, 0] / (read[:, 0] + read[:, 1]).clamp_min(1e-12)
+        share_b = transmix_attention_share(read_labels(lab, readout, prefix))
         lam0 = mix.share_b.float().mean(1)      # the pasted area, as the rule reads it
         rows.append(1.0 - (transmix.area_weight * lam0 + (1.0 - transmix.area_weight) * share_b))
     out['transmix'] = torch.stack(rows).cpu()

@@ -23,11 +23,11 @@ import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import Tensor
 
-from ..align import expand_source_labels, mixed_target, smooth_one_hot
+from ..align import align_stats, aligned_target, expand_source_labels, mixed_target, smooth_one_hot
 from ..mixing import BatchMixer, MixResult
 from ..registry import MODELS
 from .heads import TLALinearClsHead, store_gt_scores  # noqa: F401  (TLALinearClsHead: the default head)
-from .label_rules import LabelRule, TLAlignRule
+from .label_rules import LabelRule, RuleInput, TLAlignRule
 
 __all__ = ['TLAClsDataPreprocessor', 'TLAImageClassifier']
 
@@ -210,10 +210,9 @@ class TLAImageClassifier(BaseModel):
             raise ValueError(f'label_rule builds {type(self.label_rule).__name__}, not a label rule '
                              "(types: 'Area', 'TLAlign', 'TransMix', 'DenseTLAlign', 'TokenMix')")
         self.label_rule.setup(self)
-        if getattr(self.label_rule, 'needs_clean_images', False) and hasattr(self.data_preprocessor,
-                                                                              'keep_clean_images'):
+        if self.label_rule.needs_clean_images and hasattr(self.data_preprocessor, 'keep_clean_images'):
             self.data_preprocessor.keep_clean_images = True
-        if getattr(self.label_rule, 'needs_tokens', False):
+        if self.label_rule.needs_tokens:
             self.backbone.out_type = 'raw' if self.num_prefix_tokens else 'featmap'
         self.align_stats_interval = int(align_stats_interval)
         self._loss_steps = 0  # host-side count of loss-mode calls with a mixed batch
@@ -227,49 +226,13 @@ class TLAImageClassifier(BaseModel):
     @property
     def label_channels(self) -> str:
         """'source' or 'classes': the channels the TL-Align rule carries ('source' otherwise)."""
-        return getattr(self.label_rule, 'label_channels', 'source') if self.tl_align else 'source'
+        return self.label_rule.label_channels if self.tl_align else 'source'
 
     @property
     def target_readout(self) -> str:
-        """'cls' or 'mean': where the aligned target is read out (the rule's readout, else the
-        one matching the pooled feature)."""
-        readout = getattr(self.label_rule, 'readout', 'auto')
-        return self.resolve_readout(readout if readout in ('cls', 'mean') else 'auto', 'the classifier')
-
-    def resolve_readout(self, readout: str, who: str) -> str:
-        """'auto' -> 'cls' when the pooled feature is the class token, else 'mean'.
-
-        Raises:
-            ValueError: 'cls' for a backbone without a class token (the message names ``who``).
-        """
-        if readout == 'auto':
-            return 'cls' if (self.num_prefix_tokens and self.pool_type == 'cls_token') else 'mean'
-        if readout == 'cls' and not self.num_prefix_tokens:
-            raise ValueError(f"{who}: readout 'cls' needs a backbone with a class token; "
-                             f'{type(self.backbone).__name__} has none (use readout=\'mean\')')
-        return readout
-
-    def read_labels(self, labels: Tensor, readout: Optional[str] = None) -> Tensor:
-        """(B, N, K) labels -> (B, K): the class token's row ('cls') or the patch-token mean."""
-        if (readout or self.target_readout) == 'cls':
-            return labels[:, 0]
-        return labels[:, self.num_prefix_tokens:].mean(dim=1)
-
-    def source_label_stats(self, labels: Tensor, mix: MixResult, y_a: Tensor, y_b: Tensor, area: Tensor,
-                           readout: Optional[str] = None, aligned: Optional[Tensor] = None) -> dict:
-        """The ``align/*`` statistics of carried TL-Align labels (see the class docstring)."""
-        out = self.read_labels(labels, readout)
-        stats = {'align/lam': mix.lam.mean().detach()}
-        if out.shape[-1] == 2:
-            lam_aligned = out[:, 0].detach()
-            stats['align/lam_aligned'] = lam_aligned.mean()
-            stats['align/lam_gap'] = (lam_aligned - mix.lam).abs().mean()
-            if aligned is None:
-                aligned = expand_source_labels(out, y_a, y_b)
-        elif aligned is None:
-            aligned = out
-        stats['align/target_l2'] = (aligned - area).detach().square().sum(-1).sqrt().mean()
-        return stats
+        """'cls' or 'mean': where the rule reads its target (resolved by the rule at build time:
+        the rule's own readout, else the one matching the pooled feature)."""
+        return self.label_rule.readout
 
     def init_weights(self):
         """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` if given.
@@ -443,7 +406,7 @@ class TLAImageClassifier(BaseModel):
             return out[:, 0]
         return out[:, self.num_prefix_tokens:].mean(dim=1)
 
-    def _patch_tokens(self, out: Tensor) -> Tensor:
+    def patch_tokens(self, out: Tensor) -> Tensor:
         """The backbone's last output -> (B, N_patch, C) final patch tokens."""
         if out.dim() == 4:
             return out.flatten(2).transpose(1, 2)
@@ -498,9 +461,8 @@ class TLAImageClassifier(BaseModel):
         if label_channels == 'classes':
             r0 = expand_source_labels(r0, y_a, y_b)
         feat, lab = self.extract_feat(inputs, r0)
-        out = self.read_labels(lab)
-        aligned = expand_source_labels(out, y_a, y_b) if label_channels == 'source' else out
-        return feat, area, aligned, self.source_label_stats(lab, mix, y_a, y_b, area, aligned=aligned)
+        row, aligned = aligned_target(lab, y_a, y_b, self.target_readout, self.num_prefix_tokens, label_channels)
+        return feat, area, aligned, align_stats(row, mix.lam, aligned, area)
 
     @torch.compiler.disable
     def _carry_labels_now(self) -> bool:
@@ -546,11 +508,12 @@ class TLAImageClassifier(BaseModel):
             r0 = None
             if self._carry_labels_now():
                 self.check_token_grid(mix, inputs.shape[-2:])
-                r0 = rule.initial_labels(self, self.backbone_mix(mix), y_a, y_b)
+                r0 = rule.initial_labels(self.backbone_mix(mix), y_a, y_b)
             last, carried = self._run_backbone(inputs, r0)
             feat = self._pool(last)
-            tokens = self._patch_tokens(last) if getattr(rule, 'needs_tokens', False) else None
-            target, stats, extra = rule(self, mix, y_a, y_b, area, carried, tokens)
+            out = rule(RuleInput(mix, y_a, y_b, area, carried, self.patch_tokens(last) if rule.needs_tokens else None,
+                                 self.label_smoothing))
+            target, stats, extra = out.target, out.stats, out.losses
         store_gt_scores(data_samples, target)
         return dict(**self.head.loss(feat, data_samples), **extra, **stats)
 

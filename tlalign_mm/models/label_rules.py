@@ -1,8 +1,11 @@
 """Label rules: the training target of a mixed batch, one config switch for every rule compared.
 
 ``TLAImageClassifier(label_rule=dict(type=...))`` picks how the target of a CutMix / Mixup /
-TokenMix batch is built.  Every rule returns a (B, K) soft target (label smoothing included), its
-statistics as detached 0-d tensors, and any extra loss terms:
+TokenMix batch is built.  Each rule owns its target: it reads a :class:`RuleInput` (the mix, the
+smoothed one-hot labels, the area target, the labels the backbone carried, the final tokens) and
+returns a :class:`RuleOutput` (the (B, K) soft target, label smoothing included, its statistics
+as detached 0-d tensors, and any extra loss terms); after :meth:`LabelRule.setup` it never calls
+back into the classifier.  The readout and the statistics are ``tlalign_mm/align/readout.py``'s:
 
 * :class:`AreaRule` (``type='Area'``): ``lam * y_A + (1 - lam) * y_B``, the CutMix / Mixup
   target (timm ``mixup_target``) -- the baseline.
@@ -26,70 +29,115 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..align import expand_source_labels
+from ..align import LABEL_CHANNELS, READOUTS, align_stats, aligned_target, expand_source_labels, read_labels
+from ..mixing import MixResult
 from ..registry import MODELS
 
-__all__ = ['LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlignRule', 'TokenMixRule', 'READOUTS',
-           'TRANSMIX_TOKEN_MASKS', 'TOKENMIX_SMOOTHINGS', 'TOKENMIX_CAM_ACTIVATIONS', 'TOKENMIX_RESIZES']
+__all__ = ['RuleInput', 'RuleOutput', 'LabelRule', 'AreaRule', 'TLAlignRule', 'TransMixRule', 'DenseTLAlignRule',
+           'TokenMixRule', 'READOUTS', 'TRANSMIX_TOKEN_MASKS', 'TOKENMIX_SMOOTHINGS', 'TOKENMIX_CAM_ACTIVATIONS',
+           'TOKENMIX_RESIZES', 'transmix_initial_labels', 'transmix_attention_share', 'check_timm_cam_teacher']
 
-#: Values of the TL-Align readout: 'auto' (class token when the backbone's pooled feature is its
-#: class token, else the token mean), 'cls', 'mean'.
-READOUTS = ('auto', 'cls', 'mean')
+@dataclass
+class RuleInput:
+    """What a label rule reads for one mixed batch.
+
+    Attributes:
+        mix: the batch's :class:`~tlalign_mm.mixing.MixResult` (``share_b`` as the backbone's
+            first stage sees it).
+        y_a, y_b: (B, K) float32 smoothed one-hot targets of each image and of its partner.
+        area: (B, K) float32 area target ``lam * y_A + (1 - lam) * y_B``.
+        labels: (B, N, K') float32 labels the backbone carried (prefix rows first), or None on a
+            step that carried none.
+        tokens: (B, N_patch, C) final patch-token features, only for rules with ``needs_tokens``.
+        label_smoothing: the smoothing in ``y_a`` / ``y_b``, in [0, 1).
+    """
+    mix: MixResult
+    y_a: Tensor
+    y_b: Tensor
+    area: Tensor
+    labels: Optional[Tensor] = None
+    tokens: Optional[Tensor] = None
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class RuleOutput:
+    """What a label rule returns: the (B, K) float32 ``target``, its ``stats`` (``align/*``,
+    detached 0-d tensors, logged) and extra ``losses`` (0-d tensors, added to the loss)."""
+    target: Tensor
+    stats: dict = field(default_factory=dict)
+    losses: dict = field(default_factory=dict)
 
 
 class LabelRule(nn.Module, metaclass=abc.ABCMeta):
-    """Base class of the label rules.
+    """Base class of the label rules: each owns its target, from a :class:`RuleInput` to a
+    :class:`RuleOutput`.
 
     Class attributes:
         carries_labels: the backbone carries token labels on every mixed training step.
+        needs_tokens: the rule reads the final patch tokens (``RuleInput.tokens``).
+        needs_clean_images: the rule reads the batch before random erasing
+            (``MixResult.source_images``).
 
-    Subclasses implement :meth:`setup` (build-time checks and backbone configuration),
-    :meth:`initial_labels` and :meth:`forward`.
+    :meth:`setup` runs once, when the classifier is built: it checks that the model has what
+    the rule needs, configures the backbone's alignment and records what the rule reads later
+    (``num_prefix_tokens``, the resolved ``readout``).  After it the rule never calls back into
+    the classifier.  Subclasses implement :meth:`forward` and may override
+    :meth:`initial_labels`.
     """
 
     carries_labels = False
+    needs_tokens = False
+    needs_clean_images = False
+
+    def __init__(self):
+        super().__init__()
+        self.readout = 'auto'
+        self.num_prefix_tokens = 0
+        self.pooled_readout = 'mean'
 
     def setup(self, model) -> None:
-        """Check that ``model`` (a :class:`~tlalign_mm.TLAImageClassifier`) has what the rule
-        needs, and configure its backbone.  Raises ``ValueError`` naming the rule and the gap."""
+        """Record the model's prefix tokens and pooled readout, resolve ``self.readout``.
+
+        Raises:
+            ValueError: a 'cls' readout for a backbone without a class token (names the rule).
+        """
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.pooled_readout = 'cls' if (self.num_prefix_tokens and model.pool_type == 'cls_token') else 'mean'
+        if self.readout == 'auto':
+            self.readout = self.pooled_readout
+        elif self.readout == 'cls' and not self.num_prefix_tokens:
+            raise ValueError(f"{type(self).__name__}: readout 'cls' needs a backbone with a class token; "
+                             f"{type(model.backbone).__name__} has none (use readout='mean')")
 
     def _require_labels(self, model) -> None:
         if not model.can_carry_labels:
             raise ValueError(
                 f'label rule {type(self).__name__} needs a backbone that carries token labels through '
-                f'its attention (TLAVisionTransformer, TLASwinTransformer); {type(model.backbone).__name__} '
-                'cannot. Use label_rule=dict(type=\'Area\') with this backbone.')
+                'its attention (TLAVisionTransformer, TLASwinTransformer, TLAPyramidVisionTransformer); '
+                f'{type(model.backbone).__name__} cannot. Use label_rule=dict(type=\'Area\') with this backbone.')
 
-    def initial_labels(self, model, mix, y_a: Tensor, y_b: Tensor) -> Tensor:
+    def initial_labels(self, mix: MixResult, y_a: Tensor, y_b: Tensor) -> Tensor:
         """(B, N, K) float32 labels the backbone carries (default: TL-Align's 2-channel source
         embedding, :meth:`~tlalign_mm.mixing.MixResult.source_labels`); ``y_a`` / ``y_b`` as
-        in :meth:`forward`."""
-        return mix.source_labels(model.num_prefix_tokens)
+        in :class:`RuleInput`."""
+        return mix.source_labels(self.num_prefix_tokens)
+
+    def tl_align_target(self, inp: RuleInput, label_channels: str = 'source') -> tuple[Tensor, Tensor]:
+        """(read-out row, target) of TL-Align from ``inp.labels`` at this rule's readout
+        (:func:`~tlalign_mm.align.aligned_target`)."""
+        return aligned_target(inp.labels, inp.y_a, inp.y_b, self.readout, self.num_prefix_tokens, label_channels)
 
     @abc.abstractmethod
-    def forward(self, model, mix, y_a: Tensor, y_b: Tensor, area: Tensor, labels: Optional[Tensor],
-                tokens: Optional[Tensor]) -> tuple[Tensor, dict, dict]:
-        """The target of a mixed batch.
-
-        Args:
-            model: the classifier.
-            mix: the batch's :class:`~tlalign_mm.mixing.MixResult`.
-            y_a, y_b: (B, K) smoothed one-hot labels of each image and of its partner.
-            area: (B, K) area target ``lam * y_A + (1 - lam) * y_B``.
-            labels: (B, N, K') float32 labels the backbone carried, or None on a step without.
-            tokens: (B, N_patch, C) final patch-token features (only for rules that ask for
-                them through ``needs_tokens``), else None.
-
-        Returns:
-            (target (B, K) float32, statistics {name: detached 0-d tensor}, extra losses
-            {name: 0-d tensor}).
-        """
+    def forward(self, inp: RuleInput) -> RuleOutput:
+        """The target of a mixed batch (see :class:`RuleInput` / :class:`RuleOutput`)."""
 
 
 @MODELS.register_module(name='Area')
@@ -102,12 +150,15 @@ class AreaRule(LabelRule):
     """
 
     def setup(self, model) -> None:
+        super().setup(model)
         if model.can_carry_labels:
             model.backbone.set_alignment('all', True)   # what the statistics measure
 
-    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
-        stats = model.source_label_stats(labels, mix, y_a, y_b, area) if labels is not None else {}
-        return area, stats, {}
+    def forward(self, inp: RuleInput) -> RuleOutput:
+        if inp.labels is None:
+            return RuleOutput(inp.area)
+        row, aligned = self.tl_align_target(inp)
+        return RuleOutput(inp.area, align_stats(row, inp.mix.lam, aligned, inp.area))
 
 
 @MODELS.register_module(name='TLAlign')
@@ -138,8 +189,8 @@ class TLAlignRule(LabelRule):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f'TLAlign readout must be one of {READOUTS}, got {readout!r}')
-        if label_channels not in ('source', 'classes'):
-            raise ValueError(f"TLAlign label_channels must be 'source' or 'classes', got {label_channels!r}")
+        if label_channels not in LABEL_CHANNELS:
+            raise ValueError(f'TLAlign label_channels must be one of {LABEL_CHANNELS}, got {label_channels!r}')
         self.blocks = blocks
         self.residual = bool(residual)
         self.readout = readout
@@ -147,18 +198,16 @@ class TLAlignRule(LabelRule):
 
     def setup(self, model) -> None:
         self._require_labels(model)
-        self.readout = model.resolve_readout(self.readout, type(self).__name__)
+        super().setup(model)
         model.backbone.set_alignment(self.blocks, self.residual)
 
-    def initial_labels(self, model, mix, y_a, y_b) -> Tensor:
-        r0 = mix.source_labels(model.num_prefix_tokens)
+    def initial_labels(self, mix, y_a, y_b) -> Tensor:
+        r0 = mix.source_labels(self.num_prefix_tokens)
         return expand_source_labels(r0, y_a, y_b) if self.label_channels == 'classes' else r0
 
-    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
-        out = model.read_labels(labels, self.readout)
-        aligned = expand_source_labels(out, y_a, y_b) if self.label_channels == 'source' else out
-        return aligned, model.source_label_stats(labels, mix, y_a, y_b, area, readout=self.readout,
-                                                 aligned=aligned), {}
+    def forward(self, inp: RuleInput) -> RuleOutput:
+        row, aligned = self.tl_align_target(inp, self.label_channels)
+        return RuleOutput(aligned, align_stats(row, inp.mix.lam, aligned, inp.area))
 
 
 #: Values of ``TransMix(token_mask=...)``.
@@ -169,6 +218,23 @@ def _check_choice(rule: str, option: str, value, allowed: tuple):
     if value not in allowed:
         raise ValueError(f'{rule} {option} must be one of {allowed}, got {value!r}')
     return value
+
+
+def transmix_initial_labels(mask: Tensor, num_prefix_tokens: int) -> Tensor:
+    """TransMix's labels: patch token j carries ``[s_j, 1 - s_j, 0]`` (``s_j`` its partner mask
+    value, (B, N) in [0, 1]), each prefix token ``[0, 0, 1]``; (B, P + N, 3) float32."""
+    s = mask.float()
+    patches = torch.stack([s, 1.0 - s, torch.zeros_like(s)], dim=-1)
+    if num_prefix_tokens == 0:
+        return patches
+    prefix = patches.new_tensor([0.0, 0.0, 1.0]).expand(s.shape[0], num_prefix_tokens, 3)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def transmix_attention_share(row: Tensor) -> Tensor:
+    """(B, 3) read-out TransMix labels -> (B,) ``lam1 = c0 / (c0 + c1)``: the attention the
+    readout gives to the partner's tokens over that to all patch tokens."""
+    return row[:, 0] / (row[:, 0] + row[:, 1]).clamp_min(1e-12)
 
 
 @MODELS.register_module(name='TransMix')
@@ -223,11 +289,10 @@ class TransMixRule(LabelRule):
             raise ValueError(f'TransMix area_weight must be in [0, 1], got {area_weight!r}')
         self.area_weight = float(area_weight)
         self.token_mask = _check_choice('TransMix', 'token_mask', token_mask, TRANSMIX_TOKEN_MASKS)
-        self.readout = 'auto'
 
     def setup(self, model) -> None:
         self._require_labels(model)
-        self.readout = model.resolve_readout('auto', type(self).__name__)
+        super().setup(model)
         model.backbone.set_alignment('last', False)
         mixer = getattr(model.data_preprocessor, 'mixer', None)
         if self.token_mask == 'nearest' and mixer is not None and not mixer.return_mask:
@@ -250,29 +315,19 @@ class TransMixRule(LabelRule):
         p = mix.patch_size
         return mix.mask[:, ::p, ::p].reshape(mix.mask.shape[0], -1).float()
 
-    def initial_labels(self, model, mix, y_a, y_b) -> Tensor:
-        s = self.token_mask_of(mix)
-        patches = torch.stack([s, 1.0 - s, torch.zeros_like(s)], dim=-1)
-        p = model.num_prefix_tokens
-        if p == 0:
-            return patches
-        prefix = patches.new_tensor([0.0, 0.0, 1.0]).expand(s.shape[0], p, 3)
-        return torch.cat([prefix, patches], dim=1)
+    def initial_labels(self, mix, y_a, y_b) -> Tensor:
+        return transmix_initial_labels(self.token_mask_of(mix), self.num_prefix_tokens)
 
-    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
+    def forward(self, inp: RuleInput) -> RuleOutput:
+        mix = inp.mix
         if mix.mode == 'mixup':                      # the release: Mixup keeps the area target
-            target, lam_b = area, 1.0 - mix.lam
+            target, lam_b = inp.area, 1.0 - mix.lam
         else:
-            out = model.read_labels(labels, self.readout)
-            lam_attn = out[:, 0] / (out[:, 0] + out[:, 1]).clamp_min(1e-12)   # the partner's share
+            lam_attn = transmix_attention_share(read_labels(inp.labels, self.readout, self.num_prefix_tokens))
             lam0 = mix.share_b.float().mean(1)       # the box's pixel area (not the Beta draw)
             lam_b = self.area_weight * lam0 + (1.0 - self.area_weight) * lam_attn
-            target = (1.0 - lam_b)[:, None] * y_a + lam_b[:, None] * y_b
-        stats = {'align/lam': mix.lam.mean().detach(),
-                 'align/lam_aligned': (1.0 - lam_b).detach().mean(),
-                 'align/lam_gap': (lam_b - (1.0 - mix.lam)).detach().abs().mean(),
-                 'align/target_l2': (target - area).detach().square().sum(-1).sqrt().mean()}
-        return target, stats, {}
+            target = (1.0 - lam_b)[:, None] * inp.y_a + lam_b[:, None] * inp.y_b
+        return RuleOutput(target, align_stats(None, mix.lam, target, inp.area, lam_aligned=1.0 - lam_b))
 
 
 @MODELS.register_module(name='DenseTLAlign')
@@ -311,14 +366,14 @@ class DenseTLAlignRule(TLAlignRule):
         trunc_normal_(self.token_head.weight, std=self.token_head_init_std)
         nn.init.zeros_(self.token_head.bias)
 
-    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
-        target, stats, losses = super().forward(model, mix, y_a, y_b, area, labels, tokens)
-        token_labels = labels[:, model.num_prefix_tokens:]
+    def forward(self, inp: RuleInput) -> RuleOutput:
+        out = super().forward(inp)
+        token_labels = inp.labels[:, self.num_prefix_tokens:]
         if self.label_channels == 'source':
-            token_labels = expand_source_labels(token_labels, y_a, y_b)
-        logits = self.token_head(tokens).float()
+            token_labels = expand_source_labels(token_labels, inp.y_a, inp.y_b)
+        logits = self.token_head(inp.tokens).float()
         dense = -(token_labels * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
-        return target, stats, dict(losses, loss_dense=self.dense_weight * dense)
+        return RuleOutput(out.target, out.stats, dict(out.losses, loss_dense=self.dense_weight * dense))
 
 
 #: Values of ``TokenMix(smoothing=...)``, ``cam_activation=...`` and ``resize=...``.
@@ -461,6 +516,7 @@ class TokenMixRule(LabelRule):
         return self.__dict__['_teacher']
 
     def setup(self, model) -> None:
+        super().setup(model)
         cfg = dict(self.teacher_cfg)
         path = cfg.pop('checkpoint')
         if cfg.get('config'):
@@ -528,7 +584,7 @@ class TokenMixRule(LabelRule):
             t.to(images.device)
         if hasattr(t, 'label_rule'):                                   # a classifier of ours
             last = t.backbone(images)[-1]
-            tokens = t._patch_tokens(last)                             # (B, n, C)
+            tokens = t.patch_tokens(last)                             # (B, n, C)
             fmap_hw = last.shape[-2:] if last.dim() == 4 else t.backbone.token_grid(images.shape[-2:])
             logits = t.head.fc(tokens)                                 # (B, n, K)
         else:
@@ -536,9 +592,10 @@ class TokenMixRule(LabelRule):
         cam = logits.float().gather(2, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
         return self._class_map(cam.view(-1, 1, *fmap_hw), grid)
 
-    def forward(self, model, mix, y_a, y_b, area, labels, tokens):
+    def forward(self, inp: RuleInput) -> RuleOutput:
+        mix, y_a, y_b = inp.mix, inp.y_a, inp.y_b
         if mix.mode == 'mixup':                    # the release: Mixup keeps the area target
-            w_a, w_b, target = mix.lam, 1.0 - mix.lam, area
+            w_a, w_b, target = mix.lam, 1.0 - mix.lam, inp.area
         else:
             cls = y_a.argmax(-1)
             cam = self.teacher_cam(mix.source_images, cls, tuple(mix.grid_size))
@@ -549,14 +606,10 @@ class TokenMixRule(LabelRule):
                 total = (w_a + w_b).clamp_min(1e-12)
                 w_a, w_b = w_a / total, w_b / total
             if self.smoothing == 'tokenmix':
-                ls, k = float(model.label_smoothing), y_a.shape[-1]
+                ls, k = float(inp.label_smoothing), y_a.shape[-1]
                 one_a = torch.nn.functional.one_hot(cls, k).float()
                 target = (ls / k + (w_a - ls / 2)[:, None] * one_a
                           + (w_b - ls / 2)[:, None] * one_a[mix.partner])
             else:
                 target = w_a[:, None] * y_a + w_b[:, None] * y_b
-        stats = {'align/lam': mix.lam.mean().detach(),
-                 'align/lam_aligned': w_a.mean(),
-                 'align/lam_gap': (w_a - mix.lam).abs().mean(),
-                 'align/target_l2': (target - area).square().sum(-1).sqrt().mean()}
-        return target, stats, {}
+        return RuleOutput(target, align_stats(None, mix.lam, target, inp.area, lam_aligned=w_a))
