@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..align import initial_source_labels
+from ..align import initial_source_labels, read_labels
 from .tracing import iter_blocks
 
 __all__ = ['structure_attention_', 'structured_mixed_batch', 'attention_stats', 'label_precision']
@@ -184,7 +184,7 @@ def attention_stats(backbone: nn.Module, images: Tensor) -> dict:
 
 
 def _share_readout(labels: Tensor, prefix: int) -> Tensor:
-    return labels[:, 0, 0] if prefix else labels[:, :, 0].mean(1)
+    return read_labels(labels, 'cls' if prefix else 'mean', prefix)[:, 0]
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ from typing import Optional
 import torch.nn as nn
 from torch import Tensor
 
+from ..align import read_labels
+
 __all__ = ['BlockRef', 'iter_blocks', 'block_names', 'record_block_labels', 'LabelTrace', 'parse_layer_spec',
            'source_share_readout']
 
@@ -181,6 +183,4 @@ def source_share_readout(labels: Tensor, readout: str, num_prefix_tokens: int) -
     Returns:
         (B,) float32 in [0, 1].
     """
-    if readout == 'cls':
-        return labels[:, 0, 0].float()
-    return labels[:, num_prefix_tokens:, 0].float().mean(dim=1)
+    return read_labels(labels, readout, num_prefix_tokens)[:, 0].float()
