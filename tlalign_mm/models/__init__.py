@@ -1,5 +1,6 @@
 from .backbones import TLAPyramidVisionTransformer, TLASwinTransformer, TLAVisionTransformer
-from .classifier import TLAClsDataPreprocessor, TLAImageClassifier
+from .classifier import TLAImageClassifier
+from .data_preprocessor import TLAClsDataPreprocessor
 
 __all__ = ['TLAVisionTransformer', 'TLASwinTransformer', 'TLAPyramidVisionTransformer', 'TLAClsDataPreprocessor',
            'TLAImageClassifier']

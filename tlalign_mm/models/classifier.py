@@ -1,131 +1,30 @@
 """ImageNet pretraining with TL-Align as an mmengine model.
 
-``TLAClsDataPreprocessor`` normalises the batch on the model's device, applies timm's random
-erasing (after normalising, as DeiT does) and mixes the batch (:class:`~tlalign_mm.mixing.BatchMixer`).
-``TLAImageClassifier`` runs a label-carrying backbone, builds the training target of a mixed
-batch with its label rule (:mod:`tlalign_mm.models.label_rules`: the TL-Align target -- the
-backbone's final label embedding read out at the class token (DeiT) or as the token mean (Swin)
--- its ablations, the CutMix / Mixup area target, TransMix, dense TL-Align), stores it in the
-data samples as ``gt_score`` and leaves logits, loss and predictions to its head
-(:class:`~tlalign_mm.models.heads.TLALinearClsHead`, timm's ``SoftTargetCrossEntropy``), as
-mmpretrain's ``ImageClassifier`` / ``LinearClsHead`` split does.  Paper: Xiao et al.,
-"Token-Label Alignment for Vision Transformers", ICCV 2023; reference training loop:
-Euphoria16/TL-Align ``engine.py``.
+``TLAImageClassifier`` runs a label-carrying backbone on the batch its data preprocessor
+(:class:`~tlalign_mm.models.data_preprocessor.TLAClsDataPreprocessor`) normalised, erased and
+mixed, has its label rule (:mod:`tlalign_mm.models.label_rules`: TL-Align and its ablations, the
+CutMix / Mixup area target, TransMix, TokenMix, dense TL-Align) build the training target,
+stores it in the data samples as ``gt_score`` and leaves logits, loss and predictions to its head
+(:class:`~tlalign_mm.models.heads.TLALinearClsHead`), as mmpretrain's ``ImageClassifier`` /
+``LinearClsHead`` split does.  Paper: Xiao et al., "Token-Label Alignment for Vision
+Transformers", ICCV 2023; reference training loop: Euphoria16/TL-Align ``engine.py``.
 """
 from __future__ import annotations
 
 import dataclasses
-import random
-from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmengine.model import BaseModel
 from torch import Tensor
 
 from ..align import align_stats, aligned_target, expand_source_labels, mixed_target, smooth_one_hot
-from ..mixing import BatchMixer, MixResult
+from ..mixing import MixResult
 from ..registry import MODELS
 from .heads import TLALinearClsHead, store_gt_scores  # noqa: F401  (TLALinearClsHead: the default head)
 from .label_rules import LabelRule, RuleInput, TLAlignRule
 
-__all__ = ['TLAClsDataPreprocessor', 'TLAImageClassifier']
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-@MODELS.register_module()
-class TLAClsDataPreprocessor(BaseDataPreprocessor):
-    """Normalise, erase and mix a classification batch on the device.
-
-    Args:
-        mean, std: per-channel statistics in the input's units (0..255 for the uint8 tensors
-            the dataset pipeline produces).
-        mixer: kwargs of :class:`~tlalign_mm.mixing.BatchMixer` (token CutMix by default in the
-            TL-Align configs), or None for no mixing.  ``patch_size`` must equal the backbone's.
-        random_erasing: kwargs of :func:`tlalign_mm.datasets.build_random_erasing`
-            (``re_prob``, ``re_mode``, ``re_count``), or None.  Applied to the normalised batch
-            before mixing, in training only.
-        seed: optional seed of the mixer's private generator (reproducible mixing).  The
-            host-side ``random.Random`` of training batch ``t`` is seeded with ``seed + t``
-            (``t`` counted on the host and saved with the model as the ``mix_step`` buffer), so
-            a run resumed from a checkpoint continues the same sequence of mixes instead of
-            replaying it.  Without a seed the mixer draws from Python's global ``random``.
-            Either way nothing is read back from the device.
-        non_blocking: copy the batch to the device asynchronously (mmengine's
-            ``BaseDataPreprocessor`` option; with the dataloader's ``pin_memory=True`` the host
-            does not wait for the copy, as DeiT's ``samples.to(device, non_blocking=True)``).
-        keep_clean_images: hand the label rule the normalised batch *before* random erasing
-            as ``MixResult.source_images`` (one extra copy of the batch when erasing is on).
-            The classifier sets it for rules that look at the unmixed images
-            (``needs_clean_images``: TokenMix's teacher sees the clean crop, as the release's
-            label maps are of the unerased image); otherwise ``source_images`` is the erased
-            batch the mixer received.
-
-    Input ``data``: dict with ``inputs`` (B, 3, H, W) uint8/float tensor or a list of
-    (3, H, W) tensors of one size, and ``data_samples`` (list of ``ClsDataSample``).
-    Output: dict(inputs (B, 3, H, W) float32 normalised, data_samples, mix) where ``mix`` is a
-    :class:`~tlalign_mm.mixing.MixResult` in training with a mixer, else None.
-    """
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 mixer: Optional[dict] = None, random_erasing: Optional[dict] = None,
-                 seed: Optional[int] = None, non_blocking: bool = True, keep_clean_images: bool = False):
-        super().__init__(non_blocking=non_blocking)
-        self.keep_clean_images = bool(keep_clean_images)
-        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), False)
-        self.mixer = BatchMixer(**mixer) if mixer is not None else None
-        self.random_erasing = None
-        if random_erasing is not None:
-            from ..datasets import build_random_erasing
-            self.random_erasing = build_random_erasing(**random_erasing)
-        self._seed = seed
-        # The step lives on the host; the buffer only carries it into checkpoints (written
-        # with fill_, which never waits for the device) and back (_load_from_state_dict).
-        self._mix_step = 0
-        self.register_buffer('mix_step', torch.zeros((), dtype=torch.long))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        step = state_dict.get(prefix + 'mix_step')
-        if step is not None:
-            self._mix_step = int(step)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _rng(self) -> Optional[random.Random]:
-        if self._seed is None:
-            return None
-        rng = random.Random(self._seed + self._mix_step)
-        self._mix_step += 1
-        self.mix_step.fill_(self._mix_step)
-        return rng
-
-    # Mixing draws host-side random numbers for every batch; under ``torch.compile`` (mmengine's
-    # ``compile=True`` compiles ``train_step``) it runs eagerly, so that those numbers do not
-    # make dynamo recompile the model for every batch.
-    @torch.compiler.disable
-    def forward(self, data: dict, training: bool = False) -> dict:
-        data = self.cast_data(data)
-        inputs = data['inputs']
-        if isinstance(inputs, (list, tuple)):
-            shapes = {tuple(t.shape) for t in inputs}
-            if len(shapes) != 1:
-                raise ValueError(f'images in a batch must share one size to be mixed, got {sorted(shapes)}')
-            inputs = torch.stack(list(inputs))
-        x = (inputs.float() - self.mean) / self.std
-        mix: Optional[MixResult] = None
-        if training:
-            clean = x
-            if self.random_erasing is not None:
-                x = self.random_erasing(x.clone() if self.keep_clean_images else x)   # erases in place
-            if self.mixer is not None:
-                mix = self.mixer(x, generator=self._rng())
-                if self.keep_clean_images:
-                    mix.source_images = clean
-                x = mix.images
-        return dict(inputs=x, data_samples=data.get('data_samples'), mix=mix)
-
+__all__ = ['TLAImageClassifier']
 
 @MODELS.register_module()
 class TLAImageClassifier(BaseModel):
@@ -248,7 +147,7 @@ class TLAImageClassifier(BaseModel):
           (it raises when under 90% of the backbone would be matched), then the checkpoint's
           ``head.*`` if it has this head's shape (a different class count keeps the new head,
           and the log says so) and was trained on this model's readout (class token or token
-          mean, :meth:`check_head_readout`; checked before anything is loaded).
+          mean, :func:`tlalign_mm.checkpoint.check_head_readout`; checked before anything is loaded).
 
         Raises:
             ValueError: a classifier checkpoint with missing, unexpected or mis-shaped keys (all
@@ -265,102 +164,14 @@ class TLAImageClassifier(BaseModel):
             if cfg is not None:
                 self.init_cfg = cfg
         if cfg is not None:
-            self._load_pretrained(cfg['checkpoint'])
-
-    def _load_pretrained(self, path: str) -> None:
-        from mmengine.logging import print_log
-
-        from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file
-        ckpt = load_checkpoint_file(path)
-        sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
-        if any(k.startswith('backbone.') for k in sd):
-            own = self.state_dict()
-            # checkpoints written before the head became a module: head.{weight,bias} -> head.fc.*
-            sd = {('head.fc.' + k[5:] if k in ('head.weight', 'head.bias') and 'head.fc.weight' in own else k): v
-                  for k, v in sd.items()}
-            missing = [k for k in own if k not in sd and not k.startswith('data_preprocessor.')]
-            # a label rule's training-only parameters (DenseTLAlign's token head) may be left out
-            unexpected = [k for k in sd if k not in own and not k.startswith('label_rule.')]
-            shape = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
-                     if k in sd and sd[k].shape != v.shape]
-            if missing or unexpected or shape:
-                raise ValueError(f'{path}: the classifier checkpoint does not fit this model '
-                                 f'(missing {missing[:10]}, unexpected {unexpected[:10]}, shapes {shape[:10]}); '
-                                 'load a checkpoint of the same config, or only its backbone with '
-                                 "model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)")
-            self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-            print_log(f'{type(self).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
-            return
-        if self._foreign_head(sd):                    # refuse before loading anything
-            self.check_head_readout(sd, repr(path))
-        load_backbone_checkpoint(self.backbone, ckpt)
-        note = self.load_head_state(sd, repr(path))
-        print_log(f'{type(self).__name__}: backbone loaded from {path!r}; {note}', logger='current')
-
-    def _foreign_head(self, state_dict: dict) -> Optional[dict]:
-        """The checkpoint's ``head.*`` in this head's names, or None when it has no head of this
-        head's shape (nothing would be loaded)."""
-        head = {}
-        for k, v in state_dict.items():
-            if isinstance(k, str) and k.startswith('head.') and not k.startswith('head_dist'):
-                name = k[len('head.'):]
-                head[name if name.startswith('fc.') else 'fc.' + name] = v
-        own = self.head.state_dict()
-        if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
-            return {k: head[k] for k in own}
-        return {} if head else None
-
-    def check_head_readout(self, state_dict: dict, source: str = 'the checkpoint') -> None:
-        """Refuse a foreign head trained on another pooled feature than this model's.
-
-        A foreign checkpoint (keys at the backbone's root) tells its readout by its keys: with
-        ``cls_token`` its head read the class token (official DeiT / TL-Align, timm ViT, the PVT
-        v1 release, whai362/PVT ``classification/pvt.py``), unless ``fc_norm`` is there too
-        (timm's token-mean ViT); without ``cls_token`` it read the token mean (Swin, PVT v2
-        ``classification/pvt_v2.py``, mmdet's PVT).  This model reads the class token when the
-        backbone's ``out_type`` is ``'cls_token'``, else the token mean.  A checkpoint of this
-        classifier (keys under ``backbone.``) says nothing about its readout and passes.
-
-        Raises:
-            ValueError: the two readouts differ (names both, and the key that tells).
-        """
-        if any(isinstance(k, str) and k.startswith('backbone.') for k in state_dict):
-            return
-        if 'cls_token' in state_dict and 'fc_norm.weight' not in state_dict:
-            theirs, why = 'the class token', "the checkpoint has 'cls_token'"
-        elif 'cls_token' in state_dict:
-            theirs, why = 'the token mean', "the checkpoint has 'cls_token' and 'fc_norm' (timm's token-mean ViT)"
-        else:
-            theirs, why = 'the token mean', "the checkpoint has no 'cls_token'"
-        ours = 'the class token' if self.pool_type == 'cls_token' else 'the token mean'
-        if theirs != ours:
-            raise ValueError(
-                f"{source}: its head was trained on {theirs} ({why}) but this model's pooled feature is {ours} "
-                f"(backbone out_type={self.pool_type!r}); the head would read a feature it was never trained on. "
-                "Build the backbone with the checkpoint's readout (PVT v1 release: out_type='cls_token'), or load "
-                "the backbone alone (model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)) and train "
-                'a new head')
+            from ..checkpoint import load_classifier_checkpoint
+            load_classifier_checkpoint(self, cfg['checkpoint'])
 
     def load_head_state(self, state_dict: dict, source: str = 'the checkpoint') -> str:
-        """Load the classifier head of a foreign checkpoint when it has this head's shape.
-
-        ``head.weight`` / ``head.bias`` (official DeiT / Swin / PVT, timm ViT) and ``head.fc.*``
-        (timm Swin, ours) are both read.  Returns what happened, for the log: ``'head loaded'``,
-        or why the head keeps its initialisation (no head in the checkpoint, or another class
-        count).
-
-        Raises:
-            ValueError: a head that would load but was trained on another readout
-                (:meth:`check_head_readout`: a class-token checkpoint onto a token-mean model,
-                or the reverse; ``source`` names the checkpoint in the message).
-        """
-        head = self._foreign_head(state_dict)
-        if head:
-            self.check_head_readout(state_dict, source)
-            self.head.load_state_dict(head)
-            return 'head loaded'
-        return ('the head is newly initialised '
-                f"({'no head in the checkpoint' if head is None else 'its shape differs'})")
+        """Load a foreign checkpoint's head when it fits this head and its readout
+        (:func:`tlalign_mm.checkpoint.load_head_state`); returns what happened, for the log."""
+        from ..checkpoint import load_head_state
+        return load_head_state(self, state_dict, source)
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
