@@ -1,0 +1,81 @@
+"""The package's import direction (docs/design.md): ``align`` <- ``mixing`` <- ``models`` <- the
+rest, and nothing under ``tlalign_mm/`` imports ``tools``.
+
+Every ``import`` statement of every module is read with ``ast`` (function-level imports too, so a
+lazy import cannot hide an edge), relative imports resolved against the module's package.
+"""
+import ast
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = os.path.join(REPO, 'tlalign_mm')
+
+
+def _modules():
+    for root, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith('.py'):
+                path = os.path.join(root, f)
+                rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, '.')
+                yield path, rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
+
+
+def _imports(path, module):
+    """(line, absolute module name) of every import in the file."""
+    tree = ast.parse(open(path, encoding='utf-8').read(), filename=path)
+    package = module if path.endswith('__init__.py') else module.rsplit('.', 1)[0]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - node.level + 1]
+                name = '.'.join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            out.append((node.lineno, name))
+    return out
+
+
+ALL = list(_modules())
+
+
+def test_the_walk_sees_the_package():
+    names = {m for _, m in ALL}
+    assert {'tlalign_mm.align.propagate', 'tlalign_mm.models.classifier', 'tlalign_mm.mixing.mixers'} <= names
+
+
+@pytest.mark.parametrize('path,module', ALL, ids=[m for _, m in ALL])
+def test_import_direction(path, module):
+    """align: only the standard library and torch; mixing: + align; nothing imports tools;
+    models, mixing and align never import the analysis / evaluation / hooks layers."""
+    bad = []
+    for line, name in _imports(path, module):
+        top = name.split('.')[0]
+        if top == 'tools':
+            bad.append(f'{line}: {name} (tlalign_mm never imports tools/)')
+        if module.startswith('tlalign_mm.align'):
+            inside = name.startswith('tlalign_mm.align')
+            if not (inside or top == 'torch' or top in sys.stdlib_module_names):
+                bad.append(f'{line}: {name} (align/ imports only torch and the standard library)')
+        if module.startswith('tlalign_mm.mixing'):
+            if name.startswith('tlalign_mm.') and not name.startswith(('tlalign_mm.align', 'tlalign_mm.mixing')):
+                bad.append(f'{line}: {name} (mixing/ builds on align/ only)')
+        if module.startswith(('tlalign_mm.models', 'tlalign_mm.mixing', 'tlalign_mm.align')):
+            for layer in ('analysis', 'evaluation', 'hooks'):
+                if name.startswith(f'tlalign_mm.{layer}'):
+                    bad.append(f'{line}: {name} (the model layers do not import tlalign_mm.{layer})')
+    assert not bad, f'{os.path.relpath(path, REPO)}:\n' + '\n'.join(bad)
+
+
+def test_the_check_bites(tmp_path):
+    """The reader resolves relative imports: a module of align importing ..models is caught."""
+    f = tmp_path / 'x.py'
+    f.write_text('from ..models import classifier\nimport tools.launch\n')
+    found = [n for _, n in _imports(str(f), 'tlalign_mm.align.x')]
+    assert found == ['tlalign_mm.models', 'tools.launch']
