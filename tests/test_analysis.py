@@ -41,6 +41,7 @@ from tlalign_mm.analysis import (
     measure_data_batch,
     parse_layer_spec,
     plot_label_maps,
+    record_block_labels,
     run_fluctuation,
     write_fluctuation_csv,
 )
@@ -264,6 +265,28 @@ def test_layer_specs():
     for bad in ('2', '2.0', '0.5', 'x'):
         with pytest.raises(ValueError, match='does not exist'):
             parse_layer_spec([bad], swin if '.' in bad else vit)
+
+
+def test_tracing_walks_pvt():
+    """PVT's blocks (block1 .. block4) are walked in forward order with their stages, and each
+    block's labels are recorded on its stage's grid."""
+    from tlalign_mm.models import TLAPyramidVisionTransformer
+    torch.manual_seed(0)
+    arch = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4), mlp_ratios=(2, 2, 2, 2),
+                sr_ratios=(4, 2, 1, 1), version=2)
+    pvt = TLAPyramidVisionTransformer(arch, img_size=64, out_indices=(3,), drop_path_rate=0.0).eval()
+    blocks = iter_blocks(pvt)
+    assert [(b.stage, b.block) for b in blocks] == [(0, 0), (1, 0), (1, 1), (2, 0), (3, 0)]
+    assert [b.module for b in blocks] == pvt.label_blocks()
+    assert [b.index for b in parse_layer_spec(['1.1', '-1'], blocks)] == [2, 4]
+    share = torch.rand(2, 16 * 16)
+    labels = torch.stack([1 - share, share], -1)
+    with torch.no_grad(), record_block_labels(pvt, (64, 64)) as trace:
+        pvt(torch.randn(2, 3, 64, 64), labels)
+    assert [trace.grids[i] for i in range(5)] == [(16, 16), (8, 8), (8, 8), (4, 4), (2, 2)]
+    for i, (h, w) in trace.grids.items():
+        assert trace.labels[i].shape == (2, h * w, 2)
+        torch.testing.assert_close(trace.labels[i].sum(-1), torch.ones(2, h * w))
 
 
 def test_label_maps_deit_identity_and_png(tmp_path):

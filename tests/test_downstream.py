@@ -236,6 +236,9 @@ def test_cascade_recipe():
 
 # ============================================================================ config checks (fast)
 def test_backbone_stride():
+    # PVT's name contains 'VisionTransformer': its stride is 4 * 2 * 2 * 2, not a ViT's patch size
+    assert backbone_stride(dict(type='tlalign_mm.TLAPyramidVisionTransformer', arch='v2-b0')) == 32
+    assert backbone_stride(dict(type='PyramidVisionTransformerV2', strides=(4, 2, 2, 2))) == 32
     assert backbone_stride(dict(type='TLASwinTransformer', arch='tiny')) == 32
     assert backbone_stride(dict(type='TLAVisionTransformer', arch='deit-small', patch_size=16)) == 16
     assert backbone_stride(dict(type='TLASwinTransformer', arch=dict(embed_dims=96, depths=(2, 2, 6),

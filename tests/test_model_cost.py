@@ -192,6 +192,28 @@ def test_stock_mapping_builds_the_same_architecture(rel, scope):
         assert _flops(ours, x)[0] == _flops(stock, x)[0]
 
 
+@pytest.mark.mm
+@pytest.mark.parametrize('arch,stock', [('tiny', 'PyramidVisionTransformer'), ('v2-b0', 'PyramidVisionTransformerV2')])
+def test_stock_mapping_knows_pvt(arch, stock):
+    """Our PVT maps onto mmdet's: same parameters (v1: ours adds only the final norm that mmdet's
+    dense model leaves out), same FLOPs."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    import tlalign_mm  # noqa: F401
+    ours_cfg = dict(type='TLAPyramidVisionTransformer', arch=arch, img_size=224, out_indices=(0, 1, 2, 3))
+    stock_cfg = stock_backbone_config(ours_cfg, 'mmdet')
+    assert stock_cfg['type'] == stock
+    init_default_scope('mmdet')
+    ours, ref = MODELS.build(dict(ours_cfg, type='tlalign_mm.TLAPyramidVisionTransformer')), MODELS.build(stock_cfg)
+    final_norm = 2 * 512 if arch == 'tiny' else 0
+    assert _params(ours) == _params(ref) + final_norm
+    x = torch.randn(1, 3, 224, 224)
+    assert abs(_flops(ours, x)[0] - _flops(ref, x)[0]) <= 0.01 * _flops(ref, x)[0]
+    with pytest.raises(ValueError, match='mmseg has no PyramidVisionTransformer'):
+        stock_backbone_config(ours_cfg, 'mmseg')
+
+
 def test_stock_mapping_errors_name_the_problem():
     vit = dict(type='TLAVisionTransformer', arch='deit-small', img_size=512, out_indices=(2, 5, 8, 11))
     with pytest.raises(ValueError, match='mmdet has no VisionTransformer backbone'):

@@ -60,6 +60,8 @@ def backbone_stride(backbone: Mapping) -> Optional[int]:
       resolved by :meth:`TLASwinTransformer.resolve_arch
       <tlalign_mm.models.backbones.base.TLABackbone.resolve_arch>` (its ``arch_zoo``; default
       ``'tiny'``); an arch it rejects gives None (the backbone's constructor reports it);
+    * ``TLAPyramidVisionTransformer`` / ``PyramidVisionTransformer(V2)``: the product of
+      ``strides`` (mmdet's, default ``(4, 2, 2, 2)``): 32;
     * ``TLAVisionTransformer`` / ``VisionTransformer``: ``patch_size`` (16).
     """
     btype = _get(backbone, 'type', '')
@@ -77,6 +79,9 @@ def backbone_stride(backbone: Mapping) -> Optional[int]:
             except ValueError:
                 return None
         return patch * 2 ** (len(depths) - 1)
+    if 'PyramidVisionTransformer' in name or name in ('PVT', 'PVTv2'):   # before the ViT test: the name contains it
+        strides = _get(backbone, 'strides') or (4, 2, 2, 2)
+        return math.prod(int(x) for x in strides)
     if 'VisionTransformer' in name or name in ('ViT', 'DeiT'):
         return int(_get(backbone, 'patch_size', 16) or 16)
     return None

@@ -11,6 +11,7 @@ index running over the stages (``stage 0`` blocks first), plus their ``(stage, b
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -29,7 +30,7 @@ class BlockRef:
     """One transformer block of a backbone.
 
     Attributes:
-        index: global block index (0-based, over all stages for Swin).
+        index: global block index (0-based, over all stages for Swin and PVT).
         stage: stage index (always 0 for ViT).
         block: index of the block inside its stage (equals ``index`` for ViT).
         module: the block module.
@@ -41,35 +42,43 @@ class BlockRef:
 
 
 def iter_blocks(backbone: nn.Module) -> list[BlockRef]:
-    """All blocks of a TL-Align backbone in forward order.
+    """All label blocks of a TL-Align backbone in forward order: its
+    :meth:`~tlalign_mm.models.backbones.base.TLABackbone.label_blocks`, with each block's stage
+    and position read from its module name (``blocks.J``: ViT, one stage; ``layers.S.blocks.J``:
+    Swin; ``blockS.J``: PVT, stages counted from 1 there).
 
     Args:
-        backbone: a ``TLAVisionTransformer`` (has ``blocks``) or ``TLASwinTransformer`` (has
-            ``layers[s].blocks``).
+        backbone: a ``TLAVisionTransformer``, ``TLASwinTransformer`` or
+            ``TLAPyramidVisionTransformer``.
 
     Returns:
         list of :class:`BlockRef`, ``index`` = position in the list.
 
     Raises:
-        TypeError: a backbone with neither layout.
+        TypeError: a backbone without ``label_blocks``, or a block whose name has none of the
+            three forms.
     """
+    if not hasattr(backbone, 'label_blocks'):
+        raise TypeError(f'{type(backbone).__name__} has no label_blocks(): not a TL-Align backbone')
+    names = {id(m): n for n, m in backbone.named_modules()}
     refs: list[BlockRef] = []
-    if hasattr(backbone, 'layers') and all(hasattr(s, 'blocks') for s in backbone.layers):
-        for s, stage in enumerate(backbone.layers):
-            for j, blk in enumerate(stage.blocks):
-                refs.append(BlockRef(len(refs), s, j, blk))
-    elif hasattr(backbone, 'blocks'):
-        for i, blk in enumerate(backbone.blocks):
-            refs.append(BlockRef(i, 0, i, blk))
-    else:
-        raise TypeError(f'{type(backbone).__name__} has neither `blocks` (ViT) nor '
-                        '`layers[s].blocks` (Swin)')
+    for blk in backbone.label_blocks():
+        name = names.get(id(blk), '')
+        if m := re.fullmatch(r'layers\.(\d+)\.blocks\.(\d+)', name):       # Swin
+            stage, j = int(m.group(1)), int(m.group(2))
+        elif m := re.fullmatch(r'block(\d+)\.(\d+)', name):                # PVT: block1 .. block4
+            stage, j = int(m.group(1)) - 1, int(m.group(2))
+        elif m := re.fullmatch(r'blocks\.(\d+)', name):                     # ViT
+            stage, j = 0, int(m.group(1))
+        else:
+            raise TypeError(f'{type(backbone).__name__}: block {name!r} is not blocks.J, layers.S.blocks.J or blockS.J')
+        refs.append(BlockRef(len(refs), stage, j, blk))
     return refs
 
 
 def block_names(blocks: Sequence[BlockRef]) -> list[str]:
     """Display names: ``'0', '1', ...`` for a single-stage (ViT) backbone, ``'s.j'`` (stage.block)
-    for a multi-stage (Swin) one."""
+    for a multi-stage (Swin, PVT) one."""
     multi = len({b.stage for b in blocks}) > 1
     return [f'{b.stage}.{b.block}' if multi else str(b.index) for b in blocks]
 
@@ -123,7 +132,8 @@ class LabelTrace:
 
     Attributes:
         labels: global block index -> (B, N_l, K) float32 labels after that block (detached;
-            N_l includes the prefix tokens for ViT, is the stage's token count for Swin).
+            N_l includes the prefix tokens for ViT, is the stage's token count for Swin and PVT, plus
+            PVT v1's class token in its last stage).
         grids: global block index -> (h, w) patch-token grid those labels live on.
     """
     labels: dict[int, Tensor] = field(default_factory=dict)
@@ -148,7 +158,8 @@ def record_block_labels(backbone: nn.Module, img_hw: Sequence[int],
     keep = None if only is None else set(only)
     trace = LabelTrace()
     vit_grid = tuple(backbone.token_grid(img_hw)) if hasattr(backbone, 'token_grid') else None
-    is_swin = hasattr(backbone, 'layers')
+    # hierarchical backbones (Swin, PVT) hand each block its stage's (h, w) as the second argument
+    staged = len({b.stage for b in blocks}) > 1
     handles = []
 
     def make_hook(idx: int):
@@ -156,7 +167,7 @@ def record_block_labels(backbone: nn.Module, img_hw: Sequence[int],
             if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
                 return
             trace.labels[idx] = output[1].detach().float()
-            if is_swin and len(args) > 1:
+            if staged and len(args) > 1:
                 trace.grids[idx] = tuple(int(v) for v in args[1])
             elif vit_grid is not None:
                 trace.grids[idx] = vit_grid

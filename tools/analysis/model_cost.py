@@ -61,7 +61,7 @@ SDPA_OPS = ('aten::scaled_dot_product_attention', 'aten::_scaled_dot_product_fla
             'aten::_scaled_dot_product_efficient_attention', 'aten::_scaled_dot_product_cudnn_attention',
             'aten::_scaled_dot_product_flash_attention_for_cpu')
 
-_OUR_BACKBONES = ('TLASwinTransformer', 'TLAVisionTransformer')
+_OUR_BACKBONES = ('TLASwinTransformer', 'TLAVisionTransformer', 'TLAPyramidVisionTransformer')
 
 
 # ------------------------------------------------------------------------------------- config
@@ -533,6 +533,9 @@ _SWIN_KEYS = {'type', 'arch', 'img_size', 'patch_size', 'in_channels', 'window_s
 _VIT_KEYS = {'type', 'arch', 'img_size', 'patch_size', 'in_channels', 'out_indices', 'out_type', 'distilled',
              'final_norm', 'qkv_bias', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'interpolate_mode',
              'frozen_stages', 'norm_eval', 'with_cp', 'label_mode', 'init_cfg', 'pretrained'}
+_PVT_KEYS = {'type', 'arch', 'img_size', 'in_channels', 'out_indices', 'out_type', 'qkv_bias', 'drop_rate',
+             'attn_drop_rate', 'drop_path_rate', 'frozen_stages', 'norm_eval', 'with_cp', 'label_mode', 'label_dtype',
+             'init_cfg', 'pretrained'}
 
 
 def _ratio(r: float) -> float | int:
@@ -547,6 +550,11 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
       (``'mmdet'``): ``embed_dims``, ``depths``, ``num_heads`` from ``arch``; ``pretrain_img_size``,
       ``patch_size`` with ``strides=(patch_size, 2, 2, ...)``, ``window_size``, ``mlp_ratio``,
       ``qkv_bias``, dropouts, ``out_indices``, ``frozen_stages``, ``with_cp`` as given.
+    * ``TLAPyramidVisionTransformer`` -> mmdet ``PyramidVisionTransformer`` (v1) or
+      ``PyramidVisionTransformerV2`` (v2) (scope ``'mmdet'`` only; mmseg has no PVT):
+      ``embed_dims`` per head, ``num_layers``, ``num_heads``, ``mlp_ratios``, ``sr_ratios`` from
+      ``arch``; ``pretrain_img_size``, dropouts, ``out_indices`` as given (v1's stock model has no
+      class token and no final norm: ``out_type='featmap'`` only).
     * ``TLAVisionTransformer`` -> mmseg ``VisionTransformer`` (scope ``'mmseg'`` only): arch,
       ``img_size``, ``patch_size``, ``out_indices``, ``final_norm``, dropouts, ``interpolate_mode``,
       ``norm_eval``, ``with_cp``; ``with_cls_token=True``, ``patch_bias=True`` (DeiT's patch
@@ -568,7 +576,7 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
             (Swin ``out_type='avg_featmap'``, ViT ``out_type`` other than ``'featmap'`` or
             ``distilled=True``, a ViT ``frozen_stages``); keys this mapping does not know.
     """
-    from tlalign_mm.models.backbones import TLASwinTransformer, TLAVisionTransformer
+    from tlalign_mm.models.backbones import TLAPyramidVisionTransformer, TLASwinTransformer, TLAVisionTransformer
 
     btype = _type_name(_get(backbone, 'type', ''))
     if btype not in _OUR_BACKBONES:
@@ -579,7 +587,7 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
                          "'mmseg' or 'mmdet' (pretraining configs have no stock comparison; "
                          'tools/analysis/benchmark_label_path.py compares the pretraining backbones)')
     b = dict(backbone)
-    known = _SWIN_KEYS if btype == 'TLASwinTransformer' else _VIT_KEYS
+    known = {'TLASwinTransformer': _SWIN_KEYS, 'TLAPyramidVisionTransformer': _PVT_KEYS}.get(btype, _VIT_KEYS)
     unknown = sorted(set(b) - known)
     if unknown:
         raise ValueError(f'model.backbone ({btype}) has keys the stock mapping does not know: {unknown}')
@@ -601,6 +609,29 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
             patch_norm=True, drop_rate=b.get('drop_rate', 0.0), attn_drop_rate=b.get('attn_drop_rate', 0.0),
             drop_path_rate=b.get('drop_path_rate', 0.1), use_abs_pos_embed=False,
             frozen_stages=b.get('frozen_stages', -1), with_cp=b.get('with_cp', False))
+
+    if btype == 'TLAPyramidVisionTransformer':
+        if scope != 'mmdet':
+            raise ValueError('mmseg has no PyramidVisionTransformer backbone: compare PVT in an mmdet config')
+        if b.get('out_type', 'featmap') != 'featmap':
+            raise ValueError(f"stock PyramidVisionTransformer returns feature maps only: out_type={b['out_type']!r}, "
+                             "use 'featmap'")
+        pvt = TLAPyramidVisionTransformer
+        arch = dict(pvt.DEFAULTS, **pvt.resolve_arch(b.get('arch', 'small')))
+        dims, heads = tuple(arch['embed_dims']), tuple(arch['num_heads'])
+        per_head = dims[0] // heads[0]
+        if any(d != per_head * h for d, h in zip(dims, heads)):
+            raise ValueError(f'PVT arch embed_dims {dims} are not {per_head} x num_heads {heads}: mmdet builds '
+                             'embed_dims * num_heads[i] channels per stage, so it has no counterpart')
+        img = b.get('img_size', 224)
+        return dict(
+            type='PyramidVisionTransformerV2' if arch['version'] == 2 else 'PyramidVisionTransformer',
+            pretrain_img_size=img if isinstance(img, int) else tuple(img), in_channels=b.get('in_channels', 3),
+            embed_dims=per_head, num_layers=list(arch['depths']), num_heads=list(heads),
+            mlp_ratios=tuple(arch['mlp_ratios']), sr_ratios=tuple(arch['sr_ratios']),
+            out_indices=tuple(b.get('out_indices', (0, 1, 2, 3))), qkv_bias=b.get('qkv_bias', True),
+            drop_rate=b.get('drop_rate', 0.0), attn_drop_rate=b.get('attn_drop_rate', 0.0),
+            drop_path_rate=b.get('drop_path_rate', 0.1))
 
     if scope == 'mmdet':
         raise ValueError('mmdet has no VisionTransformer backbone: a TLAVisionTransformer in an mmdet config has '
