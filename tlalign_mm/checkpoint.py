@@ -2,7 +2,9 @@
 
 Users bring weights in many layouts; this module recognises them, renames them into the
 parameter names of :class:`~tlalign_mm.TLAVisionTransformer` / :class:`~tlalign_mm.TLASwinTransformer`
-("our" layout, called ``'tlalign'``), resizes what legitimately depends on the input or window
+/ :class:`~tlalign_mm.TLAPyramidVisionTransformer` ("our" layout, called ``'tlalign'``), loads the
+pretraining classifier's own checkpoints (:func:`load_classifier_checkpoint`, with the head readout
+check), resizes what legitimately depends on the input or window
 size, and refuses to load anything that does not fit (mmengine's ``PretrainedInit`` loads with
 ``strict=False`` and so loads nothing, silently, from an unconverted checkpoint).
 
@@ -39,6 +41,14 @@ family with its ``detect_layout`` / ``checkpoint_filter_fn``, as timm's model fi
     ``c * 4 + k`` with ``k`` the row-major kernel offset (0,0), (0,1), (1,0), (1,1), where the
     official order is ``j * C + c`` with ``j`` = (0,0), (1,0), (0,1), (1,1); the downsample
     ``reduction`` / ``norm`` are permuted back.
+``'official-pvt'``
+    whai362/PVT ``classification/pvt.py`` / ``pvt_v2.py``: ``patch_embed{i}``, ``pos_embed{i}``
+    (v1), ``block{i}.{j}``, ``norm`` (v1) or ``norm{i}`` (v2), ``head``, v1's ``cls_token``.  The
+    names are ours; the class token stays for a class-token model and is dropped with its
+    ``pos_embed4`` row for a dense one.
+``'mm-pvt'``
+    mmdet ``PyramidVisionTransformer(V2)`` (``pvt_convert`` of the release): ``layers.{i}.{0,1,2}``
+    (patch embedding, blocks, norm), converted on load by the PVT backbone's filter.
 
 Checkpoints are read by mmengine's ``CheckpointLoader`` (local paths, ``https://`` and every
 other scheme mmseg / mmdet configs use) with every ``torch.load`` forced to ``weights_only=True``;

@@ -26,6 +26,7 @@ from .label_rules import LabelRule, RuleInput, TLAlignRule
 
 __all__ = ['TLAImageClassifier']
 
+
 @MODELS.register_module()
 class TLAImageClassifier(BaseModel):
     """Backbone + head, trained on the target of a label rule (TL-Align by default).
@@ -41,7 +42,7 @@ class TLAImageClassifier(BaseModel):
             left None (the last returned stage of a hierarchical backbone).
         label_rule: config of the label rule (:mod:`tlalign_mm.models.label_rules`):
             ``dict(type='TLAlign')`` (default; options ``blocks``, ``residual``, ``readout``,
-            ``label_channels``), ``'Area'`` (the CutMix baseline), ``'TransMix'``,
+            ``label_channels``), ``'Area'`` (the CutMix baseline), ``'TransMix'``, ``'TokenMix'``,
             ``'DenseTLAlign'``.  The rule checks at build time that the backbone has what it
             needs.
         label_smoothing: smoothing of the one-hot labels before mixing (DeiT: 0.1).

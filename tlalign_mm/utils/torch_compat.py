@@ -1,66 +1,11 @@
 """Let mmengine 0.10.7 load its own checkpoints under torch >= 2.6 without ``weights_only=False``.
 
-What goes wrong
----------------
-Since torch 2.6, :func:`torch.load` defaults to ``weights_only=True``: it unpickles with a restricted
-unpickler that only builds tensors, containers and primitive types plus whatever was allow-listed with
-:func:`torch.serialization.add_safe_globals`.  mmengine 0.10.7 calls ``torch.load(filename,
-map_location=...)`` without ``weights_only`` (``mmengine.runner.checkpoint.load_from_local`` /
-``load_from_http`` / ``load_from_pavi`` ..., reached from ``_load_checkpoint`` / ``CheckpointLoader``,
-so from ``Runner.resume`` and ``load_from``).  The checkpoints mmengine itself writes hold, besides the
-weights, ``meta['message_hub']``: the training logs as
-:class:`mmengine.logging.HistoryBuffer` objects (numpy arrays of values and counts, plus the buffer's
-statistics methods pickled as ``getattr(HistoryBuffer, 'mean')`` ...) and numpy scalars such as the
-``eta`` runtime info.  Loading such a file raises ``UnpicklingError``, so ``--resume`` breaks.
-
-What we do instead
-------------------
-We do *not* turn ``weights_only`` off (that would let any downloaded ``.pth`` run arbitrary code).  We
-allow-list exactly the globals that an mmengine checkpoint needs.  The list was found empirically:
-checkpoints saved by a real ``Runner`` (``CheckpointHook``, ``LoggerHook``, SGD/AdamW optimizer
-wrapper, ``MultiStepLR``) were loaded with ``torch.load(..., weights_only=True)`` again and again,
-adding each global the error named, until they loaded.  Required were:
-
-* ``mmengine.logging.history_buffer.HistoryBuffer``                      (log buffers in ``meta``)
-* ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``             (the buffers' arrays)
-* ``numpy.dtype``, ``numpy.dtypes.Float64DType``, ``numpy.dtypes.Int64DType`` (their dtypes; the
-  dtype *class* is needed because the unpickler BUILDs the dtype instance)
-* ``numpy._core.multiarray.scalar``                                      (numpy scalars, e.g. ``eta``)
-* ``builtins.getattr`` -- only as a **restricted stand-in** (see below);
-* ``builtins.bytes`` -- only as a stand-in that builds the empty ``bytes()`` (protocol-2 pickles write
-  an empty numpy array's data, e.g. an empty ``HistoryBuffer``'s, as that call).
-
-Beyond that minimum we also allow, as equally inert data types:
-
-* ``argparse.Namespace``: DeiT / timm training checkpoints keep their command-line arguments in one
-  (``checkpoint['args']``); it is a plain attribute container;
-* the numpy-1 spellings ``numpy.core.multiarray._reconstruct`` / ``numpy.core.multiarray.scalar``
-  (mapped to the current functions), so checkpoints written under numpy 1 (e.g. OpenMMLab model-zoo
-  files) load under numpy 2 and vice versa;
-* the dtype classes of the other numeric/bool dtypes (bool, int8..int64, uint8..uint64,
-  float16/32/64, longdouble, complex64/128, clongdouble): a HistoryBuffer takes the dtype of the
-  first value logged (an ``np.float32`` loss, an int counter) and ``CheckpointHook(save_best=...)``
-  keeps the metric's numpy scalar in the runtime info, so other widths do occur.  Object, string,
-  void/structured and datetime dtypes are *not* allowed.
-
-``getattr``: HistoryBuffer pickles its statistics methods (``min``/``max``/``current``/``mean``) as
-``getattr(HistoryBuffer, name)``.  Allow-listing the real ``builtins.getattr`` would let a pickle walk
-attributes freely (``getattr(getattr, '__self__')`` is the ``builtins`` module; from there ``eval``
-...), and ``HistoryBuffer.__setstate__`` copies the pickled methods into a *class-level* dict that
-mmengine later calls.  So under the name ``builtins.getattr`` we register :func:`_history_buffer_getattr`,
-which only returns public plain functions defined on ``HistoryBuffer`` and raises ``UnpicklingError``
-for anything else.
-
-This module is the single source of truth for the list: :func:`mmengine_safe_globals` builds it,
-:func:`register_mmengine_safe_globals` (run at ``import tlalign_mm``) registers it process-wide, and
-:func:`tlalign_mm.checkpoint.load_checkpoint_file` passes the same list to
-``torch.serialization.safe_globals``, so only one function is ever registered as ``builtins.getattr``.
-numpy and mmengine are imported lazily (inside the functions), so importing this module needs torch only.
-
-Nothing in this list can execute code from the file: the classes are data containers; the two numpy
-functions only build arrays/scalars from bytes; the restricted getattr hands back HistoryBuffer's own
-methods.  Custom statistics methods registered with ``HistoryBuffer.register_statistics`` live in user
-modules and are still refused (allow-list them yourself if you trust them).
+torch >= 2.6 loads with ``weights_only=True``; mmengine's checkpoints hold ``HistoryBuffer`` and numpy
+objects, so ``--resume`` breaks.  Instead of turning ``weights_only`` off, :func:`mmengine_safe_globals`
+allow-lists exactly the inert types those checkpoints need (with a restricted stand-in for
+``builtins.getattr``), :func:`register_mmengine_safe_globals` registers them at ``import tlalign_mm``,
+and :func:`tlalign_mm.checkpoint.load_checkpoint_file` passes the same list.  Why each entry is there
+and why nothing in it can run code: ``docs/design.md``, "Loading mmengine checkpoints under torch >= 2.6".
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ model = dict(
     head=dict(type='TLALinearClsHead', num_classes=1000, in_channels=None,
               loss=dict(type='SoftTargetCrossEntropy')),
     # the training target (tlalign_mm/models/label_rules.py); the sibling configs switch it in one line:
-    # 'Area' (the CutMix baseline), 'TransMix', 'DenseTLAlign'; TLAlign's ablations are its options
+    # 'Area' (the CutMix baseline), 'TransMix', 'TokenMix', 'DenseTLAlign'; TLAlign's ablations are its options
     label_rule=dict(type='TLAlign',
                     blocks='all',            # 'last' or a list of block indices: the paper's Table 8
                     residual=True,           # False: A Y instead of (Y + A Y) / 2

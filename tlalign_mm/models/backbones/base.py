@@ -1,4 +1,5 @@
-"""What the DeiT and Swin backbones share: weight init, strict pretrained loading, freezing."""
+"""What the DeiT, Swin and PVT backbones share: weight init, strict pretrained loading, freezing, the
+label-alignment switches."""
 from __future__ import annotations
 
 import abc
