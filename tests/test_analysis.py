@@ -35,6 +35,7 @@ import torch
 import tlalign_mm  # noqa: F401
 from tlalign_mm.align import smooth_one_hot
 from tlalign_mm.analysis import (
+    aligned_targets,
     compute_label_maps,
     iter_blocks,
     measure_batch,
@@ -484,7 +485,7 @@ def test_rule_lambdas_agree_with_the_rules_at_the_last_block(tmp_path):
     assert set(curves) == {'area', 'tl_align', 'transmix'} and curves['tl_align'].shape == (3, 6)
     assert torch.equal(curves['area'], mix.lam.expand(3, -1))
     with model.backbone.alignment('all', True):
-        _, _, aligned, _ = model.aligned_targets(data['inputs'], labels, mix, carry_labels=True)
+        _, _, aligned, _ = aligned_targets(model, data['inputs'], labels, mix, carry_labels=True)
     y_a = smooth_one_hot(labels, 4, 0.1)
     y_b = y_a[mix.partner]
     share = ((aligned - y_b) * (y_a - y_b)).sum(-1) / ((y_a - y_b) ** 2).sum(-1).clamp_min(1e-12)

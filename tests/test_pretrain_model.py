@@ -10,6 +10,7 @@ from mmengine.registry import init_default_scope
 
 import tlalign_mm  # noqa: F401
 from tlalign_mm.align import expand_source_labels, mixed_target, smooth_one_hot
+from tlalign_mm.analysis import aligned_targets
 from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.registry import MODELS
 
@@ -208,8 +209,8 @@ def test_aligned_target_k2_equals_k_classes_and_differs_from_area(arch):
     data = a.data_preprocessor(_batch(), training=True)
     labels = torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
-        fa, area_a, al_a, _ = a.aligned_targets(data['inputs'], labels, data['mix'])
-        fb, area_b, al_b, _ = b.aligned_targets(data['inputs'], labels, data['mix'])
+        fa, area_a, al_a, _ = aligned_targets(a, data['inputs'], labels, data['mix'])
+        fb, area_b, al_b, _ = aligned_targets(b, data['inputs'], labels, data['mix'])
     assert (al_a - al_b).abs().max() <= 1e-5
     assert torch.allclose(area_a, area_b)
     y_a = smooth_one_hot(labels, 5, 0.1)
@@ -228,7 +229,7 @@ def test_loss_uses_aligned_target_only_with_tl_align():
     data = tla.data_preprocessor(_batch(), training=True)
     labels = torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
-        feat, area, aligned, _ = tla.aligned_targets(data['inputs'], labels, data['mix'])
+        feat, area, aligned, _ = aligned_targets(tla, data['inputs'], labels, data['mix'])
         logits = tla.head(feat)
         want_tla = torch.sum(-aligned * torch.log_softmax(logits, -1), -1).mean()
         want_base = torch.sum(-area * torch.log_softmax(logits, -1), -1).mean()
@@ -418,7 +419,7 @@ def test_head_owns_logits_loss_and_predict_with_gt_score():
     data = tla.data_preprocessor(_batch(), training=True)
     with torch.no_grad():
         out = tla(**data, mode='loss')
-        feat, _, aligned, _ = tla.aligned_targets(data['inputs'], torch.tensor([0, 1, 2, 3]), data['mix'])
+        feat, _, aligned, _ = aligned_targets(tla, data['inputs'], torch.tensor([0, 1, 2, 3]), data['mix'])
     scores = torch.stack([ds.gt_score for ds in data['data_samples']])
     torch.testing.assert_close(scores, aligned)
     logits = feat @ tla.head.fc.weight.T + tla.head.fc.bias

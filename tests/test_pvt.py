@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tlalign_mm  # noqa: E402,F401
 from tlalign_mm.align import read_labels  # noqa: E402
+from tlalign_mm.analysis import aligned_targets  # noqa: E402
 from tlalign_mm.checkpoint import detect_layout, load_backbone_checkpoint  # noqa: E402
 from tlalign_mm.models import TLAPyramidVisionTransformer  # noqa: E402
 from tlalign_mm.registry import MODELS  # noqa: E402
@@ -287,7 +288,7 @@ def test_v2_b0_aligned_share_moves_with_the_first_stage_window():
     with torch.no_grad():
         _, old = model.backbone(mixed, mix.source_labels(0))                   # the 4x4 cells
         _, new = model.backbone(mixed, initial := model.backbone_mix(mix).source_labels(0))
-        _, _, _, stats = model.aligned_targets(mixed, torch.tensor([0, 1]), mix)
+        _, _, _, stats = aligned_targets(model, mixed, torch.tensor([0, 1]), mix)
         loss = model(mixed, [ClsDataSample().set_gt_label(i) for i in range(b)], mode='loss', mix=mix)
     torch.testing.assert_close(initial[..., 1], model.backbone.token_share(mask))
     lam_old, lam_new = old[..., 0].mean(1), new[..., 0].mean(1)

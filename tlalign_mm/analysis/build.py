@@ -74,7 +74,7 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
 
     torch.manual_seed(seed)
     model = MODELS.build(copy.deepcopy(cfg.model))
-    if not hasattr(model, 'aligned_targets'):
+    if not hasattr(model, 'label_rule'):
         raise TypeError(f'cfg.model builds {type(model).__name__}; the analysis tools need a '
                         'TLAImageClassifier (a pretraining config)')
     quiet_init_weights(model)

@@ -1,6 +1,6 @@
 """Token fluctuation: how far the TL-Align target drifts from the plain CutMix target.
 
-For a mixed batch, the classifier's :meth:`~tlalign_mm.models.TLAImageClassifier.aligned_targets`
+For a mixed batch, :func:`aligned_targets`
 gives the plain area target ``y_area = lam * y_A + (1 - lam) * y_B`` and the aligned target
 ``y_al = lam_al * y_A + (1 - lam_al) * y_B`` traced through the network.  Measured here, per
 sample:
@@ -28,16 +28,59 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from ..align import align_stats, aligned_target, expand_source_labels, mixed_target, smooth_one_hot
 from ..mixing import MixResult
 from .tracing import block_names, iter_blocks, record_block_labels, source_share_readout
 
-__all__ = ['BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
+__all__ = ['aligned_targets', 'BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
            'run_fluctuation', 'write_fluctuation_csv', 'plot_fluctuation', 'autocast_drift']
 
+
+def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Optional[bool] = None,
+                    label_channels: Optional[str] = None):
+    """Features, the area target and the TL-Align target of a mixed batch of ``model`` (a
+    :class:`~tlalign_mm.TLAImageClassifier`).
+
+    The aligned target is TL-Align's, with the backbone's current alignment settings and
+    the model's ``target_readout``, whatever rule the model trains with (the readout and the
+    statistics are ``tlalign_mm/align/readout.py``'s, as the rules use them).
+
+    Args:
+        inputs: (B, 3, H, W) mixed images (``mix.images``).
+        labels: (B,) integer classes of the unmixed images, on the inputs' device.
+        mix: the :class:`~tlalign_mm.mixing.MixResult` of the batch.
+        carry_labels: run the backbone with labels; default ``model.tl_align``.
+        label_channels: 'source' or 'classes'; default ``model.label_channels``.
+
+    Returns:
+        (features (B, C), area target (B, K), aligned target (B, K) or None, statistics:
+        a dict of detached 0-d tensors, empty when no labels were carried; the ``align/*`` keys).
+
+    Raises:
+        ValueError: labels carried by a backbone that cannot carry them; a mixer whose
+            token grid differs from the backbone's.
+    """
+    carry_labels = model.tl_align if carry_labels is None else carry_labels
+    label_channels = label_channels or model.label_channels
+    y_a = smooth_one_hot(labels, model.num_classes, model.label_smoothing)
+    y_b = y_a[mix.partner]
+    area = mixed_target(mix.lam, y_a, y_b)
+    if not carry_labels:
+        return model.extract_feat(inputs), area, None, {}
+    if not model.can_carry_labels:
+        raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
+    model.check_token_grid(mix, inputs.shape[-2:])
+    r0 = model.backbone_mix(mix).source_labels(model.num_prefix_tokens)
+    if label_channels == 'classes':
+        r0 = expand_source_labels(r0, y_a, y_b)
+    feat, lab = model.extract_feat(inputs, r0)
+    row, aligned = aligned_target(lab, y_a, y_b, model.target_readout, model.num_prefix_tokens, label_channels)
+    return feat, area, aligned, align_stats(row, mix.lam, aligned, area)
 
 @dataclass
 class BatchFluctuation:
@@ -80,7 +123,7 @@ def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> Batc
     labels = labels.to(inputs.device)
     # the paper's alignment (every block, residual average), whatever rule the model trains with
     with backbone.alignment('all', True), record_block_labels(backbone, inputs.shape[-2:]) as trace:
-        _, area, aligned, _ = model.aligned_targets(inputs, labels, mix, carry_labels=True, label_channels='source')
+        _, area, aligned, _ = aligned_targets(model, inputs, labels, mix, carry_labels=True, label_channels='source')
     blocks = iter_blocks(backbone)
     prefix = model.num_prefix_tokens
     layer_lam = torch.stack([source_share_readout(trace.labels[b.index], model.target_readout, prefix)

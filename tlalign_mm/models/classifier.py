@@ -18,7 +18,7 @@ import torch
 from mmengine.model import BaseModel
 from torch import Tensor
 
-from ..align import align_stats, aligned_target, expand_source_labels, mixed_target, smooth_one_hot
+from ..align import mixed_target, smooth_one_hot
 from ..mixing import MixResult
 from ..registry import MODELS
 from .heads import TLALinearClsHead, store_gt_scores  # noqa: F401  (TLALinearClsHead: the default head)
@@ -235,46 +235,6 @@ class TLAImageClassifier(BaseModel):
         """Pooled features (B, C), or ``(features, labels)`` when ``token_labels`` is given."""
         last, labels = self._run_backbone(inputs, token_labels)
         return self._pool(last) if token_labels is None else (self._pool(last), labels)
-
-    def aligned_targets(self, inputs: Tensor, labels: Tensor, mix: MixResult, carry_labels: Optional[bool] = None,
-                        label_channels: Optional[str] = None):
-        """Features, the area target and the TL-Align target of a mixed batch (analysis tools).
-
-        The aligned target is TL-Align's, with the backbone's current alignment settings and
-        :attr:`target_readout`, whatever rule the model trains with.
-
-        Args:
-            inputs: (B, 3, H, W) mixed images (``mix.images``).
-            labels: (B,) integer classes of the unmixed images, on the inputs' device.
-            mix: the :class:`~tlalign_mm.mixing.MixResult` of the batch.
-            carry_labels: run the backbone with labels; default ``self.tl_align``.
-            label_channels: 'source' or 'classes'; default ``self.label_channels``.
-
-        Returns:
-            (features (B, C), area target (B, K), aligned target (B, K) or None, statistics:
-            a dict of detached 0-d tensors, empty when no labels were carried; see the class
-            docstring).
-
-        Raises:
-            ValueError: labels carried by a backbone that cannot carry them; a mixer whose
-                token grid differs from the backbone's.
-        """
-        carry_labels = self.tl_align if carry_labels is None else carry_labels
-        label_channels = label_channels or self.label_channels
-        y_a = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
-        y_b = y_a[mix.partner]
-        area = mixed_target(mix.lam, y_a, y_b)
-        if not carry_labels:
-            return self.extract_feat(inputs), area, None, {}
-        if not self.can_carry_labels:
-            raise ValueError(f'{type(self.backbone).__name__} cannot carry token labels')
-        self.check_token_grid(mix, inputs.shape[-2:])
-        r0 = self.backbone_mix(mix).source_labels(self.num_prefix_tokens)
-        if label_channels == 'classes':
-            r0 = expand_source_labels(r0, y_a, y_b)
-        feat, lab = self.extract_feat(inputs, r0)
-        row, aligned = aligned_target(lab, y_a, y_b, self.target_readout, self.num_prefix_tokens, label_channels)
-        return feat, area, aligned, align_stats(row, mix.lam, aligned, area)
 
     @torch.compiler.disable
     def _carry_labels_now(self) -> bool:
