@@ -548,8 +548,7 @@ def test_tokenmix_counts_cells_with_int_as_the_releases():
 def test_block_mask_cells_cover_rectangles_of_the_count():
     import random as pyrandom
 
-    from tlalign_mm.mixing import BatchMixer
-    from tlalign_mm.mixing.mixers import block_mask_cells
+    from tlalign_mm.mixing import BatchMixer, block_mask_cells
     rng = pyrandom.Random(0)
     for count in (1, 20, 98 + 14, 196):
         grid = torch.tensor(block_mask_cells(14, 14, count, rng))

@@ -47,7 +47,7 @@ ALL = list(_modules())
 
 def test_the_walk_sees_the_package():
     names = {m for _, m in ALL}
-    assert {'tlalign_mm.align.propagate', 'tlalign_mm.models.classifier', 'tlalign_mm.mixing.mixers'} <= names
+    assert {'tlalign_mm.align.propagate', 'tlalign_mm.models.classifier', 'tlalign_mm.mixing.switch'} <= names
 
 
 @pytest.mark.parametrize('path,module', ALL, ids=[m for _, m in ALL])

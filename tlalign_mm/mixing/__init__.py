@@ -1,8 +1,20 @@
-"""Batch mixers (token-aligned CutMix, pixel CutMix, Mixup, TokenMix) returning a :class:`MixResult`.
+"""Batch mixers for TL-Align pretraining, one class per augment, returning a :class:`MixResult`.
 
-Pure torch; see :mod:`tlalign_mm.mixing.mixers` for the behaviour and its sources (timm
-``Mixup``, TL-Align ``tla.py``).
+* :class:`BatchMixer` (:mod:`~tlalign_mm.mixing.switch`): picks one augment per batch and its lam
+  (timm ``Mixup``'s switch); the data preprocessor's ``mixer=dict(...)`` builds it;
+* :class:`TokenCutMix`, :class:`CutMix`, :class:`Mixup`, :class:`TokenMix`: the augments (each
+  module names its source: TL-Align ``tla.py``, timm ``mixup.py``, TokenMix ``tokenmix.py``);
+* :class:`MixResult` (:mod:`~tlalign_mm.mixing.result`): what a mixer reports.
+
+Pure torch, on the host's ``random`` stream; numpy's global RNG is never used.
 """
-from .mixers import CUTMIX_MODES, MIX_MODES, BatchMixer, MixResult
+from .base import BatchAugment, MixOut
+from .cutmix import CutMix
+from .mixup import Mixup
+from .result import MIX_MODES, MixResult
+from .switch import CUTMIX_MODES, BatchMixer
+from .token_cutmix import TokenCutMix
+from .tokenmix import TOKENMIX_MASKS, TokenMix, block_mask_cells
 
-__all__ = ['BatchMixer', 'MixResult', 'MIX_MODES', 'CUTMIX_MODES']
+__all__ = ['BatchMixer', 'MixResult', 'MIX_MODES', 'CUTMIX_MODES', 'TOKENMIX_MASKS', 'BatchAugment', 'MixOut',
+           'TokenCutMix', 'CutMix', 'Mixup', 'TokenMix', 'block_mask_cells']
