@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from tlalign_mm import TLASwinTransformer, TLAVisionTransformer
 from tlalign_mm.checkpoint import (
+    LAYOUTS,
     LoadReport,
     convert_state_dict,
     detect_layout,
@@ -704,3 +705,31 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path, content):
     msg = str(info.value)
     assert str(path) in msg and 'not a loadable checkpoint' in msg
     assert '\n' not in msg and 'weights_only=False' not in msg and 'weights_only` set to `False' not in msg
+
+
+def test_layout_registry_is_filled_by_the_backbone_files():
+    """LAYOUTS is the union of what each backbone file registers (no list kept by hand), in
+    detection order, and a second family cannot take a registered name."""
+    from tlalign_mm.models.backbones import pvt, swin, vit
+    from tlalign_mm.models.layouts import layout_families, register_layouts
+    assert [f.name for f in layout_families()] == ['pvt', 'swin', 'vit']
+    assert LAYOUTS == ('tlalign',) + pvt.CHECKPOINT_LAYOUTS + swin.CHECKPOINT_LAYOUTS + vit.CHECKPOINT_LAYOUTS
+    with pytest.raises(ValueError, match=r"\['timm-vit'\] of 'other' are registered by \['vit'\]"):
+        register_layouts('other', ('timm-vit',), vit.detect_layout, vit.checkpoint_filter_fn, priority=9)
+
+
+def test_local_loads_leave_the_environment_alone(tmp_path, monkeypatch):
+    """A local file is read with torch's own weights_only default (True since 2.6): no process-wide
+    TORCH_FORCE_WEIGHTS_ONLY_LOAD while it loads."""
+    path = tmp_path / 'w.pth'
+    torch.save({'state_dict': {'a': torch.ones(1)}}, path)
+    seen = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append((os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD'), kwargs.get('weights_only')))
+        return real(*args, **kwargs)
+    monkeypatch.delenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', raising=False)
+    monkeypatch.setattr(torch, 'load', spy)
+    assert load_checkpoint_file(path)['state_dict']['a'].item() == 1.0
+    assert seen and all(env is None and wo in (None, True) for env, wo in seen)

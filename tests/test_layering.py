@@ -1,5 +1,6 @@
 """The package's import direction (docs/design.md): ``align`` <- ``mixing`` <- ``models`` <- the
-rest, and nothing under ``tlalign_mm/`` imports ``tools``.
+rest (``checkpoint``, ``analysis``, ``evaluation``, ``hooks``), and nothing under ``tlalign_mm/``
+imports ``tools``.
 
 Every ``import`` statement of every module is read with ``ast`` (function-level imports too, so a
 lazy import cannot hide an edge), relative imports resolved against the module's package.
@@ -53,7 +54,8 @@ def test_the_walk_sees_the_package():
 @pytest.mark.parametrize('path,module', ALL, ids=[m for _, m in ALL])
 def test_import_direction(path, module):
     """align: only the standard library and torch; mixing: + align; nothing imports tools;
-    models, mixing and align never import the analysis / evaluation / hooks layers."""
+    models, mixing, align and utils never import the analysis / evaluation / hooks layers nor the
+    checkpoint facade (the backbones register their layouts in models/layouts.py instead: no cycle)."""
     bad = []
     for line, name in _imports(path, module):
         top = name.split('.')[0]
@@ -66,8 +68,8 @@ def test_import_direction(path, module):
         if module.startswith('tlalign_mm.mixing'):
             if name.startswith('tlalign_mm.') and not name.startswith(('tlalign_mm.align', 'tlalign_mm.mixing')):
                 bad.append(f'{line}: {name} (mixing/ builds on align/ only)')
-        if module.startswith(('tlalign_mm.models', 'tlalign_mm.mixing', 'tlalign_mm.align')):
-            for layer in ('analysis', 'evaluation', 'hooks'):
+        if module.startswith(('tlalign_mm.models', 'tlalign_mm.mixing', 'tlalign_mm.align', 'tlalign_mm.utils')):
+            for layer in ('analysis', 'evaluation', 'hooks', 'checkpoint'):
                 if name.startswith(f'tlalign_mm.{layer}'):
                     bad.append(f'{line}: {name} (the model layers do not import tlalign_mm.{layer})')
     assert not bad, f'{os.path.relpath(path, REPO)}:\n' + '\n'.join(bad)

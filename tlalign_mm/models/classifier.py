@@ -148,7 +148,7 @@ class TLAImageClassifier(BaseModel):
           (it raises when under 90% of the backbone would be matched), then the checkpoint's
           ``head.*`` if it has this head's shape (a different class count keeps the new head,
           and the log says so) and was trained on this model's readout (class token or token
-          mean, :func:`tlalign_mm.checkpoint.check_head_readout`; checked before anything is loaded).
+          mean, :func:`tlalign_mm.models.loading.check_head_readout`; checked before anything is loaded).
 
         Raises:
             ValueError: a classifier checkpoint with missing, unexpected or mis-shaped keys (all
@@ -165,13 +165,13 @@ class TLAImageClassifier(BaseModel):
             if cfg is not None:
                 self.init_cfg = cfg
         if cfg is not None:
-            from ..checkpoint import load_classifier_checkpoint
+            from .loading import load_classifier_checkpoint
             load_classifier_checkpoint(self, cfg['checkpoint'])
 
     def load_head_state(self, state_dict: dict, source: str = 'the checkpoint') -> str:
         """Load a foreign checkpoint's head when it fits this head and its readout
-        (:func:`tlalign_mm.checkpoint.load_head_state`); returns what happened, for the log."""
-        from ..checkpoint import load_head_state
+        (:func:`tlalign_mm.models.loading.load_head_state`); returns what happened, for the log."""
+        from .loading import load_head_state
         return load_head_state(self, state_dict, source)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -537,7 +537,7 @@ class TokenMixRule(LabelRule):
         else:
             import timm
 
-            from ..checkpoint import load_checkpoint_file
+            from ..utils.checkpoint_io import load_checkpoint_file
             name = cfg.pop('timm')
             teacher = timm.create_model(name, pretrained=False, num_classes=model.num_classes, **cfg)
             ckpt = load_checkpoint_file(path)

@@ -99,7 +99,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         self.apply(self._init_layer)
         self._init_extra()
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ...checkpoint import load_backbone_checkpoint
+            from ..layouts import load_backbone_checkpoint
             report = load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
                                               map_location=cfg.get('map_location', 'cpu'))
             print_log(f'{type(self).__name__}: {report.summary()}', logger='current')

@@ -50,6 +50,7 @@ from ...align import (
     residual_label_average,
 )
 from ...registry import MODELS
+from ..layouts import register_layouts
 from .base import TLABackbone
 
 __all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPyramidVisionTransformer']
@@ -520,7 +521,7 @@ def detect_layout(state_dict) -> Optional[str]:
     * ``block{i}.{j}.attn.q`` with a classifier ``head`` or a ``cls_token`` -> ``'official-pvt'``
       (whai362/PVT), without -> ``'tlalign'``.
     """
-    from ...checkpoint import has_key
+    from ..layouts import has_key
     if has_key(state_dict, r'layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight'):
         return 'mm-pvt'
     if has_key(state_dict, r'block\d+\.\d+\.attn\.q\.'):
@@ -584,7 +585,7 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     Raises:
         ValueError: two keys map to one name.
     """
-    from ...checkpoint import filter_state_dict
+    from ..layouts import filter_state_dict
     if layout == 'mm-pvt':
         out, ignored = {}, []
         stages = [(int(m.group(1)) + 1, m.group(2)) for k in state_dict
@@ -599,3 +600,6 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
         return out, ignored
 
     return filter_state_dict(state_dict, layout, lambda k, v: (k, v))
+
+
+register_layouts('pvt', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=0)

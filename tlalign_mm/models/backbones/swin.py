@@ -45,6 +45,7 @@ from ...align import (
     window_reverse,
 )
 from ...registry import MODELS
+from ..layouts import register_layouts
 from .base import TLABackbone
 
 __all__ = ['TLAWindowAttention', 'TLASwinBlock', 'TLAPatchMerging', 'TLASwinTransformer']
@@ -428,7 +429,7 @@ def detect_layout(state_dict) -> Optional[str]:
     * ``layers.{i}.blocks.{j}.*``: a patch merging in the last stage, or ``head.fc`` ->
       ``'timm-swin'``; else output norms ``norm{i}`` -> ``'tlalign'``; else ``'official-swin'``.
     """
-    from ...checkpoint import has_key, stage_ids
+    from ..layouts import has_key, stage_ids
     if has_key(state_dict, r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.'):
         return 'mm-swin'
     if not has_key(state_dict, r'layers\.\d+\.blocks\.\d+\.'):
@@ -457,7 +458,7 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     Raises:
         ValueError: a timm-swin patch merging before stage 0; two keys map to one name.
     """
-    from ...checkpoint import filter_state_dict, rename_key, stage_ids
+    from ..layouts import filter_state_dict, rename_key, stage_ids
     stages = stage_ids(state_dict, 'stages' if layout == 'mm-swin' else 'layers')
     last = stages[-1] if stages else 0
 
@@ -479,3 +480,6 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
         return new, v
 
     return filter_state_dict(state_dict, layout, rename)
+
+
+register_layouts('swin', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=1)

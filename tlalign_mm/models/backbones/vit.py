@@ -32,6 +32,7 @@ from ...align import (
     residual_label_average,
 )
 from ...registry import MODELS
+from ..layouts import register_layouts
 from .base import TLABackbone
 
 __all__ = ['TLAAttention', 'TLATransformerBlock', 'TLAVisionTransformer']
@@ -332,7 +333,7 @@ def detect_layout(state_dict) -> Optional[str]:
     * ``blocks.{i}.attn.qkv`` with a classifier (``head``, ``head_dist``, ``fc_norm``) ->
       ``'timm-vit'`` (official DeiT, TL-Align and timm releases), without -> ``'tlalign'``.
     """
-    from ...checkpoint import has_key
+    from ..layouts import has_key
     if has_key(state_dict, r'layers\.\d+\.attn\.attn\.(in_proj_weight|out_proj\.)'):
         return 'mmseg-vit'
     if has_key(state_dict, r'layers\.\d+\.ln1\.') and has_key(state_dict, r'layers\.\d+\.attn\.qkv\.'):
@@ -356,7 +357,10 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     Raises:
         ValueError: two keys map to one name.
     """
-    from ...checkpoint import filter_state_dict, rename_key
+    from ..layouts import filter_state_dict, rename_key
     mm = layout in ('mmseg-vit', 'mmpretrain-vit')
     return filter_state_dict(state_dict, layout,
                              lambda k, v: (rename_key(k, _MM_VIT_RULES, first_only=True) if mm else k, v))
+
+
+register_layouts('vit', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=2)
