@@ -414,6 +414,29 @@ def test_tokenmix_target_is_the_release_formula(tmp_path, teacher_patch):
     assert (got - area).abs().max() > 1e-2
 
 
+def test_tokenmix_keeps_the_top_k_classes_of_each_location_as_the_release_maps(tmp_path):
+    """TokenLabeling's maps (generate_label.py) keep the top-k logits per location and TokenMix
+    scatters them into zeros (get_featuremaps): the true class counts only where it is in the top k."""
+    cfg, ckpt, t = _teacher_files(tmp_path)
+    m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt), cam_topk=2)
+    data = m.data_preprocessor(_batch(), training=True)
+    mix = data['mix']
+    labels = torch.tensor([ds.gt_label.item() for ds in data['data_samples']])
+    with torch.no_grad():
+        t.backbone.out_type = 'raw'
+        logits = t.head.fc(t.backbone(mix.source_images)[-1][:, 1:])          # (B, 16, K)
+    value, index = logits.topk(2, dim=-1)
+    full = torch.zeros_like(logits).scatter_(2, index, value)                # the stored map, densified
+    maps = full[torch.arange(len(labels)), :, labels].view(-1, 1, 4, 4)
+    assert (maps == 0).any() and (maps != 0).any()
+    want, _, _ = _release_tokenmix_target(maps, labels, mix.share_b, (4, 4), SMOOTH, K)
+    torch.testing.assert_close(_loss_with_target(m, data)[1], want, atol=2e-6, rtol=0)
+    every = _tokenmix_student(dict(config=cfg, checkpoint=ckpt), cam_topk=None)
+    assert (_loss_with_target(every, data)[1] - want).abs().max() > 1e-3
+    with pytest.raises(ValueError, match='cam_topk must be a positive integer or None'):
+        _tokenmix_student(dict(config=cfg, checkpoint=ckpt), cam_topk=0)
+
+
 def test_tokenmix_options_relu_bilinear_weighted(tmp_path):
     """cam_activation='relu', resize='bilinear', smoothing='weighted': the earlier conventions."""
     cfg, ckpt, t = _teacher_files(tmp_path, 16)

@@ -447,8 +447,10 @@ class TokenMixRule(LabelRule):
     The release (Liu et al., ECCV 2022; github Sense-X/TokenMix ``tokenmix.py``,
     ``Mixup.__call__``), on a TokenMix batch:
 
-    * the map of each image is the teacher's score map of its ground-truth class, resized to the
-      student's token grid with torchvision's ``roi_align`` over the whole map (box corners at
+    * the map of each image is the teacher's score map of its ground-truth class as TokenLabeling
+      stores it (``generate_label.py``: the classifier as a 1x1 convolution on the final feature
+      map, the **top-5** logits kept per location, every other class 0; ``cam_topk=5``), resized
+      to the student's token grid with torchvision's ``roi_align`` over the whole map (box corners at
       ``-0.5`` and ``size - 0.5``, ``aligned=False``; ``resize='roi_align'``, the default; or
       ``'bilinear'``), **not** passed through a ReLU, divided by its sum ``+ 1e-8``
       (``cam_activation=None``, the default; ``'relu'`` clips at 0 and takes a uniform map when
@@ -486,6 +488,10 @@ class TokenMixRule(LabelRule):
         smoothing: 'tokenmix' (the release) or 'weighted'.
         cam_activation: None (the release) or 'relu'.
         resize: 'roi_align' (the release) or 'bilinear'.
+        cam_topk: keep the true class's logit only where it is among the location's top
+            ``cam_topk`` classes, else 0 (the release's label maps hold the top 5); None keeps
+            every location.  Without it, an unclipped map of raw logits can sum to about 0 and
+            make the weights explode (a weak teacher's map takes both signs).
 
     Raises:
         ValueError: no teacher, or one without ``checkpoint`` or with neither ``config`` nor
@@ -498,7 +504,7 @@ class TokenMixRule(LabelRule):
     needs_clean_images = True
 
     def __init__(self, teacher: Optional[dict] = None, normalize: bool = False, smoothing: str = 'tokenmix',
-                 cam_activation: Optional[str] = None, resize: str = 'roi_align'):
+                 cam_activation: Optional[str] = None, resize: str = 'roi_align', cam_topk: Optional[int] = 5):
         super().__init__()
         if not isinstance(teacher, dict) or not teacher.get('checkpoint') \
                 or not (teacher.get('config') or teacher.get('timm')):
@@ -510,6 +516,9 @@ class TokenMixRule(LabelRule):
         self.smoothing = _check_choice('TokenMix', 'smoothing', smoothing, TOKENMIX_SMOOTHINGS)
         self.cam_activation = _check_choice('TokenMix', 'cam_activation', cam_activation, TOKENMIX_CAM_ACTIVATIONS)
         self.resize = _check_choice('TokenMix', 'resize', resize, TOKENMIX_RESIZES)
+        if cam_topk is not None and (int(cam_topk) != cam_topk or cam_topk < 1):
+            raise ValueError(f'TokenMix cam_topk must be a positive integer or None, got {cam_topk!r}')
+        self.cam_topk = None if cam_topk is None else int(cam_topk)
 
     @property
     def teacher(self) -> nn.Module:
@@ -589,7 +598,11 @@ class TokenMixRule(LabelRule):
             logits = t.head.fc(tokens)                                 # (B, n, K)
         else:
             logits, fmap_hw = _timm_location_logits(t, t.forward_features(images))
-        cam = logits.float().gather(2, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
+        logits = logits.float()
+        cam = logits.gather(2, labels.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]   # (B, n)
+        if self.cam_topk is not None and self.cam_topk < logits.shape[-1]:
+            kth = logits.topk(self.cam_topk, dim=-1).values[..., -1]                          # (B, n)
+            cam = torch.where(cam >= kth, cam, torch.zeros_like(cam))       # TokenLabeling's top-k maps
         return self._class_map(cam.view(-1, 1, *fmap_hw), grid)
 
     def forward(self, inp: RuleInput) -> RuleOutput:
