@@ -161,7 +161,7 @@ def _check_official_recipe(name, cfg, model):
     if name.startswith('pretrain/swin'):
         assert cfg.model.data_preprocessor.random_erasing.re_prob == 0.25
     if 'tokenmix' in name:
-        assert (rule.smoothing, rule.cam_activation, rule.resize) == ('tokenmix', None, 'roi_align')
+        assert (rule.smoothing, rule.cam_topk, rule.cam_activation, rule.resize) == ('tokenmix', 5, None, 'roi_align')
         assert type(model.head.loss_module).__name__ == 'BinaryCrossEntropy'
         assert cfg.model.data_preprocessor.random_erasing.re_prob == 0.25
     if on_imagenet and not name.startswith('pretrain/swin'):

@@ -7,7 +7,7 @@
 _base_ = ['./deit-demo_tokenmix_1xb64-10e_fashion-mnist.py']
 
 model = dict(
-    label_rule=dict(smoothing='tokenmix', cam_activation=None, resize='roi_align'),
+    label_rule=dict(smoothing='tokenmix', cam_topk=5, cam_activation=None, resize='roi_align'),
     head=dict(loss=dict(_delete_=True, type='BinaryCrossEntropy')),
     data_preprocessor=dict(
         mixer=dict(mixup_alpha=0.8, cutmix_alpha=0.0, tokenmix_alpha=1.0, switch_prob=0.5, tokenmix_mask='block',

@@ -1,5 +1,5 @@
 # TokenMix in its own released recipe (Sense-X/TokenMix exp/deit_small/run.sh and main.py's
-# defaults): the TokenMix rule with the release's conventions (the rule's defaults: its per-class
+# defaults): the TokenMix rule with the release's conventions (the rule's defaults: top-5 maps, its per-class
 # smoothing, no ReLU on the map, roi_align resizing; int cell count in the mixer) and every value
 # of the recipe that differs from the DeiT recipe of deit-small_tla_8xb128-300e_in1k.py.
 # deit-small_tokenmix_8xb128-300e_in1k.py keeps the DeiT / TL-Align recipe (TokenMix masks on
@@ -11,7 +11,7 @@
 _base_ = ['./deit-small_tokenmix_8xb128-300e_in1k.py']
 
 model = dict(
-    label_rule=dict(smoothing='tokenmix', cam_activation=None, resize='roi_align'),
+    label_rule=dict(smoothing='tokenmix', cam_topk=5, cam_activation=None, resize='roi_align'),
     # --use-bce: timm's BinaryCrossEntropy on the soft targets
     head=dict(loss=dict(_delete_=True, type='BinaryCrossEntropy')),
     data_preprocessor=dict(
