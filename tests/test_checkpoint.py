@@ -617,7 +617,9 @@ def test_export_backbone_from_mm_swin(timm_swin, tmp_path):
     info = export_backbone(src, dst)
     assert info['layout'] == 'mm-swin' and info['prefix'] == 'backbone.'
     saved = torch.load(dst, weights_only=True)
-    assert saved['meta']['layout'] == 'mm-swin' and saved['meta']['tlalign_mm_version']
+    # the one export format (also the BackboneExportHook's): the file is in our layout, the source's is recorded
+    assert saved['meta']['layout'] == 'tlalign' and saved['meta']['source_layout'] == 'mm-swin'
+    assert saved['meta']['tlalign_mm_version'] and saved['meta']['prefix'] == 'backbone.'
     assert set(saved['state_dict']) == set(model.state_dict())
     fresh = TLASwinTransformer('tiny', out_indices=(3,))
     report = load_backbone_checkpoint(fresh, dst)

@@ -46,8 +46,22 @@ from .version import __version__
 __all__ = ['LAYOUTS', 'LoadReport', 'mmengine_safe_globals', 'load_checkpoint_file', 'has_key', 'stage_ids',
            'is_recomputed_buffer', 'filter_state_dict', 'rename_key', 'register_layouts', 'layout_families',
            'extract_state_dict', 'detect_layout', 'convert_state_dict', 'resize_pos_embed',
-           'resize_relative_position_bias_table', 'load_backbone_checkpoint', 'export_backbone',
+           'resize_relative_position_bias_table', 'load_backbone_checkpoint', 'backbone_export', 'export_backbone',
            'load_classifier_checkpoint', 'foreign_head_state', 'check_head_readout', 'load_head_state']
+
+
+def backbone_export(state_dict, **meta) -> dict:
+    """The one backbone-export format: ``{'state_dict': tensors (our layout, no prefix, contiguous,
+    on the CPU), 'meta': {'layout': 'tlalign', 'tlalign_mm_version': ..., **meta}}``, what
+    :func:`export_backbone`, ``tools/convert_checkpoint.py`` and the ``BackboneExportHook`` write and
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` reads (:func:`load_backbone_checkpoint`).
+
+    Args:
+        state_dict: backbone tensors in our layout.
+        meta: what to record besides the layout and version (source, epoch, backbone type ...).
+    """
+    sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    return {'state_dict': sd, 'meta': dict(layout='tlalign', tlalign_mm_version=__version__, **meta)}
 
 
 def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.PathLike,
@@ -78,11 +92,8 @@ def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.P
     sd, used_prefix = extract_state_dict(load_checkpoint_file(src), prefix)
     layout = _detect_or_raise(sd, src, used_prefix, 'pass --prefix')
     converted, layout, ignored = convert_state_dict(sd, layout)
-    converted = {k: v.contiguous() for k, v in converted.items()}
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
-    torch.save({'state_dict': converted,
-                'meta': {'source': src, 'layout': layout, 'prefix': used_prefix,
-                         'tlalign_mm_version': __version__}}, dst)
+    torch.save(backbone_export(converted, source=src, source_layout=layout, prefix=used_prefix), dst)
     return {'layout': layout, 'num_keys': len(converted), 'ignored': ignored,
             'prefix': used_prefix, 'dst': dst}

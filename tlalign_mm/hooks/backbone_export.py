@@ -9,26 +9,24 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from ..registry import HOOKS
-from ..version import __version__
 
 __all__ = ['BackboneExportHook', 'backbone_checkpoint']
 
 
 def backbone_checkpoint(model, **meta) -> dict:
-    """``{'state_dict': backbone weights (our layout, no prefix), 'meta': {...}}``.
+    """The backbone of ``model`` in the one export format (:func:`tlalign_mm.checkpoint.backbone_export`).
 
     Args:
         model: a classifier with a ``backbone`` attribute (model wrappers are unwrapped).
         meta: extra metadata (epoch, iter, source config...).
     """
+    from ..checkpoint import backbone_export
     model = model.module if is_model_wrapper(model) else model
     bb = model.backbone
-    sd = {k: v.detach().cpu().clone() for k, v in bb.state_dict().items()}
-    info = dict(backbone_type=type(bb).__name__, tlalign_mm_version=__version__, layout='tlalign', **meta)
-    for attr in ('embed_dims', 'num_layers', 'patch_size', 'window_size', 'img_size'):
-        if hasattr(bb, attr):
-            info[attr] = getattr(bb, attr)
-    return {'state_dict': sd, 'meta': info}
+    arch = {a: getattr(bb, a) for a in ('embed_dims', 'num_layers', 'patch_size', 'window_size', 'img_size')
+            if hasattr(bb, a)}
+    return backbone_export({k: v.clone() for k, v in bb.state_dict().items()}, backbone_type=type(bb).__name__,
+                           **arch, **meta)
 
 
 @HOOKS.register_module()
