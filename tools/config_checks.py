@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-__all__ = ['DownstreamConfigError', 'check_downstream_config', 'backbone_stride',
+__all__ = ['cfg_get', 'DownstreamConfigError', 'check_downstream_config', 'backbone_stride',
            'dataset_num_classes', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda']
 
 _WRAPPERS = ('RepeatDataset', 'ClassBalancedDataset', 'MultiImageMixDataset', 'ConcatDataset')
@@ -34,7 +34,9 @@ class DownstreamConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _get(obj: Any, key: str, default: Any = None) -> Any:
+def cfg_get(obj: Any, key: str, default: Any = None) -> Any:
+    """``obj[key]`` of a mapping (an mmengine ``ConfigDict``, a dict) or ``obj.key`` of anything
+    else, ``default`` when absent."""
     if isinstance(obj, Mapping):
         return obj.get(key, default)
     return getattr(obj, key, default)
@@ -64,26 +66,26 @@ def backbone_stride(backbone: Mapping) -> Optional[int]:
       ``strides`` (mmdet's, default ``(4, 2, 2, 2)``): 32;
     * ``TLAVisionTransformer`` / ``VisionTransformer``: ``patch_size`` (16).
     """
-    btype = _get(backbone, 'type', '')
+    btype = cfg_get(backbone, 'type', '')
     name = btype.__name__ if isinstance(btype, type) else str(btype).rsplit('.', 1)[-1]
     if 'Swin' in name:
-        strides = _get(backbone, 'strides')
+        strides = cfg_get(backbone, 'strides')
         if strides:  # mmseg / mmdet SwinTransformer: (4, 2, 2, 2)
             return math.prod(int(x) for x in strides)
-        patch = int(_get(backbone, 'patch_size', 4) or 4)
-        depths = _get(backbone, 'depths')
+        patch = int(cfg_get(backbone, 'patch_size', 4) or 4)
+        depths = cfg_get(backbone, 'depths')
         if not depths:
             from tlalign_mm.models.backbones.swin import TLASwinTransformer
             try:
-                depths = TLASwinTransformer.resolve_arch(_get(backbone, 'arch') or 'tiny')['depths']
+                depths = TLASwinTransformer.resolve_arch(cfg_get(backbone, 'arch') or 'tiny')['depths']
             except ValueError:
                 return None
         return patch * 2 ** (len(depths) - 1)
     if 'PyramidVisionTransformer' in name or name in ('PVT', 'PVTv2'):   # before the ViT test: the name contains it
-        strides = _get(backbone, 'strides') or (4, 2, 2, 2)
+        strides = cfg_get(backbone, 'strides') or (4, 2, 2, 2)
         return math.prod(int(x) for x in strides)
     if 'VisionTransformer' in name or name in ('ViT', 'DeiT'):
-        return int(_get(backbone, 'patch_size', 16) or 16)
+        return int(cfg_get(backbone, 'patch_size', 16) or 16)
     return None
 
 
@@ -95,12 +97,12 @@ def _iter_datasets(ds: Any, path: str):
         for i, d in enumerate(ds):
             yield from _iter_datasets(d, f'{path}[{i}]')
         return
-    dtype = str(_get(ds, 'type', ''))
-    if dtype.rsplit('.', 1)[-1] in _WRAPPERS or (_get(ds, 'dataset') is not None and not _get(ds, 'pipeline')):
-        if _get(ds, 'datasets') is not None:
-            yield from _iter_datasets(_get(ds, 'datasets'), f'{path}.datasets')
-        if _get(ds, 'dataset') is not None:
-            yield from _iter_datasets(_get(ds, 'dataset'), f'{path}.dataset')
+    dtype = str(cfg_get(ds, 'type', ''))
+    if dtype.rsplit('.', 1)[-1] in _WRAPPERS or (cfg_get(ds, 'dataset') is not None and not cfg_get(ds, 'pipeline')):
+        if cfg_get(ds, 'datasets') is not None:
+            yield from _iter_datasets(cfg_get(ds, 'datasets'), f'{path}.datasets')
+        if cfg_get(ds, 'dataset') is not None:
+            yield from _iter_datasets(cfg_get(ds, 'dataset'), f'{path}.dataset')
         return
     yield path, ds
 
@@ -134,11 +136,11 @@ def dataset_num_classes(ds: Mapping, scope: Optional[str] = None) -> Optional[in
     dataset class (:func:`_dataset_class`: e.g. 150 for mmseg's ``ADE20KDataset``, 80 for mmdet's
     ``CocoDataset``).  None when neither gives a sequence of classes.
     """
-    meta = _get(ds, 'metainfo')
-    classes = _get(meta, 'classes') if meta is not None else None
+    meta = cfg_get(ds, 'metainfo')
+    classes = cfg_get(meta, 'classes') if meta is not None else None
     if classes is not None and not isinstance(classes, str):
         return len(classes)
-    cls = _dataset_class(_get(ds, 'type'), scope)
+    cls = _dataset_class(cfg_get(ds, 'type'), scope)
     classes = (getattr(cls, 'METAINFO', None) or {}).get('classes') if cls is not None else None
     if classes is not None and not isinstance(classes, str):
         return len(classes)
@@ -173,27 +175,27 @@ def _crop_fields(cfg: Any) -> list[tuple[str, tuple[int, int]]]:
     set by ``pad_size_divisor``), so only mmseg-style crops are collected there.
     """
     out: list[tuple[str, tuple[int, int]]] = []
-    top = _pair(_get(cfg, 'crop_size'))
+    top = _pair(cfg_get(cfg, 'crop_size'))
     if top is not None:
         out.append(('crop_size', top))
-    model = _get(cfg, 'model') or {}
-    pre = _get(model, 'data_preprocessor') or {}
-    size = _pair(_get(pre, 'size'))
+    model = cfg_get(cfg, 'model') or {}
+    pre = cfg_get(model, 'data_preprocessor') or {}
+    size = _pair(cfg_get(pre, 'size'))
     if size is not None:
         out.append(('model.data_preprocessor.size', size))
-    test_cfg = _get(model, 'test_cfg') or {}
-    if isinstance(test_cfg, Mapping) and _get(test_cfg, 'mode') == 'slide':
-        cs = _pair(_get(test_cfg, 'crop_size'))
+    test_cfg = cfg_get(model, 'test_cfg') or {}
+    if isinstance(test_cfg, Mapping) and cfg_get(test_cfg, 'mode') == 'slide':
+        cs = _pair(cfg_get(test_cfg, 'crop_size'))
         if cs is not None:
             out.append(('model.test_cfg.crop_size', cs))
-    train_dl = _get(cfg, 'train_dataloader') or {}
-    if _get(cfg, 'default_scope') == 'mmdet':
+    train_dl = cfg_get(cfg, 'train_dataloader') or {}
+    if cfg_get(cfg, 'default_scope') == 'mmdet':
         return out
-    for dpath, ds in _iter_datasets(_get(train_dl, 'dataset'), 'train_dataloader.dataset'):
-        for i, t in enumerate(_get(ds, 'pipeline') or []):
-            if isinstance(t, Mapping) and str(_get(t, 'type', '')).rsplit('.', 1)[-1] == 'RandomCrop' \
-                    and _get(t, 'crop_type', 'absolute') == 'absolute':
-                cs = _pair(_get(t, 'crop_size'))
+    for dpath, ds in _iter_datasets(cfg_get(train_dl, 'dataset'), 'train_dataloader.dataset'):
+        for i, t in enumerate(cfg_get(ds, 'pipeline') or []):
+            if isinstance(t, Mapping) and str(cfg_get(t, 'type', '')).rsplit('.', 1)[-1] == 'RandomCrop' \
+                    and cfg_get(t, 'crop_type', 'absolute') == 'absolute':
+                cs = _pair(cfg_get(t, 'crop_size'))
                 if cs is not None:
                     out.append((f'{dpath}.pipeline[{i}].crop_size', cs))
     return out
@@ -224,16 +226,16 @@ def check_downstream_config(cfg: Any) -> None:
     Raises:
         DownstreamConfigError: listing every problem found.
     """
-    model = _get(cfg, 'model')
+    model = cfg_get(cfg, 'model')
     if not isinstance(model, Mapping):
         return
-    scope = _get(cfg, 'default_scope')
+    scope = cfg_get(cfg, 'default_scope')
     problems: list[str] = []
 
-    backbone = _get(model, 'backbone') or {}
+    backbone = cfg_get(model, 'backbone') or {}
     stride = backbone_stride(backbone) if isinstance(backbone, Mapping) else None
     if stride:
-        bdesc = f"model.backbone ({_get(backbone, 'type')}, output stride {stride})"
+        bdesc = f"model.backbone ({cfg_get(backbone, 'type')}, output stride {stride})"
         crops = _crop_fields(cfg)
         for path, (h, w) in crops:
             if h % stride or w % stride:
@@ -245,23 +247,23 @@ def check_downstream_config(cfg: Any) -> None:
             problems.append('the training input sizes disagree: '
                             + ', '.join(f'{p}={hw}' for p, hw in crops if p != 'model.test_cfg.crop_size')
                             + ' (the data preprocessor pads every crop to model.data_preprocessor.size)')
-        pre = _get(model, 'data_preprocessor') or {}
-        div = _get(pre, 'pad_size_divisor')
+        pre = cfg_get(model, 'data_preprocessor') or {}
+        div = cfg_get(pre, 'pad_size_divisor')
         if isinstance(div, int) and div > 1 and div % stride:
             problems.append(f'model.data_preprocessor.pad_size_divisor={div} is not a multiple of the '
                             f'output stride of {bdesc}')
 
     heads = _head_num_classes(model)
     for dl_name in _DATALOADERS:
-        dl = _get(cfg, dl_name)
+        dl = cfg_get(cfg, dl_name)
         if not isinstance(dl, Mapping):
             continue
-        for dpath, ds in _iter_datasets(_get(dl, 'dataset'), f'{dl_name}.dataset'):
+        for dpath, ds in _iter_datasets(cfg_get(dl, 'dataset'), f'{dl_name}.dataset'):
             n = dataset_num_classes(ds, scope)
             if n is None:
                 continue
-            src = 'metainfo.classes' if _get(_get(ds, 'metainfo'), 'classes') is not None \
-                else str(_get(ds, 'type'))
+            src = 'metainfo.classes' if cfg_get(cfg_get(ds, 'metainfo'), 'classes') is not None \
+                else str(cfg_get(ds, 'type'))
             for hpath, hn in heads:
                 if hn != n:
                     problems.append(f'{hpath}={hn} but {dpath} ({src}) has {n} classes')
@@ -295,7 +297,7 @@ def sync_bn_to_bn(cfg: Any) -> list[str]:
             for i, v in enumerate(node):
                 visit(v, f'{path}[{i}]')
 
-    model = _get(cfg, 'model')
+    model = cfg_get(cfg, 'model')
     if model is not None:
         visit(model, 'model')
     return changed
@@ -310,7 +312,7 @@ def amp_to_fp32_without_cuda(cfg: Any, cuda_available: Optional[bool] = None) ->
     if cuda_available is None:
         import torch
         cuda_available = torch.cuda.is_available()
-    ow = _get(cfg, 'optim_wrapper')
+    ow = cfg_get(cfg, 'optim_wrapper')
     if cuda_available or not isinstance(ow, Mapping) or ow.get('type') != 'AmpOptimWrapper':
         return False
     ow['type'] = 'OptimWrapper'

@@ -81,8 +81,8 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
     weights = RANDOM_INIT
     if checkpoint:
         from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file
-        report = load_backbone_checkpoint(model.backbone, checkpoint)
-        ckpt = load_checkpoint_file(checkpoint)
+        ckpt = load_checkpoint_file(checkpoint)                  # read once: backbone, then head
+        report = load_backbone_checkpoint(model.backbone, ckpt, source=str(checkpoint))
         head_note = model.load_head_state(ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
         if require_head and head_note != 'head loaded':
             raise ValueError(f'{checkpoint}: {head_note}; scoring predictions needs a classifier checkpoint '

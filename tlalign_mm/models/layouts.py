@@ -531,7 +531,7 @@ def _sample(keys, n: int = 10) -> str:
 
 def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping,
                              prefix: str | None = None, map_location: Any = 'cpu',
-                             min_match: float = 0.9) -> LoadReport:
+                             min_match: float = 0.9, source: str | None = None) -> LoadReport:
     """Load pretrained weights of any recognised layout into a TL-Align backbone.
 
     Steps: :func:`load_checkpoint_file` (weights_only) -> :func:`extract_state_dict` (unwrap,
@@ -550,6 +550,8 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
         map_location: as ``torch.load``.
         min_match: minimum fraction of the model's parameter tensors the checkpoint must
             provide.
+        source: the name messages give an already loaded checkpoint (its path, say); default
+            ``'<state_dict>'``.
 
     Returns:
         :class:`LoadReport`.
@@ -564,7 +566,7 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
             the fraction and samples of missing and unexpected keys).
     """
     if isinstance(path_or_state_dict, Mapping):
-        ckpt, source = path_or_state_dict, '<state_dict>'
+        ckpt, source = path_or_state_dict, source or '<state_dict>'
     else:
         source = os.fspath(path_or_state_dict)
         ckpt = load_checkpoint_file(source, map_location)

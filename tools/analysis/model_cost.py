@@ -45,7 +45,7 @@ _TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _TOOLS not in sys.path:  # tools/config_checks.py, tools/launch.py
     sys.path.insert(0, _TOOLS)
 
-from config_checks import _get, sync_bn_to_bn  # noqa: E402
+from config_checks import cfg_get, sync_bn_to_bn  # noqa: E402
 from launch import register_scope  # noqa: E402
 
 __all__ = ['ModelCost', 'task_kind', 'build_analysis_model', 'default_input_shape', 'apply_input_shape',
@@ -75,7 +75,7 @@ def _type_name(t: Any) -> str:
 def task_kind(cfg: Any) -> str:
     """What a config trains: ``'seg'`` (``default_scope='mmseg'``), ``'det'`` (``'mmdet'``) or ``'cls'``
     (anything else: our pretraining configs, scope ``'tlalign_mm'``)."""
-    scope = _get(cfg, 'default_scope')
+    scope = cfg_get(cfg, 'default_scope')
     return {'mmseg': 'seg', 'mmdet': 'det'}.get(scope, 'cls')
 
 
@@ -102,19 +102,19 @@ def default_input_shape(cfg: Any) -> tuple[tuple[int, int], str]:
         ValueError: an mmseg config without any of those fields (pass the shape explicitly).
     """
     kind = task_kind(cfg)
-    model = _get(cfg, 'model') or {}
+    model = cfg_get(cfg, 'model') or {}
     if kind == 'det':
         return DETECTION_DEFAULT_SHAPE, 'mmdet get_flops default (H=1280, W=800)'
     if kind == 'seg':
-        candidates = (('model.data_preprocessor.size', _get(_get(model, 'data_preprocessor') or {}, 'size')),
-                      ('crop_size', _get(cfg, 'crop_size')),
-                      ('model.test_cfg.crop_size', _get(_get(model, 'test_cfg') or {}, 'crop_size')))
+        candidates = (('model.data_preprocessor.size', cfg_get(cfg_get(model, 'data_preprocessor') or {}, 'size')),
+                      ('crop_size', cfg_get(cfg, 'crop_size')),
+                      ('model.test_cfg.crop_size', cfg_get(cfg_get(model, 'test_cfg') or {}, 'crop_size')))
         for name, v in candidates:
             if v is not None:
                 return _pair(v, name), name
         raise ValueError('the mmseg config sets none of model.data_preprocessor.size, crop_size, '
                          'model.test_cfg.crop_size: give the input shape explicitly (--shape H W)')
-    img = _get(_get(model, 'backbone') or {}, 'img_size', 224)
+    img = cfg_get(cfg_get(model, 'backbone') or {}, 'img_size', 224)
     return _pair(img, 'model.backbone.img_size'), 'model.backbone.img_size'
 
 
@@ -131,8 +131,8 @@ def apply_input_shape(cfg: Any, shape: Sequence[int]) -> list[str]:
     """
     h, w = _pair(shape if isinstance(shape, int) else tuple(shape), 'shape')
     changed = []
-    pre = _get(_get(cfg, 'model') or {}, 'data_preprocessor')
-    if task_kind(cfg) == 'seg' and pre is not None and _get(pre, 'size') is not None:
+    pre = cfg_get(cfg_get(cfg, 'model') or {}, 'data_preprocessor')
+    if task_kind(cfg) == 'seg' and pre is not None and cfg_get(pre, 'size') is not None:
         if tuple(pre['size']) != (h, w):
             pre['size'] = (h, w)
             changed.append('model.data_preprocessor.size')
@@ -180,7 +180,7 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS
 
-    if _get(cfg, 'model') is None:
+    if cfg_get(cfg, 'model') is None:
         raise ValueError('the config has no `model` field: pass a training config (configs/pretrain, '
                          'configs/upernet, configs/cascade_mask_rcnn, configs/demo)')
     _register(cfg)
@@ -188,7 +188,7 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
     sync_bn_to_bn(cfg)
     model_cfg = cfg['model']
     model_cfg.pop('pretrained', None)
-    if _get(model_cfg.get('init_cfg'), 'type') == 'Pretrained':
+    if cfg_get(model_cfg.get('init_cfg'), 'type') == 'Pretrained':
         model_cfg.pop('init_cfg')
     backbone = model_cfg.get('backbone')
     if isinstance(backbone, Mapping):
@@ -205,15 +205,15 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
 
 # -------------------------------------------------------------------------------- dummy batch
 def _num_classes(cfg: Any, kind: str) -> int:
-    model = _get(cfg, 'model') or {}
+    model = cfg_get(cfg, 'model') or {}
     if kind == 'cls':  # TLAImageClassifier: num_classes, or its head's
-        n = _get(model, 'num_classes') or _get(_get(model, 'head') or {}, 'num_classes')
+        n = cfg_get(model, 'num_classes') or cfg_get(cfg_get(model, 'head') or {}, 'num_classes')
     elif kind == 'seg':
-        head = _get(model, 'decode_head') or {}
-        n = _get(head[0] if isinstance(head, Sequence) else head, 'num_classes')
+        head = cfg_get(model, 'decode_head') or {}
+        n = cfg_get(head[0] if isinstance(head, Sequence) else head, 'num_classes')
     else:
-        head = _get(_get(model, 'roi_head') or {}, 'bbox_head') or _get(model, 'bbox_head') or {}
-        n = _get(head[0] if isinstance(head, Sequence) else head, 'num_classes')
+        head = cfg_get(cfg_get(model, 'roi_head') or {}, 'bbox_head') or cfg_get(model, 'bbox_head') or {}
+        n = cfg_get(head[0] if isinstance(head, Sequence) else head, 'num_classes')
     return int(n) if isinstance(n, int) and n > 0 else 2
 
 
@@ -578,7 +578,7 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
     """
     from tlalign_mm.models.backbones import TLAPyramidVisionTransformer, TLASwinTransformer, TLAVisionTransformer
 
-    btype = _type_name(_get(backbone, 'type', ''))
+    btype = _type_name(cfg_get(backbone, 'type', ''))
     if btype not in _OUR_BACKBONES:
         raise ValueError(f'no stock counterpart for backbone type {btype!r}: the mapping knows '
                          f'{", ".join(_OUR_BACKBONES)} (our backbones)')
@@ -667,10 +667,10 @@ def with_stock_backbone(cfg: Any):
     Raises:
         ValueError: as :func:`stock_backbone_config`; a config without ``model.backbone``.
     """
-    backbone = _get(_get(cfg, 'model') or {}, 'backbone')
+    backbone = cfg_get(cfg_get(cfg, 'model') or {}, 'backbone')
     if not isinstance(backbone, Mapping):
         raise ValueError('the config has no model.backbone to replace')
-    stock = stock_backbone_config(backbone, _get(cfg, 'default_scope'))
+    stock = stock_backbone_config(backbone, cfg_get(cfg, 'default_scope'))
     out = copy.deepcopy(cfg)
     out['model']['backbone'] = stock
     return out
