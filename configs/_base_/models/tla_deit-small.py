@@ -1,30 +1,12 @@
-# DeiT-S classifier trained with TL-Align on token-aligned CutMix (the reference recipe:
-# CutMix alpha 1.0, no Mixup, label smoothing 0.1, class-token target, K = 2 source labels).
+# DeiT-S classifier trained with TL-Align on token-aligned CutMix (the reference recipe,
+# tla_classifier.py): class-token target.
+_base_ = ['./tla_classifier.py']
 model = dict(
-    type='TLAImageClassifier',
     backbone=dict(type='TLAVisionTransformer', arch='deit-small', img_size=224, patch_size=16,
                   out_type='cls_token', drop_path_rate=0.1,
                   # labels ride in each block's own attention call at the features' precision
                   # (one fused call per block under AMP), renormalised and kept in float32
                   # between blocks; 'float32' adds a float32 label pass per block under AMP
                   label_dtype='auto'),
-    # logits, loss and predictions; in_channels None: the backbone's pooled width
-    head=dict(type='TLALinearClsHead', num_classes=1000, in_channels=None,
-              loss=dict(type='SoftTargetCrossEntropy')),
-    # the training target (tlalign_mm/models/label_rules.py); the sibling configs switch it in one line:
-    # 'Area' (the CutMix baseline), 'TransMix', 'TokenMix', 'DenseTLAlign'; TLAlign's ablations are its options
-    label_rule=dict(type='TLAlign',
-                    blocks='all',            # 'last' or a list of block indices: the paper's Table 8
-                    residual=True,           # False: A Y instead of (Y + A Y) / 2
-                    readout='auto',          # class token for DeiT
-                    label_channels='source'),  # 'classes': carry K = num_classes labels (same target)
-    label_smoothing=0.1,
-    # token fluctuation (paper Fig. 3) as align/* log keys: every step for TL-Align (free), every
-    # 100th step for the CutMix baseline (label_rule 'Area'), which carries the labels only then
-    align_stats_interval=100,
-    data_preprocessor=dict(
-        type='TLAClsDataPreprocessor',
-        mixer=dict(cutmix_alpha=1.0, mixup_alpha=0.0, prob=1.0, switch_prob=0.5,
-                   cutmix_mode='token', correct_lam=True, patch_size=16),
-        random_erasing=dict(re_prob=0.25, re_mode='pixel', re_count=1)),
+    data_preprocessor=dict(mixer=dict(patch_size=16)),
 )
