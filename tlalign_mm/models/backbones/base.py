@@ -6,11 +6,14 @@ import abc
 import contextlib
 
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from timm.layers import trunc_normal_
 
-__all__ = ['TLABackbone']
+from ...align import check_label_options
+
+__all__ = ['TLABackbone', 'TLALabelAttention']
 
 
 class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
@@ -167,6 +170,12 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
             for b, (align, res) in zip(self.label_blocks(), saved):
                 b.align_labels, b.label_residual = align, res
 
+    def run_block(self, blk: nn.Module, x, *args):
+        """``blk(x, *args)``, through gradient checkpointing when ``with_cp`` and ``x`` needs grad."""
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(blk, x, *args, use_reentrant=False)
+        return blk(x, *args)
+
     def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
         """Modules and parameters frozen by ``frozen_stages``; subclass hook."""
         return []
@@ -188,3 +197,39 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
+
+
+class TLALabelAttention(nn.Module):
+    """What the label-carrying attentions share (DeiT's attention, Swin's window attention, PVT's
+    spatial-reduction attention): the checks, the head split and scale, the label options, and
+    the output projection.
+
+    A subclass registers its own input projections (``qkv``; ``q`` / ``kv``; Swin's bias table
+    first) and then calls :meth:`add_output_projection`, so that the modules keep the release's
+    order (and the seeded initialisation draws theirs).
+
+    Args:
+        dim: C, divisible by ``num_heads``.
+        num_heads: H.
+        label_mode, label_dtype: see :func:`tlalign_mm.align.check_label_options`.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``; a bad label option.
+    """
+
+    def __init__(self, dim: int, num_heads: int, label_mode: str = 'fused', label_dtype: str = 'auto'):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
+        check_label_options(label_mode, label_dtype)
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.label_mode = label_mode
+        self.label_dtype = label_dtype
+
+    def add_output_projection(self, dim: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        """``attn_drop``, ``proj`` (C -> C) and ``proj_drop``, after the input projections."""
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)

@@ -37,13 +37,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor
 
 from ...align import (
     attention_with_labels,
-    check_label_options,
     check_token_labels,
     pool_token_labels,
     reduce_token_labels,
@@ -51,12 +49,12 @@ from ...align import (
 )
 from ...registry import MODELS
 from ..layouts import register_layouts
-from .base import TLABackbone
+from .base import TLABackbone, TLALabelAttention
 
 __all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPyramidVisionTransformer']
 
 
-class TLASpatialReductionAttention(nn.Module):
+class TLASpatialReductionAttention(TLALabelAttention):
     """Spatial-reduction attention (keys ``q``, ``kv``, ``proj``, ``sr``, ``norm`` as the release).
 
     Queries come from every token; keys and values from the token map reduced by an
@@ -67,20 +65,10 @@ class TLASpatialReductionAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, sr_ratio: int = 1, label_mode: str = 'fused',
                  label_dtype: str = 'auto'):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
-        check_label_options(label_mode, label_dtype)
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.label_mode = label_mode
-        self.label_dtype = label_dtype
+        super().__init__(dim, num_heads, label_mode, label_dtype)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.add_output_projection(dim, attn_drop, proj_drop)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
@@ -451,10 +439,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
             if self.version == 1:
                 x = getattr(self, f'pos_drop{i + 1}')(x + self._pos_embed(i, hw))
             for blk in getattr(self, f'block{i + 1}'):
-                if self.with_cp and x.requires_grad:
-                    x, labels = cp.checkpoint(blk, x, hw, labels, i + 1, use_reentrant=False)
-                else:
-                    x, labels = blk(x, hw, labels, i + 1)
+                x, labels = self.run_block(blk, x, hw, labels, i + 1)
             if self.version == 2:
                 x = getattr(self, f'norm{i + 1}')(x)
             if i in self.out_indices:

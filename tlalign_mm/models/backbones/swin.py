@@ -27,13 +27,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor
 
 from ...align import (
     attention_with_labels,
-    check_label_options,
     check_token_labels,
     merge_patch_labels,
     pad_to_multiple,
@@ -46,12 +44,12 @@ from ...align import (
 )
 from ...registry import MODELS
 from ..layouts import register_layouts
-from .base import TLABackbone
+from .base import TLABackbone, TLALabelAttention
 
 __all__ = ['TLAWindowAttention', 'TLASwinBlock', 'TLAPatchMerging', 'TLASwinTransformer']
 
 
-class TLAWindowAttention(nn.Module):
+class TLAWindowAttention(TLALabelAttention):
     """Window multi-head self-attention with a relative position bias, aligning labels too.
 
     Args:
@@ -61,20 +59,12 @@ class TLAWindowAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, label_mode: str = 'fused',
                  label_dtype: str = 'auto'):
-        super().__init__()
-        check_label_options(label_mode, label_dtype)
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        super().__init__(dim, num_heads, label_mode, label_dtype)
         self.window_size = window_size
-        self.label_mode = label_mode
-        self.label_dtype = label_dtype
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.add_output_projection(dim, attn_drop, proj_drop)
         self._index_cache: dict = {}
 
     def position_bias(self, window: tuple[int, int]) -> Tensor:
@@ -370,10 +360,7 @@ class TLASwinTransformer(TLABackbone):
         outs = []
         for i, stage in enumerate(self.layers):
             for blk in stage.blocks:
-                if self.with_cp and x.requires_grad:
-                    x, labels = cp.checkpoint(blk, x, hw, labels, use_reentrant=False)
-                else:
-                    x, labels = blk(x, hw, labels)
+                x, labels = self.run_block(blk, x, hw, labels)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
                 if self.out_type == 'avg_featmap':

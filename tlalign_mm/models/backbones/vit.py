@@ -21,24 +21,22 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from torch import Tensor
 
 from ...align import (
     attention_with_labels,
-    check_label_options,
     check_token_labels,
     residual_label_average,
 )
 from ...registry import MODELS
 from ..layouts import register_layouts
-from .base import TLABackbone
+from .base import TLABackbone, TLALabelAttention
 
 __all__ = ['TLAAttention', 'TLATransformerBlock', 'TLAVisionTransformer']
 
 
-class TLAAttention(nn.Module):
+class TLAAttention(TLALabelAttention):
     """Multi-head self-attention that also aligns labels (keys ``qkv``, ``proj`` as timm).
 
     Args:
@@ -54,19 +52,9 @@ class TLAAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, label_mode: str = 'fused',
                  label_dtype: str = 'auto'):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
-        check_label_options(label_mode, label_dtype)
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.label_mode = label_mode
-        self.label_dtype = label_dtype
+        super().__init__(dim, num_heads, label_mode, label_dtype)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.add_output_projection(dim, attn_drop, proj_drop)
 
     def forward(self, x: Tensor, labels: Optional[Tensor] = None,
                 attn_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
@@ -241,11 +229,6 @@ class TLAVisionTransformer(TLABackbone):
         """The blocks that can align labels, in forward order."""
         return list(self.blocks)
 
-    def _run_block(self, blk: nn.Module, x: Tensor, labels: Optional[Tensor]):
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(blk, x, labels, use_reentrant=False)
-        return blk(x, labels)
-
     def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
         """Run the backbone.
 
@@ -284,7 +267,7 @@ class TLAVisionTransformer(TLABackbone):
 
         outs = []
         for i, blk in enumerate(self.blocks):
-            x, labels = self._run_block(blk, x, labels)
+            x, labels = self.run_block(blk, x, labels)
             if i == self.num_layers - 1:
                 x = self.norm(x)
             if i in self.out_indices:
