@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from .models import backbones as _backbones  # noqa: F401  (the backbone files register their layouts)
 from .models.layouts import (
     LAYOUTS,
@@ -39,7 +37,7 @@ from .models.layouts import (
     stage_ids,
 )
 from .models.loading import check_head_readout, foreign_head_state, load_classifier_checkpoint, load_head_state
-from .utils.checkpoint_io import load_checkpoint_file
+from .utils.checkpoint_io import atomic_save, load_checkpoint_file
 from .utils.torch_compat import mmengine_safe_globals
 from .version import __version__
 
@@ -76,7 +74,7 @@ def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.P
 
     Args:
         src_checkpoint_path: any checkpoint :func:`load_backbone_checkpoint` reads.
-        dst_path: output file (parent folders are created).
+        dst_path: output file (parent folders are created; written atomically, :func:`atomic_save`).
         prefix: as :func:`extract_state_dict`.
 
     Returns:
@@ -92,8 +90,6 @@ def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.P
     sd, used_prefix = extract_state_dict(load_checkpoint_file(src), prefix)
     layout = _detect_or_raise(sd, src, used_prefix, 'pass --prefix')
     converted, layout, ignored = convert_state_dict(sd, layout)
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    torch.save(backbone_export(converted, source=src, source_layout=layout, prefix=used_prefix), dst)
+    atomic_save(backbone_export(converted, source=src, source_layout=layout, prefix=used_prefix), dst)
     return {'layout': layout, 'num_keys': len(converted), 'ignored': ignored,
             'prefix': used_prefix, 'dst': dst}

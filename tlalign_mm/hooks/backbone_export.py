@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os.path as osp
 
-import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from ..registry import HOOKS
+from ..utils.checkpoint_io import atomic_save
 
 __all__ = ['BackboneExportHook', 'backbone_checkpoint']
 
@@ -58,7 +58,7 @@ class BackboneExportHook(Hook):
         ckpt = backbone_checkpoint(runner.model, epoch=runner.epoch,
                                    iter=runner.iter if done_iters is None else done_iters,
                                    experiment=runner.experiment_name)
-        torch.save(ckpt, path)
+        atomic_save(ckpt, path)   # a crash leaves the previous export or this one, never half of one
         self.last_export = path
         runner.logger.info(f'backbone exported to {path}')
 

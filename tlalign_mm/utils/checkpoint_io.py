@@ -3,7 +3,8 @@
 :func:`load_checkpoint_file` reads through mmengine's ``CheckpointLoader`` (every scheme mmseg /
 mmdet configs use) with ``torch.load``'s ``weights_only=True`` and only the allow-list of
 :func:`~tlalign_mm.utils.torch_compat.mmengine_safe_globals`; local ``.safetensors`` files through
-``safetensors``.  A leaf module: torch, mmengine (lazily) and the allow-list only.
+``safetensors``.  :func:`atomic_save` writes a file so that a crash leaves the old file or the new one,
+never part of one.  A leaf module: torch, mmengine (lazily) and the allow-list only.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import os
 import pickle
 import re
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch
 
 from .torch_compat import mmengine_safe_globals
 
-__all__ = ['load_checkpoint_file']
+__all__ = ['load_checkpoint_file', 'atomic_save', 'atomic_write_text']
 
 
 def _load_failure_reason(e: BaseException) -> str:
@@ -57,6 +59,84 @@ def _weights_only_everywhere(force: bool):
             os.environ.pop(key, None)
         elif force:
             os.environ[key] = old
+
+
+def _atomic_replace(dst: str, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``dst``, flush and fsync it, then
+    ``os.replace`` it over ``dst`` (atomic on POSIX and Windows within one file system) and fsync
+    the folder.  On any error the temporary file is removed and ``dst`` is left as it was."""
+    dst = os.path.abspath(os.path.expanduser(dst))
+    folder = os.path.dirname(dst)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):   # make the rename itself durable (not possible on every OS)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> str:
+    """Write ``obj`` to ``path`` so that a crash at any moment leaves the old file or the new one.
+
+    ``torch.save`` (or, when ``path`` ends in ``.safetensors``, ``safetensors.torch.save_file``,
+    which needs a flat ``{name: tensor}`` dict) writes a temporary file in the same folder
+    (``.<name>.<random>.tmp``); it is flushed and fsynced, then renamed over ``path``.  A reader
+    never sees a half-written file, and a killed writer leaves at most the temporary file.
+
+    Args:
+        obj: what ``torch.save`` accepts; for ``.safetensors``, a dict of tensors (made contiguous
+            here; tensors sharing memory are cloned, as safetensors refuses shared storage).
+        path: the final file name; missing parent folders are created.
+
+    Returns:
+        The absolute path written.
+
+    Raises:
+        TypeError: ``.safetensors`` with something other than a ``{str: Tensor}`` dict (the message
+            names the first offending key).
+        OSError: the folder is not writable (``path`` is untouched).
+    """
+    dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if dst.endswith('.safetensors'):
+        if not isinstance(obj, Mapping):
+            raise TypeError(f'{dst}: a .safetensors file holds a flat {{name: tensor}} dict, got {type(obj).__name__}')
+        bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise TypeError(f'{dst}: a .safetensors file holds only tensors under string names; '
+                            f'{bad[0]!r} is a {type(obj[bad[0]]).__name__}')
+        from safetensors.torch import save
+        seen: set[int] = set()
+        tensors = {}
+        for k, v in obj.items():
+            v = v.detach().cpu().contiguous()
+            if v.untyped_storage().data_ptr() in seen:
+                v = v.clone()
+            seen.add(v.untyped_storage().data_ptr())
+            tensors[k] = v
+        blob = save(tensors)
+        _atomic_replace(dst, lambda f: f.write(blob))
+    else:
+        _atomic_replace(dst, lambda f: torch.save(obj, f))
+    return dst
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> str:
+    """:func:`atomic_save` for a small text file (mmengine's ``last_checkpoint`` pointer)."""
+    dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    _atomic_replace(dst, lambda f: f.write(text.encode()))
+    return dst
 
 
 def _is_local(path: str) -> bool:
