@@ -698,14 +698,16 @@ def test_loading_keeps_the_process_wide_allow_list(tmp_path):
     assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(2))
 
 
-@pytest.mark.parametrize('content', [b'hello world\n', b'', b'PK\x03\x04 truncated zip'])
-def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path, content):
+@pytest.mark.parametrize('content, says', [(b'hello world\n', 'a text file, not a checkpoint'),
+                                           (b'', 'empty (0 bytes)'),
+                                           (b'PK\x03\x04 truncated zip', 'truncated: a zip archive without')])
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path, content, says):
     path = tmp_path / 'notes.pth'
     path.write_bytes(content)
     with pytest.raises(pickle.UnpicklingError) as info:
         load_checkpoint_file(path)
     msg = str(info.value)
-    assert str(path) in msg and 'not a loadable checkpoint' in msg
+    assert str(path) in msg and says in msg
     assert '\n' not in msg and 'weights_only=False' not in msg and 'weights_only` set to `False' not in msg
 
 

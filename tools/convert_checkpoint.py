@@ -24,6 +24,7 @@ except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tlalign_mm.checkpoint import LAYOUTS, export_backbone, load_backbone_checkpoint  # noqa: E402
+from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error  # noqa: E402
 
 SWIN_ARCHS = ('swin-tiny', 'swin-small', 'swin-base', 'swin-t', 'swin-s', 'swin-b')
 VIT_ARCHS = ('deit-tiny', 'deit-small', 'deit-base', 'deit-t', 'deit-s', 'deit-b')
@@ -58,6 +59,11 @@ def build_check_model(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with exit_on_checkpoint_error('convert_checkpoint.py'):
+        return _convert(args)
+
+
+def _convert(args: argparse.Namespace) -> int:
     info = export_backbone(args.src, args.dst, prefix=args.prefix)
     print(f'source layout: {info["layout"]}' + (f' (prefix {info["prefix"]!r})' if info['prefix'] else ''))
     print(f'wrote {info["num_keys"]} tensors to {info["dst"]}; dropped {len(info["ignored"])} '

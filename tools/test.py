@@ -49,6 +49,8 @@ from config_checks import check_downstream_config  # noqa: E402  (tools/config_c
 from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
 from mmengine.config import Config, ConfigDict  # noqa: E402
 
+from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error, register_checkpoint_loader  # noqa: E402
+
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
            'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']
 
@@ -173,7 +175,13 @@ def plain_metrics(metrics: dict) -> dict:
 
 
 def main(argv=None) -> dict:
+    register_checkpoint_loader()   # a bad CHECKPOINT: one line naming it, not a traceback
     args = parse_args(argv)
+    with exit_on_checkpoint_error('test.py'):
+        return _test(args)
+
+
+def _test(args) -> dict:
     cfg = setup_cfg(args)
     scope = register_scope(cfg)
     cpu_dist = setup_cpu_distributed(cfg, args.launcher, 'testing')

@@ -20,7 +20,91 @@ import torch
 
 from .torch_compat import mmengine_safe_globals
 
-__all__ = ['load_checkpoint_file', 'atomic_save', 'atomic_write_text']
+__all__ = ['load_checkpoint_file', 'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'CheckpointFileError',
+           'CheckpointNotFoundError', 'diagnose_checkpoint_file', 'load_local_checkpoint',
+           'register_checkpoint_loader', 'find_resumable_checkpoint', 'exit_on_checkpoint_error']
+
+
+class CheckpointFileError(pickle.UnpicklingError):
+    """A checkpoint file that cannot be used; the message is one line naming the path and what it is
+    (empty, truncated, not a checkpoint, refused types).  Subclasses ``pickle.UnpicklingError``, what
+    ``torch.load`` raises for such files, so existing handlers keep working."""
+
+
+class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
+    """No file at the checkpoint path (also a ``FileNotFoundError``)."""
+
+
+_ZIP_MAGIC = b'PK\x03\x04'
+
+
+def _safetensors_problem(path: str, size: int, head: bytes) -> str | None:
+    import json
+    import struct
+    if size < 8:
+        return f'not a .safetensors file ({size} bytes, shorter than its header length field)'
+    (n,) = struct.unpack('<Q', head[:8])
+    if n > size - 8:
+        return f'truncated .safetensors file: its header announces {n} bytes, the file has {size - 8} after it'
+    with open(path, 'rb') as f:
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            return 'not a .safetensors file (its header is not JSON)'
+    ends = [v['data_offsets'][1] for k, v in header.items()
+            if k != '__metadata__' and isinstance(v, dict) and 'data_offsets' in v]
+    if ends and 8 + n + max(ends) > size:
+        return f'truncated .safetensors file: {size} bytes, its tensors need {8 + n + max(ends)}'
+    return None
+
+
+def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
+    """What is wrong with a local checkpoint file, judged from its structure alone, or ``None``.
+
+    Reads the first bytes and, for torch's zip format, the zip's central directory (at the end of
+    the file; nothing is unpickled).  Kinds: missing, a folder, empty (0 bytes), truncated (a zip
+    archive without its central directory: a save or download cut off), a zip that is not a torch
+    checkpoint (no ``data.pkl``), a ``.safetensors`` file whose header or data is cut, a text file,
+    or bytes that are neither a zip nor a pickle.  A file that passes may still hold types
+    ``weights_only`` loading refuses; :func:`load_local_checkpoint` says so when it loads.
+
+    Returns:
+        ``None`` for a plausible checkpoint, else a reason phrase (no path, no final period).
+    """
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(path):
+        return 'no such file'
+    if os.path.isdir(path):
+        return 'a folder, not a checkpoint file'
+    size = os.path.getsize(path)
+    if size == 0:
+        return 'empty (0 bytes): an interrupted save or download'
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if path.endswith('.safetensors'):
+        return _safetensors_problem(path, size, head)
+    if head.startswith(_ZIP_MAGIC):
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return (f'truncated: a zip archive without its central directory ({size} bytes; the save '
+                    f'or download was cut off)')
+        if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+            return 'a zip archive, but not a torch checkpoint (it has no data.pkl)'
+        return None
+    if head[:1] == b'\x80':      # a pickle (torch's legacy format starts with a pickled magic number)
+        return None
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in '\r\n\t' for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ''
+        return f'a text file, not a checkpoint (it starts with {first!r})'
+    return f'not a checkpoint: neither a torch zip archive nor a pickle (it starts with bytes {head[:8].hex()})'
 
 
 def _load_failure_reason(e: BaseException) -> str:
@@ -29,7 +113,11 @@ def _load_failure_reason(e: BaseException) -> str:
     m = re.search(r'WeightsUnpickler error: (.*?)(?: was not an allowed global|\n|$)', text)
     if m:
         return m.group(1).strip()
-    first = text.strip().splitlines()[0] if text.strip() else ''
+    # torch's message opens with a paragraph on the weights_only default and how to turn it off;
+    # the reason is the first line that is not part of that advice
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if 'weights_only' not in ln and not ln.startswith('Check the documentation')]
+    first = (reasons or [''])[0]
     return f'{type(e).__name__}: {first[:200]}' if first else type(e).__name__
 
 
@@ -132,15 +220,143 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> str:
     return dst
 
 
-def atomic_write_text(text: str, path: str | os.PathLike) -> str:
-    """:func:`atomic_save` for a small text file (mmengine's ``last_checkpoint`` pointer)."""
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> str:
+    """:func:`atomic_save` for bytes already serialised (mmengine's file-backend ``put``)."""
     dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    _atomic_replace(dst, lambda f: f.write(text.encode()))
+    _atomic_replace(dst, lambda f: f.write(data))
     return dst
+
+
+def atomic_write_text(text: str, path: str | os.PathLike, encoding: str = 'utf-8') -> str:
+    """:func:`atomic_save` for a text file (mmengine's ``last_checkpoint`` pointer)."""
+    return atomic_write_bytes(text.encode(encoding), path)
 
 
 def _is_local(path: str) -> bool:
     return '://' not in path
+
+
+def _refused(path: str, e: BaseException) -> CheckpointFileError:
+    return CheckpointFileError(
+        f'{path}: not a loadable checkpoint, or it holds types that weights_only loading refuses '
+        f'({_load_failure_reason(e)}); nothing from it was run')
+
+
+def load_local_checkpoint(filename: str | os.PathLike, map_location: Any = None) -> Any:
+    """Load a local checkpoint with ``weights_only=True``, or raise one line saying what the file is.
+
+    For a good file, the same result as mmengine's local loader (``load_from_local`` in
+    ``mmengine/runner/checkpoint.py``: ``torch.load(filename, map_location)``), with the allow-list of
+    :func:`~tlalign_mm.utils.torch_compat.mmengine_safe_globals`.  A bad file is named and described
+    first (:func:`diagnose_checkpoint_file`); refused types are reported without torch's advice to
+    turn ``weights_only`` off.  ``.safetensors`` files are read with ``safetensors.torch.load_file``.
+
+    Args:
+        filename: a local path (``~`` expanded).
+        map_location: as ``torch.load``.
+
+    Returns:
+        What the file holds (for checkpoints, a dict).
+
+    Raises:
+        CheckpointNotFoundError: no file there.
+        CheckpointFileError: empty, truncated, not a checkpoint, or refused types.
+    """
+    path = os.path.expanduser(os.fspath(filename))
+    reason = diagnose_checkpoint_file(path)
+    if reason == 'no such file':
+        raise CheckpointNotFoundError(f'checkpoint file not found: {path!r}')
+    if reason is not None:
+        raise CheckpointFileError(f'{path}: {reason}')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        device = map_location if isinstance(map_location, str) else 'cpu'
+        try:
+            return load_file(path, device=device)
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+            raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_load_failure_reason(e)})') from None
+    try:
+        with _weights_only_everywhere(force=False):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError) as e:
+        raise _refused(path, e) from None
+
+
+def register_checkpoint_loader() -> None:
+    """Make mmengine read local checkpoints through :func:`load_local_checkpoint`.
+
+    Registers it with ``mmengine.runner.CheckpointLoader`` for the empty prefix (local paths;
+    ``force=True`` replaces mmengine's ``load_from_local``), so that ``--resume``, ``load_from`` and
+    ``init_cfg=dict(type='Pretrained')`` in any mmengine / mmseg / mmdet module answer a bad file
+    with one line (:class:`CheckpointFileError`); good files load as before.  ``tools/train.py``
+    and ``tools/test.py`` call it at start; ``import tlalign_mm`` does not.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
+
+
+@contextlib.contextmanager
+def exit_on_checkpoint_error(prog: str):
+    """For command-line tools: a :class:`CheckpointFileError` raised inside ends the program with its
+    one line, ``PROG: error: MESSAGE`` on stderr and exit status 1, instead of a traceback."""
+    try:
+        yield
+    except CheckpointFileError as e:
+        raise SystemExit(f'{prog}: error: {e}') from None
+
+
+_CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+def find_resumable_checkpoint(work_dir: str | os.PathLike, log=None) -> str | None:
+    """The checkpoint auto-resume should continue from, after checking that it is readable.
+
+    Reads ``work_dir/last_checkpoint`` (the pointer mmengine's ``CheckpointHook`` writes) and checks
+    the file it names with :func:`diagnose_checkpoint_file`.  If the pointer is empty or names an
+    unreadable file, the newest readable ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir`` (largest N)
+    is used instead, and one line says why.  Temporary files an interrupted :func:`atomic_save` left
+    (``.epoch_N.pth.<random>.tmp``) are removed.
+
+    Args:
+        work_dir: the run's work dir.
+        log: ``callable(str)`` for the one-line notes (default: ignore).
+
+    Returns:
+        The checkpoint path, or ``None`` when nothing readable is there (a fresh start).
+    """
+    log = log or (lambda msg: None)
+    work_dir = os.fspath(work_dir)
+    if not os.path.isdir(work_dir):
+        return None
+    for name in os.listdir(work_dir):
+        if name.startswith('.') and name.endswith('.tmp') and _CKPT_NAME.match(name[1:].rsplit('.', 2)[0]):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(work_dir, name))
+                log(f'auto-resume: removed {name}, left by an interrupted checkpoint save')
+    pointer = os.path.join(work_dir, 'last_checkpoint')
+    named = None
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip() or None
+        if named is None:
+            log('auto-resume: last_checkpoint is empty; looking for the newest readable checkpoint')
+        elif (reason := diagnose_checkpoint_file(named)) is None:
+            return named
+        else:
+            log(f'auto-resume: {named} (named by last_checkpoint) is {reason}; '
+                'looking for the newest readable checkpoint')
+    found = sorted(((int(m.group(2)), name) for name in os.listdir(work_dir) if (m := _CKPT_NAME.match(name))),
+                   reverse=True)
+    for _, name in found:
+        path = os.path.join(work_dir, name)
+        if os.path.abspath(path) == os.path.abspath(named or ''):
+            continue
+        reason = diagnose_checkpoint_file(path)
+        if reason is None:
+            log(f'auto-resume: resuming from {path}')
+            return path
+        log(f'auto-resume: skipping {path}: {reason}')
+    return None
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
@@ -162,30 +378,23 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> 
         The loaded object, a dict (checkpoint or state dict).
 
     Raises:
-        FileNotFoundError: no local file at ``path`` (the message names it).
-        pickle.UnpicklingError: the file is not a checkpoint torch can read (a text file, a
-            truncated download), or it holds objects ``weights_only`` loading refuses (a class
-            outside the allow-list); one line naming the path and the reason; nothing from the
-            file was executed.
-        TypeError: the file does not hold a dict.
+        CheckpointNotFoundError (a ``FileNotFoundError``): no local file at ``path``.
+        CheckpointFileError (a ``pickle.UnpicklingError``): the file is empty, truncated, not a
+            checkpoint (a text or random file), holds no dict, or holds objects ``weights_only``
+            loading refuses (a class outside the allow-list); one line naming the path and what it
+            is; nothing from the file was executed.
         Whatever the scheme's backend raises when it cannot fetch the file (``URLError`` ...).
     """
     path = os.fspath(path)
-    if _is_local(path) and not os.path.isfile(os.path.expanduser(path)):
-        raise FileNotFoundError(f'checkpoint file not found: {path!r}')
-    if _is_local(path) and path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        device = map_location if isinstance(map_location, str) else 'cpu'
-        obj: Any = load_file(os.path.expanduser(path), device=device)
+    if _is_local(path):
+        obj: Any = load_local_checkpoint(path, map_location)
     else:
         from mmengine.runner.checkpoint import CheckpointLoader
         try:
-            with _weights_only_everywhere(force=not _is_local(path)):
+            with _weights_only_everywhere(force=True):
                 obj = CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent')
         except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError) as e:
-            raise pickle.UnpicklingError(
-                f'{path}: not a loadable checkpoint, or it holds types that weights_only loading refuses '
-                f'({_load_failure_reason(e)}); nothing from it was run') from None
+            raise _refused(path, e) from None
     if not isinstance(obj, Mapping):
-        raise TypeError(f'{path}: expected a dict checkpoint or state dict, got {type(obj).__name__}')
+        raise CheckpointFileError(f'{path}: holds a {type(obj).__name__}, not a checkpoint or state dict (a dict)')
     return dict(obj)

@@ -114,4 +114,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error
+    with exit_on_checkpoint_error('token_fluctuation.py'):
+        main()

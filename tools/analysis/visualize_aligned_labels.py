@@ -109,4 +109,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == '__main__':
-    main()
+    from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error
+    with exit_on_checkpoint_error('visualize_aligned_labels.py'):
+        main()
