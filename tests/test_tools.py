@@ -242,7 +242,7 @@ def test_help(tool, capsys, request):
         assert opt in out
 
 
-def test_train_resume_workdir_local_rank(train_tool, cfgs, monkeypatch):
+def test_train_resume_workdir_local_rank(train_tool, cfgs, monkeypatch, tmp_path):
     monkeypatch.delenv('LOCAL_RANK', raising=False)
     tiny = cfgs['tiny']
     cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--local-rank', '3']))
@@ -250,9 +250,17 @@ def test_train_resume_workdir_local_rank(train_tool, cfgs, monkeypatch):
     assert cfg.work_dir == osp.join('./work_dirs', 'tiny') and not cfg.get('resume', False)
     assert cfg.launcher == 'none'
 
-    # mmdet semantics: `--resume` alone -> auto (latest in work dir); `--resume PATH` -> that file
-    cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--resume', '--work-dir', '/tmp/wd']))
-    assert cfg.resume is True and cfg.load_from is None and cfg.work_dir == '/tmp/wd'
+    # mmdet semantics: `--resume` alone -> auto (latest readable in work dir, else a fresh start);
+    # `--resume PATH` -> that file
+    wd = str(tmp_path / 'wd')
+    cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--resume', '--work-dir', wd]))
+    assert cfg.resume is False and cfg.load_from is None and cfg.work_dir == wd
+    os.makedirs(wd)
+    torch.save({'state_dict': {}}, osp.join(wd, 'epoch_2.pth'))
+    with open(osp.join(wd, 'last_checkpoint'), 'w') as f:
+        f.write(osp.join(wd, 'epoch_2.pth'))
+    cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--resume', '--work-dir', wd]))
+    assert cfg.resume is True and cfg.load_from == osp.join(wd, 'epoch_2.pth')
     cfg = train_tool.setup_cfg(train_tool.parse_args([tiny, '--resume', 'some/epoch_3.pth']))
     assert cfg.resume is True and cfg.load_from == 'some/epoch_3.pth'
 
@@ -649,7 +657,7 @@ def test_kill_and_auto_resume(cfgs, reference_run, tmp_path):
     epoch1_mtime = (work / 'epoch_1.pth').stat().st_mtime_ns
 
     log = _train(cfgs['slow_val'], work, '--resume')
-    assert 'Auto resumed from the latest checkpoint' in log
+    assert f'Load checkpoint from {work / "epoch_1.pth"}' in log   # the one last_checkpoint names
     assert re.search(r'resumed epoch: [12], iter: [48]', log), log[-3000:]
     assert 'Epoch(train) [1][' not in log and 'Epoch(train) [3][4/4]' in log
     assert (work / 'epoch_1.pth').stat().st_mtime_ns == epoch1_mtime  # epoch 1 was not redone

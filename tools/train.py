@@ -21,9 +21,13 @@ What it does, in order:
 3. by the config's ``default_scope`` registers mmseg's (``'mmseg'``) or mmdet's (``'mmdet'``)
    modules -- those packages are imported only then;
 4. work dir: ``--work-dir`` > the config's ``work_dir`` > ``./work_dirs/<config file stem>``;
-5. ``--resume`` alone: resume from the latest checkpoint in the work dir (the ``last_checkpoint``
-   file the ``CheckpointHook`` writes; from scratch when there is none); ``--resume CKPT``: resume
-   from that file (weights, optimizer, scheduler, epoch/iteration);
+5. ``--resume`` alone: resume from the latest checkpoint in the work dir (the one the
+   ``last_checkpoint`` file the ``CheckpointHook`` writes names, when it is readable; else the newest
+   readable ``epoch_N.pth`` / ``iter_N.pth``, with one line saying why; from scratch when there is
+   none: ``tlalign_mm.utils.checkpoint_io.find_resumable_checkpoint``); ``--resume CKPT``: resume
+   from that file (weights, optimizer, scheduler, epoch/iteration, and with ``RandomStatesHook`` the
+   random states); a missing, empty, truncated or foreign checkpoint file (``--resume``,
+   ``load_from``, ``init_cfg``) ends the run with one line naming it;
 6. ``--amp``: ``optim_wrapper.type = 'AmpOptimWrapper'``, ``loss_scale = 'dynamic'``; on a
    machine without CUDA a warning is printed and training stays fp32, and a config's own
    ``AmpOptimWrapper`` becomes ``OptimWrapper`` (with a warning: mmengine's ``AmpOptimWrapper``
@@ -63,6 +67,12 @@ from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, se
 from mmengine.config import Config  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.model import is_model_wrapper  # noqa: E402
+
+from tlalign_mm.utils.checkpoint_io import (  # noqa: E402
+    exit_on_checkpoint_error,
+    find_resumable_checkpoint,
+    register_checkpoint_loader,
+)
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
            'build_runner', 'main']
@@ -120,8 +130,11 @@ def setup_cfg(args: argparse.Namespace) -> Config:
 
     # resume is determined in this priority: resume from > auto_resume
     if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
+        # the checkpoint last_checkpoint names, if it is readable; else the newest readable one
+        ckpt = find_resumable_checkpoint(cfg.work_dir, log=lambda msg: print_log(msg, logger='current',
+                                                                                 level=logging.WARNING))
+        cfg.resume = ckpt is not None
+        cfg.load_from = ckpt
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
@@ -129,7 +142,13 @@ def setup_cfg(args: argparse.Namespace) -> Config:
 
 
 def main(argv=None):
+    register_checkpoint_loader()   # a bad --resume / load_from / init_cfg file: one line, not a traceback
     args = parse_args(argv)
+    with exit_on_checkpoint_error('train.py'):
+        return _train(args)
+
+
+def _train(args):
     cfg = setup_cfg(args)
     check_downstream_config(cfg)
     register_scope(cfg)

@@ -6,10 +6,13 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
+    # mmengine's CheckpointHook, writing each file and the last_checkpoint pointer atomically
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 custom_hooks = [
+    # Random states in every checkpoint, restored on resume: a resumed run is the uninterrupted one.
+    dict(type='RandomStatesHook'),
     # Stop with the iteration, the loss terms and the last checkpoint on a NaN / inf loss.
     dict(type='NonFiniteLossHook'),
     # Backbone-only checkpoint for the UperNet / Cascade Mask R-CNN configs.

@@ -1,0 +1,210 @@
+"""Bit-exact resume: every random state a training run draws from travels with its checkpoints.
+
+mmengine saves weights, optimizer, schedulers and the loop counters, and re-seeds from the config
+on resume, so a resumed run draws different mixing boxes, erasing rectangles, drop-path masks and
+augmentations from the uninterrupted one.  :class:`RandomStatesHook` closes that gap.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from mmengine.dist import all_gather_object, get_dist_info
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.runner import EpochBasedTrainLoop
+
+from ..registry import HOOKS
+
+__all__ = ['RandomStatesHook', 'capture_random_states', 'restore_random_states', 'loader_seed']
+
+
+def capture_random_states() -> dict:
+    """This process's global random states, in types ``torch.load(weights_only=True)`` reads.
+
+    Returns:
+        ``{'python': random.getstate() (a tuple of ints), 'numpy': {'keys': int64 tensor [624], 'pos',
+        'has_gauss', 'cached_gaussian'}, 'torch': uint8 tensor (the CPU generator),
+        'cuda': [uint8 tensor per device]}``; ``'cuda'`` only once CUDA is initialised.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {'python': random.getstate(),
+              'numpy': {'bit_generator': str(name), 'keys': torch.from_numpy(keys.astype(np.int64)),
+                        'pos': int(pos), 'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+              'torch': torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(states: dict) -> None:
+    """Set the global random states :func:`capture_random_states` returned.
+
+    Raises:
+        ValueError: the states hold CUDA generators for a different number of devices.
+    """
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states['python']))
+    n = states['numpy']
+    np.random.set_state((n['bit_generator'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available():
+        if len(states['cuda']) != torch.cuda.device_count():
+            raise ValueError(f'the checkpoint holds CUDA random states for {len(states["cuda"])} devices, this '
+                             f'process sees {torch.cuda.device_count()}: resume with the same devices')
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
+def loader_seed(seed: int, epoch: int, rank: int) -> int:
+    """The train loader's generator seed for ``(seed, epoch, rank)``: 63 bits from NumPy's
+    ``SeedSequence``, so that nearby triples give unrelated worker streams."""
+    ss = np.random.SeedSequence([int(seed) % 2 ** 32, int(epoch), int(rank)])
+    return int(ss.generate_state(1, np.uint64)[0]) & (2 ** 63 - 1)
+
+
+def _restart_persistent_workers(loader) -> None:
+    """Shut down a persistent loader's workers, so that the next ``iter(loader)`` starts new ones.
+
+    torch keeps ``persistent_workers`` alive across epochs and never re-seeds them for a map-style
+    dataset, so their random streams depend on every earlier epoch; a resumed run could not rebuild
+    them.  Restarting them (``DataLoader._iterator``, what torch's own ``__del__`` shuts down) costs
+    one worker start-up per epoch.
+    """
+    it = getattr(loader, '_iterator', None)
+    if it is not None and hasattr(it, '_shutdown_workers'):
+        it._shutdown_workers()
+        loader._iterator = None
+
+
+@HOOKS.register_module()
+class RandomStatesHook(Hook):
+    """Carry every random state of training in the checkpoints, and restore it on resume.
+
+    What it does (one process per rank, each with its own states):
+
+    * **Saving.**  Each checkpoint gets ``checkpoint['random_states'] = {'world_size': W, 'iter': i,
+      'ranks': [states of rank 0, ..., rank W-1]}`` (:func:`capture_random_states`: Python
+      ``random``, NumPy, torch CPU, torch CUDA per device).  On W > 1 ranks the states are
+      gathered (``mmengine.dist.all_gather_object``) on the iterations and epochs where a
+      ``CheckpointHook`` saves, and before each validation.  The mixer's private generator (a
+      ``seed`` in ``TLAClsDataPreprocessor``) is already a model buffer (``mix_step``).
+    * **Restoring.**  After ``--resume`` or auto-resume, each rank sets its own states right before
+      the first training batch is drawn (epoch-based loops: ``before_train_epoch``), or right before
+      the first resumed iteration (iteration-based loops: ``before_train_iter``, after mmengine's
+      loop has skipped the trained batches).  A checkpoint without states, or from a different
+      number of ranks, is resumed as mmengine does, with a warning.
+    * **Data-loader workers.**  The training loader gets its own ``torch.Generator``, seeded with
+      :func:`loader_seed` ``(seed, epoch, rank)`` at each epoch, and torch's own worker seeding
+      (``random``, ``torch`` and NumPy from the loader's base seed plus the worker id) replaces
+      mmengine's ``worker_init_fn`` (which gives every epoch the same worker streams).  Persistent
+      workers are restarted at each epoch (:func:`_restart_persistent_workers`).  So a worker's
+      augmentations are a function of (seed, epoch, rank, worker), whatever happened before.
+    * **Validation draws nothing.**  The states are saved before validation and put back after it,
+      so a run validated more or less often trains identically, and a resumed run (which does not
+      repeat the validation before its checkpoint) sees the same numbers.
+
+    Limits (``README.md``, "Resume"): non-deterministic GPU kernels (atomics in backward,
+    cuDNN autotuning) differ between any two runs; iteration-based loops with ``num_workers=0``
+    transform the first resumed batch before the states are restored (mmengine fetches it first).
+
+    Args:
+        restore: put the saved states back on resume (``False``: save them only).
+    """
+
+    priority = 'NORMAL'   # before CheckpointHook (VERY_LOW) in after_train_epoch / after_train_iter
+
+    def __init__(self, restore: bool = True):
+        self.restore = restore
+        self._loaded: dict | None = None      # the states of the checkpoint just loaded
+        self._pending: dict | None = None     # this rank's states, to set before the first resumed batch
+        self._gathered: tuple[int, list] | None = None   # (iter, states of every rank) on W > 1
+        self._val_states: dict | None = None  # the states before the running validation
+
+    # ------------------------------------------------------------------ saving
+    def _all_ranks(self, runner) -> list:
+        rank, world = get_dist_info()
+        if world == 1:
+            return [self._val_states or capture_random_states()]
+        if self._gathered is not None and self._gathered[0] == runner.iter:
+            return self._gathered[1]
+        runner.logger.warning('RandomStatesHook: no gathered random states for this checkpoint; saving rank 0\'s '
+                              'only (resume will not restore them)')
+        return [self._val_states or capture_random_states()]
+
+    def _gather(self, runner) -> None:
+        if get_dist_info()[1] > 1:
+            self._gathered = (runner.iter, all_gather_object(self._val_states or capture_random_states()))
+
+    def _checkpoint_due(self, runner, by_epoch: bool) -> bool:
+        for h in runner.hooks:
+            if not isinstance(h, CheckpointHook) or h.by_epoch != by_epoch:
+                continue
+            if by_epoch and (h.every_n_epochs(runner, h.interval, h.save_begin)
+                             or (h.save_last and h.is_last_train_epoch(runner))):
+                return True
+            if not by_epoch and (h.every_n_train_iters(runner, h.interval, h.save_begin)
+                                 or (h.save_last and h.is_last_train_iter(runner))):
+                return True
+        return False
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if get_dist_info()[1] > 1 and self._checkpoint_due(runner, by_epoch=False):
+            self._gather(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        if get_dist_info()[1] > 1 and self._checkpoint_due(runner, by_epoch=True):
+            self._gather(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        ranks = self._all_ranks(runner)
+        checkpoint['random_states'] = {'world_size': len(ranks), 'iter': runner.iter, 'ranks': ranks}
+
+    def before_val(self, runner) -> None:
+        self._val_states = capture_random_states()
+        self._gather(runner)   # a best checkpoint saved after this validation carries these states
+
+    def after_val(self, runner) -> None:
+        if self._val_states is not None:
+            restore_random_states(self._val_states)
+            self._val_states = None
+
+    # ------------------------------------------------------------------ restoring
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._loaded = checkpoint.get('random_states')
+
+    def before_train(self, runner) -> None:
+        loaded, self._loaded = self._loaded, None
+        loader = runner.train_dataloader
+        rank, world = get_dist_info()
+        if isinstance(loader, torch.utils.data.DataLoader):
+            loader.worker_init_fn = None    # torch seeds each worker from the loader's generator
+            loader.generator = torch.Generator().manual_seed(loader_seed(runner.seed, runner.epoch, rank))
+        if runner.iter == 0 or not self.restore:
+            return   # a fresh run (``load_from`` without resume loads weights only)
+        if loaded is None:
+            runner.logger.warning('RandomStatesHook: the resumed checkpoint carries no random states (written '
+                                  'without this hook); the run continues, but not as the uninterrupted one would')
+            return
+        if loaded['world_size'] != world:
+            runner.logger.warning(f'RandomStatesHook: the checkpoint was written by {loaded["world_size"]} '
+                                  f'processes, this run has {world}; random states not restored')
+            return
+        self._pending = loaded['ranks'][rank]
+
+    def before_train_epoch(self, runner) -> None:
+        loader = runner.train_dataloader
+        if isinstance(runner.train_loop, EpochBasedTrainLoop) and isinstance(loader, torch.utils.data.DataLoader):
+            if loader.persistent_workers:
+                _restart_persistent_workers(loader)
+            loader.generator = torch.Generator().manual_seed(
+                loader_seed(runner.seed, runner.epoch, get_dist_info()[0]))
+            self._restore_pending(runner)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._restore_pending(runner)
+
+    def _restore_pending(self, runner) -> None:
+        if self._pending is not None:
+            restore_random_states(self._pending)
+            self._pending = None
+            runner.logger.info(f'RandomStatesHook: random states restored (iteration {runner.iter})')
