@@ -11,17 +11,30 @@ the backbones and ``models.loading`` <- this module):
   ``tlalign_mm/models/layouts.py``), their detection, conversion and resizing, and
   :func:`load_backbone_checkpoint`, which refuses a checkpoint that matches little of the model;
 * the classifier's own checkpoints and the head readout check (``tlalign_mm/models/loading.py``);
-* :func:`export_backbone`, here.
+* export (``tlalign_mm/models/export.py``): :func:`export_checkpoint` writes any checkpoint we
+  read for timm, mmseg, mmdet, mmpretrain or ours (:func:`backbone_export`), each backbone file
+  writing its own keys (``export_state_dict`` beside its ``checkpoint_filter_fn``);
+  :func:`export_backbone`, here, is its ``to='tlalign'``.
 """
 from __future__ import annotations
 
 import os
 
 from .models import backbones as _backbones  # noqa: F401  (the backbone files register their layouts)
+from .models.export import (
+    EXPORT_TARGETS,
+    READOUTS,
+    backbone_export,
+    checkpoint_head,
+    checkpoint_readout,
+    export_checkpoint,
+    export_state_dict,
+)
 from .models.layouts import (
     LAYOUTS,
+    ExportResult,
+    KeyMap,
     LoadReport,
-    _detect_or_raise,
     convert_state_dict,
     detect_layout,
     extract_state_dict,
@@ -36,30 +49,23 @@ from .models.layouts import (
     resize_relative_position_bias_table,
     stage_ids,
 )
-from .models.loading import check_head_readout, foreign_head_state, load_classifier_checkpoint, load_head_state
-from .utils.checkpoint_io import atomic_save, load_checkpoint_file
+from .models.loading import (
+    check_head_readout,
+    foreign_head_state,
+    foreign_readout,
+    load_classifier_checkpoint,
+    load_head_state,
+)
+from .utils.checkpoint_io import load_checkpoint_file
 from .utils.torch_compat import mmengine_safe_globals
-from .version import __version__
 
 __all__ = ['LAYOUTS', 'LoadReport', 'mmengine_safe_globals', 'load_checkpoint_file', 'has_key', 'stage_ids',
            'is_recomputed_buffer', 'filter_state_dict', 'rename_key', 'register_layouts', 'layout_families',
            'extract_state_dict', 'detect_layout', 'convert_state_dict', 'resize_pos_embed',
            'resize_relative_position_bias_table', 'load_backbone_checkpoint', 'backbone_export', 'export_backbone',
-           'load_classifier_checkpoint', 'foreign_head_state', 'check_head_readout', 'load_head_state']
-
-
-def backbone_export(state_dict, **meta) -> dict:
-    """The one backbone-export format: ``{'state_dict': tensors (our layout, no prefix, contiguous,
-    on the CPU), 'meta': {'layout': 'tlalign', 'tlalign_mm_version': ..., **meta}}``, what
-    :func:`export_backbone`, ``tools/convert_checkpoint.py`` and the ``BackboneExportHook`` write and
-    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` reads (:func:`load_backbone_checkpoint`).
-
-    Args:
-        state_dict: backbone tensors in our layout.
-        meta: what to record besides the layout and version (source, epoch, backbone type ...).
-    """
-    sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    return {'state_dict': sd, 'meta': dict(layout='tlalign', tlalign_mm_version=__version__, **meta)}
+           'load_classifier_checkpoint', 'foreign_head_state', 'foreign_readout', 'check_head_readout',
+           'load_head_state', 'EXPORT_TARGETS', 'READOUTS', 'ExportResult', 'KeyMap', 'export_state_dict',
+           'export_checkpoint', 'checkpoint_head', 'checkpoint_readout']
 
 
 def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.PathLike,
@@ -85,11 +91,5 @@ def export_backbone(src_checkpoint_path: str | os.PathLike, dst_path: str | os.P
         FileNotFoundError, pickle.UnpicklingError: see :func:`load_checkpoint_file`.
         ValueError: prefix with no keys, or unrecognised layout.
     """
-    src = os.fspath(src_checkpoint_path)
-    dst = os.fspath(dst_path)
-    sd, used_prefix = extract_state_dict(load_checkpoint_file(src), prefix)
-    layout = _detect_or_raise(sd, src, used_prefix, 'pass --prefix')
-    converted, layout, ignored = convert_state_dict(sd, layout)
-    atomic_save(backbone_export(converted, source=src, source_layout=layout, prefix=used_prefix), dst)
-    return {'layout': layout, 'num_keys': len(converted), 'ignored': ignored,
-            'prefix': used_prefix, 'dst': dst}
+    info = export_checkpoint(src_checkpoint_path, dst_path, to='tlalign', prefix=prefix)
+    return {k: info[k] for k in ('layout', 'num_keys', 'ignored', 'prefix', 'dst')}

@@ -1,9 +1,12 @@
-"""Convert a pretrained checkpoint into a backbone-only checkpoint in tlalign_mm's layout.
+"""Convert a checkpoint between tlalign_mm's layout and timm's, mmseg's, mmdet's and mmpretrain's.
 
-Reads official DeiT / TL-Align, official Swin, timm, mmseg / mmdet / mmpretrain and mmengine
-checkpoints (always with ``torch.load(weights_only=True)``), and writes
-``{'state_dict': ..., 'meta': ...}`` whose keys are the backbones' parameter names, for
-``init_cfg=dict(type='Pretrained', checkpoint=DST)``.  See :mod:`tlalign_mm.checkpoint`.
+Reads official DeiT / TL-Align, official Swin, official PVT, timm, mmseg / mmdet / mmpretrain and
+mmengine checkpoints (always with ``torch.load(weights_only=True)``).  ``--to tlalign`` (the
+default) writes ``{'state_dict': ..., 'meta': ...}`` whose keys are the backbones' parameter
+names, for ``init_cfg=dict(type='Pretrained', checkpoint=DST)``; ``--to timm / mmseg / mmdet /
+mmpretrain`` writes the backbone (and, for timm, the classifier head) under that library's names
+and prints the call that builds the model it loads into with ``strict=True``.  DST ending in
+``.safetensors`` holds the flat ``{name: tensor}``.  See :mod:`tlalign_mm.models.export`.
 
 Example::
 
@@ -11,11 +14,14 @@ Example::
         pretrain/deit_small_tla.pth --arch deit-small
     python tools/convert_checkpoint.py upernet_swin.pth swin_backbone.pth --prefix backbone. \\
         --arch swin-tiny
+    python tools/convert_checkpoint.py work_dirs/deit/epoch_300.pth deit_timm.safetensors --to timm
+    python tools/convert_checkpoint.py work_dirs/pvt/epoch_300.pth pvt_mmdet.pth --to mmdet --allow-drop
 """
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 
 try:
@@ -23,8 +29,13 @@ try:
 except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tlalign_mm.checkpoint import LAYOUTS, export_backbone, load_backbone_checkpoint  # noqa: E402
-from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error  # noqa: E402
+from tlalign_mm.checkpoint import (  # noqa: E402
+    EXPORT_TARGETS,
+    LAYOUTS,
+    READOUTS,
+    export_checkpoint,
+    load_backbone_checkpoint,
+)
 
 SWIN_ARCHS = ('swin-tiny', 'swin-small', 'swin-base', 'swin-t', 'swin-s', 'swin-b')
 VIT_ARCHS = ('deit-tiny', 'deit-small', 'deit-base', 'deit-t', 'deit-s', 'deit-b')
@@ -32,11 +43,19 @@ VIT_ARCHS = ('deit-tiny', 'deit-small', 'deit-base', 'deit-t', 'deit-s', 'deit-b
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description='Convert a DeiT / Swin checkpoint (official, timm, mmseg, mmdet, mmpretrain, '
-                    'mmengine) into a backbone-only checkpoint in tlalign_mm layout. '
-                    f'Recognised layouts: {", ".join(LAYOUTS)}.')
+        description='Convert a DeiT / Swin / PVT checkpoint (official, timm, mmseg, mmdet, mmpretrain, '
+                    'mmengine, ours) into a backbone checkpoint in tlalign_mm layout, or for timm, mmseg, '
+                    f'mmdet or mmpretrain (--to). Recognised layouts: {", ".join(LAYOUTS)}.')
     p.add_argument('src', help='source checkpoint (.pth / .pt / .safetensors)')
-    p.add_argument('dst', help='output checkpoint path')
+    p.add_argument('dst', help='output checkpoint path (.safetensors: a flat {name: tensor} file)')
+    p.add_argument('--to', default='tlalign', metavar='TARGET',
+                   help=f'layout to write: {", ".join(EXPORT_TARGETS)} (default tlalign)')
+    p.add_argument('--readout', default=None, metavar='READOUT',
+                   help=f'our classifier\'s pooled feature ({", ".join(READOUTS)}) when SRC does not tell; '
+                        'picks timm\'s global_pool for a DeiT head')
+    p.add_argument('--allow-drop', action='store_true',
+                   help='write even when the target cannot hold some parameters (they are listed)')
+    p.add_argument('--no-head', action='store_true', help='leave the classifier head out (timm: num_classes=0)')
     p.add_argument('--prefix', default=None,
                    help="key prefix of the backbone in SRC (default: 'backbone.' when present, "
                         "else none; '' forces none)")
@@ -59,15 +78,29 @@ def build_check_model(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with exit_on_checkpoint_error('convert_checkpoint.py'):
-        return _convert(args)
-
-
-def _convert(args: argparse.Namespace) -> int:
-    info = export_backbone(args.src, args.dst, prefix=args.prefix)
+    if args.to not in EXPORT_TARGETS:
+        print(f'convert_checkpoint: error: unknown --to {args.to!r}; choose one of {", ".join(EXPORT_TARGETS)}',
+              file=sys.stderr)
+        return 2
+    try:
+        info = export_checkpoint(args.src, args.dst, to=args.to, prefix=args.prefix, readout=args.readout,
+                                 allow_drop=args.allow_drop, with_head=not args.no_head)
+    except (ValueError, TypeError, OSError, pickle.UnpicklingError) as e:
+        print(f'convert_checkpoint: error: {e}', file=sys.stderr)
+        return 1
     print(f'source layout: {info["layout"]}' + (f' (prefix {info["prefix"]!r})' if info['prefix'] else ''))
     print(f'wrote {info["num_keys"]} tensors to {info["dst"]}; dropped {len(info["ignored"])} '
           f'(heads / buffers)')
+    if args.to != 'tlalign':
+        print(f'layout {info["target_layout"]}: {info["model"]}'
+              + (f'; with the classifier head (readout {info["readout"]})' if info['head'] else '; backbone only'))
+        print(f'build: {info["build"]}')
+        for note in info['notes']:
+            print(f'note: {note}')
+    if info['dropped']:
+        print(f'dropped (--allow-drop): {", ".join(info["dropped"])}')
+    if info['label_params']:
+        print(f'left out {len(info["label_params"])} pretraining-only label parameters (label_rule.*)')
     if args.arch:
         report = load_backbone_checkpoint(build_check_model(args), args.dst)
         print(f'check {args.arch}: {report.summary()}')

@@ -52,6 +52,12 @@ registry's union, never a list kept in step by hand:
 ``'mm-pvt'``
     mmdet ``PyramidVisionTransformer(V2)`` (``pvt_convert`` of the release): ``layers.{i}.{0,1,2}``
     (patch embedding, blocks, norm), converted on load by the PVT backbone's filter.
+``'timm-pvt'``
+    timm ``pvt_v2_b*`` (``timm/models/pvt_v2.py``): ``patch_embed``, ``stages.{i}.downsample`` (the
+    next stage's patch embedding), ``stages.{i}.blocks.{j}``, ``stages.{i}.norm``, ``head``.
+
+Every foreign layout but the official ones is also written: :mod:`tlalign_mm.models.export`, through
+each backbone file's ``export_state_dict`` (the same :class:`KeyMap` tables read backwards).
 
 Checkpoints are read by mmengine's ``CheckpointLoader`` (local paths, ``https://`` and every
 other scheme mmseg / mmdet configs use) with every ``torch.load`` forced to ``weights_only=True``;
@@ -77,10 +83,10 @@ from torch import Tensor
 
 from ..utils.checkpoint_io import load_checkpoint_file
 
-__all__ = ['LAYOUTS', 'LoadReport', 'register_layouts', 'layout_families', 'has_key', 'stage_ids',
-           'is_recomputed_buffer', 'filter_state_dict', 'rename_key', 'extract_state_dict', 'detect_layout',
-           'convert_state_dict', 'resize_pos_embed', 'resize_relative_position_bias_table',
-           'load_backbone_checkpoint']
+__all__ = ['LAYOUTS', 'EXPORT_TARGETS', 'LoadReport', 'KeyMap', 'ExportResult', 'register_layouts',
+           'layout_families', 'has_key', 'stage_ids', 'is_recomputed_buffer', 'filter_state_dict', 'rename_key',
+           'extract_state_dict', 'detect_layout', 'convert_state_dict', 'resize_pos_embed',
+           'resize_relative_position_bias_table', 'load_backbone_checkpoint', 'unsupported_target', 'format_call']
 
 _CONTAINER_KEYS = ('state_dict', 'model', 'module')
 _BUFFER_NAMES = ('relative_position_index', 'attn_mask', 'relative_coords_table')
@@ -94,12 +100,15 @@ _ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_tok
 @dataclass(frozen=True)
 class LayoutFamily:
     """One backbone file's layouts: ``detect(state_dict) -> layout or None`` and
-    ``convert(state_dict, layout) -> (renamed, ignored keys)``, tried in ``priority`` order."""
+    ``convert(state_dict, layout) -> (renamed, ignored keys)``, tried in ``priority`` order;
+    ``export(state_dict, target, head, readout) -> ExportResult`` writes ours into a library's
+    layout (None: the family writes only ours)."""
     name: str
     layouts: tuple
     detect: Callable
     convert: Callable
     priority: int
+    export: Callable | None = None
 
 
 _FAMILIES: dict[str, LayoutFamily] = {}
@@ -107,7 +116,8 @@ LAYOUTS: tuple = ('tlalign',)
 """Layouts :func:`detect_layout` can return (besides ``'unknown'``): ours and every registered one."""
 
 
-def register_layouts(name: str, layouts, detect: Callable, convert: Callable, priority: int) -> None:
+def register_layouts(name: str, layouts, detect: Callable, convert: Callable, priority: int,
+                     export: Callable | None = None) -> None:
     """Register a backbone family's checkpoint layouts (called by each backbone file at import).
 
     Args:
@@ -116,6 +126,8 @@ def register_layouts(name: str, layouts, detect: Callable, convert: Callable, pr
         detect, convert: its ``detect_layout`` and ``checkpoint_filter_fn``.
         priority: detection order, lowest first (a family whose keys another family's detector
             could mistake comes first: mm Swin before mm ViT).
+        export: its ``export_state_dict(state_dict, target, head, readout) -> ExportResult``, the
+            reverse of ``convert`` for the targets of :data:`EXPORT_TARGETS` it can hold.
 
     Raises:
         ValueError: a layout name another family already registered.
@@ -125,7 +137,7 @@ def register_layouts(name: str, layouts, detect: Callable, convert: Callable, pr
     clash = [lay for lay in layouts if lay in taken]
     if clash:
         raise ValueError(f'checkpoint layouts {clash} of {name!r} are registered by {[taken[c] for c in clash]}')
-    _FAMILIES[name] = LayoutFamily(name, tuple(layouts), detect, convert, int(priority))
+    _FAMILIES[name] = LayoutFamily(name, tuple(layouts), detect, convert, int(priority), export)
     LAYOUTS = ('tlalign',) + tuple(lay for f in layout_families() for lay in f.layouts)
 
 
@@ -341,6 +353,107 @@ def rename_key(key: str, rules, first_only: bool) -> str:
             if first_only:
                 break
     return key
+
+
+_PLACEHOLDER = re.compile(r'\{([a-z])([+-]\d+)?\}')
+
+
+class KeyMap:
+    """Key names of one foreign layout, written once as ``(ours, theirs)`` template pairs and used
+    both ways: :meth:`to_ours` when reading that layout (a backbone's ``checkpoint_filter_fn``),
+    :meth:`from_ours` when exporting to it (its ``export_state_dict``).
+
+    A template is a key, or a key prefix when it ends in ``'.'``; ``{i}`` (any lower-case letter)
+    stands for a number, ``{i+1}`` / ``{i-2}`` for that number shifted (timm's Swin holds stage
+    ``i``'s patch merging in ``layers.{i+1}``).  Pairs are tried in order and the first whose
+    template matches the start of the key (the whole key for a template without the final dot)
+    renames it; the rest of the key is kept.
+
+    Example: ``KeyMap([('blocks.{i}.norm1.', 'layers.{i}.ln1.')]).from_ours('blocks.3.norm1.weight')``
+    is ``'layers.3.ln1.weight'``.
+
+    Args:
+        pairs: ``(our template, their template)``, each placeholder appearing once in each.
+    """
+
+    def __init__(self, pairs):
+        self.pairs = tuple(pairs)
+        self._to_ours = [self._rule(theirs, ours) for ours, theirs in self.pairs]
+        self._from_ours = [self._rule(ours, theirs) for ours, theirs in self.pairs]
+
+    @staticmethod
+    def _rule(src: str, dst: str):
+        parts, offsets, pos = [], {}, 0
+        for m in _PLACEHOLDER.finditer(src):
+            parts += [re.escape(src[pos:m.start()]), rf'(?P<{m.group(1)}>\d+)']
+            offsets[m.group(1)] = int(m.group(2) or 0)
+            pos = m.end()
+        parts.append(re.escape(src[pos:]))
+        rx = re.compile('^' + ''.join(parts) + ('' if src.endswith('.') else '$'))
+
+        def fill(m):
+            vals = {k: int(v) - offsets[k] for k, v in m.groupdict().items()}
+            return _PLACEHOLDER.sub(lambda p: str(vals[p.group(1)] + int(p.group(2) or 0)), dst)
+        return rx, fill
+
+    @staticmethod
+    def _apply(rules, key: str) -> str:
+        for rx, fill in rules:
+            m = rx.match(key)
+            if m:
+                return fill(m) + key[m.end():]
+        return key
+
+    def to_ours(self, key: str) -> str:
+        """Their key -> ours (unchanged when no template matches)."""
+        return self._apply(self._to_ours, key)
+
+    def from_ours(self, key: str) -> str:
+        """Our key -> theirs (unchanged when no template matches)."""
+        return self._apply(self._from_ours, key)
+
+
+EXPORT_TARGETS = ('tlalign', 'timm', 'mmseg', 'mmdet', 'mmpretrain')
+"""Libraries :func:`tlalign_mm.models.export.export_state_dict` writes for (``'tlalign'``: ours)."""
+
+
+@dataclass
+class ExportResult:
+    """What a backbone file's ``export_state_dict`` made of our state dict for one library.
+
+    Attributes:
+        state_dict: the tensors under the target model's names (head included where it has one).
+        layout: the layout name our reader gives it back (:func:`detect_layout`), e.g. ``'timm-vit'``.
+        model: the target class, with the upstream file its key names come from.
+        build: a Python call that builds a target model this state dict loads into with
+            ``strict=True`` (arch, sizes, pooling), e.g. ``timm.create_model(...)``.
+        dropped: our parameter names the target cannot hold; :func:`~tlalign_mm.models.export.
+            export_state_dict` refuses to write unless told to drop them.
+        notes: what else a user must know (sizes the model must be built at, numerics).
+    """
+
+    state_dict: dict
+    layout: str
+    model: str
+    build: str
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def format_call(fn: str, **kwargs) -> str:
+    """``fn(k=v, ...)`` with each value's ``repr`` (a tuple for a list): the build line of an :class:`ExportResult`."""
+    args = ', '.join(f'{k}={tuple(v) if isinstance(v, list) else v!r}' for k, v in kwargs.items())
+    return f'{fn}({args})'
+
+
+def unsupported_target(what: str, target: str, alternatives: str) -> ValueError:
+    """The one error for a target that cannot hold an architecture: names both and what to use.
+
+    Args:
+        what: our architecture (``'PVT v1'``); target: the ``--to`` value; alternatives: the
+            targets that hold it.
+    """
+    return ValueError(f'cannot export {what} to {target!r}: {alternatives}')
 
 
 # ---------------------------------------------------------------------------------------------

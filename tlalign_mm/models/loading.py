@@ -9,7 +9,8 @@ from __future__ import annotations
 from ..utils.checkpoint_io import load_checkpoint_file
 from .layouts import load_backbone_checkpoint
 
-__all__ = ['load_classifier_checkpoint', 'foreign_head_state', 'check_head_readout', 'load_head_state']
+__all__ = ['load_classifier_checkpoint', 'foreign_head_state', 'foreign_readout', 'check_head_readout',
+           'load_head_state']
 
 
 def load_classifier_checkpoint(model, path: str) -> None:
@@ -63,6 +64,18 @@ def foreign_head_state(model, state_dict: dict) -> dict | None:
     return {} if head else None
 
 
+def foreign_readout(state_dict) -> tuple[str, str]:
+    """The pooled feature a foreign checkpoint's head read, told by its keys (at the backbone's root):
+    ``'cls_token'`` with ``cls_token`` (official DeiT / TL-Align, timm ViT, the PVT v1 release),
+    unless ``fc_norm`` is there too (timm's token-mean ViT); else ``'avg_featmap'`` (Swin, PVT v2,
+    mmdet's PVT).  Returns (readout, the key that tells, in words)."""
+    if 'cls_token' in state_dict and 'fc_norm.weight' not in state_dict:
+        return 'cls_token', "the checkpoint has 'cls_token'"
+    if 'cls_token' in state_dict:
+        return 'avg_featmap', "the checkpoint has 'cls_token' and 'fc_norm' (timm's token-mean ViT)"
+    return 'avg_featmap', "the checkpoint has no 'cls_token'"
+
+
 def check_head_readout(model, state_dict: dict, source: str = 'the checkpoint') -> None:
     """Refuse a foreign head trained on another pooled feature than this model's.
 
@@ -79,12 +92,8 @@ def check_head_readout(model, state_dict: dict, source: str = 'the checkpoint') 
     """
     if any(isinstance(k, str) and k.startswith('backbone.') for k in state_dict):
         return
-    if 'cls_token' in state_dict and 'fc_norm.weight' not in state_dict:
-        theirs, why = 'the class token', "the checkpoint has 'cls_token'"
-    elif 'cls_token' in state_dict:
-        theirs, why = 'the token mean', "the checkpoint has 'cls_token' and 'fc_norm' (timm's token-mean ViT)"
-    else:
-        theirs, why = 'the token mean', "the checkpoint has no 'cls_token'"
+    readout, why = foreign_readout(state_dict)
+    theirs = 'the class token' if readout == 'cls_token' else 'the token mean'
     ours = 'the class token' if model.pool_type == 'cls_token' else 'the token mean'
     if theirs != ours:
         raise ValueError(

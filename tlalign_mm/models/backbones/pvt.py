@@ -48,7 +48,7 @@ from ...align import (
     residual_label_average,
 )
 from ...registry import MODELS
-from ..layouts import register_layouts
+from ..layouts import ExportResult, KeyMap, register_layouts, unsupported_target
 from .base import TLABackbone, TLALabelAttention
 
 __all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPyramidVisionTransformer']
@@ -494,8 +494,22 @@ class TLAPyramidVisionTransformer(TLABackbone):
 # Checkpoints of other layouts (timm's ``checkpoint_filter_fn``; the loader is
 # tlalign_mm/checkpoint.py, which asks each backbone file to recognise and rename its own)
 # ---------------------------------------------------------------------------------------------
-CHECKPOINT_LAYOUTS = ('official-pvt', 'mm-pvt')
+CHECKPOINT_LAYOUTS = ('official-pvt', 'mm-pvt', 'timm-pvt')
 """Foreign PVT layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
+
+TIMM_PVT_KEYS = KeyMap([
+    ('patch_embed1.', 'patch_embed.'),
+    ('patch_embed{i+1}.', 'stages.{i}.downsample.'),
+    ('block{i+1}.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.'),
+    ('block{i+1}.{j}.', 'stages.{i}.blocks.{j}.'),
+    ('norm{i+1}.', 'stages.{i}.norm.'),
+])
+"""Our PVT v2 keys <-> timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``, whose
+``checkpoint_filter_fn`` renames the release the same way); timm has no PVT v1."""
+
+_MM_FFN = {True: {'0': 'fc1', '1': 'dwconv.dwconv', '4': 'fc2'}, False: {'0': 'fc1', '3': 'fc2'}}
+"""mmdet ``MixFFN.layers`` index -> our ``mlp`` module, with / without the depth-wise conv
+(``mmdet/models/backbones/pvt.py``: fc1, [dwconv], act, drop, fc2, drop; 1x1 convolutions)."""
 
 
 def detect_layout(state_dict) -> Optional[str]:
@@ -504,11 +518,14 @@ def detect_layout(state_dict) -> Optional[str]:
     * ``layers.{s}.1.{j}.attn.attn.in_proj_weight`` (mmdet ``PyramidVisionTransformer(V2)``) ->
       ``'mm-pvt'``;
     * ``block{i}.{j}.attn.q`` with a classifier ``head`` or a ``cls_token`` -> ``'official-pvt'``
-      (whai362/PVT), without -> ``'tlalign'``.
+      (whai362/PVT), without -> ``'tlalign'``;
+    * ``stages.{i}.blocks.{j}.attn.q`` -> ``'timm-pvt'`` (timm's ``pvt_v2_b*``).
     """
     from ..layouts import has_key
     if has_key(state_dict, r'layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight'):
         return 'mm-pvt'
+    if has_key(state_dict, r'stages\.\d+\.blocks\.\d+\.attn\.q\.'):
+        return 'timm-pvt'
     if has_key(state_dict, r'block\d+\.\d+\.attn\.q\.'):
         return 'official-pvt' if has_key(state_dict, r'(head|cls_token)') else 'tlalign'
     return None
@@ -540,9 +557,7 @@ def _mm_rename(k: str, v: Tensor, pos_stages: set, conv_stages: set) -> list[tup
         return [(pre + 'attn.proj.' + rest[len('attn.attn.out_proj.'):], v)]
     m = re.match(r'ffn\.layers\.(\d)\.(weight|bias)$', rest)
     if m:
-        conv = s in conv_stages
-        name = {'0': 'fc1', '1': 'dwconv.dwconv' if conv else None, '3': None if conv else 'fc2',
-                '4': 'fc2'}.get(m.group(1))
+        name = _MM_FFN[s in conv_stages].get(m.group(1))
         if name is None:
             return [(pre + rest, v)]
         if name in ('fc1', 'fc2') and m.group(2) == 'weight':
@@ -562,7 +577,9 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
       the position embedding) -> ``block{s+1}.{j}``, ``attn.attn.in_proj_*`` split into ``attn.q``
       and ``attn.kv``, ``attn.attn.out_proj`` -> ``attn.proj``, the 1x1-conv ``ffn.layers`` ->
       ``mlp.fc1`` / ``mlp.dwconv.dwconv`` / ``mlp.fc2``, ``layers.{s}.2`` -> ``norm{s+1}``
-      (mmdet's inverse of its own ``pvt_convert``).
+      (mmdet's inverse of its own ``pvt_convert``);
+    * ``'timm-pvt'``: :data:`TIMM_PVT_KEYS` (``stages.{i}.blocks.{j}`` -> ``block{i+1}.{j}``,
+      ``stages.{i}.downsample`` -> ``patch_embed{i+1}``, ``stages.{i}.norm`` -> ``norm{i+1}``).
 
     Returns:
         (renamed state dict, dropped source keys).
@@ -584,7 +601,135 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
                 out[nk] = nv
         return out, ignored
 
-    return filter_state_dict(state_dict, layout, lambda k, v: (k, v))
+    keys = TIMM_PVT_KEYS if layout == 'timm-pvt' else None
+    return filter_state_dict(state_dict, layout, lambda k, v: (keys.to_ours(k) if keys else k, v))
 
 
-register_layouts('pvt', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=0)
+_TIMM_PVT_NAMES = {((32, 64, 160, 256), (2, 2, 2, 2)): 'pvt_v2_b0', ((64, 128, 320, 512), (2, 2, 2, 2)): 'pvt_v2_b1',
+                   ((64, 128, 320, 512), (3, 4, 6, 3)): 'pvt_v2_b2', ((64, 128, 320, 512), (3, 4, 18, 3)): 'pvt_v2_b3'}
+
+
+def _pvt_arch(sd) -> dict:
+    """What the weights tell of a PVT in our layout: version, widths, depths, ratios, image size (v1)."""
+    stages = sorted({int(m.group(1)) for k in sd if (m := re.match(r'block(\d+)\.', k))})
+    dims = tuple(sd[f'patch_embed{s}.proj.weight'].shape[0] for s in stages)
+    depths = tuple(len({k.split('.')[1] for k in sd if k.startswith(f'block{s}.')}) for s in stages)
+    sr = tuple(sd[f'block{s}.0.attn.sr.weight'].shape[-1] if f'block{s}.0.attn.sr.weight' in sd else 1
+               for s in stages)
+    mlp = tuple(sd[f'block{s}.0.mlp.fc1.weight'].shape[0] // d for s, d in zip(stages, dims))
+    v1 = 'pos_embed1' in sd
+    img = math.isqrt(sd['pos_embed1'].shape[1]) * 4 if v1 else None
+    # mmdet builds stage i with embed_dims * num_heads[i] channels; the release's heads are dims / dims[0]
+    heads = tuple(max(1, d // dims[0]) for d in dims)
+    return dict(stages=stages, dims=dims, depths=depths, sr_ratios=sr, mlp_ratios=mlp, version=1 if v1 else 2,
+                img_size=img, num_heads=heads, qkv_bias='block1.0.attn.q.bias' in sd)
+
+
+def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
+    """Our PVT keys -> mmdet's ``PyramidVisionTransformer(V2)`` (``mmdet/models/backbones/pvt.py``;
+    the direction of mmdet's ``pvt_convert``, the reverse of :func:`_mm_rename`): q and kv stacked
+    into ``attn.attn.in_proj_*``, linears as 1x1 convolutions, v1 blocks after the position
+    embedding.  Returns (state dict, our keys mmdet cannot hold: v1's final ``norm``, ``cls_token``
+    and the class-token row of ``pos_embed4``)."""
+    out, dropped = {}, []
+    fc_index = {name: i for i, name in _MM_FFN[not v1].items()}
+    for k, v in sd.items():
+        if k.startswith('norm.') or k == 'cls_token':
+            dropped.append(k)
+            continue
+        m = re.match(r'(patch_embed|pos_embed|norm|block)(\d+)(?:\.(.*))?$', k)
+        if not m:
+            out[k] = v
+            continue
+        kind, s, rest = m.group(1), int(m.group(2)), m.group(3)
+        stage = f'layers.{s - 1}'
+        if kind == 'patch_embed':
+            out[f'{stage}.0.' + rest.replace('proj.', 'projection.', 1)] = v
+        elif kind == 'norm':
+            out[f'{stage}.2.{rest}'] = v
+        elif kind == 'pos_embed':
+            grid = math.isqrt(v.shape[1])
+            if grid * grid != v.shape[1]:                 # pos_embed4 with the class-token row first
+                dropped.append(f'{k}[:, 0] (class-token row)')
+                v = v[:, 1:]
+            out[f'{stage}.1.0.pos_embed'] = v
+        else:
+            j, rest = rest.split('.', 1)
+            pre = f'{stage}.1.{int(j) + int(v1)}.'
+            if rest.startswith('attn.q.'):
+                kind_ = rest[len('attn.q.'):]
+                out[pre + f'attn.attn.in_proj_{kind_}'] = torch.cat([v, sd[f'block{s}.{j}.attn.kv.{kind_}']])
+            elif rest.startswith('attn.kv.'):
+                continue
+            elif rest.startswith('attn.proj.'):
+                out[pre + 'attn.attn.out_proj.' + rest[len('attn.proj.'):]] = v
+            elif rest.startswith('mlp.'):
+                name, what = rest[len('mlp.'):].rsplit('.', 1)
+                if name in ('fc1', 'fc2') and what == 'weight':
+                    v = v.reshape(*v.shape, 1, 1)
+                out[pre + f'ffn.layers.{fc_index[name]}.{what}'] = v
+            else:
+                out[pre + rest] = v
+    return out, dropped
+
+
+def export_state_dict(state_dict, target: str, head=None, readout: Optional[str] = None):
+    """Write a PVT state dict in our layout under another library's names.
+
+    * ``'timm'`` (v2 only): timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``,
+      :data:`TIMM_PVT_KEYS`, the reverse of its reading) with ``head.weight`` / ``head.bias``; it
+      pools the token mean after the stage norm, as ours (``out_type='avg_featmap'``);
+    * ``'mmdet'``: ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2)
+      (``mmdet/models/backbones/pvt.py``, :func:`_to_mmdet`), backbone only.  mmdet's v1 is dense:
+      our v1's final ``norm``, a ``cls_token`` and its ``pos_embed4`` row are listed as dropped.
+
+    Args:
+        state_dict: our PVT keys; head: ``{'weight': (K, C4), 'bias': (K,)}`` or None;
+        target: ``'timm'`` or ``'mmdet'``; readout: ignored (v2 reads the token mean).
+
+    Returns:
+        :class:`~tlalign_mm.models.layouts.ExportResult`.
+
+    Raises:
+        ValueError: PVT v1 to timm (timm has no PVT v1), or to ``'mmseg'`` / ``'mmpretrain'`` (no PVT).
+    """
+    from ..layouts import format_call
+    a = _pvt_arch(state_dict)
+    v1 = a['version'] == 1
+    what = f"PVT v{a['version']}"
+    notes = ["num_heads are not stored in the weights: the line takes the release's rule (stage width / first "
+             f"stage width: {a['num_heads']}); build with your arch's"]
+    if target == 'timm':
+        if v1:
+            raise unsupported_target(what, target, "timm has PVT v2 only (pvt_v2_b*); use --to mmdet "
+                                     '(PyramidVisionTransformer) or tlalign')
+        sd = {TIMM_PVT_KEYS.from_ours(k): v for k, v in state_dict.items()}
+        if head:
+            sd['head.weight'], sd['head.bias'] = head['weight'], head['bias']
+        name = _TIMM_PVT_NAMES.get((a['dims'], a['depths']))
+        kw = {} if name and a['sr_ratios'] == (8, 4, 2, 1) and a['mlp_ratios'] == (8, 8, 4, 4) else dict(
+            embed_dims=a['dims'], depths=a['depths'], num_heads=a['num_heads'], sr_ratios=a['sr_ratios'],
+            mlp_ratios=a['mlp_ratios'])
+        build = format_call('timm.create_model', model_name=name or 'pvt_v2_b0', pretrained=False, **kw,
+                            num_classes=head['weight'].shape[0] if head else 0)
+        return ExportResult(sd, 'timm-pvt', 'timm PyramidVisionTransformerV2 (timm/models/pvt_v2.py)', build,
+                            notes=notes)
+    if target == 'mmdet':
+        sd, dropped = _to_mmdet(state_dict, v1)
+        cls = 'PyramidVisionTransformer' if v1 else 'PyramidVisionTransformerV2'
+        kw = dict(embed_dims=a['dims'][0] // a['num_heads'][0], num_layers=a['depths'], num_heads=a['num_heads'],
+                  sr_ratios=a['sr_ratios'], mlp_ratios=a['mlp_ratios'], qkv_bias=a['qkv_bias'],
+                  out_indices=tuple(range(len(a['stages']))))
+        if v1:
+            kw['pretrain_img_size'] = a['img_size']
+            notes.append(f"pretrain_img_size={a['img_size']} (the stored position grids)")
+        notes.append("mmdet's LayerNorms have eps 1e-6 where the release (and ours) use 1e-5 in the patch embeddings "
+                     'and the reduction norms: features agree to about 1e-4, not bit for bit')
+        return ExportResult(sd, 'mm-pvt', f'mmdet {cls} (mmdet/models/backbones/pvt.py)',
+                            format_call(f'mmdet.models.backbones.{cls}', **kw), dropped, notes)
+    raise unsupported_target(f'a {what} backbone', target, "PVT goes to 'mmdet'" + ('' if v1 else ", 'timm'")
+                             + " or 'tlalign'")
+
+
+register_layouts('pvt', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=0,
+                 export=export_state_dict)

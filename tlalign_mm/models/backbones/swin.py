@@ -20,6 +20,7 @@ official and timm models); larger maps are zero-padded to a multiple of the wind
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Optional
@@ -43,7 +44,7 @@ from ...align import (
     window_reverse,
 )
 from ...registry import MODELS
-from ..layouts import register_layouts
+from ..layouts import ExportResult, KeyMap, register_layouts, unsupported_target
 from .base import TLABackbone, TLALabelAttention
 
 __all__ = ['TLAWindowAttention', 'TLASwinBlock', 'TLAPatchMerging', 'TLASwinTransformer']
@@ -383,14 +384,19 @@ class TLASwinTransformer(TLABackbone):
 CHECKPOINT_LAYOUTS = ('official-swin', 'timm-swin', 'mm-swin')
 """Foreign Swin layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
 
-_MM_SWIN_RULES = [
-    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
-    (re.compile(r'^stages\.(\d+)\.'), r'layers.\1.'),
-    (re.compile(r'\.attn\.w_msa\.'), '.attn.'),
-    (re.compile(r'\.ffn\.layers\.0\.0\.'), '.mlp.fc1.'),
-    (re.compile(r'\.ffn\.layers\.1\.'), '.mlp.fc2.'),
-]
-
+MM_SWIN_KEYS = KeyMap([
+    ('patch_embed.proj.', 'patch_embed.projection.'),
+    ('layers.{i}.blocks.{j}.attn.', 'stages.{i}.blocks.{j}.attn.w_msa.'),
+    ('layers.{i}.blocks.{j}.mlp.fc1.', 'stages.{i}.blocks.{j}.ffn.layers.0.0.'),
+    ('layers.{i}.blocks.{j}.mlp.fc2.', 'stages.{i}.blocks.{j}.ffn.layers.1.'),
+    ('layers.{i}.', 'stages.{i}.'),
+])
+"""Our Swin keys <-> mmseg / mmdet ``SwinTransformer`` (``mmseg/models/backbones/swin.py``,
+``mmdet/models/backbones/swin.py``: one layout; their patch merging also reorders channels,
+:func:`_unfold_to_official_merge`)."""
+TIMM_SWIN_KEYS = KeyMap([('layers.{i}.downsample.', 'layers.{i+1}.downsample.')])
+"""Our Swin keys <-> timm >= 0.9 ``SwinTransformer`` (``timm/models/swin_transformer.py``): its patch
+merging opens the next stage; the final ``norm`` / ``head.fc`` are handled by the callers."""
 
 
 def _unfold_to_official_merge(t: Tensor) -> Tensor:
@@ -407,6 +413,16 @@ def _unfold_to_official_merge(t: Tensor) -> Tensor:
     # official j -> unfold k: (0,0)->0, (1,0)->2, (0,1)->1, (1,1)->3
     return per_offset[..., [0, 2, 1, 3], :].reshape(*lead, n).contiguous()
 
+
+
+def _official_to_unfold_merge(t: Tensor) -> Tensor:
+    """The inverse of :func:`_unfold_to_official_merge`: official ``j * C + c`` -> ``nn.Unfold``
+    ``c * 4 + k`` on the last (4C) axis (the order mmseg / mmdet's ``PatchMerging`` reads)."""
+    *lead, n = t.shape
+    if n % 4:
+        raise ValueError(f'patch-merging tensor of shape {tuple(t.shape)}: last dim not divisible by 4')
+    per_offset = t.reshape(*lead, 4, n // 4)[..., [0, 2, 1, 3], :]  # (..., 4 [unfold k], C)
+    return per_offset.transpose(-1, -2).reshape(*lead, n).contiguous()
 
 
 def detect_layout(state_dict) -> Optional[str]:
@@ -428,6 +444,9 @@ def detect_layout(state_dict) -> Optional[str]:
     return 'tlalign' if has_key(state_dict, r'norm\d+\.') else 'official-swin'
 
 
+_MERGE_TENSOR = re.compile(r'layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$')
+
+
 def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     """Rename a Swin state dict of ``layout`` into :class:`TLASwinTransformer`'s names.
 
@@ -445,23 +464,20 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     Raises:
         ValueError: a timm-swin patch merging before stage 0; two keys map to one name.
     """
-    from ..layouts import filter_state_dict, rename_key, stage_ids
+    from ..layouts import filter_state_dict, stage_ids
     stages = stage_ids(state_dict, 'stages' if layout == 'mm-swin' else 'layers')
     last = stages[-1] if stages else 0
 
     def rename(k, v):
         new = k
         if layout == 'mm-swin':
-            new = rename_key(k, _MM_SWIN_RULES, first_only=False)
-            if re.match(r'layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$', new):
+            new = MM_SWIN_KEYS.to_ours(k)
+            if _MERGE_TENSOR.match(new):
                 v = _unfold_to_official_merge(v)
         elif layout == 'timm-swin':
-            m = re.match(r'layers\.(\d+)\.downsample\.(.*)$', k)
-            if m:
-                i = int(m.group(1))
-                if i == 0:
-                    raise ValueError(f'timm-swin checkpoint with a patch merging before stage 0: {k}')
-                new = f'layers.{i - 1}.downsample.{m.group(2)}'
+            if k.startswith('layers.0.downsample.'):
+                raise ValueError(f'timm-swin checkpoint with a patch merging before stage 0: {k}')
+            new = TIMM_SWIN_KEYS.to_ours(k)
         if layout != 'tlalign' and new.startswith('norm.'):
             new = f'norm{last}.' + new[len('norm.'):]
         return new, v
@@ -469,4 +485,102 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     return filter_state_dict(state_dict, layout, rename)
 
 
-register_layouts('swin', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=1)
+_TIMM_SWIN_NAMES = {(96, (2, 2, 6, 2), (3, 6, 12, 24)): 'swin_tiny_patch4_window7_224',
+                    (96, (2, 2, 18, 2), (3, 6, 12, 24)): 'swin_small_patch4_window7_224',
+                    (128, (2, 2, 18, 2), (4, 8, 16, 32)): 'swin_base_patch4_window7_224'}
+
+
+def _swin_arch(sd) -> dict:
+    """What the weights tell of a Swin in our layout: widths, depths, heads and window (from the
+    relative-position tables), output norms."""
+    from ..layouts import stage_ids
+    c, _, p, _ = sd['patch_embed.proj.weight'].shape
+    stages = stage_ids(sd, 'layers')
+    depths = tuple(len({k.split('.')[3] for k in sd if k.startswith(f'layers.{i}.blocks.')}) for i in stages)
+    heads = tuple(sd[f'layers.{i}.blocks.0.attn.relative_position_bias_table'].shape[1] for i in stages)
+    side = math.isqrt(sd['layers.0.blocks.0.attn.relative_position_bias_table'].shape[0])
+    hidden = sd['layers.0.blocks.0.mlp.fc1.weight'].shape[0]
+    return dict(embed_dims=c, patch_size=p, depths=depths, num_heads=heads, window=(side + 1) // 2,
+                mlp_ratio=hidden // c if hidden % c == 0 else hidden / c,
+                qkv_bias='layers.0.blocks.0.attn.qkv.bias' in sd,
+                norms=tuple(i for i in stages if f'norm{i}.weight' in sd))
+
+
+def export_state_dict(state_dict, target: str, head=None, readout: Optional[str] = None):
+    """Write a Swin state dict in our layout under another library's names (the reverse of
+    :func:`checkpoint_filter_fn`, from the same key tables and merge permutation).
+
+    * ``'timm'``: timm's ``SwinTransformer`` (``timm/models/swin_transformer.py``,
+      :data:`TIMM_SWIN_KEYS`): stage ``i``'s patch merging moves to ``layers.{i+1}``, the last
+      stage's output norm becomes ``norm``, ``head`` becomes ``head.fc``; it pools the token mean
+      (``global_pool='avg'``), as our classifier does.  The other stages' output norms
+      ``norm{i}`` have no place there (listed as dropped);
+    * ``'mmseg'`` / ``'mmdet'``: their one ``SwinTransformer`` layout (:data:`MM_SWIN_KEYS`), the
+      patch merging reordered to ``nn.Unfold``'s channel order, the persistent
+      ``relative_position_index`` buffers written (mm loads strictly only with them); backbone only.
+
+    Args:
+        state_dict: our Swin keys; head: ``{'weight': (K, C), 'bias': (K,)}`` or None;
+        target: ``'timm'``, ``'mmseg'`` or ``'mmdet'``; readout: ignored (Swin reads the mean).
+
+    Returns:
+        :class:`~tlalign_mm.models.layouts.ExportResult`.
+
+    Raises:
+        ValueError: ``'mmpretrain'`` (the mmpretrain target is its ViT), or timm without the last
+            stage's output norm.
+    """
+    from ..layouts import format_call, stage_ids
+    a = _swin_arch(state_dict)
+    last = stage_ids(state_dict, 'layers')[-1]
+    w = a['window']
+    notes = [f'window_size={w} (the stored relative-position tables); Swin weights do not fix the image size: '
+             'build at the size you run (img_size / pretrain_img_size)']
+    arch = dict(embed_dims=a['embed_dims'], depths=a['depths'], num_heads=a['num_heads'])
+    if target == 'timm':
+        if f'norm{last}.weight' not in state_dict:
+            raise ValueError(f"timm's SwinTransformer needs the last stage's output norm (our norm{last}), which "
+                             'this backbone lacks (built with out_indices without its last stage)')
+        sd, dropped = {}, []
+        for k, v in state_dict.items():
+            if re.match(r'norm\d+\.', k):
+                if not k.startswith(f'norm{last}.'):
+                    dropped.append(k)
+                    continue
+                k = 'norm.' + k.split('.', 1)[1]
+            sd[TIMM_SWIN_KEYS.from_ours(k)] = v
+        if head:
+            sd['head.fc.weight'], sd['head.fc.bias'] = head['weight'], head['bias']
+        name = _TIMM_SWIN_NAMES.get((a['embed_dims'], a['depths'], a['num_heads']))
+        kw = {} if name and w == 7 and a['patch_size'] == 4 and a['mlp_ratio'] == 4 else dict(
+            patch_size=a['patch_size'], window_size=w, embed_dim=a['embed_dims'], depths=a['depths'],
+            num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
+        build = format_call('timm.create_model', model_name=name or 'swin_tiny_patch4_window7_224',
+                            pretrained=False, **kw, num_classes=head['weight'].shape[0] if head else 0,
+                            global_pool='avg')
+        return ExportResult(sd, 'timm-swin', 'timm SwinTransformer (timm/models/swin_transformer.py)', build,
+                            dropped, notes)
+    if target in ('mmseg', 'mmdet'):
+        sd = {}
+        for k, v in state_dict.items():
+            sd[MM_SWIN_KEYS.from_ours(k)] = _official_to_unfold_merge(v) if _MERGE_TENSOR.match(k) else v
+        index = relative_position_index((w, w), (w, w))
+        for i, depth in zip(stage_ids(state_dict, 'layers'), a['depths']):
+            for j in range(depth):
+                sd[f'stages.{i}.blocks.{j}.attn.w_msa.relative_position_index'] = index.clone()
+        kw = dict(arch, window_size=w, patch_size=a['patch_size'], mlp_ratio=a['mlp_ratio'], qkv_bias=a['qkv_bias'],
+                  out_indices=a['norms'])
+        if len(a['depths']) != 4:
+            kw['strides'] = (a['patch_size'],) + (2,) * (len(a['depths']) - 1)
+        notes.append(f'out_indices={a["norms"]}: the stages whose output norms norm{{i}} were trained; mm shifts the '
+                     'windows of every stage, ours (as the official model) not those of a map no larger than the '
+                     'window, so the features agree where every stage map is larger than the window (detection / '
+                     'segmentation inputs)')
+        return ExportResult(sd, 'mm-swin', f'{target} SwinTransformer ({target}/models/backbones/swin.py)',
+                            format_call(f'{target}.models.backbones.SwinTransformer', **kw), notes=notes)
+    raise unsupported_target('a Swin backbone', target, "--to mmpretrain writes mmpretrain's VisionTransformer "
+                             "only; choose 'timm', 'mmseg', 'mmdet' or 'tlalign'")
+
+
+register_layouts('swin', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=1,
+                 export=export_state_dict)

@@ -14,7 +14,6 @@ One module serves both jobs:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Optional
 
@@ -30,7 +29,7 @@ from ...align import (
     residual_label_average,
 )
 from ...registry import MODELS
-from ..layouts import register_layouts
+from ..layouts import ExportResult, KeyMap, register_layouts, unsupported_target
 from .base import TLABackbone, TLALabelAttention
 
 __all__ = ['TLAAttention', 'TLATransformerBlock', 'TLAVisionTransformer']
@@ -294,18 +293,30 @@ class TLAVisionTransformer(TLABackbone):
 CHECKPOINT_LAYOUTS = ('timm-vit', 'mmseg-vit', 'mmpretrain-vit')
 """Foreign ViT layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
 
-_MM_VIT_RULES = [
-    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
-    (re.compile(r'^layers\.(\d+)\.ln1\.'), r'blocks.\1.norm1.'),
-    (re.compile(r'^layers\.(\d+)\.ln2\.'), r'blocks.\1.norm2.'),
-    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_weight$'), r'blocks.\1.attn.qkv.weight'),
-    (re.compile(r'^layers\.(\d+)\.attn\.attn\.in_proj_bias$'), r'blocks.\1.attn.qkv.bias'),
-    (re.compile(r'^layers\.(\d+)\.attn\.attn\.out_proj\.'), r'blocks.\1.attn.proj.'),
-    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.0\.0\.'), r'blocks.\1.mlp.fc1.'),
-    (re.compile(r'^layers\.(\d+)\.ffn\.layers\.1\.'), r'blocks.\1.mlp.fc2.'),
-    (re.compile(r'^layers\.(\d+)\.'), r'blocks.\1.'),  # mmpretrain attn.qkv / attn.proj
-    (re.compile(r'^ln1\.'), 'norm.'),
+_MM_COMMON_NAMES = [  # (ours, theirs): mmseg / mmpretrain ``VisionTransformer`` share these
+    ('patch_embed.proj.', 'patch_embed.projection.'),
+    ('blocks.{i}.norm1.', 'layers.{i}.ln1.'),
+    ('blocks.{i}.norm2.', 'layers.{i}.ln2.'),
+    ('blocks.{i}.mlp.fc1.', 'layers.{i}.ffn.layers.0.0.'),
+    ('blocks.{i}.mlp.fc2.', 'layers.{i}.ffn.layers.1.'),
+    ('norm.', 'ln1.'),
 ]
+MMSEG_VIT_KEYS = KeyMap([
+    # mmseg/models/backbones/vit.py: TransformerEncoderLayer.attn is mmcv's MultiheadAttention
+    # around nn.MultiheadAttention (q, k, v stacked in in_proj_* as in our qkv)
+    ('blocks.{i}.attn.qkv.weight', 'layers.{i}.attn.attn.in_proj_weight'),
+    ('blocks.{i}.attn.qkv.bias', 'layers.{i}.attn.attn.in_proj_bias'),
+    ('blocks.{i}.attn.proj.', 'layers.{i}.attn.attn.out_proj.'),
+    *_MM_COMMON_NAMES,
+])
+"""Our ViT keys <-> mmseg 1.x ``VisionTransformer`` (``mmseg/models/backbones/vit.py``)."""
+MMPRETRAIN_VIT_KEYS = KeyMap([
+    *_MM_COMMON_NAMES,
+    # mmpretrain/models/backbones/vision_transformer.py: attn is mmpretrain's MultiheadAttention
+    # (mmpretrain/models/utils/attention.py) with ``qkv`` and ``proj`` Linears, named as ours
+    ('blocks.{i}.', 'layers.{i}.'),
+])
+"""Our ViT keys <-> mmpretrain 1.x ``VisionTransformer`` (``mmpretrain/models/backbones/vision_transformer.py``)."""
 
 
 def detect_layout(state_dict) -> Optional[str]:
@@ -340,10 +351,132 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     Raises:
         ValueError: two keys map to one name.
     """
-    from ..layouts import filter_state_dict, rename_key
-    mm = layout in ('mmseg-vit', 'mmpretrain-vit')
-    return filter_state_dict(state_dict, layout,
-                             lambda k, v: (rename_key(k, _MM_VIT_RULES, first_only=True) if mm else k, v))
+    from ..layouts import filter_state_dict
+    keys = {'mmseg-vit': MMSEG_VIT_KEYS, 'mmpretrain-vit': MMPRETRAIN_VIT_KEYS}.get(layout)
+    return filter_state_dict(state_dict, layout, lambda k, v: (keys.to_ours(k) if keys else k, v))
 
 
-register_layouts('vit', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=2)
+_DEIT_SIZES = {192: 'tiny', 384: 'small', 768: 'base'}
+
+
+def _vit_arch(sd) -> dict:
+    """What the weights tell of a ViT in our layout: patch size, widths, depth, grid, tokens."""
+    from ..layouts import stage_ids
+    c, _, p, _ = sd['patch_embed.proj.weight'].shape
+    prefix = 1 + int('dist_token' in sd)
+    n = sd['pos_embed'].shape[1] - prefix
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f'pos_embed {tuple(sd["pos_embed"].shape)}: {n} grid tokens is not a square grid; '
+                         'cannot name the image size the target model must be built with')
+    depth = len(stage_ids(sd, 'blocks'))
+    hidden = sd['blocks.0.mlp.fc1.weight'].shape[0]
+    return dict(embed_dims=c, patch_size=p, img_size=side * p, depth=depth, num_heads=max(1, c // 64),
+                mlp_ratio=hidden // c if hidden % c == 0 else hidden / c,
+                hidden=hidden, qkv_bias='blocks.0.attn.qkv.bias' in sd,
+                patch_bias='patch_embed.proj.bias' in sd, final_norm='norm.weight' in sd,
+                distilled=prefix == 2)
+
+
+def _timm_vit_call(a: dict, head, readout) -> str:
+    """The ``timm.create_model`` call of timm/models/vision_transformer.py that holds our ViT."""
+    from ..layouts import format_call
+    size = _DEIT_SIZES.get(a['embed_dims'])
+    standard = size and a['depth'] == 12 and a['patch_size'] == 16 and a['num_heads'] * 64 == a['embed_dims'] \
+        and a['mlp_ratio'] == 4
+    kw = {} if standard else dict(patch_size=a['patch_size'], embed_dim=a['embed_dims'], depth=a['depth'],
+                                  num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
+    if a['img_size'] != 224:
+        kw['img_size'] = a['img_size']
+    if not a['qkv_bias']:
+        kw['qkv_bias'] = False
+    if not a['final_norm']:
+        kw['final_norm'] = False
+    kw['num_classes'] = head['weight'].shape[0] if head else 0
+    if readout == 'avg_featmap':    # ours: final norm on every token, then the patch-token mean
+        kw.update(global_pool='avg', fc_norm=False)
+    elif readout == 'cls_token':
+        kw['global_pool'] = 'token'
+    return format_call('timm.create_model', model_name=f'deit_{size}_patch16_224' if standard else
+                       'vit_base_patch16_224', pretrained=False, **kw)
+
+
+def export_state_dict(state_dict, target: str, head=None, readout: Optional[str] = None):
+    """Write a ViT state dict in our layout under another library's names (the reverse of
+    :func:`checkpoint_filter_fn`, from the same key tables).
+
+    * ``'timm'``: timm's ``VisionTransformer`` (``timm/models/vision_transformer.py``; DeiT's
+      ``deit_*_patch16_224`` and ``vit_*``): our names already, plus ``head.weight`` /
+      ``head.bias`` when ``head`` is given.  The build line pools as our classifier does:
+      ``global_pool='token'`` for the class token, ``global_pool='avg', fc_norm=False`` for the
+      token mean (the final ``norm`` on every token, then the mean of the patch tokens;
+      timm's default ``fc_norm`` for ``'avg'`` would norm after pooling instead);
+    * ``'mmseg'``: mmseg's ``VisionTransformer`` (:data:`MMSEG_VIT_KEYS`), backbone only;
+    * ``'mmpretrain'``: mmpretrain's ``VisionTransformer`` / ``DistilledVisionTransformer``
+      (:data:`MMPRETRAIN_VIT_KEYS`), backbone only (mmpretrain's head is a separate module).
+
+    Args:
+        state_dict: our ViT keys (see :func:`checkpoint_filter_fn`), tensors (1, P + h*w, C) etc.
+        target: one of ``'timm'``, ``'mmseg'``, ``'mmpretrain'``.
+        head: ``{'weight': (K, C), 'bias': (K,)}`` of our classifier, or None.
+        readout: ``'cls_token'`` or ``'avg_featmap'`` (our classifier's pooled feature), or None.
+
+    Returns:
+        :class:`~tlalign_mm.models.layouts.ExportResult` (nothing is dropped: our ViT has no
+        pretraining-only parameters).
+
+    Raises:
+        ValueError: ``'mmdet'`` (it has no ViT backbone), a distilled DeiT (``dist_token``) for
+            timm or mmseg, whose ViTs have no distillation token; a non-square position grid.
+    """
+    from ..layouts import format_call
+    a = _vit_arch(state_dict)
+    sd = dict(state_dict)
+    notes = [f"built at img_size={a['img_size']}, patch_size={a['patch_size']} (the stored position grid) "
+             'and, num_heads not being stored in the weights, with your arch\'s num_heads (the line assumes '
+             f"DeiT's 64 channels per head: {a['num_heads']})"]
+    if target == 'mmdet':
+        raise unsupported_target('a DeiT / ViT backbone', target, 'mmdet has no VisionTransformer backbone; '
+                                 "use --to mmseg or mmpretrain")
+    if a['distilled'] and target in ('timm', 'mmseg'):
+        raise unsupported_target('a distilled DeiT (dist_token)', target, f"{target}'s VisionTransformer has no "
+                                 'distillation token; use --to mmpretrain (DistilledVisionTransformer) or tlalign')
+    if target == 'timm':
+        if head:
+            sd['head.weight'], sd['head.bias'] = head['weight'], head['bias']
+        if readout is None and head:
+            raise ValueError('the classifier head goes to timm, but which feature it reads (class token or token '
+                             "mean) is not known from the checkpoint: pass readout='cls_token' or 'avg_featmap' "
+                             '(--readout)')
+        return ExportResult(sd, 'timm-vit', 'timm VisionTransformer (timm/models/vision_transformer.py)',
+                            _timm_vit_call(a, head, readout), notes=notes)
+    common = dict(img_size=a['img_size'], patch_size=a['patch_size'])
+    if target == 'mmseg':
+        out = {MMSEG_VIT_KEYS.from_ours(k): v for k, v in sd.items()}
+        build = format_call('mmseg.models.backbones.VisionTransformer', **common, embed_dims=a['embed_dims'],
+                            num_layers=a['depth'], num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'],
+                            qkv_bias=a['qkv_bias'], patch_bias=a['patch_bias'], with_cls_token=True,
+                            final_norm=a['final_norm'], norm_cfg=dict(type='LN', eps=1e-6),
+                            out_indices=a['depth'] - 1)
+        notes.append("mmseg's defaults differ from DeiT: keep patch_bias=True, final_norm=True and "
+                     "norm_cfg=dict(type='LN', eps=1e-6) as in the line")
+        return ExportResult(out, 'mmseg-vit', 'mmseg VisionTransformer (mmseg/models/backbones/vit.py)', build,
+                            notes=notes)
+    if target == 'mmpretrain':
+        out = {MMPRETRAIN_VIT_KEYS.from_ours(k): v for k, v in sd.items()}
+        cls = 'DistilledVisionTransformer' if a['distilled'] else 'VisionTransformer'
+        kw = dict(arch=dict(embed_dims=a['embed_dims'], num_layers=a['depth'], num_heads=a['num_heads'],
+                            feedforward_channels=a['hidden']), **common, qkv_bias=a['qkv_bias'],
+                  final_norm=a['final_norm'], out_type='featmap')
+        if not a['patch_bias']:
+            kw['patch_cfg'] = dict(bias=False)
+        notes.append("mmpretrain's out_type='avg_featmap' adds a norm after pooling (ln2) that ours lacks: build "
+                     "it with out_type 'featmap', 'cls_token' or 'raw'")
+        return ExportResult(out, 'mmpretrain-vit', f'mmpretrain {cls} '
+                            '(mmpretrain/models/backbones/vision_transformer.py, deit.py)',
+                            format_call(f'mmpretrain.models.{cls}', **kw), notes=notes)
+    raise unsupported_target('a DeiT / ViT backbone', target, "choose 'timm', 'mmseg', 'mmpretrain' or 'tlalign'")
+
+
+register_layouts('vit', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=2,
+                 export=export_state_dict)
