@@ -119,7 +119,7 @@ def test_config_builds_the_model_of_its_row(name, tmp_path):
         assert abs(sum(params.values()) / 1e6 - PVT_PARAMS_M[arch]) < 0.05
     assert type(model.label_rule).__name__ == want['rule']
     assert model.num_classes == want['classes'] and cfg.train_cfg.max_epochs == want['epochs']
-    assert model.target_readout == want['readout']
+    assert model.label_rule.readout == want['readout']
     blocks = model.backbone.label_blocks()
     assert [i for i, b in enumerate(blocks) if b.align_labels] == (want['blocks'] if want['blocks'] != _ALL
                                                                    else list(range(len(blocks))))

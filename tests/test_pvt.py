@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tlalign_mm  # noqa: E402,F401
 from tlalign_mm.align import read_labels  # noqa: E402
 from tlalign_mm.analysis import aligned_targets  # noqa: E402
-from tlalign_mm.checkpoint import detect_layout, load_backbone_checkpoint  # noqa: E402
+from tlalign_mm.checkpoint import detect_layout, load_backbone_checkpoint, load_head_state  # noqa: E402
 from tlalign_mm.models import TLAPyramidVisionTransformer  # noqa: E402
 from tlalign_mm.registry import MODELS  # noqa: E402
 
@@ -211,7 +211,7 @@ def test_classifier_trains_on_pvt(version, rule):
     out = model(**data, mode='loss')
     out['loss'].backward()
     assert torch.isfinite(out['loss']) and model.backbone.block1[0].attn.q.weight.grad is not None
-    assert model.target_readout == ('cls' if version == 'cls' else 'mean')
+    assert model.label_rule.readout == ('cls' if version == 'cls' else 'mean')
     if version == 'cls':
         assert model.backbone.cls_token.grad is not None
     if rule != 'Area':
@@ -287,7 +287,7 @@ def test_v2_b0_aligned_share_moves_with_the_first_stage_window():
                     source_images=imgs)
     with torch.no_grad():
         _, old = model.backbone(mixed, mix.source_labels(0))                   # the 4x4 cells
-        _, new = model.backbone(mixed, initial := model.backbone_mix(mix).source_labels(0))
+        _, new = model.backbone(mixed, initial := model.backbone.first_stage_mix(mix).source_labels(0))
         _, _, _, stats = aligned_targets(model, mixed, torch.tensor([0, 1]), mix)
         loss = model(mixed, [ClsDataSample().set_gt_label(i) for i in range(b)], mode='loss', mix=mix)
     torch.testing.assert_close(initial[..., 1], model.backbone.token_share(mask))
@@ -298,7 +298,7 @@ def test_v2_b0_aligned_share_moves_with_the_first_stage_window():
     assert ((moved > 3e-4) & (moved < 5e-3)).all(), moved
     mix.mask = None
     with pytest.raises(ValueError, match='build the mixer with return_mask=True'):
-        model.backbone_mix(mix)
+        model.backbone.first_stage_mix(mix)
 
 
 # -- v1 as released: the stage-4 class token ---------------------------------------------------
@@ -394,7 +394,7 @@ def test_release_v1_checkpoint_gives_the_release_logits(tmp_path):
     model = _classifier('cls', num_classes=7, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     model.eval()
-    assert model.backbone.pos_embed4.shape == (1, 1 + 2 * 2, 64) and model.target_readout == 'cls'
+    assert model.backbone.pos_embed4.shape == (1, 1 + 2 * 2, 64) and model.label_rule.readout == 'cls'
     torch.testing.assert_close(model.head.fc.weight, sd['head.weight'], atol=0, rtol=0)
     x = torch.randn(2, 3, 64, 64)
     want, _ = _release_v1_forward(sd, x)
@@ -443,11 +443,11 @@ def test_class_token_label_row_enters_at_stage_4():
     batch = dict(inputs=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8),
                  data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)])
     data = model.data_preprocessor(batch, training=True)
-    r0 = model.backbone_mix(data['mix']).source_labels(model.num_prefix_tokens)
+    r0 = model.backbone.first_stage_mix(data['mix']).source_labels(model.num_prefix_tokens)
     torch.testing.assert_close(r0[:, 0], torch.stack([data['mix'].lam, 1 - data['mix'].lam], -1))
     with torch.no_grad():
         _, lab = model.backbone(data['inputs'], r0)
-        torch.testing.assert_close(read_labels(lab, model.target_readout, model.num_prefix_tokens), lab[:, 0])
+        torch.testing.assert_close(read_labels(lab, model.label_rule.readout, model.num_prefix_tokens), lab[:, 0])
 
 
 def test_class_token_options_are_checked():
@@ -477,7 +477,7 @@ def test_release_head_is_refused_by_a_token_mean_classifier(tmp_path):
         assert not torch.equal(model.backbone.state_dict()[name], sd[name]), name
     # a head of another class count is not loaded, so nothing is refused
     other = _classifier(1, num_classes=5)
-    assert other.load_head_state(_release_v1_state()) == 'the head is newly initialised (its shape differs)'
+    assert load_head_state(other, _release_v1_state()) == 'the head is newly initialised (its shape differs)'
 
 
 def test_checkpoint_without_cls_token_is_refused_by_a_class_token_model(tmp_path):

@@ -80,10 +80,10 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
     quiet_init_weights(model)
     weights = RANDOM_INIT
     if checkpoint:
-        from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file
+        from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file, load_head_state
         ckpt = load_checkpoint_file(checkpoint)                  # read once: backbone, then head
         report = load_backbone_checkpoint(model.backbone, ckpt, source=str(checkpoint))
-        head_note = model.load_head_state(ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
+        head_note = load_head_state(model, ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
         if require_head and head_note != 'head loaded':
             raise ValueError(f'{checkpoint}: {head_note}; scoring predictions needs a classifier checkpoint '
                              f'whose head has {model.num_classes} classes (a full training checkpoint, not a '

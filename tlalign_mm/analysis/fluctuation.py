@@ -47,7 +47,7 @@ def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Op
     :class:`~tlalign_mm.TLAImageClassifier`).
 
     The aligned target is TL-Align's, with the backbone's current alignment settings and
-    the model's ``target_readout``, whatever rule the model trains with (the readout and the
+    the model's ``label_rule.readout``, whatever rule the model trains with (the readout and the
     statistics are ``tlalign_mm/align/readout.py``'s, as the rules use them).
 
     Args:
@@ -74,12 +74,12 @@ def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Op
         return model.extract_feat(inputs), area, None, {}
     if not model.can_carry_labels:
         raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
-    model.check_token_grid(mix, inputs.shape[-2:])
-    r0 = model.backbone_mix(mix).source_labels(model.num_prefix_tokens)
+    model.backbone.check_token_grid(mix, inputs.shape[-2:])
+    r0 = model.backbone.first_stage_mix(mix).source_labels(model.num_prefix_tokens)
     if label_channels == 'classes':
         r0 = expand_source_labels(r0, y_a, y_b)
     feat, lab = model.extract_feat(inputs, r0)
-    row, aligned = aligned_target(lab, y_a, y_b, model.target_readout, model.num_prefix_tokens, label_channels)
+    row, aligned = aligned_target(lab, y_a, y_b, model.label_rule.readout, model.num_prefix_tokens, label_channels)
     return feat, area, aligned, align_stats(row, mix.lam, aligned, area)
 
 @dataclass
@@ -126,7 +126,7 @@ def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> Batc
         _, area, aligned, _ = aligned_targets(model, inputs, labels, mix, carry_labels=True, label_channels='source')
     blocks = iter_blocks(backbone)
     prefix = model.num_prefix_tokens
-    layer_lam = torch.stack([source_share_readout(trace.labels[b.index], model.target_readout, prefix)
+    layer_lam = torch.stack([source_share_readout(trace.labels[b.index], model.label_rule.readout, prefix)
                              for b in blocks])
     partner = mix.partner.to(labels.device)
     return BatchFluctuation(
@@ -245,7 +245,7 @@ def run_fluctuation(model, batches: Iterable[dict], num_batches: int) -> Fluctua
         raise ValueError(f'num_batches must be >= 1, got {num_batches}')
     model.eval()
     result = FluctuationResult(layer_names=block_names(iter_blocks(model.backbone)),
-                               readout=model.target_readout)
+                               readout=model.label_rule.readout)
     for data_batch in _take(batches, num_batches):
         result.batches.append(measure_data_batch(model, data_batch))
     return result

@@ -120,17 +120,17 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
     if tuple(mix.grid_size) != grid:
         raise ValueError(f'the mix is on a {tuple(mix.grid_size)} token grid but the backbone has {grid}: '
                          "set the mixer's patch_size to the backbone's")
-    start = model.backbone_mix(mix)           # the share the first stage sees (PVT v2: its window)
+    start = model.backbone.first_stage_mix(mix)           # the share the first stage sees (PVT v2: its window)
     r0 = start.source_labels(prefix).to(mixed.device)
     with record_block_labels(backbone, mixed.shape[-2:], only=[b.index for b in chosen]) as trace:
         backbone(mixed, r0)
     maps, readout = {}, {}
-    readout[-1] = source_share_readout(r0, model.target_readout, prefix)[:n].cpu()
+    readout[-1] = source_share_readout(r0, model.label_rule.readout, prefix)[:n].cpu()
     for b in chosen:
         lab = trace.labels[b.index]
         h, w = trace.grids[b.index]
         maps[b.index] = lab[:n, prefix:, 0].reshape(n, h, w).cpu()
-        readout[b.index] = source_share_readout(lab, model.target_readout, prefix)[:n].cpu()
+        readout[b.index] = source_share_readout(lab, model.label_rule.readout, prefix)[:n].cpu()
     pre = model.data_preprocessor
     partner = mix.partner.to(images.device)
     return LabelMaps(
@@ -141,7 +141,7 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
         initial=(1.0 - start.share_b[:n].float()).reshape(n, *grid).cpu(),
         maps=maps, readout=readout, names={b.index: names[b.index] for b in chosen},
         labels=labels[:n].cpu(), partner_labels=labels.to(partner.device)[partner][:n].cpu(),
-        readout_kind=model.target_readout)
+        readout_kind=model.label_rule.readout)
 
 
 def plot_label_maps(maps: LabelMaps, path: str, title: str = '',

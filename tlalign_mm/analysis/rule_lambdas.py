@@ -59,12 +59,12 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
     if not model.can_carry_labels:
         raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
     backbone = model.backbone
-    readout = model.target_readout
+    readout = model.label_rule.readout
     prefix = model.num_prefix_tokens
     num_blocks = len(iter_blocks(backbone))
     lam = mix.lam.float()
     out = {'area': lam.expand(num_blocks, -1).cpu()}
-    start = model.backbone_mix(mix)           # the share the first stage sees (PVT v2: its window)
+    start = model.backbone.first_stage_mix(mix)           # the share the first stage sees (PVT v2: its window)
     with backbone.alignment('all', True), record_block_labels(backbone, inputs.shape[-2:]) as trace:
         backbone(inputs, start.source_labels(prefix))
     out['tl_align'] = torch.stack([source_share_readout(trace.labels[b.index], readout, prefix)

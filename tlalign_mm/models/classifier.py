@@ -11,7 +11,6 @@ Transformers", ICCV 2023; reference training loop: Euphoria16/TL-Align ``engine.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
@@ -21,7 +20,7 @@ from torch import Tensor
 from ..align import mixed_target, smooth_one_hot
 from ..mixing import MixResult
 from ..registry import MODELS
-from .heads import TLALinearClsHead, store_gt_scores  # noqa: F401  (TLALinearClsHead: the default head)
+from .heads import TLALinearClsHead, patch_tokens, pool_tokens, store_gt_scores  # noqa: F401  (the default head)
 from .label_rules import LabelRule, RuleInput, TLAlignRule
 
 __all__ = ['TLAImageClassifier']
@@ -128,34 +127,10 @@ class TLAImageClassifier(BaseModel):
         """'source' or 'classes': the channels the TL-Align rule carries ('source' otherwise)."""
         return self.label_rule.label_channels if self.tl_align else 'source'
 
-    @property
-    def target_readout(self) -> str:
-        """'cls' or 'mean': where the rule reads its target (resolved by the rule at build time:
-        the rule's own readout, else the one matching the pooled feature)."""
-        return self.label_rule.readout
-
     def init_weights(self):
-        """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` if given.
-
-        The checkpoint goes through this project's weights_only loader, never mmengine's
-        non-strict ``PretrainedInit``:
-
-        * a classifier checkpoint (keys under ``backbone.``, as the Runner saves this model):
-          every parameter and buffer of the backbone and head must be present with its shape,
-          and nothing else may be there (the data preprocessor's buffers may be absent);
-        * any other layout the backbone loader reads (official DeiT / Swin, timm, mmseg /
-          mmdet): the backbone through :func:`tlalign_mm.checkpoint.load_backbone_checkpoint`
-          (it raises when under 90% of the backbone would be matched), then the checkpoint's
-          ``head.*`` if it has this head's shape (a different class count keeps the new head,
-          and the log says so) and was trained on this model's readout (class token or token
-          mean, :func:`tlalign_mm.models.loading.check_head_readout`; checked before anything is loaded).
-
-        Raises:
-            ValueError: a classifier checkpoint with missing, unexpected or mis-shaped keys (all
-                listed), a backbone the loader refuses, or a head of another readout.
-            FileNotFoundError, pickle.UnpicklingError: see
-                :func:`tlalign_mm.checkpoint.load_checkpoint_file`.
-        """
+        """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` strictly through
+        :func:`tlalign_mm.models.loading.load_classifier_checkpoint` (its docstring lists what is
+        accepted and raised), never through mmengine's non-strict ``PretrainedInit``."""
         cfg = self.init_cfg if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained' else None
         if cfg is not None:
             self.init_cfg = None           # mmengine would load it again, non-strictly
@@ -168,61 +143,10 @@ class TLAImageClassifier(BaseModel):
             from .loading import load_classifier_checkpoint
             load_classifier_checkpoint(self, cfg['checkpoint'])
 
-    def load_head_state(self, state_dict: dict, source: str = 'the checkpoint') -> str:
-        """Load a foreign checkpoint's head when it fits this head and its readout
-        (:func:`tlalign_mm.models.loading.load_head_state`); returns what happened, for the log."""
-        from .loading import load_head_state
-        return load_head_state(self, state_dict, source)
-
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod
     def _labels(data_samples) -> Tensor:
         return torch.cat([ds.gt_label.reshape(-1) for ds in data_samples])
-
-    def backbone_mix(self, mix: MixResult) -> MixResult:
-        """``mix`` with ``share_b`` as the backbone's first stage sees it.
-
-        The mixer reports each ``patch_size`` cell's share of image B; that is the first-stage
-        share of DeiT, Swin and PVT v1.  A backbone whose first patch embedding looks further
-        (PVT v2: a 7x7 convolution with stride 4 and padding 3) sets ``share_from_mask`` and
-        pools the pixel mask itself (``backbone.token_share(mix.mask)``, the rule of its later
-        patch embeddings).  Every rule's initial labels are affine in the share, so this is
-        the same as pooling pixel-level labels.  Runs on the device, never waits for it.
-
-        Raises:
-            ValueError: such a backbone and a mix without its pixel mask.
-        """
-        if not getattr(self.backbone, 'share_from_mask', False):
-            return mix
-        if mix.mask is None:
-            raise ValueError(f'{type(self.backbone).__name__} pools the pixel-level mixing mask over its first patch '
-                             "embedding's window, but the mix has none: build the mixer with return_mask=True")
-        return dataclasses.replace(mix, share_b=self.backbone.token_share(mix.mask))
-
-    def check_token_grid(self, mix: MixResult, img_hw) -> None:
-        """Raise ``ValueError`` when the mixer's token grid is not the backbone's."""
-        n = self.backbone.num_tokens(img_hw) - self.num_prefix_tokens
-        if mix.share_b.shape[1] != n:
-            raise ValueError(
-                f'the mixer reports {mix.share_b.shape[1]} tokens (patch_size={mix.patch_size}) but the '
-                f'backbone has {n} patch tokens for {tuple(img_hw)} inputs: set the data_preprocessor '
-                f"mixer's patch_size to the backbone's ({self.backbone.patch_size})")
-
-    def _pool(self, out: Tensor) -> Tensor:
-        """The backbone's last output -> the pooled (B, C) feature the head reads."""
-        if out.dim() == 2:
-            return out
-        if out.dim() == 4:                                    # (B, C, H, W) feature map
-            return out.mean(dim=(2, 3))
-        if self.pool_type == 'cls_token':                     # (B, N, C) tokens, prefix first
-            return out[:, 0]
-        return out[:, self.num_prefix_tokens:].mean(dim=1)
-
-    def patch_tokens(self, out: Tensor) -> Tensor:
-        """The backbone's last output -> (B, N_patch, C) final patch tokens."""
-        if out.dim() == 4:
-            return out.flatten(2).transpose(1, 2)
-        return out[:, self.num_prefix_tokens:]
 
     def _run_backbone(self, inputs: Tensor, token_labels: Optional[Tensor] = None):
         """(last output, labels or None)."""
@@ -234,7 +158,8 @@ class TLAImageClassifier(BaseModel):
     def extract_feat(self, inputs: Tensor, token_labels: Optional[Tensor] = None):
         """Pooled features (B, C), or ``(features, labels)`` when ``token_labels`` is given."""
         last, labels = self._run_backbone(inputs, token_labels)
-        return self._pool(last) if token_labels is None else (self._pool(last), labels)
+        feat = pool_tokens(last, self.pool_type, self.num_prefix_tokens)
+        return feat if token_labels is None else (feat, labels)
 
     @torch.compiler.disable
     def _carry_labels_now(self) -> bool:
@@ -279,12 +204,12 @@ class TLAImageClassifier(BaseModel):
             rule = self.label_rule
             r0 = None
             if self._carry_labels_now():
-                self.check_token_grid(mix, inputs.shape[-2:])
-                r0 = rule.initial_labels(self.backbone_mix(mix), y_a, y_b)
+                self.backbone.check_token_grid(mix, inputs.shape[-2:])
+                r0 = rule.initial_labels(self.backbone.first_stage_mix(mix), y_a, y_b)
             last, carried = self._run_backbone(inputs, r0)
-            feat = self._pool(last)
-            out = rule(RuleInput(mix, y_a, y_b, area, carried, self.patch_tokens(last) if rule.needs_tokens else None,
-                                 self.label_smoothing))
+            feat = pool_tokens(last, self.pool_type, self.num_prefix_tokens)
+            tokens = patch_tokens(last, self.num_prefix_tokens) if rule.needs_tokens else None
+            out = rule(RuleInput(mix, y_a, y_b, area, carried, tokens, self.label_smoothing))
             target, stats, extra = out.target, out.stats, out.losses
         store_gt_scores(data_samples, target)
         return dict(**self.head.loss(feat, data_samples), **extra, **stats)

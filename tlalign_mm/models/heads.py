@@ -25,10 +25,37 @@ from torch import Tensor
 
 from ..registry import MODELS
 
-__all__ = ['TLALinearClsHead', 'stack_gt_scores', 'store_gt_scores']
+__all__ = ['TLALinearClsHead', 'stack_gt_scores', 'store_gt_scores', 'pool_tokens', 'patch_tokens']
 
 MODELS.register_module(name='SoftTargetCrossEntropy', module=SoftTargetCrossEntropy)
 MODELS.register_module(name='BinaryCrossEntropy', module=BinaryCrossEntropy)
+
+
+def pool_tokens(out: Tensor, pool_type: str, num_prefix_tokens: int) -> Tensor:
+    """A backbone's last output -> the pooled (B, C) feature a head reads.
+
+    Args:
+        out: (B, C) already pooled; (B, C, H, W) feature map (averaged over H, W); or
+            (B, P + N, C) tokens with ``P = num_prefix_tokens`` prefix rows first.
+        pool_type: for tokens, ``'cls_token'`` (row 0) or ``'avg_featmap'`` (mean of the N patch
+            rows), mmpretrain's ``out_type`` names.
+        num_prefix_tokens: P (class / distillation tokens).
+    """
+    if out.dim() == 2:
+        return out
+    if out.dim() == 4:
+        return out.mean(dim=(2, 3))
+    if pool_type == 'cls_token':
+        return out[:, 0]
+    return out[:, num_prefix_tokens:].mean(dim=1)
+
+
+def patch_tokens(out: Tensor, num_prefix_tokens: int) -> Tensor:
+    """A backbone's last output, (B, C, H, W) or (B, P + N, C) -> the (B, N, C) patch tokens
+    (row-major over the token grid; prefix rows dropped)."""
+    if out.dim() == 4:
+        return out.flatten(2).transpose(1, 2)
+    return out[:, num_prefix_tokens:]
 
 
 # The two helpers below loop over Python data samples.  Under ``torch.compile`` they run eagerly

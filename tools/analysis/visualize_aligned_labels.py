@@ -95,7 +95,7 @@ def main(argv=None) -> str:
 
     maps = compute_label_maps(model, images, labels, mix, layers, num_images=args.num_images)
     what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
-    readout = 'class token' if model.target_readout == 'cls' else 'mean token'
+    readout = 'class token' if model.label_rule.readout == 'cls' else 'mean token'
     title = (f'{stem} -- weights: {what} -- {mix.mode}, lam={float(mix.lam[0]):.2f}; maps: share of A per token '
              f'(red = A, blue = B); "A share" = {readout}')
     path = plot_label_maps(maps, osp.join(out_dir, args.out_name), title, class_names(dataset))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 
 import torch.nn as nn
 import torch.utils.checkpoint as cp
@@ -72,6 +73,37 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         if missing:
             raise ValueError(f'arch dict lacks {sorted(missing)}')
         return dict(arch)
+
+    def first_stage_mix(self, mix):
+        """``mix`` (a :class:`~tlalign_mm.mixing.MixResult`) with ``share_b`` as this backbone's first
+        stage sees it.
+
+        The mixer reports each ``patch_size`` cell's share of image B: the first-stage share of
+        DeiT, Swin and PVT v1.  A backbone whose first patch embedding looks further (PVT v2: a
+        7x7 convolution with stride 4 and padding 3) sets ``share_from_mask`` and pools the pixel
+        mask itself (``token_share(mix.mask)``, the rule of its later patch embeddings).  Every
+        rule's initial labels are affine in the share, so this equals pooling pixel-level labels.
+        Runs on the device, never waits for it.
+
+        Raises:
+            ValueError: such a backbone and a mix without its pixel mask.
+        """
+        if not getattr(self, 'share_from_mask', False):
+            return mix
+        if mix.mask is None:
+            raise ValueError(f'{type(self).__name__} pools the pixel-level mixing mask over its first patch '
+                             "embedding's window, but the mix has none: build the mixer with return_mask=True")
+        return dataclasses.replace(mix, share_b=self.token_share(mix.mask))
+
+    def check_token_grid(self, mix, img_hw) -> None:
+        """Raise ``ValueError`` when the mixer's token grid (``mix.share_b``: (B, N)) is not this
+        backbone's for ``img_hw`` inputs."""
+        n = self.num_tokens(img_hw) - getattr(self, 'num_prefix_tokens', 0)
+        if mix.share_b.shape[1] != n:
+            raise ValueError(
+                f'the mixer reports {mix.share_b.shape[1]} tokens (patch_size={mix.patch_size}) but the '
+                f'backbone has {n} patch tokens for {tuple(img_hw)} inputs: set the data_preprocessor '
+                f"mixer's patch_size to the backbone's ({self.patch_size})")
 
     @classmethod
     def check_out_type(cls, out_type: str) -> str:

@@ -2,7 +2,7 @@
 
 Layout follows the official release (Wang et al., ICCV 2021 and CVMJ 2022; github
 whai362/PVT, ``classification/pvt.py`` and ``pvt_v2.py``), so its checkpoints load under their own
-names (the ``head`` goes to the classifier, :meth:`~tlalign_mm.TLAImageClassifier.load_head_state`):
+names (the ``head`` goes to the classifier, :func:`~tlalign_mm.models.loading.load_head_state`):
 ``patch_embed{i}.{proj,norm}``, ``pos_embed{i}`` and ``cls_token`` (v1), ``block{i}.{j}.{norm1,
 attn.{q,kv,proj,sr,norm},norm2,mlp.{fc1,dwconv.dwconv,fc2}}``, final ``norm`` (v1) or per-stage
 ``norm{i}`` (v2), i = 1..4.  mmdet's ``PyramidVisionTransformer(V2)`` layout is converted on load

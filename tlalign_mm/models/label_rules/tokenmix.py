@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ...align import align_stats
 from ...registry import MODELS
+from ..heads import patch_tokens
 from .base import LabelRule, RuleInput, RuleOutput, check_choice
 
 __all__ = ['TokenMixRule', 'TOKENMIX_SMOOTHINGS', 'TOKENMIX_CAM_ACTIVATIONS', 'TOKENMIX_RESIZES',
@@ -233,7 +234,7 @@ class TokenMixRule(LabelRule):
             t.to(images.device)
         if hasattr(t, 'label_rule'):                                   # a classifier of ours
             last = t.backbone(images)[-1]
-            tokens = t.patch_tokens(last)                             # (B, n, C)
+            tokens = patch_tokens(last, t.num_prefix_tokens)          # (B, n, C)
             fmap_hw = last.shape[-2:] if last.dim() == 4 else t.backbone.token_grid(images.shape[-2:])
             logits = t.head.fc(tokens)                                 # (B, n, K)
         else:
