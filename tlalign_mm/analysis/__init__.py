@@ -6,14 +6,11 @@
   of a mixed batch, whatever rule the model trains with), target L2 between the plain mixed target and the aligned
   target, lam vs aligned lam, per-block drift (``tools/analysis/token_fluctuation.py``);
 * :mod:`~tlalign_mm.analysis.label_maps`: share-of-A maps on the token grid
-  (``tools/analysis/visualize_aligned_labels.py``);
-* :mod:`~tlalign_mm.analysis.curves`: training losses and validation metrics from mmengine's
-  ``scalars.json`` (``tools/analysis/plot_curves.py``).
+  (``tools/analysis/visualize_aligned_labels.py``).
 
 Importing this package does not import matplotlib; the plotting functions import it (Agg
 backend) when called.
 """
-from .curves import RunScalars, plot_curves, read_scalars
 from .fluctuation import (
                           BatchFluctuation,
                           FluctuationResult,
@@ -31,5 +28,4 @@ from .tracing import BlockRef, block_names, iter_blocks, parse_layer_spec, recor
 __all__ = ['aligned_targets', 'BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
            'run_fluctuation', 'write_fluctuation_csv', 'plot_fluctuation', 'LabelMaps', 'compute_label_maps',
            'denormalise', 'draw_display_mix', 'plot_label_maps', 'BlockRef', 'block_names', 'iter_blocks',
-           'parse_layer_spec', 'record_block_labels', 'source_share_readout', 'autocast_drift', 'RunScalars',
-           'read_scalars', 'plot_curves']
+           'parse_layer_spec', 'record_block_labels', 'source_share_readout', 'autocast_drift']
