@@ -31,6 +31,7 @@ import sys
 
 import pytest
 import torch
+from _common import quiet_init_weights  # tools/analysis/_common.py
 
 import tlalign_mm  # noqa: F401
 from tlalign_mm.align import smooth_one_hot
@@ -46,7 +47,6 @@ from tlalign_mm.analysis import (
     run_fluctuation,
     write_fluctuation_csv,
 )
-from tlalign_mm.analysis.build import quiet_init_weights
 from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.models import TLAImageClassifier
 

@@ -48,15 +48,15 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
-    from mmengine.runner import set_random_seed
-
-    from tlalign_mm.analysis.build import (
+    from _common import (  # tools/analysis/_common.py
         RANDOM_INIT,
         build_classifier,
         build_train_dataloader,
         load_config,
         pick_device,
     )
+    from mmengine.runner import set_random_seed
+
     from tlalign_mm.analysis.rule_lambdas import most_fluctuating, plot_rule_lambdas, rule_lambdas, write_rule_lambdas
     from tlalign_mm.analysis.tracing import block_names, iter_blocks
 

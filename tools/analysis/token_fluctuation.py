@@ -55,16 +55,16 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
-    from mmengine.runner import set_random_seed
-
-    from tlalign_mm.analysis import plot_fluctuation, run_fluctuation, write_fluctuation_csv
-    from tlalign_mm.analysis.build import (
+    from _common import (  # tools/analysis/_common.py
         RANDOM_INIT,
         build_classifier,
         build_train_dataloader,
         load_config,
         pick_device,
     )
+    from mmengine.runner import set_random_seed
+
+    from tlalign_mm.analysis import plot_fluctuation, run_fluctuation, write_fluctuation_csv
 
     cfg = load_config(args.config, args.cfg_options)
     stem = osp.splitext(osp.basename(args.config))[0]

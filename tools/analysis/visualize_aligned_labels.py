@@ -56,10 +56,7 @@ def parse_args(argv=None):
 def main(argv=None) -> str:
     args = parse_args(argv)
     import torch
-    from mmengine.dataset import pseudo_collate
-
-    from tlalign_mm.analysis import compute_label_maps, draw_display_mix, iter_blocks, plot_label_maps
-    from tlalign_mm.analysis.build import (
+    from _common import (  # tools/analysis/_common.py
         RANDOM_INIT,
         build_classifier,
         build_dataset,
@@ -67,6 +64,9 @@ def main(argv=None) -> str:
         load_config,
         pick_device,
     )
+    from mmengine.dataset import pseudo_collate
+
+    from tlalign_mm.analysis import compute_label_maps, draw_display_mix, iter_blocks, plot_label_maps
 
     if args.num_images < 1:
         raise SystemExit('--num-images must be >= 1')

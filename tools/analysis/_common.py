@@ -1,4 +1,11 @@
-"""Shared set-up of the analysis tools: config -> classifier (+ checkpoint) and dataloaders."""
+"""Shared set-up of the analysis tools: config -> classifier (+ checkpoint) and dataloaders.
+
+A module of the analysis tools (``token_fluctuation.py``, ``visualize_aligned_labels.py``,
+``rule_lambdas.py``, ``robustness.py``, ``model_cost.py``), imported as ``_common`` with this
+folder on ``sys.path`` (a script's own folder is); not part of the ``tlalign_mm`` package, which
+measures models and does not read configs.  The scripts put the repository on ``sys.path`` before
+importing it, so that ``tlalign_mm`` is the checkout's.
+"""
 from __future__ import annotations
 
 import copy
@@ -70,7 +77,7 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
         when under 90% of it would be matched); a classifier checkpoint's head is loaded too
         when its shape fits.
     """
-    from ..registry import MODELS
+    from tlalign_mm.registry import MODELS
 
     torch.manual_seed(seed)
     model = MODELS.build(copy.deepcopy(cfg.model))
@@ -80,7 +87,7 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
     quiet_init_weights(model)
     weights = RANDOM_INIT
     if checkpoint:
-        from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file
+        from tlalign_mm.checkpoint import load_backbone_checkpoint, load_checkpoint_file
         ckpt = load_checkpoint_file(checkpoint)                  # read once: backbone, then head
         report = load_backbone_checkpoint(model.backbone, ckpt, source=str(checkpoint))
         head_note = model.load_head_state(ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
@@ -126,7 +133,7 @@ def build_train_dataloader(cfg, batch_size: Optional[int] = None, num_workers: i
 
 def build_dataset(cfg, split: str = 'val'):
     """The dataset of ``cfg.{split}_dataloader`` (``split`` in 'train', 'val', 'test')."""
-    from ..registry import DATASETS
+    from tlalign_mm.registry import DATASETS
 
     key = f'{split}_dataloader'
     if key not in cfg or cfg[key] is None:
