@@ -9,15 +9,35 @@ importing it, so that ``tlalign_mm`` is the checkout's.
 from __future__ import annotations
 
 import copy
+import os.path as osp
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
 __all__ = ['RANDOM_INIT', 'quiet_init_weights', 'load_config', 'build_classifier', 'build_dataloader',
-           'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device']
+           'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device', 'add_config_checkpoint_args',
+           'output_dir', 'weights_title']
 
 RANDOM_INIT = 'random-init'
+
+
+def add_config_checkpoint_args(parser) -> None:
+    """The positional ``config`` and optional ``checkpoint`` of the tools that trace one classifier."""
+    parser.add_argument('config')
+    parser.add_argument('checkpoint', nargs='?', default=None,
+                        help='checkpoint (classifier or backbone); omitted: random initialisation')
+
+
+def output_dir(config: str, out_dir: Optional[str], tool: str) -> tuple[str, str]:
+    """``(stem, folder)``: the config file's stem and ``out_dir``, or ``work_dirs/<tool>/<stem>``."""
+    stem = osp.splitext(osp.basename(config))[0]
+    return stem, out_dir or osp.join('work_dirs', tool, stem)
+
+
+def weights_title(weights: str) -> str:
+    """What a figure's title says of the weights :func:`build_classifier` reported."""
+    return 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None):

@@ -20,15 +20,15 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
+
 import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', default=None,
-                   help='checkpoint (classifier or backbone); omitted: random initialisation')
+    add_config_checkpoint_args(p)
     p.add_argument('--num-batches', type=int, default=2)
     p.add_argument('--batch-size', type=int, default=None, help="default: the config's train batch size")
     p.add_argument('--top-k', type=int, default=8, help='samples to show (largest TL-Align fluctuation)')
@@ -49,7 +49,6 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
     from _common import (  # tools/analysis/_common.py
-        RANDOM_INIT,
         build_classifier,
         build_train_dataloader,
         load_config,
@@ -61,8 +60,7 @@ def main(argv=None) -> dict:
     from tlalign_mm.analysis.tracing import block_names, iter_blocks
 
     cfg = load_config(args.config)
-    stem = osp.splitext(osp.basename(args.config))[0]
-    out_dir = args.out_dir or osp.join('work_dirs', 'rule_lambdas', stem)
+    stem, out_dir = output_dir(args.config, args.out_dir, 'rule_lambdas')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
     teacher = None
@@ -91,7 +89,7 @@ def main(argv=None) -> dict:
     layers = block_names(iter_blocks(model.backbone))
     picked = [names[i] for i in top]
     csv_path = write_rule_lambdas(curves, top, layers, osp.join(out_dir, 'rule_lambdas.csv'), picked)
-    what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
+    what = weights_title(weights)
     png = plot_rule_lambdas(curves, top, layers, osp.join(out_dir, 'rule_lambdas.png'),
                             f'{stem} -- weights: {what}', picked)
     gap = {k: float((v[:, top] - curves['area'][:, top]).abs().mean()) for k, v in curves.items()}

@@ -28,6 +28,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
 from mmengine.config import DictAction  # noqa: E402
 
 import tlalign_mm  # noqa: E402,F401
@@ -36,9 +37,7 @@ import tlalign_mm  # noqa: E402,F401
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', default=None,
-                   help='checkpoint (classifier or backbone); omitted: random initialisation')
+    add_config_checkpoint_args(p)
     p.add_argument('--layers', nargs='+', default=None,
                    help='blocks after which to draw the map: global indices or STAGE.BLOCK (Swin)')
     p.add_argument('--num-images', type=int, default=4)
@@ -57,7 +56,6 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     import torch
     from _common import (  # tools/analysis/_common.py
-        RANDOM_INIT,
         build_classifier,
         build_dataset,
         class_names,
@@ -71,8 +69,7 @@ def main(argv=None) -> str:
     if args.num_images < 1:
         raise SystemExit('--num-images must be >= 1')
     cfg = load_config(args.config, args.cfg_options)
-    stem = osp.splitext(osp.basename(args.config))[0]
-    out_dir = args.out_dir or osp.join('work_dirs', 'label_maps', stem)
+    stem, out_dir = output_dir(args.config, args.out_dir, 'label_maps')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
     mixer = model.data_preprocessor.mixer
@@ -94,7 +91,7 @@ def main(argv=None) -> str:
     mix = draw_display_mix(mixer, images, random.Random(args.seed), args.lam_range)
 
     maps = compute_label_maps(model, images, labels, mix, layers, num_images=args.num_images)
-    what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
+    what = weights_title(weights)
     readout = 'class token' if model.target_readout == 'cls' else 'mean token'
     title = (f'{stem} -- weights: {what} -- {mix.mode}, lam={float(mix.lam[0]):.2f}; maps: share of A per token '
              f'(red = A, blue = B); "A share" = {readout}')
