@@ -32,6 +32,7 @@ import sys
 import pytest
 import torch
 from _common import quiet_init_weights  # tools/analysis/_common.py
+from plotting import plot_label_maps, write_fluctuation_csv  # tools/analysis/plotting.py
 
 import tlalign_mm  # noqa: F401
 from tlalign_mm.align import smooth_one_hot
@@ -42,10 +43,8 @@ from tlalign_mm.analysis import (
     measure_batch,
     measure_data_batch,
     parse_layer_spec,
-    plot_label_maps,
     record_block_labels,
     run_fluctuation,
-    write_fluctuation_csv,
 )
 from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.models import TLAImageClassifier
@@ -462,8 +461,10 @@ def test_ab_paired_differences_against_the_chosen_baseline(tmp_path):
 def test_rule_lambdas_agree_with_the_rules_at_the_last_block(tmp_path):
     """Fig. 4 curves: at the last block TL-Align's curve is the TL-Align target's share of A and
     TransMix's the TransMix rule's; the area curve is flat; the backbone's settings come back."""
+    from plotting import plot_rule_lambdas, write_rule_lambdas  # tools/analysis/plotting.py
+
     from tlalign_mm.analysis.precision import structure_attention_
-    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, plot_rule_lambdas, rule_lambdas, write_rule_lambdas
+    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, rule_lambdas
     from tlalign_mm.registry import MODELS
     torch.manual_seed(0)
     model = MODELS.build(dict(

@@ -9,8 +9,9 @@ network is randomly initialised and the outputs say so), mixes N training batche
 model's data preprocessor and, for every sample, reads the share of image A in the target as
 the area rule, TL-Align, TransMix and (with a teacher) TokenMix would give it at every block
 (:mod:`tlalign_mm.analysis.rule_lambdas`).  The K samples whose TL-Align share moves most are
-written to DIR (default ``work_dirs/rule_lambdas/<config>``): ``rule_lambdas.csv`` (sample,
-rule, block, lam_A) and ``rule_lambdas.png`` (one panel per sample).
+written to DIR (default ``work_dirs/rule_lambdas/<config>``) by ``plotting.py`` next to this
+script: ``rule_lambdas.csv`` (sample, rule, block, lam_A) and ``rule_lambdas.png`` (one panel
+per sample).
 """
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def main(argv=None) -> dict:
         pick_device,
     )
     from mmengine.runner import set_random_seed
+    from plotting import plot_rule_lambdas, write_rule_lambdas  # tools/analysis/plotting.py
 
-    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, plot_rule_lambdas, rule_lambdas, write_rule_lambdas
+    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, rule_lambdas
     from tlalign_mm.analysis.tracing import block_names, iter_blocks
 
     cfg = load_config(args.config)

@@ -16,7 +16,8 @@ eval mode, no gradients) and writes to DIR (default ``work_dirs/token_fluctuatio
 * with ``--amp-dtype``: ``amp_drift.json``, how far mixed precision moves the aligned targets
   (:func:`tlalign_mm.analysis.autocast_drift`).
 
-The computation lives in :mod:`tlalign_mm.analysis.fluctuation`.
+The computation lives in :mod:`tlalign_mm.analysis.fluctuation`, the CSV files and the figure in
+``plotting.py`` next to this script.
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def main(argv=None) -> dict:
         pick_device,
     )
     from mmengine.runner import set_random_seed
+    from plotting import plot_fluctuation, write_fluctuation_csv  # tools/analysis/plotting.py
 
-    from tlalign_mm.analysis import plot_fluctuation, run_fluctuation, write_fluctuation_csv
+    from tlalign_mm.analysis import run_fluctuation
 
     cfg = load_config(args.config, args.cfg_options)
     stem, out_dir = output_dir(args.config, args.out_dir, 'token_fluctuation')
