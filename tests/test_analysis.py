@@ -228,8 +228,9 @@ def test_autocast_drift(build):
     attention weights, label outputs and q / k), far less than the fluctuation itself (with
     trained-like attention, so that the fluctuation is not vanishingly small); the L2 figure is
     |dlam| sqrt(2) (1 - s) for pairs of different classes."""
+    from structured_attention import structure_attention_  # tools/analysis/structured_attention.py
+
     from tlalign_mm.analysis import autocast_drift
-    from tlalign_mm.analysis.precision import structure_attention_
 
     def structured():
         model = build()
@@ -462,8 +463,8 @@ def test_rule_lambdas_agree_with_the_rules_at_the_last_block(tmp_path):
     """Fig. 4 curves: at the last block TL-Align's curve is the TL-Align target's share of A and
     TransMix's the TransMix rule's; the area curve is flat; the backbone's settings come back."""
     from plotting import plot_rule_lambdas, write_rule_lambdas  # tools/analysis/plotting.py
+    from structured_attention import structure_attention_  # tools/analysis/structured_attention.py
 
-    from tlalign_mm.analysis.precision import structure_attention_
     from tlalign_mm.analysis.rule_lambdas import most_fluctuating, rule_lambdas
     from tlalign_mm.registry import MODELS
     torch.manual_seed(0)
