@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -8,6 +9,12 @@ torch.manual_seed(0)
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: The analysis tools' own modules (``_common``, ``curves``, ...) live next to the scripts in
+#: tools/analysis/, which import them from their own folder; the tests import them from here.
+TOOLS_ANALYSIS = os.path.join(REPO, 'tools', 'analysis')
+if TOOLS_ANALYSIS not in sys.path:
+    sys.path.insert(0, TOOLS_ANALYSIS)
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ import sys
 
 import pytest
 import torch
+from _common import quiet_init_weights  # tools/analysis/_common.py
+from plotting import plot_label_maps, write_fluctuation_csv  # tools/analysis/plotting.py
 
 import tlalign_mm  # noqa: F401
 from tlalign_mm.align import smooth_one_hot
@@ -41,12 +43,9 @@ from tlalign_mm.analysis import (
     measure_batch,
     measure_data_batch,
     parse_layer_spec,
-    plot_label_maps,
     record_block_labels,
     run_fluctuation,
-    write_fluctuation_csv,
 )
-from tlalign_mm.analysis.build import quiet_init_weights
 from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.models import TLAImageClassifier
 
@@ -229,8 +228,9 @@ def test_autocast_drift(build):
     attention weights, label outputs and q / k), far less than the fluctuation itself (with
     trained-like attention, so that the fluctuation is not vanishingly small); the L2 figure is
     |dlam| sqrt(2) (1 - s) for pairs of different classes."""
+    from structured_attention import structure_attention_  # tools/analysis/structured_attention.py
+
     from tlalign_mm.analysis import autocast_drift
-    from tlalign_mm.analysis.precision import structure_attention_
 
     def structured():
         model = build()
@@ -462,8 +462,10 @@ def test_ab_paired_differences_against_the_chosen_baseline(tmp_path):
 def test_rule_lambdas_agree_with_the_rules_at_the_last_block(tmp_path):
     """Fig. 4 curves: at the last block TL-Align's curve is the TL-Align target's share of A and
     TransMix's the TransMix rule's; the area curve is flat; the backbone's settings come back."""
-    from tlalign_mm.analysis.precision import structure_attention_
-    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, plot_rule_lambdas, rule_lambdas, write_rule_lambdas
+    from plotting import plot_rule_lambdas, write_rule_lambdas  # tools/analysis/plotting.py
+    from structured_attention import structure_attention_  # tools/analysis/structured_attention.py
+
+    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, rule_lambdas
     from tlalign_mm.registry import MODELS
     torch.manual_seed(0)
     model = MODELS.build(dict(

@@ -1,4 +1,4 @@
-"""tlalign_mm.analysis.curves and tools/analysis/plot_curves.py on mmengine-format scalars files.
+"""tools/analysis/curves.py and plot_curves.py on mmengine-format scalars files.
 
 The fabricated files follow what mmengine 0.10's LoggerHook writes through LocalVisBackend (one
 JSON object per line; training rows carry lr / base_lr and the global iteration as ``step``,
@@ -14,8 +14,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tlalign_mm.analysis.curves import find_scalars, loss_keys, metric_keys, plot_curves, read_scalars
+from curves import find_scalars, loss_keys, metric_keys, plot_curves, read_scalars  # tools/analysis/curves.py
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools', 'analysis', 'plot_curves.py')

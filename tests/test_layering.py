@@ -1,6 +1,7 @@
 """The package's import direction (docs/design.md): ``align`` <- ``mixing`` <- ``models`` <- the
-rest (``checkpoint``, ``analysis``, ``evaluation``, ``hooks``), and nothing under ``tlalign_mm/``
-imports ``tools``.
+rest (``checkpoint``, ``analysis``, ``evaluation``, ``hooks``), nothing under ``tlalign_mm/``
+imports ``tools``, and ``analysis`` traces and measures only (no matplotlib, CSV writers, mmengine
+configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
 
 Every ``import`` statement of every module is read with ``ast`` (function-level imports too, so a
 lazy import cannot hide an edge), relative imports resolved against the module's package.
@@ -51,13 +52,23 @@ def test_the_walk_sees_the_package():
     assert {'tlalign_mm.align.propagate', 'tlalign_mm.models.classifier', 'tlalign_mm.mixing.switch'} <= names
 
 
+#: What analysis/ never imports: drawing, CSV writing, config loading and runners (the tools' part).
+NOT_IN_ANALYSIS = ('matplotlib', 'csv', 'mmengine.config', 'mmengine.runner')
+
+
 @pytest.mark.parametrize('path,module', ALL, ids=[m for _, m in ALL])
 def test_import_direction(path, module):
     """align: only the standard library and torch; mixing: + align; nothing imports tools;
     models, mixing, align and utils never import the analysis / evaluation / hooks layers nor the
-    checkpoint facade (the backbones register their layouts in models/layouts.py instead: no cycle)."""
+    checkpoint facade (the backbones register their layouts in models/layouts.py instead: no cycle);
+    analysis imports none of :data:`NOT_IN_ANALYSIS`."""
+    bad = _violations(_imports(path, module), module)
+    assert not bad, f'{os.path.relpath(path, REPO)}:\n' + '\n'.join(bad)
+
+
+def _violations(imports, module):
     bad = []
-    for line, name in _imports(path, module):
+    for line, name in imports:
         top = name.split('.')[0]
         if top == 'tools':
             bad.append(f'{line}: {name} (tlalign_mm never imports tools/)')
@@ -72,7 +83,12 @@ def test_import_direction(path, module):
             for layer in ('analysis', 'evaluation', 'hooks', 'checkpoint'):
                 if name.startswith(f'tlalign_mm.{layer}'):
                     bad.append(f'{line}: {name} (the model layers do not import tlalign_mm.{layer})')
-    assert not bad, f'{os.path.relpath(path, REPO)}:\n' + '\n'.join(bad)
+        if module.startswith('tlalign_mm.analysis'):
+            for other in NOT_IN_ANALYSIS:
+                if name == other or name.startswith(other + '.'):
+                    bad.append(f'{line}: {name} (analysis/ traces and measures; figures, files and builders '
+                               'are in tools/analysis/)')
+    return bad
 
 
 def test_the_check_bites(tmp_path):
@@ -81,3 +97,14 @@ def test_the_check_bites(tmp_path):
     f.write_text('from ..models import classifier\nimport tools.launch\n')
     found = [n for _, n in _imports(str(f), 'tlalign_mm.align.x')]
     assert found == ['tlalign_mm.models', 'tools.launch']
+
+
+def test_the_analysis_rule_bites(tmp_path):
+    """A lazy matplotlib import, a csv writer or a config load in analysis/ is caught; its own
+    measurements' imports are not."""
+    f = tmp_path / 'x.py'
+    f.write_text('import csv\nfrom .tracing import iter_blocks\n\n\ndef draw():\n    import matplotlib.pyplot as plt\n'
+                 '    from mmengine.config import Config\n')
+    bad = _violations(_imports(str(f), 'tlalign_mm.analysis.x'), 'tlalign_mm.analysis.x')
+    assert [b.split(' ')[1] for b in bad] == ['csv', 'matplotlib.pyplot', 'mmengine.config']
+    assert _violations(_imports(str(f), 'tlalign_mm.evaluation.x'), 'tlalign_mm.evaluation.x') == []

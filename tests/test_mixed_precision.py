@@ -4,7 +4,7 @@
   gradients exactly plain SDPA's, labels within rounding of the float32 rule written out here,
   label mass 1;
 * the precision budget on DeiT-S and Swin-T with trained-like attention
-  (:func:`tlalign_mm.analysis.precision.structure_attention_`): the aligned share of image A
+  (``structure_attention_`` of tools/analysis/structured_attention.py): the aligned share of image A
   moves by at most 5e-4 on average and 5e-3 at worst against the float32 path;
 * a training step that never reads a tensor back to the host;
 * ``torch.compile`` gives the eager targets.
@@ -16,15 +16,11 @@ import torch
 import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from mmengine.structures import BaseDataElement
+from structured_attention import structure_attention_, structured_mixed_batch  # tools/analysis/structured_attention.py
 from torch.profiler import profile
 
 from tlalign_mm.align import fused_attention_with_labels, initial_source_labels
-from tlalign_mm.analysis.precision import (
-    attention_stats,
-    label_precision,
-    structure_attention_,
-    structured_mixed_batch,
-)
+from tlalign_mm.analysis.precision import attention_stats, label_precision
 from tlalign_mm.models import TLAImageClassifier
 from tlalign_mm.models.backbones.swin import TLASwinBlock, TLASwinTransformer
 from tlalign_mm.models.backbones.vit import TLAVisionTransformer

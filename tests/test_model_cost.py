@@ -34,10 +34,8 @@ from mmengine.config import Config  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools', 'analysis')
-if TOOLS not in sys.path:  # tools/analysis/model_cost.py, as the cost tools import it
-    sys.path.insert(0, TOOLS)
 
-from model_cost import (  # noqa: E402
+from model_cost import (  # noqa: E402  (tools/analysis/model_cost.py; tests/conftest.py puts the folder on sys.path)
     DETECTION_DEFAULT_SHAPE,
     build_analysis_model,
     config_cost,
@@ -390,7 +388,7 @@ def test_benchmark_label_path_tool_runs(tmp_path, model):
 
 
 def test_paired_ratios_against_hand_computed_values():
-    from tlalign_mm.analysis.timing import paired_ratios
+    from timing import paired_ratios  # tools/analysis/timing.py
 
     # rounds where the machine slows down 2x: the paired ratio ignores the drift
     base = [1.0, 2.0, 1.0, 2.0]

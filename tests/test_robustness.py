@@ -97,7 +97,7 @@ def test_corruption_error_formulas():
 
 # ------------------------------------------------------------------------------ the model
 def _demo_model(num_classes=10, head_scale=1.0, seed=0):
-    from tlalign_mm.analysis.build import build_classifier, load_config
+    from _common import build_classifier, load_config  # tools/analysis/_common.py
     cfg = load_config(DEMO_CFG, dict(model=dict(head=dict(num_classes=num_classes))))
     model, _ = build_classifier(cfg, None, 'cpu', seed=seed, log=lambda *_: None)
     with torch.no_grad():

@@ -1,19 +1,23 @@
-"""Analysis of TL-Align: token fluctuation and token-label maps.
+"""Analysis of TL-Align: tracing the labels through a model and measuring what they do.
 
 * :mod:`~tlalign_mm.analysis.tracing`: forward hooks that record the label embedding after
   every block (ViT ``blocks[i]``, Swin ``layers[s].blocks[j]``, PVT ``block{s}[j]``);
 * :mod:`~tlalign_mm.analysis.fluctuation`: :func:`aligned_targets` (the area and TL-Align targets
   of a mixed batch, whatever rule the model trains with), target L2 between the plain mixed target and the aligned
-  target, lam vs aligned lam, per-block drift (``tools/analysis/token_fluctuation.py``);
+  target, lam vs aligned lam, per-block drift, the drift under autocast
+  (``tools/analysis/token_fluctuation.py``);
 * :mod:`~tlalign_mm.analysis.label_maps`: share-of-A maps on the token grid
   (``tools/analysis/visualize_aligned_labels.py``);
-* :mod:`~tlalign_mm.analysis.curves`: training losses and validation metrics from mmengine's
-  ``scalars.json`` (``tools/analysis/plot_curves.py``).
+* :mod:`~tlalign_mm.analysis.rule_lambdas`: the share of A each label rule reads, block by block
+  (``tools/analysis/rule_lambdas.py``);
+* :mod:`~tlalign_mm.analysis.precision`: how structured a backbone's attention is, and how far
+  autocast moves its aligned labels (``tools/analysis/gpu_check.py``).
 
-Importing this package does not import matplotlib; the plotting functions import it (Agg
-backend) when called.
+Measurements only: the figures, CSV files, log reading, config and model building and benchmark
+statistics of the tools live next to them in ``tools/analysis/`` (``plotting.py``, ``curves.py``,
+``_common.py``, ``timing.py``).  Importing this package imports neither matplotlib nor mmengine's
+config (``tests/test_layering.py``).
 """
-from .curves import RunScalars, plot_curves, read_scalars
 from .fluctuation import (
                           BatchFluctuation,
                           FluctuationResult,
@@ -21,15 +25,11 @@ from .fluctuation import (
                           autocast_drift,
                           measure_batch,
                           measure_data_batch,
-                          plot_fluctuation,
                           run_fluctuation,
-                          write_fluctuation_csv,
 )
-from .label_maps import LabelMaps, compute_label_maps, denormalise, draw_display_mix, plot_label_maps
+from .label_maps import LabelMaps, compute_label_maps, denormalise
 from .tracing import BlockRef, block_names, iter_blocks, parse_layer_spec, record_block_labels, source_share_readout
 
 __all__ = ['aligned_targets', 'BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
-           'run_fluctuation', 'write_fluctuation_csv', 'plot_fluctuation', 'LabelMaps', 'compute_label_maps',
-           'denormalise', 'draw_display_mix', 'plot_label_maps', 'BlockRef', 'block_names', 'iter_blocks',
-           'parse_layer_spec', 'record_block_labels', 'source_share_readout', 'autocast_drift', 'RunScalars',
-           'read_scalars', 'plot_curves']
+           'run_fluctuation', 'LabelMaps', 'compute_label_maps', 'denormalise', 'BlockRef', 'block_names',
+           'iter_blocks', 'parse_layer_spec', 'record_block_labels', 'source_share_readout', 'autocast_drift']

@@ -23,9 +23,7 @@ preprocessor in training mode (random erasing included).
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Optional
@@ -38,7 +36,7 @@ from ..mixing import MixResult
 from .tracing import block_names, iter_blocks, record_block_labels, source_share_readout
 
 __all__ = ['aligned_targets', 'BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
-           'run_fluctuation', 'write_fluctuation_csv', 'plot_fluctuation', 'autocast_drift']
+           'run_fluctuation', 'autocast_drift']
 
 
 def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Optional[bool] = None,
@@ -325,100 +323,3 @@ def autocast_drift(model, batches: Iterable[dict], num_batches: int, dtype: torc
                 lam_aligned_absdiff_mean=float(d.mean()), lam_aligned_absdiff_max=float(d.max()),
                 target_l2_mean=float(l2.mean()), target_l2_max=float(l2.max()),
                 lam_gap_mean=float((la32 - lam).abs().mean()))
-
-
-def _fmt(v: float) -> str:
-    return f'{v:.6g}'
-
-
-def write_fluctuation_csv(result: FluctuationResult, out_dir: str, weights: str) -> tuple[str, str]:
-    """Write ``fluctuation.csv`` (one row per sample) and ``fluctuation_layers.csv`` (one per block).
-
-    Args:
-        result: see :func:`run_fluctuation`.
-        out_dir: directory (created if needed).
-        weights: what the model's weights are (a checkpoint path, or ``'random-init'``); written
-            in a ``weights`` column of both files.
-
-    Returns:
-        the two paths.  ``fluctuation.csv`` columns: weights, batch, index, mode, label,
-        partner_label, lam, lam_aligned, lam_gap (= lam_aligned - lam), target_l2.
-        ``fluctuation_layers.csv`` columns: weights, layer (global block index), name, readout,
-        mean_abs_drift (= mean |lam_l - lam|), std_abs_drift, mean_lam_l, mean_lam.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    samples = os.path.join(out_dir, 'fluctuation.csv')
-    with open(samples, 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['weights', 'batch', 'index', 'mode', 'label', 'partner_label', 'lam', 'lam_aligned',
-                    'lam_gap', 'target_l2'])
-        for bi, b in enumerate(result.batches):
-            for i in range(b.lam.numel()):
-                lam, la = float(b.lam[i]), float(b.lam_aligned[i])
-                w.writerow([weights, bi, i, b.mode, int(b.labels[i]), int(b.partner_labels[i]),
-                            _fmt(lam), _fmt(la), _fmt(la - lam), _fmt(float(b.target_l2[i]))])
-    layers = os.path.join(out_dir, 'fluctuation_layers.csv')
-    mean_d, std_d = result.layer_drift()
-    layer_lam = result.layer_lam
-    lam_mean = float(result.lam.mean()) if result.lam.numel() else math.nan
-    with open(layers, 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['weights', 'layer', 'name', 'readout', 'mean_abs_drift', 'std_abs_drift', 'mean_lam_l',
-                    'mean_lam'])
-        for i, name in enumerate(result.layer_names):
-            mlam = float(layer_lam[i].mean()) if layer_lam.shape[1] else math.nan
-            w.writerow([weights, i, name, result.readout, _fmt(float(mean_d[i])), _fmt(float(std_d[i])),
-                        _fmt(mlam), _fmt(lam_mean)])
-    return samples, layers
-
-
-def plot_fluctuation(result: FluctuationResult, path: str, title: str = '') -> str:
-    """Save a 2x2 figure (matplotlib, Agg backend) to ``path`` and return it.
-
-    Panels: lam vs aligned lam (scatter, diagonal = no fluctuation); histogram of
-    ``|lam_aligned - lam|``; histogram of the per-sample target L2; per-block drift
-    ``mean |lam_l - lam|`` with a +-std band.
-    """
-    import matplotlib
-    matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-
-    s = result.summary()
-    lam, la, target_l2 = result.lam.numpy(), result.lam_aligned.numpy(), result.target_l2.numpy()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
-    ax = axes[0, 0]
-    ax.plot([0, 1], [0, 1], color='0.6', lw=1, ls='--', label='no fluctuation')
-    ax.scatter(lam, la, s=10, alpha=0.6)
-    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel='lam (area share of A)',
-           ylabel=f'aligned lam ({"class token" if result.readout == "cls" else "mean token"})',
-           title='lam vs aligned lam')
-    ax.legend(loc='upper left', fontsize=8)
-
-    ax = axes[0, 1]
-    ax.hist(abs(la - lam), bins=30, color='tab:orange')
-    ax.set(xlabel='|lam_aligned - lam|', ylabel='samples',
-           title=f'|lam_aligned - lam|: mean {s["lam_gap_mean"]:.4f} ± {s["lam_gap_std"]:.4f}')
-
-    ax = axes[1, 0]
-    ax.hist(target_l2, bins=30, color='tab:green')
-    ax.set(xlabel='||y_aligned - y_area||_2', ylabel='samples',
-           title=f'target L2: mean {s["target_l2_mean"]:.4f} ± {s["target_l2_std"]:.4f}')
-
-    ax = axes[1, 1]
-    mean_d, std_d = (t.numpy() for t in result.layer_drift())
-    x = list(range(len(result.layer_names)))
-    ax.plot(x, mean_d, marker='o', color='tab:red')
-    ax.fill_between(x, mean_d - std_d, mean_d + std_d, color='tab:red', alpha=0.2)
-    ax.set_xticks(x)
-    ax.set_xticklabels(result.layer_names, rotation=90 if len(x) > 12 else 0, fontsize=8)
-    ax.set(xlabel='block' + (' (stage.block)' if any('.' in n for n in result.layer_names) else ''),
-           ylabel='mean |lam_l - lam|',
-           title=f'per-block drift of the {"class token" if result.readout == "cls" else "mean token"}')
-    ax.set_ylim(bottom=0)
-
-    fig.suptitle(f'{title}\n{s["num_samples"]} samples in {s["num_batches"]} batches', fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -4,14 +4,11 @@ For a CutMix pair (image A with a box of its partner B), every patch token start
 of A among its pixels (1 outside the box, 0 inside for token CutMix).  TL-Align moves these
 labels with each block's attention (``Y <- (Y + mean_h(A_h) Y) / 2``); Swin's patch merging
 pools them 2x2.  :func:`compute_label_maps` records the share of A per token after chosen blocks
-(through forward hooks, :mod:`tlalign_mm.analysis.tracing`) and :func:`plot_label_maps` draws,
-for each image: A, B, the mixed image, the initial map and the map after each chosen block, the
-maps as heat maps over the mixed image (each token's value spread over the pixels it covers).
+(through forward hooks, :mod:`tlalign_mm.analysis.tracing`); ``tools/analysis/plotting.py``
+draws them (``visualize_aligned_labels.py``).
 """
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -19,10 +16,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..mixing import BatchMixer, MixResult
+from ..mixing import MixResult
 from .tracing import BlockRef, block_names, iter_blocks, parse_layer_spec, record_block_labels, source_share_readout
 
-__all__ = ['LabelMaps', 'draw_display_mix', 'compute_label_maps', 'denormalise', 'plot_label_maps']
+__all__ = ['LabelMaps', 'compute_label_maps', 'denormalise']
 
 
 @dataclass
@@ -60,30 +57,6 @@ def denormalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """(B, 3, H, W) normalised images -> float in [0, 1] (``mean`` / ``std`` in 0..255 units,
     shape (3, 1, 1) as the data preprocessor's buffers)."""
     return ((x.float() * std.to(x.device) + mean.to(x.device)) / 255.0).clamp(0.0, 1.0)
-
-
-def draw_display_mix(mixer: BatchMixer, images: Tensor, generator: Optional[random.Random] = None,
-                     lam_range: Sequence[float] = (0.0, 1.0), max_tries: int = 200) -> MixResult:
-    """Mix ``images`` with ``mixer``, redrawing until the batch is mixed with ``lam`` in range.
-
-    Args:
-        mixer: the model's :class:`~tlalign_mm.mixing.BatchMixer`.
-        images: (B, 3, H, W) normalised images.
-        generator: ``random.Random`` for reproducible draws (the mixer's host-side generator).
-        lam_range: (lo, hi) accepted ``lam`` of the batch (e.g. (0.3, 0.8) for a clearly visible
-            box).  The last draw is returned if none fits within ``max_tries``.
-
-    Returns:
-        the :class:`~tlalign_mm.mixing.MixResult`.
-    """
-    lo, hi = lam_range
-    mix = None
-    for _ in range(max(1, max_tries)):
-        mix = mixer(images, generator=generator)
-        lam = float(mix.lam.min())
-        if mix.mixed and lo <= lam <= hi:
-            break
-    return mix
 
 
 @torch.no_grad()
@@ -142,62 +115,3 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
         maps=maps, readout=readout, names={b.index: names[b.index] for b in chosen},
         labels=labels[:n].cpu(), partner_labels=labels.to(partner.device)[partner][:n].cpu(),
         readout_kind=model.label_rule.readout)
-
-
-def plot_label_maps(maps: LabelMaps, path: str, title: str = '',
-                    class_names: Optional[Sequence[str]] = None, alpha: float = 0.65) -> str:
-    """Draw one row per image: A, B, mixed, initial share-of-A map, maps after the chosen blocks.
-
-    The maps are heat maps (``RdBu_r``: red = all A, blue = all B) on the token grid, stretched over
-    the mixed image (nearest neighbour).  Saves a PNG with matplotlib's Agg backend to ``path``.
-
-    Returns:
-        ``path``.
-    """
-    import matplotlib
-    matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-
-    n = maps.mixed.shape[0]
-    order = list(maps.maps)
-    ncol = 4 + len(order)
-    fig, axes = plt.subplots(n, ncol, figsize=(2.1 * ncol + 0.8, 2.3 * n + 0.6), squeeze=False)
-    h, w = maps.mixed.shape[-2:]
-    what = 'cls' if maps.readout_kind == 'cls' else 'mean'
-
-    def cname(c) -> str:
-        c = int(c)
-        return class_names[c] if class_names is not None and c < len(class_names) else str(c)
-
-    def show(ax, img):
-        ax.imshow(img.permute(1, 2, 0).numpy(), interpolation='nearest')
-
-    im = None
-    for i in range(n):
-        row = axes[i]
-        show(row[0], maps.images_a[i])
-        row[0].set_title(f'A: {cname(maps.labels[i])}' if maps.labels is not None else 'A', fontsize=8)
-        show(row[1], maps.images_b[i])
-        row[1].set_title(f'B: {cname(maps.partner_labels[i])}' if maps.partner_labels is not None else 'B',
-                         fontsize=8)
-        show(row[2], maps.mixed[i])
-        row[2].set_title(f'mixed, lam={float(maps.lam[i]):.2f}', fontsize=8)
-        cols = [('initial', maps.initial[i], maps.readout[-1][i])]
-        cols += [(f'after block {maps.names[k]}', maps.maps[k][i], maps.readout[k][i]) for k in order]
-        for ax, (name, m, r) in zip(row[3:], cols):
-            gray = maps.mixed[i].mean(0)
-            ax.imshow(gray.numpy(), cmap='gray', interpolation='nearest')
-            im = ax.imshow(m.numpy(), cmap='RdBu_r', vmin=0.0, vmax=1.0, alpha=alpha,
-                           extent=(0, w, h, 0), interpolation='nearest')
-            ax.set_title(f'{name}\nA share: {what} {float(r):.2f}', fontsize=8)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if im is not None:
-        cb = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
-        cb.set_label('share of image A per token')
-    fig.suptitle(title, fontsize=10)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

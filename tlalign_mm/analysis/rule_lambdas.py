@@ -15,21 +15,18 @@ each rule would give it if it read the network at block ``l``:
 TL-Align's figure shows that the share an image keeps moves from block to block, which one
 fixed reading (the area, or one layer's attention) cannot follow.  :func:`rule_lambdas` returns
 the curves of a batch; :func:`most_fluctuating` picks the samples whose TL-Align share moves
-most; :func:`write_rule_lambdas` / :func:`plot_rule_lambdas` write the CSV and the picture.
+most (``tools/analysis/rule_lambdas.py`` writes the CSV and the picture, through
+``tools/analysis/plotting.py``).
 Nothing here changes the model: the backbone's alignment settings are restored afterwards.
 """
 from __future__ import annotations
-
-import csv
-import os
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .tracing import iter_blocks, record_block_labels, source_share_readout
 
-__all__ = ['RULES', 'rule_lambdas', 'most_fluctuating', 'write_rule_lambdas', 'plot_rule_lambdas']
+__all__ = ['RULES', 'rule_lambdas', 'most_fluctuating']
 
 #: The curves :func:`rule_lambdas` can return, in plotting order.
 RULES = ('area', 'tl_align', 'transmix', 'tokenmix')
@@ -91,57 +88,3 @@ def most_fluctuating(curves: dict[str, Tensor], k: int) -> list[int]:
     (``max_l |lam_l - lam|``), largest first."""
     gap = (curves['tl_align'] - curves['area']).abs().max(dim=0).values
     return gap.argsort(descending=True)[:k].tolist()
-
-
-def write_rule_lambdas(curves: dict[str, Tensor], samples: list[int], layer_names: list[str], path: str,
-                       sample_names: Optional[list[str]] = None) -> str:
-    """CSV with one row per (sample, rule, block): ``sample, rule, block, lam_A``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['sample', 'rule', 'block', 'lam_A'])
-        for j, i in enumerate(samples):
-            name = sample_names[j] if sample_names else str(i)
-            for rule in RULES:
-                if rule in curves:
-                    for layer, v in zip(layer_names, curves[rule][:, i].tolist()):
-                        w.writerow([name, rule, layer, f'{v:.6f}'])
-    return path
-
-
-def plot_rule_lambdas(curves: dict[str, Tensor], samples: list[int], layer_names: list[str], path: str,
-                      title: str = '', sample_names: Optional[list[str]] = None) -> str:
-    """One panel per sample: ``lam_A`` against the block, one line per rule."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    style = {'area': dict(color='0.4', ls='--'), 'tl_align': dict(color='C0', marker='o', ms=3),
-             'transmix': dict(color='C1', marker='s', ms=3), 'tokenmix': dict(color='C2', ls=':')}
-    n = len(samples)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
-    x = list(range(len(layer_names)))
-    for j, i in enumerate(samples):
-        ax = axes[j // cols][j % cols]
-        for rule in RULES:
-            if rule in curves:
-                ax.plot(x, curves[rule][:, i].numpy(), label=rule, **style[rule])
-        ax.set_title(sample_names[j] if sample_names else f'sample {i}', fontsize=9)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xticks(x[::max(1, len(x) // 6)])
-        ax.set_xticklabels(layer_names[::max(1, len(x) // 6)], fontsize=7)
-        ax.set_xlabel('block', fontsize=8)
-        if j % cols == 0:
-            ax.set_ylabel('share of image A in the target', fontsize=8)
-    for j in range(n, rows * cols):
-        axes[j // cols][j % cols].axis('off')
-    axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -19,7 +19,7 @@ The two models alternate step by step (who goes first alternates too), with the 
 per step (dropout, drop-path, RoI sampling), so that machine noise and sampling hit both alike.
 Reported: the median step time over ``--iters`` steps after ``--warmup``, the ratio of the
 medians ours / stock, the paired ratio (geometric mean of the per-round ratios with its 95%
-interval, :func:`tlalign_mm.analysis.timing.paired_ratios`) and, on CUDA, the peak
+interval, :func:`timing.paired_ratios`, ``tools/analysis/timing.py``) and, on CUDA, the peak
 memory of a step (``torch.cuda.max_memory_allocated``, both models resident; also the growth
 over the memory allocated before the step).  For mmseg configs at ``--batch 1`` the BatchNorm layers of the
 heads run in eval mode (the configs' SyncBN normalises over all GPUs' images; one image alone gives UperNet's
@@ -117,9 +117,8 @@ def run(args) -> dict:
         task_kind,
         with_stock_backbone,
     )
+    from timing import paired_ratios  # tools/analysis/timing.py
     from torch.nn.modules.batchnorm import _BatchNorm
-
-    from tlalign_mm.analysis.timing import paired_ratios
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -206,9 +206,9 @@ def dense_compare(args, device):
     from mmdet.registry import MODELS as MMDET_MODELS
     from mmseg.registry import MODELS as MMSEG_MODELS
     from model_cost import stock_backbone_config  # tools/analysis/model_cost.py
+    from timing import paired_ratios  # tools/analysis/timing.py
 
     import tlalign_mm  # noqa: F401  (our registry: the configs name it across scopes)
-    from tlalign_mm.analysis.timing import paired_ratios
     registries = {'mmseg': MMSEG_MODELS, 'mmdet': MMDET_MODELS}
     s = args.dense_size
     x = torch.randn(args.batch, 3, s, s, device=device)
@@ -249,7 +249,7 @@ def label_path(args, device) -> dict:
         dict(model, batch, img, amp_dtype, compile, step_s (median per variant), step_s_rounds,
         paired_ratio (variant -> (mean, low, high) against the baseline), peak_bytes).
     """
-    from tlalign_mm.analysis.timing import paired_ratios
+    from timing import paired_ratios  # tools/analysis/timing.py
     rounds = time_variants(args, device)
     mem = {}
     for v in args.variants:

@@ -11,7 +11,7 @@ mmengine and this package -- no mmcv / mmseg / mmdet).  It does three things and
    Forward + backward timed with CUDA events, interleaved, as paired ratios against the baseline
    with a 95% interval; images per second; ``torch.cuda.max_memory_allocated`` growth.
 2. **Precision**: DeiT-S and Swin-T with trained-like attention
-   (:func:`tlalign_mm.analysis.precision.structure_attention_`), one mixed batch traced in
+   (``structure_attention_``, ``tools/analysis/structured_attention.py``), one mixed batch traced in
    float32 and under each autocast dtype; the budget is a mean move of the aligned share of A
    <= 5e-4, worst <= 5e-3, label mass within 1e-3.
 3. **Pretraining without host syncs**: ``--pretrain-iters`` (50) iterations of
@@ -77,7 +77,9 @@ def label_path_rows(iters: int, warmup: int, device: torch.device, models=MODELS
 
 def precision_rows(device: torch.device, batch: int = 32, amps=AMP) -> list[dict]:
     """:func:`~tlalign_mm.analysis.precision.label_precision` of structured DeiT-S / Swin-T, both label dtypes."""
-    from tlalign_mm.analysis.precision import label_precision, structure_attention_, structured_mixed_batch
+    from structured_attention import structure_attention_, structured_mixed_batch  # next to this script
+
+    from tlalign_mm.analysis.precision import label_precision
     from tlalign_mm.models.backbones import TLASwinTransformer, TLAVisionTransformer
     rows = []
     for name in ('deit-small', 'swin-tiny'):

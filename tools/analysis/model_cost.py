@@ -198,7 +198,7 @@ def build_analysis_model(cfg: Any, device: str | torch.device = 'cpu', init_weig
     model = MODELS.build(model_cfg)
     model = revert_sync_batchnorm(model)
     if init_weights:
-        from tlalign_mm.analysis.build import quiet_init_weights
+        from _common import quiet_init_weights  # tools/analysis/_common.py
         quiet_init_weights(model)
     return model.to(device).eval()
 

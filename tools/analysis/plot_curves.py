@@ -8,18 +8,14 @@ is read) or a ``scalars.json`` file.  Left: every loss the run logged (the total
 against the iteration; right: the validation metrics against the epoch or iteration, with the
 last value written next to the curve.  Prints the final loss and metrics of each run.
 
-The parsing and drawing live in :mod:`tlalign_mm.analysis.curves`.
+The parsing and drawing live in ``curves.py`` next to this script.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from tlalign_mm.analysis.curves import loss_keys, metric_keys, plot_curves, read_scalars  # noqa: E402
+from curves import loss_keys, metric_keys, plot_curves, read_scalars  # tools/analysis/curves.py
 
 
 def parse_args(argv=None):

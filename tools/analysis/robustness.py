@@ -164,14 +164,15 @@ def config_loader(cfg, args, indices=None, batch_size=None):
 
 
 def _loader(dl, args, batch_size):
-    from tlalign_mm.analysis.build import build_dataloader
+    from _common import build_dataloader
     return build_dataloader(dl, batch_size or args.batch_size or dl.get('batch_size', 64), args.num_workers,
                             seed=args.seed, shuffle=False)
 
 
 def model_classes(cfg, model, args) -> tuple[list[str], str]:
     """The model's class names in label order and where they come from (named in errors)."""
-    from tlalign_mm.analysis.build import build_dataset, class_names
+    from _common import build_dataset, class_names
+
     from tlalign_mm.evaluation.robustness import read_wnids, wnid_list_path
     k = model.num_classes
     if args.classes:
@@ -377,7 +378,7 @@ def _fmt_eps(x: float) -> str:
 
 def evaluate_run(config, checkpoint, args) -> tuple[list, dict]:
     """Every requested suite for one CONFIG CHECKPOINT pair: ``(rows, c_errors)``."""
-    from tlalign_mm.analysis.build import build_classifier, load_config, pick_device
+    from _common import build_classifier, load_config, pick_device
     cfg = load_config(config)
     device = pick_device(args.device)
     model, _ = build_classifier(cfg, checkpoint, device, seed=args.seed, log=log, require_head=True)

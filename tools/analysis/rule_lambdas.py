@@ -9,8 +9,9 @@ network is randomly initialised and the outputs say so), mixes N training batche
 model's data preprocessor and, for every sample, reads the share of image A in the target as
 the area rule, TL-Align, TransMix and (with a teacher) TokenMix would give it at every block
 (:mod:`tlalign_mm.analysis.rule_lambdas`).  The K samples whose TL-Align share moves most are
-written to DIR (default ``work_dirs/rule_lambdas/<config>``): ``rule_lambdas.csv`` (sample,
-rule, block, lam_A) and ``rule_lambdas.png`` (one panel per sample).
+written to DIR (default ``work_dirs/rule_lambdas/<config>``) by ``plotting.py`` next to this
+script: ``rule_lambdas.csv`` (sample, rule, block, lam_A) and ``rule_lambdas.png`` (one panel
+per sample).
 """
 from __future__ import annotations
 
@@ -20,15 +21,15 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
+
 import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', default=None,
-                   help='checkpoint (classifier or backbone); omitted: random initialisation')
+    add_config_checkpoint_args(p)
     p.add_argument('--num-batches', type=int, default=2)
     p.add_argument('--batch-size', type=int, default=None, help="default: the config's train batch size")
     p.add_argument('--top-k', type=int, default=8, help='samples to show (largest TL-Align fluctuation)')
@@ -48,21 +49,20 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
-    from mmengine.runner import set_random_seed
-
-    from tlalign_mm.analysis.build import (
-        RANDOM_INIT,
+    from _common import (  # tools/analysis/_common.py
         build_classifier,
         build_train_dataloader,
         load_config,
         pick_device,
     )
-    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, plot_rule_lambdas, rule_lambdas, write_rule_lambdas
+    from mmengine.runner import set_random_seed
+    from plotting import plot_rule_lambdas, write_rule_lambdas  # tools/analysis/plotting.py
+
+    from tlalign_mm.analysis.rule_lambdas import most_fluctuating, rule_lambdas
     from tlalign_mm.analysis.tracing import block_names, iter_blocks
 
     cfg = load_config(args.config)
-    stem = osp.splitext(osp.basename(args.config))[0]
-    out_dir = args.out_dir or osp.join('work_dirs', 'rule_lambdas', stem)
+    stem, out_dir = output_dir(args.config, args.out_dir, 'rule_lambdas')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
     teacher = None
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     layers = block_names(iter_blocks(model.backbone))
     picked = [names[i] for i in top]
     csv_path = write_rule_lambdas(curves, top, layers, osp.join(out_dir, 'rule_lambdas.csv'), picked)
-    what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
+    what = weights_title(weights)
     png = plot_rule_lambdas(curves, top, layers, osp.join(out_dir, 'rule_lambdas.png'),
                             f'{stem} -- weights: {what}', picked)
     gap = {k: float((v[:, top] - curves['area'][:, top]).abs().mean()) for k, v in curves.items()}

@@ -16,7 +16,8 @@ eval mode, no gradients) and writes to DIR (default ``work_dirs/token_fluctuatio
 * with ``--amp-dtype``: ``amp_drift.json``, how far mixed precision moves the aligned targets
   (:func:`tlalign_mm.analysis.autocast_drift`).
 
-The computation lives in :mod:`tlalign_mm.analysis.fluctuation`.
+The computation lives in :mod:`tlalign_mm.analysis.fluctuation`, the CSV files and the figure in
+``plotting.py`` next to this script.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
 from mmengine.config import DictAction  # noqa: E402
 
 import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
@@ -35,9 +37,7 @@ import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-l
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', default=None,
-                   help='checkpoint (classifier or backbone); omitted: random initialisation')
+    add_config_checkpoint_args(p)
     p.add_argument('--num-batches', type=int, default=10)
     p.add_argument('--batch-size', type=int, default=None, help="default: the config's train batch size")
     p.add_argument('--out-dir', default=None)
@@ -55,20 +55,19 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
-    from mmengine.runner import set_random_seed
-
-    from tlalign_mm.analysis import plot_fluctuation, run_fluctuation, write_fluctuation_csv
-    from tlalign_mm.analysis.build import (
-        RANDOM_INIT,
+    from _common import (  # tools/analysis/_common.py
         build_classifier,
         build_train_dataloader,
         load_config,
         pick_device,
     )
+    from mmengine.runner import set_random_seed
+    from plotting import plot_fluctuation, write_fluctuation_csv  # tools/analysis/plotting.py
+
+    from tlalign_mm.analysis import run_fluctuation
 
     cfg = load_config(args.config, args.cfg_options)
-    stem = osp.splitext(osp.basename(args.config))[0]
-    out_dir = args.out_dir or osp.join('work_dirs', 'token_fluctuation', stem)
+    stem, out_dir = output_dir(args.config, args.out_dir, 'token_fluctuation')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
     loader = build_train_dataloader(cfg, args.batch_size, args.num_workers, seed=args.seed)
@@ -82,7 +81,7 @@ def main(argv=None) -> dict:
                    tl_align=bool(model.tl_align), device=str(device))
     with open(osp.join(out_dir, 'fluctuation_summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
-    what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
+    what = weights_title(weights)
     title = f'{stem} -- weights: {what}'
     png = plot_fluctuation(result, osp.join(out_dir, 'fluctuation.png'), title)
 

@@ -17,7 +17,8 @@ from the end) or ``STAGE.BLOCK`` for Swin (``2.5`` = ``layers[2].blocks[5]``).  
 first, a middle and the last block.  Without CHECKPOINT the network is randomly initialised
 (said in the figure's title).  Output: ``DIR/label_maps.png``.
 
-The computation lives in :mod:`tlalign_mm.analysis.label_maps`.
+The computation lives in :mod:`tlalign_mm.analysis.label_maps`, the figure in ``plotting.py`` next to
+this script.
 """
 from __future__ import annotations
 
@@ -25,20 +26,26 @@ import argparse
 import os.path as osp
 import random
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
 from mmengine.config import DictAction  # noqa: E402
 
 import tlalign_mm  # noqa: E402,F401
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from tlalign_mm.mixing import BatchMixer, MixResult
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', default=None,
-                   help='checkpoint (classifier or backbone); omitted: random initialisation')
+    add_config_checkpoint_args(p)
     p.add_argument('--layers', nargs='+', default=None,
                    help='blocks after which to draw the map: global indices or STAGE.BLOCK (Swin)')
     p.add_argument('--num-images', type=int, default=4)
@@ -53,26 +60,49 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def draw_display_mix(mixer: BatchMixer, images: Tensor, generator: Optional[random.Random] = None,
+                     lam_range: Sequence[float] = (0.0, 1.0), max_tries: int = 200) -> MixResult:
+    """Mix ``images`` with ``mixer``, redrawing until the batch is mixed with ``lam`` in range.
+
+    Args:
+        mixer: the model's :class:`~tlalign_mm.mixing.BatchMixer`.
+        images: (B, 3, H, W) normalised images.
+        generator: ``random.Random`` for reproducible draws (the mixer's host-side generator).
+        lam_range: (lo, hi) accepted ``lam`` of the batch (e.g. (0.3, 0.8) for a clearly visible
+            box).  The last draw is returned if none fits within ``max_tries``.
+
+    Returns:
+        the :class:`~tlalign_mm.mixing.MixResult`.
+    """
+    lo, hi = lam_range
+    mix = None
+    for _ in range(max(1, max_tries)):
+        mix = mixer(images, generator=generator)
+        lam = float(mix.lam.min())
+        if mix.mixed and lo <= lam <= hi:
+            break
+    return mix
+
+
 def main(argv=None) -> str:
     args = parse_args(argv)
     import torch
-    from mmengine.dataset import pseudo_collate
-
-    from tlalign_mm.analysis import compute_label_maps, draw_display_mix, iter_blocks, plot_label_maps
-    from tlalign_mm.analysis.build import (
-        RANDOM_INIT,
+    from _common import (  # tools/analysis/_common.py
         build_classifier,
         build_dataset,
         class_names,
         load_config,
         pick_device,
     )
+    from mmengine.dataset import pseudo_collate
+    from plotting import plot_label_maps  # tools/analysis/plotting.py
+
+    from tlalign_mm.analysis import compute_label_maps, iter_blocks
 
     if args.num_images < 1:
         raise SystemExit('--num-images must be >= 1')
     cfg = load_config(args.config, args.cfg_options)
-    stem = osp.splitext(osp.basename(args.config))[0]
-    out_dir = args.out_dir or osp.join('work_dirs', 'label_maps', stem)
+    stem, out_dir = output_dir(args.config, args.out_dir, 'label_maps')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
     mixer = model.data_preprocessor.mixer
@@ -94,7 +124,7 @@ def main(argv=None) -> str:
     mix = draw_display_mix(mixer, images, random.Random(args.seed), args.lam_range)
 
     maps = compute_label_maps(model, images, labels, mix, layers, num_images=args.num_images)
-    what = 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
+    what = weights_title(weights)
     readout = 'class token' if model.label_rule.readout == 'cls' else 'mean token'
     title = (f'{stem} -- weights: {what} -- {mix.mode}, lam={float(mix.lam[0]):.2f}; maps: share of A per token '
              f'(red = A, blue = B); "A share" = {readout}')

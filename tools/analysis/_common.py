@@ -1,16 +1,43 @@
-"""Shared set-up of the analysis tools: config -> classifier (+ checkpoint) and dataloaders."""
+"""Shared set-up of the analysis tools: config -> classifier (+ checkpoint) and dataloaders.
+
+A module of the analysis tools (``token_fluctuation.py``, ``visualize_aligned_labels.py``,
+``rule_lambdas.py``, ``robustness.py``, ``model_cost.py``), imported as ``_common`` with this
+folder on ``sys.path`` (a script's own folder is); not part of the ``tlalign_mm`` package, which
+measures models and does not read configs.  The scripts put the repository on ``sys.path`` before
+importing it, so that ``tlalign_mm`` is the checkout's.
+"""
 from __future__ import annotations
 
 import copy
+import os.path as osp
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
 __all__ = ['RANDOM_INIT', 'quiet_init_weights', 'load_config', 'build_classifier', 'build_dataloader',
-           'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device']
+           'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device', 'add_config_checkpoint_args',
+           'output_dir', 'weights_title']
 
 RANDOM_INIT = 'random-init'
+
+
+def add_config_checkpoint_args(parser) -> None:
+    """The positional ``config`` and optional ``checkpoint`` of the tools that trace one classifier."""
+    parser.add_argument('config')
+    parser.add_argument('checkpoint', nargs='?', default=None,
+                        help='checkpoint (classifier or backbone); omitted: random initialisation')
+
+
+def output_dir(config: str, out_dir: Optional[str], tool: str) -> tuple[str, str]:
+    """``(stem, folder)``: the config file's stem and ``out_dir``, or ``work_dirs/<tool>/<stem>``."""
+    stem = osp.splitext(osp.basename(config))[0]
+    return stem, out_dir or osp.join('work_dirs', tool, stem)
+
+
+def weights_title(weights: str) -> str:
+    """What a figure's title says of the weights :func:`build_classifier` reported."""
+    return 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None):
@@ -70,7 +97,7 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
         when under 90% of it would be matched); a classifier checkpoint's head is loaded too
         when its shape fits.
     """
-    from ..registry import MODELS
+    from tlalign_mm.registry import MODELS
 
     torch.manual_seed(seed)
     model = MODELS.build(copy.deepcopy(cfg.model))
@@ -80,7 +107,7 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
     quiet_init_weights(model)
     weights = RANDOM_INIT
     if checkpoint:
-        from ..checkpoint import load_backbone_checkpoint, load_checkpoint_file, load_head_state
+        from tlalign_mm.checkpoint import load_backbone_checkpoint, load_checkpoint_file, load_head_state
         ckpt = load_checkpoint_file(checkpoint)                  # read once: backbone, then head
         report = load_backbone_checkpoint(model.backbone, ckpt, source=str(checkpoint))
         head_note = load_head_state(model, ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})
@@ -126,7 +153,7 @@ def build_train_dataloader(cfg, batch_size: Optional[int] = None, num_workers: i
 
 def build_dataset(cfg, split: str = 'val'):
     """The dataset of ``cfg.{split}_dataloader`` (``split`` in 'train', 'val', 'test')."""
-    from ..registry import DATASETS
+    from tlalign_mm.registry import DATASETS
 
     key = f'{split}_dataloader'
     if key not in cfg or cfg[key] is None:

@@ -12,6 +12,10 @@ Each line of ``scalars.json`` is one JSON object that mmengine's ``LoggerHook`` 
 :func:`read_scalars` splits a file into those two kinds of rows; :func:`plot_curves` draws them
 (``tools/analysis/plot_curves.py``).  The format is mmengine 0.10's; nothing here imports
 mmengine.
+
+A module of the analysis tools, imported as ``curves`` with this folder on ``sys.path`` (a
+script's own folder is); not part of the ``tlalign_mm`` package, which measures models and does
+not read logs or draw.
 """
 from __future__ import annotations
 

@@ -3,6 +3,10 @@
 On a shared machine step times drift by far more, within a minute, than the few percent the
 benchmarks compare.  The tools therefore run their variants interleaved, round by round,
 and compare each variant's step with the reference's step of the same round.
+
+A module of the benchmark tools (``benchmark_label_path.py``, ``benchmark_downstream.py``),
+imported as ``timing`` with this folder on ``sys.path`` (a script's own folder is); not part of
+the ``tlalign_mm`` package.
 """
 from __future__ import annotations
 
