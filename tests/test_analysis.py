@@ -97,7 +97,7 @@ def mixed(model, b: int = 4, lam_range=(0.2, 0.8)):
     data = model.data_preprocessor(data_batch(b), training=False)
     x = data['inputs']
     for seed in range(200):
-        mix = model.data_preprocessor.mixer(x, generator=random.Random(seed))
+        mix = model.data_preprocessor.mixer(x, rng=random.Random(seed))
         if mix.mixed and lam_range[0] <= float(mix.lam[0]) <= lam_range[1]:
             return x, torch.arange(b) % 4, mix
     raise AssertionError('no mix with lam in range')

@@ -563,7 +563,7 @@ def test_tokenmix_counts_cells_with_int_as_the_releases():
     for mask, extra in (('random', 0), ('random', 3), ('block', 0)):
         mixer = BatchMixer(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask=mask, tokenmix_lam=0.3375,
                            tokenmix_min_tokens=extra, patch_size=8)
-        res = mixer(torch.rand(2, 3, 32, 32), generator=pyrandom.Random(0))
+        res = mixer(torch.rand(2, 3, 32, 32), rng=pyrandom.Random(0))
         n = int(res.share_b[0].sum())
         assert (n == 10 + extra) if mask == 'random' else (0 < n <= 10)
         torch.testing.assert_close(res.lam, torch.full((2,), 1 - n / 16))
@@ -584,7 +584,7 @@ def test_block_mask_cells_cover_rectangles_of_the_count():
     assert edges < 0.5 * 2 * 13 * 14 * 0.5
     mixer = BatchMixer(cutmix_alpha=0.0, tokenmix_alpha=1.0, tokenmix_mask='block', tokenmix_lam=0.5,
                        patch_size=4)
-    res = mixer(torch.rand(4, 3, 56, 56), generator=pyrandom.Random(3))
+    res = mixer(torch.rand(4, 3, 56, 56), rng=pyrandom.Random(3))
     assert res.mode == 'tokenmix'
     torch.testing.assert_close(res.lam, 1 - res.share_b.mean(1))
     assert torch.equal(res.mask[0].view(14, 4, 14, 4).mean((1, 3)).flatten(), res.share_b[0])

@@ -46,7 +46,7 @@ def _draw(mixer, x, seed, want):
     """First result of mode ``want`` that actually pasted something, over successive draws."""
     g = random.Random(seed)
     for _ in range(50):
-        res = mixer(x, generator=g)
+        res = mixer(x, rng=g)
         if res.mode == want and 0.0 < float(res.lam[0]) < 1.0:
             return res
     raise AssertionError(f'no non-trivial {want} draw')
@@ -101,7 +101,7 @@ def test_pixel_cutmix_has_partial_patches():
     g = random.Random(3)
     fractional = False
     for _ in range(20):
-        res = mixer(x, generator=g)
+        res = mixer(x, rng=g)
         s = res.share_b
         fractional |= bool(((s > 0) & (s < 1)).any())
         torch.testing.assert_close(s, _patch_mean(res.mask, 16), atol=1e-6, rtol=0)
@@ -186,7 +186,7 @@ def test_no_mixing(kwargs):
     if disable:
         mixer.mixing_enabled = False
     for seed in range(5):
-        res = mixer(x, generator=random.Random(seed))
+        res = mixer(x, rng=random.Random(seed))
         assert res.mode == 'none' and not res.mixed
         assert torch.equal(res.images, x)
         assert torch.equal(res.lam, torch.ones(3))
@@ -201,12 +201,12 @@ def test_reproducible_with_generator():
     runs = []
     for _ in range(2):
         g = random.Random(123)
-        runs.append([mixer(x, generator=g) for _ in range(10)])
+        runs.append([mixer(x, rng=g) for _ in range(10)])
     for r1, r2 in zip(*runs):
         assert r1.mode == r2.mode
         assert torch.equal(r1.images, r2.images)
         assert torch.equal(r1.share_b, r2.share_b) and torch.equal(r1.lam, r2.lam)
-    other = [mixer(x, generator=random.Random(7)) for _ in range(10)]
+    other = [mixer(x, rng=random.Random(7)) for _ in range(10)]
     assert any(not torch.equal(a.lam, b.lam) for a, b in zip(runs[0], other))
     # The global RNG path is Python's random, which mmengine's randomness.seed seeds
     random.seed(5)
@@ -222,7 +222,7 @@ def test_cutmix_minmax_box_sides():
     assert mixer.cutmix_alpha == 1.0  # forced on, as timm
     g = random.Random(0)
     for _ in range(20):
-        res = mixer(x, generator=g)
+        res = mixer(x, rng=g)
         assert res.mode == 'token_cutmix'
         yl, yh, xl, xh = _box_of(res.mask[0].bool())
         cells_h, cells_w = (yh - yl) // 16, (xh - xl) // 16
@@ -245,24 +245,24 @@ def test_statistics(single_thread):
     g = random.Random(0)
     # Raw Beta(1, 1) draws (correct_lam=False reports them): mean 1/2.
     raw = BatchMixer(cutmix_alpha=1.0, correct_lam=False, patch_size=16, return_mask=False)
-    lams = torch.tensor([float(raw(x, generator=g).lam[0]) for _ in range(n)])
+    lams = torch.tensor([float(raw(x, rng=g).lam[0]) for _ in range(n)])
     assert abs(float(lams.mean()) - 0.5) < 0.03
     assert abs(float(lams.var()) - 1 / 12) < 0.01
     # Mixup with alpha 1: lam uniform as well.
     mix = BatchMixer(mixup_alpha=1.0, cutmix_alpha=0.0, return_mask=False)
-    lams = torch.tensor([float(mix(x, generator=g).lam[0]) for _ in range(n)])
+    lams = torch.tensor([float(mix(x, rng=g).lam[0]) for _ in range(n)])
     assert abs(float(lams.mean()) - 0.5) < 0.03
     # Corrected pixel-CutMix lam: clipping at the border shrinks boxes.  With box side
     # s = sqrt(1 - u) (u ~ U(0, 1)) and a uniform centre the expected kept area per axis is
     # s - s^2 / 4, so E[lam] = 1 - E[(s - s^2/4)^2] = 1 - (1/2 - 1/5 + 1/48) ~= 0.679.
     big = _images(2, 96, 96)
     pix = BatchMixer(cutmix_alpha=1.0, cutmix_mode='pixel', patch_size=16, return_mask=False)
-    lams = torch.tensor([float(pix(big, generator=g).lam[0]) for _ in range(n)])
+    lams = torch.tensor([float(pix(big, rng=g).lam[0]) for _ in range(n)])
     assert abs(float(lams.mean()) - (1 - (0.5 - 0.2 + 1 / 48))) < 0.03
     # switch_prob selects the spatial mix that often; prob gates mixing at all.
     both = BatchMixer(mixup_alpha=1.0, cutmix_alpha=1.0, switch_prob=0.3, prob=0.6, patch_size=16,
                       return_mask=False)
-    modes = [both(x, generator=g).mode for _ in range(n)]
+    modes = [both(x, rng=g).mode for _ in range(n)]
     frac_none = modes.count('none') / n
     mixed = n - modes.count('none')
     assert abs(frac_none - 0.4) < 0.04
@@ -271,7 +271,7 @@ def test_statistics(single_thread):
     # TokenMix takes exactly round((1 - lam) * N) tokens: lam * N is an integer.
     tm = BatchMixer(cutmix_alpha=0.0, tokenmix_alpha=1.0, patch_size=4, return_mask=False)
     for _ in range(50):
-        k = float(tm(x, generator=g).lam[0]) * 64
+        k = float(tm(x, rng=g).lam[0]) * 64
         assert math.isclose(k, round(k), abs_tol=1e-4)
 
 
@@ -302,4 +302,4 @@ def test_cuda(mode):
     torch.testing.assert_close(res.lam, 1.0 - res.share_b.mean(1), atol=1e-6, rtol=0)
     assert torch.equal(res.images[1], x[1])
     g = random.Random(0)
-    assert BatchMixer(patch_size=16, **MODES[mode])(x, generator=g).images.device == x.device
+    assert BatchMixer(patch_size=16, **MODES[mode])(x, rng=g).images.device == x.device

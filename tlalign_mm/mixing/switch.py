@@ -191,14 +191,14 @@ class BatchMixer:
         return h, w
 
     # --------------------------------------------------------------------- call
-    def __call__(self, images: Tensor, generator: random.Random | None = None) -> MixResult:
+    def __call__(self, images: Tensor, rng: random.Random | None = None) -> MixResult:
         """Mix ``images`` with ``images.flip(0)``.
 
         Args:
             images: (B, C, H, W) batch, H and W divisible by ``patch_size`` (and by
                 ``token_grid_size`` if set).  Any device; not modified.  Mixup needs a floating
                 dtype; the other modes copy pixels and accept any dtype.
-            generator: optional ``random.Random`` for reproducible draws; Python's global
+            rng: optional ``random.Random`` for reproducible draws; Python's global
                 ``random`` otherwise.  Scalars are drawn on the host and nothing is read back
                 from the device (no host-device synchronisation); TokenMix's token subset is
                 drawn on ``images.device`` by a ``torch.Generator`` seeded from this stream.
@@ -220,7 +220,7 @@ class BatchMixer:
         grid = (h // p, w // p)
         partner = partner_index(b, device=device)
 
-        rng = random if generator is None else generator
+        rng = random if rng is None else rng
         mode, lam = self._params(rng)
         if mode != 'none' and lam >= 1.0:
             mode, lam = 'none', 1.0  # nothing of B would be visible

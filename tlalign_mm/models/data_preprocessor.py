@@ -108,7 +108,7 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
             if self.random_erasing is not None:
                 x = self.random_erasing(x.clone() if self.keep_clean_images else x)   # erases in place
             if self.mixer is not None:
-                mix = self.mixer(x, generator=self._rng())
+                mix = self.mixer(x, rng=self._rng())
                 if self.keep_clean_images:
                     mix.source_images = clean
                 x = mix.images

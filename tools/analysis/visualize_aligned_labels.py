@@ -60,14 +60,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def draw_display_mix(mixer: BatchMixer, images: Tensor, generator: Optional[random.Random] = None,
+def draw_display_mix(mixer: BatchMixer, images: Tensor, rng: Optional[random.Random] = None,
                      lam_range: Sequence[float] = (0.0, 1.0), max_tries: int = 200) -> MixResult:
     """Mix ``images`` with ``mixer``, redrawing until the batch is mixed with ``lam`` in range.
 
     Args:
         mixer: the model's :class:`~tlalign_mm.mixing.BatchMixer`.
         images: (B, 3, H, W) normalised images.
-        generator: ``random.Random`` for reproducible draws (the mixer's host-side generator).
+        rng: ``random.Random`` for reproducible draws (the mixer's host-side generator).
         lam_range: (lo, hi) accepted ``lam`` of the batch (e.g. (0.3, 0.8) for a clearly visible
             box).  The last draw is returned if none fits within ``max_tries``.
 
@@ -77,7 +77,7 @@ def draw_display_mix(mixer: BatchMixer, images: Tensor, generator: Optional[rand
     lo, hi = lam_range
     mix = None
     for _ in range(max(1, max_tries)):
-        mix = mixer(images, generator=generator)
+        mix = mixer(images, rng=rng)
         lam = float(mix.lam.min())
         if mix.mixed and lo <= lam <= hi:
             break
