@@ -46,8 +46,8 @@ from tlalign_mm.analysis import (
     record_block_labels,
     run_fluctuation,
 )
-from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.models import TLAImageClassifier
+from tlalign_mm.structures import ClsDataSample
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_TLA = osp.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-10e_fashion-mnist.py')

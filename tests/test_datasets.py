@@ -9,7 +9,6 @@ from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
 from tlalign_mm.datasets import (
-    ClsDataSample,
     ImageFolderDataset,
     ImageNetDataset,
     ImageReadError,
@@ -19,6 +18,7 @@ from tlalign_mm.datasets import (
     build_random_erasing,
 )
 from tlalign_mm.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
+from tlalign_mm.structures import ClsDataSample
 
 WNIDS = ['n01440764', 'n01443537', 'n01484850']  # deliberately written out of order below
 

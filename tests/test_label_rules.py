@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from structured_attention import structure_attention_  # noqa: E402  (tools/analysis/structured_attention.py)
 
 from tlalign_mm.align import smooth_one_hot  # noqa: E402
-from tlalign_mm.datasets import ClsDataSample  # noqa: E402
 from tlalign_mm.registry import MODELS  # noqa: E402
+from tlalign_mm.structures import ClsDataSample  # noqa: E402
 
 K = 5
 SMOOTH = 0.1

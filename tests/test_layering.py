@@ -1,4 +1,4 @@
-"""The package's import direction (docs/design.md): ``align`` <- ``mixing`` <- ``models`` <- the
+"""The package's import direction (docs/design.md): ``align`` <- ``structures`` <- ``mixing`` <- ``models`` <- the
 rest (``checkpoint``, ``analysis``, ``evaluation``, ``hooks``), nothing under ``tlalign_mm/``
 imports ``tools``, and ``analysis`` traces and measures only (no matplotlib, CSV writers, mmengine
 configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
@@ -58,7 +58,8 @@ NOT_IN_ANALYSIS = ('matplotlib', 'csv', 'mmengine.config', 'mmengine.runner')
 
 @pytest.mark.parametrize('path,module', ALL, ids=[m for _, m in ALL])
 def test_import_direction(path, module):
-    """align: only the standard library and torch; mixing: + align; nothing imports tools;
+    """align: only the standard library and torch; structures: + align; mixing: + structures; nothing
+    imports tools;
     models, mixing, align and utils never import the analysis / evaluation / hooks layers nor the
     checkpoint facade (the backbones register their layouts in models/layouts.py instead: no cycle);
     analysis imports none of :data:`NOT_IN_ANALYSIS`."""
@@ -76,10 +77,15 @@ def _violations(imports, module):
             inside = name.startswith('tlalign_mm.align')
             if not (inside or top == 'torch' or top in sys.stdlib_module_names):
                 bad.append(f'{line}: {name} (align/ imports only torch and the standard library)')
+        if module.startswith('tlalign_mm.structures'):
+            if name.startswith('tlalign_mm.') and not name.startswith(('tlalign_mm.align', 'tlalign_mm.structures')):
+                bad.append(f'{line}: {name} (structures/ builds on align/ only)')
         if module.startswith('tlalign_mm.mixing'):
-            if name.startswith('tlalign_mm.') and not name.startswith(('tlalign_mm.align', 'tlalign_mm.mixing')):
-                bad.append(f'{line}: {name} (mixing/ builds on align/ only)')
-        if module.startswith(('tlalign_mm.models', 'tlalign_mm.mixing', 'tlalign_mm.align', 'tlalign_mm.utils')):
+            if name.startswith('tlalign_mm.') and not name.startswith(
+                    ('tlalign_mm.align', 'tlalign_mm.structures', 'tlalign_mm.mixing')):
+                bad.append(f'{line}: {name} (mixing/ builds on align/ and structures/ only)')
+        if module.startswith(('tlalign_mm.models', 'tlalign_mm.mixing', 'tlalign_mm.structures', 'tlalign_mm.align',
+                              'tlalign_mm.utils')):
             for layer in ('analysis', 'evaluation', 'hooks', 'checkpoint'):
                 if name.startswith(f'tlalign_mm.{layer}'):
                     bad.append(f'{line}: {name} (the model layers do not import tlalign_mm.{layer})')
@@ -108,3 +114,11 @@ def test_the_analysis_rule_bites(tmp_path):
     bad = _violations(_imports(str(f), 'tlalign_mm.analysis.x'), 'tlalign_mm.analysis.x')
     assert [b.split(' ')[1] for b in bad] == ['csv', 'matplotlib.pyplot', 'mmengine.config']
     assert _violations(_imports(str(f), 'tlalign_mm.evaluation.x'), 'tlalign_mm.evaluation.x') == []
+
+
+def test_the_structures_rule_bites():
+    """structures/ sits just above align/: a record that imported the mixers or the models is caught."""
+    imports = [(1, 'tlalign_mm.align.token_labels'), (2, 'tlalign_mm.mixing'), (3, 'tlalign_mm.models.heads')]
+    bad = _violations(imports, 'tlalign_mm.structures.x')
+    assert [b.split(' ')[1] for b in bad] == ['tlalign_mm.mixing', 'tlalign_mm.models.heads']
+    assert _violations([(1, 'tlalign_mm.structures')], 'tlalign_mm.mixing.x') == []

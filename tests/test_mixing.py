@@ -9,8 +9,9 @@ import random
 import pytest
 import torch
 
-from tlalign_mm.align import expand_source_labels, smooth_one_hot, token_share_from_mask
-from tlalign_mm.mixing import BatchMixer, MixResult
+from tlalign_mm.align import expand_source_labels, mixed_target, smooth_one_hot, token_share_from_mask
+from tlalign_mm.mixing import BatchMixer
+from tlalign_mm.structures import MixResult
 
 MODES = {
     'token_cutmix': dict(cutmix_alpha=1.0),
@@ -118,10 +119,11 @@ def test_odd_batch_middle_sample_unmixed(mode):
     assert int(res.partner[mid]) == mid
     assert torch.equal(res.images[mid], x[mid])
     assert torch.all(res.share_b[mid] == 0) and float(res.lam[mid]) == 1.0
-    y_a, y_b = res.targets(labels, num_classes, smoothing=0.1)
+    y_a = smooth_one_hot(labels, num_classes, 0.1)
+    y_b = y_a[res.partner]
     own = smooth_one_hot(labels[mid:mid + 1], num_classes, 0.1)[0]
     assert torch.equal(y_b[mid], y_a[mid])
-    torch.testing.assert_close(res.mixed_target(labels, num_classes, 0.1)[mid], own)
+    torch.testing.assert_close(mixed_target(res.lam, y_a, y_b)[mid], own)
     tokens = expand_source_labels(res.source_labels(num_prefix_tokens=1), y_a, y_b)
     torch.testing.assert_close(tokens[mid], own.expand_as(tokens[mid]))
     # the other samples really are mixed
@@ -192,7 +194,8 @@ def test_no_mixing(kwargs):
         assert torch.equal(res.lam, torch.ones(3))
         assert torch.equal(res.share_b, torch.zeros(3, 4))
         labels = torch.tensor([0, 1, 2])
-        torch.testing.assert_close(res.mixed_target(labels, 3), smooth_one_hot(labels, 3))
+        y = smooth_one_hot(labels, 3)
+        torch.testing.assert_close(mixed_target(res.lam, y, y[res.partner]), y)
 
 
 def test_reproducible_with_generator():
@@ -275,21 +278,15 @@ def test_statistics(single_thread):
         assert math.isclose(k, round(k), abs_tol=1e-4)
 
 
-def test_targets_and_source_labels():
+def test_partner_and_source_labels():
     x = _images(4, 32, 32)
     res = _draw(BatchMixer(patch_size=16), x, 0, 'token_cutmix')
-    labels = torch.tensor([3, 1, 4, 1])
-    y_a, y_b = res.targets(labels, 5, smoothing=0.1)
-    assert torch.equal(y_b, y_a.flip(0))
-    lam = res.lam[:, None]
-    torch.testing.assert_close(res.mixed_target(labels, 5, 0.1), lam * y_a + (1 - lam) * y_b)
+    assert res.partner.tolist() == [3, 2, 1, 0]                       # the flipped batch (timm)
     src = res.source_labels(num_prefix_tokens=2)
     assert src.shape == (4, 2 + 4, 2)
     torch.testing.assert_close(src.sum(-1), torch.ones(4, 6))
     torch.testing.assert_close(src[:, 0, 0], res.lam)
     torch.testing.assert_close(src[:, 2:, 1], res.share_b)
-    with pytest.raises(ValueError):
-        res.targets(labels[:3], 5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -11,8 +11,8 @@ from mmengine.registry import init_default_scope
 import tlalign_mm  # noqa: F401
 from tlalign_mm.align import expand_source_labels, mixed_target, smooth_one_hot
 from tlalign_mm.analysis import aligned_targets
-from tlalign_mm.datasets import ClsDataSample
 from tlalign_mm.registry import MODELS
+from tlalign_mm.structures import ClsDataSample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', 'pretrain', '*.py')))

@@ -204,7 +204,7 @@ def test_classifier_trains_on_pvt(version, rule):
     torch.manual_seed(0)
     model = _classifier(version, rule)
     model.init_weights()
-    from tlalign_mm.datasets import ClsDataSample
+    from tlalign_mm.structures import ClsDataSample
     batch = dict(inputs=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8),
                  data_samples=[ClsDataSample().set_gt_label(i) for i in range(4)])
     data = model.data_preprocessor(batch, training=True)
@@ -270,8 +270,7 @@ def test_v2_b0_aligned_share_moves_with_the_first_stage_window():
     (loss and aligned_targets) starts the labels from the 7x7-window shares, and the aligned
     share of image A moves from the old 4x4-cell result by ~1e-3."""
     from tlalign_mm.align import partner_index, token_share_from_mask
-    from tlalign_mm.datasets import ClsDataSample
-    from tlalign_mm.mixing import MixResult
+    from tlalign_mm.structures import ClsDataSample, MixResult
     torch.manual_seed(0)
     model = _classifier(2, 'TLAlign', num_classes=10, arch='v2-b0', img_size=224)
     model.init_weights()
@@ -437,7 +436,7 @@ def test_class_token_label_row_enters_at_stage_4():
     torch.testing.assert_close(seen['labels'][:, 0], y[:, 0], atol=0, rtol=0)
     assert not torch.allclose(lab[:, 0], y[:, 0])                   # stage 4's attention moved it
     # the classifier: prefix row [lam, 1 - lam], target read at row 0
-    from tlalign_mm.datasets import ClsDataSample
+    from tlalign_mm.structures import ClsDataSample
     model = _classifier('cls')
     model.init_weights()
     batch = dict(inputs=torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8),

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..align import align_stats, aligned_target, expand_source_labels, mixed_target, smooth_one_hot
-from ..mixing import MixResult
+from ..structures import MixResult
 from .tracing import block_names, iter_blocks, record_block_labels, source_share_readout
 
 __all__ = ['aligned_targets', 'BatchFluctuation', 'FluctuationResult', 'measure_batch', 'measure_data_batch',
@@ -51,7 +51,7 @@ def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Op
     Args:
         inputs: (B, 3, H, W) mixed images (``mix.images``).
         labels: (B,) integer classes of the unmixed images, on the inputs' device.
-        mix: the :class:`~tlalign_mm.mixing.MixResult` of the batch.
+        mix: the :class:`~tlalign_mm.structures.MixResult` of the batch.
         carry_labels: run the backbone with labels; default ``model.tl_align``.
         label_channels: 'source' or 'classes'; default ``model.label_channels``.
 
@@ -110,7 +110,7 @@ def measure_batch(model, inputs: Tensor, labels: Tensor, mix: MixResult) -> Batc
             Its mode (train / eval) is left as it is.
         inputs: (B, 3, H, W) mixed, normalised images (``mix.images``) on the model's device.
         labels: (B,) integer classes of the (unmixed) images.
-        mix: the :class:`~tlalign_mm.mixing.MixResult` that produced ``inputs``; an unmixed
+        mix: the :class:`~tlalign_mm.structures.MixResult` that produced ``inputs``; an unmixed
             result (mode 'none', ``share_b`` all 0, ``lam`` 1) gives ``target_l2 = 0``.
 
     Returns:

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..mixing import MixResult
+from ..structures import MixResult
 from .tracing import BlockRef, block_names, iter_blocks, parse_layer_spec, record_block_labels, source_share_readout
 
 __all__ = ['LabelMaps', 'compute_label_maps', 'denormalise']
@@ -69,7 +69,7 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
             train/eval mode is left as it is (use eval for deterministic maps).
         images: (B, 3, H, W) the *unmixed* normalised images (``mix`` was drawn from them).
         labels: (B,) their classes.
-        mix: the :class:`~tlalign_mm.mixing.MixResult` of ``images`` (its ``images`` are fed to
+        mix: the :class:`~tlalign_mm.structures.MixResult` of ``images`` (its ``images`` are fed to
             the model, its ``share_b`` / ``lam`` give the initial labels).
         layers: blocks to record: global indices, 'stage.block' strings (Swin) or
             :class:`~tlalign_mm.analysis.tracing.BlockRef` s.

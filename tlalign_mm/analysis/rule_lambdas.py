@@ -40,7 +40,7 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
         model: a :class:`~tlalign_mm.TLAImageClassifier` whose backbone carries labels.
         inputs: (B, 3, H, W) mixed images (``mix.images``) on the model's device.
         labels: (B,) int64 classes of the unmixed images.
-        mix: the batch's :class:`~tlalign_mm.mixing.MixResult`.
+        mix: the batch's :class:`~tlalign_mm.structures.MixResult`.
         tokenmix_rule: a set-up :class:`~tlalign_mm.models.label_rules.TokenMixRule` (its
             teacher gives the ``tokenmix`` curve), or None.
 

@@ -10,7 +10,6 @@ from .imagenet import IMG_EXTENSIONS, ImageFolderDataset, ImageNetDataset
 from .samplers import RepeatAugSampler
 from .transfer import TRANSFER_SETS, TorchvisionClsDataset
 from .transforms import (
-    ClsDataSample,
     ImageReadError,
     PackClsInputs,
     TimmClassificationTransform,
@@ -19,7 +18,7 @@ from .transforms import (
 )
 
 __all__ = [
-    'IMG_EXTENSIONS', 'ImageNetDataset', 'ImageFolderDataset', 'RepeatAugSampler', 'ClsDataSample',
+    'IMG_EXTENSIONS', 'ImageNetDataset', 'ImageFolderDataset', 'RepeatAugSampler',
     'ImageReadError', 'PackClsInputs', 'TimmClassificationTransform', 'build_random_erasing',
     'load_image', 'TorchvisionClsDataset', 'TRANSFER_SETS'
 ]

@@ -4,17 +4,16 @@
   (timm ``Mixup``'s switch); the data preprocessor's ``mixer=dict(...)`` builds it;
 * :class:`TokenCutMix`, :class:`CutMix`, :class:`Mixup`, :class:`TokenMix`: the augments (each
   module names its source: TL-Align ``tla.py``, timm ``mixup.py``, TokenMix ``tokenmix.py``);
-* :class:`MixResult` (:mod:`~tlalign_mm.mixing.result`): what a mixer reports.
+* what a mixer reports is a :class:`tlalign_mm.structures.MixResult`.
 
 Pure torch, on the host's ``random`` stream; numpy's global RNG is never used.
 """
 from .base import BatchAugment, MixOut
 from .cutmix import CutMix
 from .mixup import Mixup
-from .result import MIX_MODES, MixResult
 from .switch import CUTMIX_MODES, BatchMixer
 from .token_cutmix import TokenCutMix
 from .tokenmix import TOKENMIX_MASKS, TokenMix, block_mask_cells
 
-__all__ = ['BatchMixer', 'MixResult', 'MIX_MODES', 'CUTMIX_MODES', 'TOKENMIX_MASKS', 'BatchAugment', 'MixOut',
+__all__ = ['BatchMixer', 'CUTMIX_MODES', 'TOKENMIX_MASKS', 'BatchAugment', 'MixOut',
            'TokenCutMix', 'CutMix', 'Mixup', 'TokenMix', 'block_mask_cells']

@@ -32,7 +32,7 @@ class BatchAugment(abc.ABC):
     """Mix a batch with its flipped copy (timm's ``mode='batch'``: sample ``i`` with ``B - 1 - i``).
 
     Attributes:
-        mode: the :attr:`~tlalign_mm.mixing.MixResult.mode` it reports.
+        mode: the :attr:`~tlalign_mm.structures.MixResult.mode` it reports.
         alpha: ``lam ~ Beta(alpha, alpha)`` when the switch draws lam for it.
     """
 

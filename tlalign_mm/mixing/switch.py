@@ -2,7 +2,7 @@
 
 Every augment works in timm's ``mode='batch'`` fashion (``timm/data/mixup.py``, class ``Mixup``):
 one augmentation and one ``lam`` per batch, and sample ``i`` is mixed with its partner ``B - 1 - i``
-(the batch flipped).  Besides the mixed images a :class:`~tlalign_mm.mixing.MixResult` reports, for
+(the batch flipped).  Besides the mixed images a :class:`~tlalign_mm.structures.MixResult` reports, for
 every patch token, the share of its pixels that came from the partner image.
 
 Behaviour and where it comes from:
@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 
 from ..align.token_labels import partner_index
+from ..structures import MixResult
 from .base import BatchAugment, check_alpha, check_prob
 from .cutmix import CutMix
 from .mixup import Mixup
-from .result import MixResult
 from .token_cutmix import TokenCutMix
 from .tokenmix import TokenMix
 

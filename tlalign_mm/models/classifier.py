@@ -18,8 +18,8 @@ from mmengine.model import BaseModel
 from torch import Tensor
 
 from ..align import mixed_target, smooth_one_hot
-from ..mixing import MixResult
 from ..registry import MODELS
+from ..structures import MixResult
 from .heads import TLALinearClsHead, patch_tokens, pool_tokens, store_gt_scores  # noqa: F401  (the default head)
 from .label_rules import LabelRule, RuleInput, TLAlignRule
 

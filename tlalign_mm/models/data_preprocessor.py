@@ -3,7 +3,7 @@
 Normalisation and random erasing after it follow DeiT (``main.py``: timm ``create_transform``
 with ``re_prob``; here the erasing runs on the device, on the normalised batch); mixing is the
 :class:`~tlalign_mm.mixing.BatchMixer`'s.  The output's ``mix`` (a
-:class:`~tlalign_mm.mixing.MixResult`) is what the classifier and its label rule read.
+:class:`~tlalign_mm.structures.MixResult`) is what the classifier and its label rule read.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from typing import Optional
 import torch
 from mmengine.model import BaseDataPreprocessor
 
-from ..mixing import BatchMixer, MixResult
+from ..mixing import BatchMixer
 from ..registry import MODELS
+from ..structures import MixResult
 
 __all__ = ['TLAClsDataPreprocessor', 'IMAGENET_MEAN', 'IMAGENET_STD']
 
@@ -54,7 +55,7 @@ class TLAClsDataPreprocessor(BaseDataPreprocessor):
     Input ``data``: dict with ``inputs`` (B, 3, H, W) uint8/float tensor or a list of
     (3, H, W) tensors of one size, and ``data_samples`` (list of ``ClsDataSample``).
     Output: dict(inputs (B, 3, H, W) float32 normalised, data_samples, mix) where ``mix`` is a
-    :class:`~tlalign_mm.mixing.MixResult` in training with a mixer, else None.
+    :class:`~tlalign_mm.structures.MixResult` in training with a mixer, else None.
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,

@@ -224,7 +224,7 @@ def make_dummy_batch(cfg: Any, shape: Sequence[int] | int, batch_size: int = 1, 
     ``{'inputs': [B tensors (3, H, W) uint8], 'data_samples': [B samples]}`` -- what mmengine's
     ``pseudo_collate`` makes of the packed pipeline outputs -- with, per kind (:func:`task_kind`):
 
-    * ``'cls'``: :class:`tlalign_mm.datasets.ClsDataSample` with a random ``gt_label`` (1,) int64 in
+    * ``'cls'``: :class:`tlalign_mm.structures.ClsDataSample` with a random ``gt_label`` (1,) int64 in
       ``[0, model.num_classes)`` and metainfo ``img_shape`` / ``ori_shape``;
     * ``'seg'``: mmseg ``SegDataSample`` with ``gt_sem_seg`` (``PixelData``, (1, H, W) int64 in
       ``[0, decode_head.num_classes)``) and metainfo ``img_shape``, ``ori_shape``, ``pad_shape``;
@@ -258,7 +258,7 @@ def make_dummy_batch(cfg: Any, shape: Sequence[int] | int, batch_size: int = 1, 
     samples = []
     for _ in range(batch_size):
         if kind == 'cls':
-            from tlalign_mm.datasets import ClsDataSample
+            from tlalign_mm.structures import ClsDataSample
             s = ClsDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w)))
             s.gt_label = int(torch.randint(0, ncls, (1,), generator=g))
         elif kind == 'seg':

@@ -39,7 +39,8 @@ import tlalign_mm  # noqa: E402,F401
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from tlalign_mm.mixing import BatchMixer, MixResult
+    from tlalign_mm.mixing import BatchMixer
+    from tlalign_mm.structures import MixResult
 
 
 def parse_args(argv=None):
@@ -72,7 +73,7 @@ def draw_display_mix(mixer: BatchMixer, images: Tensor, rng: Optional[random.Ran
             box).  The last draw is returned if none fits within ``max_tries``.
 
     Returns:
-        the :class:`~tlalign_mm.mixing.MixResult`.
+        the :class:`~tlalign_mm.structures.MixResult`.
     """
     lo, hi = lam_range
     mix = None

@@ -75,7 +75,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         return dict(arch)
 
     def first_stage_mix(self, mix):
-        """``mix`` (a :class:`~tlalign_mm.mixing.MixResult`) with ``share_b`` as this backbone's first
+        """``mix`` (a :class:`~tlalign_mm.structures.MixResult`) with ``share_b`` as this backbone's first
         stage sees it.
 
         The mixer reports each ``patch_size`` cell's share of image B: the first-stage share of

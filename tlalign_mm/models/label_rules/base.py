@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ...align import aligned_target
-from ...mixing import MixResult
+from ...structures import MixResult
 
 __all__ = ['RuleInput', 'RuleOutput', 'LabelRule', 'check_choice']
 
@@ -25,7 +25,7 @@ class RuleInput:
     """What a label rule reads for one mixed batch.
 
     Attributes:
-        mix: the batch's :class:`~tlalign_mm.mixing.MixResult` (``share_b`` as the backbone's
+        mix: the batch's :class:`~tlalign_mm.structures.MixResult` (``share_b`` as the backbone's
             first stage sees it).
         y_a, y_b: (B, K) float32 smoothed one-hot targets of each image and of its partner.
         area: (B, K) float32 area target ``lam * y_A + (1 - lam) * y_B``.
@@ -102,7 +102,7 @@ class LabelRule(nn.Module, metaclass=abc.ABCMeta):
 
     def initial_labels(self, mix: MixResult, y_a: Tensor, y_b: Tensor) -> Tensor:
         """(B, N, K) float32 labels the backbone carries (default: TL-Align's 2-channel source
-        embedding, :meth:`~tlalign_mm.mixing.MixResult.source_labels`); ``y_a`` / ``y_b`` as
+        embedding, :meth:`~tlalign_mm.structures.MixResult.source_labels`); ``y_a`` / ``y_b`` as
         in :class:`RuleInput`."""
         return mix.source_labels(self.num_prefix_tokens)
 

@@ -102,7 +102,7 @@ class TransMixRule(LabelRule):
         area share ('area').
 
         Raises:
-            ValueError: 'nearest' on a :class:`~tlalign_mm.mixing.MixResult` without a pixel mask.
+            ValueError: 'nearest' on a :class:`~tlalign_mm.structures.MixResult` without a pixel mask.
         """
         if self.token_mask == 'area':
             return mix.share_b.float()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..align.token_labels import initial_source_labels, mixed_target, smooth_one_hot
+from ..align.token_labels import initial_source_labels
 
 __all__ = ['MixResult', 'MIX_MODES']
 
@@ -55,28 +55,6 @@ class MixResult:
 
     def __post_init__(self) -> None:
         self.mixed = self.mode != 'none'
-
-    def targets(self, labels: Tensor, num_classes: int, smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
-        """Smoothed one-hot targets of each image and of its partner.
-
-        Args:
-            labels: (B,) integer class indices.
-            num_classes: K.
-            smoothing: label smoothing in [0, 1) (timm ``mixup_target`` convention).
-
-        Returns:
-            ``(y_a, y_b)``, each (B, K) float32; ``y_b = y_a[partner]``.
-        """
-        if labels.shape[0] != self.partner.shape[0]:
-            raise ValueError(f'labels has {labels.shape[0]} entries but the batch has '
-                             f'{self.partner.shape[0]} samples')
-        y_a = smooth_one_hot(labels, num_classes, smoothing)
-        return y_a, y_a[self.partner.to(y_a.device)]
-
-    def mixed_target(self, labels: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
-        """The plain area target ``lam * y_a + (1 - lam) * y_b``, (B, K) float32."""
-        y_a, y_b = self.targets(labels, num_classes, smoothing)
-        return mixed_target(self.lam.to(y_a.device), y_a, y_b)
 
     def source_labels(self, num_prefix_tokens: int = 1) -> Tensor:
         """Initial 2-channel TL-Align source embedding, (B, num_prefix_tokens + N, 2) float32.
