@@ -15,6 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS_ANALYSIS = os.path.join(REPO, 'tools', 'analysis')
 if TOOLS_ANALYSIS not in sys.path:
     sys.path.insert(0, TOOLS_ANALYSIS)
+#: ... and tools/ (``launch``, ``config_checks``, the ``demo_data`` package), next to the top-level
+#: scripts that import them; appended, as ``tools/analysis/_common.py`` does, so that
+#: ``tools/test.py`` never shadows the standard library's ``test`` package.
+TOOLS = os.path.join(REPO, 'tools')
+if TOOLS not in sys.path:
+    sys.path.append(TOOLS)
 
 
 @pytest.fixture

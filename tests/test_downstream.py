@@ -40,8 +40,6 @@ pytest.importorskip('mmengine')
 from mmengine.config import Config  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if osp.join(REPO, 'tools') not in sys.path:  # tools/config_checks.py, as the tools import it
-    sys.path.insert(0, osp.join(REPO, 'tools'))
 
 from config_checks import (  # noqa: E402
     DownstreamConfigError,

@@ -25,7 +25,7 @@ TOOL = REPO / 'tools' / 'prepare_demo_data.py'
 
 _spec = importlib.util.spec_from_file_location('prepare_demo_data', TOOL)
 pdd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pdd)  # puts tools/ on sys.path: the demo_data package below is the tool's
+_spec.loader.exec_module(pdd)  # tests/conftest.py puts tools/ on sys.path: the demo_data package below is the tool's
 
 from demo_data import common, fashion_mnist, labelme, voc_seg  # noqa: E402
 

@@ -28,6 +28,7 @@ import importlib.util
 import os
 import os.path as osp
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -326,8 +327,9 @@ def test_cpu_distributed_sync_bn_to_bn(tool, request, capsys):
 
 
 def test_launch_module_imports():
-    """``tools/launch.py`` needs only torch, mmengine and ``tools/config_checks.py`` at module level
-    (mmseg / mmdet are imported inside ``register_scope``); both tools use its functions, not copies."""
+    """``tools/launch.py`` needs only torch, mmengine, ``tools/config_checks.py`` and the package's
+    checkout check at module level (mmseg / mmdet are imported inside ``register_scope``); both
+    tools use its functions, not copies."""
     launch = _load_tool('train').launch
     assert osp.samefile(launch.__file__, osp.join(TOOLS, 'launch.py'))
 
@@ -339,8 +341,8 @@ def test_launch_module_imports():
             top.update(a.name.split('.')[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top.add(node.module.split('.')[0])
-    assert top <= {'__future__', 'argparse', 'datetime', 'gc', 'os', 'collections', 'torch', 'mmengine',
-                   'config_checks'}, top
+    assert top <= {'__future__', 'argparse', 'datetime', 'gc', 'os', 'sys', 'collections', 'torch', 'mmengine',
+                   'config_checks', 'tlalign_mm'}, top
     for name in ('train', 'test'):
         mod = _load_tool(name)
         for fn in ('register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed', 'build_runner'):
@@ -435,7 +437,7 @@ model = dict(type='EncoderDecoder', data_preprocessor=dict(size=crop_size),
 def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkeypatch):
     """Both tools reject an invalid downstream config by its field before anything is registered or
     built: train.py in ``main`` before ``register_scope``; test.py in ``setup_cfg`` before ``--tta``."""
-    from config_checks import DownstreamConfigError  # tools/config_checks.py (the tools put tools/ on sys.path)
+    from config_checks import DownstreamConfigError  # tools/config_checks.py (on sys.path: tests/conftest.py)
     bad = tmp_path / 'bad_seg.py'
     bad.write_text(BAD_SEG)
     calls = []
@@ -682,3 +684,39 @@ def test_config_paths_named_in_tools_and_readme_exist(repo_root):
     assert len(named) >= 8
     missing = sorted(p for p in named if '{' not in p and not os.path.exists(os.path.join(repo_root, p)))
     assert not missing, missing
+
+
+def _import_launch(tools_dir):
+    """stderr of ``import launch`` run the way a tool runs it: ``tools_dir`` first on sys.path, no
+    PYTHONPATH (the installed tlalign_mm: this checkout, as tools/setup_env.sh installs it)."""
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    r = subprocess.run([sys.executable, '-c', 'import launch'], cwd=str(tools_dir), env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stderr
+
+
+def test_tools_warn_when_the_package_is_another_checkouts(tmp_path):
+    """The tools run over the installed package (no sys.path inserts); a second clone whose tools
+    would run the first clone's package says so in one line that names both folders and the fix.
+    Its own checkout's tools are silent."""
+    import tlalign_mm
+    from tlalign_mm.utils.checkout import checkout_mismatch, checkout_root
+    installed = osp.dirname(osp.realpath(tlalign_mm.__file__))
+    if osp.realpath(osp.join(REPO, 'tlalign_mm')) != installed:
+        pytest.skip(f'the installed tlalign_mm is {installed}, not this checkout (run tools/setup_env.sh here)')
+    assert 'warning' not in _import_launch(TOOLS)
+    assert checkout_mismatch(osp.join(TOOLS, 'train.py')) is None
+
+    clone = tmp_path.resolve() / 'second-clone'
+    (clone / 'tlalign_mm').mkdir(parents=True)
+    (clone / 'tlalign_mm' / '__init__.py').write_text('')
+    (clone / 'tools').mkdir()
+    for f in ('launch.py', 'config_checks.py'):
+        shutil.copy(osp.join(TOOLS, f), clone / 'tools' / f)
+    err = _import_launch(clone / 'tools').strip()
+    assert err.count('\n') == 0, err
+    assert err.startswith('warning: ') and installed in err and str(clone / 'tlalign_mm') in err, err
+    assert f'pip install -e {clone}' in err and 'PYTHONPATH' in err
+    assert checkout_root(str(clone / 'tools' / 'launch.py')) == str(clone)
+    assert checkout_root('/') is None

@@ -20,14 +20,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
-
-try:
-    import tlalign_mm  # noqa: F401
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tlalign_mm.checkpoint import (  # noqa: E402
     EXPORT_TARGETS,

@@ -8,4 +8,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python}
-exec "$PYTHON" tools/analysis/gpu_check.py "$@"
+# this checkout's package first (as tools/dist_train.sh does), installed or not
+PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" tools/analysis/gpu_check.py "$@"

@@ -1,7 +1,9 @@
 """What ``tools/train.py`` and ``tools/test.py`` share: command line, config loading, scope, CPU DDP.
 
-A tools-side module (not part of the ``tlalign_mm`` package): the tools put ``tools/`` on
-``sys.path`` and ``import launch``.
+A tools-side module (not part of the ``tlalign_mm`` package), imported as ``launch`` by the
+scripts next to it (a script's own folder is on ``sys.path``; the tests put it there too).  On
+import it warns on stderr when the imported ``tlalign_mm`` is not this checkout's
+(:func:`tlalign_mm.utils.checkout.checkout_mismatch`).
 
 Both tools take the same trailing options (``--cfg-options``, ``--launcher``, ``--local_rank``),
 load the config the same way (``--cfg-options`` merged, work dir ``--work-dir`` > the config's
@@ -30,15 +32,21 @@ import datetime
 import gc
 import os
 import os.path as osp
+import sys
 from collections.abc import Sequence
 
 import torch
 from config_checks import sync_bn_to_bn
 from mmengine.config import Config, ConfigDict, DictAction
 
+from tlalign_mm.utils.checkout import checkout_mismatch
+
 __all__ = ['add_launch_args', 'parse_launch_args', 'load_cfg', 'register_scope',
            'prepare_cpu_distributed_cfg', 'TORCHRUN_ENV', 'init_gloo_from_torchrun_env', 'setup_cpu_distributed',
            'end_cpu_distributed', 'build_runner']
+
+if (_other := checkout_mismatch(__file__)) is not None:       # two clones: this one is not installed
+    print(f'warning: {_other}', file=sys.stderr)
 
 
 def add_launch_args(parser: argparse.ArgumentParser, dist_script: str) -> argparse.ArgumentParser:

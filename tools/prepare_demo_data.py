@@ -57,14 +57,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os.path as osp
 import sys
 from pathlib import Path
-
-# tools/ on the path, so that the demo_data package imports (run as a script from any cwd, or loaded by importlib)
-_TOOLS = osp.dirname(osp.abspath(__file__))
-if _TOOLS not in sys.path:
-    sys.path.insert(0, _TOOLS)
 
 from demo_data import GROUPS, SETS  # noqa: E402
 from demo_data.common import (  # noqa: E402

@@ -30,25 +30,15 @@ The same command line as OpenMMLab's ``tools/test.py`` (mmseg 1.x / mmdet 3.x)::
 from __future__ import annotations
 
 import argparse
-import os.path as osp
-import sys
-
-try:  # first: registries + torch>=2.6 safe globals for loading mmengine checkpoints
-    import tlalign_mm  # noqa: F401
-except ImportError:  # running from a source checkout without PYTHONPATH / install
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import tlalign_mm  # noqa: F401
-
-# tools/ on sys.path: `python tools/test.py` has it already; a test loading this file by path does not
-_TOOLS = osp.dirname(osp.abspath(__file__))
-if _TOOLS not in sys.path:
-    sys.path.insert(0, _TOOLS)
 
 import launch  # noqa: E402  (tools/launch.py)
 from config_checks import check_downstream_config  # noqa: E402  (tools/config_checks.py)
 from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
 from mmengine.config import Config, ConfigDict  # noqa: E402
 
+# first: registries + torch>=2.6 safe globals for loading mmengine checkpoints.  The installed
+# package (pip install -e ., tools/setup_env.sh); tools/launch.py says so when it is another checkout's.
+import tlalign_mm  # noqa: F401
 from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error, register_checkpoint_loader  # noqa: E402
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',

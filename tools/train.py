@@ -46,19 +46,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os.path as osp
-import sys
-
-try:  # 1. first: registries + torch>=2.6 safe globals for resuming
-    import tlalign_mm  # noqa: F401
-except ImportError:  # running from a source checkout without PYTHONPATH / install
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import tlalign_mm  # noqa: F401
-
-# tools/ on sys.path: `python tools/train.py` has it already; a test loading this file by path does not
-_TOOLS = osp.dirname(osp.abspath(__file__))
-if _TOOLS not in sys.path:
-    sys.path.insert(0, _TOOLS)
 
 import launch  # noqa: E402  (tools/launch.py)
 import torch  # noqa: E402
@@ -68,6 +55,9 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.model import is_model_wrapper  # noqa: E402
 
+# 1. first: registries + torch>=2.6 safe globals for resuming.  The installed package (pip install
+# -e ., tools/setup_env.sh); tools/launch.py, next to this script, says so when it is another checkout's.
+import tlalign_mm  # noqa: F401
 from tlalign_mm.utils.checkpoint_io import (  # noqa: E402
     exit_on_checkpoint_error,
     find_resumable_checkpoint,

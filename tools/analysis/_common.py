@@ -3,21 +3,38 @@
 A module of the analysis tools (``token_fluctuation.py``, ``visualize_aligned_labels.py``,
 ``rule_lambdas.py``, ``robustness.py``, ``model_cost.py``), imported as ``_common`` with this
 folder on ``sys.path`` (a script's own folder is); not part of the ``tlalign_mm`` package, which
-measures models and does not read configs.  The scripts put the repository on ``sys.path`` before
-importing it, so that ``tlalign_mm`` is the checkout's.
+measures models and does not read configs.
+
+The analysis tools run over the installed ``tlalign_mm`` (``pip install -e .``, as
+``tools/setup_env.sh`` does); on import this module warns on stderr when that is not this
+checkout's package (:func:`tlalign_mm.utils.checkout.checkout_mismatch`).  It also appends
+``tools/`` to ``sys.path``, the one entry the analysis tools add: ``model_cost.py`` and
+``gpu_check.py`` reach the launch plumbing they share with ``tools/train.py`` (``config_checks``,
+``launch``) through it.  Appended, not prepended: ``tools/test.py`` must not shadow the standard
+library's ``test`` package.
 """
 from __future__ import annotations
 
 import copy
 import os.path as osp
+import sys
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
+from tlalign_mm.utils.checkout import checkout_mismatch
+
 __all__ = ['RANDOM_INIT', 'quiet_init_weights', 'load_config', 'build_classifier', 'build_dataloader',
            'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device', 'add_config_checkpoint_args',
            'output_dir', 'weights_title']
+
+_TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _TOOLS not in sys.path:
+    sys.path.append(_TOOLS)
+
+if (_other := checkout_mismatch(__file__)) is not None:       # two clones: this one is not installed
+    print(f'warning: {_other}', file=sys.stderr)
 
 RANDOM_INIT = 'random-init'
 

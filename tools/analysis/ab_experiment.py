@@ -45,8 +45,6 @@ import time
 from typing import Optional
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
-
 # the baseline first: paired differences are taken against the first variant by default
 DEFAULT_CONFIGS = ('configs/demo/deit-demo_cutmix_1xb64-10e_fashion-mnist.py',
                    'configs/demo/deit-demo_tla_1xb64-10e_fashion-mnist.py')

@@ -48,10 +48,7 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 VARIANTS = ('ours', 'stock')
 

@@ -38,10 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 FLOPS_NOTE = ('FLOPs: one multiply-add counted as one FLOP (fvcore / mmengine convention), one tensor-mode '
               'forward of the whole batch; fused attention (aten::scaled_dot_product_attention) counted by '

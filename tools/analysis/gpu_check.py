@@ -39,8 +39,6 @@ from types import SimpleNamespace
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
 MODELS = (('deit-small', 128), ('deit-base', 128), ('swin-tiny', 64))
 AMP = ('bfloat16', 'float16')
 VARIANTS = ('baseline', 'fused', 'fused32', 'reference')
@@ -132,8 +130,7 @@ def pretrain_sync_check(iters: int, work_dir: str, cfg_options: dict | None = No
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if not torch.cuda.is_available():  # a CPU smoke run (tests): fp32, as tools/train.py does
-        if os.path.join(REPO, 'tools') not in sys.path:
-            sys.path.insert(0, os.path.join(REPO, 'tools'))
+        import _common  # noqa: F401  (tools/analysis/_common.py puts tools/ on sys.path)
         from config_checks import amp_to_fp32_without_cuda  # tools/config_checks.py
         amp_to_fp32_without_cuda(cfg)
     batch = cfg.train_dataloader.batch_size

@@ -2,8 +2,8 @@
 
 The shared module of the cost tools in ``tools/analysis/`` (``get_flops.py``,
 ``benchmark_downstream.py``, ``benchmark_label_path.py``), imported as ``model_cost`` with this
-folder on ``sys.path`` (a script's own folder is); not part of the ``tlalign_mm`` package.  It puts
-``tools/`` on ``sys.path`` for ``config_checks`` and ``launch``.
+folder on ``sys.path`` (a script's own folder is); not part of the ``tlalign_mm`` package.  It
+reaches ``config_checks`` and ``launch`` in ``tools/`` through ``_common``.
 
 What is counted, and how:
 
@@ -31,22 +31,16 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import os.path as osp
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+import _common  # noqa: F401  (first, as isort has it: tools/analysis/_common.py puts tools/ on sys.path)
 import torch
 import torch.nn as nn
-
-_TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _TOOLS not in sys.path:  # tools/config_checks.py, tools/launch.py
-    sys.path.insert(0, _TOOLS)
-
-from config_checks import cfg_get, sync_bn_to_bn  # noqa: E402
-from launch import register_scope  # noqa: E402
+from config_checks import cfg_get, sync_bn_to_bn  # tools/config_checks.py
+from launch import register_scope  # tools/launch.py
 
 __all__ = ['ModelCost', 'task_kind', 'build_analysis_model', 'default_input_shape', 'apply_input_shape',
            'make_dummy_batch', 'sdpa_flop_jit', 'SDPA_OPS', 'flop_analyzer', 'measure_cost', 'config_cost',

@@ -44,11 +44,8 @@ import csv
 import math
 import os
 import os.path as osp
-import sys
 import time
 from fractions import Fraction
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
 

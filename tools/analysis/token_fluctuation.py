@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os.path as osp
-import sys
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
 from mmengine.config import DictAction  # noqa: E402
