@@ -73,10 +73,10 @@ def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Op
     if not model.can_carry_labels:
         raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
     model.backbone.check_token_grid(mix, inputs.shape[-2:])
-    r0 = model.backbone.first_stage_mix(mix).source_labels(model.num_prefix_tokens)
+    initial_labels = model.backbone.first_stage_mix(mix).source_labels(model.num_prefix_tokens)
     if label_channels == 'classes':
-        r0 = expand_source_labels(r0, y_a, y_b)
-    feat, lab = model.extract_feat(inputs, r0)
+        initial_labels = expand_source_labels(initial_labels, y_a, y_b)
+    feat, lab = model.extract_feat(inputs, initial_labels)
     row, aligned = aligned_target(lab, y_a, y_b, model.label_rule.readout, model.num_prefix_tokens, label_channels)
     return feat, area, aligned, align_stats(row, mix.lam, aligned, area)
 
@@ -204,8 +204,8 @@ class FluctuationResult:
     def summary(self) -> dict:
         """Scalar summary: sample counts, target L2 mean/std, lam / aligned lam means, |gap| mean/std,
         and the per-layer drift (lists, one entry per block)."""
-        lam, la, target_l2 = self.lam, self.lam_aligned, self.target_l2
-        gap = (la - lam).abs()
+        lam, lam_aligned, target_l2 = self.lam, self.lam_aligned, self.target_l2
+        gap = (lam_aligned - lam).abs()
         n = int(lam.numel())
 
         def stat(t: Tensor, fn: str) -> float:
@@ -218,7 +218,7 @@ class FluctuationResult:
             num_batches=len(self.batches), num_samples=n,
             num_mixed=int((lam < 1).sum()),
             target_l2_mean=stat(target_l2, 'mean'), target_l2_std=stat(target_l2, 'std'),
-            lam_mean=stat(lam, 'mean'), lam_aligned_mean=stat(la, 'mean'),
+            lam_mean=stat(lam, 'mean'), lam_aligned_mean=stat(lam_aligned, 'mean'),
             lam_gap_mean=stat(gap, 'mean'), lam_gap_std=stat(gap, 'std'),
             readout=self.readout, layers=list(self.layer_names),
             layer_drift_mean=[float(v) for v in mean_d], layer_drift_std=[float(v) for v in std_d],

@@ -94,11 +94,11 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
         raise ValueError(f'the mix is on a {tuple(mix.grid_size)} token grid but the backbone has {grid}: '
                          "set the mixer's patch_size to the backbone's")
     start = model.backbone.first_stage_mix(mix)           # the share the first stage sees (PVT v2: its window)
-    r0 = start.source_labels(prefix).to(mixed.device)
+    initial_labels = start.source_labels(prefix).to(mixed.device)
     with record_block_labels(backbone, mixed.shape[-2:], only=[b.index for b in chosen]) as trace:
-        backbone(mixed, r0)
+        backbone(mixed, initial_labels)
     maps, readout = {}, {}
-    readout[-1] = source_share_readout(r0, model.label_rule.readout, prefix)[:n].cpu()
+    readout[-1] = source_share_readout(initial_labels, model.label_rule.readout, prefix)[:n].cpu()
     for b in chosen:
         lab = trace.labels[b.index]
         h, w = trace.grids[b.index]

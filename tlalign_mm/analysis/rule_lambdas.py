@@ -67,11 +67,11 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
     out['tl_align'] = torch.stack([source_share_readout(trace.labels[b.index], readout, prefix)
                                    for b in iter_blocks(backbone)]).cpu()
     transmix = TransMixRule()                 # the release's options; not set up: only its formulas are read
-    r0 = transmix_initial_labels(transmix.token_mask_of(start), prefix)
+    initial_labels = transmix_initial_labels(transmix.token_mask_of(start), prefix)
     rows = []
     for layer in range(num_blocks):
         with backbone.alignment([layer], False):
-            _, lab = backbone(inputs, r0)
+            _, lab = backbone(inputs, initial_labels)
         share_b = transmix_attention_share(read_labels(lab, readout, prefix))
         lam0 = mix.share_b.float().mean(1)      # the pasted area, as the rule reads it
         rows.append(1.0 - (transmix.area_weight * lam0 + (1.0 - transmix.area_weight) * share_b))

@@ -202,11 +202,11 @@ class TLAImageClassifier(BaseModel):
             y_b = y_a[mix.partner]
             area = mixed_target(mix.lam, y_a, y_b)
             rule = self.label_rule
-            r0 = None
+            initial_labels = None
             if self._carry_labels_now():
                 self.backbone.check_token_grid(mix, inputs.shape[-2:])
-                r0 = rule.initial_labels(self.backbone.first_stage_mix(mix), y_a, y_b)
-            last, carried = self._run_backbone(inputs, r0)
+                initial_labels = rule.initial_labels(self.backbone.first_stage_mix(mix), y_a, y_b)
+            last, carried = self._run_backbone(inputs, initial_labels)
             feat = pool_tokens(last, self.pool_type, self.num_prefix_tokens)
             tokens = patch_tokens(last, self.num_prefix_tokens) if rule.needs_tokens else None
             out = rule(RuleInput(mix, y_a, y_b, area, carried, tokens, self.label_smoothing))

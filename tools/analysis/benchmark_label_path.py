@@ -90,24 +90,24 @@ def make_batch(bb, prefix, batch, img, num_classes, variant, device):
     y_a = smooth_one_hot(y, num_classes, 0.1)
     y_b = y_a.flip(0)
     if variant == 'baseline':
-        r0 = None
+        initial_labels = None
     elif variant in ('fused', 'fused32', 'split'):
-        r0 = initial_source_labels(share, lam, prefix)
+        initial_labels = initial_source_labels(share, lam, prefix)
     else:
-        r0 = initial_class_labels(share, lam, y_a, y_b, prefix)
+        initial_labels = initial_class_labels(share, lam, y_a, y_b, prefix)
     mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return mv(x), mv(r0), mv(lam), mv(y_a), mv(y_b)
+    return mv(x), mv(initial_labels), mv(lam), mv(y_a), mv(y_b)
 
 
 def step(bb, head, batch, variant, readout, amp_dtype=torch.float32):
     from tlalign_mm.align import expand_source_labels, mixed_target
-    x, r0, lam, y_a, y_b = batch
+    x, initial_labels, lam, y_a, y_b = batch
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
         if variant == 'baseline':
             (feat,) = bb(x)
             target = mixed_target(lam, y_a, y_b)
         else:
-            (feat,), lab = bb(x, r0)
+            (feat,), lab = bb(x, initial_labels)
             lab = lab[:, 0] if readout == 'cls' else lab.mean(1)
             target = lab if variant == 'reference' else expand_source_labels(lab, y_a, y_b)
         logits = head(feat)

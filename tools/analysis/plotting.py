@@ -56,9 +56,9 @@ def write_fluctuation_csv(result: FluctuationResult, out_dir: str, weights: str)
                     'lam_gap', 'target_l2'])
         for bi, b in enumerate(result.batches):
             for i in range(b.lam.numel()):
-                lam, la = float(b.lam[i]), float(b.lam_aligned[i])
+                lam, lam_aligned = float(b.lam[i]), float(b.lam_aligned[i])
                 w.writerow([weights, bi, i, b.mode, int(b.labels[i]), int(b.partner_labels[i]),
-                            _fmt(lam), _fmt(la), _fmt(la - lam), _fmt(float(b.target_l2[i]))])
+                            _fmt(lam), _fmt(lam_aligned), _fmt(lam_aligned - lam), _fmt(float(b.target_l2[i]))])
     layers = os.path.join(out_dir, 'fluctuation_layers.csv')
     mean_d, std_d = result.layer_drift()
     layer_lam = result.layer_lam
@@ -86,18 +86,18 @@ def plot_fluctuation(result: FluctuationResult, path: str, title: str = '') -> s
     import matplotlib.pyplot as plt
 
     s = result.summary()
-    lam, la, target_l2 = result.lam.numpy(), result.lam_aligned.numpy(), result.target_l2.numpy()
+    lam, lam_aligned, target_l2 = result.lam.numpy(), result.lam_aligned.numpy(), result.target_l2.numpy()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
     ax = axes[0, 0]
     ax.plot([0, 1], [0, 1], color='0.6', lw=1, ls='--', label='no fluctuation')
-    ax.scatter(lam, la, s=10, alpha=0.6)
+    ax.scatter(lam, lam_aligned, s=10, alpha=0.6)
     ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel='lam (area share of A)',
            ylabel=f'aligned lam ({"class token" if result.readout == "cls" else "mean token"})',
            title='lam vs aligned lam')
     ax.legend(loc='upper left', fontsize=8)
 
     ax = axes[0, 1]
-    ax.hist(abs(la - lam), bins=30, color='tab:orange')
+    ax.hist(abs(lam_aligned - lam), bins=30, color='tab:orange')
     ax.set(xlabel='|lam_aligned - lam|', ylabel='samples',
            title=f'|lam_aligned - lam|: mean {s["lam_gap_mean"]:.4f} ± {s["lam_gap_std"]:.4f}')
 

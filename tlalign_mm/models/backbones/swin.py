@@ -151,7 +151,7 @@ class TLASwinBlock(nn.Module):
         xs = self.norm1(x).view(b, h, w, c)
         xs, ph, pw = pad_to_multiple(xs, win)
         hp, wp = xs.shape[1:3]
-        lab_w = None
+        label_windows = None
         align = labels is not None and self.align_labels
         if align:
             if ph or pw:
@@ -159,13 +159,14 @@ class TLASwinBlock(nn.Module):
                     f'token_labels need every stage map to be divisible by window_size: a {h}x{w} '
                     f'map does not tile into {win[0]}x{win[1]} windows (choose an input size whose '
                     f'stage maps are multiples of window_size={self.window_size}, e.g. 224 for 7)')
-            ls = labels.view(b, h, w, -1)
+            label_map = labels.view(b, h, w, -1)
             if any(shift):
-                ls = torch.roll(ls, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            lab_w = window_partition(ls, win)
+                label_map = torch.roll(label_map, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+            label_windows = window_partition(label_map, win)
         if any(shift):
             xs = torch.roll(xs, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-        out, lab_att = self.attn(window_partition(xs, win), win, self._mask(hp, wp, win, shift, x.device), lab_w)
+        out, attended_windows = self.attn(window_partition(xs, win), win, self._mask(hp, wp, win, shift, x.device),
+                                          label_windows)
         out = window_reverse(out, win, hp, wp)
         if any(shift):
             out = torch.roll(out, shifts=shift, dims=(1, 2))
@@ -173,11 +174,11 @@ class TLASwinBlock(nn.Module):
         x = x + self.drop_path(out)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if align:
-            la = window_reverse(lab_att, win, h, w).reshape(b, h, w, -1)
+            attended = window_reverse(attended_windows, win, h, w).reshape(b, h, w, -1)
             if any(shift):
-                la = torch.roll(la, shifts=shift, dims=(1, 2))
-            la = la.reshape(b, h * w, -1)
-            labels = residual_label_average(labels, la) if self.label_residual else la
+                attended = torch.roll(attended, shifts=shift, dims=(1, 2))
+            attended = attended.reshape(b, h * w, -1)
+            labels = residual_label_average(labels, attended) if self.label_residual else attended
         return x, labels
 
 
@@ -201,8 +202,8 @@ class TLAPatchMerging(nn.Module):
         nh, nw = xs.shape[1:3]
         x = self.reduction(self.norm(xs.reshape(b, nh * nw, 4 * c)))
         if labels is not None:
-            ls, _, _ = pad_to_multiple(labels.view(b, h, w, -1), (2, 2))
-            labels = merge_patch_labels(ls).reshape(b, nh * nw, -1)
+            label_map, _, _ = pad_to_multiple(labels.view(b, h, w, -1), (2, 2))
+            labels = merge_patch_labels(label_map).reshape(b, nh * nw, -1)
         return x, (nh, nw), labels
 
 

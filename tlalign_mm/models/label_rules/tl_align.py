@@ -56,8 +56,8 @@ class TLAlignRule(LabelRule):
         model.backbone.set_alignment(self.blocks, self.residual)
 
     def initial_labels(self, mix, y_a, y_b) -> Tensor:
-        r0 = mix.source_labels(self.num_prefix_tokens)
-        return expand_source_labels(r0, y_a, y_b) if self.label_channels == 'classes' else r0
+        source = mix.source_labels(self.num_prefix_tokens)
+        return expand_source_labels(source, y_a, y_b) if self.label_channels == 'classes' else source
 
     def forward(self, inp: RuleInput) -> RuleOutput:
         row, aligned = self.tl_align_target(inp, self.label_channels)

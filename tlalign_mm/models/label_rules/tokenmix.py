@@ -98,9 +98,9 @@ class TokenMixRule(LabelRule):
       nothing is positive);
     * ``w_A`` is A's map on the tokens kept from A, ``w_B`` the partner's map on the tokens pasted
       from it; neither is renormalised (``normalize=True`` divides by ``w_A + w_B``);
-    * the target puts ``ls / K`` on every class plus ``w_A - ls / 2`` on A's class and
-      ``w_B - ls / 2`` on B's (``smoothing='tokenmix'``, the default: its ``on_value`` /
-      ``off_value`` per class, ``ls`` the label smoothing); ``smoothing='weighted'`` takes
+    * the target puts ``eps / K`` on every class plus ``w_A - eps / 2`` on A's class and
+      ``w_B - eps / 2`` on B's (``smoothing='tokenmix'``, the default: its ``on_value`` /
+      ``off_value`` per class, ``eps`` the label smoothing); ``smoothing='weighted'`` takes
       ``w_A y_A + w_B y_B`` of the smoothed one-hots instead;
     * Mixup batches keep the area target ``lam y_A + (1 - lam) y_B`` (the release's
       ``mixup_target``); the teacher does not run on them.
@@ -260,10 +260,10 @@ class TokenMixRule(LabelRule):
                 total = (w_a + w_b).clamp_min(1e-12)
                 w_a, w_b = w_a / total, w_b / total
             if self.smoothing == 'tokenmix':
-                ls, k = float(inp.label_smoothing), y_a.shape[-1]
+                eps, k = float(inp.label_smoothing), y_a.shape[-1]
                 one_a = torch.nn.functional.one_hot(cls, k).float()
-                target = (ls / k + (w_a - ls / 2)[:, None] * one_a
-                          + (w_b - ls / 2)[:, None] * one_a[mix.partner])
+                target = (eps / k + (w_a - eps / 2)[:, None] * one_a
+                          + (w_b - eps / 2)[:, None] * one_a[mix.partner])
             else:
                 target = w_a[:, None] * y_a + w_b[:, None] * y_b
         return RuleOutput(target, align_stats(None, mix.lam, target, inp.area, lam_aligned=w_a))
