@@ -64,7 +64,7 @@ def test_mixed_pixels_share_and_lam(mode, seed):
     assert torch.equal(x, x_before), 'input must not be modified'
     assert res.images.shape == x.shape and res.share_b.shape == (b, (h // p) * (w // p))
     assert res.share_b.dtype == torch.float32 and res.lam.dtype == torch.float32
-    assert res.grid_size == (h // p, w // p)
+    assert res.token_grid == (h // p, w // p)
     assert torch.equal(res.partner, torch.arange(b - 1, -1, -1))
     xb = x.flip(0)
     lam = res.lam

@@ -282,7 +282,7 @@ def test_v2_b0_aligned_share_moves_with_the_first_stage_window():
     mask[:, 10:113, 10:113] = 1.0
     mixed = torch.where(mask.bool()[:, None], imgs.flip(0), imgs)
     mix = MixResult(images=mixed, share_b=token_share_from_mask(mask, 4), lam=1.0 - mask.mean((1, 2)),
-                    partner=partner_index(b), mode='cutmix', mask=mask, patch_size=4, grid_size=(56, 56),
+                    partner=partner_index(b), mode='cutmix', mask=mask, patch_size=4, token_grid=(56, 56),
                     source_images=imgs)
     with torch.no_grad():
         _, old = model.backbone(mixed, mix.source_labels(0))                   # the 4x4 cells

@@ -90,8 +90,8 @@ def compute_label_maps(model, images: Tensor, labels: Tensor, mix: MixResult,
     prefix = model.num_prefix_tokens
     mixed = mix.images
     grid = tuple(backbone.token_grid(mixed.shape[-2:]))
-    if tuple(mix.grid_size) != grid:
-        raise ValueError(f'the mix is on a {tuple(mix.grid_size)} token grid but the backbone has {grid}: '
+    if tuple(mix.token_grid) != grid:
+        raise ValueError(f'the mix is on a {tuple(mix.token_grid)} token grid but the backbone has {grid}: '
                          "set the mixer's patch_size to the backbone's")
     start = model.backbone.first_stage_mix(mix)           # the share the first stage sees (PVT v2: its window)
     initial_labels = start.source_labels(prefix).to(mixed.device)

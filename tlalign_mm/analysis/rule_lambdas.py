@@ -77,7 +77,7 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
         rows.append(1.0 - (transmix.area_weight * lam0 + (1.0 - transmix.area_weight) * share_b))
     out['transmix'] = torch.stack(rows).cpu()
     if tokenmix_rule is not None:
-        cam = tokenmix_rule.teacher_cam(mix.source_images, labels.to(inputs.device), tuple(mix.grid_size))
+        cam = tokenmix_rule.teacher_cam(mix.source_images, labels.to(inputs.device), tuple(mix.token_grid))
         w_a = ((1.0 - mix.share_b.float()) * cam).sum(1)
         out['tokenmix'] = w_a.expand(num_blocks, -1).cpu()
     return out

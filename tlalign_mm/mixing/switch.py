@@ -245,4 +245,4 @@ class BatchMixer:
             if mask is not None:
                 mask[mid] = 0.0
         return MixResult(images=out, share_b=share_b, lam=lam_t, partner=partner, mode=mode,
-                         mask=mask, patch_size=p, grid_size=grid, source_images=images)
+                         mask=mask, patch_size=p, token_grid=grid, source_images=images)

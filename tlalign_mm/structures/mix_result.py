@@ -24,7 +24,7 @@ class MixResult:
         images: (B, C, H, W) mixed images, same dtype and device as the input.  For
             ``mode == 'none'`` this is the input tensor itself (not a copy).
         share_b: (B, N) float32 in [0, 1]: share of each patch token's pixels that came from the
-            partner image, tokens in row-major order of the ``grid_size`` grid of
+            partner image, tokens in row-major order of the ``token_grid`` grid of
             ``patch_size`` patches (N = H/p * W/p).  All zeros when unmixed and for the middle
             sample of an odd batch.  0/1 only for token CutMix and TokenMix.
         lam: (B,) float32 in [0, 1]: the (corrected) share of image A in the target, equal to
@@ -35,7 +35,9 @@ class MixResult:
         mask: (B, H, W) float32 in [0, 1], the pixel share of B, or ``None`` when the mixer was
             built with ``return_mask=False``.  ``share_b`` is its per-patch mean.
         patch_size: token stride in pixels ``share_b`` refers to.
-        grid_size: (H / patch_size, W / patch_size), the token grid ``share_b`` flattens.
+        token_grid: (H / patch_size, W / patch_size) tokens, the grid ``share_b`` flattens (counted in
+            tokens, as the backbones' ``token_grid(img_hw)``; the mixer's ``token_grid_size`` is a
+            cell's side in pixels).
         source_images: the (B, C, H, W) batch before mixing (the input tensor itself, not a
             copy), for rules that look at the unmixed images (TokenMix's teacher).
     """
@@ -46,7 +48,7 @@ class MixResult:
     mode: str
     mask: Tensor | None = None
     patch_size: int = 16
-    grid_size: tuple[int, int] = (0, 0)
+    token_grid: tuple[int, int] = (0, 0)
     source_images: Tensor | None = None
 
     #: whether any mixing happened (``mode != 'none'``); a stored bool rather than a property of

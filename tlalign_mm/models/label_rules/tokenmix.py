@@ -252,7 +252,7 @@ class TokenMixRule(LabelRule):
             w_a, w_b, target = mix.lam, 1.0 - mix.lam, inp.area
         else:
             cls = y_a.argmax(-1)
-            cam = self.teacher_cam(mix.source_images, cls, tuple(mix.grid_size))
+            cam = self.teacher_cam(mix.source_images, cls, tuple(mix.token_grid))
             s = mix.share_b.float()
             w_a = ((1.0 - s) * cam).sum(1)
             w_b = (s * cam[mix.partner]).sum(1)
