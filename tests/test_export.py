@@ -220,9 +220,10 @@ def test_export_reads_back_identically(name, target):
     assert layout == res.layout
     kept = {k: v for k, v in ours.items() if k not in res.dropped}
     if name == 'pvt1cls':      # the class-token row of pos_embed4 is dropped with the token
-        assert sorted(res.dropped) == ['cls_token', 'norm.bias', 'norm.weight', 'pos_embed4[:, 0] (class-token row)']
+        assert sorted(res.dropped) == ['cls_token', 'norm.bias', 'norm.weight',
+                                       'stages.3.pos_embed[:, 0] (class-token row)']
         kept = {k: v for k, v in kept.items() if k not in ('norm.weight', 'norm.bias', 'cls_token')}
-        kept['pos_embed4'] = kept['pos_embed4'][:, 1:]
+        kept['stages.3.pos_embed'] = kept['stages.3.pos_embed'][:, 1:]
     assert sorted(back) == sorted(kept)
     for k, v in kept.items():
         assert torch.equal(back[k], v), k

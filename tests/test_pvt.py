@@ -16,6 +16,7 @@
   checkpoint without ``cls_token``.
 """
 import os
+import re
 import sys
 
 import pytest
@@ -58,11 +59,23 @@ def _unit_labels(b, n, k=2, seed=1):
     return y / y.sum(-1, keepdim=True)
 
 
+def _flat_name(key):
+    """Our key -> its flat name (the release's, and this backbone's own before its stages), written
+    here independently of the code under test: ``stages.{i}.patch_embed`` / ``pos_embed`` /
+    ``blocks`` / ``norm`` -> ``patch_embed{i+1}`` / ``pos_embed{i+1}`` / ``block{i+1}`` /
+    ``norm{i+1}``; ``cls_token`` and the final ``norm`` as they are."""
+    m = re.fullmatch(r'stages\.(\d+)\.(patch_embed|pos_embed|blocks|norm)(\..*)?', key)
+    if m is None:
+        return key
+    flat = {'patch_embed': 'patch_embed', 'pos_embed': 'pos_embed', 'blocks': 'block', 'norm': 'norm'}[m.group(2)]
+    return f'{flat}{int(m.group(1)) + 1}{m.group(3) or ""}'
+
+
 def test_sra_label_rule_matches_per_token_loops():
     """One block: query i's label is sum_m mean_h A[h, i, m] * Y_m, where key m reduces an
     sr x sr cell and carries the mean label of its tokens; then (Y + A Y) / 2."""
     m = _pvt()
-    blk = m.block1[0]
+    blk = m.stages[0].blocks[0]
     attn = blk.attn
     b, hw, sr = 2, (16, 16), attn.sr_ratio
     x = torch.randn(b, hw[0] * hw[1], 16)
@@ -134,7 +147,7 @@ def test_bad_stage_size_names_the_stage_and_sizes():
 
 def test_official_layout_loads_and_drops_the_class_token():
     src = _pvt(seed=3)
-    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    sd = {_flat_name(k): v.clone() for k, v in src.state_dict().items()}
     sd['cls_token'] = torch.zeros(1, 1, 64)
     sd['pos_embed4'] = torch.cat([torch.zeros(1, 1, 64), sd['pos_embed4']], dim=1)     # 1 + 2 x 2 rows
     sd['head.weight'], sd['head.bias'] = torch.zeros(1000, 64), torch.zeros(1000)
@@ -210,7 +223,7 @@ def test_classifier_trains_on_pvt(version, rule):
     data = model.data_preprocessor(batch, training=True)
     out = model(**data, mode='loss')
     out['loss'].backward()
-    assert torch.isfinite(out['loss']) and model.backbone.block1[0].attn.q.weight.grad is not None
+    assert torch.isfinite(out['loss']) and model.backbone.stages[0].blocks[0].attn.q.weight.grad is not None
     assert model.label_rule.readout == ('cls' if version == 'cls' else 'mean')
     if version == 'cls':
         assert model.backbone.cls_token.grad is not None
@@ -394,7 +407,7 @@ def test_release_v1_checkpoint_gives_the_release_logits(tmp_path):
     model = _classifier('cls', num_classes=7, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     model.eval()
-    assert model.backbone.pos_embed4.shape == (1, 1 + 2 * 2, 64) and model.label_rule.readout == 'cls'
+    assert model.backbone.stages[3].pos_embed.shape == (1, 1 + 2 * 2, 64) and model.label_rule.readout == 'cls'
     torch.testing.assert_close(model.head.fc.weight, sd['head.weight'], atol=0, rtol=0)
     x = torch.randn(2, 3, 64, 64)
     want, _ = _release_v1_forward(sd, x)
@@ -429,7 +442,7 @@ def test_class_token_label_row_enters_at_stage_4():
     assert m.num_prefix_tokens == 1 and n == 1 + 16 * 16
     y = _unit_labels(2, n)
     seen = {}
-    hook = m.block4[0].register_forward_pre_hook(lambda mod, args: seen.update(labels=args[2]))
+    hook = m.stages[3].blocks[0].register_forward_pre_hook(lambda mod, args: seen.update(labels=args[2]))
     with torch.no_grad():
         (feat,), lab = m(torch.randn(2, 3, 64, 64), y)
     hook.remove()
@@ -473,8 +486,9 @@ def test_release_head_is_refused_by_a_token_mean_classifier(tmp_path):
                                          r"this model's pooled feature is the token mean \(backbone "
                                          r"out_type='avg_featmap'\)"):
         model.init_weights()
-    for name in ('patch_embed1.proj.weight', 'block4.0.attn.q.weight'):         # refused before loading
-        assert not torch.equal(model.backbone.state_dict()[name], sd[name]), name
+    for ours, name in (('stages.0.patch_embed.proj.weight', 'patch_embed1.proj.weight'),       # refused before
+                       ('stages.3.blocks.0.attn.q.weight', 'block4.0.attn.q.weight')):         # loading
+        assert not torch.equal(model.backbone.state_dict()[ours], sd[name]), name
     # a head of another class count is not loaded, so nothing is refused
     other = _classifier(1, num_classes=5)
     assert load_head_state(other, _release_v1_state()) == 'the head is newly initialised (its shape differs)'
@@ -497,3 +511,4 @@ def test_checkpoint_without_cls_token_is_refused_by_a_class_token_model(tmp_path
     # the dense and token-mean models take it as it is
     report = load_backbone_checkpoint(_pvt(1), {'state_dict': backbone_only})
     assert not report.missing and report.num_matched_params == report.num_params
+
