@@ -13,7 +13,10 @@
   in the official key layout) giving the logits of a forward written here from the release's
   conventions (whai362/PVT ``classification/pvt.py``);
 * the head loader refuses a head trained on another readout; a class-token model refuses a
-  checkpoint without ``cls_token``.
+  checkpoint without ``cls_token``;
+* checkpoints in the flat names (``block{i}.{j}``: the release's, and ours before the per-stage
+  modules) load strictly, through ``init_cfg``, mmengine's ``load_checkpoint`` and the classifier's
+  loader, and give the outputs of the model that saved them.
 """
 import os
 import re
@@ -512,3 +515,72 @@ def test_checkpoint_without_cls_token_is_refused_by_a_class_token_model(tmp_path
     report = load_backbone_checkpoint(_pvt(1), {'state_dict': backbone_only})
     assert not report.missing and report.num_matched_params == report.num_params
 
+
+# -- checkpoints in the flat names: ours before the stages (stages.{i}.blocks.{j} was block{i+1}.{j}) --
+@pytest.mark.parametrize('version', [1, 2, 'cls'])
+def test_flat_state_dict_loads_strictly_and_gives_the_same_outputs(version, tmp_path):
+    """A state dict in the flat names loads with ``load_state_dict(strict=True)``, as a backbone's
+    ``init_cfg=dict(type='Pretrained')`` and through mmengine's ``load_checkpoint`` under a
+    ``backbone.`` prefix (a detector's ``load_from``), and every tensor and output (features and
+    labels) is the saving model's."""
+    from mmengine.runner.checkpoint import load_checkpoint
+    src = _pvt(version, seed=3)
+    flat = {_flat_name(k): v.clone() for k, v in src.state_dict().items()}
+    assert not any(k.startswith('stages.') for k in flat) and 'block2.1.attn.q.weight' in flat
+    assert ('pos_embed4' in flat) == (version != 2) and ('norm4.weight' in flat) == (version == 2)
+    x = torch.randn(2, 3, 64, 64)
+    y = _unit_labels(2, src.num_tokens((64, 64)))
+    with torch.no_grad():
+        want, want_labels = src(x, y)
+
+    def same_as_src(m):
+        for k, v in src.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v), k
+        with torch.no_grad():
+            got, got_labels = m.eval()(x, y)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)) and torch.equal(got_labels, want_labels)
+
+    dst = _pvt(version, seed=4)
+    dst.load_state_dict(flat, strict=True)
+    same_as_src(dst)
+    assert not any(k.startswith('stages.') for k in flat)                  # the caller's dict is left as it was
+    path = tmp_path / 'backbone.pth'
+    torch.save({'state_dict': flat, 'meta': {'layout': 'tlalign'}}, path)
+    kw = dict(out_indices=(3,), out_type='cls_token') if version == 'cls' else {}
+    pretrained = TLAPyramidVisionTransformer(dict(ARCH, version=2 if version == 2 else 1), img_size=64,
+                                             drop_path_rate=0.0, init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+                                             **kw)
+    pretrained.init_weights()
+    same_as_src(pretrained)
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in flat.items()}}, tmp_path / 'detector.pth')
+    detector = torch.nn.Module()
+    detector.backbone = _pvt(version, seed=5)
+    load_checkpoint(detector, str(tmp_path / 'detector.pth'), strict=True)
+    same_as_src(detector.backbone)
+
+
+@pytest.mark.parametrize('version', [2, 'cls'])
+def test_flat_classifier_checkpoint_loads(version, tmp_path):
+    """A pretraining checkpoint of the classifier saved before the stages (``backbone.block1.0...``,
+    ``head.fc.*``, DenseTLAlign's training-only ``label_rule.*``) loads through
+    ``init_cfg=dict(type='Pretrained')`` (tlalign_mm/models/loading.py): every tensor and the logits
+    are the saving model's, into the same rule or into one without ``label_rule`` parameters."""
+    torch.manual_seed(0)
+    src = _classifier(version, 'DenseTLAlign')
+    src.init_weights()
+    src.eval()
+    sd = {('backbone.' + _flat_name(k[len('backbone.'):]) if k.startswith('backbone.') else k): v
+          for k, v in src.state_dict().items()}
+    assert 'backbone.block1.0.attn.q.weight' in sd and any(k.startswith('label_rule.') for k in sd)
+    path = tmp_path / 'epoch_3.pth'
+    torch.save({'state_dict': sd, 'meta': {'epoch': 3}}, path)
+    x = torch.randn(2, 3, 64, 64)
+    for rule in ('DenseTLAlign', 'TLAlign'):
+        torch.manual_seed(1)
+        dst = _classifier(version, rule, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+        dst.init_weights()
+        dst.eval()
+        for k, v in dst.state_dict().items():
+            assert torch.equal(v, src.state_dict()[k]), k
+        with torch.no_grad():
+            assert torch.equal(dst(x, mode='tensor'), src(x, mode='tensor')), rule
