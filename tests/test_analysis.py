@@ -269,7 +269,7 @@ def test_layer_specs():
 
 
 def test_tracing_walks_pvt():
-    """PVT's blocks (block1 .. block4) are walked in forward order with their stages, and each
+    """PVT's blocks (stages.S.blocks.J) are walked in forward order with their stages, and each
     block's labels are recorded on its stage's grid."""
     from tlalign_mm.models import TLAPyramidVisionTransformer
     torch.manual_seed(0)

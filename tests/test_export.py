@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -220,12 +221,39 @@ def test_export_reads_back_identically(name, target):
     assert layout == res.layout
     kept = {k: v for k, v in ours.items() if k not in res.dropped}
     if name == 'pvt1cls':      # the class-token row of pos_embed4 is dropped with the token
-        assert sorted(res.dropped) == ['cls_token', 'norm.bias', 'norm.weight', 'pos_embed4[:, 0] (class-token row)']
+        assert sorted(res.dropped) == ['cls_token', 'norm.bias', 'norm.weight',
+                                       'stages.3.pos_embed[:, 0] (class-token row)']
         kept = {k: v for k, v in kept.items() if k not in ('norm.weight', 'norm.bias', 'cls_token')}
-        kept['pos_embed4'] = kept['pos_embed4'][:, 1:]
+        kept['stages.3.pos_embed'] = kept['stages.3.pos_embed'][:, 1:]
     assert sorted(back) == sorted(kept)
     for k, v in kept.items():
         assert torch.equal(back[k], v), k
+
+
+def _flat_pvt(state_dict):
+    """A PVT state dict as the backbone saved it before its stages (``stages.{i}.blocks`` was
+    ``block{i+1}``, and so on), in the order it listed them: its own parameters (``pos_embed{i}``,
+    ``cls_token``) before its modules."""
+    def flat(k):
+        m = re.fullmatch(r'stages\.(\d+)\.(patch_embed|pos_embed|blocks|norm)(\..*)?', k)
+        return k if m is None else (f"{m.group(2).replace('blocks', 'block')}{int(m.group(1)) + 1}"
+                                    f"{m.group(3) or ''}")
+    sd = {flat(k): v for k, v in state_dict.items()}
+    own = [k for k in sd if re.fullmatch(r'pos_embed\d+', k)] + [k for k in sd if k == 'cls_token']
+    return {k: sd[k] for k in own + [k for k in sd if k not in own]}
+
+
+@pytest.mark.parametrize('name,target', [('pvt2', 'timm'), ('pvt2', 'mmdet'), ('pvt1', 'mmdet'), ('pvt1cls', 'mmdet')])
+def test_pvt_export_is_the_same_from_the_flat_names(name, target):
+    """A PVT checkpoint saved before the per-stage modules exports to the file its weights give now:
+    the same keys in the same order, the same tensors, the same dropped parameters."""
+    ours = _model(name).state_dict()
+    now = export_state_dict(ours, target, head_of(64), allow_drop=True)
+    flat, layout, _ = convert_state_dict(_flat_pvt(ours))
+    before = export_state_dict(flat, target, head_of(64), allow_drop=True)
+    assert layout == ('official-pvt' if name == 'pvt1cls' else 'tlalign')
+    assert list(before.state_dict) == list(now.state_dict) and before.dropped == now.dropped
+    assert all(torch.equal(before.state_dict[k], v) for k, v in now.state_dict.items())
 
 
 # ---------------------------------------------------------------------------------------------

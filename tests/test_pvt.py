@@ -13,9 +13,13 @@
   in the official key layout) giving the logits of a forward written here from the release's
   conventions (whai362/PVT ``classification/pvt.py``);
 * the head loader refuses a head trained on another readout; a class-token model refuses a
-  checkpoint without ``cls_token``.
+  checkpoint without ``cls_token``;
+* checkpoints in the flat names (``block{i}.{j}``: the release's, and ours before the per-stage
+  modules) load strictly, through ``init_cfg``, mmengine's ``load_checkpoint`` and the classifier's
+  loader, and give the outputs of the model that saved them.
 """
 import os
+import re
 import sys
 
 import pytest
@@ -58,11 +62,23 @@ def _unit_labels(b, n, k=2, seed=1):
     return y / y.sum(-1, keepdim=True)
 
 
+def _flat_name(key):
+    """Our key -> its flat name (the release's, and this backbone's own before its stages), written
+    here independently of the code under test: ``stages.{i}.patch_embed`` / ``pos_embed`` /
+    ``blocks`` / ``norm`` -> ``patch_embed{i+1}`` / ``pos_embed{i+1}`` / ``block{i+1}`` /
+    ``norm{i+1}``; ``cls_token`` and the final ``norm`` as they are."""
+    m = re.fullmatch(r'stages\.(\d+)\.(patch_embed|pos_embed|blocks|norm)(\..*)?', key)
+    if m is None:
+        return key
+    flat = {'patch_embed': 'patch_embed', 'pos_embed': 'pos_embed', 'blocks': 'block', 'norm': 'norm'}[m.group(2)]
+    return f'{flat}{int(m.group(1)) + 1}{m.group(3) or ""}'
+
+
 def test_sra_label_rule_matches_per_token_loops():
     """One block: query i's label is sum_m mean_h A[h, i, m] * Y_m, where key m reduces an
     sr x sr cell and carries the mean label of its tokens; then (Y + A Y) / 2."""
     m = _pvt()
-    blk = m.block1[0]
+    blk = m.stages[0].blocks[0]
     attn = blk.attn
     b, hw, sr = 2, (16, 16), attn.sr_ratio
     x = torch.randn(b, hw[0] * hw[1], 16)
@@ -134,7 +150,7 @@ def test_bad_stage_size_names_the_stage_and_sizes():
 
 def test_official_layout_loads_and_drops_the_class_token():
     src = _pvt(seed=3)
-    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    sd = {_flat_name(k): v.clone() for k, v in src.state_dict().items()}
     sd['cls_token'] = torch.zeros(1, 1, 64)
     sd['pos_embed4'] = torch.cat([torch.zeros(1, 1, 64), sd['pos_embed4']], dim=1)     # 1 + 2 x 2 rows
     sd['head.weight'], sd['head.bias'] = torch.zeros(1000, 64), torch.zeros(1000)
@@ -210,7 +226,7 @@ def test_classifier_trains_on_pvt(version, rule):
     data = model.data_preprocessor(batch, training=True)
     out = model(**data, mode='loss')
     out['loss'].backward()
-    assert torch.isfinite(out['loss']) and model.backbone.block1[0].attn.q.weight.grad is not None
+    assert torch.isfinite(out['loss']) and model.backbone.stages[0].blocks[0].attn.q.weight.grad is not None
     assert model.label_rule.readout == ('cls' if version == 'cls' else 'mean')
     if version == 'cls':
         assert model.backbone.cls_token.grad is not None
@@ -393,7 +409,7 @@ def test_release_v1_checkpoint_gives_the_release_logits(tmp_path):
     model = _classifier('cls', num_classes=7, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     model.eval()
-    assert model.backbone.pos_embed4.shape == (1, 1 + 2 * 2, 64) and model.label_rule.readout == 'cls'
+    assert model.backbone.stages[3].pos_embed.shape == (1, 1 + 2 * 2, 64) and model.label_rule.readout == 'cls'
     torch.testing.assert_close(model.head.fc.weight, sd['head.weight'], atol=0, rtol=0)
     x = torch.randn(2, 3, 64, 64)
     want, _ = _release_v1_forward(sd, x)
@@ -428,7 +444,7 @@ def test_class_token_label_row_enters_at_stage_4():
     assert m.num_prefix_tokens == 1 and n == 1 + 16 * 16
     y = _unit_labels(2, n)
     seen = {}
-    hook = m.block4[0].register_forward_pre_hook(lambda mod, args: seen.update(labels=args[2]))
+    hook = m.stages[3].blocks[0].register_forward_pre_hook(lambda mod, args: seen.update(labels=args[2]))
     with torch.no_grad():
         (feat,), lab = m(torch.randn(2, 3, 64, 64), y)
     hook.remove()
@@ -472,8 +488,9 @@ def test_release_head_is_refused_by_a_token_mean_classifier(tmp_path):
                                          r"this model's pooled feature is the token mean \(backbone "
                                          r"out_type='avg_featmap'\)"):
         model.init_weights()
-    for name in ('patch_embed1.proj.weight', 'block4.0.attn.q.weight'):         # refused before loading
-        assert not torch.equal(model.backbone.state_dict()[name], sd[name]), name
+    for ours, name in (('stages.0.patch_embed.proj.weight', 'patch_embed1.proj.weight'),       # refused before
+                       ('stages.3.blocks.0.attn.q.weight', 'block4.0.attn.q.weight')):         # loading
+        assert not torch.equal(model.backbone.state_dict()[ours], sd[name]), name
     # a head of another class count is not loaded, so nothing is refused
     other = _classifier(1, num_classes=5)
     assert load_head_state(other, _release_v1_state()) == 'the head is newly initialised (its shape differs)'
@@ -496,3 +513,73 @@ def test_checkpoint_without_cls_token_is_refused_by_a_class_token_model(tmp_path
     # the dense and token-mean models take it as it is
     report = load_backbone_checkpoint(_pvt(1), {'state_dict': backbone_only})
     assert not report.missing and report.num_matched_params == report.num_params
+
+
+# -- checkpoints in the flat names: ours before the stages (stages.{i}.blocks.{j} was block{i+1}.{j}) --
+@pytest.mark.parametrize('version', [1, 2, 'cls'])
+def test_flat_state_dict_loads_strictly_and_gives_the_same_outputs(version, tmp_path):
+    """A state dict in the flat names loads with ``load_state_dict(strict=True)``, as a backbone's
+    ``init_cfg=dict(type='Pretrained')`` and through mmengine's ``load_checkpoint`` under a
+    ``backbone.`` prefix (a detector's ``load_from``), and every tensor and output (features and
+    labels) is the saving model's."""
+    from mmengine.runner.checkpoint import load_checkpoint
+    src = _pvt(version, seed=3)
+    flat = {_flat_name(k): v.clone() for k, v in src.state_dict().items()}
+    assert not any(k.startswith('stages.') for k in flat) and 'block2.1.attn.q.weight' in flat
+    assert ('pos_embed4' in flat) == (version != 2) and ('norm4.weight' in flat) == (version == 2)
+    x = torch.randn(2, 3, 64, 64)
+    y = _unit_labels(2, src.num_tokens((64, 64)))
+    with torch.no_grad():
+        want, want_labels = src(x, y)
+
+    def same_as_src(m):
+        for k, v in src.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v), k
+        with torch.no_grad():
+            got, got_labels = m.eval()(x, y)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)) and torch.equal(got_labels, want_labels)
+
+    dst = _pvt(version, seed=4)
+    dst.load_state_dict(flat, strict=True)
+    same_as_src(dst)
+    assert not any(k.startswith('stages.') for k in flat)                  # the caller's dict is left as it was
+    path = tmp_path / 'backbone.pth'
+    torch.save({'state_dict': flat, 'meta': {'layout': 'tlalign'}}, path)
+    kw = dict(out_indices=(3,), out_type='cls_token') if version == 'cls' else {}
+    pretrained = TLAPyramidVisionTransformer(dict(ARCH, version=2 if version == 2 else 1), img_size=64,
+                                             drop_path_rate=0.0, init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+                                             **kw)
+    pretrained.init_weights()
+    same_as_src(pretrained)
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in flat.items()}}, tmp_path / 'detector.pth')
+    detector = torch.nn.Module()
+    detector.backbone = _pvt(version, seed=5)
+    load_checkpoint(detector, str(tmp_path / 'detector.pth'), strict=True)
+    same_as_src(detector.backbone)
+
+
+@pytest.mark.parametrize('version', [2, 'cls'])
+def test_flat_classifier_checkpoint_loads(version, tmp_path):
+    """A pretraining checkpoint of the classifier saved before the stages (``backbone.block1.0...``,
+    ``head.fc.*``, DenseTLAlign's training-only ``label_rule.*``) loads through
+    ``init_cfg=dict(type='Pretrained')`` (tlalign_mm/models/loading.py): every tensor and the logits
+    are the saving model's, into the same rule or into one without ``label_rule`` parameters."""
+    torch.manual_seed(0)
+    src = _classifier(version, 'DenseTLAlign')
+    src.init_weights()
+    src.eval()
+    sd = {('backbone.' + _flat_name(k[len('backbone.'):]) if k.startswith('backbone.') else k): v
+          for k, v in src.state_dict().items()}
+    assert 'backbone.block1.0.attn.q.weight' in sd and any(k.startswith('label_rule.') for k in sd)
+    path = tmp_path / 'epoch_3.pth'
+    torch.save({'state_dict': sd, 'meta': {'epoch': 3}}, path)
+    x = torch.randn(2, 3, 64, 64)
+    for rule in ('DenseTLAlign', 'TLAlign'):
+        torch.manual_seed(1)
+        dst = _classifier(version, rule, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+        dst.init_weights()
+        dst.eval()
+        for k, v in dst.state_dict().items():
+            assert torch.equal(v, src.state_dict()[k]), k
+        with torch.no_grad():
+            assert torch.equal(dst(x, mode='tensor'), src(x, mode='tensor')), rule

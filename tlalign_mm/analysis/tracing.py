@@ -2,11 +2,12 @@
 
 The backbones return only the final labels; the analysis tools also need the labels after each
 block.  Every block returns ``(x, labels)`` (ViT: ``blocks[i](x, labels)``; Swin:
-``layers[s].blocks[j](x, hw, labels)``), so a forward hook on each block sees that layer's
-labels.  Nothing here changes the model: hooks are removed when the context exits.
+``layers[s].blocks[j](x, hw, labels)``; PVT: ``stages[s].blocks[j](x, hw, labels, s + 1)``), so a
+forward hook on each block sees that layer's labels.  Nothing here changes the model: hooks are
+removed when the context exits.
 
-Block numbering: ViT blocks are numbered ``0 .. num_layers - 1``; Swin blocks get a *global*
-index running over the stages (``stage 0`` blocks first), plus their ``(stage, block)`` pair.
+Block numbering: ViT blocks are numbered ``0 .. num_layers - 1``; Swin and PVT blocks get a
+*global* index running over the stages (``stage 0`` blocks first), plus their ``(stage, block)`` pair.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def iter_blocks(backbone: nn.Module) -> list[BlockRef]:
     """All label blocks of a TL-Align backbone in forward order: its
     :meth:`~tlalign_mm.models.backbones.base.TLABackbone.label_blocks`, with each block's stage
     and position read from its module name (``blocks.J``: ViT, one stage; ``layers.S.blocks.J``:
-    Swin; ``blockS.J``: PVT, stages counted from 1 there).
+    Swin; ``stages.S.blocks.J``: PVT; stages counted from 0).
 
     Args:
         backbone: a ``TLAVisionTransformer``, ``TLASwinTransformer`` or
@@ -64,14 +65,13 @@ def iter_blocks(backbone: nn.Module) -> list[BlockRef]:
     refs: list[BlockRef] = []
     for blk in backbone.label_blocks():
         name = names.get(id(blk), '')
-        if m := re.fullmatch(r'layers\.(\d+)\.blocks\.(\d+)', name):       # Swin
+        if m := re.fullmatch(r'(?:layers|stages)\.(\d+)\.blocks\.(\d+)', name):       # Swin, PVT
             stage, j = int(m.group(1)), int(m.group(2))
-        elif m := re.fullmatch(r'block(\d+)\.(\d+)', name):                # PVT: block1 .. block4
-            stage, j = int(m.group(1)) - 1, int(m.group(2))
         elif m := re.fullmatch(r'blocks\.(\d+)', name):                     # ViT
             stage, j = 0, int(m.group(1))
         else:
-            raise TypeError(f'{type(backbone).__name__}: block {name!r} is not blocks.J, layers.S.blocks.J or blockS.J')
+            raise TypeError(f'{type(backbone).__name__}: block {name!r} is not blocks.J, layers.S.blocks.J or '
+                            'stages.S.blocks.J')
         refs.append(BlockRef(len(refs), stage, j, blk))
     return refs
 
@@ -88,7 +88,7 @@ def parse_layer_spec(specs: Sequence[str | int], blocks: Sequence[BlockRef]) -> 
 
     Args:
         specs: each an int / digit string (global block index, negative counts from the end) or
-            ``'S.J'`` / ``'S:J'`` (block ``J`` of stage ``S``, Swin; ``J`` may be negative).
+            ``'S.J'`` / ``'S:J'`` (block ``J`` of stage ``S``, Swin and PVT; ``J`` may be negative).
         blocks: :func:`iter_blocks` of the backbone.
 
     Returns:

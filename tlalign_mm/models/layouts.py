@@ -15,8 +15,10 @@ backbone, so imports point one way (``layouts`` <- ``backbones``), and :data:`LA
 registry's union, never a list kept in step by hand:
 
 ``'tlalign'``
-    Ours: the ViT keys below without a classifier head, or Swin keys with output norms
-    ``norm{i}`` (what :func:`export_backbone` writes).
+    Ours: the ViT keys below without a classifier head, Swin keys with output norms ``norm{i}``
+    (what :func:`export_backbone` writes), or PVT's ``stages.{i}.{patch_embed,pos_embed,blocks.{j},
+    norm}``; also PVT's flat names without a head or ``cls_token`` (ours before the stages,
+    renamed on load as ``'official-pvt'``).
 ``'timm-vit'``
     Official DeiT (facebookresearch/deit) and TL-Align (Euphoria16/TL-Align) releases and timm's
     ``VisionTransformer``: ``patch_embed.proj``, ``cls_token`` (``dist_token``), ``pos_embed``,
@@ -47,8 +49,9 @@ registry's union, never a list kept in step by hand:
 ``'official-pvt'``
     whai362/PVT ``classification/pvt.py`` / ``pvt_v2.py``: ``patch_embed{i}``, ``pos_embed{i}``
     (v1), ``block{i}.{j}``, ``norm`` (v1) or ``norm{i}`` (v2), ``head``, v1's ``cls_token``.  The
-    names are ours; the class token stays for a class-token model and is dropped with its
-    ``pos_embed4`` row for a dense one.
+    flat names become ours by the stage (``block{i}`` -> ``stages.{i-1}.blocks`` and so on: the
+    PVT backbone's ``FLAT_PVT_KEYS``); the class token stays for a class-token model and is
+    dropped with its ``pos_embed4`` row for a dense one.
 ``'mm-pvt'``
     mmdet ``PyramidVisionTransformer(V2)`` (``pvt_convert`` of the release): ``layers.{i}.{0,1,2}``
     (patch embedding, blocks, norm), converted on load by the PVT backbone's filter.

@@ -16,6 +16,12 @@ __all__ = ['load_classifier_checkpoint', 'foreign_head_state', 'foreign_readout'
 def load_classifier_checkpoint(model, path: str) -> None:
     """Load ``path`` into a :class:`~tlalign_mm.TLAImageClassifier` (see its ``init_weights``).
 
+    A checkpoint of this classifier (keys under ``backbone.``) must fit every tensor (a label
+    rule's training-only ``label_rule.*`` may be extra); backbone keys that an earlier version of
+    the backbone named otherwise are renamed first (its ``rename_former_keys``: PVT's flat
+    ``block{i}.{j}`` names).  Any other checkpoint loads its backbone through
+    :func:`~tlalign_mm.models.layouts.load_backbone_checkpoint` and a head of this head's shape.
+
     Raises:
         ValueError: a classifier checkpoint that does not fit, a backbone the loader refuses,
             or a head of another readout (:func:`check_head_readout`).
@@ -30,6 +36,10 @@ def load_classifier_checkpoint(model, path: str) -> None:
         # checkpoints written before the head became a module: head.{weight,bias} -> head.fc.*
         sd = {('head.fc.' + k[5:] if k in ('head.weight', 'head.bias') and 'head.fc.weight' in own else k): v
               for k, v in sd.items()}
+        # checkpoints written before a backbone renamed its parameters (PVT's stages; TLABackbone)
+        rename = getattr(model.backbone, 'rename_former_keys', None)
+        if rename is not None:
+            rename(sd, 'backbone.')
         missing = [k for k in own if k not in sd and not k.startswith('data_preprocessor.')]
         # a label rule's training-only parameters (DenseTLAlign's token head) may be left out
         unexpected = [k for k in sd if k not in own and not k.startswith('label_rule.')]

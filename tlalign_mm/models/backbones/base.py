@@ -144,6 +144,25 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
             super().init_weights()
         self._is_init = True
 
+    # -- checkpoints written before a rename ------------------------------------------------
+    def rename_former_keys(self, state_dict: dict, prefix: str = '') -> None:
+        """Rename, in place, keys under ``prefix`` that name this backbone's parameters as an
+        earlier version of it did (PVT: the flat names it had before its stages).  Subclass hook;
+        the base renames nothing.
+
+        ``load_state_dict`` runs it (:meth:`_load_from_state_dict`, under the backbone's own
+        prefix, e.g. ``backbone.`` in a classifier or segmentor), and so does the classifier's
+        loader (:func:`~tlalign_mm.models.loading.load_classifier_checkpoint`) before it checks
+        the keys.
+
+        Raises:
+            ValueError: a former key and the key it renames to are both present.
+        """
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.rename_former_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- training switches -----------------------------------------------------------------
     @abc.abstractmethod
     def label_blocks(self) -> list:

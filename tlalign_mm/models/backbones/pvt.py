@@ -1,27 +1,30 @@
 """Pyramid Vision Transformer (PVT v1 and v2) backbone that carries TL-Align label embeddings.
 
-Layout follows the official release (Wang et al., ICCV 2021 and CVMJ 2022; github
-whai362/PVT, ``classification/pvt.py`` and ``pvt_v2.py``), so its checkpoints load under their own
-names (the ``head`` goes to the classifier, :func:`~tlalign_mm.models.loading.load_head_state`):
-``patch_embed{i}.{proj,norm}``, ``pos_embed{i}`` and ``cls_token`` (v1), ``block{i}.{j}.{norm1,
-attn.{q,kv,proj,sr,norm},norm2,mlp.{fc1,dwconv.dwconv,fc2}}``, final ``norm`` (v1) or per-stage
-``norm{i}`` (v2), i = 1..4.  mmdet's ``PyramidVisionTransformer(V2)`` layout is converted on load
-(:func:`checkpoint_filter_fn`); without labels the features equal mmdet's.
+Modules follow the official release (Wang et al., ICCV 2021 and CVMJ 2022; github whai362/PVT,
+``classification/pvt.py`` and ``pvt_v2.py``), grouped per stage as timm's ``pvt_v2.py`` groups
+them: ``stages.{i}`` (:class:`TLAPVTStage`, i = 0..3) holds ``patch_embed.{proj,norm}``,
+``pos_embed`` (v1), ``blocks.{j}.{norm1,attn.{q,kv,proj,sr,norm},norm2,mlp.{fc1,dwconv.dwconv,fc2}}``
+and ``norm`` (v2); v1 adds ``cls_token`` and a final ``norm``.  The release's flat names
+(``patch_embed{i+1}``, ``pos_embed{i+1}``, ``block{i+1}.{j}``, ``norm{i+1}``; ours too before the
+stages) load unchanged (:data:`FLAT_PVT_KEYS`; the ``head`` goes to the classifier,
+:func:`~tlalign_mm.models.loading.load_head_state`); mmdet's ``PyramidVisionTransformer(V2)`` and
+timm's ``pvt_v2_b*`` layouts are converted on load (:func:`checkpoint_filter_fn`); without labels
+the features equal mmdet's.
 
 Labels (``tlalign_mm/align/reduction.py``): each block aligns them with its spatial-reduction
 attention, whose keys carry the mean label of the ``sr x sr`` tokens they reduce; each stage's
 patch embedding pools them over its kernel window, counting real (not zero-padded) positions only
 (:func:`~tlalign_mm.align.pool_token_labels`; a mean per patch for v1).  The first stage applies
 the same rule to the pixels: :meth:`TLAPyramidVisionTransformer.token_share` pools the pixel-level
-mixing mask over ``patch_embed1``'s window (v2: 7x7, stride 4, padding 3), and the classifier
-builds the first-stage labels from it (``share_from_mask``).  The depth-wise convolution of v2's
+mixing mask over the first patch embedding's window (v2: 7x7, stride 4, padding 3), and the
+classifier builds the first-stage labels from it (``share_from_mask``).  The depth-wise convolution of v2's
 feed-forward layer mixes neighbouring tokens too; like every feed-forward layer it is left out of
 the label path (TL-Align traces attention).  The label path needs every stage map to be divisible
 by its reduction ratio (224 px inputs are); the features alone follow mmdet at any size.
 
 Readout: v1 as released (``classification/pvt.py``) prepends a learned class token to the stage-4
-tokens (``cls_token``, with its own row 0 in ``pos_embed4``), runs stage 4 with it and classifies
-from it after the final ``norm``: ``out_type='cls_token'`` builds that model.  Its label row
+tokens (``cls_token``, with its own row 0 in stage 4's ``pos_embed``), runs stage 4 with it and
+classifies from it after the final ``norm``: ``out_type='cls_token'`` builds that model.  Its label row
 enters at stage 4 as row 0 of the labels, with the value the caller gave as the prefix row of
 ``token_labels`` (the classifier: ``[lam, 1 - lam]``, DeiT's class-token convention).  Dense use
 (``'featmap'``) has no class token, as mmdet's ``PyramidVisionTransformer``; ``'avg_featmap'``
@@ -51,7 +54,7 @@ from ...registry import MODELS
 from ..layouts import ExportResult, KeyMap, register_layouts, unsupported_target
 from .base import TLABackbone, TLALabelAttention
 
-__all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPyramidVisionTransformer']
+__all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPVTStage', 'TLAPyramidVisionTransformer']
 
 
 class TLASpatialReductionAttention(TLALabelAttention):
@@ -172,6 +175,47 @@ class _PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), hw
 
 
+class TLAPVTStage(nn.Module):
+    """One PVT stage, the release's ``patch_embed{i}``, ``pos_embed{i}``, ``pos_drop{i}``,
+    ``block{i}`` and ``norm{i}`` held together (as timm's ``PyramidVisionTransformerStage``).
+
+    Keys: ``patch_embed.{proj,norm}``; ``pos_embed`` (v1 only; None for v2); ``blocks.{j}`` (a
+    ModuleList of :class:`TLAPVTBlock`); ``norm`` (v2 only, the stage's output norm; None for v1).
+    The backbone runs the parts itself (the labels are pooled between the patch embedding and the
+    blocks, v1's class token joins before the position embedding is added).
+
+    Args:
+        in_channels, dim: the patch embedding's input and output channels.
+        depth, num_heads, mlp_ratio, sr_ratio, qkv_bias: the blocks'.
+        kernel, stride: the patch embedding's (v2 pads ``kernel // 2``, v1 not at all).
+        pos_rows: rows of v1's position embedding (the stage's grid, plus the class token's row in
+            the last stage); ignored for v2.
+        drop, attn_drop: dropout rates; drop_path: one rate per block.
+        version: 1 or 2 (v2: overlapping patch embedding, depth-wise conv in the feed-forward layer,
+            an output norm, no position embedding).
+        label_mode, label_dtype: as :class:`TLASpatialReductionAttention`.
+    """
+
+    def __init__(self, in_channels: int, dim: int, depth: int, num_heads: int, mlp_ratio: float, sr_ratio: int,
+                 qkv_bias: bool, kernel: int, stride: int, pos_rows: int, drop: float, attn_drop: float,
+                 drop_path: Sequence[float], version: int, label_mode: str, label_dtype: str):
+        super().__init__()
+        v2 = version == 2
+        # built in the release's order (patch embedding, position embedding, blocks, norm): the
+        # random draws of the default initialisation follow it
+        self.patch_embed = _PatchEmbed(in_channels, dim, kernel, stride, kernel // 2 if v2 else 0)
+        if v2:
+            self.register_parameter('pos_embed', None)
+            self.pos_drop = None
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, pos_rows, dim))
+            self.pos_drop = nn.Dropout(drop)
+        self.blocks = nn.ModuleList([
+            TLAPVTBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path[j], sr_ratio, v2,
+                        label_mode, label_dtype) for j in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if v2 else None
+
+
 @MODELS.register_module()
 class TLAPyramidVisionTransformer(TLABackbone):
     """PVT v1 / v2 backbone with TL-Align label propagation through spatial-reduction attention.
@@ -186,12 +230,12 @@ class TLAPyramidVisionTransformer(TLABackbone):
         out_indices: stages whose outputs are returned ('cls_token' / 'raw': the last stage only).
         out_type: 'featmap' (B, C_i, H_i, W_i) per stage (no class token: mmdet's dense
             ``PyramidVisionTransformer(V2)``); 'avg_featmap' (B, C_i): the token mean (after the
-            final ``norm`` for v1, the stage's ``norm{i}`` for v2; v2's classifier readout);
+            final ``norm`` for v1, the stage's ``norm`` for v2; v2's classifier readout);
             'cls_token' (v1 only) (B, C_4): the release's classifier readout, the stage-4 class
             token after the final ``norm``; the model then has the parameter ``cls_token``
-            (1, 1, C_4) and ``pos_embed4`` (1, 1 + H_4 W_4, C_4), class-token row first, as the
-            release (``classification/pvt.py``); 'raw' (v1 only, the same model): the
-            normalised stage-4 tokens (B, 1 + H_4 W_4, C_4), class token first.
+            (1, 1, C_4) and ``stages.3.pos_embed`` (1, 1 + H_4 W_4, C_4), class-token row first,
+            as the release's ``pos_embed4`` (``classification/pvt.py``); 'raw' (v1 only, the same
+            model): the normalised stage-4 tokens (B, 1 + H_4 W_4, C_4), class token first.
         qkv_bias, drop_rate, attn_drop_rate, drop_path_rate: as the release (stochastic depth
             linear over all blocks).
         frozen_stages: -1 freezes nothing; k >= 1 freezes the first k stages.
@@ -202,6 +246,29 @@ class TLAPyramidVisionTransformer(TLABackbone):
     (``num_tokens`` counts the class token's row, ``num_prefix_tokens`` = 1 with a class token).
     ``share_from_mask`` (v2): the first-stage token shares are pooled from the pixel mask over
     the 7x7 window (:meth:`token_share`), not the mixer's 4x4 cells.
+
+    Modules (state-dict keys): ``stages`` is a ModuleList of :class:`TLAPVTStage`, one per stage
+    ``i`` = 0..3, each with ``patch_embed`` (``proj``, ``norm``), ``pos_embed`` and ``pos_drop``
+    (v1 only), ``blocks`` (a ModuleList of :class:`TLAPVTBlock`) and ``norm`` (v2 only); v1 also
+    has ``cls_token`` (class-token models only) and the final ``norm``.
+
+    Checkpoints with the flat names, ours before the stages and the release's, load as they are:
+    ``load_state_dict`` (strict too, under any prefix such as ``backbone.``), mmengine's
+    ``load_checkpoint``, ``init_cfg=dict(type='Pretrained', ...)`` and the classifier's loader
+    rename them on the way in (:meth:`rename_former_keys`, :data:`FLAT_PVT_KEYS`):
+
+    =========================  ============================
+    flat (release, former)     ours
+    =========================  ============================
+    ``patch_embed{i+1}.*``     ``stages.{i}.patch_embed.*``
+    ``pos_embed{i+1}``         ``stages.{i}.pos_embed``
+    ``block{i+1}.{j}.*``       ``stages.{i}.blocks.{j}.*``
+    ``norm{i+1}.*``            ``stages.{i}.norm.*``
+    ``cls_token``, ``norm.*``  unchanged
+    =========================  ============================
+
+    Official releases (with ``head``) therefore load unchanged, as before; mmdet's and timm's
+    layouts are converted by :func:`checkpoint_filter_fn`.
 
     Raises:
         ValueError: unknown arch, bad out_indices / out_type / label options; 'cls_token' /
@@ -275,24 +342,17 @@ class TLAPyramidVisionTransformer(TLABackbone):
         kernels = (7, 3, 3, 3) if v2 else (4, 2, 2, 2)
         strides = (4, 2, 2, 2)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        cur, in_ch, stride = 0, in_channels, 1
+        stages, cur, in_ch, stride = [], 0, in_channels, 1
         for i in range(self.num_stages):
             stride *= strides[i]
-            k = kernels[i] if i < len(kernels) else 3
-            pe = _PatchEmbed(in_ch, dims[i], k, strides[i], k // 2 if v2 else 0)
-            setattr(self, f'patch_embed{i + 1}', pe)
-            if not v2:
-                grid = (self.img_size[0] // stride) * (self.img_size[1] // stride)
-                rows = grid + (self.num_prefix_tokens if i == self.num_stages - 1 else 0)
-                setattr(self, f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, rows, dims[i])))
-                setattr(self, f'pos_drop{i + 1}', nn.Dropout(drop_rate))
-            setattr(self, f'block{i + 1}', nn.ModuleList([
-                TLAPVTBlock(dims[i], heads[i], mlp[i], qkv_bias, drop_rate, attn_drop_rate, dpr[cur + j], sr[i],
-                            v2, label_mode, label_dtype) for j in range(depths[i])]))
-            if v2:
-                setattr(self, f'norm{i + 1}', nn.LayerNorm(dims[i], eps=1e-6))
+            grid = (self.img_size[0] // stride) * (self.img_size[1] // stride)
+            stages.append(TLAPVTStage(
+                in_ch, dims[i], depths[i], heads[i], mlp[i], sr[i], qkv_bias, kernels[i] if i < len(kernels) else 3,
+                strides[i], grid + (self.num_prefix_tokens if i == self.num_stages - 1 else 0), drop_rate,
+                attn_drop_rate, dpr[cur:cur + depths[i]], self.version, label_mode, label_dtype))
             cur += depths[i]
             in_ch = dims[i]
+        self.stages = nn.ModuleList(stages)
         if not v2:
             self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dims[-1])) if with_cls else None
@@ -301,10 +361,9 @@ class TLAPyramidVisionTransformer(TLABackbone):
 
     # -- init / freezing -------------------------------------------------------------------
     def _init_extra(self) -> None:
-        for i in range(self.num_stages):
-            pos = getattr(self, f'pos_embed{i + 1}', None)
-            if pos is not None:
-                trunc_normal_(pos, std=0.02)
+        for stage in self.stages:
+            if stage.pos_embed is not None:
+                trunc_normal_(stage.pos_embed, std=0.02)
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():               # the release's conv init (fan-out normal, bias 0)
@@ -316,12 +375,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
 
     def _frozen_modules(self):
         mods = []
-        for i in range(max(self.frozen_stages, 0)):
-            mods += [getattr(self, f'patch_embed{i + 1}'), getattr(self, f'block{i + 1}')]
-            if hasattr(self, f'pos_embed{i + 1}'):
-                mods.append(getattr(self, f'pos_embed{i + 1}'))
-            if hasattr(self, f'norm{i + 1}'):
-                mods.append(getattr(self, f'norm{i + 1}'))
+        for stage in self.stages[:max(self.frozen_stages, 0)]:      # not pos_drop: it stays in train mode
+            mods += [m for m in (stage.patch_embed, stage.blocks, stage.pos_embed, stage.norm) if m is not None]
         if self.frozen_stages >= self.num_stages and self.cls_token is not None:
             mods.append(self.cls_token)
         return mods
@@ -362,20 +417,20 @@ class TLAPyramidVisionTransformer(TLABackbone):
         if not torch.is_tensor(mask) or mask.dim() != 3 or not mask.is_floating_point():
             got = f'shape {tuple(mask.shape)} dtype {mask.dtype}' if torch.is_tensor(mask) else type(mask).__name__
             raise ValueError(f'mask must be a (B, H, W) floating-point pixel share of image B, got {got}')
-        pe = self.patch_embed1
+        pe = self.stages[0].patch_embed
         b, h, w = mask.shape
         share, _ = pool_token_labels(mask.reshape(b, h * w, 1), (h, w), pe.kernel, pe.stride, pe.padding,
                                      'stage 1 patch embedding')
         return share[..., 0]
 
     def label_blocks(self) -> list:
-        return [blk for i in range(max(self.out_indices) + 1) for blk in getattr(self, f'block{i + 1}')]
+        return [blk for stage in self.stages[:max(self.out_indices) + 1] for blk in stage.blocks]
 
     # -- forward ---------------------------------------------------------------------------
     def _pos_embed(self, i: int, hw: tuple[int, int]) -> Tensor:
         """Stage ``i``'s position embedding for an ``hw`` map; the grid rows resized bilinearly as
         the release's ``_get_pos_embed``, a class-token row (stage 4) kept first."""
-        pos = getattr(self, f'pos_embed{i + 1}')
+        pos = self.stages[i].pos_embed
         if hw == self.stage_grids[i]:
             return pos
         gh, gw = self.stage_grids[i]
@@ -420,8 +475,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
         labels, prefix_labels, prev_hw = None, None, None
         p = self.num_prefix_tokens
         outs = []
-        for i in range(self.num_stages):
-            pe = getattr(self, f'patch_embed{i + 1}')
+        for i, stage in enumerate(self.stages):
+            pe = stage.patch_embed
             x, hw = pe(x)
             if i == 0 and token_labels is not None:
                 check_token_labels(token_labels, b, p + x.shape[1])
@@ -437,11 +492,11 @@ class TLAPyramidVisionTransformer(TLABackbone):
                 if labels is not None:
                     labels = torch.cat([prefix_labels, labels], dim=1)
             if self.version == 1:
-                x = getattr(self, f'pos_drop{i + 1}')(x + self._pos_embed(i, hw))
-            for blk in getattr(self, f'block{i + 1}'):
+                x = stage.pos_drop(x + self._pos_embed(i, hw))
+            for blk in stage.blocks:
                 x, labels = self.run_block(blk, x, hw, labels, i + 1)
             if self.version == 2:
-                x = getattr(self, f'norm{i + 1}')(x)
+                x = stage.norm(x)
             if i in self.out_indices:
                 outs.append(self._format(x, hw, i))
             if i == max(self.out_indices):
@@ -452,14 +507,19 @@ class TLAPyramidVisionTransformer(TLABackbone):
         return outs if token_labels is None else (outs, labels)
 
     # -- checkpoints -----------------------------------------------------------------------
+    def rename_former_keys(self, state_dict: dict, prefix: str = '') -> None:
+        """The flat names (ours before the stages, the release's) to ours: :func:`rename_flat_keys`."""
+        rename_flat_keys(state_dict, prefix)
+
     def adapt_checkpoint(self, state_dict: dict, source: str = '<state_dict>') -> tuple[dict, list[str]]:
         """Fit a converted PVT state dict to this model's class token (the loader's model hook).
 
         * A model with the release's class token (``out_type='cls_token'`` / ``'raw'``) needs the
-          checkpoint's ``cls_token`` and its ``pos_embed4`` row: a PVT v1 checkpoint without
-          them (mmdet's layout, a dense or token-mean export) is refused.
+          checkpoint's ``cls_token`` and its row of the last stage's ``pos_embed`` (the release's
+          ``pos_embed4``): a PVT v1 checkpoint without them (mmdet's layout, a dense or token-mean
+          export) is refused.
         * A model without one (dense ``'featmap'``, ``'avg_featmap'``) drops ``cls_token`` and
-          the class-token row 0 of ``pos_embed4``, as mmdet's ``pvt_convert`` does.
+          the class-token row 0 of that ``pos_embed``, as mmdet's ``pvt_convert`` does.
 
         Args:
             state_dict: keys in our names (after :func:`checkpoint_filter_fn`); not modified.
@@ -469,12 +529,13 @@ class TLAPyramidVisionTransformer(TLABackbone):
             (state dict, dropped keys).
 
         Raises:
-            ValueError: a class-token model and a PVT v1 checkpoint (one with ``pos_embed4``)
-                without ``cls_token`` (the message names the missing key).
+            ValueError: a class-token model and a PVT v1 checkpoint (one with a last-stage
+                ``pos_embed``) without ``cls_token`` (the message names the missing key).
         """
-        pos4 = state_dict.get('pos_embed4')
+        key = f'stages.{self.num_stages - 1}.pos_embed'
+        pos = state_dict.get(key)
         if self.cls_token is not None:
-            if pos4 is not None and 'cls_token' not in state_dict:
+            if pos is not None and 'cls_token' not in state_dict:
                 raise ValueError(
                     f"{source}: missing key 'cls_token': this PVT v1 reads the release's stage-4 class token "
                     f"(out_type={self.out_type!r}) but the checkpoint has none (mmdet's layout, or a dense / "
@@ -484,9 +545,9 @@ class TLAPyramidVisionTransformer(TLABackbone):
         if 'cls_token' not in state_dict:
             return dict(state_dict), []
         out = {k: v for k, v in state_dict.items() if k != 'cls_token'}
-        own = getattr(self, 'pos_embed4', None)
-        if pos4 is not None and own is not None and pos4.dim() == 3 and pos4.shape[1] == own.shape[1] + 1:
-            out['pos_embed4'] = pos4[:, 1:]
+        own = self.stages[-1].pos_embed
+        if pos is not None and own is not None and pos.dim() == 3 and pos.shape[1] == own.shape[1] + 1:
+            out[key] = pos[:, 1:]
         return out, ['cls_token']
 
 
@@ -497,19 +558,44 @@ class TLAPyramidVisionTransformer(TLABackbone):
 CHECKPOINT_LAYOUTS = ('official-pvt', 'mm-pvt', 'timm-pvt')
 """Foreign PVT layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
 
+FLAT_PVT_KEYS = KeyMap([
+    ('stages.{i}.patch_embed.', 'patch_embed{i+1}.'),
+    ('stages.{i}.pos_embed', 'pos_embed{i+1}'),
+    ('stages.{i}.blocks.', 'block{i+1}.'),
+    ('stages.{i}.norm.', 'norm{i+1}.'),
+])
+"""Our PVT keys <-> the flat names of the release (whai362/PVT ``classification/pvt.py`` /
+``pvt_v2.py``), which were also ours before :class:`TLAPVTStage`: ``stages.{i}.patch_embed`` /
+``pos_embed`` / ``blocks`` / ``norm`` <-> ``patch_embed{i+1}`` / ``pos_embed{i+1}`` /
+``block{i+1}`` / ``norm{i+1}``; ``cls_token`` and v1's final ``norm`` keep their names."""
+
 TIMM_PVT_KEYS = KeyMap([
-    ('patch_embed1.', 'patch_embed.'),
-    ('patch_embed{i+1}.', 'stages.{i}.downsample.'),
-    ('block{i+1}.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.'),
-    ('block{i+1}.{j}.', 'stages.{i}.blocks.{j}.'),
-    ('norm{i+1}.', 'stages.{i}.norm.'),
+    ('stages.0.patch_embed.', 'patch_embed.'),
+    ('stages.{i}.patch_embed.', 'stages.{i}.downsample.'),
+    ('stages.{i}.blocks.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.'),
 ])
 """Our PVT v2 keys <-> timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``, whose
-``checkpoint_filter_fn`` renames the release the same way); timm has no PVT v1."""
+``checkpoint_filter_fn`` renames the release the same way); the blocks and stage norms have the
+same names (``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); timm has no PVT v1."""
 
 _MM_FFN = {True: {'0': 'fc1', '1': 'dwconv.dwconv', '4': 'fc2'}, False: {'0': 'fc1', '3': 'fc2'}}
 """mmdet ``MixFFN.layers`` index -> our ``mlp`` module, with / without the depth-wise conv
 (``mmdet/models/backbones/pvt.py``: fc1, [dwconv], act, drop, fc2, drop; 1x1 convolutions)."""
+
+
+def rename_flat_keys(state_dict: dict, prefix: str = '') -> None:
+    """Rename, in place, the flat PVT keys under ``prefix`` (the release's names, and ours before
+    :class:`TLAPVTStage`: :data:`FLAT_PVT_KEYS`) to ours; other keys are left as they are.
+
+    Raises:
+        ValueError: a flat key and the key it renames to are both present.
+    """
+    for k in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + FLAT_PVT_KEYS.to_ours(k[len(prefix):])
+        if new != k:
+            if new in state_dict:
+                raise ValueError(f'the state dict has both {k!r} (the flat PVT name) and {new!r}, which it renames to')
+            state_dict[new] = state_dict.pop(k)
 
 
 def detect_layout(state_dict) -> Optional[str]:
@@ -517,15 +603,17 @@ def detect_layout(state_dict) -> Optional[str]:
 
     * ``layers.{s}.1.{j}.attn.attn.in_proj_weight`` (mmdet ``PyramidVisionTransformer(V2)``) ->
       ``'mm-pvt'``;
-    * ``block{i}.{j}.attn.q`` with a classifier ``head`` or a ``cls_token`` -> ``'official-pvt'``
-      (whai362/PVT), without -> ``'tlalign'``;
-    * ``stages.{i}.blocks.{j}.attn.q`` -> ``'timm-pvt'`` (timm's ``pvt_v2_b*``).
+    * ``stages.{i}.blocks.{j}.attn.q`` with ``stages.{i}.patch_embed`` -> ``'tlalign'`` (ours),
+      without -> ``'timm-pvt'`` (timm's ``pvt_v2_b*``: ``patch_embed``, ``stages.{i}.downsample``);
+    * ``block{i}.{j}.attn.q`` (the flat names) with a classifier ``head`` or a ``cls_token`` ->
+      ``'official-pvt'`` (whai362/PVT), without -> ``'tlalign'`` (ours before :class:`TLAPVTStage`,
+      or a headless release); :func:`checkpoint_filter_fn` renames both.
     """
     from ..layouts import has_key
     if has_key(state_dict, r'layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight'):
         return 'mm-pvt'
     if has_key(state_dict, r'stages\.\d+\.blocks\.\d+\.attn\.q\.'):
-        return 'timm-pvt'
+        return 'tlalign' if has_key(state_dict, r'stages\.\d+\.patch_embed\.') else 'timm-pvt'
     if has_key(state_dict, r'block\d+\.\d+\.attn\.q\.'):
         return 'official-pvt' if has_key(state_dict, r'(head|cls_token)') else 'tlalign'
     return None
@@ -534,21 +622,22 @@ def detect_layout(state_dict) -> Optional[str]:
 def _mm_rename(k: str, v: Tensor, pos_stages: set, conv_stages: set) -> list[tuple[str, Tensor]]:
     """One mmdet PVT key -> our (key, tensor) pairs (in_proj splits into q and kv).
 
-    ``pos_stages`` / ``conv_stages``: 1-based stages with an absolute position embedding (which
-    shifts mmdet's block indices by one) / a convolutional feed-forward layer."""
+    ``pos_stages`` / ``conv_stages``: stages (0-based, mmdet's ``layers.{s}``) with an absolute
+    position embedding (which shifts mmdet's block indices by one) / a convolutional feed-forward
+    layer."""
     m = re.match(r'layers\.(\d+)\.(\d)\.(.*)$', k)
     if not m:
         return [(k, v)]
-    s, part, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+    s, part, rest = int(m.group(1)), m.group(2), m.group(3)
     if part == '0':                                               # patch embedding
-        return [(f'patch_embed{s}.' + rest.replace('projection.', 'proj.'), v)]
+        return [(f'stages.{s}.patch_embed.' + rest.replace('projection.', 'proj.'), v)]
     if part == '2':                                               # norm after the stage (v2)
-        return [(f'norm{s}.{rest}', v)]
+        return [(f'stages.{s}.norm.{rest}', v)]
     m = re.match(r'(\d+)\.(.*)$', rest)
     j, rest = int(m.group(1)), m.group(2)
     if rest == 'pos_embed':
-        return [(f'pos_embed{s}', v)]
-    pre = f'block{s}.{j - int(s in pos_stages)}.'
+        return [(f'stages.{s}.pos_embed', v)]
+    pre = f'stages.{s}.blocks.{j - int(s in pos_stages)}.'
     if rest.startswith('attn.attn.in_proj_'):
         kind = rest[len('attn.attn.in_proj_'):]
         c = v.shape[0] // 3
@@ -569,17 +658,22 @@ def _mm_rename(k: str, v: Tensor, pos_stages: set, conv_stages: set) -> list[tup
 def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     """Rename a PVT state dict of ``layout`` into :class:`TLAPyramidVisionTransformer`'s names.
 
-    * ``'official-pvt'``: the names are ours; ``head`` is dropped (the classifier reads it), v1's
-      ``cls_token`` and ``pos_embed4`` (1 + 7 * 7 rows at 224 px) are kept: the model fits them
-      to its readout (:meth:`TLAPyramidVisionTransformer.adapt_checkpoint`);
-    * ``'mm-pvt'``: ``layers.{s}.0`` -> ``patch_embed{s+1}`` (``projection`` -> ``proj``),
-      ``layers.{s}.1.0.pos_embed`` -> ``pos_embed{s+1}``, blocks ``layers.{s}.1.{j}`` (after
-      the position embedding) -> ``block{s+1}.{j}``, ``attn.attn.in_proj_*`` split into ``attn.q``
-      and ``attn.kv``, ``attn.attn.out_proj`` -> ``attn.proj``, the 1x1-conv ``ffn.layers`` ->
-      ``mlp.fc1`` / ``mlp.dwconv.dwconv`` / ``mlp.fc2``, ``layers.{s}.2`` -> ``norm{s+1}``
-      (mmdet's inverse of its own ``pvt_convert``);
-    * ``'timm-pvt'``: :data:`TIMM_PVT_KEYS` (``stages.{i}.blocks.{j}`` -> ``block{i+1}.{j}``,
-      ``stages.{i}.downsample`` -> ``patch_embed{i+1}``, ``stages.{i}.norm`` -> ``norm{i+1}``).
+    * ``'official-pvt'`` and ``'tlalign'``: the flat names (:data:`FLAT_PVT_KEYS`:
+      ``patch_embed{i+1}`` -> ``stages.{i}.patch_embed``, ``pos_embed{i+1}`` ->
+      ``stages.{i}.pos_embed``, ``block{i+1}`` -> ``stages.{i}.blocks``, ``norm{i+1}`` ->
+      ``stages.{i}.norm``) are renamed, ours are kept; ``head`` is dropped from the release (the
+      classifier reads it), v1's ``cls_token`` and last ``pos_embed`` (1 + 7 * 7 rows at 224 px)
+      are kept: the model fits them to its readout
+      (:meth:`TLAPyramidVisionTransformer.adapt_checkpoint`);
+    * ``'mm-pvt'``: ``layers.{s}.0`` -> ``stages.{s}.patch_embed`` (``projection`` -> ``proj``),
+      ``layers.{s}.1.0.pos_embed`` -> ``stages.{s}.pos_embed``, blocks ``layers.{s}.1.{j}`` (after
+      the position embedding) -> ``stages.{s}.blocks.{j}``, ``attn.attn.in_proj_*`` split into
+      ``attn.q`` and ``attn.kv``, ``attn.attn.out_proj`` -> ``attn.proj``, the 1x1-conv
+      ``ffn.layers`` -> ``mlp.fc1`` / ``mlp.dwconv.dwconv`` / ``mlp.fc2``, ``layers.{s}.2`` ->
+      ``stages.{s}.norm`` (mmdet's inverse of its own ``pvt_convert``);
+    * ``'timm-pvt'``: :data:`TIMM_PVT_KEYS` (``patch_embed`` -> ``stages.0.patch_embed``,
+      ``stages.{i}.downsample`` -> ``stages.{i}.patch_embed``, ``mlp.dwconv`` ->
+      ``mlp.dwconv.dwconv``).
 
     Returns:
         (renamed state dict, dropped source keys).
@@ -590,7 +684,7 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
     from ..layouts import filter_state_dict
     if layout == 'mm-pvt':
         out, ignored = {}, []
-        stages = [(int(m.group(1)) + 1, m.group(2)) for k in state_dict
+        stages = [(int(m.group(1)), m.group(2)) for k in state_dict
                   if (m := re.match(r'layers\.(\d+)\.1\.(0\.pos_embed$|\d+\.ffn\.layers\.4\.)', k))]
         pos_stages = {s for s, what in stages if what.endswith('pos_embed')}
         conv_stages = {s for s, what in stages if not what.endswith('pos_embed')}
@@ -601,8 +695,8 @@ def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
                 out[nk] = nv
         return out, ignored
 
-    keys = TIMM_PVT_KEYS if layout == 'timm-pvt' else None
-    return filter_state_dict(state_dict, layout, lambda k, v: (keys.to_ours(k) if keys else k, v))
+    keys = TIMM_PVT_KEYS if layout == 'timm-pvt' else FLAT_PVT_KEYS
+    return filter_state_dict(state_dict, layout, lambda k, v: (keys.to_ours(k), v))
 
 
 _TIMM_PVT_NAMES = {((32, 64, 160, 256), (2, 2, 2, 2)): 'pvt_v2_b0', ((64, 128, 320, 512), (2, 2, 2, 2)): 'pvt_v2_b1',
@@ -611,45 +705,48 @@ _TIMM_PVT_NAMES = {((32, 64, 160, 256), (2, 2, 2, 2)): 'pvt_v2_b0', ((64, 128, 3
 
 def _pvt_arch(sd) -> dict:
     """What the weights tell of a PVT in our layout: version, widths, depths, ratios, image size (v1)."""
-    stages = sorted({int(m.group(1)) for k in sd if (m := re.match(r'block(\d+)\.', k))})
-    dims = tuple(sd[f'patch_embed{s}.proj.weight'].shape[0] for s in stages)
-    depths = tuple(len({k.split('.')[1] for k in sd if k.startswith(f'block{s}.')}) for s in stages)
-    sr = tuple(sd[f'block{s}.0.attn.sr.weight'].shape[-1] if f'block{s}.0.attn.sr.weight' in sd else 1
-               for s in stages)
-    mlp = tuple(sd[f'block{s}.0.mlp.fc1.weight'].shape[0] // d for s, d in zip(stages, dims))
-    v1 = 'pos_embed1' in sd
-    img = math.isqrt(sd['pos_embed1'].shape[1]) * 4 if v1 else None
+    from ..layouts import stage_ids
+    stages = stage_ids(sd, 'stages')
+    dims = tuple(sd[f'stages.{s}.patch_embed.proj.weight'].shape[0] for s in stages)
+    depths = tuple(len(stage_ids(sd, rf'stages\.{s}\.blocks')) for s in stages)
+    sr = tuple(sd[f'stages.{s}.blocks.0.attn.sr.weight'].shape[-1] if f'stages.{s}.blocks.0.attn.sr.weight' in sd
+               else 1 for s in stages)
+    mlp = tuple(sd[f'stages.{s}.blocks.0.mlp.fc1.weight'].shape[0] // d for s, d in zip(stages, dims))
+    v1 = 'stages.0.pos_embed' in sd
+    img = math.isqrt(sd['stages.0.pos_embed'].shape[1]) * 4 if v1 else None
     # mmdet builds stage i with embed_dims * num_heads[i] channels; the release's heads are dims / dims[0]
     heads = tuple(max(1, d // dims[0]) for d in dims)
     return dict(stages=stages, dims=dims, depths=depths, sr_ratios=sr, mlp_ratios=mlp, version=1 if v1 else 2,
-                img_size=img, num_heads=heads, qkv_bias='block1.0.attn.q.bias' in sd)
+                img_size=img, num_heads=heads, qkv_bias='stages.0.blocks.0.attn.q.bias' in sd)
 
 
 def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
     """Our PVT keys -> mmdet's ``PyramidVisionTransformer(V2)`` (``mmdet/models/backbones/pvt.py``;
     the direction of mmdet's ``pvt_convert``, the reverse of :func:`_mm_rename`): q and kv stacked
     into ``attn.attn.in_proj_*``, linears as 1x1 convolutions, v1 blocks after the position
-    embedding.  Returns (state dict, our keys mmdet cannot hold: v1's final ``norm``, ``cls_token``
-    and the class-token row of ``pos_embed4``)."""
+    embedding.  v1's position embeddings are written first, as the flat model listed them (the
+    files are those written before :class:`TLAPVTStage`).  Returns (state dict, our keys mmdet
+    cannot hold: v1's final ``norm``, ``cls_token`` and the class-token row of the last
+    ``pos_embed``)."""
     out, dropped = {}, []
     fc_index = {name: i for i, name in _MM_FFN[not v1].items()}
-    for k, v in sd.items():
+    for k, v in sorted(sd.items(), key=lambda kv: not re.fullmatch(r'stages\.\d+\.pos_embed', kv[0])):
         if k.startswith('norm.') or k == 'cls_token':
             dropped.append(k)
             continue
-        m = re.match(r'(patch_embed|pos_embed|norm|block)(\d+)(?:\.(.*))?$', k)
+        m = re.match(r'stages\.(\d+)\.(patch_embed|pos_embed|norm|blocks)(?:\.(.*))?$', k)
         if not m:
             out[k] = v
             continue
-        kind, s, rest = m.group(1), int(m.group(2)), m.group(3)
-        stage = f'layers.{s - 1}'
+        s, kind, rest = int(m.group(1)), m.group(2), m.group(3)
+        stage = f'layers.{s}'
         if kind == 'patch_embed':
             out[f'{stage}.0.' + rest.replace('proj.', 'projection.', 1)] = v
         elif kind == 'norm':
             out[f'{stage}.2.{rest}'] = v
         elif kind == 'pos_embed':
             grid = math.isqrt(v.shape[1])
-            if grid * grid != v.shape[1]:                 # pos_embed4 with the class-token row first
+            if grid * grid != v.shape[1]:                 # the last stage's, with the class-token row first
                 dropped.append(f'{k}[:, 0] (class-token row)')
                 v = v[:, 1:]
             out[f'{stage}.1.0.pos_embed'] = v
@@ -658,7 +755,7 @@ def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
             pre = f'{stage}.1.{int(j) + int(v1)}.'
             if rest.startswith('attn.q.'):
                 kind_ = rest[len('attn.q.'):]
-                out[pre + f'attn.attn.in_proj_{kind_}'] = torch.cat([v, sd[f'block{s}.{j}.attn.kv.{kind_}']])
+                out[pre + f'attn.attn.in_proj_{kind_}'] = torch.cat([v, sd[f'stages.{s}.blocks.{j}.attn.kv.{kind_}']])
             elif rest.startswith('attn.kv.'):
                 continue
             elif rest.startswith('attn.proj.'):
@@ -681,7 +778,8 @@ def export_state_dict(state_dict, target: str, head=None, readout: Optional[str]
       pools the token mean after the stage norm, as ours (``out_type='avg_featmap'``);
     * ``'mmdet'``: ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2)
       (``mmdet/models/backbones/pvt.py``, :func:`_to_mmdet`), backbone only.  mmdet's v1 is dense:
-      our v1's final ``norm``, a ``cls_token`` and its ``pos_embed4`` row are listed as dropped.
+      our v1's final ``norm``, a ``cls_token`` and its row of the last ``pos_embed`` are listed as
+      dropped.
 
     Args:
         state_dict: our PVT keys; head: ``{'weight': (K, C4), 'bias': (K,)}`` or None;
