@@ -405,7 +405,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
 
         Args:
             mask: (B, H, W) floating-point pixel share of image B in [0, 1]
-                (:attr:`tlalign_mm.mixing.MixResult.mask`).
+                (:attr:`tlalign_mm.structures.MixResult.mask`).
 
         Returns:
             (B, N) float32, N = ``h * w`` of :meth:`token_grid`, row-major.
