@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from structured_attention import structure_attention_  # noqa: E402  (tools/analysis/structured_attention.py)
 
 from tlalign_mm.align import smooth_one_hot  # noqa: E402
+from tlalign_mm.models.label_rules import TLAlignRule  # noqa: E402
 from tlalign_mm.registry import MODELS  # noqa: E402
 from tlalign_mm.structures import ClsDataSample  # noqa: E402
 
@@ -303,7 +304,7 @@ def test_rules_that_need_labels_fail_at_build_on_a_plain_backbone(plain_backbone
                               head=dict(type='TLALinearClsHead', num_classes=K), label_rule=dict(type=rule)))
     m = MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type=plain_backbone),
                           head=dict(type='TLALinearClsHead', num_classes=K), label_rule=dict(type='Area')))
-    assert not m.tl_align
+    assert type(m.label_rule).__name__ == 'AreaRule' and not isinstance(m.label_rule, TLAlignRule)
 
 
 def test_bad_rule_options_name_the_option():

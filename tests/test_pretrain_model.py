@@ -437,3 +437,24 @@ def test_head_owns_logits_loss_and_predict_with_gt_score():
         stack_gt_scores(plain, 5)
     with pytest.raises(ValueError, match='in_channels=7 but the backbone'):
         MODELS.build(dict(_tiny_cfg(), head=dict(type='TLALinearClsHead', num_classes=5, in_channels=7)))
+
+
+def test_head_width_is_the_pooled_features():
+    """The head's in_channels is the pooled feature's width: embed_dims for a ViT, the last
+    returned stage's num_features for Swin (16 -> 32 after one patch merging) and PVT; a head
+    given another width is refused with both numbers named."""
+    from tlalign_mm.models.heads import fit_head_to
+    vit = _tiny(arch='vit')
+    swin = _tiny(arch='swin')
+    assert vit.head.fc.in_features == 32 and swin.head.fc.in_features == 32
+    assert fit_head_to(dict(type='TLALinearClsHead', num_classes=5), swin.backbone)['in_channels'] == 32
+    swin.backbone.out_indices = (0,)                                      # the first stage: 16 channels
+    assert fit_head_to(dict(num_classes=5), swin.backbone)['in_channels'] == 16
+    pvt = MODELS.build(dict(type='TLAPyramidVisionTransformer', arch='v2-b0', out_indices=(2,)))
+    assert fit_head_to(dict(num_classes=5, in_channels=None), pvt)['in_channels'] == 160
+    given = dict(num_classes=5, in_channels=32)
+    assert fit_head_to(given, vit.backbone) == given and fit_head_to(given, vit.backbone) is not given
+    cfg = _tiny_cfg(arch='vit')
+    cfg['head'] = dict(type='TLALinearClsHead', num_classes=5, in_channels=48)
+    with pytest.raises(ValueError, match=r"head.in_channels=48 but the backbone's pooled feature has 32 channels"):
+        MODELS.build(cfg)

@@ -52,8 +52,10 @@ def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Op
         inputs: (B, 3, H, W) mixed images (``mix.images``).
         labels: (B,) integer classes of the unmixed images, on the inputs' device.
         mix: the :class:`~tlalign_mm.structures.MixResult` of the batch.
-        carry_labels: run the backbone with labels; default ``model.tl_align``.
-        label_channels: 'source' or 'classes'; default ``model.label_channels``.
+        carry_labels: run the backbone with labels; default: whether ``model.label_rule`` is a
+            TL-Align rule (:class:`~tlalign_mm.models.label_rules.TLAlignRule`).
+        label_channels: 'source' or 'classes'; default: the TL-Align rule's ``label_channels``
+            ('source' for any other rule).
 
     Returns:
         (features (B, C), area target (B, K), aligned target (B, K) or None, statistics:
@@ -63,8 +65,10 @@ def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Op
         ValueError: labels carried by a backbone that cannot carry them; a mixer whose
             token grid differs from the backbone's.
     """
-    carry_labels = model.tl_align if carry_labels is None else carry_labels
-    label_channels = label_channels or model.label_channels
+    from ..models.label_rules import TLAlignRule
+    tl_align = isinstance(model.label_rule, TLAlignRule)
+    carry_labels = tl_align if carry_labels is None else carry_labels
+    label_channels = label_channels or (model.label_rule.label_channels if tl_align else 'source')
     y_a = smooth_one_hot(labels, model.num_classes, model.label_smoothing)
     y_b = y_a[mix.partner]
     area = mixed_target(mix.lam, y_a, y_b)

@@ -20,8 +20,8 @@ from torch import Tensor
 from ..align import mixed_target, smooth_one_hot
 from ..registry import MODELS
 from ..structures import MixResult
-from .heads import TLALinearClsHead, patch_tokens, pool_tokens, store_gt_scores  # noqa: F401  (the default head)
-from .label_rules import LabelRule, RuleInput, TLAlignRule
+from .heads import TLALinearClsHead, fit_head_to, patch_tokens, pool_tokens, store_gt_scores  # noqa: F401  (the default head)
+from .label_rules import LabelRule, RuleInput
 
 __all__ = ['TLAImageClassifier']
 
@@ -92,17 +92,7 @@ class TLAImageClassifier(BaseModel):
         if self.pool_type not in ('cls_token', 'avg_featmap'):
             raise ValueError("the classifier needs backbone out_type 'cls_token' or 'avg_featmap', "
                              f'got {self.pool_type!r}')
-        # the width of the pooled feature: the last returned stage of a hierarchical backbone
-        num_features = getattr(self.backbone, 'num_features', None)
-        feat_dim = (num_features[max(self.backbone.out_indices)] if isinstance(num_features, (list, tuple))
-                    else self.backbone.embed_dims)
-        head = dict(head)
-        if head.get('in_channels') is None:
-            head['in_channels'] = feat_dim
-        elif head['in_channels'] != feat_dim:
-            raise ValueError(f"head.in_channels={head['in_channels']} but the backbone's pooled feature "
-                             f'has {feat_dim} channels; leave in_channels None to take it from the backbone')
-        self.head = MODELS.build(head)
+        self.head = MODELS.build(fit_head_to(head, self.backbone))
         self.num_classes = self.head.num_classes
         self.label_rule = MODELS.build(label_rule if label_rule is not None else dict(type='TLAlign'))
         if not isinstance(self.label_rule, LabelRule):
@@ -115,17 +105,6 @@ class TLAImageClassifier(BaseModel):
             self.backbone.out_type = 'raw' if self.num_prefix_tokens else 'featmap'
         self.align_stats_interval = int(align_stats_interval)
         self._loss_steps = 0  # host-side count of loss-mode calls with a mixed batch
-
-    # -- what the analysis tools and the rules read ------------------------------------------
-    @property
-    def tl_align(self) -> bool:
-        """Whether the model trains on an aligned target (a TL-Align rule)."""
-        return isinstance(self.label_rule, TLAlignRule)
-
-    @property
-    def label_channels(self) -> str:
-        """'source' or 'classes': the channels the TL-Align rule carries ('source' otherwise)."""
-        return self.label_rule.label_channels if self.tl_align else 'source'
 
     def init_weights(self):
         """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` strictly through

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..registry import MODELS
 
-__all__ = ['TLALinearClsHead', 'stack_gt_scores', 'store_gt_scores', 'pool_tokens', 'patch_tokens']
+__all__ = ['TLALinearClsHead', 'stack_gt_scores', 'store_gt_scores', 'pool_tokens', 'patch_tokens', 'fit_head_to']
 
 MODELS.register_module(name='SoftTargetCrossEntropy', module=SoftTargetCrossEntropy)
 MODELS.register_module(name='BinaryCrossEntropy', module=BinaryCrossEntropy)
@@ -48,6 +48,33 @@ def pool_tokens(out: Tensor, pool_type: str, num_prefix_tokens: int) -> Tensor:
     if pool_type == 'cls_token':
         return out[:, 0]
     return out[:, num_prefix_tokens:].mean(dim=1)
+
+
+def fit_head_to(head: dict, backbone: nn.Module) -> dict:
+    """A head config whose ``in_channels`` is the width C of the feature :func:`pool_tokens` gives
+    for ``backbone``: its last returned stage's ``num_features[max(out_indices)]`` when
+    ``num_features`` is a per-stage list (Swin, PVT), else its ``embed_dims`` (ViT).
+
+    Args:
+        head: head config; ``in_channels`` None (or absent) is filled in, a given one is checked.
+        backbone: the built backbone.
+
+    Returns:
+        a new dict (``head`` is not modified).
+
+    Raises:
+        ValueError: ``head['in_channels']`` is given and differs from C (names both widths).
+    """
+    num_features = getattr(backbone, 'num_features', None)
+    width = (num_features[max(backbone.out_indices)] if isinstance(num_features, (list, tuple))
+             else backbone.embed_dims)
+    head = dict(head)
+    if head.get('in_channels') is None:
+        head['in_channels'] = width
+    elif head['in_channels'] != width:
+        raise ValueError(f"head.in_channels={head['in_channels']} but the backbone's pooled feature "
+                         f'has {width} channels; leave in_channels None to take it from the backbone')
+    return head
 
 
 def patch_tokens(out: Tensor, num_prefix_tokens: int) -> Tensor:

@@ -29,6 +29,7 @@ from _common import add_config_checkpoint_args, output_dir, weights_title  # noq
 from mmengine.config import DictAction  # noqa: E402
 
 import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
+from tlalign_mm.models.label_rules import TLAlignRule
 
 
 def parse_args(argv=None):
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
 
     samples_csv, layers_csv = write_fluctuation_csv(result, out_dir, weights)
     summary = dict(result.summary(), config=args.config, weights=weights,
-                   tl_align=bool(model.tl_align), device=str(device))
+                   tl_align=isinstance(model.label_rule, TLAlignRule), device=str(device))
     with open(osp.join(out_dir, 'fluctuation_summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     what = weights_title(weights)
