@@ -23,7 +23,7 @@ import argparse
 import pickle
 import sys
 
-from tlalign_mm.checkpoint import (  # noqa: E402
+from tlalign_mm.checkpoint import (
     EXPORT_TARGETS,
     LAYOUTS,
     READOUTS,

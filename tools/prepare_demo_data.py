@@ -60,8 +60,8 @@ import contextlib
 import sys
 from pathlib import Path
 
-from demo_data import GROUPS, SETS  # noqa: E402
-from demo_data.common import (  # noqa: E402
+from demo_data import GROUPS, SETS
+from demo_data.common import (
     EXIT_FAILED,
     EXIT_SOURCE_UNAVAILABLE,
     DataError,
@@ -71,8 +71,8 @@ from demo_data.common import (  # noqa: E402
     ensure_set,
     log,
 )
-from demo_data.fashion_mnist import FASHION_MNIST  # noqa: E402
-from demo_data.labelme import LABELME  # noqa: E402
+from demo_data.fashion_mnist import FASHION_MNIST
+from demo_data.labelme import LABELME
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import argparse
 
-import launch  # noqa: E402  (tools/launch.py)
-from config_checks import check_downstream_config  # noqa: E402  (tools/config_checks.py)
-from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
-from mmengine.config import Config, ConfigDict  # noqa: E402
+import launch
+from config_checks import check_downstream_config
+from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed
+from mmengine.config import Config, ConfigDict
 
-# first: registries + torch>=2.6 safe globals for loading mmengine checkpoints.  The installed
-# package (pip install -e ., tools/setup_env.sh); tools/launch.py says so when it is another checkout's.
+# the registries and torch>=2.6's safe globals for mmengine checkpoints, filled at import, before main()
+# runs. The installed package (pip install -e ., tools/setup_env.sh): launch.py says so when it is another
+# checkout's.
 import tlalign_mm  # noqa: F401
-from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error, register_checkpoint_loader  # noqa: E402
+from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error, register_checkpoint_loader
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
            'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']

@@ -47,18 +47,18 @@ from __future__ import annotations
 import argparse
 import logging
 
-import launch  # noqa: E402  (tools/launch.py)
-import torch  # noqa: E402
-from config_checks import amp_to_fp32_without_cuda, check_downstream_config  # noqa: E402  (tools/config_checks.py)
-from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed  # noqa: E402,E501
-from mmengine.config import Config  # noqa: E402
-from mmengine.logging import print_log  # noqa: E402
-from mmengine.model import is_model_wrapper  # noqa: E402
+import launch
+import torch
+from config_checks import amp_to_fp32_without_cuda, check_downstream_config
+from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 
-# 1. first: registries + torch>=2.6 safe globals for resuming.  The installed package (pip install
-# -e ., tools/setup_env.sh); tools/launch.py, next to this script, says so when it is another checkout's.
+# the registries and torch>=2.6's safe globals for resuming, filled at import, before main() runs.
+# The installed package (pip install -e ., tools/setup_env.sh): launch.py says so when it is another checkout's.
 import tlalign_mm  # noqa: F401
-from tlalign_mm.utils.checkpoint_io import (  # noqa: E402
+from tlalign_mm.utils.checkpoint_io import (
     exit_on_checkpoint_error,
     find_resumable_checkpoint,
     register_checkpoint_loader,

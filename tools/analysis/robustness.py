@@ -47,7 +47,7 @@ import os.path as osp
 import time
 from fractions import Fraction
 
-import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
+import tlalign_mm  # noqa: F401  (registries; torch>=2.6 checkpoint allow-list)
 
 SUITES = ('clean', 'a', 'r', 'sketch', 'v2', 'c', 'fgsm', 'pgd', 'autoattack')
 FOLDER_SUITES = {'a': ('imagenet_a', 'imagenet-a'), 'r': ('imagenet_r', 'imagenet-r'),

@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
+from _common import add_config_checkpoint_args, output_dir, weights_title
 
-import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
+import tlalign_mm  # noqa: F401  (registries; torch>=2.6 checkpoint allow-list)
 
 
 def parse_args(argv=None):

@@ -25,10 +25,10 @@ import argparse
 import json
 import os.path as osp
 
-from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
-from mmengine.config import DictAction  # noqa: E402
+from _common import add_config_checkpoint_args, output_dir, weights_title
+from mmengine.config import DictAction
 
-import tlalign_mm  # noqa: E402,F401  (registries; torch>=2.6 checkpoint allow-list)
+import tlalign_mm  # noqa: F401  (registries; torch>=2.6 checkpoint allow-list)
 from tlalign_mm.models.label_rules import TLAlignRule
 
 

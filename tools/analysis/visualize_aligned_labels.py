@@ -28,10 +28,10 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
-from _common import add_config_checkpoint_args, output_dir, weights_title  # noqa: E402  (tools/analysis/_common.py)
-from mmengine.config import DictAction  # noqa: E402
+from _common import add_config_checkpoint_args, output_dir, weights_title
+from mmengine.config import DictAction
 
-import tlalign_mm  # noqa: E402,F401
+import tlalign_mm  # noqa: F401
 
 if TYPE_CHECKING:
     from torch import Tensor
