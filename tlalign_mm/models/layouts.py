@@ -376,7 +376,8 @@ class KeyMap:
     is ``'layers.3.ln1.weight'``.
 
     Args:
-        pairs: ``(our template, their template)``, each placeholder appearing once in each.
+        pairs: ``(our template, their template)``, each index field (``{i}``, ``{j}``,
+            ``{i+1}``) appearing once in each.
     """
 
     def __init__(self, pairs):
