@@ -1,5 +1,5 @@
 """The package's import direction (docs/design.md): ``align`` <- ``structures`` <- ``mixing`` <- ``models`` <- the
-rest (``checkpoint``, ``analysis``, ``evaluation``, ``hooks``), nothing under ``tlalign_mm/``
+rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``), nothing under ``tlalign_mm/``
 imports ``tools``, and ``analysis`` traces and measures only (no matplotlib, CSV writers, mmengine
 configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
 
@@ -60,7 +60,7 @@ NOT_IN_ANALYSIS = ('matplotlib', 'csv', 'mmengine.config', 'mmengine.runner')
 def test_import_direction(path, module):
     """align: only the standard library and torch; structures: + align; mixing: + structures; nothing
     imports tools;
-    models, mixing, align and utils never import the analysis / evaluation / hooks layers nor the
+    models, mixing, align and utils never import the analysis / evaluation / engine layers nor the
     checkpoint facade (the backbones register their layouts in models/layouts.py instead: no cycle);
     analysis imports none of :data:`NOT_IN_ANALYSIS`."""
     bad = _violations(_imports(path, module), module)
@@ -86,7 +86,7 @@ def _violations(imports, module):
                 bad.append(f'{line}: {name} (mixing/ builds on align/ and structures/ only)')
         if module.startswith(('tlalign_mm.models', 'tlalign_mm.mixing', 'tlalign_mm.structures', 'tlalign_mm.align',
                               'tlalign_mm.utils')):
-            for layer in ('analysis', 'evaluation', 'hooks', 'checkpoint'):
+            for layer in ('analysis', 'evaluation', 'engine', 'checkpoint'):
                 if name.startswith(f'tlalign_mm.{layer}'):
                     bad.append(f'{line}: {name} (the model layers do not import tlalign_mm.{layer})')
         if module.startswith('tlalign_mm.analysis'):

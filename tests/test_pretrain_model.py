@@ -332,7 +332,7 @@ def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build(plain_ba
 def test_nonfinite_loss_hook_names_iteration_terms_and_checkpoint(tmp_path):
     from types import SimpleNamespace
 
-    from tlalign_mm.hooks import NonFiniteLossHook
+    from tlalign_mm.engine import NonFiniteLossHook
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
     runner = SimpleNamespace(work_dir=str(tmp_path), iter=41, epoch=3)
     hook = NonFiniteLossHook()

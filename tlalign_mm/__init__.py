@@ -11,7 +11,7 @@ from .utils import register_mmengine_safe_globals
 # torch >= 2.6 loads with weights_only=True; allow-list what mmengine's own checkpoints hold.
 register_mmengine_safe_globals()
 
-from . import align, datasets, evaluation, hooks, mixing  # noqa: F401  (fill the registries)
+from . import align, datasets, engine, evaluation, mixing  # noqa: F401  (fill the registries)
 from .models import (TLAClsDataPreprocessor, TLAImageClassifier, TLAPyramidVisionTransformer, TLASwinTransformer,
                      TLAVisionTransformer)
 

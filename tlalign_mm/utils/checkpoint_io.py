@@ -305,7 +305,7 @@ def exit_on_checkpoint_error(prog: str):
         raise SystemExit(f'{prog}: error: {e}') from None
 
 
-_CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+_CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)(_interrupted)?\.pth$')
 
 
 def find_resumable_checkpoint(work_dir: str | os.PathLike, log=None) -> str | None:
@@ -313,9 +313,9 @@ def find_resumable_checkpoint(work_dir: str | os.PathLike, log=None) -> str | No
 
     Reads ``work_dir/last_checkpoint`` (the pointer mmengine's ``CheckpointHook`` writes) and checks
     the file it names with :func:`diagnose_checkpoint_file`.  If the pointer is empty or names an
-    unreadable file, the newest readable ``epoch_N.pth`` / ``iter_N.pth`` in ``work_dir`` (largest N)
-    is used instead, and one line says why.  Temporary files an interrupted :func:`atomic_save` left
-    (``.epoch_N.pth.<random>.tmp``) are removed.
+    unreadable file, the newest readable ``epoch_N.pth`` / ``iter_N.pth`` / ``iter_N_interrupted.pth`` in
+    ``work_dir`` (the latest modified; the larger N on a tie) is used instead, and one line says why.
+    Temporary files an interrupted :func:`atomic_save` left (``.epoch_N.pth.<random>.tmp``) are removed.
 
     Args:
         work_dir: the run's work dir.
@@ -345,9 +345,10 @@ def find_resumable_checkpoint(work_dir: str | os.PathLike, log=None) -> str | No
         else:
             log(f'auto-resume: {named} (named by last_checkpoint) is {reason}; '
                 'looking for the newest readable checkpoint')
-    found = sorted(((int(m.group(2)), name) for name in os.listdir(work_dir) if (m := _CKPT_NAME.match(name))),
-                   reverse=True)
-    for _, name in found:
+    # newest first: by modification time (an epoch count and an iteration count do not compare), then name
+    found = sorted(((os.path.getmtime(os.path.join(work_dir, name)), int(m.group(2)), name)
+                    for name in os.listdir(work_dir) if (m := _CKPT_NAME.match(name))), reverse=True)
+    for *_, name in found:
         path = os.path.join(work_dir, name)
         if os.path.abspath(path) == os.path.abspath(named or ''):
             continue

@@ -7,8 +7,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from ..registry import HOOKS
-from ..utils.checkpoint_io import atomic_save
+from ...registry import HOOKS
+from ...utils.checkpoint_io import atomic_save
 
 __all__ = ['BackboneExportHook', 'backbone_checkpoint']
 
@@ -20,7 +20,7 @@ def backbone_checkpoint(model, **meta) -> dict:
         model: a classifier with a ``backbone`` attribute (model wrappers are unwrapped).
         meta: extra metadata (epoch, iter, source config...).
     """
-    from ..checkpoint import backbone_export
+    from ...checkpoint import backbone_export
     model = model.module if is_model_wrapper(model) else model
     bb = model.backbone
     arch = {a: getattr(bb, a) for a in ('embed_dims', 'num_layers', 'patch_size', 'window_size', 'img_size')

@@ -7,7 +7,7 @@ import os.path as osp
 import torch
 from mmengine.hooks import Hook
 
-from ..registry import HOOKS
+from ...registry import HOOKS
 
 __all__ = ['NonFiniteLossHook']
 

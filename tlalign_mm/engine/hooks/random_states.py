@@ -1,8 +1,10 @@
 """Bit-exact resume: every random state a training run draws from travels with its checkpoints.
 
 mmengine saves weights, optimizer, schedulers and the loop counters, and re-seeds from the config
-on resume, so a resumed run draws different mixing boxes, erasing rectangles, drop-path masks and
-augmentations from the uninterrupted one.  :class:`RandomStatesHook` closes that gap.
+on resume, so a resumed run draws different mixing boxes, erasing rectangles and drop-path masks
+from the uninterrupted one.  :class:`RandomStatesHook` closes that gap for the training processes.
+The data-loader side (each sample's augmentation) is the resumable loops' (:mod:`tlalign_mm.engine.loops`):
+they give every sample its own seeded stream.
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import EpochBasedTrainLoop
 
-from ..registry import HOOKS
+from ...registry import HOOKS
 
-__all__ = ['RandomStatesHook', 'capture_random_states', 'restore_random_states', 'loader_seed']
+__all__ = ['RandomStatesHook', 'capture_random_states', 'restore_random_states']
 
 
 def capture_random_states() -> dict:
@@ -55,27 +57,6 @@ def restore_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states['cuda'])
 
 
-def loader_seed(seed: int, epoch: int, rank: int) -> int:
-    """The train loader's generator seed for ``(seed, epoch, rank)``: 63 bits from NumPy's
-    ``SeedSequence``, so that nearby triples give unrelated worker streams."""
-    ss = np.random.SeedSequence([int(seed) % 2 ** 32, int(epoch), int(rank)])
-    return int(ss.generate_state(1, np.uint64)[0]) & (2 ** 63 - 1)
-
-
-def _restart_persistent_workers(loader) -> None:
-    """Shut down a persistent loader's workers, so that the next ``iter(loader)`` starts new ones.
-
-    torch keeps ``persistent_workers`` alive across epochs and never re-seeds them for a map-style
-    dataset, so their random streams depend on every earlier epoch; a resumed run could not rebuild
-    them.  Restarting them (``DataLoader._iterator``, what torch's own ``__del__`` shuts down) costs
-    one worker start-up per epoch.
-    """
-    it = getattr(loader, '_iterator', None)
-    if it is not None and hasattr(it, '_shutdown_workers'):
-        it._shutdown_workers()
-        loader._iterator = None
-
-
 @HOOKS.register_module()
 class RandomStatesHook(Hook):
     """Carry every random state of training in the checkpoints, and restore it on resume.
@@ -90,22 +71,19 @@ class RandomStatesHook(Hook):
       ``seed`` in ``TLAClsDataPreprocessor``) is already a model buffer (``mix_step``).
     * **Restoring.**  After ``--resume`` or auto-resume, each rank sets its own states right before
       the first training batch is drawn (epoch-based loops: ``before_train_epoch``), or right before
-      the first resumed iteration (iteration-based loops: ``before_train_iter``, after mmengine's
-      loop has skipped the trained batches).  A checkpoint without states, or from a different
-      number of ranks, is resumed as mmengine does, with a warning.
-    * **Data-loader workers.**  The training loader gets its own ``torch.Generator``, seeded with
-      :func:`loader_seed` ``(seed, epoch, rank)`` at each epoch, and torch's own worker seeding
-      (``random``, ``torch`` and NumPy from the loader's base seed plus the worker id) replaces
-      mmengine's ``worker_init_fn`` (which gives every epoch the same worker streams).  Persistent
-      workers are restarted at each epoch (:func:`_restart_persistent_workers`).  So a worker's
-      augmentations are a function of (seed, epoch, rank, worker), whatever happened before.
+      the first resumed iteration (iteration-based loops: ``before_train_iter``).  A checkpoint
+      without states, or from a different number of ranks, is resumed as mmengine does, with a
+      warning.
     * **Validation draws nothing.**  The states are saved before validation and put back after it,
       so a run validated more or less often trains identically, and a resumed run (which does not
       repeat the validation before its checkpoint) sees the same numbers.
+    * **Unscheduled checkpoints.**  A checkpoint written outside the ``CheckpointHook`` schedule (the
+      resumable loops' checkpoint on a signal) calls :meth:`gather` on every rank first.
 
-    Limits (``README.md``, "Resume"): non-deterministic GPU kernels (atomics in backward,
-    cuDNN autotuning) differ between any two runs; iteration-based loops with ``num_workers=0``
-    transform the first resumed batch before the states are restored (mmengine fetches it first).
+    The augmentations of each sample are seeded per sample by the resumable loops
+    (:class:`~tlalign_mm.engine.ResumableEpochBasedTrainLoop`); this hook restores the processes' own
+    states (mixing boxes, erasing, drop path).  Limits: non-deterministic GPU kernels (atomics in
+    backward, cuDNN autotuning) differ between any two runs.
 
     Args:
         restore: put the saved states back on resume (``False``: save them only).
@@ -131,7 +109,9 @@ class RandomStatesHook(Hook):
                               'only (resume will not restore them)')
         return [self._val_states or capture_random_states()]
 
-    def _gather(self, runner) -> None:
+    def gather(self, runner) -> None:
+        """Collect every rank's states for a checkpoint of the current iteration (a collective: call it on
+        every rank, before ``runner.save_checkpoint``); nothing to do on one process."""
         if get_dist_info()[1] > 1:
             self._gathered = (runner.iter, all_gather_object(self._val_states or capture_random_states()))
 
@@ -149,11 +129,11 @@ class RandomStatesHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if get_dist_info()[1] > 1 and self._checkpoint_due(runner, by_epoch=False):
-            self._gather(runner)
+            self.gather(runner)
 
     def after_train_epoch(self, runner) -> None:
         if get_dist_info()[1] > 1 and self._checkpoint_due(runner, by_epoch=True):
-            self._gather(runner)
+            self.gather(runner)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         ranks = self._all_ranks(runner)
@@ -161,7 +141,7 @@ class RandomStatesHook(Hook):
 
     def before_val(self, runner) -> None:
         self._val_states = capture_random_states()
-        self._gather(runner)   # a best checkpoint saved after this validation carries these states
+        self.gather(runner)   # a best checkpoint saved after this validation carries these states
 
     def after_val(self, runner) -> None:
         if self._val_states is not None:
@@ -174,11 +154,7 @@ class RandomStatesHook(Hook):
 
     def before_train(self, runner) -> None:
         loaded, self._loaded = self._loaded, None
-        loader = runner.train_dataloader
         rank, world = get_dist_info()
-        if isinstance(loader, torch.utils.data.DataLoader):
-            loader.worker_init_fn = None    # torch seeds each worker from the loader's generator
-            loader.generator = torch.Generator().manual_seed(loader_seed(runner.seed, runner.epoch, rank))
         if runner.iter == 0 or not self.restore:
             return   # a fresh run (``load_from`` without resume loads weights only)
         if loaded is None:
@@ -192,12 +168,7 @@ class RandomStatesHook(Hook):
         self._pending = loaded['ranks'][rank]
 
     def before_train_epoch(self, runner) -> None:
-        loader = runner.train_dataloader
-        if isinstance(runner.train_loop, EpochBasedTrainLoop) and isinstance(loader, torch.utils.data.DataLoader):
-            if loader.persistent_workers:
-                _restart_persistent_workers(loader)
-            loader.generator = torch.Generator().manual_seed(
-                loader_seed(runner.seed, runner.epoch, get_dist_info()[0]))
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
             self._restore_pending(runner)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
