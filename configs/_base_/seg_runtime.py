@@ -1,5 +1,6 @@
 # Runtime of the mmseg (UperNet / ADE20K) configs: mmseg scope, tlalign_mm backbones.
-# The schedule file (schedules/schedule_160k.py) holds the default_hooks, as in mmseg 1.x.
+# The schedule file (schedules/schedule_160k.py) holds the default_hooks, as in mmseg 1.x, with the
+# cluster hooks (atomic checkpoints, random states, pre-emption, watchdog, optimizer state by name).
 default_scope = 'mmseg'
 # The backbones are named across scopes (type='tlalign_mm.TLASwinTransformer'), as mmdet's configs
 # name mmpretrain backbones; importing tlalign_mm.models fills our registry (mmseg / mmdet untouched).

@@ -19,7 +19,6 @@ model = dict(
 )
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=2, max_keep_ckpts=2))
 custom_hooks = [
-    dict(type='RandomStatesHook'),
     dict(type='NonFiniteLossHook'),
     dict(type='BackboneExportHook', filename='backbone.pth'),
 ]

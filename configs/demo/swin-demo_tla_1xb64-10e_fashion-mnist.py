@@ -34,7 +34,6 @@ test_dataloader = val_dataloader
 optim_wrapper = dict(clip_grad=dict(max_norm=5.0))
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=2, max_keep_ckpts=2))
 custom_hooks = [
-    dict(type='RandomStatesHook'),
     dict(type='NonFiniteLossHook'),
     dict(type='BackboneExportHook', filename='backbone.pth'),
 ]

@@ -25,7 +25,6 @@ train_dataloader = dict(sampler=dict(_delete_=True, type='DefaultSampler', shuff
 
 # main.py: model_ema defaults to True, decay 0.99996 (timm ModelEma); mmengine's momentum is 1 - decay
 custom_hooks = [
-    dict(type='RandomStatesHook'),
     dict(type='NonFiniteLossHook'),
     dict(type='BackboneExportHook', filename='backbone.pth', at_checkpoint=False),
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=4e-5, priority='ABOVE_NORMAL'),

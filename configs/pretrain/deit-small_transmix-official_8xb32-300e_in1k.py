@@ -41,7 +41,6 @@ auto_scale_lr = dict(base_batch_size=256)
 # model_ema: True, model_ema_decay: 0.99996 (timm ModelEma: ema = decay * ema + (1 - decay) * model
 # each step); mmengine's momentum is 1 - decay. Validation then reads the EMA weights.
 custom_hooks = [
-    dict(type='RandomStatesHook'),
     dict(type='NonFiniteLossHook'),
     dict(type='BackboneExportHook', filename='backbone.pth', at_checkpoint=False),
     dict(type='EMAHook', ema_type='ExponentialMovingAverage', momentum=4e-5, priority='ABOVE_NORMAL'),

@@ -17,13 +17,23 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=160000, val_interval=16000)
+# mmengine's IterBasedTrainLoop that resumes without loading the trained batches and skips bad images
+# (tlalign_mm.engine)
+train_cfg = dict(type='tlalign_mm.ResumableIterBasedTrainLoop', max_iters=160000, val_interval=16000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000),
+    checkpoint=dict(type='tlalign_mm.AtomicCheckpointHook', by_epoch=False, interval=16000),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # The cluster set (docs: "Resume"), with the resumable loop above: atomic checkpoints that remove an old one
+    # only once the new one is on disk, every rank's random states in the checkpoints, SIGTERM / SIGUSR1 /
+    # SIGINT -> a checkpoint of that iteration and exit 75, no progress for 30 minutes -> the job ends naming
+    # the rank (exit 124), optimizer state matched by name on resume.
+    random_states=dict(type='tlalign_mm.RandomStatesHook'),
+    preemption=dict(type='tlalign_mm.PreemptionHook'),
+    watchdog=dict(type='tlalign_mm.WatchdogHook', timeout=1800),
+    optimizer_names=dict(type='tlalign_mm.OptimizerParamNamesHook'))

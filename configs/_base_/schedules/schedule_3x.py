@@ -1,7 +1,8 @@
 # 36 epochs, steps at 27 and 33, AdamW 1e-4 / wd 0.05: the official Swin detection 3x recipe
 # (8 GPUs x 2 images), in mmdet 3.x spelling. Mixed precision is switched on by the leaf configs.
 max_epochs = 36
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+# mmengine's EpochBasedTrainLoop that resumes mid-epoch to the same run and skips bad images (tlalign_mm.engine)
+train_cfg = dict(type='tlalign_mm.ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 param_scheduler = [
