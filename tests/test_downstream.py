@@ -172,7 +172,7 @@ def test_upernet_recipe():
         cfg = Config.fromfile(path)
         assert cfg.default_scope == 'mmseg'
         assert cfg.train_dataloader.batch_size == 2
-        assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == 160000
+        assert cfg.train_cfg.type == 'tlalign_mm.ResumableIterBasedTrainLoop' and cfg.train_cfg.max_iters == 160000
         opt = cfg.optim_wrapper.optimizer
         assert (opt.type, opt.lr, tuple(opt.betas), opt.weight_decay) == ('AdamW', 6e-5, (0.9, 0.999), 0.01)
         keys = cfg.optim_wrapper.paramwise_cfg.custom_keys

@@ -300,7 +300,7 @@ def test_cpu_distributed_cfg(tool, request, cfgs, capsys):
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert cfg.model_wrapper_cfg.device_ids is None and cfg.model_wrapper_cfg.find_unused_parameters
     # nothing to do without a launcher
-    assert mod.setup_cpu_distributed(cfg, 'none') is False
+    assert mod.setup_distributed(cfg, 'none') is False
 
 
 @pytest.mark.parametrize('tool', ['train', 'test'])
@@ -345,27 +345,30 @@ def test_launch_module_imports():
                    'config_checks', 'tlalign_mm'}, top
     for name in ('train', 'test'):
         mod = _load_tool(name)
-        for fn in ('register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed', 'build_runner'):
+        for fn in ('register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed', 'build_runner'):
             assert getattr(mod, fn) is getattr(launch, fn), (name, fn)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU process group is for machines without CUDA')
 def test_cpu_distributed_launchers(train_tool, cfgs, monkeypatch):
-    """Without CUDA: ``--launcher slurm`` / ``mpi`` are refused by name (the config untouched);
-    ``pytorch`` initialises the gloo process group from torchrun's environment, itself (no mmengine
-    ``init_dist``, whose ``torch.cuda.set_device`` raises without a GPU)."""
+    """Without CUDA: ``--launcher mpi`` is refused by name (the config untouched), ``slurm`` outside
+    srun names its missing variables; ``pytorch`` initialises the gloo process group from torchrun's
+    environment, itself (no mmengine ``init_dist``, whose ``torch.cuda.set_device`` raises without a GPU)."""
     launch = train_tool.launch
-    for launcher in ('slurm', 'mpi'):
-        cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--launcher', launcher]))
-        with pytest.raises(RuntimeError, match=f'--launcher {launcher} needs CUDA.*--launcher pytorch'):
-            launch.setup_cpu_distributed(cfg, launcher)
-        assert 'model_wrapper_cfg' not in cfg
+    cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--launcher', 'mpi']))
+    with pytest.raises(RuntimeError, match='--launcher mpi needs CUDA.*--launcher pytorch'):
+        launch.setup_distributed(cfg, 'mpi')
+    assert 'model_wrapper_cfg' not in cfg
+    for k in launch.SLURM_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(RuntimeError, match='--launcher slurm: SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST not set'):
+        launch.setup_distributed(cfg, 'slurm')
 
     cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--launcher', 'pytorch']))
     for k in launch.TORCHRUN_ENV:
         monkeypatch.delenv(k, raising=False)
     with pytest.raises(RuntimeError, match='RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set.*torchrun'):
-        launch.setup_cpu_distributed(cfg, 'pytorch')
+        launch.setup_distributed(cfg, 'pytorch')
 
     monkeypatch.setenv('RANK', '0')
     monkeypatch.setenv('WORLD_SIZE', '1')
@@ -374,23 +377,23 @@ def test_cpu_distributed_launchers(train_tool, cfgs, monkeypatch):
     cfg.env_cfg.dist_cfg.timeout = 60
     assert not torch.distributed.is_initialized()
     try:
-        assert launch.setup_cpu_distributed(cfg, 'pytorch') is True
+        assert launch.setup_distributed(cfg, 'pytorch') is True
         assert torch.distributed.is_initialized()
         assert torch.distributed.get_backend() == 'gloo' and torch.distributed.get_world_size() == 1
         from mmengine.dist import get_dist_info, is_distributed
         assert is_distributed() and get_dist_info() == (0, 1)  # what the Runner then finds
-        assert launch.setup_cpu_distributed(cfg, 'pytorch') is True  # already initialised: kept
-        launch.end_cpu_distributed(False)  # not ours: kept
+        assert launch.setup_distributed(cfg, 'pytorch') is True  # already initialised: kept
+        launch.end_distributed(False)  # not ours: kept
         assert torch.distributed.is_initialized()
         # a runner's DDP model in a reference cycle (as the runner's hooks make it) owns the group too:
-        # end_cpu_distributed frees it with the group, not interpreter shutdown (SIGABRT in gloo)
-        gc.disable()  # no automatic collection in between: only end_cpu_distributed's
+        # end_distributed frees it with the group, not interpreter shutdown (SIGABRT in gloo)
+        gc.disable()  # no automatic collection in between: only end_distributed's
         runner = types.SimpleNamespace(model=torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2)))
         runner.self_ref = runner
         ddp = weakref.ref(runner.model)
         del runner
         assert ddp() is not None  # the cycle keeps it: refcounting alone does not free it
-        launch.end_cpu_distributed(True)   # after the run: destroyed (gloo would abort at exit)
+        launch.end_distributed(True)   # after the run: destroyed (gloo would abort at exit)
         assert not torch.distributed.is_initialized()
         assert ddp() is None
     finally:

@@ -172,7 +172,7 @@ def test_transfer_config_trains_a_few_iterations(data, data_root, tmp_path):
         dl.dataset.data_root = str(root)
         dl.dataset.indices = 4
     cfg.train_dataloader.sampler = dict(type='DefaultSampler', shuffle=True)
-    cfg.train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=1)
+    cfg.train_cfg.update(max_epochs=1, val_interval=1)
     cfg.param_scheduler = []
     cfg.optim_wrapper.type = 'OptimWrapper'
     cfg.optim_wrapper.pop('loss_scale')

@@ -1,4 +1,4 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: command line, config loading, scope, CPU DDP.
+"""What ``tools/train.py`` and ``tools/test.py`` share: command line, config loading, scope, process group.
 
 A tools-side module (not part of the ``tlalign_mm`` package), imported as ``launch`` by the
 scripts next to it (a script's own folder is on ``sys.path``; the tests put it there too).  On
@@ -14,12 +14,16 @@ config's ``default_scope``, and make a distributed run work on a machine without
   exported from ``--local_rank`` when the environment does not set it (torchrun does);
 * :func:`load_cfg` -- ``Config.fromfile`` + ``launcher`` + ``--cfg-options`` + work dir;
 * :func:`register_scope` -- ``register_all_modules(init_default_scope=False)`` of mmseg / mmdet;
-* :func:`prepare_cpu_distributed_cfg` / :func:`setup_cpu_distributed` -- gloo backend, DDP with
-  ``device_ids=None``, ``SyncBN`` -> ``BN``, and the gloo process group initialised from the
-  torchrun environment (``--launcher pytorch``; mmengine's ``init_dist`` would call
-  ``torch.cuda.set_device``, which raises without a GPU); ``slurm`` / ``mpi`` without CUDA are
-  refused with an error naming ``--launcher pytorch``; :func:`end_cpu_distributed` destroys that
-  process group after the run;
+* :func:`setup_distributed` -- the process group from torchrun's environment, in a store prefix of its
+  own per launch attempt (:func:`init_from_torchrun_env`: a job torchrun relaunches meets again); on a
+  machine without CUDA also :func:`prepare_cpu_distributed_cfg` (gloo backend, DDP with
+  ``device_ids=None``, ``SyncBN`` -> ``BN``; mmengine's ``init_dist`` would call
+  ``torch.cuda.set_device``, which raises without a GPU; ``--launcher slurm`` sets torchrun's
+  variables from Slurm's first, :func:`slurm_to_torchrun_env`); ``mpi`` without CUDA is refused
+  with an error naming ``--launcher pytorch``; :func:`end_distributed` destroys that process group
+  after the run, :func:`release_loader_workers` ends the loaders' workers before;
+* :func:`restart_count`, :func:`set_resumable_loop_option`, :func:`set_hook_option` -- what
+  ``tools/train.py``'s cluster options read and set;
 * :func:`build_runner` -- ``Runner.from_cfg`` or the config's ``runner_type``.
 
 Only torch, mmengine and ``config_checks`` (next to this file; standard library only) are imported
@@ -42,8 +46,10 @@ from mmengine.config import Config, ConfigDict, DictAction
 from tlalign_mm.utils.checkout import checkout_mismatch
 
 __all__ = ['add_launch_args', 'parse_launch_args', 'load_cfg', 'register_scope',
-           'prepare_cpu_distributed_cfg', 'TORCHRUN_ENV', 'init_gloo_from_torchrun_env', 'setup_cpu_distributed',
-           'end_cpu_distributed', 'build_runner']
+           'prepare_cpu_distributed_cfg', 'TORCHRUN_ENV', 'init_from_torchrun_env', 'SLURM_ENV',
+           'slurm_to_torchrun_env', 'setup_distributed', 'release_loader_workers', 'end_distributed',
+           'build_runner', 'RESTART_ENV', 'FINISHED_FILE', 'restart_count', 'set_resumable_loop_option',
+           'set_hook_option']
 
 if (_other := checkout_mismatch(__file__)) is not None:       # two clones: this one is not installed
     print(f'warning: {_other}', file=sys.stderr)
@@ -174,14 +180,19 @@ def prepare_cpu_distributed_cfg(cfg: Config, task: str = 'training') -> None:
 TORCHRUN_ENV = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
 
 
-def init_gloo_from_torchrun_env(dist_cfg: dict | None = None) -> None:
-    """``torch.distributed.init_process_group(backend='gloo')`` from the torchrun environment.
+def init_from_torchrun_env(backend: str = 'gloo', dist_cfg: dict | None = None) -> None:
+    """``torch.distributed.init_process_group(backend)`` from the torchrun environment, in a store of its own
+    for each launch attempt.
 
-    What mmengine's ``init_dist('pytorch', **dist_cfg)`` does, minus its ``torch.cuda.set_device``:
-    ``rank`` / ``world_size`` from ``RANK`` / ``WORLD_SIZE``, the rendezvous ``env://`` from
-    ``MASTER_ADDR`` / ``MASTER_PORT``; ``dist_cfg`` (``env_cfg.dist_cfg``) passes its other keys on,
-    ``timeout`` in seconds (mmengine's convention) turned into a ``timedelta``; its ``backend`` is
-    ignored (gloo: the only CPU backend here).
+    What mmengine's ``init_dist('pytorch', **dist_cfg)`` does, minus its ``torch.cuda.set_device``
+    (:func:`setup_distributed` sets the device on GPUs): ``rank`` / ``world_size`` from ``RANK`` /
+    ``WORLD_SIZE``, the store from ``MASTER_ADDR`` / ``MASTER_PORT`` (``torch.distributed.rendezvous
+    ('env://')``); ``dist_cfg`` (``env_cfg.dist_cfg``) passes its other keys on, ``timeout`` in seconds
+    (mmengine's convention) turned into a ``timedelta``; its ``backend`` is ignored for ``backend``.
+
+    The store is seen through a prefix naming the attempt (``TORCHELASTIC_RESTART_COUNT``): torchrun keeps
+    one store for every restart of a job, and a relaunched rank would otherwise read the addresses (gloo)
+    or communicator ids (NCCL) its peers published in the attempt before, and wait for them forever.
 
     Raises:
         RuntimeError: a variable of :data:`TORCHRUN_ENV` is not set (not started by torchrun /
@@ -196,43 +207,116 @@ def init_gloo_from_torchrun_env(dist_cfg: dict | None = None) -> None:
     kwargs.pop('backend', None)
     if kwargs.get('timeout') is not None:
         kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
-    torch.distributed.init_process_group(backend='gloo', init_method='env://', rank=int(os.environ['RANK']),
-                                         world_size=int(os.environ['WORLD_SIZE']), **kwargs)
+    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    store, _, _ = next(torch.distributed.rendezvous(
+        'env://', rank, world_size, timeout=kwargs.get('timeout', datetime.timedelta(minutes=30))))
+    attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+    store = torch.distributed.PrefixStore(f'tlalign_mm/attempt_{attempt}', store)
+    torch.distributed.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, **kwargs)
 
 
-def setup_cpu_distributed(cfg: Config, launcher: str, task: str = 'training') -> bool:
-    """On a machine without CUDA, prepare ``cfg`` for a distributed run and start the process group.
+#: what a Slurm task (``srun``) gets and :func:`slurm_to_torchrun_env` reads
+SLURM_ENV = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
 
-    Does nothing (returns False) for ``launcher='none'`` or when CUDA is available.  Otherwise
-    :func:`prepare_cpu_distributed_cfg` (gloo, DDP ``device_ids=None``, SyncBN -> BN), then, unless
-    a process group exists already, :func:`init_gloo_from_torchrun_env`; the Runner then finds the
-    process group initialised and uses it.  Returns True in that case.
+
+def slurm_to_torchrun_env() -> None:
+    """Set torchrun's variables from a Slurm task's, as mmengine's ``init_dist('slurm')`` does (minus its
+    ``torch.cuda.set_device``): ``RANK`` = ``SLURM_PROCID``, ``WORLD_SIZE`` = ``SLURM_NTASKS``,
+    ``LOCAL_RANK`` = ``SLURM_LOCALID``, ``MASTER_ADDR`` = the first host of ``scontrol show hostnames
+    $SLURM_NODELIST`` (unless set), ``MASTER_PORT`` = 29500 (unless set).
+
+    Raises:
+        RuntimeError: a variable of :data:`SLURM_ENV` is not set (not started by ``srun``), or
+            ``scontrol`` cannot name the first host.
+    """
+    missing = [k for k in SLURM_ENV if k not in os.environ]
+    if missing:
+        raise RuntimeError(f'--launcher slurm: {", ".join(missing)} not set; start the tasks with srun '
+                           '(tools/slurm_train.sh)')
+    if not os.environ.get('MASTER_ADDR'):
+        import subprocess
+        out = subprocess.run(['scontrol', 'show', 'hostnames', os.environ['SLURM_NODELIST']], capture_output=True,
+                             text=True)
+        hosts = out.stdout.split()
+        if out.returncode or not hosts:
+            raise RuntimeError(f'--launcher slurm: `scontrol show hostnames {os.environ["SLURM_NODELIST"]}` '
+                               f'named no host ({out.stderr.strip()})')
+        os.environ['MASTER_ADDR'] = hosts[0]
+    os.environ.setdefault('MASTER_PORT', '29500')
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+
+
+def setup_distributed(cfg: Config, launcher: str, task: str = 'training') -> bool:
+    """Start the process group of a distributed run, or leave it to mmengine.
+
+    * ``launcher='none'``: nothing (returns False);
+    * a GPU machine, ``--launcher pytorch`` (torchrun): ``torch.cuda.set_device(LOCAL_RANK)``, then
+      :func:`init_from_torchrun_env` with ``env_cfg.dist_cfg.backend`` (nccl): mmengine's set-up, in a
+      store of its own per launch attempt, so that a job torchrun relaunches meets again;
+    * a GPU machine, ``slurm`` / ``mpi``: nothing (returns False; mmengine's ``init_dist``);
+    * no CUDA: :func:`prepare_cpu_distributed_cfg` (gloo, DDP ``device_ids=None``, SyncBN -> BN), then
+      :func:`init_from_torchrun_env` with gloo (``--launcher slurm``: after :func:`slurm_to_torchrun_env`).
+
+    The Runner then finds the process group initialised and uses it.  Returns True when the group was
+    started here (or existed already), for :func:`end_distributed`.
 
     Args:
-        cfg: the config (changed in place).
+        cfg: the config (changed in place on CPU).
         launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
         task: passed to :func:`prepare_cpu_distributed_cfg` (``'training'`` / ``'testing'``).
 
     Raises:
-        RuntimeError: ``launcher`` ``'slurm'`` or ``'mpi'`` without CUDA (distributed CPU runs are
-            supported with ``--launcher pytorch`` only); as :func:`init_gloo_from_torchrun_env`.
+        RuntimeError: ``launcher`` ``'mpi'`` without CUDA (distributed CPU runs are supported with
+            ``--launcher pytorch`` and ``slurm``); as :func:`init_from_torchrun_env` and
+            :func:`slurm_to_torchrun_env`.
     """
-    if launcher == 'none' or torch.cuda.is_available():
+    if launcher == 'none':
         return False
-    if launcher != 'pytorch':
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if torch.cuda.is_available():
+        if launcher != 'pytorch':
+            return False
+        if not initialised:
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+            dist_cfg = (cfg.get('env_cfg', None) or {}).get('dist_cfg', None) or {}
+            init_from_torchrun_env(dist_cfg.get('backend', 'nccl'), dist_cfg)
+        return True
+    if launcher not in ('pytorch', 'slurm'):
         raise RuntimeError(f'--launcher {launcher} needs CUDA, which is not available; distributed runs on CPU '
                            'processes are supported with --launcher pytorch (torchrun: tools/dist_train.sh, '
-                           'tools/dist_test.sh)')
+                           'tools/dist_test.sh) and --launcher slurm (srun: tools/slurm_train.sh)')
+    if launcher == 'slurm':
+        slurm_to_torchrun_env()
     prepare_cpu_distributed_cfg(cfg, task)
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        init_gloo_from_torchrun_env(cfg.env_cfg.dist_cfg)
+    if not initialised:
+        init_from_torchrun_env('gloo', cfg.env_cfg.dist_cfg)
     return True
 
 
-def end_cpu_distributed(started: bool) -> None:
-    """Destroy the process group of a CPU distributed run once the run has finished.
+def release_loader_workers(*loaders) -> None:
+    """End the persistent workers of ``loaders`` now, while their queues are alive.
 
-    Call it with :func:`setup_cpu_distributed`'s return value after a successful ``train()`` /
+    torch keeps a loader's persistent iterator in ``DataLoader._iterator`` and ends its workers from the
+    iterator's ``__del__`` by sending each one ``None`` through its index queue.  When a runner is freed by
+    the garbage collector (:func:`end_distributed`), the queues' own finalizers run first and stop
+    their feeder threads, so the ``None`` never leaves the main process: every worker then costs two 5 s
+    timeouts before it is terminated.  Dropping the iterators while the runner still holds everything
+    frees them by reference count instead, in order.  Call it once the runner's loop has returned or
+    stopped, with its loaders (``runner.train_dataloader``, ``runner.val_dataloader``, ...); anything that
+    is not a ``DataLoader`` is skipped.
+    """
+    from torch.utils.data import DataLoader
+    for loader in loaders:
+        if isinstance(loader, DataLoader) and loader.persistent_workers:
+            loader._iterator = None
+
+
+def end_distributed(started: bool) -> None:
+    """Destroy the process group of a distributed run once the run has finished.
+
+    Call it with :func:`setup_distributed`'s return value after a successful ``train()`` /
     ``test()`` (not on an error: a rank that destroys while others still communicate can hang),
     and after dropping the caller's last reference to the runner (``del runner``).
 
@@ -250,6 +334,56 @@ def end_cpu_distributed(started: bool) -> None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
         gc.collect()
+
+
+#: the environment variables a relaunch sets: torchrun's restart counter, Slurm's requeue counter
+RESTART_ENV = ('TORCHELASTIC_RESTART_COUNT', 'SLURM_RESTART_COUNT')
+
+#: ``<work_dir>/FINISHED_FILE``: written by ``tools/train.py`` when a run has finished (``--resume`` then exits 0)
+FINISHED_FILE = 'finished.json'
+
+_RESUMABLE_LOOPS = ('ResumableEpochBasedTrainLoop', 'ResumableIterBasedTrainLoop')
+
+
+def restart_count() -> int:
+    """How many times this job was relaunched: ``TORCHELASTIC_RESTART_COUNT`` (torchrun ``--max-restarts``)
+    or ``SLURM_RESTART_COUNT`` (a requeued Slurm job), 0 when neither is set."""
+    return max(int(os.environ.get(k) or 0) for k in RESTART_ENV)
+
+
+def _type_name(entry) -> str:
+    t = entry.get('type', '') if isinstance(entry, dict) else ''
+    return (t.__name__ if isinstance(t, type) else str(t)).rsplit('.', 1)[-1]
+
+
+def set_resumable_loop_option(cfg: Config, key: str, value) -> None:
+    """``cfg.train_cfg[key] = value`` for a resumable train loop.
+
+    Raises:
+        ValueError: the config's train loop is not ``ResumableEpochBasedTrainLoop`` /
+            ``ResumableIterBasedTrainLoop`` (the message names ``train_cfg.type``).
+    """
+    train_cfg = cfg.get('train_cfg', None)
+    if _type_name(train_cfg or {}) not in _RESUMABLE_LOOPS:
+        raise ValueError(f'{key}: train_cfg.type must be one of {_RESUMABLE_LOOPS} (tlalign_mm.engine), got '
+                         f'{(train_cfg or {}).get("type")!r}')
+    train_cfg[key] = value
+
+
+def set_hook_option(cfg: Config, hook_type: str, key: str, value) -> int:
+    """Set ``key=value`` on every hook of type ``hook_type`` in ``default_hooks`` and ``custom_hooks``.
+
+    Returns:
+        How many hooks were changed.
+    """
+    hooks = [h for h in (cfg.get('default_hooks', None) or {}).values() if h is not None]
+    hooks += list(cfg.get('custom_hooks', None) or [])
+    changed = 0
+    for hook in hooks:
+        if _type_name(hook) == hook_type:
+            hook[key] = value
+            changed += 1
+    return changed
 
 
 def build_runner(cfg: Config):

@@ -7,7 +7,7 @@
 #            work_dirs/deit-small_tla_8xb128-300e_in1k/epoch_300.pth --out results.pkl
 # One task per GPU; each runs tools/test.py with --launcher slurm.  PYTHON (python) picks
 # the interpreter.
-# Needs CUDA: without it tools/test.py refuses --launcher slurm (CPU processes: dist_test.sh).
+# Without CUDA the tasks run on CPU processes with gloo (tools/launch.py: slurm_to_torchrun_env).
 
 set -x
 

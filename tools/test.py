@@ -33,7 +33,7 @@ import argparse
 
 import launch
 from config_checks import check_downstream_config
-from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed
+from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_distributed
 from mmengine.config import Config, ConfigDict
 
 # the registries and torch>=2.6's safe globals for mmengine checkpoints, filled at import, before main()
@@ -42,7 +42,7 @@ from mmengine.config import Config, ConfigDict
 import tlalign_mm  # noqa: F401
 from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error, register_checkpoint_loader
 
-__all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
+__all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed',
            'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']
 
 
@@ -175,15 +175,16 @@ def main(argv=None) -> dict:
 def _test(args) -> dict:
     cfg = setup_cfg(args)
     scope = register_scope(cfg)
-    cpu_dist = setup_cpu_distributed(cfg, args.launcher, 'testing')
+    dist_started = setup_distributed(cfg, args.launcher, 'testing')
     runner = build_runner(cfg)
     if args.out is not None:
         add_dump_metric(runner, args.out, scope)
     metrics = runner.test()
     if runner.rank == 0:
         print(f'metrics: {plain_metrics(metrics)}', flush=True)
-    del runner  # the group's last owner (DDP): freed by end_cpu_distributed, not at interpreter exit
-    launch.end_cpu_distributed(cpu_dist)
+    launch.release_loader_workers(runner.test_dataloader)
+    del runner  # the group's last owner (DDP): freed by end_distributed, not at interpreter exit
+    launch.end_distributed(dist_started)
     return metrics
 
 

@@ -33,24 +33,41 @@ What it does, in order:
    ``AmpOptimWrapper`` becomes ``OptimWrapper`` (with a warning: mmengine's ``AmpOptimWrapper``
    asserts a GPU);
 7. distributed without CUDA (CPU processes, e.g. ``dist_train.sh CONFIG 2`` on a laptop / CI;
-   ``--launcher pytorch`` only, ``slurm`` / ``mpi`` are refused without CUDA):
+   ``--launcher pytorch`` or ``slurm``, ``mpi`` is refused without CUDA):
    ``env_cfg.dist_cfg.backend`` becomes ``'gloo'`` (mmengine's default is nccl), the gloo process
-   group is initialised here from torchrun's environment (mmengine 0.10.7's ``init_dist`` calls
-   ``torch.cuda.set_device``, which raises without a GPU), and DDP is built with
+   group is initialised here from torchrun's environment, or Slurm's (mmengine 0.10.7's ``init_dist``
+   calls ``torch.cuda.set_device``, which raises without a GPU), and DDP is built with
    ``device_ids=None`` (mmengine passes ``[LOCAL_RANK]``, which DDP refuses for a CPU module);
    ``SyncBN`` norm configs become ``BN`` (printed; torch's ``SyncBatchNorm`` needs GPU tensors) --
    see ``tools/launch.py``; that process group is destroyed after training;
 8. builds the runner with ``Runner.from_cfg`` (or the config's ``runner_type``) and trains.
+
+On a cluster (the resumable loops and ``PreemptionHook`` of ``configs/_base_/*runtime.py``):
+
+* the same command on every launch, with ``--resume``: nothing saved -> start; a checkpoint -> resume
+  (mid-epoch, to the same run); ``finished.json`` in the work dir with this run config -> print one
+  line and exit 0, writing nothing; a checkpoint of another run config -> one line naming the keys that
+  differ (``--allow-config-change`` resumes anyway);
+* a relaunch by torchrun (``TORCHELASTIC_RESTART_COUNT`` > 0, ``MAX_RESTARTS`` of ``dist_train.sh``) or
+  a requeued Slurm job (``SLURM_RESTART_COUNT`` > 0) resumes without ``--resume``;
+* a stop on a signal (or on too many bad samples) ends every rank with the loop's exit status, 75
+  (or 65), and one line naming the checkpoint; ``--requeue`` makes rank 0 run ``scontrol requeue``.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import logging
+import os.path as osp
+import signal
+import sys
+import time
 
 import launch
 import torch
 from config_checks import amp_to_fp32_without_cuda, check_downstream_config
-from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_cpu_distributed
+from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_distributed
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -58,13 +75,15 @@ from mmengine.model import is_model_wrapper
 # the registries and torch>=2.6's safe globals for resuming, filled at import, before main() runs.
 # The installed package (pip install -e ., tools/setup_env.sh): launch.py says so when it is another checkout's.
 import tlalign_mm  # noqa: F401
+from tlalign_mm.engine import IncompatibleResumeError, TrainingStopped, run_config, run_config_digest
 from tlalign_mm.utils.checkpoint_io import (
+    atomic_write_text,
     exit_on_checkpoint_error,
     find_resumable_checkpoint,
     register_checkpoint_loader,
 )
 
-__all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_cpu_distributed',
+__all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed',
            'build_runner', 'main']
 
 
@@ -87,6 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--resume', nargs='?', type=str, const='auto',
         help='without a value: resume from the latest checkpoint in the work dir (if any); '
              'with a checkpoint path: resume from that file')
+    parser.add_argument(
+        '--allow-config-change', action='store_true',
+        help='resume a checkpoint whose run config (model, data, optimizer, schedule, seed) differs from this '
+             'config; without it such a resume stops with one line naming the differing keys')
+    parser.add_argument(
+        '--requeue', action='store_true',
+        help='after a stop on a signal (PreemptionHook), rank 0 runs `scontrol requeue $SLURM_JOB_ID` '
+             '(tools/slurm_train.sh --requeue passes it)')
     parser.add_argument(
         '--amp', action='store_true', default=False,
         help='enable automatic mixed precision (AmpOptimWrapper, dynamic loss scale); ignored with '
@@ -118,6 +145,12 @@ def setup_cfg(args: argparse.Namespace) -> Config:
         print_log('optim_wrapper: AmpOptimWrapper needs CUDA, which is not available; training in fp32 '
                   '(OptimWrapper).', logger='current', level=logging.WARNING)
 
+    if args.allow_config_change:
+        launch.set_resumable_loop_option(cfg, 'allow_config_change', True)
+    if args.requeue and not launch.set_hook_option(cfg, 'PreemptionHook', 'requeue', True):
+        raise ValueError('--requeue: the config has no PreemptionHook (default_hooks.preemption in '
+                         'configs/_base_/*runtime.py)')
+
     # resume is determined in this priority: resume from > auto_resume
     if args.resume == 'auto':
         # the checkpoint last_checkpoint names, if it is readable; else the newest readable one
@@ -134,21 +167,82 @@ def setup_cfg(args: argparse.Namespace) -> Config:
 def main(argv=None):
     register_checkpoint_loader()   # a bad --resume / load_from / init_cfg file: one line, not a traceback
     args = parse_args(argv)
+    if args.resume is None and launch.restart_count() > 0:
+        print(f'train.py: relaunch {launch.restart_count()} of this job ({" / ".join(launch.RESTART_ENV)}): '
+              'resuming from the latest checkpoint in the work dir (--resume)', file=sys.stderr, flush=True)
+        args.resume = 'auto'
     with exit_on_checkpoint_error('train.py'):
-        return _train(args)
+        try:
+            return _train(args)
+        except IncompatibleResumeError as e:
+            raise SystemExit(f'train.py: error: {e}') from None
+
+
+def _finished(cfg, args) -> bool:
+    """With ``--resume`` (auto): whether the work dir holds this run finished (``finished.json`` written by
+    an earlier launch with the same run config); then nothing is to be done."""
+    if args.resume != 'auto':
+        return False
+    path = osp.join(cfg.work_dir, launch.FINISHED_FILE)
+    if not osp.isfile(path):
+        return False
+    with open(path) as f:
+        done = json.load(f)
+    if done.get('run_config_digest') != run_config_digest(run_config(cfg)):
+        return False     # another run's: resuming it reports what differs
+    print(f'train.py: {cfg.work_dir} holds this run finished ({done.get("checkpoint")}, iteration '
+          f'{done.get("iter")}); nothing to do', file=sys.stderr, flush=True)
+    return True
+
+
+def _write_finished(runner, digest: str) -> None:
+    if runner.rank == 0:
+        atomic_write_text(json.dumps(dict(
+            run_config_digest=digest, iter=runner.iter, epoch=runner.epoch,
+            checkpoint=runner.message_hub.get_info('last_ckpt'),
+            time=time.strftime('%Y-%m-%d %H:%M:%S')), indent=1) + '\n', osp.join(runner.work_dir, launch.FINISHED_FILE))
+
+
+def _exit_stopped(runner, dist_started: bool, code: int, message: str) -> None:
+    """Every rank stopped at the same iteration after its checkpoint was written: leave cleanly.
+
+    Further stop signals are ignored from here on (torchrun signals the ranks still exiting once one has
+    exited with a non-zero status); the data-loader workers are ended and the runner freed before the
+    process group goes.
+    """
+    for name in ('SIGTERM', 'SIGINT', 'SIGUSR1'):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    launch.release_loader_workers(runner.train_dataloader, runner.val_dataloader)
+    del runner
+    gc.collect()
+    launch.end_distributed(dist_started)
+    print(f'train.py: {message}', file=sys.stderr, flush=True)
+    raise SystemExit(code)
 
 
 def _train(args):
     cfg = setup_cfg(args)
+    if _finished(cfg, args):
+        return None
+    digest = run_config_digest(run_config(cfg))
     check_downstream_config(cfg)
     register_scope(cfg)
-    cpu_dist = setup_cpu_distributed(cfg, args.launcher, 'training')
+    dist_started = setup_distributed(cfg, args.launcher, 'training')
     runner = build_runner(cfg)
-    model = runner.train()
+    try:
+        model = runner.train()
+    except TrainingStopped as stop:
+        stopped = (stop.code, stop.message)     # the exception (and the runner its traceback holds) goes here
+    else:
+        stopped = None
+    if stopped is not None:
+        _exit_stopped(runner, dist_started, *stopped)
     if is_model_wrapper(model):
         model = model.module
-    del runner  # the group's last owner (DDP): freed by end_cpu_distributed, not at interpreter exit
-    launch.end_cpu_distributed(cpu_dist)
+    _write_finished(runner, digest)
+    launch.release_loader_workers(runner.train_dataloader, runner.val_dataloader)
+    del runner  # the group's last owner (DDP): freed by end_distributed, not at interpreter exit
+    launch.end_distributed(dist_started)
     return model
 
 
