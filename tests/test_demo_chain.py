@@ -69,4 +69,16 @@ def test_run_demo_quick_chain(tmp_path):
         glob.glob(osp.join(pics, 'cascade', '**', '*.png'), recursive=True)
     assert len(seg_pngs) == 8, seg_pngs  # one painted picture per val image
     assert len(det_pngs) == 3, det_pngs
-    assert 'pictures    :' in out and 'UperNet                 : mIoU ' in out
+    assert 'pictures    :' in out
+
+    # the results file the docs quote (docs/results/demo.json is this file of the quoted run)
+    import results_file
+    doc = results_file.load_results(osp.join(wd, 'results.json'))
+    assert doc['command'] == 'bash tools/run_demo.sh --quick' and doc['tool'] == 'tools/run_demo.sh'
+    assert doc['values']['metrics']['upernet']['mIoU'] == seg['mIoU']
+    stages = doc['tables']['stages']['rows']
+    assert len(stages) == 3 and f"top-1 {top['accuracy/top1']:.1f} %" in stages[0][1]
+    assert f"mIoU {seg['mIoU']:.2f}" in stages[1][1] and f"box AP {det['coco/bbox_mAP']:.3f}" in stages[2][1]
+    secs = doc['values']['seconds']
+    assert secs['total'] >= secs['pretrain'] + secs['upernet'] + secs['cascade'] > 0
+    assert f"mIoU {seg['mIoU']:.2f}" in out     # and the same figures are printed

@@ -61,6 +61,7 @@ INSTALL_APT=()
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then INSTALL_APT=(--install-apt); fi
 "$PY" tools/prepare_demo_data.py --only cls,seg,coco "${INSTALL_APT[@]}"
 
+T1=$(date +%s)
 BACKBONE=$WORK_DIR/pretrain/backbone.pth
 step "3/7 TL-Align pretraining of a small Swin on Fashion-MNIST ($GPUS process(es), tools/dist_train.sh)"
 rm -f "$BACKBONE"  # never fine-tune from a previous run's export
@@ -82,30 +83,23 @@ finetune() {
     "$PY" tools/test.py "$cfg" "$(cat "$WORK_DIR/$name/last_checkpoint")" --work-dir "$WORK_DIR/$name/test" \
         --show-dir "$WORK_DIR/pictures/$name" | tee "$WORK_DIR/$name/test.txt"
 }
+T2=$(date +%s)
 finetune upernet "$SEG_CFG" 4 "UperNet on the VOC demo masks" ${SEG_OPTS[@]+"${SEG_OPTS[@]}"}
+T3=$(date +%s)
 finetune cascade "$DET_CFG" 6 "Cascade Mask R-CNN on the VOC demo polygons" ${DET_OPTS[@]+"${DET_OPTS[@]}"}
 step "training curves (tools/analysis/plot_curves.py)"
 "$PY" tools/analysis/plot_curves.py "$WORK_DIR/pretrain" "$WORK_DIR/upernet" "$WORK_DIR/cascade" \
     --titles "TL-Align pretraining (Swin, Fashion-MNIST)" "UperNet (VOC demo)" "Cascade Mask R-CNN (VOC demo)" \
     --out "$WORK_DIR/pictures/curves.png"
 
-step "done in $(( $(date +%s) - T0 ))s"
-# the headline numbers of a "metrics: {...}" line that tools/test.py printed
-metric() {
-    "$PY" - "$1" <<'PYEOF'
-import ast, sys
-line = [ln for ln in open(sys.argv[1]) if ln.startswith('metrics: ')][-1]
-m = ast.literal_eval(line[len('metrics: '):])
-keys = ('accuracy/top1', 'accuracy/top5', 'mIoU', 'mAcc', 'aAcc',
-        'coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50')
-print('  '.join(f'{k} {m[k]:.4g}' for k in keys if k in m))
-PYEOF
-}
+T4=$(date +%s)
+step "done in $(( T4 - T0 ))s"
+"$PY" tools/analysis/demo_results.py "$WORK_DIR" --results-json "$WORK_DIR/results.json" \
+    --command "bash tools/run_demo.sh $*" \
+    --seconds $(( T1 - T0 )) $(( T2 - T1 )) $(( T3 - T2 )) $(( T4 - T3 )) $(( T4 - T0 ))
 cat <<EOF
-  metrics (train = val images for the two downstream sets: they measure fitting)
-    pretraining top-1/top-5 : $(metric "$WORK_DIR/pretrain/test.txt")
-    UperNet                 : $(metric "$WORK_DIR/upernet/test.txt")
-    Cascade Mask R-CNN      : $(metric "$WORK_DIR/cascade/test.txt")
+  metrics     : above (train = val images for the two downstream sets: they measure fitting),
+                with the command, commit, date and machine in $WORK_DIR/results.json
   checkpoints : $WORK_DIR/{pretrain,upernet,cascade}/  (last_checkpoint names the newest of each)
   backbone    : $BACKBONE  (init_cfg=dict(type='Pretrained', checkpoint=...))
   logs        : $WORK_DIR/<stage>/<timestamp>/<timestamp>.log, scalars in .../vis_data/scalars.json
