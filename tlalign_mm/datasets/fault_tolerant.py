@@ -86,7 +86,7 @@ def seed_sample_rngs(seed: int) -> None:
 class SampleIndex(int):
     """A dataset index (an ``int``) that carries the seed of its sample's random stream.
 
-    :class:`ResumableBatchSampler` yields them; :class:`FaultTolerantDataset` reads :attr:`seed`; any
+    :class:`ResumableBatchSampler` yields them; :class:`FaultTolerantDataset` reads its ``seed``; any
     other dataset sees a plain ``int``.  Pickles as ``SampleIndex(index, seed)`` (data-loader workers).
     """
 

@@ -1,6 +1,6 @@
 """Robustness metrics: ImageNet-A/R class subsets, ImageNet-C corruption errors, pixel-space models.
 
-The pieces :mod:`tools/analysis/robustness.py <tools.analysis.robustness>` puts together; each
+The pieces ``tools/analysis/robustness.py`` puts together; each
 follows the benchmark's published evaluation code:
 
 * **ImageNet-A / ImageNet-R** (Hendrycks et al., CVPR 2021 / ICCV 2021) hold 200 of the 1000

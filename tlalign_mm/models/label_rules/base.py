@@ -56,11 +56,12 @@ class LabelRule(nn.Module, metaclass=abc.ABCMeta):
     """Base class of the label rules: each owns its target, from a :class:`RuleInput` to a
     :class:`RuleOutput`.
 
-    Class attributes:
-        carries_labels: the backbone carries token labels on every mixed training step.
-        needs_tokens: the rule reads the final patch tokens (``RuleInput.tokens``).
-        needs_clean_images: the rule reads the batch before random erasing
-            (``MixResult.source_images``).
+    Class attributes, which the classifier reads before it builds its parts:
+
+    * ``carries_labels``: the backbone carries token labels on every mixed training step;
+    * ``needs_tokens``: the rule reads the final patch tokens (``RuleInput.tokens``);
+    * ``needs_clean_images``: the rule reads the batch before random erasing
+      (``MixResult.source_images``).
 
     :meth:`setup` runs once, when the classifier is built: it checks that the model has what
     the rule needs, configures the backbone's alignment and records what the rule reads later
