@@ -44,5 +44,5 @@ def test_parts_run_at_toy_size_on_cpu(tmp_path, monkeypatch, capsys):
     assert modes == ['error', 'default'] * 2 and pre['lam_gap'] >= 0
     mod.print_table('cpu', bench, prec, pre)
     out = capsys.readouterr().out
-    assert '| deit-tiny | 1 | bfloat16 | fused |' in out and '| swin-tiny | auto | bfloat16 |' in out
+    assert '| deit-tiny | 1 | bfloat16 | tla |' in out and '| swin-tiny | auto | bfloat16 |' in out
     assert 'ok: no host sync in train_step' in out

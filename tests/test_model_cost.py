@@ -377,7 +377,7 @@ def test_benchmark_label_path_tool_runs(tmp_path, model):
     assert 'paired [95% CI]' in stdout and 'autocast bfloat16' in stdout
     res = json.loads(out.read_text())
     assert res['amp_dtype'] == 'bfloat16'
-    variants = ('baseline', 'fused', 'fused32', 'split', 'reference')
+    variants = ('baseline', 'tla', 'tla32', 'split', 'reference')
     assert set(res['step_s']) == set(res['peak_bytes']) == set(res['paired_ratio']) == set(variants)
     assert all(len(res['step_s_rounds'][v]) == 3 for v in variants)
     assert res['paired_ratio']['baseline'] == [1.0, 1.0, 1.0]

@@ -5,9 +5,10 @@ mmengine and this package -- no mmcv / mmseg / mmdet).  It does three things and
 
 1. **Label-path cost** (``tools/analysis/benchmark_label_path.py``, in this process): DeiT-S and
    DeiT-B at batch 128, Swin-T at batch 64, 224 px, under bfloat16 and float16 autocast; the
-   variants ``baseline`` (CutMix, no labels), ``fused`` (ours, labels in the features' own
-   attention call), ``fused32`` (``label_dtype='float32'``: a second float32 attention call per
-   block) and ``reference`` (K = 1000 labels, materialised attention, the reference code's way).
+   variants ``baseline`` (CutMix, no labels), ``tla`` (ours, ``attn_impl='auto'``: on a GPU the
+   labels ride in the features' own fused attention call), ``tla32`` (``label_dtype='float32'``: a
+   second float32 attention call per block) and ``reference`` (K = 1000 labels, materialised
+   attention, the reference code's way).
    Forward + backward timed with CUDA events, interleaved, as paired ratios against the baseline
    with a 95% interval; images per second; ``torch.cuda.max_memory_allocated`` growth.
 2. **Precision**: DeiT-S and Swin-T with trained-like attention
@@ -41,7 +42,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = (('deit-small', 128), ('deit-base', 128), ('swin-tiny', 64))
 AMP = ('bfloat16', 'float16')
-VARIANTS = ('baseline', 'fused', 'fused32', 'reference')
+VARIANTS = ('baseline', 'tla', 'tla32', 'reference')
 BUDGET = dict(share_absdiff_mean=5e-4, share_absdiff_max=5e-3, mass_err_max=1e-3)
 
 
@@ -60,7 +61,8 @@ def label_path_rows(iters: int, warmup: int, device: torch.device, models=MODELS
     for model, batch in models:
         for amp in amps:
             args = SimpleNamespace(model=model, batch=batch, img=224, num_classes=1000, drop_path=0.0, iters=iters,
-                                   warmup=warmup, variants=VARIANTS, amp_dtype=amp, compile=False)
+                                   warmup=warmup, variants=VARIANTS, amp_dtype=amp, attn_impl='auto',
+                                   compile=False)
             res = bench.label_path(args, device)
             for v in VARIANTS:
                 mean, lo, hi = res['paired_ratio'][v]
