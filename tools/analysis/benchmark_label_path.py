@@ -60,8 +60,11 @@ import time
 
 import torch
 import torch.nn as nn
+from results_file import add_results_arg, table, write_results  # tools/analysis/results_file.py
 
 VARIANTS = ('baseline', 'tla', 'tla32', 'split', 'reference')
+#: the columns of the printed table and of the ``label_path`` results table
+LABEL_PATH_COLUMNS = ['variant', 'step s', 'img/s', 'x base', 'paired [95% CI]', 'peak MiB', 'x base mem']
 AMP_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -313,6 +316,7 @@ def main():
     p.add_argument('--dense-only', action='store_true')
     p.add_argument('--dense-size', type=int, default=512)
     p.add_argument('--json', help='also write the figures to this JSON file')
+    add_results_arg(p)
     p.add_argument('--variants', default=','.join(VARIANTS),
                    help=f'comma-separated subset of {",".join(VARIANTS)} to run (baseline is always run); '
                         'fewer variants per round pair the steps more tightly')
@@ -333,30 +337,39 @@ def main():
         return
 
     out = {'device': str(device), 'threads': torch.get_num_threads(), 'torch': torch.__version__}
+    tables = {}
     if not args.dense_only:
         print(f'# {args.model}, batch {args.batch}, {args.img}px, K={args.num_classes}, {device}, '
               f'{torch.get_num_threads()} threads, autocast {args.amp_dtype}, attn_impl {args.attn_impl}'
               f'{", compiled" if args.compile else ""}, median of {args.iters} steps')
         res = label_path(args, device)
         times, paired, mem = res['step_s'], res['paired_ratio'], res['peak_bytes']
-        print(f'{"variant":<10} {"step s":>8} {"img/s":>8} {"x base":>7} {"paired [95% CI]":>21} '
-              f'{"peak MiB":>9} {"x base":>7}')
-        for v in args.variants:
-            mean, lo, hi = paired[v]
-            print(f'{v:<10} {times[v]:8.3f} {args.batch / times[v]:8.1f} {times[v] / times["baseline"]:7.3f} '
-                  f'{mean:7.3f} [{lo:.3f}, {hi:.3f}] {mem[v] / 2**20:9.1f} {mem[v] / mem["baseline"]:7.3f}')
+        rows = [[v, f'{times[v]:.3f}', f'{args.batch / times[v]:.1f}', f'{times[v] / times["baseline"]:.3f}',
+                 '{:.3f} [{:.3f}, {:.3f}]'.format(*paired[v]), f'{mem[v] / 2**20:.1f}',
+                 f'{mem[v] / mem["baseline"]:.3f}'] for v in args.variants]
+        widths = (-10, 8, 8, 7, 21, 9, 7)
+        for r in [LABEL_PATH_COLUMNS] + rows:
+            print(' '.join(f'{c:<{-w}}' if w < 0 else f'{c:>{w}}' for c, w in zip(r, widths)))
+        tables['label_path'] = table(LABEL_PATH_COLUMNS, rows)
         out.update(res)
     if args.dense or args.dense_only:
         res = dense_compare(args, device)
         print(f'# dense forward+backward {args.dense_size}px batch {args.batch}: ours vs stock mm backbone')
+        dense_rows = []
         for name, r in res.items():
             mean, lo, hi = r['paired']
             print(f'{name:<7} ours {r["ours"]:.3f}s  stock {r["stock"]:.3f}s  ratio {r["ours"] / r["stock"]:.3f}  '
                   f'paired {mean:.3f} [{lo:.3f}, {hi:.3f}]')
+            dense_rows.append([name, f'{r["ours"]:.3f}', f'{r["stock"]:.3f}', f'{mean:.3f} [{lo:.3f}, {hi:.3f}]'])
+        tables['dense'] = table(['model', 'ours step s', 'stock step s', 'ours / stock, paired [95% CI]'],
+                                dense_rows)
         out['dense'] = res
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(out, f, indent=1)
+    if args.results_json:
+        write_results(args.results_json, tables, out)
+        print(f'wrote {args.results_json}')
 
 
 if __name__ == '__main__':

@@ -37,15 +37,17 @@ Example (a few minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 
 import torch
 import torch.nn as nn
 from benchmark_label_path import build, make_batch, step, timed  # tools/analysis/benchmark_label_path.py
+from results_file import add_results_arg, provenance, table, write_results  # tools/analysis/results_file.py
 from timing import paired_ratios  # tools/analysis/timing.py
+
+from tlalign_mm.utils.checkout import checkout_mismatch
 
 VARIANTS = ('ours', 'official', 'timm', 'timm-mat')
 PRECISIONS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -81,10 +83,16 @@ def official_forward(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) ->
     return model.forward_head(model.norm(x)), labels[:, 0]
 
 
-def _timm_vit(ours: nn.Module, head: nn.Linear, fused_attn: bool) -> nn.Module:
-    """timm's ViT-S/16 with our backbone's and head's weights (strict: the same parameter names)."""
+def timm_vit(ours: nn.Module, head: nn.Linear, fused_attn: bool, img: int = 224) -> nn.Module:
+    """timm's ViT-S/16 with our backbone's and head's weights (strict: the same parameter names).
+
+    ``img`` other than our ``img_size`` makes the position embedding resized per input
+    (timm's ``dynamic_img_size``, as ours resizes it).
+    """
     import timm
-    m = timm.create_model('vit_small_patch16_224', num_classes=head.out_features, img_size=ours.img_size)
+    dynamic = (img, img) != tuple(ours.img_size)
+    m = timm.create_model('vit_small_patch16_224', num_classes=head.out_features, img_size=ours.img_size,
+                          dynamic_img_size=dynamic)
     state = dict(ours.state_dict(), **{'head.weight': head.weight.detach(), 'head.bias': head.bias.detach()})
     m.load_state_dict(state, strict=True)
     for blk in m.blocks:
@@ -117,7 +125,7 @@ def prepare(args, device) -> dict:
     for name in ('official', 'timm', 'timm-mat'):
         if name not in args.variants:
             continue
-        m = _timm_vit(bb, head, fused_attn=name == 'timm').to(device).train()
+        m = timm_vit(bb, head, fused_attn=name == 'timm', img=args.img).to(device).train()
 
         def run(m=m, name=name):
             with torch.autocast(**autocast):
@@ -154,17 +162,13 @@ def time_precision(args, device) -> dict:
 
 
 def machine_note(device) -> dict:
-    """What decides the timings: device, CPU model, PyTorch's CPU ISA, bfloat16 / float16 matrix units, threads, torch."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
-    except OSError:
-        pass
+    """What decides the timings: the device, the CPU model, the ISA PyTorch's CPU kernels use,
+    whether the CPU has bfloat16 / float16 matrix units, threads and torch."""
     from tlalign_mm.align.propagate import _CPU_MATRIX_UNITS
-    return dict(device=str(device), cpu=cpu, isa=torch.backends.cpu.get_cpu_capability(),
-                bf16_matrix_units=_CPU_MATRIX_UNITS[torch.bfloat16], fp16_matrix_units=_CPU_MATRIX_UNITS[torch.float16],
-                threads=torch.get_num_threads(), torch=torch.__version__)
+    return dict(device=str(device), cpu=provenance(argv=[])['machine']['cpu'],
+                isa=torch.backends.cpu.get_cpu_capability(), bf16_matrix_units=_CPU_MATRIX_UNITS[torch.bfloat16],
+                fp16_matrix_units=_CPU_MATRIX_UNITS[torch.float16], threads=torch.get_num_threads(),
+                torch=torch.__version__)
 
 
 def _goal(lo: float, hi: float) -> str:
@@ -187,7 +191,7 @@ def main():
                    help=f'comma-separated comparison variants from {",".join(VARIANTS[1:])} (ours always runs)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--json', help='also write the figures to this JSON file')
+    add_results_arg(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,16 +205,21 @@ def main():
     device = torch.device(args.device)
 
     from tlalign_mm.align import resolve_attn_impl
+    if (other := checkout_mismatch(__file__)) is not None:   # would time another checkout's package
+        print(f'warning: {other}', file=sys.stderr)
     note = machine_note(device)
     load0 = os.getloadavg()[0]
     print(f"# DeiT-S training step, batch {args.batch}, {args.img}px, {note['device']}: {note['cpu']}, "
           f"ISA {note['isa']}, bf16 / fp16 matrix units {note['bf16_matrix_units']} / {note['fp16_matrix_units']}, "
           f"{note['threads']} threads, torch {note['torch']}; {args.iters} rounds after {args.warmup} warm-up")
     print('# ratio = geometric mean over rounds of ours / that variant in the same round [95% CI]')
-    cols = ''.join(f' {v + " s":>11}' for v in variants)
-    print(f'{"precision":<9} {"ours attn":<12} {"ours s":>8}{cols}' + ''.join(
-        f' {"ours/" + v + " [95% CI]":>28} {"goal":>6}' for v in variants))
-    results = {}
+    columns = ['precision', 'ours attn', 'ours s', *(f'{v} s' for v in variants)]
+    for v in variants:
+        columns += [f'ours/{v} [95% CI]', f'goal vs {v}']
+    widths = [-9, -12, 8, *(11 for _ in variants), *(w for _ in variants for w in (28, 10))]
+    fmt = lambda cells: ' '.join(f'{c:<{-w}}' if w < 0 else f'{c:>{w}}' for c, w in zip(cells, widths))  # noqa: E731
+    print(fmt(columns))
+    results, rows = {}, []
     for prec in precisions:
         args.precision = prec
         amp = PRECISIONS[prec]
@@ -220,19 +229,20 @@ def main():
         res = time_precision(args, device)
         res['ours_attn_impl'] = impl
         results[prec] = res
-        line = f'{prec:<9} {impl:<12} {res["step_s"]["ours"]:8.3f}' + ''.join(
-            f' {res["step_s"][v]:11.3f}' for v in variants)
+        row = [prec, impl, f'{res["step_s"]["ours"]:.3f}', *(f'{res["step_s"][v]:.3f}' for v in variants)]
         for v in variants:
             mean, lo, hi = res['ours_over'][v]
-            line += f' {f"{mean:.3f} [{lo:.3f}, {hi:.3f}]":>28} {_goal(lo, hi):>6}'
-        print(line, flush=True)
+            row += [f'{mean:.3f} [{lo:.3f}, {hi:.3f}]', _goal(lo, hi)]
+        rows.append(row)
+        print(fmt(row), flush=True)
     load1 = os.getloadavg()[0]
     print(f'# load average (1 min) before / after: {load0:.2f} / {load1:.2f} on {os.cpu_count()} CPUs')
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(machine=note, load_before=load0, load_after=load1, batch=args.batch, img=args.img,
-                           iters=args.iters, warmup=args.warmup, attn_impl=args.attn_impl, results=results), f,
-                      indent=1)
+    if args.results_json:
+        write_results(args.results_json, {'ours_over': table(columns, rows)},
+                      dict(machine=note, load_before=load0, load_after=load1, batch=args.batch, img=args.img,
+                           iters=args.iters, warmup=args.warmup, attn_impl=args.attn_impl, results=results),
+                      notes=f'1-minute load average {load0:.2f} before, {load1:.2f} after, {os.cpu_count()} CPUs')
+        print(f'wrote {args.results_json}')
 
 
 if __name__ == '__main__':
