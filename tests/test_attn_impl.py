@@ -13,18 +13,14 @@
 """
 import pytest
 import torch
-import torch.nn.functional as F
 from structured_attention import structure_attention_, structured_mixed_batch  # tools/analysis/structured_attention.py
-from torch.profiler import profile
+from test_mixed_precision import FLASH, LOW, _ops, _param_grads, _sdpa_reference, _structured_qkv
 
 from tlalign_mm.align import initial_source_labels, propagate, resolve_attn_impl
 from tlalign_mm.analysis.precision import label_precision
 from tlalign_mm.models.backbones.pvt import TLASpatialReductionAttention
 from tlalign_mm.models.backbones.swin import TLASwinBlock
 from tlalign_mm.models.backbones.vit import TLAVisionTransformer
-
-FLASH = 'aten::_scaled_dot_product_flash_attention_for_cpu'
-LOW = [torch.bfloat16, torch.float16]
 
 
 @pytest.fixture
@@ -103,12 +99,6 @@ def _tiny_vit(**kw):
     return structure_attention_(vit)
 
 
-def _ops(fn):
-    with profile() as prof:
-        fn()
-    return [e.name for e in prof.events()]
-
-
 @pytest.mark.parametrize('with_labels', [True, False], ids=['labels', 'plain'])
 @pytest.mark.parametrize('attn_impl,amp,expected', [
     ('auto', torch.bfloat16, 'materialised'), ('auto', None, 'fused'),
@@ -151,32 +141,10 @@ def test_swin_and_pvt_attention_take_the_chosen_path(monkeypatch, matrix_units):
 
 
 # ---------------------------------------------------------------------------------------- agreement
-def _structured_qkv(dtype, b=2, h=3, n=50, d=32, seed=0):
-    """q, k, v with peaked, content-dependent attention (q and k share a direction per row)."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(b, n, 3 * h * d, generator=g)
-    base[..., h * d:2 * h * d] = base[..., :h * d] + 0.3 * torch.randn(b, n, h * d, generator=g)
-    base = (base * 1.5).to(dtype).requires_grad_()
-    q, k, v = base.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-    return base, q, k, v
-
-
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('mask', [False, True])
 def test_materialised_kernel_against_sdpa_and_the_label_rule(dtype, mask):
-    b, h, n, d = 2, 3, 50, 32
-    labels = torch.softmax(3 * torch.randn(b, n, 2, generator=torch.Generator().manual_seed(1)), -1)
-    attn_mask = (torch.randn(1, h, n, n, generator=torch.Generator().manual_seed(2)) * 2).to(dtype) if mask else None
-    g_out = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(3)).to(dtype)
-
-    base_r, q, k, v = _structured_qkv(dtype)
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    (ref.float() * g_out.float()).sum().backward()
-    with torch.no_grad():
-        logits = (q.float() @ k.float().transpose(-2, -1)) * d ** -0.5 + (attn_mask.float() if mask else 0)
-        attn = logits.softmax(-1)
-        lab_ref = attn.mean(1) @ labels
-    assert attn.max(-1).values.mean() > 0.3      # peaked attention: errors cannot hide in averages
+    labels, attn_mask, g_out, base_r, ref, lab_ref = _sdpa_reference(dtype, mask)
 
     outs = {}
     for impl in ('fused', 'materialised'):
@@ -196,10 +164,6 @@ def test_materialised_kernel_against_sdpa_and_the_label_rule(dtype, mask):
     assert (lab - lab_ref).abs().max() <= tol
     assert (lab.sum(-1) - 1).abs().max() <= 1e-5
     assert (lab - outs['fused'][1]).abs().max() <= 2 * tol
-
-
-def _param_grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_both_paths_give_the_same_float32_step():
@@ -273,14 +237,7 @@ def test_fused_path_on_either_side_of_the_guard(monkeypatch, version):
     fwd, bwd = propagate._flash_cpu_ops(version)
     monkeypatch.setattr(propagate, '_FLASH_CPU', fwd)
     monkeypatch.setattr(propagate, '_FLASH_CPU_BACKWARD', bwd)
-    b, h, n, d = 2, 3, 50, 32
-    labels = torch.softmax(3 * torch.randn(b, n, 2, generator=torch.Generator().manual_seed(1)), -1)
-    g_out = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(3))
-    base_r, q, k, v = _structured_qkv(torch.float32)
-    ref = F.scaled_dot_product_attention(q, k, v)
-    (ref * g_out).sum().backward()
-    with torch.no_grad():
-        lab_ref = ((q @ k.transpose(-2, -1)) * d ** -0.5).softmax(-1).mean(1) @ labels
+    labels, _, g_out, base_r, ref, lab_ref = _sdpa_reference(torch.float32, False)
     base, q, k, v = _structured_qkv(torch.float32)
     res = {}
 

@@ -46,24 +46,33 @@ def _structured_qkv(dtype, b=2, h=3, n=50, d=32, seed=0):
     return base, q, k, v
 
 
-@pytest.mark.parametrize('dtype', LOW)
-@pytest.mark.parametrize('mask', [False, True])
-def test_fused_low_precision_call_features_gradients_labels_and_mass(dtype, mask):
-    b, h, n, d = 2, 3, 50, 32
+def _sdpa_reference(dtype, mask: bool, b=2, h=3, n=50, d=32):
+    """An attention case and its independent references: ``(labels, attn_mask, g_out, base_r, ref, lab_ref)``.
+
+    ``ref``: plain SDPA on :func:`_structured_qkv` (``base_r.grad`` its gradient against ``g_out``);
+    ``lab_ref``: the TL-Align rule ``mean_h softmax(q k^T / sqrt(d) + mask) @ Y`` in float32 on the
+    same (rounded) q, k.  The attention is checked to be peaked, so that errors cannot hide in averages.
+    """
     labels = torch.softmax(3 * torch.randn(b, n, 2, generator=torch.Generator().manual_seed(1)), -1)
     attn_mask = (torch.randn(1, h, n, n, generator=torch.Generator().manual_seed(2)) * 2).to(dtype) if mask else None
     g_out = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(3)).to(dtype)
-
-    base_r, q, k, v = _structured_qkv(dtype)
+    base_r, q, k, v = _structured_qkv(dtype, b, h, n, d)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     (ref.float() * g_out.float()).sum().backward()
-    with torch.no_grad():   # the rule in float32 on the same (rounded) q, k
+    with torch.no_grad():
         logits = (q.float() @ k.float().transpose(-2, -1)) * d ** -0.5
         if mask:
             logits = logits + attn_mask.float()
         attn = logits.softmax(-1)
         lab_ref = attn.mean(1) @ labels
-    assert attn.max(-1).values.mean() > 0.3      # peaked attention: errors cannot hide in averages
+    assert attn.max(-1).values.mean() > 0.3
+    return labels, attn_mask, g_out, base_r, ref, lab_ref
+
+
+@pytest.mark.parametrize('dtype', LOW)
+@pytest.mark.parametrize('mask', [False, True])
+def test_fused_low_precision_call_features_gradients_labels_and_mass(dtype, mask):
+    labels, attn_mask, g_out, base_r, ref, lab_ref = _sdpa_reference(dtype, mask)
 
     base, q, k, v = _structured_qkv(dtype)
     res = {}
