@@ -86,8 +86,9 @@ def official_forward(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) ->
 def timm_vit(ours: nn.Module, head: nn.Linear, fused_attn: bool, img: int = 224) -> nn.Module:
     """timm's ViT-S/16 with our backbone's and head's weights (strict: the same parameter names).
 
-    ``img`` other than our ``img_size`` makes the position embedding resized per input
-    (timm's ``dynamic_img_size``, as ours resizes it).
+    ``img`` other than our ``img_size`` (224) makes timm resize the position embedding per input
+    (``dynamic_img_size``; timm resizes with antialiasing, ours without, so the two models then
+    differ slightly: for smoke runs only).
     """
     import timm
     dynamic = (img, img) != tuple(ours.img_size)
