@@ -58,12 +58,12 @@ def _reference_deit_targets(model, x, y0):
     return y[:, 0]
 
 
-@pytest.mark.parametrize('label_mode', ['fused', 'split', 'explicit'])
-def test_deit_matches_reference_algorithm_k1000_and_k2(label_mode):
+@pytest.mark.parametrize('attn_impl', ['fused', 'split', 'materialised'])
+def test_deit_matches_reference_algorithm_k1000_and_k2(attn_impl):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     model = TLAVisionTransformer(dict(embed_dims=96, num_layers=4, num_heads=3), img_size=64,
-                                 out_type='cls_token', label_mode=label_mode)
+                                 out_type='cls_token', attn_impl=attn_impl)
     model.init_weights()
     model.eval()
     b, num_classes = 4, 1000
@@ -152,10 +152,10 @@ def _reference_swin_block(blk, x, hw, labels):
 
 
 @pytest.mark.parametrize('shift', [False, True])
-@pytest.mark.parametrize('label_mode', ['fused', 'split', 'explicit'])
-def test_swin_block_matches_per_window_loop_reference(shift, label_mode):
+@pytest.mark.parametrize('attn_impl', ['fused', 'split', 'materialised'])
+def test_swin_block_matches_per_window_loop_reference(shift, attn_impl):
     torch.manual_seed(0)
-    blk = TLASwinBlock(32, 2, window_size=4, shift=shift, label_mode=label_mode).eval()
+    blk = TLASwinBlock(32, 2, window_size=4, shift=shift, attn_impl=attn_impl).eval()
     torch.nn.init.normal_(blk.attn.relative_position_bias_table, std=0.5)
     x = torch.randn(2, 8 * 8, 32)
     labels = torch.rand(2, 64, 5)
@@ -171,7 +171,7 @@ def test_swin_block_matches_per_window_loop_reference(shift, label_mode):
 def test_swin_single_window_without_shift_is_the_vit_rule():
     torch.manual_seed(0)
     blk = TLASwinBlock(32, 4, window_size=7, shift=True).eval()  # 7x7 map -> one window, no shift
-    attn = TLAAttention(32, 4, label_mode='explicit').eval()
+    attn = TLAAttention(32, 4, attn_impl='materialised').eval()
     attn.qkv.load_state_dict(blk.attn.qkv.state_dict())
     attn.proj.load_state_dict(blk.attn.proj.state_dict())
     x = torch.randn(3, 49, 32)
@@ -229,12 +229,12 @@ def test_swin_k2_equals_k_classes():
     assert (expand_source_labels(l2.mean(1), y_a, y_b) - lk.mean(1)).abs().max() <= TOL
 
 
-def test_fused_and_explicit_modes_agree_on_features_and_labels():
+def test_fused_and_materialised_agree_on_features_and_labels():
     torch.manual_seed(0)
     kw = dict(arch=dict(embed_dims=32, depths=(2, 2), num_heads=(2, 4)), window_size=4, out_indices=(0, 1))
-    a = TLASwinTransformer(label_mode='fused', **kw).eval()
+    a = TLASwinTransformer(attn_impl='fused', **kw).eval()
     a.init_weights()
-    b = TLASwinTransformer(label_mode='explicit', **kw).eval()
+    b = TLASwinTransformer(attn_impl='materialised', **kw).eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 64, 64)
     y0 = torch.softmax(torch.randn(2, 256, 2), -1)

@@ -57,14 +57,14 @@ SMOOTH = 0.1
 
 
 # ------------------------------------------------------------------------------- tiny models
-def tiny_vit(num_heads: int = 2, num_layers: int = 2, prob: float = 1.0, label_mode: str = 'fused'
+def tiny_vit(num_heads: int = 2, num_layers: int = 2, prob: float = 1.0, attn_impl: str = 'fused'
              ) -> TLAImageClassifier:
     """DeiT-like: 32 px, patch 8 (4x4 = 16 patch tokens + class token), 32 dims, 4 classes."""
     torch.manual_seed(0)
     model = TLAImageClassifier(
         backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=num_layers,
                                                              num_heads=num_heads),
-                      img_size=32, patch_size=8, out_type='cls_token', label_mode=label_mode),
+                      img_size=32, patch_size=8, out_type='cls_token', attn_impl=attn_impl),
         head=dict(type='TLALinearClsHead', num_classes=4), label_smoothing=SMOOTH,
         data_preprocessor=dict(type='TLAClsDataPreprocessor',
                                mixer=dict(cutmix_alpha=1.0, prob=prob, patch_size=8), seed=0))
@@ -170,10 +170,10 @@ def test_identity_attention_keeps_lam_and_zero_target_l2():
     assert fl.target_l2.max() < 1e-5
 
 
-@pytest.mark.parametrize('num_heads,label_mode', [(1, 'fused'), (2, 'fused'), (2, 'explicit'), (2, 'split')])
-def test_attention_on_one_b_token_pulls_lam_down(num_heads, label_mode):
+@pytest.mark.parametrize('num_heads,attn_impl', [(1, 'fused'), (2, 'fused'), (2, 'materialised'), (2, 'split')])
+def test_attention_on_one_b_token_pulls_lam_down(num_heads, attn_impl):
     layers = 2
-    model = tiny_vit(num_heads=num_heads, num_layers=layers, label_mode=label_mode)
+    model = tiny_vit(num_heads=num_heads, num_layers=layers, attn_impl=attn_impl)
     vit = model.backbone
     x, labels, mix = mixed(model)
     j_b = 1 + int(torch.nonzero(mix.share_b[0] == 1)[0])  # a patch token wholly from image B

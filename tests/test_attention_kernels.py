@@ -112,16 +112,16 @@ def _param_grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize('label_mode', ['fused', 'split', 'explicit'])
-def test_labels_leave_training_gradients_unchanged(label_mode):
+@pytest.mark.parametrize('attn_impl', ['fused', 'split', 'materialised'])
+def test_labels_leave_training_gradients_unchanged(attn_impl):
     """Carrying labels must not change what the features learn: same loss, same gradients."""
     torch.manual_seed(0)
     vit = TLAVisionTransformer(dict(embed_dims=64, num_layers=2, num_heads=2), img_size=32,
-                               out_type='cls_token', label_mode=label_mode)
+                               out_type='cls_token', attn_impl=attn_impl)
     vit.init_weights()
     x = torch.randn(2, 3, 32, 32)
     y0 = _labels(2)[:2, :5]
-    swin = TLASwinBlock(32, 2, window_size=4, shift=True, label_mode=label_mode)
+    swin = TLASwinBlock(32, 2, window_size=4, shift=True, attn_impl=attn_impl)
     torch.nn.init.normal_(swin.attn.relative_position_bias_table, std=0.5)
     t = torch.randn(2, 64, 32)
     ys = torch.softmax(torch.randn(2, 64, 2), -1)

@@ -31,18 +31,22 @@ def test_parts_run_at_toy_size_on_cpu(tmp_path, monkeypatch, capsys):
     mod = _module()
     cpu = torch.device('cpu')
     bench = mod.label_path_rows(1, 0, cpu, models=(('deit-tiny', 1),), amps=('bfloat16',))
-    assert [r['variant'] for r in bench] == list(mod.VARIANTS)
+    assert [(r['attn_impl'], r['variant']) for r in bench] == [
+        (impl, v) for impl, variants in mod.ATTN_IMPLS.items() for v in variants]
+    assert {'auto', 'materialised'} <= set(mod.ATTN_IMPLS) and 'tla' in mod.ATTN_IMPLS['materialised']
     assert bench[0]['ratio'] == 1.0 and all(r['step_ms'] > 0 and r['peak_mib'] > 0 for r in bench)
     prec = mod.precision_rows(cpu, batch=2, amps=('bfloat16',))
-    assert {(r['model'], r['label_dtype']) for r in prec} == {
-        (m, d) for m in ('deit-small', 'swin-tiny') for d in ('auto', 'float32')}
+    assert {(r['model'], r['attn_impl'], r['label_dtype']) for r in prec} == {
+        (m, i, d) for m in ('deit-small', 'swin-tiny') for i in ('fused', 'materialised') for d in ('auto', 'float32')}
     assert all(r['ok'] and r['fluctuation_mean'] > 0.01 for r in prec)
     modes = []
     monkeypatch.setattr(torch.cuda, 'set_sync_debug_mode', modes.append)
     pre = mod.pretrain_sync_check(2, str(tmp_path), cfg_options={'train_dataloader.batch_size': 2})
     assert pre['ok'] and pre['iters'] == 2, pre
     assert modes == ['error', 'default'] * 2 and pre['lam_gap'] >= 0
-    mod.print_table('cpu', bench, prec, pre)
+    mod.print_table('cpu', bench, prec, pre, {'label path': 1.0})
     out = capsys.readouterr().out
-    assert '| deit-tiny | 1 | bfloat16 | fused |' in out and '| swin-tiny | auto | bfloat16 |' in out
+    assert '| deit-tiny | 1 | bfloat16 | auto | tla |' in out
+    assert '| deit-tiny | 1 | bfloat16 | materialised | tla |' in out
+    assert '| swin-tiny | materialised | auto | bfloat16 |' in out and 'wall time: label path 1 s' in out
     assert 'ok: no host sync in train_step' in out

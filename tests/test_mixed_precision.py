@@ -6,7 +6,8 @@
 * the precision budget on DeiT-S and Swin-T with trained-like attention
   (``structure_attention_`` of tools/analysis/structured_attention.py): the aligned share of image A
   moves by at most 5e-4 on average and 5e-3 at worst against the float32 path;
-* a training step that never reads a tensor back to the host;
+* a training step that never reads a tensor back to the host, whichever kernel ``attn_impl='auto'``
+  picks;
 * ``torch.compile`` gives the eager targets.
 """
 import random
@@ -45,24 +46,33 @@ def _structured_qkv(dtype, b=2, h=3, n=50, d=32, seed=0):
     return base, q, k, v
 
 
-@pytest.mark.parametrize('dtype', LOW)
-@pytest.mark.parametrize('mask', [False, True])
-def test_fused_low_precision_call_features_gradients_labels_and_mass(dtype, mask):
-    b, h, n, d = 2, 3, 50, 32
+def _sdpa_reference(dtype, mask: bool, b=2, h=3, n=50, d=32):
+    """An attention case and its independent references: ``(labels, attn_mask, g_out, base_r, ref, lab_ref)``.
+
+    ``ref``: plain SDPA on :func:`_structured_qkv` (``base_r.grad`` its gradient against ``g_out``);
+    ``lab_ref``: the TL-Align rule ``mean_h softmax(q k^T / sqrt(d) + mask) @ Y`` in float32 on the
+    same (rounded) q, k.  The attention is checked to be peaked, so that errors cannot hide in averages.
+    """
     labels = torch.softmax(3 * torch.randn(b, n, 2, generator=torch.Generator().manual_seed(1)), -1)
     attn_mask = (torch.randn(1, h, n, n, generator=torch.Generator().manual_seed(2)) * 2).to(dtype) if mask else None
     g_out = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(3)).to(dtype)
-
-    base_r, q, k, v = _structured_qkv(dtype)
+    base_r, q, k, v = _structured_qkv(dtype, b, h, n, d)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     (ref.float() * g_out.float()).sum().backward()
-    with torch.no_grad():   # the rule in float32 on the same (rounded) q, k
+    with torch.no_grad():
         logits = (q.float() @ k.float().transpose(-2, -1)) * d ** -0.5
         if mask:
             logits = logits + attn_mask.float()
         attn = logits.softmax(-1)
         lab_ref = attn.mean(1) @ labels
-    assert attn.max(-1).values.mean() > 0.3      # peaked attention: errors cannot hide in averages
+    assert attn.max(-1).values.mean() > 0.3
+    return labels, attn_mask, g_out, base_r, ref, lab_ref
+
+
+@pytest.mark.parametrize('dtype', LOW)
+@pytest.mark.parametrize('mask', [False, True])
+def test_fused_low_precision_call_features_gradients_labels_and_mass(dtype, mask):
+    labels, attn_mask, g_out, base_r, ref, lab_ref = _sdpa_reference(dtype, mask)
 
     base, q, k, v = _structured_qkv(dtype)
     res = {}
@@ -126,8 +136,8 @@ def test_generic_padded_sdpa_path(monkeypatch, dtype, mask):
 def test_label_options_are_checked_by_name():
     with pytest.raises(ValueError, match='label_dtype'):
         TLAVisionTransformer('deit-tiny', label_dtype='bfloat16')
-    with pytest.raises(ValueError, match='label_mode'):
-        TLASwinTransformer('tiny', label_mode='fast')
+    with pytest.raises(ValueError, match='attn_impl'):
+        TLASwinTransformer('tiny', attn_impl='fast')
     _, q, k, v = _structured_qkv(torch.float32)
     with pytest.raises(ValueError, match='label_dtype'):
         fused_attention_with_labels(q, k, v, torch.ones(2, 50, 2) / 2, label_dtype='half')
@@ -147,7 +157,7 @@ def test_deit_under_autocast_runs_one_attention_kernel_per_block(dtype):
     y0 = initial_source_labels(torch.rand(2, 4), torch.tensor([0.3, 0.6]))
     counts = {}
     for label_dtype in ('auto', 'float32'):
-        vit = _tiny_vit(label_dtype=label_dtype)
+        vit = _tiny_vit(label_dtype=label_dtype, attn_impl='fused')   # ('auto' may materialise on CPU)
         with torch.autocast('cpu', dtype=dtype):
             ops = _ops(lambda vit=vit: vit(x, y0))
         counts[label_dtype] = ops.count(FLASH) + ops.count('aten::_scaled_dot_product_attention_math')
@@ -161,11 +171,12 @@ def _param_grads(model):
 
 @pytest.mark.parametrize('dtype', LOW)
 @pytest.mark.parametrize('label_dtype', ['auto', 'float32'])
-def test_labels_leave_every_parameter_gradient_unchanged_under_autocast(dtype, label_dtype):
-    vit = _tiny_vit(label_dtype=label_dtype)
+@pytest.mark.parametrize('attn_impl', ['fused', 'materialised'])
+def test_labels_leave_every_parameter_gradient_unchanged_under_autocast(dtype, label_dtype, attn_impl):
+    vit = _tiny_vit(label_dtype=label_dtype, attn_impl=attn_impl)
     x = torch.randn(2, 3, 32, 32)
     y0 = torch.softmax(torch.randn(2, 5, 2), -1)
-    swin = TLASwinBlock(32, 2, window_size=4, shift=True, label_dtype=label_dtype)
+    swin = TLASwinBlock(32, 2, window_size=4, shift=True, label_dtype=label_dtype, attn_impl=attn_impl)
     torch.nn.init.normal_(swin.attn.relative_position_bias_table, std=0.5)
     t = torch.randn(2, 64, 32)
     ys = torch.softmax(torch.randn(2, 64, 2), -1)
@@ -267,7 +278,11 @@ def _data(step):
 @pytest.mark.parametrize('tl_align', [True, False], ids=['tl-align', 'cutmix'])
 @pytest.mark.parametrize('mixer', [dict(cutmix_alpha=1.0), dict(mixup_alpha=0.8, cutmix_alpha=1.0, tokenmix_alpha=1.0)],
                          ids=['token-cutmix', 'mixup-cutmix-tokenmix'])
-def test_train_step_never_reads_a_tensor_back(arch, tl_align, mixer):
+@pytest.mark.parametrize('matrix_units', [False, True], ids=['fused', 'materialised'])
+def test_train_step_never_reads_a_tensor_back(monkeypatch, arch, tl_align, mixer, matrix_units):
+    # attn_impl='auto' decides on the host: with bfloat16 matrix units it materialises the attention
+    from tlalign_mm.align import propagate
+    monkeypatch.setitem(propagate._CPU_MATRIX_UNITS, torch.bfloat16, matrix_units)
     model = _classifier(arch, tl_align, mixer)
     wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True))
     random.seed(0)

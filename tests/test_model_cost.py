@@ -373,11 +373,17 @@ def test_benchmark_label_path_tool_runs(tmp_path, model):
     img = '32' if model.startswith('deit') else '56'   # Swin: stage maps 14/7/4/2 tile into windows
     stdout = _run_tool('benchmark_label_path.py', '--model', model, '--batch', '2', '--img', img,
                        '--num-classes', '10', '--iters', '3', '--warmup', '0', '--json', str(out),
-                       '--amp-dtype', 'bfloat16')
+                       '--amp-dtype', 'bfloat16', '--results-json', str(tmp_path / 'results.json'))
     assert 'paired [95% CI]' in stdout and 'autocast bfloat16' in stdout
+    from benchmark_label_path import LABEL_PATH_COLUMNS  # tools/analysis/benchmark_label_path.py
+    from results_file import load_results  # tools/analysis/results_file.py
+    doc = load_results(str(tmp_path / 'results.json'))
+    tab = doc['tables']['label_path']
+    assert tab['columns'] == LABEL_PATH_COLUMNS and [r[0] for r in tab['rows']][:2] == ['baseline', 'tla']
+    assert 'benchmark_label_path.py' in doc['command'] and doc['values']['amp_dtype'] == 'bfloat16'
     res = json.loads(out.read_text())
     assert res['amp_dtype'] == 'bfloat16'
-    variants = ('baseline', 'fused', 'fused32', 'split', 'reference')
+    variants = ('baseline', 'tla', 'tla32', 'split', 'reference')
     assert set(res['step_s']) == set(res['peak_bytes']) == set(res['paired_ratio']) == set(variants)
     assert all(len(res['step_s_rounds'][v]) == 3 for v in variants)
     assert res['paired_ratio']['baseline'] == [1.0, 1.0, 1.0]
@@ -385,6 +391,40 @@ def test_benchmark_label_path_tool_runs(tmp_path, model):
         mean, lo, hi = res['paired_ratio'][v]
         assert 0 < lo <= mean <= hi
         assert res['step_s'][v] > 0
+
+
+def test_benchmark_official_compares_the_same_algorithm():
+    """The official TL-Align step of benchmark_official.py, written on timm's ViT-S, against our DeiT-S
+    with the K-class embedding and the materialised softmax (float32): the same logits and the same
+    class-token label, i.e. the benchmark times the same algorithm two ways."""
+    from benchmark_label_path import build, make_batch  # tools/analysis/benchmark_label_path.py
+    from benchmark_official import official_forward, timm_vit  # tools/analysis/benchmark_official.py
+    bb, head, prefix, _ = build('deit-small', 'reference', 10, 0.0)
+    bb.eval()
+    x, labels, *_ = make_batch(bb, prefix, 2, 224, 10, 'reference', 'cpu')   # 224: no position-embedding resize
+    with torch.no_grad():
+        (feat,), lab = bb(x, labels)
+        logits_o, target_o = official_forward(timm_vit(bb, head, fused_attn=False).eval(), x, labels)
+        logits = head(feat)
+    assert (logits - logits_o).abs().max() <= 1e-4 * (1 + logits.abs().max())
+    assert (lab[:, 0] - target_o).abs().max() <= 1e-6
+    assert (target_o - labels[:, 0]).abs().max() > 1e-5     # the labels moved (random init: little)
+
+
+def test_benchmark_official_tool_runs(tmp_path):
+    out = str(tmp_path / 'official.json')
+    stdout = _run_tool('benchmark_official.py', '--batch', '2', '--img', '32', '--num-classes', '10', '--iters', '2',
+                       '--warmup', '0', '--results-json', out)
+    assert 'ours/official [95% CI]' in stdout and 'ours/timm [95% CI]' in stdout
+    from results_file import load_results  # tools/analysis/results_file.py
+    doc = load_results(out)
+    rows = doc['tables']['ours_over']['rows']
+    assert [r[0] for r in rows] == ['float32', 'bfloat16']
+    assert all(r[-1] in ('met', 'missed', 'open') for r in rows)
+    res = doc['values']['results']
+    for prec in ('float32', 'bfloat16'):
+        assert set(res[prec]['step_s_rounds']) == {'ours', 'official', 'timm'}
+        assert all(len(t) == 2 for t in res[prec]['step_s_rounds'].values())
 
 
 def test_paired_ratios_against_hand_computed_values():

@@ -9,45 +9,60 @@ with the attention the features use (relative position bias and shifted-window m
 taken before attention dropout, detached (``docs/tl-align.md``; reference: ``Attention`` and
 ``Block.forward`` in Euphoria16/TL-Align ``timm/models/vision_transformer.py``).
 
-Three implementations of the attention step live here, each returning the block's attention
-output for the features and the aligned labels (float32, detached):
+One knob, ``attn_impl`` (:data:`ATTN_IMPLS`), picks how a block computes its attention, with or
+without labels (the features' kernel is what costs); each implementation returns the block's
+attention output for the features and the aligned labels (float32, detached):
 
-* :func:`fused_attention_with_labels` (``label_mode='fused'``, the default).  Since
-  ``mean_h(A_h) @ Y = mean_h(A_h @ Y)`` and every head sees the same ``Y``, the labels ride as
-  extra value channels of every head in the features' own attention call, at the features'
-  precision: q and k are zero-padded (zero channels leave ``q k^T`` unchanged) and the labels
-  appended to v, all three to one head size rounded up to a multiple of 8 so that the fused
-  kernels stay eligible.  No per-head attention matrix is materialised, and under autocast
-  (float16 / bfloat16) there is still one attention call per block.
+* ``'auto'`` (the default): :func:`resolve_attn_impl` decides on the host from the device, the
+  dtype and the autocast state, never from tensor values (no device sync).  On a CPU under
+  float16 / bfloat16 (autocast or low-precision q) whose matrix units run that dtype natively
+  (AMX, or AVX512-BF16 for bfloat16) it takes ``'materialised'``: there PyTorch's CPU flash
+  kernel is slower than a written-out softmax (DeiT-S: timm's ViT trains 1.3x slower with
+  ``fused_attn=True`` than with ``False``).  Everywhere else (float32 on CPU, CPUs without such
+  units, where low-precision matmuls are emulated, and any precision on GPU) it takes
+  ``'fused'``.
+* ``'fused'``: :func:`fused_attention_with_labels`.  Since ``mean_h(A_h) @ Y = mean_h(A_h @ Y)``
+  and every head sees the same ``Y``, the labels ride as extra value channels of every head in
+  the features' own attention call, at the features' precision: q and k are zero-padded (zero
+  channels leave ``q k^T`` unchanged) and the labels appended to v, all three to one head size
+  rounded up to a multiple of 8 so that the fused kernels stay eligible.  No per-head attention
+  matrix is materialised, and under autocast there is still one attention call per block.
 
   - CPU: PyTorch's CPU flash-attention kernel (float32, bfloat16, float16) with a backward that
     runs the kernel's own backward on the unpadded q/k/v, the feature output and the
     log-sum-exp, so the features' gradient costs exactly what plain SDPA's does
-    (:class:`_FlashAttentionWithLabelsCPU`);
-  - CPU, mask with gradient (Swin's relative position bias in training): SDPA has no CPU fused
-    kernel for it and would take its math kernel, so the attention is written out once for the
-    features (labels or not) and the labels are read off the same softmax
-    (:func:`explicit_attention_with_labels`);
-  - other devices (CUDA): one ``F.scaled_dot_product_attention`` call on the padded tensors,
-    differentiated by autograd.  Its backward runs at the padded head size (64 -> 72 for DeiT,
-    32 -> 40 for Swin); ``tools/gpu_check.sh`` measures what that costs.
+    (:class:`_FlashAttentionWithLabelsCPU`).  These are private aten ops, used only where
+    :func:`_flash_cpu_ops` finds them with the signature used here; otherwise the public call
+    below;
+  - CPU, mask with gradient (Swin's relative position bias in training): no CPU fused kernel
+    gives a mask gradient (SDPA would take its math kernel, which also scans every row for full
+    masking, ``_safe_softmax``), so the attention is written out as in ``'materialised'``;
+  - other devices (CUDA), and CPUs without the private ops: one public
+    ``F.scaled_dot_product_attention`` call on the padded tensors, differentiated by autograd
+    (:func:`_padded_sdpa_with_labels`).  Its backward runs at the padded head size (64 -> 72 for
+    DeiT, 32 -> 40 for Swin); ``tools/gpu_check.sh`` measures what that costs.
 
   Low-precision kernels round the attention weights and the outputs to float16 / bfloat16, so
   the label outputs are taken to float32 and renormalised to unit row mass (every TL-Align
   embedding has unit row mass); between blocks the labels stay float32 and the residual average
-  is float32.  ``label_dtype='float32'`` keeps the whole label step in float32 instead (a second,
-  no-grad float32 attention call on the detached q/k under autocast), for exactness studies.
-  Attention dropout, and more than ``D / 8`` label channels (K = num_classes), take that second
-  call as well.
-* :func:`split_attention_with_labels` (``'split'``): the features take the plain SDPA call
+  is float32.  Attention dropout, and more than ``D / 8`` label channels (K = num_classes), take
+  a second, no-grad float32 attention call for the labels.
+* ``'materialised'``: :func:`materialised_attention_with_labels`, the reference code's way:
+  ``softmax(q k^T * scale + mask)`` per head is written out once, in the features' precision,
+  and that one softmax serves the features (``A @ V``) and the labels (its head mean, taken in
+  float32 and renormalised when the softmax is float16 / bfloat16).
+* ``'split'``: :func:`split_attention_with_labels`, the features take the plain SDPA call
   (exactly the baseline's kernel and autograd graph); the labels take a no-grad float32 pass
-  that forms ``mean_h softmax(q k^T)`` and multiplies it with ``Y``.  The (B, N, N) head mean
-  exists only transiently (nothing is saved for backward).
-* :func:`explicit_attention_with_labels` (``'explicit'``): the reference way, materialising
-  ``softmax(q k^T)`` per head.  Kept as the documented reference mode and for tests.
+  that forms ``mean_h softmax(q k^T)`` and multiplies it with ``Y``.  Never chosen by
+  ``'auto'``; kept for comparisons.
+
+``label_dtype='float32'`` (:data:`LABEL_DTYPES`) keeps the whole label step in float32 under
+autocast whatever the implementation: a second, no-grad float32 attention call on the detached
+q/k per block, for exactness studies.
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
@@ -55,26 +70,81 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ['attention_with_labels', 'attention_label_step', 'residual_label_average', 'fused_attention_with_labels',
-           'explicit_attention_with_labels', 'split_attention_with_labels', 'check_token_labels',
-           'check_label_options', 'LABEL_MODES', 'LABEL_DTYPES']
+           'materialised_attention_with_labels', 'split_attention_with_labels', 'check_token_labels',
+           'check_attn_options', 'resolve_attn_impl', 'ATTN_IMPLS', 'LABEL_DTYPES']
 
-LABEL_MODES = ('fused', 'split', 'explicit')
-#: ``'auto'``: in the fused mode the labels ride at the features' precision (float32, or
-#: float16 / bfloat16 under autocast) and are renormalised in float32; ``'float32'``: the label
-#: step is float32 throughout.  The split and explicit modes are float32 either way.
+#: ``attn_impl`` values: ``'auto'`` resolves to ``'fused'`` or ``'materialised'`` per call
+#: (:func:`resolve_attn_impl`); the others force that implementation.
+ATTN_IMPLS = ('auto', 'fused', 'materialised', 'split')
+#: ``'auto'``: the labels take the attention at the features' precision (float32, or float16 /
+#: bfloat16 under autocast) and are renormalised in float32; ``'float32'``: the label step is
+#: float32 throughout (under autocast a second float32 attention call per block).
 LABEL_DTYPES = ('auto', 'float32')
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def check_label_options(label_mode: str, label_dtype: str) -> None:
-    """Validate ``label_mode`` / ``label_dtype`` of a label-carrying block.
+def check_attn_options(attn_impl: str, label_dtype: str) -> None:
+    """Validate ``attn_impl`` / ``label_dtype`` of a label-carrying attention.
 
     Raises:
-        ValueError: a value outside :data:`LABEL_MODES` / :data:`LABEL_DTYPES`, naming the option.
+        ValueError: a value outside :data:`ATTN_IMPLS` / :data:`LABEL_DTYPES`, naming the option.
     """
-    if label_mode not in LABEL_MODES:
-        raise ValueError(f'label_mode must be one of {LABEL_MODES}, got {label_mode!r}')
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}')
     if label_dtype not in LABEL_DTYPES:
         raise ValueError(f'label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}')
+
+
+def _cpu_matrix_units() -> dict[torch.dtype, bool]:
+    """Whether this CPU multiplies bfloat16 / float16 matrices in hardware (``torch.cpu`` probes).
+
+    bfloat16: AMX tiles or AVX512-BF16; float16: AMX-FP16.  Without them oneDNN emulates the
+    low-precision matmul and the materialised attention is the slower one.  A torch without the
+    (private) probes reports False.
+    """
+    def probe(name: str) -> bool:
+        fn = getattr(torch.cpu, name, None)
+        return bool(fn()) if fn is not None else False
+
+    return {torch.bfloat16: probe('_is_amx_tile_supported') or probe('_is_avx512_bf16_supported'),
+            torch.float16: probe('_is_amx_fp16_supported')}
+
+
+#: :func:`_cpu_matrix_units` of this machine, probed once at import
+_CPU_MATRIX_UNITS = _cpu_matrix_units()
+
+
+def _kernel_dtype(q: Tensor) -> torch.dtype:
+    """The dtype the attention kernels run in: q's, or autocast's when autocast is on for q's device."""
+    if q.dtype in _LOW_PRECISION:
+        return q.dtype
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) in _LOW_PRECISION:
+        return torch.get_autocast_dtype(dev)
+    return q.dtype
+
+
+def resolve_attn_impl(attn_impl: str, q: Tensor) -> str:
+    """The implementation an attention call with queries ``q`` takes: 'fused', 'materialised' or 'split'.
+
+    ``'auto'`` gives ``'materialised'`` on a CPU whose matrix units run the kernel dtype (q's
+    dtype, or the autocast dtype when autocast is on; see :func:`_cpu_matrix_units`) when that
+    dtype is float16 / bfloat16, and ``'fused'`` otherwise; any other value is returned as it
+    is.  Reads only q's device and dtype and the autocast state (no device sync; a constant for
+    ``torch.compile``).
+
+    Raises:
+        ValueError: ``attn_impl`` not in :data:`ATTN_IMPLS`.
+    """
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}')
+    if attn_impl != 'auto':
+        return attn_impl
+    if q.device.type == 'cpu':
+        dtype = _kernel_dtype(q)
+        if dtype in _LOW_PRECISION and _CPU_MATRIX_UNITS[dtype]:
+            return 'materialised'
+    return 'fused'
 
 
 def check_token_labels(labels: Tensor, batch: int, tokens: int, name: str = 'token_labels') -> None:
@@ -102,14 +172,15 @@ def attention_label_step(attn: Tensor, labels: Tensor) -> Tensor:
 
     Args:
         attn: (B, H, N, M) softmax attention (rows sum to 1), before dropout; a float16 /
-            bfloat16 attention (autocast) has its head-mean rows renormalised to 1 in float32.
+            bfloat16 attention (autocast) is averaged over heads in float32 and its rows are
+            renormalised to 1.
         labels: (B, M, K) label embedding of the keys.
 
     Returns:
-        (B, N, K) float32, no gradient.
+        (B, N, K) float32, no gradient (autocast is off for the product).
     """
-    with torch.no_grad():
-        a = attn.detach().float().mean(dim=1)
+    with torch.no_grad(), torch.autocast(device_type=attn.device.type, enabled=False):
+        a = attn.detach().mean(dim=1, dtype=torch.float32)
         if attn.dtype != torch.float32:
             a = a / a.sum(dim=-1, keepdim=True)
         return a @ labels.detach().float()
@@ -145,8 +216,45 @@ def _label_output(out_lab: Tensor, renormalise: bool) -> Tensor:
     return lab
 
 
-_FLASH_CPU = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
-_FLASH_CPU_BACKWARD = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
+#: the first torch release whose ``_scaled_dot_product_flash_attention_for_cpu`` takes ``attn_mask``
+#: (pytorch#115913; the op itself split off the CUDA one in 2.2, pytorch#110546)
+_FLASH_CPU_MIN_TORCH = (2, 3)
+#: the arguments :class:`_FlashAttentionWithLabelsCPU` passes, as the ops' schemas name them (torch 2.3-2.14)
+_FLASH_CPU_ARGS = ('query', 'key', 'value', 'dropout_p', 'is_causal', 'attn_mask', 'scale')
+_FLASH_CPU_BACKWARD_ARGS = ('grad_out', 'query', 'key', 'value', 'out', 'logsumexp', 'dropout_p', 'is_causal',
+                            'attn_mask', 'scale')
+
+
+def _flash_cpu_ops(version: str = torch.__version__, aten=torch.ops.aten):
+    """The private CPU flash-attention ops ``(forward, backward)``, or ``(None, None)``.
+
+    They are used only on torch >= :data:`_FLASH_CPU_MIN_TORCH` and only when both exist with
+    the argument names and order of :data:`_FLASH_CPU_ARGS` / :data:`_FLASH_CPU_BACKWARD_ARGS`
+    (private ops may change without notice); otherwise the fused mode takes the public
+    ``F.scaled_dot_product_attention`` (:func:`_padded_sdpa_with_labels`).
+
+    Args:
+        version: a torch version string (``torch.__version__``).
+        aten: the op namespace to look the ops up in (``torch.ops.aten``).
+    """
+    m = re.match(r'(\d+)\.(\d+)', str(version))
+    if m is None or (int(m.group(1)), int(m.group(2))) < _FLASH_CPU_MIN_TORCH:
+        return None, None
+    ops = []
+    for name, args in (('_scaled_dot_product_flash_attention_for_cpu', _FLASH_CPU_ARGS),
+                       ('_scaled_dot_product_flash_attention_for_cpu_backward', _FLASH_CPU_BACKWARD_ARGS)):
+        try:
+            op = getattr(aten, name)
+            schema_args = tuple(a.name for a in op.default._schema.arguments)
+        except (AttributeError, RuntimeError):
+            return None, None
+        if schema_args != args:
+            return None, None
+        ops.append(op)
+    return tuple(ops)
+
+
+_FLASH_CPU, _FLASH_CPU_BACKWARD = _flash_cpu_ops()
 
 
 class _FlashAttentionWithLabelsCPU(torch.autograd.Function):
@@ -213,7 +321,8 @@ def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optiona
                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
                                 scale: Optional[float] = None,
                                 label_dtype: str = 'auto') -> tuple[Tensor, Optional[Tensor]]:
-    """Scaled dot-product attention that also aligns a label embedding, in one fused call.
+    """Scaled dot-product attention that also aligns a label embedding, in one fused call
+    (``attn_impl='fused'``).
 
     Args:
         q, k, v: (B, H, N, D) queries, keys, values (as ``F.scaled_dot_product_attention``);
@@ -240,11 +349,11 @@ def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optiona
         raise ValueError(f'label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}')
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.device.type == 'cpu' and dropout_p == 0.0 and attn_mask is not None and attn_mask.requires_grad:
-        # A mask that needs a gradient (Swin's relative position bias in training): SDPA has no
-        # CPU fused kernel for it and would take its math kernel, which also scans every row for
-        # full masking (``_safe_softmax``).  Written out (as mmdet's ``WindowMSA``), the softmax
-        # is materialised once and serves the labels too.
-        return explicit_attention_with_labels(q, k, v, labels, attn_mask, None, scale)
+        # A mask that needs a gradient (Swin's relative position bias in training): no CPU fused
+        # kernel gives one, and SDPA's math kernel would also scan every row for full masking
+        # (``_safe_softmax``).  Written out (as mmdet's ``WindowMSA``), the softmax is
+        # materialised once and serves the labels too.
+        return materialised_attention_with_labels(q, k, v, labels, attn_mask, None, scale, label_dtype)
     if labels is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale), None
     low_precision = q.dtype != torch.float32
@@ -257,22 +366,39 @@ def fused_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optiona
     return _padded_sdpa_with_labels(q, k, v, labels, attn_mask, scale)
 
 
-def explicit_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
-                                   attn_mask: Optional[Tensor] = None,
-                                   attn_drop: Optional[torch.nn.Module] = None,
-                                   scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
-    """Reference-mode attention: materialise ``softmax(q k^T * scale + mask)`` per head.
+def materialised_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
+                                       attn_mask: Optional[Tensor] = None,
+                                       attn_drop: Optional[torch.nn.Module] = None,
+                                       scale: Optional[float] = None,
+                                       label_dtype: str = 'auto') -> tuple[Tensor, Optional[Tensor]]:
+    """Attention written out, the reference code's way (``attn_impl='materialised'``).
+
+    ``A = softmax(q k^T * scale + mask)`` (B, H, N, N) is formed once in the features'
+    precision (float16 / bfloat16 under autocast, as timm's ``fused_attn=False``); the
+    features take ``dropout(A) @ v`` and the labels :func:`attention_label_step` of the same
+    ``A`` (before dropout).  With ``label_dtype='float32'`` and a low-precision ``A`` the labels
+    instead take a no-grad float32 attention call on the detached q, k.
 
     Same arguments and returns as :func:`fused_attention_with_labels`, except that dropout is
-    given as a module (applied to the attention for the features only).  Memory is
-    O(B * H * N^2) for the attention plus O(B * N * K) for the labels.
+    given as a module (applied to the attention for the features only, when it is in training
+    mode).  Memory is O(B * H * N^2) for the attention plus O(B * N * K) for the labels.
+
+    Raises:
+        ValueError: an unknown ``label_dtype``.
     """
+    if label_dtype not in LABEL_DTYPES:
+        raise ValueError(f'label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}')
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     attn = (q * scale) @ k.transpose(-2, -1)
     if attn_mask is not None:
         attn = attn + attn_mask
     attn = attn.softmax(dim=-1)
-    labels_att = attention_label_step(attn, labels) if labels is not None else None
+    labels_att = None
+    if labels is not None:
+        if label_dtype == 'float32' and attn.dtype != torch.float32:
+            labels_att = _float32_label_pass(q, k, labels, attn_mask, scale)
+        else:
+            labels_att = attention_label_step(attn, labels)
     if attn_drop is not None:
         attn = attn_drop(attn)
     return attn @ v, labels_att
@@ -281,7 +407,7 @@ def explicit_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Opti
 def split_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
                                 scale: Optional[float] = None) -> tuple[Tensor, Optional[Tensor]]:
-    """Plain SDPA for the features plus a separate no-grad float32 label pass.
+    """Plain SDPA for the features plus a separate no-grad float32 label pass (``attn_impl='split'``).
 
     Same arguments and returns as :func:`fused_attention_with_labels`.  The label pass
     computes ``softmax(q k^T * scale + mask)`` per head in float32 without autograd, averages
@@ -302,32 +428,35 @@ def split_attention_with_labels(q: Tensor, k: Tensor, v: Tensor, labels: Optiona
     return out, labels_att
 
 
-def attention_with_labels(mode: str, q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
+def attention_with_labels(attn_impl: str, q: Tensor, k: Tensor, v: Tensor, labels: Optional[Tensor],
                           attn_mask: Optional[Tensor] = None,
                           attn_drop: Optional[torch.nn.Module] = None,
                           scale: Optional[float] = None,
                           label_dtype: str = 'auto') -> tuple[Tensor, Optional[Tensor]]:
-    """The attention step of a label-carrying block, in the given :data:`LABEL_MODES` mode.
+    """The attention step of a label-carrying block (labels or not), in the implementation
+    ``attn_impl`` resolves to (:func:`resolve_attn_impl`).
 
     Args:
-        mode: 'fused', 'split' or 'explicit' (see the module docstring).
+        attn_impl: an :data:`ATTN_IMPLS` entry: 'auto', 'fused', 'materialised' or 'split'
+            (see the module docstring).
         q, k, v: (B, H, N, D); labels: (B, N, K) or None; attn_mask: additive mask
             broadcastable to (B, H, N, N) or None.
         attn_drop: the block's attention-dropout module (active when it is in training mode;
             features only).
         scale: softmax scale, default ``D ** -0.5``.
-        label_dtype: :data:`LABEL_DTYPES` entry; used by the fused mode (the others are float32).
+        label_dtype: :data:`LABEL_DTYPES` entry (the split implementation is float32 always).
 
     Returns:
         (out (B, H, N, D), labels_att (B, N, K) float32 detached, or None without labels).
 
     Raises:
-        ValueError: an unknown mode or label_dtype.
+        ValueError: an unknown attn_impl or label_dtype.
     """
-    check_label_options(mode, label_dtype)
-    if mode == 'explicit':
-        return explicit_attention_with_labels(q, k, v, labels, attn_mask, attn_drop, scale)
+    check_attn_options(attn_impl, label_dtype)
+    impl = resolve_attn_impl(attn_impl, q)
+    if impl == 'materialised':
+        return materialised_attention_with_labels(q, k, v, labels, attn_mask, attn_drop, scale, label_dtype)
     p = attn_drop.p if attn_drop is not None and attn_drop.training else 0.0
-    if mode == 'split':
+    if impl == 'split':
         return split_attention_with_labels(q, k, v, labels, attn_mask, p, scale)
     return fused_attention_with_labels(q, k, v, labels, attn_mask, p, scale, label_dtype)

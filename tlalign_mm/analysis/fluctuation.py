@@ -280,8 +280,9 @@ def autocast_drift(model, batches: Iterable[dict], num_batches: int, dtype: torc
     The same mixed batch goes through :func:`measure_batch` in float32 and under
     ``torch.autocast(device_type, dtype)`` (the model's device: CUDA float16 / bfloat16 as AMP
     training runs it; CPU autocast takes both dtypes as well, with its own kernels).  With the
-    backbone's default ``label_dtype='auto'`` the labels ride in the features' low-precision
-    attention call and are renormalised in float32 (:mod:`tlalign_mm.align.propagate`), so the
+    backbone's default ``label_dtype='auto'`` the labels take the features' low-precision
+    attention (their fused call, or the one materialised softmax) and are renormalised in
+    float32 (:mod:`tlalign_mm.align.propagate`), so the
     drift comes from the rounded attention weights and label outputs, from the low-precision
     q / k that form the attention, and from the features drifting through the blocks.
 

@@ -5,17 +5,23 @@ soft-target cross-entropy through a linear head; under ``--amp-dtype`` the forwa
 ``torch.autocast`` as AMP training does):
 
 * ``baseline``  - CutMix baseline: no labels, target = lam * y_A + (1 - lam) * y_B;
-* ``fused``     - ours: TL-Align, K = 2 source embedding riding in the features' attention
-                  call (``label_mode='fused'``, ``label_dtype='auto'``, the default; on CPU the
-                  flash kernel for DeiT, the written-out window attention for Swin in training;
-                  one attention call per block under autocast);
-* ``fused32``   - ours with ``label_dtype='float32'``: under autocast a second, float32
-                  attention call per block for the labels (the label path before the fused
-                  low-precision call; the same as ``fused`` without autocast);
+* ``tla``       - ours: TL-Align, K = 2 source embedding taking each block's own attention
+                  (``label_dtype='auto'``, the default): with ``--attn-impl fused`` riding in
+                  the features' attention call (on CPU the flash kernel for DeiT, the
+                  written-out window attention for Swin in training), with ``materialised``
+                  read off the one written-out softmax; one attention call per block under
+                  autocast either way;
+* ``tla32``     - ours with ``label_dtype='float32'``: under autocast a second, float32
+                  attention call per block for the labels (the same as ``tla`` without autocast);
 * ``split``     - ours: plain SDPA for the features, a no-grad float32 head-mean attention pass
-                  for the K = 2 labels (``label_mode='split'``);
+                  for the K = 2 labels (``attn_impl='split'``);
 * ``reference`` - the reference code's way: K = num_classes labels, per-head attention
-                  materialised (``label_mode='explicit'``).
+                  materialised (``attn_impl='materialised'``).
+
+``--attn-impl`` (default ``auto``, as the backbones) sets the attention of ``baseline``, ``tla``
+and ``tla32``, so that their ratio is the cost of the labels alone.
+``tools/analysis/benchmark_official.py`` compares our step with the official TL-Align code's and
+timm's.
 
 Step time (CUDA events on a GPU, wall clock on CPU): median over ``--iters`` steps after
 ``--warmup``, the variants interleaved step by step (the order reversed every other round) so
@@ -34,10 +40,10 @@ the same settings (needs mmseg / mmdet).
 ``--compile`` puts every variant's backbone through ``torch.compile`` (inductor); the warm-up
 steps then include the compilation.
 
-Example (the figures in README):
-    python tools/analysis/benchmark_label_path.py --model deit-small --batch 8 --variants fused
-    python tools/analysis/benchmark_label_path.py --model deit-small --batch 8 --variants fused,fused32 \
-        --amp-dtype bfloat16
+Example (the figures in docs/benchmarks.md):
+    python tools/analysis/benchmark_label_path.py --model deit-small --batch 8 --variants tla
+    python tools/analysis/benchmark_label_path.py --model deit-small --batch 8 --variants tla,tla32 \
+        --amp-dtype bfloat16 --attn-impl fused
     python tools/analysis/benchmark_label_path.py --model swin-tiny --batch 8
     python tools/analysis/benchmark_label_path.py --dense-only --batch 2
 """
@@ -54,15 +60,19 @@ import time
 
 import torch
 import torch.nn as nn
+from results_file import add_results_arg, table, write_results  # tools/analysis/results_file.py
 
-VARIANTS = ('baseline', 'fused', 'fused32', 'split', 'reference')
+VARIANTS = ('baseline', 'tla', 'tla32', 'split', 'reference')
+#: the columns of the printed table and of the ``label_path`` results table
+LABEL_PATH_COLUMNS = ['variant', 'step s', 'img/s', 'x base', 'paired [95% CI]', 'peak MiB', 'x base mem']
 AMP_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
-def build(model_name: str, variant: str, num_classes: int, drop_path: float):
+def build(model_name: str, variant: str, num_classes: int, drop_path: float, attn_impl: str = 'auto'):
+    """(backbone, linear head, prefix tokens, readout) of a variant; ``attn_impl`` for baseline / tla / tla32."""
     from tlalign_mm.models.backbones import TLASwinTransformer, TLAVisionTransformer
-    mode = {'reference': 'explicit', 'split': 'split'}.get(variant, 'fused')
-    kw = dict(label_mode=mode, label_dtype='float32' if variant == 'fused32' else 'auto', drop_path_rate=drop_path)
+    impl = {'reference': 'materialised', 'split': 'split'}.get(variant, attn_impl)
+    kw = dict(attn_impl=impl, label_dtype='float32' if variant == 'tla32' else 'auto', drop_path_rate=drop_path)
     if model_name.startswith('deit'):
         bb = TLAVisionTransformer(model_name, out_type='cls_token', **kw)
         dim, prefix, readout = bb.embed_dims, 1, 'cls'
@@ -78,6 +88,15 @@ def build(model_name: str, variant: str, num_classes: int, drop_path: float):
 
 
 def make_batch(bb, prefix, batch, img, num_classes, variant, device):
+    """A fixed CutMix-like batch for ``variant``: ``(x, initial_labels, lam, y_a, y_b)`` on ``device``.
+
+    x (B, 3, img, img) float32 noise; a centred box of image B covering half the token grid of
+    each side; lam (B,) the share of image A; y_a / y_b (B, num_classes) one-hot smoothed by 0.1
+    (y_b is y_a flipped over the batch); initial_labels None for ``baseline``, the K = 2 source
+    embedding (B, N, 2) for ``tla`` / ``tla32`` / ``split``, the K = num_classes class embedding
+    (B, N, num_classes) for ``reference`` (N with the ``prefix`` tokens).  Seeded: every call
+    gives the same tensors.
+    """
     from tlalign_mm.align import initial_class_labels, initial_source_labels, smooth_one_hot
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, img, img, generator=g)
@@ -91,7 +110,7 @@ def make_batch(bb, prefix, batch, img, num_classes, variant, device):
     y_b = y_a.flip(0)
     if variant == 'baseline':
         initial_labels = None
-    elif variant in ('fused', 'fused32', 'split'):
+    elif variant in ('tla', 'tla32', 'split'):
         initial_labels = initial_source_labels(share, lam, prefix)
     else:
         initial_labels = initial_class_labels(share, lam, y_a, y_b, prefix)
@@ -100,6 +119,13 @@ def make_batch(bb, prefix, batch, img, num_classes, variant, device):
 
 
 def step(bb, head, batch, variant, readout, amp_dtype=torch.float32):
+    """One training step (forward under autocast unless float32, soft-target cross-entropy, backward).
+
+    The target: ``baseline`` the area target; ``reference`` the aligned class labels read out
+    (``readout`` 'cls': the class token's row, 'mean': the token mean); the others the aligned
+    K = 2 source shares expanded to y_a / y_b.  Gradients are dropped (``set_to_none``) after
+    the backward; returns the loss, detached (no host sync).
+    """
     from tlalign_mm.align import expand_source_labels, mixed_target
     x, initial_labels, lam, y_a, y_b = batch
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
@@ -119,6 +145,7 @@ def step(bb, head, batch, variant, readout, amp_dtype=torch.float32):
 
 
 def sync(device):
+    """Wait for the device's queued work (CUDA); a no-op elsewhere."""
     if device.type == 'cuda':
         torch.cuda.synchronize()
 
@@ -139,7 +166,7 @@ def timed(fn, device) -> float:
 
 
 def prepare(args, variant, device):
-    bb, head, prefix, readout = build(args.model, variant, args.num_classes, args.drop_path)
+    bb, head, prefix, readout = build(args.model, variant, args.num_classes, args.drop_path, args.attn_impl)
     bb, head = bb.to(device).train(), head.to(device)
     batch = make_batch(bb, prefix, args.batch, args.img, args.num_classes, variant, device)
     if args.compile:
@@ -239,12 +266,12 @@ def label_path(args, device) -> dict:
     """Time the variants interleaved and measure their peak memory.
 
     ``args`` as :func:`main` parses them (``model``, ``batch``, ``img``, ``num_classes``,
-    ``drop_path``, ``iters``, ``warmup``, ``variants``, ``amp_dtype``, ``compile``).  Memory: on
+    ``drop_path``, ``iters``, ``warmup``, ``variants``, ``amp_dtype``, ``attn_impl``, ``compile``).  Memory: on
     CUDA in this process (``max_memory_allocated`` over two steps, less what was allocated
     before), elsewhere in a fresh subprocess per variant (peak RSS growth).
 
     Returns:
-        dict(model, batch, img, amp_dtype, compile, step_s (median per variant), step_s_rounds,
+        dict(model, batch, img, amp_dtype, attn_impl, compile, step_s (median per variant), step_s_rounds,
         paired_ratio (variant -> (mean, low, high) against the baseline), peak_bytes).
     """
     from timing import paired_ratios  # tools/analysis/timing.py
@@ -257,12 +284,14 @@ def label_path(args, device) -> dict:
             continue
         cmd = [sys.executable, os.path.abspath(__file__), '--_memory', v, '--model', args.model,
                '--batch', str(args.batch), '--img', str(args.img), '--num-classes', str(args.num_classes),
-               '--drop-path', str(args.drop_path), '--amp-dtype', args.amp_dtype, '--device', str(device)]
+               '--drop-path', str(args.drop_path), '--amp-dtype', args.amp_dtype, '--device', str(device),
+               '--attn-impl', args.attn_impl]
         if args.compile:
             cmd.append('--compile')
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         mem[v] = json.loads(r.stdout.strip().splitlines()[-1])['peak_bytes']
-    return dict(model=args.model, batch=args.batch, img=args.img, amp_dtype=args.amp_dtype, compile=args.compile,
+    return dict(model=args.model, batch=args.batch, img=args.img, amp_dtype=args.amp_dtype, attn_impl=args.attn_impl,
+                compile=args.compile,
                 step_s={v: statistics.median(t) for v, t in rounds.items()}, step_s_rounds=rounds,
                 paired_ratio=paired_ratios(rounds, ref='baseline'), peak_bytes=mem)
 
@@ -280,11 +309,14 @@ def main():
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--amp-dtype', default='float32', choices=sorted(AMP_DTYPES),
                    help='run the forward under torch.autocast in this dtype (float32: no autocast)')
+    p.add_argument('--attn-impl', default='auto', choices=('auto', 'fused', 'materialised'),
+                   help="attn_impl of the baseline, tla and tla32 backbones (split / reference fix their own)")
     p.add_argument('--compile', action='store_true', help='torch.compile every variant\'s backbone (inductor)')
     p.add_argument('--dense', action='store_true', help='also compare dense forward+backward with mmseg/mmdet')
     p.add_argument('--dense-only', action='store_true')
     p.add_argument('--dense-size', type=int, default=512)
     p.add_argument('--json', help='also write the figures to this JSON file')
+    add_results_arg(p)
     p.add_argument('--variants', default=','.join(VARIANTS),
                    help=f'comma-separated subset of {",".join(VARIANTS)} to run (baseline is always run); '
                         'fewer variants per round pair the steps more tightly')
@@ -305,30 +337,39 @@ def main():
         return
 
     out = {'device': str(device), 'threads': torch.get_num_threads(), 'torch': torch.__version__}
+    tables = {}
     if not args.dense_only:
         print(f'# {args.model}, batch {args.batch}, {args.img}px, K={args.num_classes}, {device}, '
-              f'{torch.get_num_threads()} threads, autocast {args.amp_dtype}'
+              f'{torch.get_num_threads()} threads, autocast {args.amp_dtype}, attn_impl {args.attn_impl}'
               f'{", compiled" if args.compile else ""}, median of {args.iters} steps')
         res = label_path(args, device)
         times, paired, mem = res['step_s'], res['paired_ratio'], res['peak_bytes']
-        print(f'{"variant":<10} {"step s":>8} {"img/s":>8} {"x base":>7} {"paired [95% CI]":>21} '
-              f'{"peak MiB":>9} {"x base":>7}')
-        for v in args.variants:
-            mean, lo, hi = paired[v]
-            print(f'{v:<10} {times[v]:8.3f} {args.batch / times[v]:8.1f} {times[v] / times["baseline"]:7.3f} '
-                  f'{mean:7.3f} [{lo:.3f}, {hi:.3f}] {mem[v] / 2**20:9.1f} {mem[v] / mem["baseline"]:7.3f}')
+        rows = [[v, f'{times[v]:.3f}', f'{args.batch / times[v]:.1f}', f'{times[v] / times["baseline"]:.3f}',
+                 '{:.3f} [{:.3f}, {:.3f}]'.format(*paired[v]), f'{mem[v] / 2**20:.1f}',
+                 f'{mem[v] / mem["baseline"]:.3f}'] for v in args.variants]
+        widths = (-10, 8, 8, 7, 21, 9, 7)
+        for r in [LABEL_PATH_COLUMNS] + rows:
+            print(' '.join(f'{c:<{-w}}' if w < 0 else f'{c:>{w}}' for c, w in zip(r, widths)))
+        tables['label_path'] = table(LABEL_PATH_COLUMNS, rows)
         out.update(res)
     if args.dense or args.dense_only:
         res = dense_compare(args, device)
         print(f'# dense forward+backward {args.dense_size}px batch {args.batch}: ours vs stock mm backbone')
+        dense_rows = []
         for name, r in res.items():
             mean, lo, hi = r['paired']
             print(f'{name:<7} ours {r["ours"]:.3f}s  stock {r["stock"]:.3f}s  ratio {r["ours"] / r["stock"]:.3f}  '
                   f'paired {mean:.3f} [{lo:.3f}, {hi:.3f}]')
+            dense_rows.append([name, f'{r["ours"]:.3f}', f'{r["stock"]:.3f}', f'{mean:.3f} [{lo:.3f}, {hi:.3f}]'])
+        tables['dense'] = table(['model', 'ours step s', 'stock step s', 'ours / stock, paired [95% CI]'],
+                                dense_rows)
         out['dense'] = res
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(out, f, indent=1)
+    if args.results_json:
+        write_results(args.results_json, tables, out)
+        print(f'wrote {args.results_json}')
 
 
 if __name__ == '__main__':

@@ -5,20 +5,29 @@ mmengine and this package -- no mmcv / mmseg / mmdet).  It does three things and
 
 1. **Label-path cost** (``tools/analysis/benchmark_label_path.py``, in this process): DeiT-S and
    DeiT-B at batch 128, Swin-T at batch 64, 224 px, under bfloat16 and float16 autocast; the
-   variants ``baseline`` (CutMix, no labels), ``fused`` (ours, labels in the features' own
-   attention call), ``fused32`` (``label_dtype='float32'``: a second float32 attention call per
-   block) and ``reference`` (K = 1000 labels, materialised attention, the reference code's way).
+   variants ``baseline`` (CutMix, no labels), ``tla`` (ours, ``attn_impl='auto'``: on a GPU the
+   labels ride in the features' own fused attention call), ``tla32`` (``label_dtype='float32'``: a
+   second float32 attention call per block) and ``reference`` (K = 1000 labels, materialised
+   attention, the reference code's way); then ``baseline`` and ``tla`` again with
+   ``attn_impl='materialised'`` (the softmax written out once for features and labels, the path
+   ``'auto'`` takes on a CPU under low-precision autocast), so that the table shows what the
+   other path costs on this GPU (compare the step ms; each row's ratio is against the baseline
+   of its own ``attn_impl``).
    Forward + backward timed with CUDA events, interleaved, as paired ratios against the baseline
    with a 95% interval; images per second; ``torch.cuda.max_memory_allocated`` growth.
 2. **Precision**: DeiT-S and Swin-T with trained-like attention
    (``structure_attention_``, ``tools/analysis/structured_attention.py``), one mixed batch traced in
-   float32 and under each autocast dtype; the budget is a mean move of the aligned share of A
+   float32 and under each autocast dtype, with each ``attn_impl`` (``fused``, ``materialised``)
+   and each ``label_dtype``; the budget is a mean move of the aligned share of A
    <= 5e-4, worst <= 5e-3, label mass within 1e-3.
 3. **Pretraining without host syncs**: ``--pretrain-iters`` (50) iterations of
    ``configs/pretrain/deit-small_tla_8xb128-300e_in1k.py`` (its AmpOptimWrapper, float16) through
    mmengine's Runner on synthetic ImageNet-shaped images, each ``train_step`` under
    ``torch.cuda.set_sync_debug_mode('error')``.  mmengine's own logging hooks, which read the
    losses back after the step, run outside that mode.
+
+Each part's wall time is printed under the table (the whole check is meant to take under
+8 minutes on one recent GPU with the defaults).
 
 Exit status: 0 when every check ran and met its budget, 1 otherwise (also without CUDA).
 
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -41,7 +51,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = (('deit-small', 128), ('deit-base', 128), ('swin-tiny', 64))
 AMP = ('bfloat16', 'float16')
-VARIANTS = ('baseline', 'fused', 'fused32', 'reference')
+VARIANTS = ('baseline', 'tla', 'tla32', 'reference')
+#: attn_impl -> the variants timed with it: 'auto' (the fused kernel on a GPU) all of them, the
+#: materialised path the baseline and ours
+ATTN_IMPLS = {'auto': VARIANTS, 'materialised': ('baseline', 'tla')}
 BUDGET = dict(share_absdiff_mean=5e-4, share_absdiff_max=5e-3, mass_err_max=1e-3)
 
 
@@ -53,40 +66,56 @@ def _bench_module():
     return mod
 
 
-def label_path_rows(iters: int, warmup: int, device: torch.device, models=MODELS, amps=AMP) -> list[dict]:
-    """The label-path benchmark for each (model, batch) x autocast dtype; one row per variant."""
+def label_path_rows(iters: int, warmup: int, device: torch.device, models=MODELS, amps=AMP,
+                    attn_impls=ATTN_IMPLS) -> list[dict]:
+    """The label-path benchmark for each (model, batch) x autocast dtype x ``attn_impls`` entry.
+
+    Args:
+        attn_impls: attn_impl -> the variants to time with it (:data:`ATTN_IMPLS`).
+
+    Returns:
+        one dict per variant and run: model, batch, amp, attn_impl, variant, step_ms, img_s,
+        ratio / lo / hi (paired ratio against the baseline of the same run, 95% interval),
+        peak_mib, mem_ratio.
+    """
     bench = _bench_module()
     rows = []
     for model, batch in models:
         for amp in amps:
-            args = SimpleNamespace(model=model, batch=batch, img=224, num_classes=1000, drop_path=0.0, iters=iters,
-                                   warmup=warmup, variants=VARIANTS, amp_dtype=amp, compile=False)
-            res = bench.label_path(args, device)
-            for v in VARIANTS:
-                mean, lo, hi = res['paired_ratio'][v]
-                rows.append(dict(model=model, batch=batch, amp=amp, variant=v, step_ms=1e3 * res['step_s'][v],
-                                 img_s=batch / res['step_s'][v], ratio=mean, lo=lo, hi=hi,
-                                 peak_mib=res['peak_bytes'][v] / 2 ** 20,
-                                 mem_ratio=res['peak_bytes'][v] / res['peak_bytes']['baseline']))
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
+            for attn_impl, variants in attn_impls.items():
+                args = SimpleNamespace(model=model, batch=batch, img=224, num_classes=1000, drop_path=0.0,
+                                       iters=iters, warmup=warmup, variants=variants, amp_dtype=amp,
+                                       attn_impl=attn_impl, compile=False)
+                res = bench.label_path(args, device)
+                for v in variants:
+                    mean, lo, hi = res['paired_ratio'][v]
+                    rows.append(dict(model=model, batch=batch, amp=amp, attn_impl=attn_impl, variant=v,
+                                     step_ms=1e3 * res['step_s'][v], img_s=batch / res['step_s'][v], ratio=mean,
+                                     lo=lo, hi=hi, peak_mib=res['peak_bytes'][v] / 2 ** 20,
+                                     mem_ratio=res['peak_bytes'][v] / res['peak_bytes']['baseline']))
+                if device.type == 'cuda':
+                    torch.cuda.empty_cache()
     return rows
 
 
-def precision_rows(device: torch.device, batch: int = 32, amps=AMP) -> list[dict]:
-    """:func:`~tlalign_mm.analysis.precision.label_precision` of structured DeiT-S / Swin-T, both label dtypes."""
+def precision_rows(device: torch.device, batch: int = 32, amps=AMP,
+                   attn_impls=('fused', 'materialised')) -> list[dict]:
+    """:func:`~tlalign_mm.analysis.precision.label_precision` of structured DeiT-S / Swin-T, each
+    ``attn_impls`` entry and both label dtypes; one dict per (model, attn_impl, label_dtype, amp)
+    with ``ok`` (within :data:`BUDGET`) and the figures of ``label_precision``."""
     from structured_attention import structure_attention_, structured_mixed_batch  # next to this script
 
     from tlalign_mm.analysis.precision import label_precision
     from tlalign_mm.models.backbones import TLASwinTransformer, TLAVisionTransformer
     rows = []
     for name in ('deit-small', 'swin-tiny'):
-        for label_dtype in ('auto', 'float32'):
+        for attn_impl, label_dtype in itertools.product(attn_impls, ('auto', 'float32')):
             torch.manual_seed(0)
+            kw = dict(attn_impl=attn_impl, label_dtype=label_dtype)
             if name.startswith('deit'):
-                m = TLAVisionTransformer(name, out_type='cls_token', label_dtype=label_dtype)
+                m = TLAVisionTransformer(name, out_type='cls_token', **kw)
             else:
-                m = TLASwinTransformer(name, out_indices=(3,), out_type='avg_featmap', label_dtype=label_dtype)
+                m = TLASwinTransformer(name, out_indices=(3,), out_type='avg_featmap', **kw)
             m.init_weights()
             structure_attention_(m.eval(), seed=0)
             m = m.to(device)
@@ -94,7 +123,7 @@ def precision_rows(device: torch.device, batch: int = 32, amps=AMP) -> list[dict
             for amp in amps:
                 r = label_precision(m, x, y0, getattr(torch, amp))
                 ok = all(r[k] <= v for k, v in BUDGET.items())
-                rows.append(dict(model=name, label_dtype=label_dtype, amp=amp, ok=ok, **r))
+                rows.append(dict(model=name, attn_impl=attn_impl, label_dtype=label_dtype, amp=amp, ok=ok, **r))
     return rows
 
 
@@ -169,17 +198,22 @@ def pretrain_sync_check(iters: int, work_dir: str, cfg_options: dict | None = No
                 lam_gap=float(steps[-1].get('align/lam_gap', float('nan'))))
 
 
-def print_table(device_name: str, bench: list[dict], prec: list[dict], pre: dict) -> None:
+def print_table(device_name: str, bench: list[dict], prec: list[dict], pre: dict,
+                seconds: dict | None = None) -> None:
+    """The three parts as Markdown tables; ``seconds`` (part -> wall seconds) on a last line."""
     print(f'\n## GPU check: {device_name} | torch {torch.__version__}')
-    print('\n| model | batch | autocast | variant | step ms | img/s | x baseline [95% CI] | peak MiB | x mem |')
-    print('|---|---|---|---|---|---|---|---|---|')
+    print('\n| model | batch | autocast | attn_impl | variant | step ms | img/s | x baseline [95% CI] | peak MiB '
+          '| x mem |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for r in bench:
-        print(f"| {r['model']} | {r['batch']} | {r['amp']} | {r['variant']} | {r['step_ms']:.1f} | {r['img_s']:.0f} | "
-              f"{r['ratio']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | {r['peak_mib']:.0f} | {r['mem_ratio']:.3f} |")
-    print('\n| model | label_dtype | autocast | share moved, mean | max | mass err max | fluctuation | budget |')
-    print('|---|---|---|---|---|---|---|---|')
+        print(f"| {r['model']} | {r['batch']} | {r['amp']} | {r['attn_impl']} | {r['variant']} | {r['step_ms']:.1f} | "
+              f"{r['img_s']:.0f} | {r['ratio']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | {r['peak_mib']:.0f} | "
+              f"{r['mem_ratio']:.3f} |")
+    print('\n| model | attn_impl | label_dtype | autocast | share moved, mean | max | mass err max | fluctuation '
+          '| budget |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for r in prec:
-        print(f"| {r['model']} | {r['label_dtype']} | {r['amp']} | {r['share_absdiff_mean']:.2e} | "
+        print(f"| {r['model']} | {r['attn_impl']} | {r['label_dtype']} | {r['amp']} | {r['share_absdiff_mean']:.2e} | "
               f"{r['share_absdiff_max']:.2e} | {r['mass_err_max']:.1e} | {r['fluctuation_mean']:.3f} | "
               f"{'ok' if r['ok'] else 'OVER'} |")
     print('\n| pretraining, DeiT-S TL-Align config, AMP, sync-debug error | result |')
@@ -189,6 +223,8 @@ def print_table(device_name: str, bench: list[dict], prec: list[dict], pre: dict
               f"{pre['last_loss']:.3f}, {pre['seconds']:.0f} s |")
     else:
         print(f"| {pre['iters']} iterations before failing | {pre.get('error', 'non-finite loss')} |")
+    if seconds:
+        print('\nwall time: ' + ', '.join(f'{k} {v:.0f} s' for k, v in seconds.items()))
 
 
 def main(argv=None) -> int:
@@ -205,14 +241,18 @@ def main(argv=None) -> int:
     device = torch.device('cuda')
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    seconds, t0 = {}, time.perf_counter()
     bench = label_path_rows(args.iters, args.warmup, device)
+    seconds['label path'], t0 = time.perf_counter() - t0, time.perf_counter()
     prec = precision_rows(device)
+    seconds['precision'], t0 = time.perf_counter() - t0, time.perf_counter()
     pre = pretrain_sync_check(args.pretrain_iters, args.work_dir)
-    print_table(torch.cuda.get_device_name(), bench, prec, pre)
+    seconds['pretraining'] = time.perf_counter() - t0
+    print_table(torch.cuda.get_device_name(), bench, prec, pre, seconds)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, label_path=bench,
-                           precision=prec, pretrain=pre), f, indent=1)
+                           precision=prec, pretrain=pre, seconds=seconds), f, indent=1)
     auto_ok = all(r['ok'] for r in prec if r['label_dtype'] == 'auto')
     return 0 if auto_ok and pre['ok'] else 1
 

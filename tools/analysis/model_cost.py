@@ -523,12 +523,12 @@ def config_cost(cfg: Any, shape: Optional[Sequence[int]] = None, batch_size: int
 # ------------------------------------------------------------------------------ stock backbone
 _SWIN_KEYS = {'type', 'arch', 'img_size', 'patch_size', 'in_channels', 'window_size', 'mlp_ratio', 'qkv_bias',
               'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'out_indices', 'out_type', 'frozen_stages',
-              'norm_eval', 'with_cp', 'label_mode', 'init_cfg', 'pretrained'}
+              'norm_eval', 'with_cp', 'attn_impl', 'label_dtype', 'init_cfg', 'pretrained'}
 _VIT_KEYS = {'type', 'arch', 'img_size', 'patch_size', 'in_channels', 'out_indices', 'out_type', 'distilled',
              'final_norm', 'qkv_bias', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'interpolate_mode',
-             'frozen_stages', 'norm_eval', 'with_cp', 'label_mode', 'init_cfg', 'pretrained'}
+             'frozen_stages', 'norm_eval', 'with_cp', 'attn_impl', 'label_dtype', 'init_cfg', 'pretrained'}
 _PVT_KEYS = {'type', 'arch', 'img_size', 'in_channels', 'out_indices', 'out_type', 'qkv_bias', 'drop_rate',
-             'attn_drop_rate', 'drop_path_rate', 'frozen_stages', 'norm_eval', 'with_cp', 'label_mode', 'label_dtype',
+             'attn_drop_rate', 'drop_path_rate', 'frozen_stages', 'norm_eval', 'with_cp', 'attn_impl', 'label_dtype',
              'init_cfg', 'pretrained'}
 
 
@@ -554,7 +554,7 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
       ``norm_eval``, ``with_cp``; ``with_cls_token=True``, ``patch_bias=True`` (DeiT's patch
       embedding has a bias; mmseg's default has none), ``LN`` with ``eps=1e-6``.
 
-    No ``init_cfg`` (random init); ``label_mode`` is ours only and dropped.
+    No ``init_cfg`` (random init); ``attn_impl`` and ``label_dtype`` are ours only and dropped.
 
     Args:
         backbone: ``cfg.model.backbone`` of one of our configs.

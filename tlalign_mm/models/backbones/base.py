@@ -12,7 +12,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from timm.layers import trunc_normal_
 
-from ...align import check_label_options
+from ...align import check_attn_options
 
 __all__ = ['TLABackbone', 'TLALabelAttention', 'FeatureInfo']
 
@@ -335,8 +335,8 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
 
 class TLALabelAttention(nn.Module):
     """What the label-carrying attentions share (DeiT's attention, Swin's window attention, PVT's
-    spatial-reduction attention): the checks, the head split and scale, the label options, and
-    the output projection.
+    spatial-reduction attention): the checks, the head split and scale, the attention options
+    (``attn_impl``, ``label_dtype``), and the output projection.
 
     A subclass registers its own input projections (``qkv``; ``q`` / ``kv``; Swin's bias table
     first) and then calls :meth:`add_output_projection`, so that the modules keep the release's
@@ -345,21 +345,25 @@ class TLALabelAttention(nn.Module):
     Args:
         dim: C, divisible by ``num_heads``.
         num_heads: H.
-        label_mode, label_dtype: see :func:`tlalign_mm.align.check_label_options`.
+        attn_impl: how the attention is computed, labels or not: 'auto' (default: the
+            materialised softmax on a CPU with bfloat16 / float16 matrix units under low-precision
+            autocast, the fused kernel elsewhere), 'fused', 'materialised' or 'split'
+            (:func:`tlalign_mm.align.resolve_attn_impl`, ``tlalign_mm.align.propagate``).
+        label_dtype: 'auto' or 'float32' (:data:`tlalign_mm.align.LABEL_DTYPES`).
 
     Raises:
         ValueError: ``dim`` not divisible by ``num_heads``; a bad label option.
     """
 
-    def __init__(self, dim: int, num_heads: int, label_mode: str = 'fused', label_dtype: str = 'auto'):
+    def __init__(self, dim: int, num_heads: int, attn_impl: str = 'auto', label_dtype: str = 'auto'):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'embed_dims {dim} is not divisible by num_heads {num_heads}')
-        check_label_options(label_mode, label_dtype)
+        check_attn_options(attn_impl, label_dtype)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.label_mode = label_mode
+        self.attn_impl = attn_impl
         self.label_dtype = label_dtype
 
     def add_output_projection(self, dim: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:

@@ -66,9 +66,9 @@ class TLASpatialReductionAttention(TLALabelAttention):
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, sr_ratio: int = 1, label_mode: str = 'fused',
+                 proj_drop: float = 0.0, sr_ratio: int = 1, attn_impl: str = 'auto',
                  label_dtype: str = 'auto'):
-        super().__init__(dim, num_heads, label_mode, label_dtype)
+        super().__init__(dim, num_heads, attn_impl, label_dtype)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.add_output_projection(dim, attn_drop, proj_drop)
@@ -93,7 +93,7 @@ class TLASpatialReductionAttention(TLALabelAttention):
         else:
             xr, lab_kv = x, labels
         k, v = self.kv(xr).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out, lab = attention_with_labels(self.label_mode, q, k, v, lab_kv, None, self.attn_drop, self.scale,
+        out, lab = attention_with_labels(self.attn_impl, q, k, v, lab_kv, None, self.attn_drop, self.scale,
                                          self.label_dtype)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out)), lab
@@ -141,11 +141,11 @@ class TLAPVTBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float,
                  attn_drop: float, drop_path: float, sr_ratio: int, use_conv_ffn: bool,
-                 label_mode: str, label_dtype: str):
+                 attn_impl: str, label_dtype: str):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = TLASpatialReductionAttention(dim, num_heads, qkv_bias, attn_drop, drop, sr_ratio,
-                                                 label_mode, label_dtype)
+                                                 attn_impl, label_dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio), drop, use_conv_ffn)
@@ -193,12 +193,12 @@ class TLAPVTStage(nn.Module):
         drop, attn_drop: dropout rates; drop_path: one rate per block.
         version: 1 or 2 (v2: overlapping patch embedding, depth-wise conv in the feed-forward layer,
             an output norm, no position embedding).
-        label_mode, label_dtype: as :class:`TLASpatialReductionAttention`.
+        attn_impl, label_dtype: as :class:`TLASpatialReductionAttention`.
     """
 
     def __init__(self, in_channels: int, dim: int, depth: int, num_heads: int, mlp_ratio: float, sr_ratio: int,
                  qkv_bias: bool, kernel: int, stride: int, pos_rows: int, drop: float, attn_drop: float,
-                 drop_path: Sequence[float], version: int, label_mode: str, label_dtype: str):
+                 drop_path: Sequence[float], version: int, attn_impl: str, label_dtype: str):
         super().__init__()
         v2 = version == 2
         # built in the release's order (patch embedding, position embedding, blocks, norm): the
@@ -212,7 +212,7 @@ class TLAPVTStage(nn.Module):
             self.pos_drop = nn.Dropout(drop)
         self.blocks = nn.ModuleList([
             TLAPVTBlock(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path[j], sr_ratio, v2,
-                        label_mode, label_dtype) for j in range(depth)])
+                        attn_impl, label_dtype) for j in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6) if v2 else None
 
 
@@ -239,7 +239,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
         qkv_bias, drop_rate, attn_drop_rate, drop_path_rate: as the release (stochastic depth
             linear over all blocks).
         frozen_stages: -1 freezes nothing; k >= 1 freezes the first k stages.
-        label_mode, label_dtype: as :class:`~tlalign_mm.TLAVisionTransformer`.
+        attn_impl, label_dtype: as :class:`~tlalign_mm.TLAVisionTransformer`.
 
     Patch embeddings: v1 kernel = stride = 4, 2, 2, 2; v2 kernels 7, 3, 3, 3 with strides
     4, 2, 2, 2 and padding k // 2.  ``num_tokens`` / ``token_grid`` describe the first stage
@@ -299,7 +299,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
                  out_indices: Sequence[int] = (0, 1, 2, 3), out_type: str = 'featmap', qkv_bias: bool = True,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 label_mode: str = 'fused', label_dtype: str = 'auto', init_cfg=None,
+                 attn_impl: str = 'auto', label_dtype: str = 'auto', init_cfg=None,
                  pretrained: Optional[str] = None):
         super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
         arch = dict(self.DEFAULTS, **self.resolve_arch(arch))
@@ -350,7 +350,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
             stages.append(TLAPVTStage(
                 in_ch, dims[i], depths[i], heads[i], mlp[i], sr[i], qkv_bias, kernels[i] if i < len(kernels) else 3,
                 strides[i], grid + (self.num_prefix_tokens if i == self.num_stages - 1 else 0), drop_rate,
-                attn_drop_rate, dpr[cur:cur + depths[i]], self.version, label_mode, label_dtype))
+                attn_drop_rate, dpr[cur:cur + depths[i]], self.version, attn_impl, label_dtype))
             cur += depths[i]
             in_ch = dims[i]
         self.stages = nn.ModuleList(stages)

@@ -58,9 +58,9 @@ class TLAWindowAttention(TLALabelAttention):
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, label_mode: str = 'fused',
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, attn_impl: str = 'auto',
                  label_dtype: str = 'auto'):
-        super().__init__(dim, num_heads, label_mode, label_dtype)
+        super().__init__(dim, num_heads, attn_impl, label_dtype)
         self.window_size = window_size
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size - 1) ** 2, num_heads))
@@ -95,7 +95,7 @@ class TLAWindowAttention(TLALabelAttention):
             m = mask.view(1, nw, 1, n, n).expand(bw // nw, -1, self.num_heads, -1, -1)
             attn_mask = attn_mask + m.reshape(-1, self.num_heads, n, n)
         attn_mask = attn_mask.to(q.dtype)
-        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale,
+        out, lab = attention_with_labels(self.attn_impl, q, k, v, labels, attn_mask, self.attn_drop, self.scale,
                                          self.label_dtype)
         out = out.transpose(1, 2).reshape(bw, n, c)
         return self.proj_drop(self.proj(out)), lab
@@ -106,13 +106,13 @@ class TLASwinBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: bool = False,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, label_mode: str = 'fused',
+                 attn_drop: float = 0.0, drop_path: float = 0.0, attn_impl: str = 'auto',
                  label_dtype: str = 'auto'):
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2 if shift else 0
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = TLAWindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, label_mode,
+        self.attn = TLAWindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop, attn_impl,
                                        label_dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
@@ -212,12 +212,12 @@ class TLASwinStage(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: Sequence[float],
-                 downsample: bool, label_mode: str, label_dtype: str):
+                 downsample: bool, attn_impl: str, label_dtype: str):
         super().__init__()
         self.blocks = nn.ModuleList([
             TLASwinBlock(dim, num_heads, window_size, shift=(j % 2 == 1), mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, drop_path=drop_path[j],
-                         label_mode=label_mode, label_dtype=label_dtype) for j in range(depth)])
+                         attn_impl=attn_impl, label_dtype=label_dtype) for j in range(depth)])
         self.downsample = TLAPatchMerging(dim) if downsample else None
 
 
@@ -237,18 +237,14 @@ class TLASwinTransformer(TLABackbone):
             rises linearly over all blocks).
         frozen_stages: -1 nothing; 0 the patch embedding; k >= 1 also the first k stages and
             their output norms (mmdet semantics).
-        label_mode: how the labels take each block's attention (``tlalign_mm.align.propagate``):
-            'fused' (default: in the features' own attention call), 'split' (a separate
-            no-grad float32 pass) or 'explicit' (the reference way, materialised attention).
-        label_dtype: 'auto' (default: in the fused mode the labels ride at the features'
-            precision, one attention call per block under autocast, outputs renormalised and
-            kept in float32 between blocks) or 'float32' (full float32 label math; for
-            exactness studies).
+        attn_impl, label_dtype: as :class:`~tlalign_mm.TLAVisionTransformer`; in CPU training
+            the fused implementation writes the window attention out (no CPU fused kernel gives
+            the relative position bias its gradient).
 
     Strides of the four stages are 4, 8, 16, 32 (for patch_size 4); channels C, 2C, 4C, 8C.
 
     Raises:
-        ValueError: unknown arch, bad out_indices / out_type / label_mode / label_dtype.
+        ValueError: unknown arch, bad out_indices / out_type / attn_impl / label_dtype.
     """
 
     arch_zoo = {
@@ -267,7 +263,7 @@ class TLASwinTransformer(TLABackbone):
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  out_indices: Sequence[int] = (0, 1, 2, 3), out_type: str = 'featmap',
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 label_mode: str = 'fused', label_dtype: str = 'auto', init_cfg=None, pretrained: Optional[str] = None):
+                 attn_impl: str = 'auto', label_dtype: str = 'auto', init_cfg=None, pretrained: Optional[str] = None):
         super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
         arch = self.resolve_arch(arch)
         self.check_out_type(out_type)
@@ -296,7 +292,7 @@ class TLASwinTransformer(TLABackbone):
             self.layers.append(TLASwinStage(
                 self.stage_channels[i], depths[i], heads[i], window_size, mlp_ratio, qkv_bias, drop_rate,
                 attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                downsample=i < self.num_stages - 1, label_mode=label_mode,
+                downsample=i < self.num_stages - 1, attn_impl=attn_impl,
                 label_dtype=label_dtype))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.stage_channels[i]))

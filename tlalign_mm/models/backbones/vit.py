@@ -40,18 +40,18 @@ class TLAAttention(TLALabelAttention):
 
     Args:
         dim: channels C; num_heads: H (C must be divisible by H).
-        label_mode: 'fused' (labels as extra value channels of the features' attention call),
-            'split' (separate no-grad float32 pass) or 'explicit' (materialised per-head
-            attention, the reference code's way); see ``tlalign_mm.align.propagate``.
-        label_dtype: 'auto' (fused mode: labels at the features' precision, renormalised in
-            float32) or 'float32' (label step in float32 throughout, a second attention call
-            under autocast).
+        attn_impl: 'auto' (default), 'fused' (one SDPA call, the labels as extra value
+            channels), 'materialised' (the softmax written out once for features and labels, the
+            reference code's way) or 'split' (plain SDPA plus a no-grad float32 label pass); see
+            :func:`tlalign_mm.align.resolve_attn_impl`.
+        label_dtype: 'auto' (labels at the features' precision, renormalised in float32) or
+            'float32' (label step in float32 throughout, a second attention call under autocast).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, label_mode: str = 'fused',
+                 proj_drop: float = 0.0, attn_impl: str = 'auto',
                  label_dtype: str = 'auto'):
-        super().__init__(dim, num_heads, label_mode, label_dtype)
+        super().__init__(dim, num_heads, attn_impl, label_dtype)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.add_output_projection(dim, attn_drop, proj_drop)
 
@@ -61,7 +61,7 @@ class TLAAttention(TLALabelAttention):
         (B, H, N, N).  Returns (out (B, N, C), labels_att (B, N, K) float32 or None)."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out, lab = attention_with_labels(self.label_mode, q, k, v, labels, attn_mask, self.attn_drop, self.scale,
+        out, lab = attention_with_labels(self.attn_impl, q, k, v, labels, attn_mask, self.attn_drop, self.scale,
                                          self.label_dtype)
         out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out)), lab
@@ -76,10 +76,10 @@ class TLATransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 label_mode: str = 'fused', label_dtype: str = 'auto'):
+                 attn_impl: str = 'auto', label_dtype: str = 'auto'):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = TLAAttention(dim, num_heads, qkv_bias, attn_drop, drop, label_mode, label_dtype)
+        self.attn = TLAAttention(dim, num_heads, qkv_bias, attn_drop, drop, attn_impl, label_dtype)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
@@ -121,18 +121,21 @@ class TLAVisionTransformer(TLABackbone):
         interpolate_mode: position-embedding resize mode ('bicubic' as mmseg / timm).
         frozen_stages: -1 freezes nothing; k >= 0 freezes the patch embedding, tokens, position
             embedding and the first k blocks.
-        label_mode: how the labels take each block's attention (``tlalign_mm.align.propagate``):
-            'fused' (default: in the features' own attention call), 'split' (a separate
-            no-grad float32 pass) or 'explicit' (the reference way, materialised attention).
-        label_dtype: 'auto' (default: in the fused mode the labels ride at the features'
-            precision, one attention call per block under autocast, outputs renormalised and
-            kept in float32 between blocks) or 'float32' (full float32 label math: a second,
-            float32 attention call per block under autocast; for exactness studies).
+        attn_impl: how every block computes its attention, labels or not
+            (:func:`tlalign_mm.align.resolve_attn_impl`): 'auto' (default: the materialised
+            softmax on a CPU with bfloat16 / float16 matrix units under low-precision autocast,
+            where it is the faster kernel; the fused kernel with the labels as extra value
+            channels everywhere else), 'fused', 'materialised' (the reference way) or 'split'
+            (plain SDPA plus a no-grad float32 label pass).
+        label_dtype: 'auto' (default: the labels take the attention at the features'
+            precision, outputs renormalised and kept in float32 between blocks) or 'float32'
+            (full float32 label math: a second, float32 attention call per block under
+            autocast; for exactness studies).
 
     Input sizes not divisible by ``patch_size`` are zero-padded at the bottom/right.
 
     Raises:
-        ValueError: unknown arch, bad out_indices/out_type/label_mode/label_dtype.
+        ValueError: unknown arch, bad out_indices/out_type/attn_impl/label_dtype.
     """
 
     arch_zoo = {
@@ -151,7 +154,7 @@ class TLAVisionTransformer(TLABackbone):
                  qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, interpolate_mode: str = 'bicubic',
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 label_mode: str = 'fused', label_dtype: str = 'auto', init_cfg=None, pretrained: Optional[str] = None):
+                 attn_impl: str = 'auto', label_dtype: str = 'auto', init_cfg=None, pretrained: Optional[str] = None):
         super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
         arch = self.resolve_arch(arch)
         self.check_out_type(out_type)
@@ -183,7 +186,7 @@ class TLAVisionTransformer(TLABackbone):
         dpr = torch.linspace(0, drop_path_rate, self.num_layers, device='cpu').tolist()  # host floats (meta ok)
         self.blocks = nn.ModuleList([
             TLATransformerBlock(c, arch['num_heads'], arch.get('mlp_ratio', 4.0), qkv_bias, drop_rate,
-                                attn_drop_rate, dpr[i], label_mode, label_dtype)
+                                attn_drop_rate, dpr[i], attn_impl, label_dtype)
             for i in range(self.num_layers)])
         self.norm = nn.LayerNorm(c, eps=1e-6) if final_norm else nn.Identity()
 
