@@ -211,8 +211,8 @@ def _train(cfg: str, work_dir, *args: str) -> str:
 
 
 def _weights(path) -> dict:
-    import tlalign_mm  # noqa: F401  (allow-lists the mmengine checkpoint meta for weights_only loading)
-    return torch.load(str(path), map_location='cpu', weights_only=True)['state_dict']
+    from tlalign_mm.checkpoint import load_checkpoint_file  # weights_only, with mmengine's types allow-listed
+    return load_checkpoint_file(str(path))['state_dict']
 
 
 def _metrics(stdout: str) -> dict:

@@ -47,7 +47,7 @@ import os.path as osp
 import time
 from fractions import Fraction
 
-import tlalign_mm  # noqa: F401  (registries; torch>=2.6 checkpoint allow-list)
+import tlalign_mm  # noqa: F401  (registries)
 
 SUITES = ('clean', 'a', 'r', 'sketch', 'v2', 'c', 'fgsm', 'pgd', 'autoattack')
 FOLDER_SUITES = {'a': ('imagenet_a', 'imagenet-a'), 'r': ('imagenet_r', 'imagenet-r'),
@@ -500,6 +500,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error
+    import _common  # noqa: F401  (puts tools/ on sys.path)
+    from launch import exit_on_checkpoint_error
     with exit_on_checkpoint_error('robustness.py'):
         main()

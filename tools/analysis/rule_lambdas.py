@@ -20,7 +20,7 @@ import os.path as osp
 
 from _common import add_config_checkpoint_args, output_dir, weights_title
 
-import tlalign_mm  # noqa: F401  (registries; torch>=2.6 checkpoint allow-list)
+import tlalign_mm  # noqa: F401  (registries)
 
 
 def parse_args(argv=None):
@@ -100,6 +100,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error
+    from launch import exit_on_checkpoint_error  # tools/launch.py (tools/ on sys.path: _common)
     with exit_on_checkpoint_error('rule_lambdas.py'):
         main()
