@@ -1,10 +1,9 @@
-"""Reading checkpoint files without executing pickled code; writing them atomically; finding one to resume.
+"""Reading checkpoints without executing pickled code, writing them atomically, finding one to resume.
 
-Every load runs ``torch.load(weights_only=True)`` with the allow-list of :func:`mmengine_safe_globals` handed
-to ``torch.serialization.safe_globals`` for its duration only: nothing is registered process-wide and no
-environment variable is set (why each entry is safe: ``docs/design.md``, "Loading mmengine checkpoints under
-torch >= 2.6").  ``Runner.resume`` / ``load_from`` load through mmengine's ``CheckpointLoader``, which reads
-local files through :func:`load_local_checkpoint` once :func:`register_checkpoint_loader` ran (the tools do).
+Every load is ``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` handed to
+``torch.serialization.safe_globals`` for its duration: nothing process-wide, no environment variable (why each
+entry is safe: ``docs/design.md``, "Loading mmengine checkpoints under torch >= 2.6").  mmengine's own loads
+(``Runner.resume``, ``load_from``) come here once :func:`register_checkpoint_loader` ran (the tools run it).
 """
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ __all__ = ['CheckpointFileError', 'CheckpointNotFoundError', 'mmengine_safe_glob
 
 
 class CheckpointFileError(pickle.UnpicklingError):
-    """A checkpoint file that cannot be used; the message is one line naming the path and what it is
-    (empty, truncated, not a checkpoint, refused types).  A ``pickle.UnpicklingError``, as ``torch.load`` raises."""
+    """A checkpoint file that cannot be used: one line naming the path and what it is (a ``pickle.UnpicklingError``,
+    as ``torch.load`` raises)."""
 
 
 class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
@@ -61,16 +60,10 @@ _SAFE_GLOBALS: list | None = None
 
 
 def mmengine_safe_globals() -> list:
-    """The allow-list for ``torch.load(weights_only=True)`` of mmengine / OpenMMLab / DeiT checkpoints.
-
-    Returns:
-        A new list for ``torch.serialization.safe_globals``: ``argparse.Namespace`` (DeiT's ``args``);
-        mmengine's ``HistoryBuffer`` and a ``builtins.getattr`` stand-in returning only its statistics methods;
-        numpy's array reconstructor and scalar constructor under both spellings (``numpy.core`` of numpy 1,
-        ``numpy._core`` of numpy 2), ``ndarray``, ``dtype`` and the bool / integer / float / complex dtype
-        classes; an empty-``bytes()`` stand-in.  The ``(object, 'pickled.name')`` entries need torch >= 2.6
-        and are left out before it; numpy / mmengine entries when they are not importable.
-    """
+    """A new copy of the allow-list for ``weights_only`` loads of mmengine / OpenMMLab / DeiT checkpoints:
+    ``argparse.Namespace``; ``HistoryBuffer`` and the getattr stand-in; numpy's reconstructor and scalar (both
+    numpy 1 and 2 spellings), ``ndarray``, ``dtype`` and the bool / integer / float / complex dtype classes; the
+    empty-``bytes()`` stand-in.  ``(object, 'name')`` entries need torch >= 2.6 and are left out before it."""
     global _SAFE_GLOBALS
     if _SAFE_GLOBALS is None:
         import argparse
@@ -101,8 +94,8 @@ _ACTIVE: dict = {'users': 0}
 
 
 def _forced_load(*args, **kwargs):
-    """``torch.load`` while one of our loads runs: ``weights_only=True`` in a thread that loads a remote
-    checkpoint (its backend may pass ``weights_only=False``: torch.hub's default), unchanged in any other."""
+    """``torch.load`` while our loads run: ``weights_only=True`` in a thread loading a remote file (its backend may
+    pass False: torch.hub's default), unchanged elsewhere."""
     if getattr(_FORCED, 'on', False):
         kwargs['weights_only'] = True
         kwargs.pop('pickle_module', None)
@@ -111,9 +104,8 @@ def _forced_load(*args, **kwargs):
 
 @contextlib.contextmanager
 def _safe_loading(force: bool):
-    """The allow-list (the entries not registered already), and for ``force`` every ``torch.load`` of this
-    thread held to ``weights_only``, for the block.  Shared by concurrent loads: set up by the first, undone
-    by the last (torch's ``safe_globals`` context alone would drop the list while another thread loads)."""
+    """The allow-list (what is not registered already) and, with ``force``, this thread's ``torch.load`` held to
+    ``weights_only``, for the block; set up by the first concurrent load, undone by the last."""
     with _LOCK:
         if not _ACTIVE['users']:
             have = set(torch.serialization.get_safe_globals())
@@ -136,37 +128,11 @@ def _safe_loading(force: bool):
 
 
 # -- what is wrong with a file -------------------------------------------------------------------------------
-def _safetensors_problem(path: str, size: int, head: bytes) -> str | None:
-    import json
-    import struct
-    if size < 8:
-        return f'not a .safetensors file ({size} bytes, shorter than its header length field)'
-    (n,) = struct.unpack('<Q', head[:8])
-    if n > size - 8:
-        return f'truncated .safetensors file: its header announces {n} bytes, the file has {size - 8} after it'
-    with open(path, 'rb') as f:
-        f.seek(8)
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError):
-            return 'not a .safetensors file (its header is not JSON)'
-    ends = [v['data_offsets'][1] for k, v in header.items()
-            if k != '__metadata__' and isinstance(v, dict) and 'data_offsets' in v]
-    if ends and 8 + n + max(ends) > size:
-        return f'truncated .safetensors file: {size} bytes, its tensors need {8 + n + max(ends)}'
-    return None
-
-
 def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
-    """What is wrong with a local checkpoint file, judged from its structure alone (nothing is unpickled).
-
-    Kinds: missing, a folder, empty, truncated (a zip without its central directory: a save or download cut
-    off), a zip without ``data.pkl``, a cut ``.safetensors`` file, a text file, bytes that are neither a zip nor
-    a pickle.  A file that passes may still hold types weights_only loading refuses.
-
-    Returns:
-        ``None`` for a plausible checkpoint, else a reason phrase (no path, no final period).
-    """
+    """What is wrong with a local checkpoint file, from its structure alone (nothing unpickled), as a phrase: missing,
+    a folder, empty, truncated (a zip without its central directory), a zip without ``data.pkl``, a cut
+    ``.safetensors``, text, neither zip nor pickle; ``None`` for a plausible checkpoint (which may still hold types
+    weights_only loading refuses)."""
     path = os.path.expanduser(os.fspath(path))
     if not os.path.exists(path):
         return 'no such file'
@@ -175,10 +141,15 @@ def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
     size = os.path.getsize(path)
     if size == 0:
         return 'empty (0 bytes): an interrupted save or download'
+    if path.endswith('.safetensors'):        # safetensors checks the header and that the data covers the file
+        from safetensors import safe_open
+        try:
+            with safe_open(path, 'pt'):
+                return None
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+            return f'truncated .safetensors file, or not one ({_reason(e)})'
     with open(path, 'rb') as f:
         head = f.read(64)
-    if path.endswith('.safetensors'):
-        return _safetensors_problem(path, size, head)
     if head.startswith(b'PK\x03\x04'):
         import zipfile
         try:
@@ -223,14 +194,9 @@ _LOAD_ERRORS = (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueE
 
 # -- loading -------------------------------------------------------------------------------------------------
 def load_local_checkpoint(filename: str | os.PathLike, map_location: Any = None) -> Any:
-    """Load a local checkpoint with ``weights_only=True`` and the allow-list, or raise one line saying what the
-    file is (:func:`diagnose_checkpoint_file` first).  A good file gives what mmengine's ``load_from_local``
-    gives (``torch.load(filename, map_location)``); ``.safetensors`` files are read by ``safetensors``.
-
-    Raises:
-        CheckpointNotFoundError: no file there.
-        CheckpointFileError: empty, truncated, not a checkpoint, or refused types.
-    """
+    """mmengine's ``load_from_local`` (``torch.load(filename, map_location)``) with ``weights_only=True`` and the
+    allow-list, ``.safetensors`` by ``safetensors``.  Raises CheckpointNotFoundError (no file) or
+    CheckpointFileError (:func:`diagnose_checkpoint_file`'s kinds, or refused types): one line."""
     path = os.path.expanduser(os.fspath(filename))
     reason = diagnose_checkpoint_file(path)
     if reason == 'no such file':
@@ -252,12 +218,9 @@ def load_local_checkpoint(filename: str | os.PathLike, map_location: Any = None)
 
 @FUNCTIONS.register_module()
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
-    """Load a checkpoint, local or remote, without ever executing pickled code.
-
-    Local files: :func:`load_local_checkpoint`.  Anything else goes through mmengine's ``CheckpointLoader``
-    (``mmengine/runner/checkpoint.py``: ``http(s)://`` cached in torch's hub folder, ``open-mmlab://``,
-    ``torchvision://``, ``s3://`` and any registered scheme), every ``torch.load`` it makes in this thread held
-    to ``weights_only=True`` whatever the backend passes.
+    """Load a checkpoint, local (:func:`load_local_checkpoint`) or through mmengine's ``CheckpointLoader``
+    (``http(s)://`` cached in torch's hub folder, ``open-mmlab://``, ``s3://``, any registered scheme; every
+    ``torch.load`` it makes in this thread held to ``weights_only``), without executing pickled code.
 
     Returns:
         The loaded dict (a checkpoint or a state dict).
@@ -284,19 +247,18 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> 
 
 
 def register_checkpoint_loader() -> None:
-    """Make mmengine's ``CheckpointLoader`` read local paths through :func:`load_local_checkpoint` (the empty
-    prefix, ``force=True``): ``--resume``, ``load_from`` and ``init_cfg=dict(type='Pretrained')`` of any
-    mmengine / mmseg / mmdet module then load mmengine's own checkpoints (``HistoryBuffer``, numpy in ``meta``)
-    under torch >= 2.6 and answer a bad file with one line.  ``tools/train.py`` and ``tools/test.py`` call it;
-    ``import tlalign_mm`` does not."""
+    """Have mmengine's ``CheckpointLoader`` read local paths with :func:`load_local_checkpoint`: ``--resume``,
+    ``load_from`` and ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load
+    mmengine's checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6, and a bad file is one line.  The tools
+    call it; ``import tlalign_mm`` does not."""
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
 
 
 # -- writing -------------------------------------------------------------------------------------------------
 def _atomic_replace(dst: str, write) -> None:
-    """``write(file)`` on a temporary file beside ``dst``, fsync, ``os.replace`` over ``dst``, fsync the folder;
-    on any error the temporary file is removed and ``dst`` left as it was."""
+    """``write(file)`` to a temporary file beside ``dst``, fsync, ``os.replace``, fsync the folder; on error ``dst``
+    is left as it was."""
     folder = os.path.dirname(dst)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.', suffix='.tmp', dir=folder)
@@ -319,13 +281,8 @@ def _atomic_replace(dst: str, write) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> str:
-    """Write ``obj`` so that a crash at any moment leaves the old file or the new one, never part of one.
-
-    ``torch.save`` (``.safetensors``: ``safetensors.torch.save``, tensors made contiguous, ones sharing storage
-    cloned) into ``.<name>.<random>.tmp`` in the same folder, fsynced, then renamed over ``path``.
-
-    Returns:
-        The absolute path written (missing parent folders are created).
+    """``torch.save`` (``.safetensors``: a flat dict, contiguous, shared storage cloned) into ``.<name>.<random>.tmp``
+    beside ``path``, fsynced, renamed over it: a crash leaves the old file or the new one.  Returns the absolute path.
 
     Raises:
         TypeError: ``.safetensors`` with anything but a ``{str: Tensor}`` dict (names the first bad key).
@@ -371,17 +328,10 @@ _CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)(_interrupted)?\.pth$')
 
 
 def find_resumable_checkpoint(work_dir: str | os.PathLike, log=None) -> str | None:
-    """The checkpoint auto-resume continues from: the one ``work_dir/last_checkpoint`` names (mmengine's
-    ``CheckpointHook`` pointer) when :func:`diagnose_checkpoint_file` passes it, else the newest readable
-    ``epoch_N.pth`` / ``iter_N.pth`` / ``iter_N_interrupted.pth`` (latest modified, the larger N on a tie), with
-    one line on why.  Temporary files an interrupted :func:`atomic_save` left are removed.
-
-    Args:
-        work_dir: the run's work dir; log: ``callable(str)`` for the one-line notes (default: ignore).
-
-    Returns:
-        The checkpoint path, or ``None`` when nothing readable is there (a fresh start).
-    """
+    """The checkpoint auto-resume continues from: the one ``work_dir/last_checkpoint`` names when
+    :func:`diagnose_checkpoint_file` passes it, else the newest readable ``epoch_N`` / ``iter_N`` /
+    ``iter_N_interrupted.pth`` (latest modified, larger N on a tie; ``log(str)`` says why), or None (a fresh start).
+    Temporary files an interrupted :func:`atomic_save` left are removed."""
     log = log or (lambda msg: None)
     work_dir = os.fspath(work_dir)
     if not os.path.isdir(work_dir):

@@ -1,5 +1,4 @@
-"""What the family modules (``vit.py``, ``swin.py``, ``pvt.py``) share: key tables read both ways, the
-key helpers of their read filters, and the record their writers return."""
+"""What the family modules (``vit.py``, ``swin.py``, ``pvt.py``) share: key tables, filter helpers, export record."""
 from __future__ import annotations
 
 import re
@@ -16,17 +15,11 @@ _HEADS = re.compile(r'(head|head_dist|fc_norm)\.')
 
 
 class KeyMap:
-    """One foreign layout's key names as ``(ours, theirs)`` template pairs, read both ways:
-    :meth:`to_ours` when reading that layout, :meth:`from_ours` when writing it.
-
-    A template is a key, or a key prefix when it ends in ``'.'``; ``{i}`` (any lower-case letter) stands
-    for a number, ``{i+1}`` / ``{i-2}`` for that number shifted (timm's Swin holds stage ``i``'s patch
-    merging in ``layers.{i+1}``).  The first pair whose template matches the start of the key (the whole
-    key for a template without the final dot) renames it; the rest of the key is kept, and a key no
-    template matches is returned unchanged.  Example:
-    ``KeyMap([('blocks.{i}.norm1.', 'layers.{i}.ln1.')]).from_ours('blocks.3.norm1.weight')`` is
-    ``'layers.3.ln1.weight'``.
-    """
+    """A foreign layout's key names as ``(ours, theirs)`` template pairs, read both ways (:meth:`to_ours`,
+    :meth:`from_ours`).  A template is a key, or a prefix when it ends in ``'.'``; ``{i}`` (a lower-case letter)
+    is a number, ``{i+1}`` that number shifted.  The first matching pair renames the key, the rest of it kept;
+    no match leaves it unchanged: ``KeyMap([('blocks.{i}.norm1.', 'layers.{i}.ln1.')]).from_ours(
+    'blocks.3.norm1.weight') == 'layers.3.ln1.weight'``."""
 
     def __init__(self, pairs):
         self.pairs = tuple(pairs)
@@ -76,17 +69,9 @@ def stage_ids(sd: Mapping, root: str) -> list[int]:
 
 
 def filter_state_dict(state_dict: Mapping[str, Tensor], layout: str, rename) -> tuple[dict[str, Tensor], list[str]]:
-    """The loop of every family's read filter (timm's ``checkpoint_filter_fn``): drop the buffers the
-    model recomputes (``relative_position_index``, ``attn_mask``, ``relative_coords_table``) and, for a
-    foreign layout, the classifier heads (``head``, ``head_dist``, ``fc_norm``); rename the rest with
-    ``rename(key, tensor) -> (new key, tensor)``.
-
-    Returns:
-        (renamed state dict, dropped source keys).
-
-    Raises:
-        ValueError: two source keys map to one name.
-    """
+    """The loop of the families' read filters (timm's ``checkpoint_filter_fn``): drop recomputed buffers and, for
+    a foreign layout, classifier heads (``head``, ``head_dist``, ``fc_norm``); ``rename(key, tensor) -> (key,
+    tensor)`` the rest.  Returns (state dict, dropped keys); raises ValueError when two keys map to one name."""
     out: dict[str, Tensor] = {}
     ignored: list[str] = []
     for k, v in state_dict.items():
@@ -102,16 +87,10 @@ def filter_state_dict(state_dict: Mapping[str, Tensor], layout: str, rename) -> 
 
 @dataclass
 class ExportResult:
-    """What a family's writer made of our backbone state dict for one library.
-
-    Attributes:
-        state_dict: the tensors under the target model's names (head included where it has one).
-        layout: the layout name our reader gives it back (:func:`~tlalign_mm.checkpoint.detect_layout`).
-        model: the target class, with the upstream file its key names come from.
-        build: a Python call that builds a target model this state dict loads into with ``strict=True``.
-        dropped: our parameter names the target cannot hold (written only with ``allow_drop``).
-        notes: what else a user must know (sizes the model must be built at, numerics).
-    """
+    """What a family's writer made of our backbone state dict for one library: ``state_dict`` under the target's
+    names (head included where it has one), ``layout`` (what our reader calls it), ``model`` (the class and its
+    upstream file), ``build`` (a call building a model it loads into with ``strict=True``), ``dropped`` (our
+    parameters the target cannot hold), ``notes`` (sizes to build at, numerics)."""
 
     state_dict: dict
     layout: str
@@ -122,7 +101,7 @@ class ExportResult:
 
 
 def call(fn: str, kwargs: Mapping) -> str:
-    """``fn(k=v, ...)`` with each value's ``repr`` (a list as a tuple): an :class:`ExportResult`'s build line."""
+    """``fn(k=v, ...)``, each value's ``repr`` (a list as a tuple): a build line."""
     return f'{fn}(' + ', '.join(f'{k}={tuple(v) if isinstance(v, list) else v!r}' for k, v in kwargs.items()) + ')'
 
 

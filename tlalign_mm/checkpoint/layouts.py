@@ -1,15 +1,11 @@
-"""Recognising checkpoint layouts and loading them into our backbones and classifier, strictly.
+"""Recognising checkpoint layouts and loading them, strictly, into our backbones and classifier.
 
-Layouts (:data:`LAYOUTS`; each family module holds its detector, read filter and key tables, as timm's model
-files hold their ``checkpoint_filter_fn``): ``'tlalign'`` (ours: the backbones' parameter names, no head), and
-``vit.py``: ``'timm-vit'``, ``'mmseg-vit'``, ``'mmpretrain-vit'``; ``swin.py``: ``'official-swin'``,
-``'timm-swin'``, ``'mm-swin'``; ``pvt.py``: ``'official-pvt'``, ``'mm-pvt'``, ``'timm-pvt'``.
-
-mmengine's ``PretrainedInit`` loads with ``strict=False`` and so loads nothing, silently, from an unconverted
-checkpoint; :func:`load_backbone_checkpoint` converts, resizes what depends on the input or window size, and
-refuses what does not fit.  The backbones' and the classifier's ``init_cfg=dict(type='Pretrained')`` reach it
-(and :func:`load_classifier_checkpoint`) through tlalign_mm's ``FUNCTIONS`` registry, whose location is this
-package, so ``models`` imports nothing above it.
+Layouts: ``'tlalign'`` (ours: the backbones' parameter names, no head) and each family module's (``vit.py``,
+``swin.py``, ``pvt.py``: detector, read filter and key tables, as timm's model files hold their
+``checkpoint_filter_fn``).  mmengine's ``PretrainedInit`` loads with ``strict=False``, so nothing, silently, from
+an unconverted checkpoint; :func:`load_backbone_checkpoint` converts, resizes what depends on the input or window
+size, and refuses what does not fit.  The models' ``init_cfg=dict(type='Pretrained')`` reach the loaders by name
+through tlalign_mm's ``FUNCTIONS`` registry (its location is this package): ``models`` imports nothing above it.
 """
 from __future__ import annotations
 
@@ -51,8 +47,7 @@ def _top_prefixes(keys, limit: int = 12) -> str:
 
 
 def _prefix_candidates(keys) -> list[str]:
-    """Prefixes under which the keys form a recognised layout (the strings before a root marker), most keys
-    first, those covering at least half as many keys as the best."""
+    """Prefixes (before a root marker) under which the keys form a layout, most keys first, at least half the best."""
     keys = list(keys)
     cands = {k[:i + 1] for k in keys for m in _ROOT_MARKERS if (i := k.find('.' + m)) >= 0}
     scored = sorted((-len(sub), p) for p in cands
@@ -61,15 +56,11 @@ def _prefix_candidates(keys) -> list[str]:
 
 
 def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[dict, str]:
-    """Find the backbone state dict inside a loaded checkpoint.
+    """The backbone state dict of a loaded checkpoint, and the prefix used.
 
-    Unwraps ``{'state_dict': sd}`` (mmengine, timm), ``{'model': sd}`` (DeiT, Swin) or ``{'module': sd}``
-    (DeepSpeed), nested up to three deep; keeps tensors only; strips the ``module.`` (DDP) and ``_orig_mod.``
-    (``torch.compile``) prefixes (timm's ``clean_state_dict``).  Then keeps the keys under ``prefix``, stripped
-    (``'backbone'`` or ``'backbone.'``; ``''`` keeps all; None: ``backbone.`` when present, else all).
-
-    Returns:
-        (state dict with backbone-relative keys, prefix used).
+    Unwraps ``{'state_dict' | 'model' | 'module': sd}`` (mmengine / timm, DeiT / Swin, DeepSpeed; up to three deep),
+    keeps tensors, strips ``module.`` / ``_orig_mod.`` (timm's ``clean_state_dict``: DDP, ``torch.compile``), then
+    keeps the keys under ``prefix``, stripped (``''``: all; None: ``backbone.`` when present, else all).
 
     Raises:
         TypeError: no dict inside.
@@ -99,21 +90,15 @@ def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[
 
 
 def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
-    """The layout of a backbone state dict (keys unwrapped, without prefix): one of :data:`LAYOUTS` or
-    ``'unknown'``; each family's ``detect`` tells its own (their docstrings give the rules)."""
+    """The layout of a backbone state dict (unwrapped, no prefix): one of :data:`LAYOUTS` (each family's ``detect``
+    gives its rules) or ``'unknown'``."""
     return next((lay for f in FAMILIES if (lay := f.detect(state_dict)) is not None), 'unknown')
 
 
 def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = None
                        ) -> tuple[dict[str, Tensor], str, list[str]]:
-    """Rename a backbone state dict of any recognised layout into ours (the family's read filter).
-
-    Classifier heads (``head``, ``head.fc``, ``head_dist``, ``fc_norm``) and recomputed buffers
-    (``relative_position_index``, ``attn_mask``, ``relative_coords_table``) are dropped; tensors are not copied
-    unless reordered (mm patch merging, mmdet's PVT attention); keys no rule knows are kept as they are.
-
-    Args:
-        state_dict: backbone-relative keys (:func:`extract_state_dict`); layout: detected when None.
+    """A backbone state dict of ``layout`` (detected when None) in our names, by its family's read filter: heads and
+    recomputed buffers dropped, tensors copied only when reordered (mm Swin merging, mmdet PVT), unknown keys kept.
 
     Returns:
         (converted state dict, layout, dropped source keys).
@@ -146,13 +131,13 @@ def _square(n: int) -> int | None:
 
 
 def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: nn.Module) -> Tensor | None:
-    """``v`` (checkpoint) resized to ``t``'s shape (model) when ``k`` is what legitimately depends on the input or
-    window size, else None.  ``pos_embed`` (1, P + h*w, C): prefix rows kept (a distillation row dropped for a
-    plain model), the square grid resampled by timm's ``resample_abs_pos_embed`` (bicubic, ``align_corners=False``,
-    no antialias: timm's and mmseg's ``resize_pos_embed``).  ``relative_position_bias_table`` ((2W-1)^2, heads):
-    each head's grid bicubic as the official Swin ``load_pretrained`` does, which is timm's
-    ``resize_rel_pos_bias_table_simple`` (timm's ``resize_rel_pos_bias_table`` is BEiT's geometric resampling, not
-    this; float32 inside, as ours was).
+    """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size, else None.
+
+    ``pos_embed`` (1, P + h*w, C): prefix rows kept (a distillation row dropped for a plain model), the square grid
+    resampled by timm's ``resample_abs_pos_embed`` (bicubic, no antialias: timm's and mmseg's resize).
+    ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as the official Swin
+    ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (timm's ``resize_rel_pos_bias_table``
+    is BEiT's geometric resampling, another result).
 
     Raises:
         ValueError: a grid or table that is not square, fewer prefix tokens than the model's.
@@ -215,15 +200,10 @@ def _fit_to_model(sd: dict[str, Tensor], model: nn.Module, model_sd: Mapping[str
 
 @dataclass
 class LoadReport:
-    """What :func:`load_backbone_checkpoint` loaded.
-
-    Attributes:
-        layout: detected source layout; matched: model keys loaded; missing: model keys the checkpoint did not
-            provide (left as initialised); unexpected: converted checkpoint keys the model does not have;
-        resized: ``'key (old shape)->(new shape)'``; ignored: checkpoint keys dropped on purpose (heads,
-            buffers); source: the path or ``'<state_dict>'``; prefix: the key prefix used;
-        num_params / num_matched_params: parameter tensors of the model / loaded.
-    """
+    """What :func:`load_backbone_checkpoint` loaded: the source ``layout``; model keys ``matched`` and ``missing``
+    (left as initialised); converted keys the model lacks (``unexpected``); ``resized`` (``'key (old)->(new)'``);
+    ``ignored`` (heads, buffers); ``source`` (path or ``'<state_dict>'``); ``prefix``; ``num_params`` /
+    ``num_matched_params`` (parameter tensors of the model / loaded)."""
 
     layout: str
     matched: list[str]
@@ -267,18 +247,16 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
                              source: str | None = None) -> LoadReport:
     """Load pretrained weights of any recognised layout into one of our backbones, or refuse.
 
-    :func:`~tlalign_mm.checkpoint.load_checkpoint_file` -> :func:`extract_state_dict` -> :func:`detect_layout`
-    -> :func:`convert_state_dict` -> the model's ``adapt_checkpoint(state_dict, source)`` when it has one (PVT:
-    v1's class token) -> resize ``pos_embed`` / ``relative_position_bias_table`` -> checks ->
-    ``load_state_dict(strict=False)`` of the matched tensors.  Nothing is loaded unless every check passes.
+    Reads (:func:`~tlalign_mm.checkpoint.load_checkpoint_file`), unwraps (:func:`extract_state_dict`), converts
+    (:func:`convert_state_dict`), lets the model fit it (``adapt_checkpoint(state_dict, source)``: PVT v1's class
+    token), resizes ``pos_embed`` / ``relative_position_bias_table``, checks, then loads the matched tensors;
+    nothing is loaded unless every check passes.
 
     Args:
-        model: a backbone of ours (or any module with our parameter names).
-        path_or_state_dict: checkpoint path or URL, or an already loaded checkpoint / state dict.
-        prefix: the backbone's key prefix (default ``backbone.`` when present, else none).
-        map_location: as ``torch.load``.
+        model: a backbone of ours (or a module with our parameter names).
+        path_or_state_dict: a path or URL, or a loaded checkpoint / state dict (named ``source`` in messages).
+        prefix: as :func:`extract_state_dict`; map_location: as ``torch.load``.
         min_match: the fraction of the model's parameter tensors the checkpoint must provide.
-        source: the name messages give an already loaded checkpoint (default ``'<state_dict>'``).
 
     Raises:
         FileNotFoundError, pickle.UnpicklingError: see :func:`~tlalign_mm.checkpoint.load_checkpoint_file`.
@@ -324,10 +302,9 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
 def load_classifier_checkpoint(model, path: str) -> None:
     """Load ``path`` into a :class:`~tlalign_mm.TLAImageClassifier` (its ``init_cfg=dict(type='Pretrained')``).
 
-    A checkpoint of this classifier (keys under ``backbone.``) must fit every tensor (a label rule's
-    training-only ``label_rule.*`` may be extra; ``head.{weight,bias}`` of before the head was a module and the
-    backbone's former names (its ``rename_former_keys``) are renamed first).  Any other checkpoint loads its
-    backbone through :func:`load_backbone_checkpoint` and a head of this head's shape (:func:`load_head_state`).
+    A checkpoint of this classifier (keys under ``backbone.``; former names renamed: ``head.{weight,bias}``, the
+    backbone's ``rename_former_keys``) must fit every tensor but a label rule's ``label_rule.*``.  Any other loads
+    its backbone (:func:`load_backbone_checkpoint`) and a head of this head's shape (:func:`load_head_state`).
 
     Raises:
         ValueError: a classifier checkpoint that does not fit, a backbone the loader refuses, or a head of
@@ -363,8 +340,7 @@ def load_classifier_checkpoint(model, path: str) -> None:
 
 
 def _foreign_head(model, state_dict: Mapping) -> dict | None:
-    """The checkpoint's ``head.*`` in this head's names when it has this head's shape; ``{}`` for a head of
-    another shape, None for none."""
+    """The checkpoint's ``head.*`` in this head's names, if of its shape; ``{}``: another shape; None: no head."""
     head = {}
     for k, v in state_dict.items():
         if isinstance(k, str) and k.startswith('head.') and not k.startswith('head_dist'):
@@ -389,9 +365,8 @@ def foreign_readout(state_dict: Mapping) -> tuple[str, str]:
 
 
 def check_head_readout(model, state_dict: Mapping, source: str = 'the checkpoint') -> None:
-    """Refuse a foreign head (:func:`foreign_readout`) trained on another pooled feature than this model's (the
-    class token when the backbone's ``out_type`` is ``'cls_token'``, else the token mean).  A checkpoint of this
-    classifier (keys under ``backbone.``) says nothing about its readout and passes.
+    """Refuse a foreign head (:func:`foreign_readout`) trained on another pooled feature than this model's (the class
+    token for ``out_type='cls_token'``, else the token mean); a checkpoint of this classifier passes.
 
     Raises:
         ValueError: the two readouts differ (names both, and the key that tells).
@@ -411,11 +386,8 @@ def check_head_readout(model, state_dict: Mapping, source: str = 'the checkpoint
 
 
 def load_head_state(model, state_dict: Mapping, source: str = 'the checkpoint') -> str:
-    """Load a foreign checkpoint's classifier head (``head.weight`` / ``head.bias``: official DeiT / Swin / PVT,
-    timm ViT; ``head.fc.*``: timm Swin, ours) when it has this head's shape.
-
-    Returns:
-        For the log: ``'head loaded'``, or why the head keeps its initialisation.
+    """Load a foreign checkpoint's head (``head.{weight,bias}``: official DeiT / Swin / PVT, timm ViT; ``head.fc.*``:
+    timm Swin, ours) when it has this head's shape.  Returns, for the log, ``'head loaded'`` or why not.
 
     Raises:
         ValueError: a head that would load but was trained on another readout (:func:`check_head_readout`).

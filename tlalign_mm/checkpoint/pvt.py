@@ -14,7 +14,6 @@ import math
 import re
 
 import torch
-from torch import Tensor
 
 from ..models import TLAPyramidVisionTransformer
 from ..models.backbones.pvt import stage_key
@@ -30,9 +29,25 @@ TIMM_KEYS = KeyMap([
 ])
 """Our PVT v2 keys <-> timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``, whose
 ``checkpoint_filter_fn`` renames the release the same way); timm has no PVT v1."""
-_MM_FFN = {True: {'0': 'fc1', '1': 'dwconv.dwconv', '4': 'fc2'}, False: {'0': 'fc1', '3': 'fc2'}}
-"""mmdet ``MixFFN.layers`` index -> our ``mlp`` module, with / without the depth-wise conv (fc1, [dwconv], act,
-drop, fc2, drop; 1x1 convolutions in ``mmdet/models/backbones/pvt.py``)."""
+
+
+def _mm_keys(v1: bool) -> KeyMap:
+    b, t = 'stages.{i}.blocks.{j}.', 'layers.{i}.1.{j+1}.' if v1 else 'layers.{i}.1.{j}.'
+    ffn = {'fc1': 0, 'fc2': 3} if v1 else {'fc1': 0, 'dwconv.dwconv': 1, 'fc2': 4}
+    return KeyMap([('stages.{i}.patch_embed.proj.', 'layers.{i}.0.projection.'),
+                   ('stages.{i}.patch_embed.', 'layers.{i}.0.'), ('stages.{i}.pos_embed', 'layers.{i}.1.0.pos_embed'),
+                   ('stages.{i}.norm.', 'layers.{i}.2.'),
+                   *[(b + f'attn.q.{w}', t + f'attn.attn.in_proj_{w}') for w in ('weight', 'bias')],
+                   (b + 'attn.proj.', t + 'attn.attn.out_proj.'), *[(b + f'mlp.{n}.', t + f'ffn.layers.{i}.')
+                                                                    for n, i in ffn.items()], (b, t)])
+
+
+MM_KEYS = {1: _mm_keys(True), 2: _mm_keys(False)}
+"""Our PVT v1 / v2 keys <-> mmdet's ``PyramidVisionTransformer(V2)`` (``mmdet/models/backbones/pvt.py``, the
+reverse of its ``pvt_convert``): patch embedding ``layers.{i}.0``, v1's position embedding ``layers.{i}.1.0``
+(which shifts the blocks by one), blocks ``layers.{i}.1.{j}``, norm ``layers.{i}.2``; our ``q`` and ``kv`` are
+stacked in ``in_proj_*``, our linear ``fc1`` / ``fc2`` are 1x1 convolutions of ``MixFFN``."""
+_QKV, _FC = re.compile(r'.*\.attn\.q\.(weight|bias)$'), re.compile(r'.*\.mlp\.fc[12]\.weight$')
 _TIMM_NAMES = {((32, 64, 160, 256), (2, 2, 2, 2)): 'pvt_v2_b0', ((64, 128, 320, 512), (2, 2, 2, 2)): 'pvt_v2_b1',
                ((64, 128, 320, 512), (3, 4, 6, 3)): 'pvt_v2_b2', ((64, 128, 320, 512), (3, 4, 18, 3)): 'pvt_v2_b3'}
 
@@ -50,32 +65,6 @@ def detect(sd) -> str | None:
     return None
 
 
-def _from_mm(k: str, v: Tensor, pos: set, conv: set) -> list[tuple[str, Tensor]]:
-    """One mmdet key -> our (key, tensor) pairs (``in_proj`` splits into ``q`` and ``kv``); ``pos`` / ``conv``:
-    the stages with a position embedding (which shifts mmdet's block indices by one) / a depth-wise conv."""
-    if not (m := re.match(r'layers\.(\d+)\.(\d)\.(.*)$', k)):
-        return [(k, v)]
-    s, part, rest = int(m.group(1)), m.group(2), m.group(3)
-    if part == '0':
-        return [(f'stages.{s}.patch_embed.' + rest.replace('projection.', 'proj.'), v)]
-    if part == '2':
-        return [(f'stages.{s}.norm.{rest}', v)]
-    j, rest = rest.split('.', 1)
-    if rest == 'pos_embed':
-        return [(f'stages.{s}.pos_embed', v)]
-    pre = f'stages.{s}.blocks.{int(j) - int(s in pos)}.'
-    if rest.startswith('attn.attn.in_proj_'):
-        kind, c = rest[len('attn.attn.in_proj_'):], v.shape[0] // 3
-        return [(pre + f'attn.q.{kind}', v[:c]), (pre + f'attn.kv.{kind}', v[c:])]
-    if rest.startswith('attn.attn.out_proj.'):
-        return [(pre + 'attn.proj.' + rest[len('attn.attn.out_proj.'):], v)]
-    if (m := re.match(r'ffn\.layers\.(\d)\.(weight|bias)$', rest)) and (name := _MM_FFN[s in conv].get(m.group(1))):
-        if name in ('fc1', 'fc2') and m.group(2) == 'weight':
-            v = v.reshape(v.shape[0], v.shape[1])
-        return [(pre + f'mlp.{name}.{m.group(2)}', v)]
-    return [(pre + rest, v)]
-
-
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
     """The read filter: the flat names (official, ours before the stages) by ``stage_key`` (release's ``head``
     dropped, v1's ``cls_token`` and its ``pos_embed`` row kept for ``adapt_checkpoint``); timm's by
@@ -87,13 +76,12 @@ def convert(sd, layout: str) -> tuple[dict, list[str]]:
     if layout != 'mm-pvt':
         rename = TIMM_KEYS.to_ours if layout == 'timm-pvt' else stage_key
         return filter_state_dict(sd, layout, lambda k, v: (rename(k), v))
-    found = [(int(m.group(1)), m.group(2)) for k in sd
-             if (m := re.match(r'layers\.(\d+)\.1\.(0\.pos_embed$|\d+\.ffn\.layers\.4\.)', k))]
-    pos = {s for s, what in found if what.endswith('pos_embed')}
-    conv = {s for s, what in found if not what.endswith('pos_embed')}
-    out = {}
+    keys, out = MM_KEYS[1 if has_key(sd, r'layers\.\d+\.1\.0\.pos_embed$') else 2], {}
     for k, v in sd.items():
-        for nk, nv in _from_mm(k, v, pos, conv):
+        new = keys.to_ours(k)
+        v = v.flatten(1) if _FC.match(new) else v
+        for nk, nv in [(new, v[:v.shape[0] // 3]), (new.replace('.q.', '.kv.'), v[v.shape[0] // 3:])] \
+                if _QKV.match(new) else [(new, v)]:
             if nk in out:
                 raise ValueError(f'two checkpoint keys map to {nk!r} (layout {layout!r})')
             out[nk] = nv
@@ -150,42 +138,19 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
 
 
 def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
-    """Our keys -> mmdet's (the direction of its ``pvt_convert``, the reverse of :func:`_from_mm`), v1's position
-    embeddings first, as the flat model listed them.  Returns (state dict, what mmdet cannot hold: v1's final
-    ``norm``, ``cls_token`` and the class-token row of the last ``pos_embed``)."""
+    """Our keys -> mmdet's (:data:`MM_KEYS`), v1's position embeddings first, as the flat model listed them.
+    Returns (state dict, what mmdet cannot hold: v1's final ``norm``, ``cls_token`` and the class-token row of the
+    last ``pos_embed``)."""
     out, dropped = {}, []
-    fc_index = {name: i for i, name in _MM_FFN[not v1].items()}
     for k, v in sorted(sd.items(), key=lambda kv: not re.fullmatch(r'stages\.\d+\.pos_embed', kv[0])):
         if k.startswith('norm.') or k == 'cls_token':
             dropped.append(k)
-            continue
-        if not (m := re.match(r'stages\.(\d+)\.(patch_embed|pos_embed|norm|blocks)(?:\.(.*))?$', k)):
-            out[k] = v
-            continue
-        s, kind, rest = int(m.group(1)), m.group(2), m.group(3)
-        if kind == 'patch_embed':
-            out[f'layers.{s}.0.' + rest.replace('proj.', 'projection.', 1)] = v
-        elif kind == 'norm':
-            out[f'layers.{s}.2.{rest}'] = v
-        elif kind == 'pos_embed':
-            if math.isqrt(v.shape[1]) ** 2 != v.shape[1]:          # the last stage's, class-token row first
-                dropped.append(f'{k}[:, 0] (class-token row)')
+        elif '.attn.kv.' not in k:
+            if re.fullmatch(r'stages\.\d+\.pos_embed', k) and math.isqrt(v.shape[1]) ** 2 != v.shape[1]:
+                dropped.append(f'{k}[:, 0] (class-token row)')      # the last stage's, class-token row first
                 v = v[:, 1:]
-            out[f'layers.{s}.1.0.pos_embed'] = v
-        else:
-            j, rest = rest.split('.', 1)
-            pre = f'layers.{s}.1.{int(j) + v1}.'
-            if rest.startswith('attn.q.'):
-                kind = rest[len('attn.q.'):]
-                out[pre + f'attn.attn.in_proj_{kind}'] = torch.cat([v, sd[f'stages.{s}.blocks.{j}.attn.kv.{kind}']])
-            elif rest.startswith('attn.proj.'):
-                out[pre + 'attn.attn.out_proj.' + rest[len('attn.proj.'):]] = v
-            elif rest.startswith('mlp.'):
-                name, what = rest[len('mlp.'):].rsplit('.', 1)
-                out[pre + f'ffn.layers.{fc_index[name]}.{what}'] = (v.reshape(*v.shape, 1, 1) if what == 'weight'
-                                                                    and name in ('fc1', 'fc2') else v)
-            elif not rest.startswith('attn.kv.'):
-                out[pre + rest] = v
+            v = torch.cat([v, sd[k.replace('.q.', '.kv.')]]) if _QKV.match(k) else v
+            out[MM_KEYS[2 - v1].from_ours(k)] = v.reshape(*v.shape, 1, 1) if _FC.match(k) else v
     return out, dropped
 
 
