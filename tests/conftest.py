@@ -56,17 +56,30 @@ def pytest_runtest_setup(item):
 @pytest.fixture
 def plain_backbone():
     """Registers, and returns the type name of, a backbone that cannot carry token labels: one
-    convolution and a global mean, (B, 3, H, W) -> ((B, 8),), ``embed_dims`` 8."""
+    convolution and a global mean, (B, 3, H, W) -> ((B, 8),).  It declares TLABackbone's contract
+    with ``carries_labels = False``: 8 channels at reduction 1, no label blocks."""
+    from tlalign_mm.models.backbones import FeatureInfo, TLABackbone
     from tlalign_mm.registry import MODELS
 
     @MODELS.register_module(name='PlainConvBackbone', force=True)
-    class PlainConvBackbone(torch.nn.Module):
-        out_type = 'avg_featmap'
-        embed_dims = 8
+    class PlainConvBackbone(TLABackbone):
+        carries_labels = False
+        patch_size = 1
 
-        def __init__(self):
+        def __init__(self, out_type='avg_featmap'):
             super().__init__()
+            self.out_type = out_type
             self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        @property
+        def feature_info(self):
+            return [FeatureInfo(8, 1, 'conv')]
+
+        def token_grid(self, img_hw):
+            return tuple(img_hw)
+
+        def _stage_blocks(self):
+            return []
 
         def forward(self, x):
             return (self.conv(x).mean((2, 3)),)

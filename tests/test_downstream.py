@@ -234,13 +234,16 @@ def test_cascade_recipe():
 
 # ============================================================================ config checks (fast)
 def test_backbone_stride():
-    # PVT's name contains 'VisionTransformer': its stride is 4 * 2 * 2 * 2, not a ViT's patch size
+    """Ours: what the backbone declares (feature_info, built on the meta device); mm's: its strides."""
     assert backbone_stride(dict(type='tlalign_mm.TLAPyramidVisionTransformer', arch='v2-b0')) == 32
     assert backbone_stride(dict(type='PyramidVisionTransformerV2', strides=(4, 2, 2, 2))) == 32
     assert backbone_stride(dict(type='TLASwinTransformer', arch='tiny')) == 32
+    assert backbone_stride(dict(type='TLASwinTransformer', arch='tiny', out_indices=(0, 1))) == 8
     assert backbone_stride(dict(type='TLAVisionTransformer', arch='deit-small', patch_size=16)) == 16
-    assert backbone_stride(dict(type='TLASwinTransformer', arch=dict(embed_dims=96, depths=(2, 2, 6),
-                                                                     num_heads=(3, 6, 12)))) == 16
+    assert backbone_stride(dict(type='TLAVisionTransformer', arch='deit-small', patch_size=8)) == 8
+    assert backbone_stride(dict(type='TLASwinTransformer', out_indices=(0, 1, 2),
+                                arch=dict(embed_dims=96, depths=(2, 2, 6), num_heads=(3, 6, 12)))) == 16
+    assert backbone_stride(dict(type='TLASwinTransformer', arch='no-such-arch')) is None   # the build says why
     assert backbone_stride(dict(type='ResNet', depth=50)) is None
 
 

@@ -276,16 +276,22 @@ def test_predict_and_tensor_modes():
     assert int(preds[1].pred_label) == int(logits[1].argmax())
 
 
-def test_mixer_patch_size_mismatch_is_a_clear_error():
+def test_mixer_patch_size_comes_from_the_backbone():
+    """The mixer cuts on the backbone's token grid: left out, its patch_size is the backbone's; a
+    different one fails when the model is built, naming both."""
     torch.manual_seed(0)
-    m = MODELS.build(dict(
+    cfg = dict(
         type='TLAImageClassifier', head=dict(type='TLALinearClsHead', num_classes=5),
         backbone=dict(type='TLAVisionTransformer', arch=dict(embed_dims=32, num_layers=1, num_heads=2),
                       img_size=32, patch_size=8, out_type='cls_token'),
-        data_preprocessor=dict(type='TLAClsDataPreprocessor', mixer=dict(patch_size=16))))
+        data_preprocessor=dict(type='TLAClsDataPreprocessor', mixer=dict(cutmix_alpha=1.0)))
+    m = MODELS.build(cfg)
+    assert m.data_preprocessor.mixer.patch_size == 8
     data = m.data_preprocessor(_batch(), training=True)
-    with pytest.raises(ValueError, match="mixer's patch_size"):
-        m(**data, mode='loss')
+    assert data['mix'].share_b.shape == (4, 16) and torch.isfinite(m(**data, mode='loss')['loss'])
+    cfg['data_preprocessor']['mixer']['patch_size'] = 16
+    with pytest.raises(ValueError, match=r"mixer.patch_size=16 but the backbone's patch_size is 8"):
+        MODELS.build(cfg)
     with pytest.raises(ValueError, match='label_channels'):
         MODELS.build(dict(type='TLAImageClassifier', backbone=dict(type='TLAVisionTransformer', arch='deit-tiny',
                                                                    out_type='cls_token'),
@@ -332,13 +338,22 @@ def test_tl_align_on_a_backbone_that_cannot_carry_labels_fails_at_build(plain_ba
 def test_nonfinite_loss_hook_names_iteration_terms_and_checkpoint(tmp_path):
     from types import SimpleNamespace
 
+    from mmengine.logging import MessageHub
+
     from tlalign_mm.engine import NonFiniteLossHook
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
-    runner = SimpleNamespace(work_dir=str(tmp_path), iter=41, epoch=3)
+    hub = MessageHub(f'nonfinite_{tmp_path.name}')
+    runner = SimpleNamespace(work_dir=str(tmp_path), iter=41, epoch=3, message_hub=hub)
     hook = NonFiniteLossHook()
     hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(2.5)))   # finite: nothing
     with pytest.raises(FloatingPointError, match=r'iteration 42 \(epoch 4\).*loss=nan.*epoch_3\.pth'):
         hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(float('nan'))))
+    # with the loss logged (mmengine's RuntimeInfoHook runs first), the logged host number is what it reads
+    hub.update_scalar('train/loss', 2.5)
+    hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(float('nan'))))
+    hub.update_scalar('train/loss', float('inf'))
+    with pytest.raises(FloatingPointError, match='non-finite loss at iteration 42'):
+        hook.after_train_iter(runner, 0, outputs=dict(loss=torch.tensor(1.0)))
 
 
 def test_swin_classifier_reads_the_last_returned_stage():
@@ -351,7 +366,7 @@ def test_swin_classifier_reads_the_last_returned_stage():
                       window_size=4, out_indices=(1,), out_type='avg_featmap'),
         data_preprocessor=dict(type='TLAClsDataPreprocessor', seed=0, mixer=dict(patch_size=4, token_grid_size=8))))
     m.init_weights()
-    assert m.head.fc.in_features == m.backbone.num_features[1] == 32
+    assert m.head.fc.in_features == m.backbone.num_features == m.backbone.stage_channels[1] == 32
     data = m.data_preprocessor(_batch(), training=True)
     (feat,), lab = m.backbone(data['inputs'], data['mix'].source_labels(0))
     assert feat.shape == (4, 32) and lab.shape == (4, 4 * 4, 2)    # 32 px / 4 / 2: stage 1 is 4 x 4
@@ -440,9 +455,9 @@ def test_head_owns_logits_loss_and_predict_with_gt_score():
 
 
 def test_head_width_is_the_pooled_features():
-    """The head's in_channels is the pooled feature's width: embed_dims for a ViT, the last
-    returned stage's num_features for Swin (16 -> 32 after one patch merging) and PVT; a head
-    given another width is refused with both numbers named."""
+    """The head's in_channels is the pooled feature's width, the backbone's declared num_features:
+    embed_dims for a ViT, the last returned stage's channels for Swin (16 -> 32 after one patch
+    merging) and PVT; a head given another width is refused with both numbers named."""
     from tlalign_mm.models.heads import fit_head_to
     vit = _tiny(arch='vit')
     swin = _tiny(arch='swin')

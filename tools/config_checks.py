@@ -54,39 +54,33 @@ def _pair(v: Any) -> Optional[tuple[int, int]]:
 
 
 def backbone_stride(backbone: Mapping) -> Optional[int]:
-    """Largest output stride (pixels per feature cell) of a backbone config, or None if unknown.
+    """Largest output stride (input pixels per feature cell) of a backbone config, or None if unknown.
 
-    * ``SwinTransformer`` with ``strides`` (mmseg / mmdet): their product (``(4, 2, 2, 2)``: 32);
-    * ``TLASwinTransformer`` / ``SwinTransformer`` otherwise: ``patch_size * 2 ** (stages - 1)``
-      (32 for the standard 4-stage, patch-4 model), the stages from ``depths`` or from ``arch``
-      resolved by :meth:`TLASwinTransformer.resolve_arch
-      <tlalign_mm.models.backbones.base.TLABackbone.resolve_arch>` (its ``arch_zoo``; default
-      ``'tiny'``); an arch it rejects gives None (the backbone's constructor reports it);
-    * ``TLAPyramidVisionTransformer`` / ``PyramidVisionTransformer(V2)``: the product of
-      ``strides`` (mmdet's, default ``(4, 2, 2, 2)``): 32;
-    * ``TLAVisionTransformer`` / ``VisionTransformer``: ``patch_size`` (16).
+    * a :class:`~tlalign_mm.models.backbones.TLABackbone` (ours): what it declares, the largest
+      ``reduction`` of its ``feature_info`` (32 for Swin and PVT, ``patch_size`` for DeiT), read from
+      the backbone built on the meta device (no memory, no weights); a config its constructor refuses
+      gives None (the build reports it);
+    * another backbone with mm's ``strides`` field (mmseg / mmdet ``SwinTransformer``,
+      ``PyramidVisionTransformer(V2)``): their product;
+    * anything else: None (mmseg / mmdet report a size that does not fit when they build).
     """
+    import torch
+
+    from tlalign_mm.models.backbones import TLABackbone
+    from tlalign_mm.registry import MODELS
+
     btype = cfg_get(backbone, 'type', '')
-    name = btype.__name__ if isinstance(btype, type) else str(btype).rsplit('.', 1)[-1]
-    if 'Swin' in name:
-        strides = cfg_get(backbone, 'strides')
-        if strides:  # mmseg / mmdet SwinTransformer: (4, 2, 2, 2)
-            return math.prod(int(x) for x in strides)
-        patch = int(cfg_get(backbone, 'patch_size', 4) or 4)
-        depths = cfg_get(backbone, 'depths')
-        if not depths:
-            from tlalign_mm.models.backbones.swin import TLASwinTransformer
-            try:
-                depths = TLASwinTransformer.resolve_arch(cfg_get(backbone, 'arch') or 'tiny')['depths']
-            except ValueError:
-                return None
-        return patch * 2 ** (len(depths) - 1)
-    if 'PyramidVisionTransformer' in name or name in ('PVT', 'PVTv2'):   # before the ViT test: the name contains it
-        strides = cfg_get(backbone, 'strides') or (4, 2, 2, 2)
-        return math.prod(int(x) for x in strides)
-    if 'VisionTransformer' in name or name in ('ViT', 'DeiT'):
-        return int(cfg_get(backbone, 'patch_size', 16) or 16)
-    return None
+    cls = btype if isinstance(btype, type) else MODELS.get(str(btype))
+    if isinstance(cls, type) and issubclass(cls, TLABackbone):
+        kwargs = {k: v for k, v in dict(backbone).items() if k != 'type'}
+        try:
+            with torch.device('meta'):
+                built = cls(**kwargs)
+        except (TypeError, ValueError):
+            return None
+        return max(f.reduction for f in built.feature_info)
+    strides = cfg_get(backbone, 'strides')
+    return math.prod(int(x) for x in strides) if strides else None
 
 
 def _iter_datasets(ds: Any, path: str):

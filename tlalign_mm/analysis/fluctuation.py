@@ -74,7 +74,7 @@ def aligned_targets(model, inputs: Tensor, labels: Tensor, mix, carry_labels: Op
     area = mixed_target(mix.lam, y_a, y_b)
     if not carry_labels:
         return model.extract_feat(inputs), area, None, {}
-    if not model.can_carry_labels:
+    if not model.backbone.carries_labels:
         raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
     model.backbone.check_token_grid(mix, inputs.shape[-2:])
     initial_labels = model.backbone.first_stage_mix(mix).source_labels(model.num_prefix_tokens)

@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..align import read_labels
+from ..models.backbones.swin import TLAWindowAttention
 from .tracing import iter_blocks
 
 __all__ = ['attention_stats', 'label_precision']
@@ -37,7 +38,7 @@ def _capture_attention(backbone: nn.Module) -> Iterator[list]:
         b, n, c = x.shape
         q, k, _ = mod.qkv(x).reshape(b, n, 3, mod.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         logits = (q @ k.transpose(-2, -1)) * mod.scale
-        if hasattr(mod, 'position_bias'):
+        if isinstance(mod, TLAWindowAttention):                       # Swin: its relative position bias
             window = args[1] if len(args) > 1 else kwargs['window']
             logits = logits + mod.position_bias(window).unsqueeze(0)
         rows.append(logits.float().softmax(-1).flatten(0, 2))
@@ -95,7 +96,7 @@ def label_precision(backbone: nn.Module, images: Tensor, token_labels: Tensor, d
         token's final label under autocast; ``fluctuation_mean``: the float32
         ``mean |share_A - lam|``, the scale the drift is to be compared with.
     """
-    prefix = getattr(backbone, 'num_prefix_tokens', 0)
+    prefix = backbone.num_prefix_tokens
     _, ref = backbone(images, token_labels)
     with torch.autocast(device_type=images.device.type, dtype=dtype):
         _, low = backbone(images, token_labels)

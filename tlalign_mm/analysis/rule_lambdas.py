@@ -53,7 +53,7 @@ def rule_lambdas(model, inputs: Tensor, labels: Tensor, mix, tokenmix_rule=None)
     """
     from ..align import read_labels
     from ..models.label_rules import TransMixRule, transmix_attention_share, transmix_initial_labels
-    if not model.can_carry_labels:
+    if not model.backbone.carries_labels:
         raise ValueError(f'{type(model.backbone).__name__} cannot carry token labels')
     backbone = model.backbone
     readout = model.label_rule.readout

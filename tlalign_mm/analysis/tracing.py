@@ -12,7 +12,6 @@ Block numbering: ViT blocks are numbered ``0 .. num_layers - 1``; Swin and PVT b
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -21,6 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..align import read_labels
+from ..models.backbones.base import TLABackbone
 
 __all__ = ['BlockRef', 'iter_blocks', 'block_names', 'record_block_labels', 'LabelTrace', 'parse_layer_spec',
            'source_share_readout']
@@ -43,37 +43,23 @@ class BlockRef:
 
 
 def iter_blocks(backbone: nn.Module) -> list[BlockRef]:
-    """All label blocks of a TL-Align backbone in forward order: its
-    :meth:`~tlalign_mm.models.backbones.base.TLABackbone.label_blocks`, with each block's stage
-    and position read from its module name (``blocks.J``: ViT, one stage; ``layers.S.blocks.J``:
-    Swin; ``stages.S.blocks.J``: PVT; stages counted from 0).
+    """All label blocks of a TL-Align backbone in forward order, with their stage and position: its
+    declared :meth:`~tlalign_mm.models.backbones.TLABackbone.label_blocks` and
+    :meth:`~tlalign_mm.models.backbones.TLABackbone.label_block_ids`.
 
     Args:
-        backbone: a ``TLAVisionTransformer``, ``TLASwinTransformer`` or
-            ``TLAPyramidVisionTransformer``.
+        backbone: a :class:`~tlalign_mm.models.backbones.TLABackbone`.
 
     Returns:
         list of :class:`BlockRef`, ``index`` = position in the list.
 
     Raises:
-        TypeError: a backbone without ``label_blocks``, or a block whose name has none of the
-            three forms.
+        TypeError: not a TLABackbone, or one that cannot carry labels.
     """
-    if not hasattr(backbone, 'label_blocks'):
-        raise TypeError(f'{type(backbone).__name__} has no label_blocks(): not a TL-Align backbone')
-    names = {id(m): n for n, m in backbone.named_modules()}
-    refs: list[BlockRef] = []
-    for blk in backbone.label_blocks():
-        name = names.get(id(blk), '')
-        if m := re.fullmatch(r'(?:layers|stages)\.(\d+)\.blocks\.(\d+)', name):       # Swin, PVT
-            stage, j = int(m.group(1)), int(m.group(2))
-        elif m := re.fullmatch(r'blocks\.(\d+)', name):                     # ViT
-            stage, j = 0, int(m.group(1))
-        else:
-            raise TypeError(f'{type(backbone).__name__}: block {name!r} is not blocks.J, layers.S.blocks.J or '
-                            'stages.S.blocks.J')
-        refs.append(BlockRef(len(refs), stage, j, blk))
-    return refs
+    if not isinstance(backbone, TLABackbone) or not backbone.carries_labels:
+        raise TypeError(f'{type(backbone).__name__} is not a label-carrying TLABackbone: no blocks to trace')
+    return [BlockRef(i, stage, j, blk)
+            for i, (blk, (stage, j)) in enumerate(zip(backbone.label_blocks(), backbone.label_block_ids()))]
 
 
 def block_names(blocks: Sequence[BlockRef]) -> list[str]:
@@ -157,7 +143,7 @@ def record_block_labels(backbone: nn.Module, img_hw: Sequence[int],
     blocks = iter_blocks(backbone)
     keep = None if only is None else set(only)
     trace = LabelTrace()
-    vit_grid = tuple(backbone.token_grid(img_hw)) if hasattr(backbone, 'token_grid') else None
+    vit_grid = tuple(backbone.token_grid(img_hw))
     # hierarchical backbones (Swin, PVT) hand each block its stage's (h, w) as the second argument
     staged = len({b.stage for b in blocks}) > 1
     handles = []

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..align import mixed_target, smooth_one_hot
 from ..registry import FUNCTIONS, MODELS
 from ..structures import MixResult
+from .backbones.base import TLABackbone
 from .heads import TLALinearClsHead, fit_head_to, patch_tokens, pool_tokens, store_gt_scores  # noqa: F401  (the default head)
 from .label_rules import LabelRule, RuleInput
 
@@ -31,11 +32,13 @@ class TLAImageClassifier(BaseModel):
     """Backbone + head, trained on the target of a label rule (TL-Align by default).
 
     Args:
-        backbone: config of a label-carrying backbone (``TLAVisionTransformer`` with
-            ``out_type='cls_token'`` or ``'avg_featmap'``, ``TLASwinTransformer`` with
-            ``out_indices=(3,)``, ``out_type='avg_featmap'``, ``TLAPyramidVisionTransformer``
-            with ``out_indices=(3,)`` and ``out_type='cls_token'`` (v1 as released) or
-            ``'avg_featmap'`` (v2)).
+        backbone: config of a :class:`~tlalign_mm.models.backbones.TLABackbone`
+            (``TLAVisionTransformer`` with ``out_type='cls_token'`` or ``'avg_featmap'``,
+            ``TLASwinTransformer`` with ``out_indices=(3,)``, ``out_type='avg_featmap'``,
+            ``TLAPyramidVisionTransformer`` with ``out_indices=(3,)`` and ``out_type='cls_token'``
+            (v1 as released) or ``'avg_featmap'`` (v2)); its ``out_type`` is the pooled feature.
+            A rule that reads every token (DenseTLAlign) builds it with
+            :meth:`~TLABackbone.all_tokens_out_type` instead and the pooling happens here.
         head: config of the head (default :class:`~tlalign_mm.models.heads.TLALinearClsHead`);
             ``num_classes`` (K) is required, ``in_channels`` is the backbone's pooled width when
             left None (the last returned stage of a hierarchical backbone).
@@ -49,7 +52,9 @@ class TLAImageClassifier(BaseModel):
             every ``align_stats_interval``-th mixed training step (one label pass each) to
             report the token fluctuation; 0 never.  A TL-Align model reports it on every
             step at no extra cost.
-        data_preprocessor: config of :class:`TLAClsDataPreprocessor`.
+        data_preprocessor: config of :class:`TLAClsDataPreprocessor`; its mixer's ``patch_size`` is
+            the backbone's (a different one is refused), and ``keep_clean_images`` is set for a rule
+            that reads the batch before random erasing (TokenMix).
         init_cfg: mmengine init config (``Pretrained`` with ``prefix='backbone.'`` etc.).
 
     ``forward(inputs, data_samples, mode, mix)``:
@@ -69,42 +74,69 @@ class TLAImageClassifier(BaseModel):
     * ``mode='tensor'``: logits (B, K).
 
     Raises:
-        ValueError: bad option values; a mixer whose token grid differs from the backbone's.
+        ValueError: bad option values; a mixer whose ``patch_size`` differs from the backbone's;
+            a label rule the backbone cannot serve (the rule's ``setup`` names it).
+        TypeError: a backbone that is not a ``TLABackbone``.
     """
 
     def __init__(self, backbone: dict, head: dict = dict(type='TLALinearClsHead', num_classes=1000),
                  label_rule: Optional[dict] = None, label_smoothing: float = 0.1, align_stats_interval: int = 100,
                  data_preprocessor: Optional[dict] = None, init_cfg=None):
-        if data_preprocessor is None:
-            data_preprocessor = dict(type='TLAClsDataPreprocessor')
-        if isinstance(data_preprocessor, dict) and '.' not in data_preprocessor.get('type', '.'):
-            data_preprocessor = dict(data_preprocessor, type='tlalign_mm.' + data_preprocessor['type'])
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if int(align_stats_interval) != align_stats_interval or align_stats_interval < 0:
             raise ValueError(f'align_stats_interval must be an integer >= 0, got {align_stats_interval!r}')
-        self.backbone = MODELS.build(backbone)
-        self.can_carry_labels = all(hasattr(self.backbone, a) for a in ('num_tokens', 'token_grid', 'set_alignment'))
-        self.label_smoothing = label_smoothing
-        self.num_prefix_tokens = getattr(self.backbone, 'num_prefix_tokens', 0)
-        # how the backbone's last output becomes the pooled feature (a rule that needs every
-        # token, DenseTLAlign, switches the backbone to return them and the pooling moves here)
-        self.pool_type = getattr(self.backbone, 'out_type', 'avg_featmap')
-        if self.pool_type not in ('cls_token', 'avg_featmap'):
-            raise ValueError("the classifier needs backbone out_type 'cls_token' or 'avg_featmap', "
-                             f'got {self.pool_type!r}')
-        self.head = MODELS.build(fit_head_to(head, self.backbone))
-        self.num_classes = self.head.num_classes
-        self.label_rule = MODELS.build(label_rule if label_rule is not None else dict(type='TLAlign'))
-        if not isinstance(self.label_rule, LabelRule):
-            raise ValueError(f'label_rule builds {type(self.label_rule).__name__}, not a label rule '
+        label_rule = dict(label_rule if label_rule is not None else dict(type='TLAlign'))
+        rule_cls = MODELS.get(label_rule['type'])
+        if not (isinstance(rule_cls, type) and issubclass(rule_cls, LabelRule)):
+            raise ValueError(f"label_rule type {label_rule['type']!r} is not a label rule "
                              "(types: 'Area', 'TLAlign', 'TransMix', 'DenseTLAlign', 'TokenMix')")
+        # The parts are configured before they are built, from what the backbone declares
+        # (TLABackbone's contract) and what the rule needs; nothing is changed after.
+        built = MODELS.build(backbone)
+        if not isinstance(built, TLABackbone):
+            raise TypeError(f'backbone {type(built).__name__} is not a TLABackbone: the classifier reads the '
+                            'contract it declares (tlalign_mm.models.backbones.TLABackbone)')
+        pool_type = built.out_type
+        if pool_type not in ('cls_token', 'avg_featmap'):
+            raise ValueError("the classifier needs backbone out_type 'cls_token' or 'avg_featmap', "
+                             f'got {pool_type!r}')
+        if rule_cls.needs_tokens:   # every token, built so (a second time); the pooling moves here (pool_tokens)
+            built = MODELS.build(dict(backbone, out_type=built.all_tokens_out_type(pool_type)))
+        super().__init__(data_preprocessor=self._preprocessor_cfg(data_preprocessor, built, rule_cls),
+                         init_cfg=init_cfg)
+        self.backbone = built
+        self.label_smoothing = label_smoothing
+        self.num_prefix_tokens = built.num_prefix_tokens
+        self.pool_type = pool_type
+        self.head = MODELS.build(fit_head_to(head, built))
+        self.num_classes = self.head.num_classes
+        self.label_rule = MODELS.build(label_rule)
         self.label_rule.setup(self)
-        if self.label_rule.needs_clean_images and hasattr(self.data_preprocessor, 'keep_clean_images'):
-            self.data_preprocessor.keep_clean_images = True
-        if self.label_rule.needs_tokens:
-            self.backbone.out_type = 'raw' if self.num_prefix_tokens else 'featmap'
         self.align_stats_interval = int(align_stats_interval)
         self._loss_steps = 0  # host-side count of loss-mode calls with a mixed batch
+
+    @staticmethod
+    def _preprocessor_cfg(cfg: Optional[dict], backbone: TLABackbone, rule_cls: type) -> dict:
+        """The data preprocessor config with the mixer's ``patch_size`` from the backbone (checked when
+        the config gives one) and ``keep_clean_images`` for a rule that reads the unerased batch.
+
+        Raises:
+            ValueError: the mixer's ``patch_size`` differs from the backbone's (names both).
+        """
+        cfg = dict(cfg if cfg is not None else dict(type='TLAClsDataPreprocessor'))
+        if '.' not in cfg.get('type', '.'):
+            cfg['type'] = 'tlalign_mm.' + cfg['type']
+        mixer = cfg.get('mixer')
+        if mixer is not None:
+            mixer = dict(mixer)
+            size = mixer.setdefault('patch_size', backbone.patch_size)
+            if size != backbone.patch_size:
+                raise ValueError(f"data_preprocessor.mixer.patch_size={size} but the backbone's patch_size is "
+                                 f'{backbone.patch_size}: the mixer cuts on the backbone\'s token grid (leave it '
+                                 'out to take the backbone\'s)')
+            cfg['mixer'] = mixer
+        if rule_cls.needs_clean_images:
+            cfg['keep_clean_images'] = True
+        return cfg
 
     def init_weights(self):
         """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` strictly through
@@ -146,7 +178,7 @@ class TLAImageClassifier(BaseModel):
         step, self._loss_steps = self._loss_steps, self._loss_steps + 1
         if self.label_rule.carries_labels:
             return True
-        return (self.can_carry_labels and self.align_stats_interval > 0
+        return (self.backbone.carries_labels and self.align_stats_interval > 0
                 and step % self.align_stats_interval == 0)
 
     # -- forward -----------------------------------------------------------------------------

@@ -51,9 +51,9 @@ def pool_tokens(out: Tensor, pool_type: str, num_prefix_tokens: int) -> Tensor:
 
 
 def fit_head_to(head: dict, backbone: nn.Module) -> dict:
-    """A head config whose ``in_channels`` is the width C of the feature :func:`pool_tokens` gives
-    for ``backbone``: its last returned stage's ``num_features[max(out_indices)]`` when
-    ``num_features`` is a per-stage list (Swin, PVT), else its ``embed_dims`` (ViT).
+    """A head config whose ``in_channels`` is the width C of the feature :func:`pool_tokens` gives for
+    ``backbone``: its declared ``num_features`` (the last returned stage's channels, timm's meaning;
+    :class:`~tlalign_mm.models.backbones.TLABackbone`).
 
     Args:
         head: head config; ``in_channels`` None (or absent) is filled in, a given one is checked.
@@ -65,9 +65,7 @@ def fit_head_to(head: dict, backbone: nn.Module) -> dict:
     Raises:
         ValueError: ``head['in_channels']`` is given and differs from C (names both widths).
     """
-    num_features = getattr(backbone, 'num_features', None)
-    width = (num_features[max(backbone.out_indices)] if isinstance(num_features, (list, tuple))
-             else backbone.embed_dims)
+    width = backbone.num_features
     head = dict(head)
     if head.get('in_channels') is None:
         head['in_channels'] = width

@@ -68,7 +68,7 @@ def build(model_name: str, variant: str, num_classes: int, drop_path: float):
         dim, prefix, readout = bb.embed_dims, 1, 'cls'
     elif model_name.startswith('swin'):
         bb = TLASwinTransformer(model_name, out_indices=(3,), out_type='avg_featmap', **kw)
-        dim, prefix, readout = bb.num_features[-1], 0, 'mean'
+        dim, prefix, readout = bb.num_features, 0, 'mean'
     else:
         raise SystemExit(f'unknown --model {model_name!r}: deit-tiny/small/base or swin-tiny/small/base')
     torch.manual_seed(0)

@@ -18,19 +18,24 @@ class NonFiniteLossHook(Hook):
 
     The error names the iteration (and epoch), every loss term the model returned with its value,
     and the last checkpoint saved in the work dir (``last_checkpoint``), so the run can be resumed
-    with ``--resume`` after lowering the learning rate or enabling gradient clipping.
+    with ``--resume`` after lowering the learning rate or enabling gradient clipping.  It reads the
+    loss mmengine's ``RuntimeInfoHook`` has already logged (``train/loss`` in the message hub, a host
+    number), so the check adds no wait for the device.
+
+    mmdet's ``CheckInvalidLossHook`` does the check, but checks every ``interval`` iterations, says
+    neither the iteration nor what to resume from, and would make mmdet a dependency of pretraining.
 
     Raises:
         FloatingPointError: from ``after_train_iter`` on the first non-finite ``loss``.
     """
 
-    priority = 'HIGH'   # before the logger and checkpoint hooks see the step
+    priority = 'HIGH'   # after RuntimeInfoHook (VERY_HIGH) has logged the step, before logger and checkpoint
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not outputs or 'loss' not in outputs:
             return
-        loss = outputs['loss']
-        value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+        hub = runner.message_hub
+        value = hub.get_scalar('train/loss').current() if 'train/loss' in hub.log_scalars else float(outputs['loss'])
         if math.isfinite(value):
             return
         terms = ', '.join(f'{k}={float(v.detach()) if torch.is_tensor(v) else v}' for k, v in outputs.items())

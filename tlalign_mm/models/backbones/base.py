@@ -1,5 +1,5 @@
-"""What the DeiT, Swin and PVT backbones share: weight init, strict pretrained loading, freezing, the
-label-alignment switches."""
+"""What the DeiT, Swin and PVT backbones share: the declared contract every reader relies on, weight
+init, strict pretrained loading, freezing, the label-alignment switches."""
 from __future__ import annotations
 
 import abc
@@ -15,13 +15,48 @@ from timm.layers import trunc_normal_
 from ...align import check_label_options
 from ...registry import FUNCTIONS
 
-__all__ = ['TLABackbone', 'TLALabelAttention']
+__all__ = ['TLABackbone', 'TLALabelAttention', 'FeatureInfo']
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureInfo:
+    """One stage a backbone returns, as an entry of timm's ``feature_info``.
+
+    Attributes:
+        num_chs: channels C of the stage's output.
+        reduction: input pixels per output cell along each side, the stage's stride (16 for every
+            DeiT-S/16 block; 4, 8, 16, 32 for the Swin and PVT stages).
+        module: the module whose output it is (``'blocks.11'``, ``'norm3'``, ``'stages.3'``).
+    """
+
+    num_chs: int
+    reduction: int
+    module: str
 
 
 class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
-    """Base of the label-carrying backbones (mmengine ``BaseModule``).
+    """Base of the label-carrying backbones (mmengine ``BaseModule``), and the contract they declare.
 
-    Subclasses define the layers, ``forward(x, token_labels=None)`` and :meth:`_frozen_modules`.
+    What every reader (the classifier, its head and label rules, the tracing tools, the downstream
+    config checks) takes from a backbone, instead of guessing it:
+
+    * :attr:`feature_info`: channels and reduction of every returned stage (``out_indices``, in
+      order), as timm's ``feature_info``; :attr:`num_features`: the width of the last returned
+      stage, timm's meaning (the pooled feature a head reads);
+    * ``patch_size`` (first-stage token side, pixels), ``num_prefix_tokens`` (class / distillation
+      tokens), :meth:`token_grid` (the first-stage token grid of an input size, with the backbone's
+      rounding rule) and :meth:`num_tokens`;
+    * ``out_type``: what ``forward`` returns per stage; :meth:`all_tokens_out_type`: the value under
+      which the last output holds every token (for a rule that reads them);
+    * :meth:`label_blocks` / :meth:`label_block_ids`: the label-carrying blocks in forward order and
+      their (stage, index) pairs; :attr:`carries_labels`: whether the backbone can carry token
+      labels at all (a plain backbone trains on the area target only);
+    * :attr:`share_from_mask`: the first stage pools the pixel-level mixing mask itself
+      (:meth:`first_stage_mix`).
+
+    Subclasses define the layers, ``forward(x, token_labels=None)``, :meth:`_stage_blocks`,
+    :attr:`feature_info`, :meth:`token_grid` and :meth:`_frozen_modules`, and set ``patch_size``,
+    ``num_prefix_tokens``, ``out_type`` and ``out_indices``.
 
     ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads through
     :func:`tlalign_mm.checkpoint.load_backbone_checkpoint`, which recognises the official
@@ -44,6 +79,14 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
     arch_alias: dict = {}
     arch_keys: tuple = ()
     OUT_TYPES: tuple = ()
+    #: whether the backbone carries token labels through its attention
+    carries_labels: bool = True
+    #: whether the first stage pools the pixel-level mixing mask itself (PVT v2's overlapping window)
+    share_from_mask: bool = False
+    #: set by every subclass: first-stage token side (px), class / distillation tokens, output kind
+    patch_size: int
+    num_prefix_tokens: int = 0
+    out_type: str
 
     def __init__(self, frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  init_cfg=None, pretrained: str | None = None):
@@ -75,6 +118,50 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
             raise ValueError(f'arch dict lacks {sorted(missing)}')
         return dict(arch)
 
+    # -- the contract -----------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def feature_info(self) -> list[FeatureInfo]:
+        """One :class:`FeatureInfo` per returned stage (``out_indices``), in order."""
+
+    @property
+    def num_features(self) -> int:
+        """The width of the last returned stage: the pooled feature a classification head reads
+        (timm's ``num_features``)."""
+        return self.feature_info[-1].num_chs
+
+    @abc.abstractmethod
+    def token_grid(self, img_hw) -> tuple[int, int]:
+        """The first-stage patch-token grid (rows, cols) for an ``img_hw`` = (H, W) input; each
+        backbone documents its rounding rule."""
+
+    def num_tokens(self, img_hw) -> int:
+        """Rows N a ``token_labels`` tensor must have for an ``img_hw`` input: the prefix tokens, then
+        the :meth:`token_grid` tokens."""
+        h, w = self.token_grid(img_hw)
+        return self.num_prefix_tokens + h * w
+
+    @classmethod
+    def all_tokens_out_type(cls, out_type: str) -> str:
+        """The ``out_type`` whose last output holds every token of a backbone configured with
+        ``out_type`` (for a label rule that reads them): ``'raw'`` (tokens, prefix rows first) or
+        ``'featmap'`` (B, C, H, W).  Default ``'featmap'``; a backbone with prefix tokens says
+        ``'raw'``."""
+        return 'featmap'
+
+    @abc.abstractmethod
+    def _stage_blocks(self) -> list:
+        """The label-carrying blocks of each stage that runs (a list of module lists, stage 0 first)."""
+
+    def label_blocks(self) -> list:
+        """The blocks that can align labels, in forward order (stages after the last returned one
+        do not run and are not listed)."""
+        return [blk for stage in self._stage_blocks() for blk in stage]
+
+    def label_block_ids(self) -> list[tuple[int, int]]:
+        """(stage, index in the stage) of each block of :meth:`label_blocks`, stages counted from 0."""
+        return [(s, j) for s, stage in enumerate(self._stage_blocks()) for j in range(len(stage))]
+
     def first_stage_mix(self, mix):
         """``mix`` (a :class:`~tlalign_mm.structures.MixResult`) with ``share_b`` as this backbone's first
         stage sees it.
@@ -89,7 +176,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         Raises:
             ValueError: such a backbone and a mix without its pixel mask.
         """
-        if not getattr(self, 'share_from_mask', False):
+        if not self.share_from_mask:
             return mix
         if mix.mask is None:
             raise ValueError(f'{type(self).__name__} pools the pixel-level mixing mask over its first patch '
@@ -99,7 +186,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
     def check_token_grid(self, mix, img_hw) -> None:
         """Raise ``ValueError`` when the mixer's token grid (``mix.share_b``: (B, N)) is not this
         backbone's for ``img_hw`` inputs."""
-        n = self.num_tokens(img_hw) - getattr(self, 'num_prefix_tokens', 0)
+        n = self.num_tokens(img_hw) - self.num_prefix_tokens
         if mix.share_b.shape[1] != n:
             raise ValueError(
                 f'the mixer reports {mix.share_b.shape[1]} tokens (patch_size={mix.patch_size}) but the '
@@ -166,10 +253,6 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- training switches -----------------------------------------------------------------
-    @abc.abstractmethod
-    def label_blocks(self) -> list:
-        """The blocks that can align labels, in forward order (each backbone lists its own)."""
-
     def set_alignment(self, blocks='all', residual: bool = True) -> list[int]:
         """Choose which blocks align the labels, and how (the ablations of the TL-Align paper,
         Table 8).

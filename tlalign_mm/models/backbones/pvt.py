@@ -51,7 +51,7 @@ from ...align import (
     residual_label_average,
 )
 from ...registry import MODELS
-from .base import TLABackbone, TLALabelAttention
+from .base import FeatureInfo, TLABackbone, TLALabelAttention
 
 __all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPVTStage', 'TLAPyramidVisionTransformer']
 
@@ -312,7 +312,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
             raise ValueError(f'PVT arch: embed_dims, depths, num_heads, mlp_ratios and sr_ratios need one '
                              f'entry per stage, got {arch}')
         self.num_stages = len(dims)
-        self.num_features = list(dims)
+        #: channels of each stage
+        self.stage_channels = dims
         self.embed_dims = dims[-1]
         self.sr_ratios = sr
         self.depths = depths
@@ -336,11 +337,11 @@ class TLAPyramidVisionTransformer(TLABackbone):
                                  f'got {sr[-1]}')
         self.num_prefix_tokens = int(with_cls)
         self.patch_size = 4                                   # the first stage's token stride
-        #: the first-stage shares come from the pixel mask (v2's 7x7 window), see token_share
+        #: v2: the first-stage shares come from the pixel mask (the 7x7 window), see token_share
         self.share_from_mask = v2
         kernels = (7, 3, 3, 3) if v2 else (4, 2, 2, 2)
         strides = (4, 2, 2, 2)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # host floats (meta ok)
         stages, cur, in_ch, stride = [], 0, in_channels, 1
         for i in range(self.num_stages):
             stride *= strides[i]
@@ -380,18 +381,28 @@ class TLAPyramidVisionTransformer(TLABackbone):
             mods.append(self.cls_token)
         return mods
 
-    # -- labels ----------------------------------------------------------------------------
+    # -- the contract (TLABackbone) -------------------------------------------------------------
+    @property
+    def feature_info(self) -> list[FeatureInfo]:
+        """Stage ``i``: its channels at reduction ``4 * 2**i``."""
+        return [FeatureInfo(self.stage_channels[i], 4 * 2 ** i, f'stages.{i}') for i in self.out_indices]
+
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
-        """First-stage token grid (h, w) for an input of size ``img_hw`` (stride 4)."""
+        """First-stage token grid for an (H, W) input: v1's 4x4 stride-4 patches floor(H / 4),
+        floor(W / 4) (a remainder is dropped, as the release's convolution drops it); v2's 7x7
+        stride-4 padding-3 windows floor((H - 1) / 4) + 1."""
         if self.version == 2:
             return (img_hw[0] - 1) // 4 + 1, (img_hw[1] - 1) // 4 + 1
         return img_hw[0] // 4, img_hw[1] // 4
 
-    def num_tokens(self, img_hw: Sequence[int]) -> int:
-        """Rows N a ``token_labels`` tensor must have: the class token's (if any), then the
-        first-stage tokens."""
-        h, w = self.token_grid(img_hw)
-        return self.num_prefix_tokens + h * w
+    @classmethod
+    def all_tokens_out_type(cls, out_type: str) -> str:
+        """``'raw'`` for v1 with the release's class token (``out_type`` 'cls_token' / 'raw'), else
+        ``'featmap'``."""
+        return 'raw' if out_type in ('cls_token', 'raw') else 'featmap'
+
+    def _stage_blocks(self) -> list:
+        return [stage.blocks for stage in self.stages[:max(self.out_indices) + 1]]
 
     def token_share(self, mask: Tensor) -> Tensor:
         """Share of the partner image in each first-stage token, from the pixel-level mixing mask.
@@ -421,9 +432,6 @@ class TLAPyramidVisionTransformer(TLABackbone):
         share, _ = pool_token_labels(mask.reshape(b, h * w, 1), (h, w), pe.kernel, pe.stride, pe.padding,
                                      'stage 1 patch embedding')
         return share[..., 0]
-
-    def label_blocks(self) -> list:
-        return [blk for stage in self.stages[:max(self.out_indices) + 1] for blk in stage.blocks]
 
     # -- forward ---------------------------------------------------------------------------
     def _pos_embed(self, i: int, hw: tuple[int, int]) -> Tensor:

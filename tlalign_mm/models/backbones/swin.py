@@ -42,7 +42,7 @@ from ...align import (
     window_reverse,
 )
 from ...registry import MODELS
-from .base import TLABackbone, TLALabelAttention
+from .base import FeatureInfo, TLABackbone, TLALabelAttention
 
 __all__ = ['TLAWindowAttention', 'TLASwinBlock', 'TLAPatchMerging', 'TLASwinTransformer']
 
@@ -280,22 +280,23 @@ class TLASwinTransformer(TLABackbone):
         self.window_size = window_size
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.out_type = out_type
-        self.num_features = [c * 2 ** i for i in range(self.num_stages)]
+        #: channels of each stage: C, 2C, 4C, 8C
+        self.stage_channels = tuple(c * 2 ** i for i in range(self.num_stages))
 
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_channels, c, patch_size, patch_size)
         self.patch_embed.norm = nn.LayerNorm(c)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # host floats (meta ok)
         self.layers = nn.ModuleList()
         for i in range(self.num_stages):
             self.layers.append(TLASwinStage(
-                self.num_features[i], depths[i], heads[i], window_size, mlp_ratio, qkv_bias, drop_rate,
+                self.stage_channels[i], depths[i], heads[i], window_size, mlp_ratio, qkv_bias, drop_rate,
                 attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 downsample=i < self.num_stages - 1, label_mode=label_mode,
                 label_dtype=label_dtype))
         for i in self.out_indices:
-            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
+            self.add_module(f'norm{i}', nn.LayerNorm(self.stage_channels[i]))
 
     def _init_extra(self) -> None:
         for m in self.modules():
@@ -312,19 +313,19 @@ class TLASwinTransformer(TLABackbone):
                 mods.append(getattr(self, f'norm{i}'))
         return mods
 
+    # -- the contract (TLABackbone) -------------------------------------------------------------
+    @property
+    def feature_info(self) -> list[FeatureInfo]:
+        """Stage ``i`` (through ``norm{i}``): ``C * 2**i`` channels at reduction ``patch_size * 2**i``."""
+        return [FeatureInfo(self.stage_channels[i], self.patch_size * 2 ** i, f'norm{i}') for i in self.out_indices]
+
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
-        """Patch-token grid (h, w) of the first stage for an input of size ``img_hw``."""
+        """First-stage token grid (ceil(H / patch_size), ceil(W / patch_size)): inputs are zero-padded
+        at the bottom / right to a multiple of ``patch_size``."""
         return -(-img_hw[0] // self.patch_size), -(-img_hw[1] // self.patch_size)
 
-    def num_tokens(self, img_hw: Sequence[int]) -> int:
-        """Tokens N a ``token_labels`` tensor must have for this input size (no prefix)."""
-        h, w = self.token_grid(img_hw)
-        return h * w
-
-    def label_blocks(self) -> list:
-        """The blocks that can align labels, in forward order (stages after the last returned
-        one are not run and not listed)."""
-        return [blk for stage in self.layers[:max(self.out_indices) + 1] for blk in stage.blocks]
+    def _stage_blocks(self) -> list:
+        return [stage.blocks for stage in self.layers[:max(self.out_indices) + 1]]
 
     def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
         """Run the backbone.

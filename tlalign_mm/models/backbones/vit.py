@@ -29,7 +29,7 @@ from ...align import (
     residual_label_average,
 )
 from ...registry import MODELS
-from .base import TLABackbone, TLALabelAttention
+from .base import FeatureInfo, TLABackbone, TLALabelAttention
 
 __all__ = ['TLAAttention', 'TLATransformerBlock', 'TLAVisionTransformer']
 
@@ -179,7 +179,7 @@ class TLAVisionTransformer(TLABackbone):
         self.patch_grid = grid
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + grid[0] * grid[1], c))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        dpr = torch.linspace(0, drop_path_rate, self.num_layers, device='cpu').tolist()  # host floats (meta ok)
         self.blocks = nn.ModuleList([
             TLATransformerBlock(c, arch['num_heads'], arch.get('mlp_ratio', 4.0), qkv_bias, drop_rate,
                                 attn_drop_rate, dpr[i], label_mode, label_dtype)
@@ -206,15 +206,26 @@ class TLAVisionTransformer(TLABackbone):
             mods.append(self.norm)
         return mods
 
-    # -- forward ---------------------------------------------------------------------------
+    # -- the contract (TLABackbone) -------------------------------------------------------------
+    @property
+    def feature_info(self) -> list[FeatureInfo]:
+        """Every returned block: ``embed_dims`` channels at reduction ``patch_size``."""
+        return [FeatureInfo(self.embed_dims, self.patch_size, f'blocks.{i}') for i in self.out_indices]
+
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
-        """Patch-token grid (h, w) for an input of size ``img_hw`` (after padding)."""
+        """Patch-token grid (ceil(H / patch_size), ceil(W / patch_size)): inputs are zero-padded at the
+        bottom / right to a multiple of ``patch_size``."""
         return math.ceil(img_hw[0] / self.patch_size), math.ceil(img_hw[1] / self.patch_size)
 
-    def num_tokens(self, img_hw: Sequence[int]) -> int:
-        """Tokens N (prefix included) a ``token_labels`` tensor must have for this input size."""
-        h, w = self.token_grid(img_hw)
-        return self.num_prefix_tokens + h * w
+    @classmethod
+    def all_tokens_out_type(cls, out_type: str) -> str:
+        """``'raw'``: the class (and distillation) token rows, then the patch tokens."""
+        return 'raw'
+
+    def _stage_blocks(self) -> list:
+        return [self.blocks]
+
+    # -- forward ---------------------------------------------------------------------------
 
     def _pos_embed(self, hw: tuple[int, int]) -> Tensor:
         if hw == self.patch_grid:
@@ -222,10 +233,6 @@ class TLAVisionTransformer(TLABackbone):
         return resample_abs_pos_embed(self.pos_embed, list(hw), list(self.patch_grid),
                                       num_prefix_tokens=self.num_prefix_tokens,
                                       interpolation=self.interpolate_mode, antialias=False)
-
-    def label_blocks(self) -> list:
-        """The blocks that can align labels, in forward order."""
-        return list(self.blocks)
 
     def forward(self, x: Tensor, token_labels: Optional[Tensor] = None):
         """Run the backbone.

@@ -19,7 +19,7 @@ class AreaRule(LabelRule):
 
     def setup(self, model) -> None:
         super().setup(model)
-        if model.can_carry_labels:
+        if model.backbone.carries_labels:
             model.backbone.set_alignment('all', True)   # what the statistics measure
 
     def forward(self, inp: RuleInput) -> RuleOutput:

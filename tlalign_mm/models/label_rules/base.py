@@ -94,7 +94,7 @@ class LabelRule(nn.Module, metaclass=abc.ABCMeta):
                              f"{type(model.backbone).__name__} has none (use readout='mean')")
 
     def _require_labels(self, model) -> None:
-        if not model.can_carry_labels:
+        if not model.backbone.carries_labels:
             raise ValueError(
                 f'label rule {type(self).__name__} needs a backbone that carries token labels through '
                 'its attention (TLAVisionTransformer, TLASwinTransformer, TLAPyramidVisionTransformer); '

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn as nn
+from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor
 
 from ...align import LABEL_CHANNELS, READOUTS, align_stats, expand_source_labels
@@ -92,6 +92,7 @@ class DenseTLAlignRule(TLAlignRule):
         self.dense_weight = float(dense_weight)
         self.token_head_init_std = token_head_init_std
         self.token_head: Optional[nn.Linear] = None
+        self.dense_loss = SoftTargetCrossEntropy()            # timm's, the head's loss too
 
     def setup(self, model) -> None:
         super().setup(model)
@@ -106,5 +107,5 @@ class DenseTLAlignRule(TLAlignRule):
         if self.label_channels == 'source':
             token_labels = expand_source_labels(token_labels, inp.y_a, inp.y_b)
         logits = self.token_head(inp.tokens).float()
-        dense = -(token_labels * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+        dense = self.dense_loss(logits, token_labels)      # (B, N, K): the mean over samples and tokens
         return RuleOutput(out.target, out.stats, dict(out.losses, loss_dense=self.dense_weight * dense))

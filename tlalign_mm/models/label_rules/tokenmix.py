@@ -39,7 +39,7 @@ def _timm_location_logits(teacher: nn.Module, feats: Tensor) -> tuple[Tensor, tu
             hw = tuple(feats.shape[1:3])
             tokens = feats.flatten(1, 2)
     else:
-        tokens = feats[:, getattr(teacher, 'num_prefix_tokens', 0):]
+        tokens = feats[:, teacher.num_prefix_tokens:]                  # timm's ViT family declares it
         side = int(round(tokens.shape[1] ** 0.5))
         hw = (side, tokens.shape[1] // side)
     return teacher.get_classifier()(tokens), hw
@@ -182,7 +182,8 @@ class TokenMixRule(LabelRule):
             tcfg['label_rule'] = dict(type='Area')
             teacher = MODELS.build(tcfg)
             teacher.init_weights()
-            teacher.backbone.out_type = 'raw' if teacher.num_prefix_tokens else 'featmap'
+            # the teacher's class map reads every token: its backbone returns them (the declared contract)
+            teacher.backbone.out_type = teacher.backbone.all_tokens_out_type(teacher.backbone.out_type)
             classes = teacher.num_classes
         else:
             import timm
@@ -193,12 +194,13 @@ class TokenMixRule(LabelRule):
             sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
             teacher.load_state_dict(sd, strict=True)
             teacher.eval()
-            check_timm_cam_teacher(teacher, name, getattr(model.backbone, 'img_size', (224, 224)))
+            check_timm_cam_teacher(teacher, name, model.backbone.img_size)
             classes = model.num_classes
         if classes != model.num_classes:
             raise ValueError(f'TokenMix teacher has {classes} classes, the student {model.num_classes}')
         teacher.eval().requires_grad_(False)
         self.__dict__['_teacher'] = teacher     # not a submodule: no parameters, no checkpoint keys
+        self._teacher_is_ours = bool(cfg.get('config'))
 
     def _class_map(self, cam: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B, 1, h, w) maps -> (B, N) float32 weights on the ``grid`` summing to 1 (see class doc)."""
@@ -231,7 +233,7 @@ class TokenMixRule(LabelRule):
         t = self.teacher
         if next(t.parameters()).device != images.device:
             t.to(images.device)
-        if hasattr(t, 'label_rule'):                                   # a classifier of ours
+        if self._teacher_is_ours:                                      # a classifier of ours
             last = t.backbone(images)[-1]
             tokens = patch_tokens(last, t.num_prefix_tokens)          # (B, n, C)
             fmap_hw = last.shape[-2:] if last.dim() == 4 else t.backbone.token_grid(images.shape[-2:])

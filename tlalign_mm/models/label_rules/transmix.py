@@ -6,6 +6,7 @@ from torch import Tensor
 
 from ...align import align_stats, read_labels
 from ...registry import MODELS
+from ..data_preprocessor import TLAClsDataPreprocessor
 from .base import LabelRule, RuleInput, RuleOutput, check_choice
 
 __all__ = ['TransMixRule', 'TRANSMIX_TOKEN_MASKS', 'transmix_initial_labels', 'transmix_attention_share']
@@ -91,7 +92,8 @@ class TransMixRule(LabelRule):
         self._require_labels(model)
         super().setup(model)
         model.backbone.set_alignment('last', False)
-        mixer = getattr(model.data_preprocessor, 'mixer', None)
+        prep = model.data_preprocessor
+        mixer = prep.mixer if isinstance(prep, TLAClsDataPreprocessor) else None
         if self.token_mask == 'nearest' and mixer is not None and not mixer.return_mask:
             raise ValueError("TransMix token_mask='nearest' reads the mixer's pixel mask: build the "
                              "data_preprocessor's mixer with return_mask=True, or use token_mask='area'")
