@@ -121,10 +121,10 @@ fi
   || die "torch and torchvision do not import together (mismatched pair?). Remove both and re-run: $VPY -m pip uninstall -y torch torchvision"
 
 # --- 4. pure-Python runtime -----------------------------------------------------------
-step 4 "installing mmengine, timm, pycocotools, the test tools and the robustness tools"
+step 4 "installing mmengine, timm, pycocotools, the test, docs and robustness tools"
 "$VPY" -m pip install -q -c "$CONSTRAINTS" -r "$REPO/requirements/runtime.txt" \
-  -r "$REPO/requirements/tests.txt" pycocotools \
-  || die "pip could not install requirements/runtime.txt + tests.txt."
+  -r "$REPO/requirements/tests.txt" -r "$REPO/requirements/docs.txt" pycocotools \
+  || die "pip could not install requirements/runtime.txt + tests.txt + docs.txt."
 # Robustness tools (requirements/robustness.txt): torchattacks without its stale requests pin.
 "$VPY" -m pip install -q -c "$CONSTRAINTS" "setuptools>=77,<81" imagecorruptions tqdm \
   || die "pip could not install imagecorruptions (requirements/robustness.txt)."

@@ -44,6 +44,8 @@ import sys
 import time
 from typing import Optional
 
+from results_file import add_results_arg, table, write_results  # tools/analysis/results_file.py
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # the baseline first: paired differences are taken against the first variant by default
 DEFAULT_CONFIGS = ('configs/demo/deit-demo_cutmix_1xb64-10e_fashion-mnist.py',
@@ -74,6 +76,7 @@ def parse_args(argv=None):
                    help='do not retrain a run whose scalars already hold the last epoch\'s evaluation')
     p.add_argument('--collect-only', action='store_true', help='only read existing runs and report')
     p.add_argument('--dry-run', action='store_true', help='write the configs, print the commands, stop')
+    add_results_arg(p)
     args = p.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.configs):
         p.error(f'--names needs one name per config ({len(args.configs)})')
@@ -239,6 +242,30 @@ def summarise(runs: dict[str, dict[int, list[dict]]]) -> dict:
     return out
 
 
+def paired_diffs(summary: dict, baseline: str, other: str) -> list[float]:
+    """Final top-1 of ``other`` minus ``baseline``, seed by seed, over the seeds both finished."""
+    common = sorted(set(summary[baseline]['final']) & set(summary[other]['final']))
+    return [summary[other]['final'][k] - summary[baseline]['final'][k] for k in common]
+
+
+def results_table(names: list[str], summary: dict, seeds: list[int], baseline: Optional[str] = None) -> dict:
+    """The ``final`` table of ``--results-json``: per variant the final top-1 (mean ± std), per seed, and
+    the paired difference against ``baseline`` (default the first variant)."""
+    baseline = baseline or names[0]
+    rows = []
+    for name in names:
+        s = summary[name]
+        per_seed = ' / '.join(f'{s["final"][k]:.2f}' if k in s['final'] else '—' for k in seeds)
+        if name == baseline:
+            diff = '(baseline)'
+        else:
+            m, sd = _mean_std(paired_diffs(summary, baseline, name))
+            diff = 'n/a' if math.isnan(m) else f'{m:+.2f}' + ('' if math.isnan(sd) else f' ± {sd:.2f}')
+        rows.append([name, f'{_pm(s["final_mean"], s["final_std"])} (n = {len(s["final"])})', per_seed, diff])
+    return table(['variant', 'final top-1', 'per seed ' + ' / '.join(map(str, seeds)), f'paired − {baseline}'],
+                 rows)
+
+
 def write_reports(work_dir: str, names: list[str], configs: list[str], runs: dict, summary: dict,
                   notes: dict[str, list[str]], seeds: list[int], wall: dict,
                   baseline: Optional[str] = None) -> tuple[str, str, str]:
@@ -268,11 +295,10 @@ def write_reports(work_dir: str, names: list[str], configs: list[str], runs: dic
         for other in names:
             if other == baseline:
                 continue
-            common = sorted(set(summary[baseline]['final']) & set(summary[other]['final']))
-            diffs = [summary[other]['final'][k] - summary[baseline]['final'][k] for k in common]
+            diffs = paired_diffs(summary, baseline, other)
             m, sd = _mean_std(diffs)
             val = 'n/a' if math.isnan(m) else f'{m:+.2f}' + ('' if math.isnan(sd) else f' ± {sd:.2f}')
-            lines.append(f'- {other} − {baseline}: {val} points over {len(common)} seed(s)'
+            lines.append(f'- {other} − {baseline}: {val} points over {len(diffs)} seed(s)'
                          + (f' (per seed: {", ".join(f"{d:+.2f}" for d in diffs)})' if diffs else ''))
     lines += ['', '## Per seed', '', '| variant | seed | final top-1 | best top-1 | evals | wall (s) |',
               '|---|---:|---:|---:|---:|---:|']
@@ -380,6 +406,11 @@ def main(argv=None) -> dict:
               f'best {_pm(s["best_mean"], s["best_std"])}')
     for p in paths:
         print(f'wrote {p}')
+    if args.results_json:
+        write_results(args.results_json, {'final': results_table(names, summary, args.seeds, args.baseline)},
+                      {'summary': {n: {k: summary[n][k] for k in ('final', 'best')} for n in names},
+                       'configs': dict(zip(names, args.configs))})
+        print(f'wrote {args.results_json}')
     missing = [(n, s) for n in names for s in args.seeds if not runs[n].get(s)]
     if missing:
         print('runs without validation results: ' + ', '.join(f'{n}/seed{s}' for n, s in missing))

@@ -58,6 +58,8 @@ def parse_args(argv=None):
                    help='also count the config with the stock mmseg / mmdet backbone swapped in')
     p.add_argument('--device', default='cpu', help='where to trace (cpu, cuda)')
     p.add_argument('--out', help='write the numbers to this JSON file')
+    from results_file import add_results_arg  # tools/analysis/results_file.py
+    add_results_arg(p)
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, key=value pairs merged into the config')
     args = p.parse_args(argv)
@@ -108,6 +110,22 @@ def format_table(costs: dict, scope: str) -> str:
     return '\n'.join(lines)
 
 
+def results_tables(costs: dict, scope: str) -> dict:
+    """``--results-json``'s table ``cost``: params (M) and FLOPs (G) per part and in total, per column."""
+    from results_file import table  # tools/analysis/results_file.py
+    parts = list(dict.fromkeys(p for c in costs.values() for p in c.parts))
+    cols = ['part']
+    for label, c in costs.items():
+        where = f'{scope} ' if label == 'stock' and scope in ('mmseg', 'mmdet') else ''
+        cols += [f'{label} ({where}{c.backbone_type}) params (M)', f'{label} FLOPs (G)']
+    def cells(c, part):
+        p = c.parts.get(part)
+        return ('', '') if p is None else (_m(p['params']), _g(p['flops']))
+    rows = [[part] + [x for c in costs.values() for x in cells(c, part)] for part in parts]
+    rows.append(['total'] + [x for c in costs.values() for x in (_m(c.params), _g(c.flops))])
+    return {'cost': table(cols, rows)}
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -156,6 +174,12 @@ def main(argv=None):
                   'official Swin does; mmseg / mmdet pad the map to a full window)')
     print(f'({elapsed:.1f} s)')
 
+    if args.results_json:
+        from results_file import write_results
+        write_results(args.results_json, results_tables(costs, scope),
+                      dict(config=args.config, shape=list(shape), batch=args.batch,
+                           **{k: v.as_dict() for k, v in costs.items()}))
+        print(f'wrote {args.results_json}')
     if args.out:
         out = dict(config=args.config, scope=scope, requested_shape=list(shape), shape_source=source,
                    batch=args.batch, note=FLOPS_NOTE, torch=torch.__version__,

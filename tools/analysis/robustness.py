@@ -47,6 +47,9 @@ import os.path as osp
 import time
 from fractions import Fraction
 
+from results_file import add_results_arg, render_table, write_results  # tools/analysis/results_file.py
+from results_file import table as results_table
+
 import tlalign_mm  # noqa: F401  (registries)
 
 SUITES = ('clean', 'a', 'r', 'sketch', 'v2', 'c', 'fgsm', 'pgd', 'autoattack')
@@ -93,6 +96,7 @@ def parse_args(argv=None):
     p.add_argument('--device', default=None, help='cpu, cuda, ... (default: cuda if available)')
     p.add_argument('--out-dir', default=osp.join('work_dirs', 'robustness'))
     p.add_argument('--seed', type=int, default=0, help='seed of the attacks\' random starts')
+    add_results_arg(p)
     args = p.parse_args(argv)
     args.pairs, config = [], None
     for path in args.runs:
@@ -441,25 +445,33 @@ def mean_std(values):
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def summary_table(table, names_per_run: list[str]) -> dict:
+    """The summary (a ``results_file.table``): one row per suite and metric, one column per name, mean ± std
+    over the runs of that name (its seeds)."""
+    names = list(dict.fromkeys(names_per_run))
+    seeds = {n: names_per_run.count(n) for n in names}
+    rows = []
+    for suite, metric, better, values, images in table:
+        cells = []
+        for n in names:
+            m, s = mean_std(values[n]) if n in values else (None, None)
+            cells.append('' if m is None else f'{m:.2f}' + ('' if s is None else f' ± {s:.2f}'))
+        rows.append([suite, f'{metric} {"↑" if better == "up" else "↓"}', *cells, images or ''])
+    return results_table(['suite', 'metric', *(f'{n} (n={seeds[n]})' if seeds[n] > 1 else n for n in names),
+                          'images'], rows)
+
+
 def write_outputs(table, results, args) -> tuple[str, str, str]:
     os.makedirs(args.out_dir, exist_ok=True)
     names = list(dict.fromkeys(args.names))
-    seeds = {n: args.names.count(n) for n in names}
     md = osp.join(args.out_dir, 'robustness.md')
+    summary = summary_table(table, args.names)
     with open(md, 'w') as f:
-        f.write('| suite | metric | ' + ' | '.join(f'{n} (n={seeds[n]})' if seeds[n] > 1 else n for n in names)
-                + ' | images |\n')
-        f.write('|---|---|' + '---|' * len(names) + '---|\n')
-        for suite, metric, better, values, images in table:
-            cells = []
-            for n in names:
-                if n not in values:
-                    cells.append('')
-                    continue
-                m, s = mean_std(values[n])
-                cells.append(f'{m:.2f}' + ('' if s is None else f' ± {s:.2f}'))
-            arrow = '↑' if better == 'up' else '↓'
-            f.write(f'| {suite} | {metric} {arrow} | ' + ' | '.join(cells) + f' | {images or ""} |\n')
+        f.write(render_table(summary) + '\n')
+    if args.results_json:
+        write_results(args.results_json, {'summary': summary},
+                      {'runs': [dict(name=n, config=c, checkpoint=k, rows=[list(r) for r in rows])
+                                for (rows, _), n, (c, k) in zip(results, args.names, args.pairs)]})
     csv_path = osp.join(args.out_dir, 'robustness.csv')
     with open(csv_path, 'w', newline='') as f:
         w = csv.writer(f)

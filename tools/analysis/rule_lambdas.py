@@ -19,6 +19,7 @@ import argparse
 import os.path as osp
 
 from _common import add_config_checkpoint_args, output_dir, weights_title
+from results_file import add_results_arg, table, write_results  # tools/analysis/results_file.py
 
 import tlalign_mm  # noqa: F401  (registries)
 
@@ -35,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', default=None)
     p.add_argument('--device', default=None, help='cpu, cuda, ... (default: cuda if available)')
     p.add_argument('--seed', type=int, default=0)
+    add_results_arg(p)
     args = p.parse_args(argv)
     if bool(args.teacher_config) != bool(args.teacher_checkpoint):
         p.error('--teacher-config and --teacher-checkpoint go together')
@@ -96,6 +98,12 @@ def main(argv=None) -> dict:
     print('  mean |lam_A(rule) - lam_A(area)| over the shown samples and blocks: '
           + ', '.join(f'{k} {v:.4f}' for k, v in gap.items()))
     print(f'  wrote {csv_path}\n  wrote {png}')
+    if args.results_json:
+        rows = [[k, f'{v:.4f}'] for k, v in gap.items() if k != 'area']
+        write_results(args.results_json,
+                      {'gap': table(['rule', 'mean abs(lam_A(rule) - lam_A(area)), shown samples x blocks'], rows)},
+                      {'gap': gap, 'samples': picked, 'blocks': list(layers), 'weights': what})
+        print(f'  wrote {args.results_json}')
     return dict(samples=picked, gap=gap, csv=csv_path, png=png)
 
 
