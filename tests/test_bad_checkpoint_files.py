@@ -22,7 +22,7 @@ import zipfile
 import pytest
 import torch
 
-from tlalign_mm.utils.checkpoint_io import (
+from tlalign_mm.checkpoint.io import (
     CheckpointFileError,
     CheckpointNotFoundError,
     atomic_save,

@@ -29,12 +29,12 @@ from tlalign_mm.checkpoint import (
     LoadReport,
     convert_state_dict,
     detect_layout,
-    export_backbone,
+    export_checkpoint,
     extract_state_dict,
     load_backbone_checkpoint,
     load_checkpoint_file,
-    mmengine_safe_globals,
 )
+from tlalign_mm.checkpoint.io import mmengine_safe_globals
 from tlalign_mm.models.backbones.swin import TLAPatchMerging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,7 +257,7 @@ def test_mmengine_checkpoint_with_numpy_and_history_buffer(deit_sd, tmp_path):
             'optimizer': {'state': {}, 'param_groups': [{'lr': 0.1, 'params': [0, 1]}]}}
     path = tmp_path / 'mmengine.pth'
     torch.save(ckpt, path)
-    # without the allow-list (that import tlalign_mm registers) plain weights_only loading refuses
+    # without the allow-list (nothing registers it process-wide) plain weights_only loading refuses
     # it; the loader brings the list itself
     with _no_process_allow_list():
         with pytest.raises(pickle.UnpicklingError):
@@ -614,7 +614,7 @@ def test_export_backbone_from_mm_swin(timm_swin, tmp_path):
     torch.save({'state_dict': {'backbone.' + k: v for k, v in mm.items()} | {
         'decode_head.conv_seg.weight': torch.zeros(2, 4, 1, 1)}, 'meta': _mmengine_meta()}, src)
     dst = tmp_path / 'out' / 'swin.pth'
-    info = export_backbone(src, dst)
+    info = export_checkpoint(src, dst)
     assert info['layout'] == 'mm-swin' and info['prefix'] == 'backbone.'
     saved = torch.load(dst, weights_only=True)
     # the one export format (also the BackboneExportHook's): the file is in our layout, the source's is recorded
@@ -670,9 +670,8 @@ def test_empty_numpy_array_in_meta_loads_but_bytes_with_arguments_does_not(tmp_p
     torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'buf': HistoryBuffer(), 'arr': np.zeros(0)}}, path)
     ckpt = load_checkpoint_file(path)
     assert ckpt['meta']['arr'].shape == (0,) and len(ckpt['meta']['buf'].data[0]) == 0
-    from tlalign_mm.utils import register_mmengine_safe_globals
-    register_mmengine_safe_globals()    # what import tlalign_mm does, for mmengine's own torch.load (resume)
-    assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(2))
+    with torch.serialization.safe_globals(mmengine_safe_globals()):   # the same list, for torch.load itself
+        assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(2))
 
     class _BigBytes:
         def __reduce__(self):
@@ -683,19 +682,20 @@ def test_empty_numpy_array_in_meta_loads_but_bytes_with_arguments_does_not(tmp_p
 
 
 def test_loading_keeps_the_process_wide_allow_list(tmp_path):
-    """``import tlalign_mm`` allow-lists mmengine's checkpoint types for every ``torch.load``
-    (mmengine's resume); a load through the project's loader must leave that list as it was."""
+    """A user may allow-list mmengine's checkpoint types for every ``torch.load`` themselves; a load
+    through the project's loader must leave that list as it was, and adds nothing to an empty one."""
     from mmengine.logging import HistoryBuffer
-
-    from tlalign_mm.utils import register_mmengine_safe_globals
-    register_mmengine_safe_globals()
-    before = set(torch.serialization.get_safe_globals())
-    assert HistoryBuffer in before
     path = tmp_path / 'meta.pth'
     torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'buf': HistoryBuffer()}}, path)
-    load_checkpoint_file(path)
-    assert set(torch.serialization.get_safe_globals()) == before
-    assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(2))
+    with _no_process_allow_list():
+        load_checkpoint_file(path)
+        assert torch.serialization.get_safe_globals() == []
+        torch.serialization.add_safe_globals(mmengine_safe_globals())
+        before = set(torch.serialization.get_safe_globals())
+        assert HistoryBuffer in before
+        load_checkpoint_file(path)
+        assert set(torch.serialization.get_safe_globals()) == before
+        assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(2))
 
 
 @pytest.mark.parametrize('content, says', [(b'hello world\n', 'a text file, not a checkpoint'),
@@ -711,15 +711,14 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_line(tmp_path, content, sa
     assert '\n' not in msg and 'weights_only=False' not in msg and 'weights_only` set to `False' not in msg
 
 
-def test_layout_registry_is_filled_by_the_backbone_files():
-    """LAYOUTS is the union of what each backbone file registers (no list kept by hand), in
-    detection order, and a second family cannot take a registered name."""
-    from tlalign_mm.models.backbones import pvt, swin, vit
-    from tlalign_mm.models.layouts import layout_families, register_layouts
-    assert [f.name for f in layout_families()] == ['pvt', 'swin', 'vit']
-    assert LAYOUTS == ('tlalign',) + pvt.CHECKPOINT_LAYOUTS + swin.CHECKPOINT_LAYOUTS + vit.CHECKPOINT_LAYOUTS
-    with pytest.raises(ValueError, match=r"\['timm-vit'\] of 'other' are registered by \['vit'\]"):
-        register_layouts('other', ('timm-vit',), vit.detect_layout, vit.checkpoint_filter_fn, priority=9)
+def test_layouts_are_the_union_of_the_family_modules():
+    """LAYOUTS is the union of what each family module declares (no list kept by hand), in
+    detection order, and no two families name the same layout."""
+    from tlalign_mm.checkpoint import pvt, swin, vit
+    from tlalign_mm.checkpoint.layouts import FAMILIES
+    assert [f.NAME for f in FAMILIES] == ['pvt', 'swin', 'vit']
+    assert LAYOUTS == ('tlalign',) + pvt.LAYOUTS + swin.LAYOUTS + vit.LAYOUTS
+    assert len(set(LAYOUTS)) == len(LAYOUTS)
 
 
 def test_local_loads_leave_the_environment_alone(tmp_path, monkeypatch):

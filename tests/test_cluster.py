@@ -50,8 +50,8 @@ import time
 import pytest
 import torch
 
-import tlalign_mm  # noqa: F401  (the checkpoints' allow-list for torch.load below)
-from tlalign_mm.utils.checkpoint_io import diagnose_checkpoint_file
+from tlalign_mm.checkpoint import load_checkpoint_file  # weights_only, with mmengine's types allow-listed
+from tlalign_mm.checkpoint.io import diagnose_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, 'data', 'demo')
@@ -239,7 +239,7 @@ def _losses(work_dir) -> dict[int, float]:
 
 
 def _weights(work_dir, name) -> dict:
-    return torch.load(os.path.join(str(work_dir), name), map_location='cpu', weights_only=True)['state_dict']
+    return load_checkpoint_file(os.path.join(str(work_dir), name))['state_dict']
 
 
 def _assert_same_run(ref, other, final='epoch_3.pth', min_iters=6):
@@ -271,7 +271,7 @@ def _stopped_at(out: str) -> tuple[int, str]:
 def _check_interrupted(work_dir, out):
     iteration, ckpt = _stopped_at(out)
     assert open(os.path.join(str(work_dir), 'last_checkpoint')).read() == ckpt and os.path.isfile(ckpt)
-    meta = torch.load(ckpt, map_location='cpu', weights_only=True)['meta']
+    meta = load_checkpoint_file(ckpt)['meta']
     assert meta['iter'] == iteration
     return ckpt
 
@@ -638,5 +638,5 @@ def test_downstream_stop_kill_and_resume(cfgs, tmp_path, task):
     _ok(_run(cmd, env))
     _assert_same_run(ref, wd, final=final, min_iters=8)
 def diagnose(path):
-    from tlalign_mm.utils.checkpoint_io import diagnose_checkpoint_file
+    from tlalign_mm.checkpoint.io import diagnose_checkpoint_file
     return diagnose_checkpoint_file(path)

@@ -1,4 +1,4 @@
-"""Export to other libraries (tlalign_mm/models/export.py, the backbones' export_state_dict,
+"""Export to other libraries (tlalign_mm/checkpoint/export.py, the family modules' writers,
 tools/convert_checkpoint.py --to).
 
 Each (backbone, target) pair: a small model of ours with random weights is exported, the target

@@ -1,10 +1,12 @@
 """The package's import direction (docs/design.md): ``align`` <- ``structures`` <- ``mixing`` <- ``models`` <- the
-rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``), nothing under ``tlalign_mm/``
-imports ``tools``, and ``analysis`` traces and measures only (no matplotlib, CSV writers, mmengine
-configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
+rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``; ``checkpoint`` below the other three), nothing
+under ``tlalign_mm/`` imports ``tools``, and ``analysis`` traces and measures only (no matplotlib, CSV writers,
+mmengine configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
 
 Every ``import`` statement of every module is read with ``ast`` (function-level imports too, so a
-lazy import cannot hide an edge), relative imports resolved against the module's package.
+lazy import cannot hide an edge), relative imports resolved against the module's package.  The models reach
+the checkpoint loaders only by name, through tlalign_mm's ``FUNCTIONS`` registry (whose location is the
+checkpoint package): :func:`test_models_name_only_registered_loaders` checks each name they look up.
 """
 import ast
 import os
@@ -61,8 +63,8 @@ def test_import_direction(path, module):
     """align: only the standard library and torch; structures: + align; mixing: + structures; nothing
     imports tools;
     models, mixing, align and utils never import the analysis / evaluation / engine layers nor the
-    checkpoint facade (the backbones register their layouts in models/layouts.py instead: no cycle);
-    analysis imports none of :data:`NOT_IN_ANALYSIS`."""
+    checkpoint package (which reads models: no cycle); checkpoint imports none of analysis / evaluation /
+    engine; analysis imports none of :data:`NOT_IN_ANALYSIS`."""
     bad = _violations(_imports(path, module), module)
     assert not bad, f'{os.path.relpath(path, REPO)}:\n' + '\n'.join(bad)
 
@@ -89,6 +91,10 @@ def _violations(imports, module):
             for layer in ('analysis', 'evaluation', 'engine', 'checkpoint'):
                 if name.startswith(f'tlalign_mm.{layer}'):
                     bad.append(f'{line}: {name} (the model layers do not import tlalign_mm.{layer})')
+        if module.startswith('tlalign_mm.checkpoint'):
+            for layer in ('analysis', 'evaluation', 'engine'):
+                if name.startswith(f'tlalign_mm.{layer}'):
+                    bad.append(f'{line}: {name} (checkpoint/ sits below tlalign_mm.{layer})')
         if module.startswith('tlalign_mm.analysis'):
             for other in NOT_IN_ANALYSIS:
                 if name == other or name.startswith(other + '.'):
@@ -122,3 +128,27 @@ def test_the_structures_rule_bites():
     bad = _violations(imports, 'tlalign_mm.structures.x')
     assert [b.split(' ')[1] for b in bad] == ['tlalign_mm.mixing', 'tlalign_mm.models.heads']
     assert _violations([(1, 'tlalign_mm.structures')], 'tlalign_mm.mixing.x') == []
+
+
+def test_the_checkpoint_rules_bite():
+    """A model importing the checkpoint package, or the checkpoint package importing the engine, is caught;
+    the checkpoint package reading the models is not."""
+    assert _violations([(1, 'tlalign_mm.checkpoint.layouts')], 'tlalign_mm.models.backbones.base')
+    assert _violations([(1, 'tlalign_mm.engine.hooks')], 'tlalign_mm.checkpoint.io')
+    assert _violations([(1, 'tlalign_mm.models.backbones.pvt'), (2, 'tlalign_mm.registry')],
+                       'tlalign_mm.checkpoint.pvt') == []
+
+
+def test_models_name_only_registered_loaders():
+    """Every ``FUNCTIONS.get('name')`` under ``models/`` names a function the checkpoint package registers
+    (the registry imports it on the first lookup): the one way the models reach it."""
+    import re
+
+    from tlalign_mm.registry import FUNCTIONS
+    names = set()
+    for path, module in ALL:
+        if module.startswith('tlalign_mm.models'):
+            names |= set(re.findall(r"FUNCTIONS\.get\('(\w+)'\)", open(path, encoding='utf-8').read()))
+    assert names == {'load_backbone_checkpoint', 'load_classifier_checkpoint', 'load_checkpoint_file'}
+    for name in names:
+        assert FUNCTIONS.get(name).__module__.startswith('tlalign_mm.checkpoint.'), name

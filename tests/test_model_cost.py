@@ -324,6 +324,35 @@ def test_get_flops_tool_on_demo_upernet_with_stock(tmp_path):
 
 
 @pytest.mark.mm
+def test_get_flops_compare_stock_accepts_label_options(tmp_path):
+    """A valid config that sets our label options (``label_dtype``, ``attn_impl``: ours only, no stock
+    counterpart) compares with the stock backbone as the same config without them does."""
+    cfg = tmp_path / 'label_dtype.py'
+    cfg.write_text(f"_base_ = ['{osp.join(REPO, DEMO_SEG)}']\n"
+                   "model = dict(backbone=dict(label_dtype='float32', attn_impl='split'))\n")
+    out = tmp_path / 'flops.json'
+    _run_tool('get_flops.py', str(cfg), '--shape', '128', '--compare-stock', '--out', str(out))
+    res = json.loads(out.read_text())
+    assert res['stock']['backbone_type'] == 'SwinTransformer'
+    assert res['ours']['backbone_params'] == res['stock']['backbone_params'] > 0
+
+
+def test_stock_mapping_knows_every_backbone_argument():
+    """Each of our backbones, with every constructor argument given (its default), maps onto the stock model:
+    an argument added to a backbone without a place in its family's table (tlalign_mm/checkpoint/{vit,swin,
+    pvt}.py ``stock``) fails here, not in a user's --compare-stock."""
+    import inspect
+
+    from tlalign_mm.models import TLAPyramidVisionTransformer, TLASwinTransformer, TLAVisionTransformer
+    for cls, scope in ((TLAVisionTransformer, 'mmseg'), (TLASwinTransformer, 'mmseg'), (TLASwinTransformer, 'mmdet'),
+                       (TLAPyramidVisionTransformer, 'mmdet')):
+        args = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        args['label_dtype'] = 'float32'
+        assert stock_backbone_config(dict(args, type=cls.__name__), scope)['type'] in (
+            'VisionTransformer', 'SwinTransformer', 'PyramidVisionTransformer', 'PyramidVisionTransformerV2')
+
+
+@pytest.mark.mm
 def test_get_flops_tool_on_a_pretraining_config(tmp_path):
     out = tmp_path / 'flops.json'
     stdout = _run_tool('get_flops.py', DEIT_S_PRE, '--shape', '112', '--out', str(out))

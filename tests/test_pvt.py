@@ -562,7 +562,7 @@ def test_flat_state_dict_loads_strictly_and_gives_the_same_outputs(version, tmp_
 def test_flat_classifier_checkpoint_loads(version, tmp_path):
     """A pretraining checkpoint of the classifier saved before the stages (``backbone.block1.0...``,
     ``head.fc.*``, DenseTLAlign's training-only ``label_rule.*``) loads through
-    ``init_cfg=dict(type='Pretrained')`` (tlalign_mm/models/loading.py): every tensor and the logits
+    ``init_cfg=dict(type='Pretrained')`` (tlalign_mm/checkpoint/layouts.py): every tensor and the logits
     are the saving model's, into the same rule or into one without ``label_rule`` parameters."""
     torch.manual_seed(0)
     src = _classifier(version, 'DenseTLAlign')

@@ -6,13 +6,16 @@ whose ``meta`` holds the MessageHub's ``HistoryBuffer`` logs (numpy arrays) and 
 
 Why: mmengine calls ``torch.load`` without ``weights_only``; on torch >= 2.6 that refuses these
 checkpoints, so ``Runner(resume=True, load_from=...)`` dies with ``UnpicklingError``.
-:func:`tlalign_mm.utils.register_mmengine_safe_globals` allow-lists just the needed types.  The tests
-show (a) the failure is real without it (checked in a fresh subprocess, so no registration leaks in),
-(b) with it, resuming from epoch 1 and training to epoch 3 reproduces an uninterrupted 3-epoch run
-bit for bit, and (c) the allow-list does not open the door to arbitrary pickles.
+:func:`tlalign_mm.checkpoint.register_checkpoint_loader` (what ``tools/train.py`` and ``tools/test.py``
+call; ``import tlalign_mm`` registers nothing) routes mmengine's local loads through our loader, which
+hands just the needed types (:func:`tlalign_mm.checkpoint.io.mmengine_safe_globals`) to each load, never
+process-wide.  The tests show (a) the failure is real without it (checked in a fresh subprocess, so no
+registration leaks in), (b) with it, resuming from epoch 1 and training to epoch 3 reproduces an
+uninterrupted 3-epoch run bit for bit, with torch's process-wide allow-list untouched, and (c) the
+allow-list does not open the door to arbitrary pickles.
 
 ``tlalign_mm`` is imported lazily inside the tests: a subprocess imports this module to build the
-same Runner and must not trigger any registration that ``import tlalign_mm`` may do.
+same Runner and must not trigger any registration.
 """
 from __future__ import annotations
 
@@ -179,12 +182,15 @@ def test_resume_fails_without_registration(full_run, tmp_path):
 
 # --------------------------------------------------------------------------- (b) with it, resume is exact
 def test_resume_with_registration_matches_uninterrupted(full_run, tmp_path):
-    """Resume from epoch 1 -> train to epoch 3 == the uninterrupted 3-epoch run, bit for bit."""
-    from tlalign_mm.utils import register_mmengine_safe_globals
+    """Resume from epoch 1 -> train to epoch 3 == the uninterrupted 3-epoch run, bit for bit; nothing is
+    added to torch's process-wide allow-list."""
+    from tlalign_mm.checkpoint import load_checkpoint_file, register_checkpoint_loader
 
-    register_mmengine_safe_globals()
+    register_checkpoint_loader()
+    process_wide = set(torch.serialization.get_safe_globals())
     runner = _build_runner(tmp_path / 'resumed', resume=True, load_from=full_run['ckpt1'])
     runner.train()
+    assert set(torch.serialization.get_safe_globals()) == process_wide
 
     assert runner.epoch == MAX_EPOCHS
     resumed = _weights(runner)
@@ -196,7 +202,7 @@ def test_resume_with_registration_matches_uninterrupted(full_run, tmp_path):
     assert isinstance(buf, HistoryBuffer)
     np.testing.assert_array_equal(buf.data[0], full_run['loss_log'])
     # and the weights really changed after epoch 1 (resume did train, not just reload epoch 3)
-    ckpt1 = torch.load(str(full_run['ckpt1']), map_location='cpu', weights_only=True)
+    ckpt1 = load_checkpoint_file(str(full_run['ckpt1']))    # weights_only, the allow-list for this load only
     assert not all(torch.equal(ckpt1['state_dict'][k], v) for k, v in resumed.items())
 
 
@@ -204,9 +210,9 @@ def test_mmengine_loader_and_numpy1_checkpoint(full_run, tmp_path):
     """mmengine's own loader works, and a checkpoint written under numpy 1 (``numpy.core...``) loads too."""
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from tlalign_mm.utils import register_mmengine_safe_globals
+    from tlalign_mm.checkpoint import register_checkpoint_loader
 
-    register_mmengine_safe_globals()
+    register_checkpoint_loader()
     ckpt = _load_checkpoint(str(full_run['ckpt1']), map_location='cpu')
     assert isinstance(ckpt['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
     assert isinstance(ckpt['message_hub']['runtime_info']['eta'], np.generic)
@@ -223,7 +229,7 @@ def test_mmengine_loader_and_numpy1_checkpoint(full_run, tmp_path):
                 assert b'numpy.core.multiarray' in data
             zout.writestr(name, data)
     np1.write_bytes(buf.getvalue())
-    old = torch.load(str(np1), map_location='cpu', weights_only=True)
+    old = _load_checkpoint(str(np1), map_location='cpu')
     np.testing.assert_array_equal(old['message_hub']['log_scalars']['train/loss'].data[0],
                                   ckpt['message_hub']['log_scalars']['train/loss'].data[0])
 
@@ -261,10 +267,13 @@ class _GetattrReduce:
 
 
 def _torch_load_bytes(obj):
+    """``torch.load(weights_only=True)`` with the allow-list our loads hand to torch."""
+    from tlalign_mm.checkpoint.io import mmengine_safe_globals
     buf = io.BytesIO()
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': obj}, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=True)
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        return torch.load(buf, weights_only=True)
 
 
 @pytest.mark.parametrize('make_payload', [
@@ -276,26 +285,24 @@ def _torch_load_bytes(obj):
     pytest.param(lambda m: _GetattrReduce(np.ndarray, 'tofile'), id='getattr-on-ndarray'),
     pytest.param(lambda m: np.array([1, 'a'], dtype=object), id='numpy-object-array'),
 ])
-def test_registration_keeps_other_pickles_refused(make_payload, tmp_path):
-    """After registering, a pickle with anything outside the allow-list still raises, and runs nothing."""
-    from tlalign_mm.utils import register_mmengine_safe_globals
-
-    register_mmengine_safe_globals()
+def test_allow_list_keeps_other_pickles_refused(make_payload, tmp_path):
+    """With the allow-list in effect, a pickle with anything outside it still raises, and runs nothing."""
     marker = tmp_path / 'pwned'
     with pytest.raises(pickle.UnpicklingError):
         _torch_load_bytes(make_payload(marker))
     assert not marker.exists()
 
 
-def test_registration_is_idempotent_and_narrow():
-    """Same list every call, no growth, and neither the real ``getattr`` nor eval/exec is allow-listed."""
-    from tlalign_mm.utils import register_mmengine_safe_globals
+def test_allow_list_is_stable_and_narrow():
+    """Same list every call, nothing registered process-wide, and neither the real ``getattr`` nor eval/exec
+    is allow-listed."""
+    from tlalign_mm.checkpoint.io import mmengine_safe_globals
 
-    first = register_mmengine_safe_globals()
     n = len(torch.serialization.get_safe_globals())
-    assert register_mmengine_safe_globals() == first
+    first = mmengine_safe_globals()
+    assert mmengine_safe_globals() == first
     assert len(torch.serialization.get_safe_globals()) == n
-    registered = torch.serialization.get_safe_globals()
+    registered = first
     for dangerous in (getattr, eval, exec, os.system, setattr, __import__, open):
         assert dangerous not in registered
     assert type(np.dtype(object)) not in registered

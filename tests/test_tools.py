@@ -211,8 +211,8 @@ def _train(cfg: str, work_dir, *args: str) -> str:
 
 
 def _weights(path) -> dict:
-    import tlalign_mm  # noqa: F401  (allow-lists the mmengine checkpoint meta for weights_only loading)
-    return torch.load(str(path), map_location='cpu', weights_only=True)['state_dict']
+    from tlalign_mm.checkpoint import load_checkpoint_file  # weights_only, with mmengine's types allow-listed
+    return load_checkpoint_file(str(path))['state_dict']
 
 
 def _metrics(stdout: str) -> dict:
@@ -341,8 +341,8 @@ def test_launch_module_imports():
             top.update(a.name.split('.')[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top.add(node.module.split('.')[0])
-    assert top <= {'__future__', 'argparse', 'datetime', 'gc', 'os', 'sys', 'collections', 'torch', 'mmengine',
-                   'config_checks', 'tlalign_mm'}, top
+    assert top <= {'__future__', 'argparse', 'contextlib', 'datetime', 'gc', 'os', 'sys', 'collections', 'torch',
+                   'mmengine', 'config_checks', 'tlalign_mm'}, top
     for name in ('train', 'test'):
         mod = _load_tool(name)
         for fn in ('register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed', 'build_runner'):

@@ -39,7 +39,9 @@ VISUALIZERS = _child(_mm.VISUALIZERS)
 VISBACKENDS = _child(_mm.VISBACKENDS)
 LOG_PROCESSORS = _child(_mm.LOG_PROCESSORS)
 INFERENCERS = _child(_mm.INFERENCERS)
-FUNCTIONS = _child(_mm.FUNCTIONS)
+# the checkpoint loaders the models' init_cfg=Pretrained call: the models name them, the checkpoint
+# package (above the models) registers them, imported on the first lookup
+FUNCTIONS = _child(_mm.FUNCTIONS, 'tlalign_mm.checkpoint')
 
 __all__ = [
     'MODELS', 'DATASETS', 'TRANSFORMS', 'DATA_SAMPLERS', 'HOOKS', 'METRICS', 'RUNNERS', 'RUNNER_CONSTRUCTORS',

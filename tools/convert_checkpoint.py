@@ -6,7 +6,7 @@ default) writes ``{'state_dict': ..., 'meta': ...}`` whose keys are the backbone
 names, for ``init_cfg=dict(type='Pretrained', checkpoint=DST)``; ``--to timm / mmseg / mmdet /
 mmpretrain`` writes the backbone (and, for timm, the classifier head) under that library's names
 and prints the call that builds the model it loads into with ``strict=True``.  DST ending in
-``.safetensors`` holds the flat ``{name: tensor}``.  See :mod:`tlalign_mm.models.export`.
+``.safetensors`` holds the flat ``{name: tensor}``.  See :mod:`tlalign_mm.checkpoint.export`.
 
 Example::
 

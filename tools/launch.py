@@ -24,14 +24,16 @@ config's ``default_scope``, and make a distributed run work on a machine without
   after the run, :func:`release_loader_workers` ends the loaders' workers before;
 * :func:`restart_count`, :func:`set_resumable_loop_option`, :func:`set_hook_option` -- what
   ``tools/train.py``'s cluster options read and set;
-* :func:`build_runner` -- ``Runner.from_cfg`` or the config's ``runner_type``.
+* :func:`build_runner` -- ``Runner.from_cfg`` or the config's ``runner_type``;
+* :func:`exit_on_checkpoint_error` -- a bad checkpoint file ends a tool with one line, not a traceback.
 
-Only torch, mmengine and ``config_checks`` (next to this file; standard library only) are imported
-at module level: mmseg / mmdet are imported inside :func:`register_scope`'s branches.
+Only torch, mmengine, ``config_checks`` (next to this file; standard library only) and tlalign_mm are
+imported at module level: mmseg / mmdet are imported inside :func:`register_scope`'s branches.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import os
@@ -43,13 +45,14 @@ import torch
 from config_checks import sync_bn_to_bn
 from mmengine.config import Config, ConfigDict, DictAction
 
+from tlalign_mm.checkpoint import CheckpointFileError
 from tlalign_mm.utils.checkout import checkout_mismatch
 
 __all__ = ['add_launch_args', 'parse_launch_args', 'load_cfg', 'register_scope',
            'prepare_cpu_distributed_cfg', 'TORCHRUN_ENV', 'init_from_torchrun_env', 'SLURM_ENV',
            'slurm_to_torchrun_env', 'setup_distributed', 'release_loader_workers', 'end_distributed',
            'build_runner', 'RESTART_ENV', 'FINISHED_FILE', 'restart_count', 'set_resumable_loop_option',
-           'set_hook_option']
+           'set_hook_option', 'exit_on_checkpoint_error']
 
 if (_other := checkout_mismatch(__file__)) is not None:       # two clones: this one is not installed
     print(f'warning: {_other}', file=sys.stderr)
@@ -393,3 +396,13 @@ def build_runner(cfg: Config):
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     return RUNNERS.build(cfg)
+
+
+@contextlib.contextmanager
+def exit_on_checkpoint_error(prog: str):
+    """A :class:`~tlalign_mm.checkpoint.CheckpointFileError` raised inside ends the program with its one line,
+    ``PROG: error: MESSAGE`` on stderr and exit status 1, instead of a traceback."""
+    try:
+        yield
+    except CheckpointFileError as e:
+        raise SystemExit(f'{prog}: error: {e}') from None

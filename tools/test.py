@@ -8,8 +8,9 @@ The same command line as OpenMMLab's ``tools/test.py`` (mmseg 1.x / mmdet 3.x)::
     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [ARGS]
     bash tools/slurm_test.sh PARTITION JOB CONFIG CHECKPOINT [ARGS]
 
-* :mod:`tlalign_mm` is imported first (registries; torch >= 2.6 ``weights_only`` allow-list for
-  mmengine checkpoints), the config's ``default_scope`` selects mmseg's / mmdet's
+* :mod:`tlalign_mm` is imported first (registries), mmengine reads local checkpoints through
+  ``tlalign_mm.checkpoint.register_checkpoint_loader`` (``weights_only`` with the allow-list of the types
+  mmengine checkpoints hold; one line for a bad file), the config's ``default_scope`` selects mmseg's / mmdet's
   ``register_all_modules`` (imported only then), ``cfg.load_from = CHECKPOINT``, and the runner
   (``Runner.from_cfg`` or the config's ``runner_type``) runs ``test()`` on ``test_dataloader`` with
   ``test_evaluator``.  The metrics are logged (e.g. ``accuracy/top1: 76.5``) and, on the main
@@ -33,14 +34,19 @@ import argparse
 
 import launch
 from config_checks import check_downstream_config
-from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_distributed
+from launch import (
+    build_runner,
+    exit_on_checkpoint_error,
+    prepare_cpu_distributed_cfg,
+    register_scope,
+    setup_distributed,
+)
 from mmengine.config import Config, ConfigDict
 
-# the registries and torch>=2.6's safe globals for mmengine checkpoints, filled at import, before main()
-# runs. The installed package (pip install -e ., tools/setup_env.sh): launch.py says so when it is another
-# checkout's.
+# the registries, filled at import. The installed package (pip install -e ., tools/setup_env.sh): launch.py says
+# so when it is another checkout's.
 import tlalign_mm  # noqa: F401
-from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error, register_checkpoint_loader
+from tlalign_mm.checkpoint import register_checkpoint_loader
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed',
            'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']

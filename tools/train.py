@@ -10,9 +10,10 @@ The same command line as OpenMMLab's ``tools/train.py`` (mmseg 1.x / mmdet 3.x):
 
 What it does, in order:
 
-1. imports :mod:`tlalign_mm` before anything loads a checkpoint: that fills tlalign_mm's
-   registries and allow-lists the types in mmengine checkpoints for torch >= 2.6's
-   ``weights_only`` loading (otherwise ``--resume`` fails with ``UnpicklingError``);
+1. imports :mod:`tlalign_mm` (its registries) and, before anything loads a checkpoint, has mmengine
+   read local checkpoints through ``tlalign_mm.checkpoint.register_checkpoint_loader``: ``weights_only``
+   with the allow-list of the types mmengine checkpoints hold (else ``--resume`` fails under torch >= 2.6
+   with ``UnpicklingError``), and one line for a bad file;
 2. reads the config (its ``custom_imports`` are imported), applies ``--cfg-options``, and checks
    a downstream config (:func:`config_checks.check_downstream_config`, ``tools/config_checks.py``:
    crop / pad sizes divisible by the backbone's output stride, heads' ``num_classes`` equal to the
@@ -24,7 +25,7 @@ What it does, in order:
 5. ``--resume`` alone: resume from the latest checkpoint in the work dir (the one the
    ``last_checkpoint`` file the ``CheckpointHook`` writes names, when it is readable; else the newest
    readable ``epoch_N.pth`` / ``iter_N.pth``, with one line saying why; from scratch when there is
-   none: ``tlalign_mm.utils.checkpoint_io.find_resumable_checkpoint``); ``--resume CKPT``: resume
+   none: ``tlalign_mm.checkpoint.find_resumable_checkpoint``); ``--resume CKPT``: resume
    from that file (weights, optimizer, scheduler, epoch/iteration, and with ``RandomStatesHook`` the
    random states); a missing, empty, truncated or foreign checkpoint file (``--resume``,
    ``load_from``, ``init_cfg``) ends the run with one line naming it;
@@ -67,21 +68,23 @@ import time
 import launch
 import torch
 from config_checks import amp_to_fp32_without_cuda, check_downstream_config
-from launch import build_runner, prepare_cpu_distributed_cfg, register_scope, setup_distributed
+from launch import (
+    build_runner,
+    exit_on_checkpoint_error,
+    prepare_cpu_distributed_cfg,
+    register_scope,
+    setup_distributed,
+)
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-# the registries and torch>=2.6's safe globals for resuming, filled at import, before main() runs.
-# The installed package (pip install -e ., tools/setup_env.sh): launch.py says so when it is another checkout's.
+# the registries, filled at import. The installed package (pip install -e ., tools/setup_env.sh): launch.py
+# says so when it is another checkout's.
 import tlalign_mm  # noqa: F401
+from tlalign_mm.checkpoint import find_resumable_checkpoint, register_checkpoint_loader
+from tlalign_mm.checkpoint.io import atomic_write_text
 from tlalign_mm.engine import IncompatibleResumeError, TrainingStopped, run_config, run_config_digest
-from tlalign_mm.utils.checkpoint_io import (
-    atomic_write_text,
-    exit_on_checkpoint_error,
-    find_resumable_checkpoint,
-    register_checkpoint_loader,
-)
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed',
            'build_runner', 'main']
@@ -165,7 +168,7 @@ def setup_cfg(args: argparse.Namespace) -> Config:
 
 
 def main(argv=None):
-    register_checkpoint_loader()   # a bad --resume / load_from / init_cfg file: one line, not a traceback
+    register_checkpoint_loader()   # resume under torch >= 2.6; a bad --resume / load_from / init_cfg file: one line
     args = parse_args(argv)
     if args.resume is None and launch.restart_count() > 0:
         print(f'train.py: relaunch {launch.restart_count()} of this job ({" / ".join(launch.RESTART_ENV)}): '

@@ -53,9 +53,9 @@ from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.utils import calc_dynamic_intervals
 
+from ..checkpoint.io import atomic_write_text
 from ..datasets.fault_tolerant import RecordingCollate, ResumableBatchSampler
 from ..registry import LOOPS
-from ..utils.checkpoint_io import atomic_write_text
 from .hooks.random_states import RandomStatesHook
 from .run_config import IncompatibleResumeError, config_changes, run_config
 

@@ -18,7 +18,7 @@ from mmengine.model import BaseModel
 from torch import Tensor
 
 from ..align import mixed_target, smooth_one_hot
-from ..registry import MODELS
+from ..registry import FUNCTIONS, MODELS
 from ..structures import MixResult
 from .backbones.base import TLABackbone
 from .heads import TLALinearClsHead, fit_head_to, patch_tokens, pool_tokens, store_gt_scores  # noqa: F401  (the default head)
@@ -140,7 +140,7 @@ class TLAImageClassifier(BaseModel):
 
     def init_weights(self):
         """Initialise, then load ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` strictly through
-        :func:`tlalign_mm.models.loading.load_classifier_checkpoint` (its docstring lists what is
+        :func:`tlalign_mm.checkpoint.load_classifier_checkpoint` (its docstring lists what is
         accepted and raised), never through mmengine's non-strict ``PretrainedInit``."""
         cfg = self.init_cfg if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained' else None
         if cfg is not None:
@@ -151,8 +151,7 @@ class TLAImageClassifier(BaseModel):
             if cfg is not None:
                 self.init_cfg = cfg
         if cfg is not None:
-            from .loading import load_classifier_checkpoint
-            load_classifier_checkpoint(self, cfg['checkpoint'])
+            FUNCTIONS.get('load_classifier_checkpoint')(self, cfg['checkpoint'])   # tlalign_mm.checkpoint's
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod

@@ -63,7 +63,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    import tlalign_mm  # noqa: F401  (registries; weights_only allow-list for checkpoints)
+    import tlalign_mm  # noqa: F401  (registries)
 
     cfg = Config.fromfile(path)
     if cfg_options:

@@ -521,40 +521,15 @@ def config_cost(cfg: Any, shape: Optional[Sequence[int]] = None, batch_size: int
 
 
 # ------------------------------------------------------------------------------ stock backbone
-_SWIN_KEYS = {'type', 'arch', 'img_size', 'patch_size', 'in_channels', 'window_size', 'mlp_ratio', 'qkv_bias',
-              'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'out_indices', 'out_type', 'frozen_stages',
-              'norm_eval', 'with_cp', 'attn_impl', 'label_dtype', 'init_cfg', 'pretrained'}
-_VIT_KEYS = {'type', 'arch', 'img_size', 'patch_size', 'in_channels', 'out_indices', 'out_type', 'distilled',
-             'final_norm', 'qkv_bias', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'interpolate_mode',
-             'frozen_stages', 'norm_eval', 'with_cp', 'attn_impl', 'label_dtype', 'init_cfg', 'pretrained'}
-_PVT_KEYS = {'type', 'arch', 'img_size', 'in_channels', 'out_indices', 'out_type', 'qkv_bias', 'drop_rate',
-             'attn_drop_rate', 'drop_path_rate', 'frozen_stages', 'norm_eval', 'with_cp', 'attn_impl', 'label_dtype',
-             'init_cfg', 'pretrained'}
-
-
-def _ratio(r: float) -> float | int:
-    """An integral MLP ratio as int: the stock classes build ``Linear(C, mlp_ratio * C)``, which needs an int."""
-    return int(r) if float(r).is_integer() else r
-
-
 def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
     """The stock OpenMMLab backbone config with the same architecture as one of ours.
 
-    * ``TLASwinTransformer`` -> ``SwinTransformer`` of mmseg (scope ``'mmseg'``) or mmdet
-      (``'mmdet'``): ``embed_dims``, ``depths``, ``num_heads`` from ``arch``; ``pretrain_img_size``,
-      ``patch_size`` with ``strides=(patch_size, 2, 2, ...)``, ``window_size``, ``mlp_ratio``,
-      ``qkv_bias``, dropouts, ``out_indices``, ``frozen_stages``, ``with_cp`` as given.
-    * ``TLAPyramidVisionTransformer`` -> mmdet ``PyramidVisionTransformer`` (v1) or
-      ``PyramidVisionTransformerV2`` (v2) (scope ``'mmdet'`` only; mmseg has no PVT):
-      ``embed_dims`` per head, ``num_layers``, ``num_heads``, ``mlp_ratios``, ``sr_ratios`` from
-      ``arch``; ``pretrain_img_size``, dropouts, ``out_indices`` as given (v1's stock model has no
-      class token and no final norm: ``out_type='featmap'`` only).
-    * ``TLAVisionTransformer`` -> mmseg ``VisionTransformer`` (scope ``'mmseg'`` only): arch,
-      ``img_size``, ``patch_size``, ``out_indices``, ``final_norm``, dropouts, ``interpolate_mode``,
-      ``norm_eval``, ``with_cp``; ``with_cls_token=True``, ``patch_bias=True`` (DeiT's patch
-      embedding has a bias; mmseg's default has none), ``LN`` with ``eps=1e-6``.
-
-    No ``init_cfg`` (random init); ``attn_impl`` and ``label_dtype`` are ours only and dropped.
+    The mapping is :func:`tlalign_mm.checkpoint.export.stock_config`: the table each family of
+    ``tlalign_mm/checkpoint/{vit,swin,pvt}.py`` keeps for its export build lines, so the comparison and the
+    exports cannot drift.  ``TLASwinTransformer`` -> mmseg / mmdet ``SwinTransformer``;
+    ``TLAPyramidVisionTransformer`` -> mmdet ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2``
+    (v2); ``TLAVisionTransformer`` -> mmseg ``VisionTransformer``.  No ``init_cfg`` (random init); our label
+    options are dropped.
 
     Args:
         backbone: ``cfg.model.backbone`` of one of our configs.
@@ -564,13 +539,12 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
         a plain dict, buildable by ``MODELS.build`` under ``scope``.
 
     Raises:
-        ValueError: a backbone type other than ours; ``TLAVisionTransformer`` under mmdet (mmdet
-            has no ViT backbone); a scope other than mmseg / mmdet (pretraining configs: the stock
-            backbones have no classifier outputs); settings the stock class cannot express
-            (Swin ``out_type='avg_featmap'``, ViT ``out_type`` other than ``'featmap'`` or
-            ``distilled=True``, a ViT ``frozen_stages``); keys this mapping does not know.
+        ValueError: a backbone type other than ours; a scope other than mmseg / mmdet (pretraining configs:
+            the stock backbones have no classifier outputs); what the stock class cannot express (mmdet has no
+            ViT, mmseg no PVT, Swin / PVT / ViT ``out_type`` other than ``'featmap'``, a distilled ViT or a ViT
+            ``frozen_stages``); keys the mapping does not know.
     """
-    from tlalign_mm.models.backbones import TLAPyramidVisionTransformer, TLASwinTransformer, TLAVisionTransformer
+    from tlalign_mm.checkpoint.export import stock_config
 
     btype = _type_name(cfg_get(backbone, 'type', ''))
     if btype not in _OUR_BACKBONES:
@@ -580,79 +554,7 @@ def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
         raise ValueError(f"stock backbones are mmseg's / mmdet's: the config's default_scope is {scope!r}, not "
                          "'mmseg' or 'mmdet' (pretraining configs have no stock comparison; "
                          'tools/analysis/benchmark_label_path.py compares the pretraining backbones)')
-    b = dict(backbone)
-    known = {'TLASwinTransformer': _SWIN_KEYS, 'TLAPyramidVisionTransformer': _PVT_KEYS}.get(btype, _VIT_KEYS)
-    unknown = sorted(set(b) - known)
-    if unknown:
-        raise ValueError(f'model.backbone ({btype}) has keys the stock mapping does not know: {unknown}')
-
-    if btype == 'TLASwinTransformer':
-        if b.get('out_type', 'featmap') != 'featmap':
-            raise ValueError(f"stock SwinTransformer returns feature maps only: out_type={b['out_type']!r}, "
-                             "use 'featmap'")
-        arch = TLASwinTransformer.resolve_arch(b.get('arch', 'tiny'))
-        depths = tuple(arch['depths'])
-        patch = int(b.get('patch_size', 4))
-        img = b.get('img_size', 224)
-        return dict(
-            type='SwinTransformer', pretrain_img_size=img if isinstance(img, int) else tuple(img),
-            in_channels=b.get('in_channels', 3), embed_dims=arch['embed_dims'], patch_size=patch,
-            window_size=b.get('window_size', 7), mlp_ratio=_ratio(b.get('mlp_ratio', 4)), depths=depths,
-            num_heads=tuple(arch['num_heads']), strides=(patch,) + (2,) * (len(depths) - 1),
-            out_indices=tuple(b.get('out_indices', (0, 1, 2, 3))), qkv_bias=b.get('qkv_bias', True),
-            patch_norm=True, drop_rate=b.get('drop_rate', 0.0), attn_drop_rate=b.get('attn_drop_rate', 0.0),
-            drop_path_rate=b.get('drop_path_rate', 0.1), use_abs_pos_embed=False,
-            frozen_stages=b.get('frozen_stages', -1), with_cp=b.get('with_cp', False))
-
-    if btype == 'TLAPyramidVisionTransformer':
-        if scope != 'mmdet':
-            raise ValueError('mmseg has no PyramidVisionTransformer backbone: compare PVT in an mmdet config')
-        if b.get('out_type', 'featmap') != 'featmap':
-            raise ValueError(f"stock PyramidVisionTransformer returns feature maps only: out_type={b['out_type']!r}, "
-                             "use 'featmap'")
-        pvt = TLAPyramidVisionTransformer
-        arch = dict(pvt.DEFAULTS, **pvt.resolve_arch(b.get('arch', 'small')))
-        dims, heads = tuple(arch['embed_dims']), tuple(arch['num_heads'])
-        per_head = dims[0] // heads[0]
-        if any(d != per_head * h for d, h in zip(dims, heads)):
-            raise ValueError(f'PVT arch embed_dims {dims} are not {per_head} x num_heads {heads}: mmdet builds '
-                             'embed_dims * num_heads[i] channels per stage, so it has no counterpart')
-        img = b.get('img_size', 224)
-        return dict(
-            type='PyramidVisionTransformerV2' if arch['version'] == 2 else 'PyramidVisionTransformer',
-            pretrain_img_size=img if isinstance(img, int) else tuple(img), in_channels=b.get('in_channels', 3),
-            embed_dims=per_head, num_layers=list(arch['depths']), num_heads=list(heads),
-            mlp_ratios=tuple(arch['mlp_ratios']), sr_ratios=tuple(arch['sr_ratios']),
-            out_indices=tuple(b.get('out_indices', (0, 1, 2, 3))), qkv_bias=b.get('qkv_bias', True),
-            drop_rate=b.get('drop_rate', 0.0), attn_drop_rate=b.get('attn_drop_rate', 0.0),
-            drop_path_rate=b.get('drop_path_rate', 0.1))
-
-    if scope == 'mmdet':
-        raise ValueError('mmdet has no VisionTransformer backbone: a TLAVisionTransformer in an mmdet config has '
-                         'no stock counterpart (compare DeiT in an mmseg config, e.g. '
-                         'configs/upernet/upernet_deit-s_in1k-tla-pre_mln_8xb2-160k_ade20k-512x512.py)')
-    if b.get('out_type', 'featmap') != 'featmap':
-        raise ValueError(f"stock VisionTransformer returns feature maps here: out_type={b['out_type']!r}, "
-                         "use 'featmap'")
-    if b.get('distilled', False):
-        raise ValueError('mmseg VisionTransformer has no distillation token: distilled=True has no stock counterpart')
-    if b.get('frozen_stages', -1) != -1:
-        raise ValueError("mmseg VisionTransformer freezes by 'frozen_exclude', not frozen_stages: "
-                         'set frozen_stages=-1 to compare')
-    arch = TLAVisionTransformer.resolve_arch(b.get('arch', 'deit-small'))
-    img = b.get('img_size', 224)
-    out_indices = b.get('out_indices', -1)
-    return dict(
-        type='VisionTransformer', img_size=img if isinstance(img, int) else tuple(img),
-        patch_size=b.get('patch_size', 16), in_channels=b.get('in_channels', 3), embed_dims=arch['embed_dims'],
-        num_layers=arch['num_layers'], num_heads=arch['num_heads'], mlp_ratio=_ratio(arch.get('mlp_ratio', 4)),
-        out_indices=out_indices if isinstance(out_indices, int) else tuple(out_indices),
-        qkv_bias=b.get('qkv_bias', True), drop_rate=b.get('drop_rate', 0.0),
-        attn_drop_rate=b.get('attn_drop_rate', 0.0), drop_path_rate=b.get('drop_path_rate', 0.0),
-        with_cls_token=True, output_cls_token=False, norm_cfg=dict(type='LN', eps=1e-6),
-        act_cfg=dict(type='GELU'), patch_norm=False, patch_bias=True, final_norm=b.get('final_norm', True),
-        interpolate_mode=b.get('interpolate_mode', 'bicubic'), norm_eval=b.get('norm_eval', False),
-        with_cp=b.get('with_cp', False))
+    return stock_config(dict(backbone, type=btype), scope)
 
 
 def with_stock_backbone(cfg: Any):

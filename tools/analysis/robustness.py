@@ -50,7 +50,7 @@ from fractions import Fraction
 from results_file import add_results_arg, render_table, write_results  # tools/analysis/results_file.py
 from results_file import table as results_table
 
-import tlalign_mm  # noqa: F401  (registries; torch>=2.6 checkpoint allow-list)
+import tlalign_mm  # noqa: F401  (registries)
 
 SUITES = ('clean', 'a', 'r', 'sketch', 'v2', 'c', 'fgsm', 'pgd', 'autoattack')
 FOLDER_SUITES = {'a': ('imagenet_a', 'imagenet-a'), 'r': ('imagenet_r', 'imagenet-r'),
@@ -512,6 +512,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error
+    import _common  # noqa: F401  (puts tools/ on sys.path)
+    from launch import exit_on_checkpoint_error
     with exit_on_checkpoint_error('robustness.py'):
         main()

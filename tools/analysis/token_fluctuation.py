@@ -28,7 +28,7 @@ import os.path as osp
 from _common import add_config_checkpoint_args, output_dir, weights_title
 from mmengine.config import DictAction
 
-import tlalign_mm  # noqa: F401  (registries; torch>=2.6 checkpoint allow-list)
+import tlalign_mm  # noqa: F401  (registries)
 from tlalign_mm.models.label_rules import TLAlignRule
 
 
@@ -111,6 +111,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error
+    from launch import exit_on_checkpoint_error  # tools/launch.py (tools/ on sys.path: _common)
     with exit_on_checkpoint_error('token_fluctuation.py'):
         main()

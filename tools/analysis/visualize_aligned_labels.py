@@ -137,6 +137,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == '__main__':
-    from tlalign_mm.utils.checkpoint_io import exit_on_checkpoint_error
+    from launch import exit_on_checkpoint_error  # tools/launch.py (tools/ on sys.path: _common)
     with exit_on_checkpoint_error('visualize_aligned_labels.py'):
         main()

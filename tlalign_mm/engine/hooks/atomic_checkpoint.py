@@ -11,8 +11,8 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 
+from ...checkpoint.io import atomic_write_bytes, atomic_write_text
 from ...registry import HOOKS
-from ...utils.checkpoint_io import atomic_write_bytes, atomic_write_text
 
 __all__ = ['AtomicLocalBackend', 'AtomicCheckpointHook']
 
@@ -20,7 +20,7 @@ __all__ = ['AtomicLocalBackend', 'AtomicCheckpointHook']
 @register_backend('atomic_local', force=True)
 class AtomicLocalBackend(LocalBackend):
     """mmengine's ``LocalBackend`` whose ``put`` / ``put_text`` write a temporary file in the same
-    folder, fsync it and rename it over the name (:func:`tlalign_mm.utils.checkpoint_io.atomic_save`'s
+    folder, fsync it and rename it over the name (:func:`tlalign_mm.checkpoint.atomic_save`'s
     writer).  Reads and listing are ``LocalBackend``'s.  Inside :meth:`deferred_removals`, ``remove`` and
     ``rmtree`` only note the path; the removals happen when the outermost block ends without an error.
     Registered as ``'atomic_local'`` (``backend_args=dict(backend='atomic_local')``)."""
@@ -107,7 +107,7 @@ class AtomicCheckpointHook(CheckpointHook):
     (:meth:`AtomicLocalBackend.deferred_removals`).  A ``kill -9`` at any moment therefore leaves a
     resumable set for any ``max_keep_ckpts``: the previous checkpoint and pointer, or the new ones, never
     a truncated file under a checkpoint's name (at most a ``.tmp`` file, which
-    :func:`tlalign_mm.utils.checkpoint_io.find_resumable_checkpoint` removes on auto-resume).  The keep
+    :func:`tlalign_mm.checkpoint.find_resumable_checkpoint` removes on auto-resume).  The keep
     list and the best-checkpoint bookkeeping are mmengine's (message-hub ``keep_ckpt_ids``,
     ``best_score``, ``best_ckpt``), saved in every checkpoint and restored on resume.
     Remote ``out_dir`` URIs and explicit ``backend_args`` are left to their backends.

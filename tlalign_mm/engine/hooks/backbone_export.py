@@ -7,34 +7,18 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from ...checkpoint import atomic_save, backbone_export
 from ...registry import HOOKS
-from ...utils.checkpoint_io import atomic_save
 
-__all__ = ['BackboneExportHook', 'backbone_checkpoint']
-
-
-def backbone_checkpoint(model, **meta) -> dict:
-    """The backbone of ``model`` in the one export format (:func:`tlalign_mm.checkpoint.backbone_export`).
-
-    Args:
-        model: a classifier with a ``backbone`` attribute (model wrappers are unwrapped).
-        meta: extra metadata (epoch, iter, source config...).
-    """
-    from ...checkpoint import backbone_export
-    model = model.module if is_model_wrapper(model) else model
-    bb = model.backbone
-    arch = {a: getattr(bb, a) for a in ('embed_dims', 'num_layers', 'patch_size', 'window_size', 'img_size')
-            if hasattr(bb, a)}
-    return backbone_export({k: v.clone() for k, v in bb.state_dict().items()}, backbone_type=type(bb).__name__,
-                           **arch, **meta)
+__all__ = ['BackboneExportHook']
 
 
 @HOOKS.register_module()
 class BackboneExportHook(Hook):
     """Export the backbone when training ends (and, optionally, with every saved checkpoint).
 
-    The file holds ``{'state_dict': ..., 'meta': ...}`` with the backbone's keys in tlalign_mm's
-    layout and no ``backbone.`` prefix, ready for
+    The file is :func:`tlalign_mm.checkpoint.backbone_export` of the (unwrapped) model's backbone, its
+    arch and the run's epoch / iteration in ``meta``: our layout, no ``backbone.`` prefix, ready for
     ``backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=PATH))`` in the UperNet /
     Cascade Mask R-CNN configs (``tlalign_mm.checkpoint.load_backbone_checkpoint`` reads it).
 
@@ -55,9 +39,13 @@ class BackboneExportHook(Hook):
     def _write(self, runner, path: str, done_iters: int | None = None) -> None:
         if not is_main_process():
             return
-        ckpt = backbone_checkpoint(runner.model, epoch=runner.epoch,
-                                   iter=runner.iter if done_iters is None else done_iters,
-                                   experiment=runner.experiment_name)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        bb = model.backbone
+        arch = {a: getattr(bb, a) for a in ('embed_dims', 'num_layers', 'patch_size', 'window_size', 'img_size')
+                if hasattr(bb, a)}
+        ckpt = backbone_export({k: v.clone() for k, v in bb.state_dict().items()}, backbone_type=type(bb).__name__,
+                               **arch, epoch=runner.epoch, iter=runner.iter if done_iters is None else done_iters,
+                               experiment=runner.experiment_name)
         atomic_save(ckpt, path)   # a crash leaves the previous export or this one, never half of one
         self.last_export = path
         runner.logger.info(f'backbone exported to {path}')

@@ -13,6 +13,7 @@ from mmengine.model import BaseModule
 from timm.layers import trunc_normal_
 
 from ...align import check_attn_options
+from ...registry import FUNCTIONS
 
 __all__ = ['TLABackbone', 'TLALabelAttention', 'FeatureInfo']
 
@@ -221,9 +222,10 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         self.apply(self._init_layer)
         self._init_extra()
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from ..layouts import load_backbone_checkpoint
-            report = load_backbone_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                              map_location=cfg.get('map_location', 'cpu'))
+            # tlalign_mm.checkpoint's loader, named through the registry (the package sits above the models)
+            load = FUNCTIONS.get('load_backbone_checkpoint')
+            report = load(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                          map_location=cfg.get('map_location', 'cpu'))
             print_log(f'{type(self).__name__}: {report.summary()}', logger='current')
             self._is_init = True
             return
@@ -239,7 +241,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
 
         ``load_state_dict`` runs it (:meth:`_load_from_state_dict`, under the backbone's own
         prefix, e.g. ``backbone.`` in a classifier or segmentor), and so does the classifier's
-        loader (:func:`~tlalign_mm.models.loading.load_classifier_checkpoint`) before it checks
+        loader (:func:`tlalign_mm.checkpoint.load_classifier_checkpoint`) before it checks
         the keys.
 
         Raises:

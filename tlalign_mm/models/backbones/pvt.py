@@ -6,9 +6,9 @@ them: ``stages.{i}`` (:class:`TLAPVTStage`, i = 0..3) holds ``patch_embed.{proj,
 ``pos_embed`` (v1), ``blocks.{j}.{norm1,attn.{q,kv,proj,sr,norm},norm2,mlp.{fc1,dwconv.dwconv,fc2}}``
 and ``norm`` (v2); v1 adds ``cls_token`` and a final ``norm``.  The release's flat names
 (``patch_embed{i+1}``, ``pos_embed{i+1}``, ``block{i+1}.{j}``, ``norm{i+1}``; ours too before the
-stages) load unchanged (:data:`FLAT_PVT_KEYS`; the ``head`` goes to the classifier,
-:func:`~tlalign_mm.models.loading.load_head_state`); mmdet's ``PyramidVisionTransformer(V2)`` and
-timm's ``pvt_v2_b*`` layouts are converted on load (:func:`checkpoint_filter_fn`); without labels
+stages) load unchanged (:func:`stage_key`; the ``head`` goes to the classifier,
+:func:`tlalign_mm.checkpoint.load_head_state`); mmdet's ``PyramidVisionTransformer(V2)`` and
+timm's ``pvt_v2_b*`` layouts are converted on load (``tlalign_mm/checkpoint/pvt.py``); without labels
 the features equal mmdet's.
 
 Labels (``tlalign_mm/align/reduction.py``): each block aligns them with its spatial-reduction
@@ -51,7 +51,6 @@ from ...align import (
     residual_label_average,
 )
 from ...registry import MODELS
-from ..layouts import ExportResult, KeyMap, register_layouts, unsupported_target
 from .base import FeatureInfo, TLABackbone, TLALabelAttention
 
 __all__ = ['TLASpatialReductionAttention', 'TLAPVTBlock', 'TLAPVTStage', 'TLAPyramidVisionTransformer']
@@ -255,7 +254,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
     Checkpoints with the flat names, ours before the stages and the release's, load as they are:
     ``load_state_dict`` (strict too, under any prefix such as ``backbone.``), mmengine's
     ``load_checkpoint``, ``init_cfg=dict(type='Pretrained', ...)`` and the classifier's loader
-    rename them on the way in (:meth:`rename_former_keys`, :data:`FLAT_PVT_KEYS`):
+    rename them on the way in (:meth:`rename_former_keys`, :func:`stage_key`):
 
     =========================  ============================
     flat (release, former)     ours
@@ -268,7 +267,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
     =========================  ============================
 
     Official releases (with ``head``) therefore load unchanged, as before; mmdet's and timm's
-    layouts are converted by :func:`checkpoint_filter_fn`.
+    layouts are converted by ``tlalign_mm/checkpoint/pvt.py``.
 
     Raises:
         ValueError: unknown arch, bad out_indices / out_type / label options; 'cls_token' /
@@ -530,7 +529,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
           the class-token row 0 of that ``pos_embed``, as mmdet's ``pvt_convert`` does.
 
         Args:
-            state_dict: keys in our names (after :func:`checkpoint_filter_fn`); not modified.
+            state_dict: keys in our names (after the checkpoint package's read filter); not modified.
             source: the checkpoint's name, for the error message.
 
         Returns:
@@ -559,283 +558,31 @@ class TLAPyramidVisionTransformer(TLABackbone):
         return out, ['cls_token']
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints of other layouts (timm's ``checkpoint_filter_fn``; the loader is
-# tlalign_mm/checkpoint.py, which asks each backbone file to recognise and rename its own)
-# ---------------------------------------------------------------------------------------------
-CHECKPOINT_LAYOUTS = ('official-pvt', 'mm-pvt', 'timm-pvt')
-"""Foreign PVT layouts :func:`checkpoint_filter_fn` converts (``'tlalign'`` is ours)."""
+# -- the flat names (the release's, and ours before TLAPVTStage): the backbone's read filter ---------------
+_FLAT = re.compile(r'(patch_embed|block|norm)(\d+)\.|pos_embed(\d+)$')
 
-FLAT_PVT_KEYS = KeyMap([
-    ('stages.{i}.patch_embed.', 'patch_embed{i+1}.'),
-    ('stages.{i}.pos_embed', 'pos_embed{i+1}'),
-    ('stages.{i}.blocks.', 'block{i+1}.'),
-    ('stages.{i}.norm.', 'norm{i+1}.'),
-])
-"""Our PVT keys <-> the flat names of the release (whai362/PVT ``classification/pvt.py`` /
-``pvt_v2.py``), which were also ours before :class:`TLAPVTStage`: ``stages.{i}.patch_embed`` /
-``pos_embed`` / ``blocks`` / ``norm`` <-> ``patch_embed{i+1}`` / ``pos_embed{i+1}`` /
-``block{i+1}`` / ``norm{i+1}``; ``cls_token`` and v1's final ``norm`` keep their names."""
 
-TIMM_PVT_KEYS = KeyMap([
-    ('stages.0.patch_embed.', 'patch_embed.'),
-    ('stages.{i}.patch_embed.', 'stages.{i}.downsample.'),
-    ('stages.{i}.blocks.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.'),
-])
-"""Our PVT v2 keys <-> timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``, whose
-``checkpoint_filter_fn`` renames the release the same way); the blocks and stage norms have the
-same names (``stages.{i}.blocks.{j}``, ``stages.{i}.norm``); timm has no PVT v1."""
-
-_MM_FFN = {True: {'0': 'fc1', '1': 'dwconv.dwconv', '4': 'fc2'}, False: {'0': 'fc1', '3': 'fc2'}}
-"""mmdet ``MixFFN.layers`` index -> our ``mlp`` module, with / without the depth-wise conv
-(``mmdet/models/backbones/pvt.py``: fc1, [dwconv], act, drop, fc2, drop; 1x1 convolutions)."""
+def stage_key(key: str) -> str:
+    """A flat PVT key -> ours: ``patch_embed{i+1}.`` / ``block{i+1}.`` / ``norm{i+1}.`` -> ``stages.{i}.patch_embed.``
+    / ``stages.{i}.blocks.`` / ``stages.{i}.norm.``, ``pos_embed{i+1}`` -> ``stages.{i}.pos_embed``; any other key
+    (``cls_token``, v1's final ``norm``, ours) unchanged."""
+    m = _FLAT.match(key)
+    if m is None:
+        return key
+    if m.group(3):
+        return f'stages.{int(m.group(3)) - 1}.pos_embed'
+    return f"stages.{int(m.group(2)) - 1}.{'blocks' if m.group(1) == 'block' else m.group(1)}.{key[m.end():]}"
 
 
 def rename_flat_keys(state_dict: dict, prefix: str = '') -> None:
-    """Rename, in place, the flat PVT keys under ``prefix`` (the release's names, and ours before
-    :class:`TLAPVTStage`: :data:`FLAT_PVT_KEYS`) to ours; other keys are left as they are.
+    """Rename, in place, the flat keys under ``prefix`` to ours (:func:`stage_key`).
 
     Raises:
         ValueError: a flat key and the key it renames to are both present.
     """
     for k in [k for k in state_dict if k.startswith(prefix)]:
-        new = prefix + FLAT_PVT_KEYS.to_ours(k[len(prefix):])
+        new = prefix + stage_key(k[len(prefix):])
         if new != k:
             if new in state_dict:
                 raise ValueError(f'the state dict has both {k!r} (the flat PVT name) and {new!r}, which it renames to')
             state_dict[new] = state_dict.pop(k)
-
-
-def detect_layout(state_dict) -> Optional[str]:
-    """The PVT layout of a backbone state dict, or None for another family.
-
-    * ``layers.{s}.1.{j}.attn.attn.in_proj_weight`` (mmdet ``PyramidVisionTransformer(V2)``) ->
-      ``'mm-pvt'``;
-    * ``stages.{i}.blocks.{j}.attn.q`` with ``stages.{i}.patch_embed`` -> ``'tlalign'`` (ours),
-      without -> ``'timm-pvt'`` (timm's ``pvt_v2_b*``: ``patch_embed``, ``stages.{i}.downsample``);
-    * ``block{i}.{j}.attn.q`` (the flat names) with a classifier ``head`` or a ``cls_token`` ->
-      ``'official-pvt'`` (whai362/PVT), without -> ``'tlalign'`` (ours before :class:`TLAPVTStage`,
-      or a headless release); :func:`checkpoint_filter_fn` renames both.
-    """
-    from ..layouts import has_key
-    if has_key(state_dict, r'layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight'):
-        return 'mm-pvt'
-    if has_key(state_dict, r'stages\.\d+\.blocks\.\d+\.attn\.q\.'):
-        return 'tlalign' if has_key(state_dict, r'stages\.\d+\.patch_embed\.') else 'timm-pvt'
-    if has_key(state_dict, r'block\d+\.\d+\.attn\.q\.'):
-        return 'official-pvt' if has_key(state_dict, r'(head|cls_token)') else 'tlalign'
-    return None
-
-
-def _mm_rename(k: str, v: Tensor, pos_stages: set, conv_stages: set) -> list[tuple[str, Tensor]]:
-    """One mmdet PVT key -> our (key, tensor) pairs (in_proj splits into q and kv).
-
-    ``pos_stages`` / ``conv_stages``: stages (0-based, mmdet's ``layers.{s}``) with an absolute
-    position embedding (which shifts mmdet's block indices by one) / a convolutional feed-forward
-    layer."""
-    m = re.match(r'layers\.(\d+)\.(\d)\.(.*)$', k)
-    if not m:
-        return [(k, v)]
-    s, part, rest = int(m.group(1)), m.group(2), m.group(3)
-    if part == '0':                                               # patch embedding
-        return [(f'stages.{s}.patch_embed.' + rest.replace('projection.', 'proj.'), v)]
-    if part == '2':                                               # norm after the stage (v2)
-        return [(f'stages.{s}.norm.{rest}', v)]
-    m = re.match(r'(\d+)\.(.*)$', rest)
-    j, rest = int(m.group(1)), m.group(2)
-    if rest == 'pos_embed':
-        return [(f'stages.{s}.pos_embed', v)]
-    pre = f'stages.{s}.blocks.{j - int(s in pos_stages)}.'
-    if rest.startswith('attn.attn.in_proj_'):
-        kind = rest[len('attn.attn.in_proj_'):]
-        c = v.shape[0] // 3
-        return [(pre + f'attn.q.{kind}', v[:c]), (pre + f'attn.kv.{kind}', v[c:])]
-    if rest.startswith('attn.attn.out_proj.'):
-        return [(pre + 'attn.proj.' + rest[len('attn.attn.out_proj.'):], v)]
-    m = re.match(r'ffn\.layers\.(\d)\.(weight|bias)$', rest)
-    if m:
-        name = _MM_FFN[s in conv_stages].get(m.group(1))
-        if name is None:
-            return [(pre + rest, v)]
-        if name in ('fc1', 'fc2') and m.group(2) == 'weight':
-            v = v.reshape(v.shape[0], v.shape[1])
-        return [(pre + f'mlp.{name}.{m.group(2)}', v)]
-    return [(pre + rest, v)]
-
-
-def checkpoint_filter_fn(state_dict, layout: str) -> tuple[dict, list[str]]:
-    """Rename a PVT state dict of ``layout`` into :class:`TLAPyramidVisionTransformer`'s names.
-
-    * ``'official-pvt'`` and ``'tlalign'``: the flat names (:data:`FLAT_PVT_KEYS`:
-      ``patch_embed{i+1}`` -> ``stages.{i}.patch_embed``, ``pos_embed{i+1}`` ->
-      ``stages.{i}.pos_embed``, ``block{i+1}`` -> ``stages.{i}.blocks``, ``norm{i+1}`` ->
-      ``stages.{i}.norm``) are renamed, ours are kept; ``head`` is dropped from the release (the
-      classifier reads it), v1's ``cls_token`` and last ``pos_embed`` (1 + 7 * 7 rows at 224 px)
-      are kept: the model fits them to its readout
-      (:meth:`TLAPyramidVisionTransformer.adapt_checkpoint`);
-    * ``'mm-pvt'``: ``layers.{s}.0`` -> ``stages.{s}.patch_embed`` (``projection`` -> ``proj``),
-      ``layers.{s}.1.0.pos_embed`` -> ``stages.{s}.pos_embed``, blocks ``layers.{s}.1.{j}`` (after
-      the position embedding) -> ``stages.{s}.blocks.{j}``, ``attn.attn.in_proj_*`` split into
-      ``attn.q`` and ``attn.kv``, ``attn.attn.out_proj`` -> ``attn.proj``, the 1x1-conv
-      ``ffn.layers`` -> ``mlp.fc1`` / ``mlp.dwconv.dwconv`` / ``mlp.fc2``, ``layers.{s}.2`` ->
-      ``stages.{s}.norm`` (mmdet's inverse of its own ``pvt_convert``);
-    * ``'timm-pvt'``: :data:`TIMM_PVT_KEYS` (``patch_embed`` -> ``stages.0.patch_embed``,
-      ``stages.{i}.downsample`` -> ``stages.{i}.patch_embed``, ``mlp.dwconv`` ->
-      ``mlp.dwconv.dwconv``).
-
-    Returns:
-        (renamed state dict, dropped source keys).
-
-    Raises:
-        ValueError: two keys map to one name.
-    """
-    from ..layouts import filter_state_dict
-    if layout == 'mm-pvt':
-        out, ignored = {}, []
-        stages = [(int(m.group(1)), m.group(2)) for k in state_dict
-                  if (m := re.match(r'layers\.(\d+)\.1\.(0\.pos_embed$|\d+\.ffn\.layers\.4\.)', k))]
-        pos_stages = {s for s, what in stages if what.endswith('pos_embed')}
-        conv_stages = {s for s, what in stages if not what.endswith('pos_embed')}
-        for k, v in state_dict.items():
-            for nk, nv in _mm_rename(k, v, pos_stages, conv_stages):
-                if nk in out:
-                    raise ValueError(f'two checkpoint keys map to {nk!r} (layout {layout!r})')
-                out[nk] = nv
-        return out, ignored
-
-    keys = TIMM_PVT_KEYS if layout == 'timm-pvt' else FLAT_PVT_KEYS
-    return filter_state_dict(state_dict, layout, lambda k, v: (keys.to_ours(k), v))
-
-
-_TIMM_PVT_NAMES = {((32, 64, 160, 256), (2, 2, 2, 2)): 'pvt_v2_b0', ((64, 128, 320, 512), (2, 2, 2, 2)): 'pvt_v2_b1',
-                   ((64, 128, 320, 512), (3, 4, 6, 3)): 'pvt_v2_b2', ((64, 128, 320, 512), (3, 4, 18, 3)): 'pvt_v2_b3'}
-
-
-def _pvt_arch(sd) -> dict:
-    """What the weights tell of a PVT in our layout: version, widths, depths, ratios, image size (v1)."""
-    from ..layouts import stage_ids
-    stages = stage_ids(sd, 'stages')
-    dims = tuple(sd[f'stages.{s}.patch_embed.proj.weight'].shape[0] for s in stages)
-    depths = tuple(len(stage_ids(sd, rf'stages\.{s}\.blocks')) for s in stages)
-    sr = tuple(sd[f'stages.{s}.blocks.0.attn.sr.weight'].shape[-1] if f'stages.{s}.blocks.0.attn.sr.weight' in sd
-               else 1 for s in stages)
-    mlp = tuple(sd[f'stages.{s}.blocks.0.mlp.fc1.weight'].shape[0] // d for s, d in zip(stages, dims))
-    v1 = 'stages.0.pos_embed' in sd
-    img = math.isqrt(sd['stages.0.pos_embed'].shape[1]) * 4 if v1 else None
-    # mmdet builds stage i with embed_dims * num_heads[i] channels; the release's heads are dims / dims[0]
-    heads = tuple(max(1, d // dims[0]) for d in dims)
-    return dict(stages=stages, dims=dims, depths=depths, sr_ratios=sr, mlp_ratios=mlp, version=1 if v1 else 2,
-                img_size=img, num_heads=heads, qkv_bias='stages.0.blocks.0.attn.q.bias' in sd)
-
-
-def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
-    """Our PVT keys -> mmdet's ``PyramidVisionTransformer(V2)`` (``mmdet/models/backbones/pvt.py``;
-    the direction of mmdet's ``pvt_convert``, the reverse of :func:`_mm_rename`): q and kv stacked
-    into ``attn.attn.in_proj_*``, linears as 1x1 convolutions, v1 blocks after the position
-    embedding.  v1's position embeddings are written first, as the flat model listed them (the
-    files are those written before :class:`TLAPVTStage`).  Returns (state dict, our keys mmdet
-    cannot hold: v1's final ``norm``, ``cls_token`` and the class-token row of the last
-    ``pos_embed``)."""
-    out, dropped = {}, []
-    fc_index = {name: i for i, name in _MM_FFN[not v1].items()}
-    for k, v in sorted(sd.items(), key=lambda kv: not re.fullmatch(r'stages\.\d+\.pos_embed', kv[0])):
-        if k.startswith('norm.') or k == 'cls_token':
-            dropped.append(k)
-            continue
-        m = re.match(r'stages\.(\d+)\.(patch_embed|pos_embed|norm|blocks)(?:\.(.*))?$', k)
-        if not m:
-            out[k] = v
-            continue
-        s, kind, rest = int(m.group(1)), m.group(2), m.group(3)
-        stage = f'layers.{s}'
-        if kind == 'patch_embed':
-            out[f'{stage}.0.' + rest.replace('proj.', 'projection.', 1)] = v
-        elif kind == 'norm':
-            out[f'{stage}.2.{rest}'] = v
-        elif kind == 'pos_embed':
-            grid = math.isqrt(v.shape[1])
-            if grid * grid != v.shape[1]:                 # the last stage's, with the class-token row first
-                dropped.append(f'{k}[:, 0] (class-token row)')
-                v = v[:, 1:]
-            out[f'{stage}.1.0.pos_embed'] = v
-        else:
-            j, rest = rest.split('.', 1)
-            pre = f'{stage}.1.{int(j) + int(v1)}.'
-            if rest.startswith('attn.q.'):
-                kind_ = rest[len('attn.q.'):]
-                out[pre + f'attn.attn.in_proj_{kind_}'] = torch.cat([v, sd[f'stages.{s}.blocks.{j}.attn.kv.{kind_}']])
-            elif rest.startswith('attn.kv.'):
-                continue
-            elif rest.startswith('attn.proj.'):
-                out[pre + 'attn.attn.out_proj.' + rest[len('attn.proj.'):]] = v
-            elif rest.startswith('mlp.'):
-                name, what = rest[len('mlp.'):].rsplit('.', 1)
-                if name in ('fc1', 'fc2') and what == 'weight':
-                    v = v.reshape(*v.shape, 1, 1)
-                out[pre + f'ffn.layers.{fc_index[name]}.{what}'] = v
-            else:
-                out[pre + rest] = v
-    return out, dropped
-
-
-def export_state_dict(state_dict, target: str, head=None, readout: Optional[str] = None):
-    """Write a PVT state dict in our layout under another library's names.
-
-    * ``'timm'`` (v2 only): timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``,
-      :data:`TIMM_PVT_KEYS`, the reverse of its reading) with ``head.weight`` / ``head.bias``; it
-      pools the token mean after the stage norm, as ours (``out_type='avg_featmap'``);
-    * ``'mmdet'``: ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2)
-      (``mmdet/models/backbones/pvt.py``, :func:`_to_mmdet`), backbone only.  mmdet's v1 is dense:
-      our v1's final ``norm``, a ``cls_token`` and its row of the last ``pos_embed`` are listed as
-      dropped.
-
-    Args:
-        state_dict: our PVT keys; head: ``{'weight': (K, C4), 'bias': (K,)}`` or None;
-        target: ``'timm'`` or ``'mmdet'``; readout: ignored (v2 reads the token mean).
-
-    Returns:
-        :class:`~tlalign_mm.models.layouts.ExportResult`.
-
-    Raises:
-        ValueError: PVT v1 to timm (timm has no PVT v1), or to ``'mmseg'`` / ``'mmpretrain'`` (no PVT).
-    """
-    from ..layouts import format_call
-    a = _pvt_arch(state_dict)
-    v1 = a['version'] == 1
-    what = f"PVT v{a['version']}"
-    notes = ["num_heads are not stored in the weights: the line takes the release's rule (stage width / first "
-             f"stage width: {a['num_heads']}); build with your arch's"]
-    if target == 'timm':
-        if v1:
-            raise unsupported_target(what, target, "timm has PVT v2 only (pvt_v2_b*); use --to mmdet "
-                                     '(PyramidVisionTransformer) or tlalign')
-        sd = {TIMM_PVT_KEYS.from_ours(k): v for k, v in state_dict.items()}
-        if head:
-            sd['head.weight'], sd['head.bias'] = head['weight'], head['bias']
-        name = _TIMM_PVT_NAMES.get((a['dims'], a['depths']))
-        kw = {} if name and a['sr_ratios'] == (8, 4, 2, 1) and a['mlp_ratios'] == (8, 8, 4, 4) else dict(
-            embed_dims=a['dims'], depths=a['depths'], num_heads=a['num_heads'], sr_ratios=a['sr_ratios'],
-            mlp_ratios=a['mlp_ratios'])
-        build = format_call('timm.create_model', model_name=name or 'pvt_v2_b0', pretrained=False, **kw,
-                            num_classes=head['weight'].shape[0] if head else 0)
-        return ExportResult(sd, 'timm-pvt', 'timm PyramidVisionTransformerV2 (timm/models/pvt_v2.py)', build,
-                            notes=notes)
-    if target == 'mmdet':
-        sd, dropped = _to_mmdet(state_dict, v1)
-        cls = 'PyramidVisionTransformer' if v1 else 'PyramidVisionTransformerV2'
-        kw = dict(embed_dims=a['dims'][0] // a['num_heads'][0], num_layers=a['depths'], num_heads=a['num_heads'],
-                  sr_ratios=a['sr_ratios'], mlp_ratios=a['mlp_ratios'], qkv_bias=a['qkv_bias'],
-                  out_indices=tuple(range(len(a['stages']))))
-        if v1:
-            kw['pretrain_img_size'] = a['img_size']
-            notes.append(f"pretrain_img_size={a['img_size']} (the stored position grids)")
-        notes.append("mmdet's LayerNorms have eps 1e-6 where the release (and ours) use 1e-5 in the patch embeddings "
-                     'and the reduction norms: features agree to about 1e-4, not bit for bit')
-        return ExportResult(sd, 'mm-pvt', f'mmdet {cls} (mmdet/models/backbones/pvt.py)',
-                            format_call(f'mmdet.models.backbones.{cls}', **kw), dropped, notes)
-    raise unsupported_target(f'a {what} backbone', target, "PVT goes to 'mmdet'" + ('' if v1 else ", 'timm'")
-                             + " or 'tlalign'")
-
-
-register_layouts('pvt', CHECKPOINT_LAYOUTS, detect_layout, checkpoint_filter_fn, priority=0,
-                 export=export_state_dict)

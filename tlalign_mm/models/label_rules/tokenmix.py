@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ...align import align_stats
-from ...registry import MODELS
+from ...registry import FUNCTIONS, MODELS
 from ..heads import patch_tokens
 from .base import LabelRule, RuleInput, RuleOutput, check_choice
 
@@ -188,10 +188,9 @@ class TokenMixRule(LabelRule):
         else:
             import timm
 
-            from ...utils.checkpoint_io import load_checkpoint_file
             name = cfg.pop('timm')
             teacher = timm.create_model(name, pretrained=False, num_classes=model.num_classes, **cfg)
-            ckpt = load_checkpoint_file(path)
+            ckpt = FUNCTIONS.get('load_checkpoint_file')(path)   # tlalign_mm.checkpoint's (weights_only)
             sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
             teacher.load_state_dict(sd, strict=True)
             teacher.eval()

@@ -1,0 +1,367 @@
+"""Reading checkpoints without executing pickled code, writing them atomically, finding one to resume.
+
+Every load is ``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` handed to
+``torch.serialization.safe_globals`` for its duration: nothing process-wide, no environment variable (why each
+entry is safe: ``docs/design.md``, "Loading mmengine checkpoints under torch >= 2.6").  mmengine's own loads
+(``Runner.resume``, ``load_from``) come here once :func:`register_checkpoint_loader` ran (the tools run it).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import pickle
+import re
+import tempfile
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..registry import FUNCTIONS
+
+__all__ = ['CheckpointFileError', 'CheckpointNotFoundError', 'mmengine_safe_globals', 'diagnose_checkpoint_file',
+           'load_local_checkpoint', 'load_checkpoint_file', 'register_checkpoint_loader', 'atomic_save',
+           'atomic_write_bytes', 'atomic_write_text', 'find_resumable_checkpoint']
+
+
+class CheckpointFileError(pickle.UnpicklingError):
+    """A checkpoint file that cannot be used: one line naming the path and what it is (a ``pickle.UnpicklingError``,
+    as ``torch.load`` raises)."""
+
+
+class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
+    """No file at the checkpoint path (also a ``FileNotFoundError``)."""
+
+
+# -- the allow-list ------------------------------------------------------------------------------------------
+def _history_buffer_getattr(obj: Any, name: Any, *default: Any) -> Any:
+    """``builtins.getattr`` inside a weights_only load: only ``getattr(HistoryBuffer, <public plain function of
+    HistoryBuffer>)``, how ``HistoryBuffer.__getstate__`` pickles its statistics methods; else UnpicklingError."""
+    from mmengine.logging import HistoryBuffer
+    if (not default and obj is HistoryBuffer and isinstance(name, str) and not name.startswith('_')
+            and inspect.isfunction(vars(HistoryBuffer).get(name))):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'weights_only load: refusing getattr({obj!r}, {name!r}); tlalign_mm only allows '
+                                 'getattr(HistoryBuffer, <statistics method>) (see tlalign_mm.checkpoint.io)')
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``builtins.bytes`` inside a weights_only load: the empty ``bytes()`` only, which protocol-2 pickles write
+    for an empty numpy array's data (``bytes(10**12)`` would be accepted by the real one)."""
+    if args:
+        raise pickle.UnpicklingError('weights_only load: refusing bytes(...) with arguments; tlalign_mm only allows '
+                                     'the empty bytes() that protocol-2 pickles write')
+    return b''
+
+
+_SAFE_GLOBALS: list | None = None
+
+
+def mmengine_safe_globals() -> list:
+    """A new copy of the allow-list for ``weights_only`` loads of mmengine / OpenMMLab / DeiT checkpoints:
+    ``argparse.Namespace``; ``HistoryBuffer`` and the getattr stand-in; numpy's reconstructor and scalar (both
+    numpy 1 and 2 spellings), ``ndarray``, ``dtype`` and the bool / integer / float / complex dtype classes; the
+    empty-``bytes()`` stand-in.  ``(object, 'name')`` entries need torch >= 2.6 and are left out before it."""
+    global _SAFE_GLOBALS
+    if _SAFE_GLOBALS is None:
+        import argparse
+        tuples_ok = tuple(int(x) for x in re.findall(r'\d+', torch.__version__)[:2]) >= (2, 6)
+        entries: list = [argparse.Namespace]
+        with contextlib.suppress(ImportError):
+            from mmengine.logging import HistoryBuffer
+            entries += [HistoryBuffer] + ([(_history_buffer_getattr, 'builtins.getattr')] if tuples_ok else [])
+        with contextlib.suppress(ImportError):
+            import numpy as np
+            try:
+                from numpy._core import multiarray
+            except ImportError:                                         # numpy 1.x
+                from numpy.core import multiarray
+            entries += [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+            for func in (multiarray._reconstruct, multiarray.scalar) if tuples_ok else ():   # the other spelling
+                entries += [(func, f'{mod}.multiarray.{func.__name__}') for mod in ('numpy._core', 'numpy.core')
+                            if f'{mod}.multiarray' != func.__module__]
+            # bool, integer, float and complex dtype classes only: no object / string / void / datetime
+            entries += list(dict.fromkeys(type(np.dtype(c)) for c in '?' + np.typecodes['AllInteger']
+                                          + np.typecodes['AllFloat'] if type(np.dtype(c)) is not np.dtype))
+        _SAFE_GLOBALS = entries + ([(_empty_bytes, 'builtins.bytes')] if tuples_ok else [])
+    return list(_SAFE_GLOBALS)
+
+
+_LOCK, _FORCED = threading.Lock(), threading.local()
+_ACTIVE: dict = {'users': 0}
+
+
+def _forced_load(*args, **kwargs):
+    """``torch.load`` while our loads run: ``weights_only=True`` in a thread loading a remote file (its backend may
+    pass False: torch.hub's default), unchanged elsewhere."""
+    if getattr(_FORCED, 'on', False):
+        kwargs['weights_only'] = True
+        kwargs.pop('pickle_module', None)
+    return _ACTIVE['load'](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _safe_loading(force: bool):
+    """The allow-list (what is not registered already) and, with ``force``, this thread's ``torch.load`` held to
+    ``weights_only``, for the block; set up by the first concurrent load, undone by the last."""
+    with _LOCK:
+        if not _ACTIVE['users']:
+            have = set(torch.serialization.get_safe_globals())
+            ctx = torch.serialization.safe_globals([g for g in mmengine_safe_globals() if g not in have])
+            ctx.__enter__()
+            _ACTIVE.update(ctx=ctx, load=torch.load)
+            torch.load = _forced_load
+        _ACTIVE['users'] += 1
+    before = getattr(_FORCED, 'on', False)
+    _FORCED.on = before or force
+    try:
+        yield
+    finally:
+        _FORCED.on = before
+        with _LOCK:
+            _ACTIVE['users'] -= 1
+            if not _ACTIVE['users']:
+                torch.load = _ACTIVE['load']
+                _ACTIVE['ctx'].__exit__(None, None, None)
+
+
+# -- what is wrong with a file -------------------------------------------------------------------------------
+def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
+    """What is wrong with a local checkpoint file, from its structure alone (nothing unpickled), as a phrase: missing,
+    a folder, empty, truncated (a zip without its central directory), a zip without ``data.pkl``, a cut
+    ``.safetensors``, text, neither zip nor pickle; ``None`` for a plausible checkpoint (which may still hold types
+    weights_only loading refuses)."""
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(path):
+        return 'no such file'
+    if os.path.isdir(path):
+        return 'a folder, not a checkpoint file'
+    size = os.path.getsize(path)
+    if size == 0:
+        return 'empty (0 bytes): an interrupted save or download'
+    if path.endswith('.safetensors'):        # safetensors checks the header and that the data covers the file
+        from safetensors import safe_open
+        try:
+            with safe_open(path, 'pt'):
+                return None
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+            return f'truncated .safetensors file, or not one ({_reason(e)})'
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith(b'PK\x03\x04'):
+        import zipfile
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return (f'truncated: a zip archive without its central directory ({size} bytes; the save '
+                    f'or download was cut off)')
+        if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+            return 'a zip archive, but not a torch checkpoint (it has no data.pkl)'
+        return None
+    if head[:1] == b'\x80':      # a pickle (torch's legacy format starts with a pickled magic number)
+        return None
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in '\r\n\t' for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ''
+        return f'a text file, not a checkpoint (it starts with {first!r})'
+    return f'not a checkpoint: neither a torch zip archive nor a pickle (it starts with bytes {head[:8].hex()})'
+
+
+def _reason(e: BaseException) -> str:
+    """One line on why a load failed, without torch's advice to turn ``weights_only`` off."""
+    text = str(e)
+    if m := re.search(r'WeightsUnpickler error: (.*?)(?: was not an allowed global|\n|$)', text):
+        return m.group(1).strip()
+    # torch's message opens with a paragraph on the weights_only default; the reason is the first other line
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and 'weights_only' not in ln
+             and not ln.strip().startswith('Check the documentation')]
+    return f'{type(e).__name__}: {lines[0][:200]}' if lines else type(e).__name__
+
+
+def _refused(path: str, e: BaseException) -> CheckpointFileError:
+    return CheckpointFileError(f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
+                               f'refuses ({_reason(e)}); nothing from it was run')
+
+
+_LOAD_ERRORS = (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError)
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+def load_local_checkpoint(filename: str | os.PathLike, map_location: Any = None) -> Any:
+    """mmengine's ``load_from_local`` (``torch.load(filename, map_location)``) with ``weights_only=True`` and the
+    allow-list, ``.safetensors`` by ``safetensors``.  Raises CheckpointNotFoundError (no file) or
+    CheckpointFileError (:func:`diagnose_checkpoint_file`'s kinds, or refused types): one line."""
+    path = os.path.expanduser(os.fspath(filename))
+    reason = diagnose_checkpoint_file(path)
+    if reason == 'no such file':
+        raise CheckpointNotFoundError(f'checkpoint file not found: {path!r}')
+    if reason is not None:
+        raise CheckpointFileError(f'{path}: {reason}')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device=map_location if isinstance(map_location, str) else 'cpu')
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+            raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})') from None
+    try:
+        with _safe_loading(force=False):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except _LOAD_ERRORS as e:
+        raise _refused(path, e) from None
+
+
+@FUNCTIONS.register_module()
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
+    """Load a checkpoint, local (:func:`load_local_checkpoint`) or through mmengine's ``CheckpointLoader``
+    (``http(s)://`` cached in torch's hub folder, ``open-mmlab://``, ``s3://``, any registered scheme; every
+    ``torch.load`` it makes in this thread held to ``weights_only``), without executing pickled code.
+
+    Returns:
+        The loaded dict (a checkpoint or a state dict).
+
+    Raises:
+        CheckpointNotFoundError (a ``FileNotFoundError``): no local file at ``path``.
+        CheckpointFileError (a ``pickle.UnpicklingError``): empty, truncated, not a checkpoint, no dict, or
+            refused types; one line naming the path; nothing from the file was run.
+        Whatever the scheme's backend raises when it cannot fetch the file (``URLError`` ...).
+    """
+    path = os.fspath(path)
+    if '://' not in path:
+        obj: Any = load_local_checkpoint(path, map_location)
+    else:
+        from mmengine.runner.checkpoint import CheckpointLoader
+        try:
+            with _safe_loading(force=True):
+                obj = CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent')
+        except _LOAD_ERRORS as e:
+            raise _refused(path, e) from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointFileError(f'{path}: holds a {type(obj).__name__}, not a checkpoint or state dict (a dict)')
+    return dict(obj)
+
+
+def register_checkpoint_loader() -> None:
+    """Have mmengine's ``CheckpointLoader`` read local paths with :func:`load_local_checkpoint`: ``--resume``,
+    ``load_from`` and ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load
+    mmengine's checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6, and a bad file is one line.  The tools
+    call it; ``import tlalign_mm`` does not."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+def _atomic_replace(dst: str, write) -> None:
+    """``write(file)`` to a temporary file beside ``dst``, fsync, ``os.replace``, fsync the folder; on error ``dst``
+    is left as it was."""
+    folder = os.path.dirname(dst)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):   # make the rename itself durable (not possible on every OS)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save`` (``.safetensors``: a flat dict, contiguous, shared storage cloned) into ``.<name>.<random>.tmp``
+    beside ``path``, fsynced, renamed over it: a crash leaves the old file or the new one.  Returns the absolute path.
+
+    Raises:
+        TypeError: ``.safetensors`` with anything but a ``{str: Tensor}`` dict (names the first bad key).
+        OSError: the folder is not writable (``path`` is untouched).
+    """
+    dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not dst.endswith('.safetensors'):
+        _atomic_replace(dst, lambda f: torch.save(obj, f))
+        return dst
+    if not isinstance(obj, Mapping):
+        raise TypeError(f'{dst}: a .safetensors file holds a flat {{name: tensor}} dict, got {type(obj).__name__}')
+    if bad := [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]:
+        raise TypeError(f'{dst}: a .safetensors file holds only tensors under string names; '
+                        f'{bad[0]!r} is a {type(obj[bad[0]]).__name__}')
+    from safetensors.torch import save
+    seen: set[int] = set()
+    tensors = {}
+    for k, v in obj.items():
+        v = v.detach().cpu().contiguous()
+        if v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        tensors[k] = v
+    blob = save(tensors)
+    _atomic_replace(dst, lambda f: f.write(blob))
+    return dst
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> str:
+    """:func:`atomic_save` for bytes already serialised (mmengine's file-backend ``put``)."""
+    dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    _atomic_replace(dst, lambda f: f.write(data))
+    return dst
+
+
+def atomic_write_text(text: str, path: str | os.PathLike, encoding: str = 'utf-8') -> str:
+    """:func:`atomic_save` for a text file (mmengine's ``last_checkpoint`` pointer)."""
+    return atomic_write_bytes(text.encode(encoding), path)
+
+
+# -- auto-resume ---------------------------------------------------------------------------------------------
+_CKPT_NAME = re.compile(r'^(epoch|iter)_(\d+)(_interrupted)?\.pth$')
+
+
+def find_resumable_checkpoint(work_dir: str | os.PathLike, log=None) -> str | None:
+    """The checkpoint auto-resume continues from: the one ``work_dir/last_checkpoint`` names when
+    :func:`diagnose_checkpoint_file` passes it, else the newest readable ``epoch_N`` / ``iter_N`` /
+    ``iter_N_interrupted.pth`` (latest modified, larger N on a tie; ``log(str)`` says why), or None (a fresh start).
+    Temporary files an interrupted :func:`atomic_save` left are removed."""
+    log = log or (lambda msg: None)
+    work_dir = os.fspath(work_dir)
+    if not os.path.isdir(work_dir):
+        return None
+    for name in os.listdir(work_dir):
+        if name.startswith('.') and name.endswith('.tmp') and _CKPT_NAME.match(name[1:].rsplit('.', 2)[0]):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(work_dir, name))
+                log(f'auto-resume: removed {name}, left by an interrupted checkpoint save')
+    pointer = os.path.join(work_dir, 'last_checkpoint')
+    named = None
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip() or None
+        if named is None:
+            log('auto-resume: last_checkpoint is empty; looking for the newest readable checkpoint')
+        elif (reason := diagnose_checkpoint_file(named)) is None:
+            return named
+        else:
+            log(f'auto-resume: {named} (named by last_checkpoint) is {reason}; '
+                'looking for the newest readable checkpoint')
+    # newest first: by modification time (an epoch count and an iteration count do not compare), then name
+    found = sorted(((os.path.getmtime(os.path.join(work_dir, name)), int(m.group(2)), name)
+                    for name in os.listdir(work_dir) if (m := _CKPT_NAME.match(name))), reverse=True)
+    for *_, name in found:
+        path = os.path.join(work_dir, name)
+        if os.path.abspath(path) == os.path.abspath(named or ''):
+            continue
+        if (reason := diagnose_checkpoint_file(path)) is None:
+            log(f'auto-resume: resuming from {path}')
+            return path
+        log(f'auto-resume: skipping {path}: {reason}')
+    return None

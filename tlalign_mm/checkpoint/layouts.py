@@ -1,0 +1,399 @@
+"""Recognising checkpoint layouts and loading them, strictly, into our backbones and classifier.
+
+Layouts: ``'tlalign'`` (ours: the backbones' parameter names, no head) and each family module's (``vit.py``,
+``swin.py``, ``pvt.py``: detector, read filter and key tables, as timm's model files hold their
+``checkpoint_filter_fn``).  mmengine's ``PretrainedInit`` loads with ``strict=False``, so nothing, silently, from
+an unconverted checkpoint; :func:`load_backbone_checkpoint` converts, resizes what depends on the input or window
+size, and refuses what does not fit.  The models' ``init_cfg=dict(type='Pretrained')`` reach the loaders by name
+through tlalign_mm's ``FUNCTIONS`` registry (its location is this package): ``models`` imports nothing above it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table_simple
+from timm.models import clean_state_dict
+from torch import Tensor
+
+from ..registry import FUNCTIONS
+from . import pvt, swin, vit
+from .io import load_checkpoint_file
+
+__all__ = ['FAMILIES', 'LAYOUTS', 'LoadReport', 'extract_state_dict', 'detect_layout', 'convert_state_dict',
+           'load_backbone_checkpoint', 'load_classifier_checkpoint', 'foreign_readout', 'check_head_readout',
+           'load_head_state']
+
+FAMILIES = (pvt, swin, vit)
+"""The family modules in detection order (a family another's detector could mistake comes first)."""
+LAYOUTS = ('tlalign',) + tuple(lay for f in FAMILIES for lay in f.LAYOUTS)
+"""What :func:`detect_layout` returns, besides ``'unknown'``."""
+_CONTAINER_KEYS = ('state_dict', 'model', 'module')
+_ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_token', 'pos_embed', 'patch_embed1.',
+                 'block1.0.')
+
+
+def _top_prefixes(keys, limit: int = 12) -> str:
+    cnt = Counter(k.split('.', 1)[0] for k in keys)
+    items = [f'{p!r} ({n})' for p, n in cnt.most_common(limit)] + ([f'... {len(cnt) - limit} more']
+                                                                   if len(cnt) > limit else [])
+    return ', '.join(items) if items else '(none: empty state dict)'
+
+
+def _prefix_candidates(keys) -> list[str]:
+    """Prefixes (before a root marker) under which the keys form a layout, most keys first, at least half the best."""
+    keys = list(keys)
+    cands = {k[:i + 1] for k in keys for m in _ROOT_MARKERS if (i := k.find('.' + m)) >= 0}
+    scored = sorted((-len(sub), p) for p in cands
+                    if detect_layout(sub := {k[len(p):]: None for k in keys if k.startswith(p)}) != 'unknown')
+    return [p for n, p in scored if n * 2 <= scored[0][0]][:5] if scored else []
+
+
+def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[dict, str]:
+    """The backbone state dict of a loaded checkpoint, and the prefix used.
+
+    Unwraps ``{'state_dict' | 'model' | 'module': sd}`` (mmengine / timm, DeiT / Swin, DeepSpeed; up to three deep),
+    keeps tensors, strips ``module.`` / ``_orig_mod.`` (timm's ``clean_state_dict``: DDP, ``torch.compile``), then
+    keeps the keys under ``prefix``, stripped (``''``: all; None: ``backbone.`` when present, else all).
+
+    Raises:
+        TypeError: no dict inside.
+        ValueError: no tensors, or nothing under ``prefix`` (names the prefixes present and likely ones).
+    """
+    sd: Any = checkpoint
+    for _ in range(3):
+        if not isinstance(sd, Mapping) or (inner := next((sd[k] for k in _CONTAINER_KEYS
+                                                          if isinstance(sd.get(k), Mapping)), None)) is None:
+            break
+        sd = inner
+    if not isinstance(sd, Mapping):
+        raise TypeError(f'expected a dict state dict, got {type(sd).__name__}')
+    sd = clean_state_dict({k: v for k, v in sd.items() if isinstance(v, Tensor)})
+    if not sd:
+        raise ValueError(f'the checkpoint holds no tensors; top-level keys: {sorted(map(str, checkpoint))[:20]}')
+    if prefix is None:
+        prefix = 'backbone.' if any(k.startswith('backbone.') for k in sd) else ''
+    prefix = prefix if not prefix or prefix.endswith('.') else prefix + '.'
+    if prefix:
+        if not (sub := {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}):
+            hint = f'; backbone-like keys sit under {cands}' if (cands := _prefix_candidates(sd)) else ''
+            raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; top-level prefixes present: '
+                             f'{_top_prefixes(sd)}{hint}')
+        sd = sub
+    return sd, prefix
+
+
+def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
+    """The layout of a backbone state dict (unwrapped, no prefix): one of :data:`LAYOUTS` (each family's ``detect``
+    gives its rules) or ``'unknown'``."""
+    return next((lay for f in FAMILIES if (lay := f.detect(state_dict)) is not None), 'unknown')
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = None
+                       ) -> tuple[dict[str, Tensor], str, list[str]]:
+    """A backbone state dict of ``layout`` (detected when None) in our names, by its family's read filter: heads and
+    recomputed buffers dropped, tensors copied only when reordered (mm Swin merging, mmdet PVT), unknown keys kept.
+
+    Returns:
+        (converted state dict, layout, dropped source keys).
+
+    Raises:
+        ValueError: an unknown or unsupported layout; two keys mapping to one name.
+    """
+    layout = detect_layout(state_dict) if layout is None else layout
+    if layout not in LAYOUTS:
+        raise ValueError(f'unsupported checkpoint layout {layout!r}; known: {LAYOUTS}')
+    for family in FAMILIES:
+        if layout in family.LAYOUTS or (layout == 'tlalign' and family.detect(state_dict)):
+            out, ignored = family.convert(state_dict, layout)
+            return out, layout, ignored
+    raise ValueError(f'no backbone family converts layout {layout!r}')  # LAYOUTS lists only theirs
+
+
+def require_layout(sd: Mapping[str, Tensor], source: str, prefix: str, prefix_hint: str) -> str:
+    """:func:`detect_layout`, or the one unknown-layout ``ValueError`` (names the prefixes present)."""
+    if (layout := detect_layout(sd)) == 'unknown':
+        hint = f'; backbone-like keys sit under {cands}: {prefix_hint}' if (cands := _prefix_candidates(sd)) else ''
+        raise ValueError(f'{source}: unrecognised checkpoint layout (prefix {prefix!r}); '
+                         f'top-level prefixes present: {_top_prefixes(sd)}{hint}')
+    return layout
+
+
+def _square(n: int) -> int | None:
+    s = math.isqrt(n)
+    return s if s * s == n else None
+
+
+def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: nn.Module) -> Tensor | None:
+    """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size, else None.
+
+    ``pos_embed`` (1, P + h*w, C): prefix rows kept (a distillation row dropped for a plain model), the square grid
+    resampled by timm's ``resample_abs_pos_embed`` (bicubic, no antialias: timm's and mmseg's resize).
+    ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as the official Swin
+    ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (timm's ``resize_rel_pos_bias_table``
+    is BEiT's geometric resampling, another result).
+
+    Raises:
+        ValueError: a grid or table that is not square, fewer prefix tokens than the model's.
+    """
+    if k == 'pos_embed' and v.dim() == t.dim() == 3 and v.shape[-1] == t.shape[-1]:
+        p_model = getattr(model, 'num_prefix_tokens', 1)
+        p_ckpt = int('cls_token' in sd) + int('dist_token' in sd) or p_model
+        if p_ckpt < p_model:
+            raise ValueError(f'pos_embed: the checkpoint has {p_ckpt} prefix token(s), the model {p_model} '
+                             '(a distilled model needs a distilled checkpoint)')
+        if p_ckpt > p_model:          # e.g. distilled DeiT into a plain one: drop the dist row
+            v = torch.cat([v[:, :p_model], v[:, p_ckpt:]], dim=1)
+        grid = getattr(model, 'patch_grid', None)
+        if grid is None:
+            if (s := _square(t.shape[1] - p_model)) is None:
+                raise ValueError('pos_embed: cannot infer the model grid')
+            grid = (s, s)
+        if v.shape == t.shape:
+            return v
+        if (s := _square(n := v.shape[1] - p_model)) is None:
+            raise ValueError(f'pos_embed {tuple(v.shape)} with {p_model} prefix token(s): {n} grid tokens is not a '
+                             'square grid; cannot resize')
+        return resample_abs_pos_embed(v, list(grid), [s, s], num_prefix_tokens=p_model, antialias=False,
+                                      interpolation=getattr(model, 'interpolate_mode', 'bicubic'))
+    if k.endswith('relative_position_bias_table') and v.dim() == t.dim() == 2 and v.shape[1] == t.shape[1]:
+        if (s := _square(t.shape[0])) is None or s % 2 == 0:
+            raise ValueError(f'{k}: model table {tuple(t.shape)} is not for a square window')
+        if (src := _square(v.shape[0])) is None or src % 2 == 0:
+            raise ValueError(f'relative_position_bias_table {tuple(v.shape)}: length is not (2W-1)^2 for a square '
+                             'window')
+        w = (s + 1) // 2
+        return resize_rel_pos_bias_table_simple(v.float(), (w, w), tuple(t.shape)).contiguous().to(v.dtype)
+    return None
+
+
+def _fit_to_model(sd: dict[str, Tensor], model: nn.Module, model_sd: Mapping[str, Tensor], layout: str) -> list[str]:
+    """Resize, in place, what :func:`_resized` resizes; raise on any other shape mismatch (before loading)."""
+    resized, mismatched = [], []
+    for k in [k for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]:
+        old, want = tuple(sd[k].shape), tuple(model_sd[k].shape)
+        try:
+            v = _resized(k, sd[k], model_sd[k], sd, model)
+        except ValueError as e:
+            mismatched.append(f'{k}: checkpoint {old} vs model {want} ({e})')
+            continue
+        if v is None:
+            mismatched.append(f'{k}: checkpoint {old} vs model {want}')
+        elif tuple(v.shape) != want:
+            mismatched.append(f'{k}: checkpoint {old} vs model {want} (after resizing: {tuple(v.shape)})')
+        else:
+            sd[k] = v
+            resized.append(f'{k} {old}->{want}')
+    if mismatched:
+        more = f' ... and {len(mismatched) - 10} more' if len(mismatched) > 10 else ''
+        raise ValueError(f'checkpoint (layout {layout!r}) does not fit {type(model).__name__}: {len(mismatched)} '
+                         'shape mismatch(es): ' + '; '.join(mismatched[:10]) + more
+                         + ' (a checkpoint of another architecture or configuration?)')
+    return resized
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_checkpoint` loaded: the source ``layout``; model keys ``matched`` and ``missing``
+    (left as initialised); converted keys the model lacks (``unexpected``); ``resized`` (``'key (old)->(new)'``);
+    ``ignored`` (heads, buffers); ``source`` (path or ``'<state_dict>'``); ``prefix``; ``num_params`` /
+    ``num_matched_params`` (parameter tensors of the model / loaded)."""
+
+    layout: str
+    matched: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    resized: list[str]
+    ignored: list[str] = field(default_factory=list)
+    source: str = '<state_dict>'
+    prefix: str = ''
+    num_params: int = 0
+    num_matched_params: int = 0
+
+    def summary(self) -> str:
+        """One line: how much was loaded from where, what was resized / missing / unexpected."""
+        def sample(keys):
+            return ', '.join(keys[:5]) + (', ...' if len(keys) > 5 else '')
+
+        prefix = f', prefix {self.prefix!r}' if self.prefix else ''
+        parts = [f'loaded {self.num_matched_params}/{self.num_params} parameter tensors ({len(self.matched)} keys) '
+                 f'from {self.source!r} (layout {self.layout!r}{prefix})']
+        if self.resized:
+            parts.append(f'resized {len(self.resized)}: ' + ', '.join(self.resized[:3])
+                         + (', ...' if len(self.resized) > 3 else ''))
+        if self.missing:
+            parts.append(f'missing {len(self.missing)}: {sample(self.missing)}')
+        if self.unexpected:
+            parts.append(f'unexpected {len(self.unexpected)}: {sample(self.unexpected)}')
+        if self.ignored:
+            parts.append(f'ignored {len(self.ignored)} (heads / buffers)')
+        return '; '.join(parts)
+
+
+def _sample(keys, n: int = 10) -> str:
+    keys = list(keys)
+    return (repr(keys[:n]) + (f' ... ({len(keys)} in all)' if len(keys) > n else '')) if keys else '[]'
+
+
+@FUNCTIONS.register_module()
+def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping,
+                             prefix: str | None = None, map_location: Any = 'cpu', min_match: float = 0.9,
+                             source: str | None = None) -> LoadReport:
+    """Load pretrained weights of any recognised layout into one of our backbones, or refuse.
+
+    Reads (:func:`~tlalign_mm.checkpoint.load_checkpoint_file`), unwraps (:func:`extract_state_dict`), converts
+    (:func:`convert_state_dict`), lets the model fit it (``adapt_checkpoint(state_dict, source)``: PVT v1's class
+    token), resizes ``pos_embed`` / ``relative_position_bias_table``, checks, then loads the matched tensors;
+    nothing is loaded unless every check passes.
+
+    Args:
+        model: a backbone of ours (or a module with our parameter names).
+        path_or_state_dict: a path or URL, or a loaded checkpoint / state dict (named ``source`` in messages).
+        prefix: as :func:`extract_state_dict`; map_location: as ``torch.load``.
+        min_match: the fraction of the model's parameter tensors the checkpoint must provide.
+
+    Raises:
+        FileNotFoundError, pickle.UnpicklingError: see :func:`~tlalign_mm.checkpoint.load_checkpoint_file`.
+        ValueError: nothing under ``prefix``, an unrecognised layout (names the prefixes found), what
+            ``adapt_checkpoint`` refuses, or a shape mismatch other than a resizable one (names each key with
+            both shapes).
+        RuntimeError: under ``min_match`` of the parameters matched (names the layout, the fraction and samples
+            of missing and unexpected keys).
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        ckpt, source = path_or_state_dict, source or '<state_dict>'
+    else:
+        source = os.fspath(path_or_state_dict)
+        ckpt = load_checkpoint_file(source, map_location)
+    sd, used_prefix = extract_state_dict(ckpt, prefix)
+    sd, layout, ignored = convert_state_dict(sd, require_layout(sd, source, used_prefix, 'pass prefix=...'))
+    if callable(adapt := getattr(model, 'adapt_checkpoint', None)):   # what depends on the model's configuration
+        sd, dropped = adapt(sd, source)
+        ignored = ignored + dropped
+    model_sd = model.state_dict()
+    param_names = set(dict(model.named_parameters()))
+    n_named = sum(k in param_names for k in sd if k in model_sd)
+    if param_names and n_named < min_match * len(param_names):
+        raise RuntimeError(
+            f'{source}: checkpoint layout {layout!r} (prefix {used_prefix!r}) provides only {n_named}/'
+            f'{len(param_names)} ({n_named / len(param_names):.1%}) of {type(model).__name__} parameters, below '
+            f'min_match={min_match:.0%}. Missing: {_sample(k for k in model_sd if k not in sd)}. Unexpected: '
+            f'{_sample(k for k in sd if k not in model_sd)}. (Wrong model family, or the backbone sits under '
+            'another prefix?)')
+    resized = _fit_to_model(sd, model, model_sd, layout)
+    matched = [k for k in sd if k in model_sd]
+    result = model.load_state_dict({k: sd[k] for k in matched}, strict=False)
+    if result.unexpected_keys:  # cannot happen: matched keys are model keys
+        raise RuntimeError(f'unexpected keys while loading: {result.unexpected_keys}')
+    return LoadReport(layout=layout, matched=matched, missing=[k for k in model_sd if k not in sd],
+                      unexpected=[k for k in sd if k not in model_sd], resized=resized, ignored=ignored,
+                      source=source, prefix=used_prefix, num_params=len(param_names),
+                      num_matched_params=sum(k in param_names for k in matched))
+
+
+# -- the pretraining classifier -----------------------------------------------------------------------------
+@FUNCTIONS.register_module()
+def load_classifier_checkpoint(model, path: str) -> None:
+    """Load ``path`` into a :class:`~tlalign_mm.TLAImageClassifier` (its ``init_cfg=dict(type='Pretrained')``).
+
+    A checkpoint of this classifier (keys under ``backbone.``; former names renamed: ``head.{weight,bias}``, the
+    backbone's ``rename_former_keys``) must fit every tensor but a label rule's ``label_rule.*``.  Any other loads
+    its backbone (:func:`load_backbone_checkpoint`) and a head of this head's shape (:func:`load_head_state`).
+
+    Raises:
+        ValueError: a classifier checkpoint that does not fit, a backbone the loader refuses, or a head of
+            another readout (:func:`check_head_readout`).
+        FileNotFoundError, pickle.UnpicklingError: see :func:`~tlalign_mm.checkpoint.load_checkpoint_file`.
+    """
+    from mmengine.logging import print_log
+    ckpt = load_checkpoint_file(path)
+    sd = ckpt.get('state_dict', ckpt.get('model', ckpt))
+    if any(k.startswith('backbone.') for k in sd):
+        own = model.state_dict()
+        sd = {('head.fc.' + k[5:] if k in ('head.weight', 'head.bias') and 'head.fc.weight' in own else k): v
+              for k, v in sd.items()}
+        if (rename := getattr(model.backbone, 'rename_former_keys', None)) is not None:
+            rename(sd, 'backbone.')
+        missing = [k for k in own if k not in sd and not k.startswith('data_preprocessor.')]
+        unexpected = [k for k in sd if k not in own and not k.startswith('label_rule.')]
+        shape = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+                 if k in sd and sd[k].shape != v.shape]
+        if missing or unexpected or shape:
+            raise ValueError(f'{path}: the classifier checkpoint does not fit this model (missing {missing[:10]}, '
+                             f'unexpected {unexpected[:10]}, shapes {shape[:10]}); load a checkpoint of the same '
+                             "config, or only its backbone with model.backbone.init_cfg=dict(type='Pretrained', "
+                             'checkpoint=...)')
+        model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        print_log(f'{type(model).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
+        return
+    if _foreign_head(model, sd):                    # refuse before loading anything
+        check_head_readout(model, sd, repr(path))
+    load_backbone_checkpoint(model.backbone, ckpt)
+    print_log(f'{type(model).__name__}: backbone loaded from {path!r}; {load_head_state(model, sd, repr(path))}',
+              logger='current')
+
+
+def _foreign_head(model, state_dict: Mapping) -> dict | None:
+    """The checkpoint's ``head.*`` in this head's names, if of its shape; ``{}``: another shape; None: no head."""
+    head = {}
+    for k, v in state_dict.items():
+        if isinstance(k, str) and k.startswith('head.') and not k.startswith('head_dist'):
+            name = k[len('head.'):]
+            head[name if name.startswith('fc.') else 'fc.' + name] = v
+    own = model.head.state_dict()
+    if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
+        return {k: head[k] for k in own}
+    return {} if head else None
+
+
+def foreign_readout(state_dict: Mapping) -> tuple[str, str]:
+    """The pooled feature a foreign checkpoint's head read, told by its keys (at the backbone's root):
+    ``'cls_token'`` with ``cls_token`` (official DeiT / TL-Align, timm ViT, the PVT v1 release), unless
+    ``fc_norm`` is there too (timm's token-mean ViT); else ``'avg_featmap'`` (Swin, PVT v2, mmdet's PVT).
+    Returns (readout, the key that tells, in words)."""
+    if 'cls_token' in state_dict and 'fc_norm.weight' not in state_dict:
+        return 'cls_token', "the checkpoint has 'cls_token'"
+    if 'cls_token' in state_dict:
+        return 'avg_featmap', "the checkpoint has 'cls_token' and 'fc_norm' (timm's token-mean ViT)"
+    return 'avg_featmap', "the checkpoint has no 'cls_token'"
+
+
+def check_head_readout(model, state_dict: Mapping, source: str = 'the checkpoint') -> None:
+    """Refuse a foreign head (:func:`foreign_readout`) trained on another pooled feature than this model's (the class
+    token for ``out_type='cls_token'``, else the token mean); a checkpoint of this classifier passes.
+
+    Raises:
+        ValueError: the two readouts differ (names both, and the key that tells).
+    """
+    if any(isinstance(k, str) and k.startswith('backbone.') for k in state_dict):
+        return
+    readout, why = foreign_readout(state_dict)
+    theirs = 'the class token' if readout == 'cls_token' else 'the token mean'
+    ours = 'the class token' if model.pool_type == 'cls_token' else 'the token mean'
+    if theirs != ours:
+        raise ValueError(
+            f"{source}: its head was trained on {theirs} ({why}) but this model's pooled feature is {ours} "
+            f"(backbone out_type={model.pool_type!r}); the head would read a feature it was never trained on. "
+            "Build the backbone with the checkpoint's readout (PVT v1 release: out_type='cls_token'), or load "
+            "the backbone alone (model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)) and train "
+            'a new head')
+
+
+def load_head_state(model, state_dict: Mapping, source: str = 'the checkpoint') -> str:
+    """Load a foreign checkpoint's head (``head.{weight,bias}``: official DeiT / Swin / PVT, timm ViT; ``head.fc.*``:
+    timm Swin, ours) when it has this head's shape.  Returns, for the log, ``'head loaded'`` or why not.
+
+    Raises:
+        ValueError: a head that would load but was trained on another readout (:func:`check_head_readout`).
+    """
+    if head := _foreign_head(model, state_dict):
+        check_head_readout(model, state_dict, source)
+        model.head.load_state_dict(head)
+        return 'head loaded'
+    return f"the head is newly initialised ({'no head in the checkpoint' if head is None else 'its shape differs'})"
