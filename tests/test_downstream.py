@@ -3,7 +3,7 @@
 Fast, no mmseg / mmdet needed:
 
 * every config under ``configs/upernet`` and ``configs/cascade_mask_rcnn`` parses
-  (``Config.fromfile``) and carries the recipe of ``docs/recipes.md`` (160k AdamW 6e-5 with warm-up +
+  (``Config.fromfile``) and carries the recipe of ``docs/advanced_guides/recipes.md`` (160k AdamW 6e-5 with warm-up +
   poly; 3x AdamW 1e-4 with AMP, steps 27/33; heads; drop path; sibling configs differing only in
   the checkpoint);
 * :func:`check_downstream_config` (``tools/config_checks.py``) accepts them and names the

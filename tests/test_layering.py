@@ -1,4 +1,4 @@
-"""The package's import direction (docs/design.md): ``align`` <- ``structures`` <- ``mixing`` <- ``models`` <- the
+"""The package's import direction (docs/advanced_guides/design.md): ``align`` <- ``structures`` <- ``mixing`` <- ``models`` <- the
 rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``; ``checkpoint`` below the other three), nothing
 under ``tlalign_mm/`` imports ``tools``, and ``analysis`` traces and measures only (no matplotlib, CSV writers,
 mmengine configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).

@@ -1,4 +1,4 @@
-"""TL-Align, the algorithm: framework-free torch functions (``docs/tl-align.md``)."""
+"""TL-Align, the algorithm: framework-free torch functions (``docs/advanced_guides/method.md``)."""
 from .propagate import (
                         ATTN_IMPLS,
                         LABEL_DTYPES,

@@ -6,7 +6,7 @@ For a block with softmax attention ``A_h`` (B, N, N) per head ``h = 1..H`` the l
     Y    <- (Y + Y_att) / 2                          (residual average of the reference code)
 
 with the attention the features use (relative position bias and shifted-window mask included),
-taken before attention dropout, detached (``docs/tl-align.md``; reference: ``Attention`` and
+taken before attention dropout, detached (``docs/advanced_guides/method.md``; reference: ``Attention`` and
 ``Block.forward`` in Euphoria16/TL-Align ``timm/models/vision_transformer.py``).
 
 One knob, ``attn_impl`` (:data:`ATTN_IMPLS`), picks how a block computes its attention, with or

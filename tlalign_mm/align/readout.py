@@ -1,6 +1,6 @@
 """The readout: where the carried labels become the training target, and what they say about it.
 
-The only copies of these three steps (``docs/tl-align.md``, "Output target"):
+The only copies of these three steps (``docs/advanced_guides/method.md``, "Output target"):
 
 * :func:`read_labels`: the label row the classifier's pooled feature corresponds to -- the class
   token's row (``'cls'``: DeiT, PVT v1) or the mean over the patch tokens (``'mean'``: Swin,

@@ -9,7 +9,7 @@ expands it to class targets at the end::
 
     Y = R[..., 0:1] * y_A + R[..., 1:2] * y_B
 
-which is exactly what propagating ``K = num_classes`` channels gives (``docs/tl-align.md``).
+which is exactly what propagating ``K = num_classes`` channels gives (``docs/advanced_guides/method.md``).
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def token_share_from_mask(mask: Tensor, patch_size: int | tuple[int, int]) -> Te
 
 
 def initial_source_labels(share_b: Tensor, lam: Tensor | float, num_prefix_tokens: int = 1) -> Tensor:
-    """Initial 2-channel source embedding ``R0`` (TL-Align-S, ``docs/tl-align.md`` "Inputs").
+    """Initial 2-channel source embedding ``R0`` (TL-Align-S, ``docs/advanced_guides/method.md`` "Inputs").
 
     Args:
         share_b: (B, N) float in [0, 1], each patch token's share of the partner image B

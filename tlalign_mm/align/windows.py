@@ -2,7 +2,7 @@
 
 Labels must see exactly the attention the features see, so the Swin block puts them through
 the same cyclic shift, partition and reverse as the tokens, with the same window and shift
-(``docs/tl-align.md``, "Hierarchical models").
+(``docs/advanced_guides/method.md``, "Propagation through a block").
 References: Liu et al., "Swin Transformer", ICCV 2021 (github.com/microsoft/Swin-Transformer,
 ``window_partition``, ``window_reverse``, the shifted-window ``attn_mask``, ``PatchMerging``).
 """

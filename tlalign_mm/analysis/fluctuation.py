@@ -13,8 +13,8 @@ sample:
 * per block ``l``: ``lam_l``, the share of A in the model's readout (class token for DeiT, mean
   token for Swin) after block ``l``; the per-layer drift is ``mean |lam_l - lam|``.
 
-The labels are always traced with the exact 2-channel source embedding (``docs/tl-align.md``, "An
-exact shortcut"), whatever ``label_channels`` the model trains with, and whether it trains with
+The labels are always traced with the exact 2-channel source embedding (``docs/advanced_guides/method.md``,
+"Two channels instead of K"), whatever ``label_channels`` the model trains with, and whether it trains with
 TL-Align or with the CutMix baseline (the targets are computed, not used).
 
 Everything runs without gradients.  :func:`run_fluctuation` puts the model in eval mode (no

@@ -2,7 +2,7 @@
 
 Every load is ``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` handed to
 ``torch.serialization.safe_globals`` for its duration: nothing process-wide, no environment variable (why each
-entry is safe: ``docs/design.md``, "Loading mmengine checkpoints under torch >= 2.6").  mmengine's own loads
+entry is safe: ``docs/advanced_guides/checkpoint_safety.md``).  mmengine's own loads
 (``Runner.resume``, ``load_from``) come here once :func:`register_checkpoint_loader` ran (the tools run it).
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
 * :class:`ClsDataSample` (:mod:`~tlalign_mm.structures.cls_data_sample`): one image's annotation,
   an mmengine ``BaseDataElement``; built by the datasets' ``PackClsInputs``, read by the classifier.
 
-They sit just above ``align`` in the import direction (docs/design.md): every layer that passes
+They sit just above ``align`` in the import direction (docs/advanced_guides/design.md): every layer that passes
 them on imports them from here, and none of them imports a layer above.
 """
 from .cls_data_sample import ClsDataSample

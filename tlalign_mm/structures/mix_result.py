@@ -1,6 +1,6 @@
 """What a batch mixer reports: the mixed images and, per patch token, the share of the partner image.
 
-The input TL-Align needs (``docs/tl-align.md``, "Inputs"; :func:`tlalign_mm.align.token_share_from_mask`).
+The input TL-Align needs (``docs/advanced_guides/method.md``, "Inputs"; :func:`tlalign_mm.align.token_share_from_mask`).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ mlp.fc1,mlp.fc2}``, ``layers.{i}.downsample.{reduction,norm}`` (merge order x0..
 ``norm{i}`` for each stage in ``out_indices`` (as the official detection / segmentation code);
 the classification checkpoint's final ``norm`` is ``norm3`` here.
 
-Labels (``docs/tl-align.md``, "Hierarchical models"): in every block they are shifted and
+Labels (``docs/advanced_guides/method.md``, "Propagation through a block"): in every block they are shifted and
 partitioned into the same windows as the tokens, aligned with that window's attention
 (relative position bias and shifted-window mask included), reversed and shifted back, then
 averaged with the residual; at patch merging the 2x2 children are summed and renormalised.

@@ -7,7 +7,7 @@ the label path follows Euphoria16/TL-Align ``timm/models/vision_transformer.py``
 One module serves both jobs:
 
 * pretraining: ``forward(x, token_labels)`` returns ``(outs, labels)``, the labels aligned
-  block by block (``docs/tl-align.md``);
+  block by block (``docs/advanced_guides/method.md``);
 * dense prediction (mmseg UperNet): ``forward(x)`` returns the feature maps of
   ``out_indices``; no label work is done, so inference costs what a plain ViT costs.
 """

@@ -10,7 +10,7 @@ back into the classifier.  The readout and the statistics are ``tlalign_mm/align
 * :class:`AreaRule` (``type='Area'``): ``lam * y_A + (1 - lam) * y_B``, the CutMix / Mixup
   target (timm ``mixup_target``) -- the baseline.
 * :class:`TLAlignRule` (``type='TLAlign'``): the paper's aligned target (Xiao et al., ICCV
-  2023; ``docs/tl-align.md``), with its ablations (Table 8): which blocks align, the residual
+  2023; ``docs/advanced_guides/method.md``), with its ablations (Table 8): which blocks align, the residual
   average on or off, and the readout (class token or token mean).
 * :class:`TransMixRule` (``type='TransMix'``): TransMix (Chen et al., CVPR 2022;
   Beckschen/TransMix ``transmix.py``, ``Mixup_transmix.transmix_label``).

@@ -29,7 +29,7 @@ class TLAlignRule(LabelRule):
             over patch tokens), 'cls' or 'mean'.
         label_channels: 'source' (K = 2: the share of each image, expanded to classes at the
             end; exact and cheap) or 'classes' (K = num_classes labels carried, the reference
-            code's way); both give the same target (``docs/tl-align.md``).
+            code's way); both give the same target (``docs/advanced_guides/method.md``).
 
     Raises:
         ValueError: a bad option value; at build time, a backbone that cannot carry labels or a
