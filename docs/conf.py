@@ -44,7 +44,7 @@ nitpick_ignore_regex = [
     (r'py:.*', r'(torch|mmengine|mmcv|mmdet|mmseg|timm|numpy|np|PIL|torchvision|collections|typing|pathlib)(\..*)?'),
     (r'py:class', r'(Tensor|Module|Runner|Config|ConfigDict|Path|optional|callable|Callable|Sequence|Mapping'
                   r'|Iterable|Iterator)'),
-    (r'py:.*', r'(os|pickle|abc|urllib|io|json|signal|subprocess|threading|multiprocessing)\..*'),
+    (r'py:.*', r'(os|pickle|_pickle|abc|urllib|io|json|signal|subprocess|threading|multiprocessing)\..*'),
     (r'py:(class|exc)', r'(Dropout|BatchNorm|LayerNorm|Linear|Conv2d|URLError|UnpicklingError)'),
 ]
 

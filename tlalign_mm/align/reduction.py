@@ -38,7 +38,7 @@ def pool_token_labels(labels: Tensor, hw: tuple[int, int], kernel: int, stride: 
         where: named in the error message (e.g. 'stage 2 patch embedding').
 
     Returns:
-        ((B, H'*W', K) float32 labels, (H', W')) with H' = (H + 2p - k) // s + 1.
+        (``(B, H' * W', K)`` float32 labels, ``(H', W')``) with ``H' = (H + 2p - k) // s + 1``.
 
     Raises:
         ValueError: ``kernel == stride`` without padding on a map the stride does not divide

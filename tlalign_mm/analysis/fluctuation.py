@@ -206,7 +206,7 @@ class FluctuationResult:
         return d.mean(dim=1), std
 
     def summary(self) -> dict:
-        """Scalar summary: sample counts, target L2 mean/std, lam / aligned lam means, |gap| mean/std,
+        """Scalar summary: sample counts, target L2 mean/std, lam / aligned lam means, ``|gap|`` mean/std,
         and the per-layer drift (lists, one entry per block)."""
         lam, lam_aligned, target_l2 = self.lam, self.lam_aligned, self.target_l2
         gap = (lam_aligned - lam).abs()

@@ -226,10 +226,10 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> 
         The loaded dict (a checkpoint or a state dict).
 
     Raises:
-        CheckpointNotFoundError (a ``FileNotFoundError``): no local file at ``path``.
-        CheckpointFileError (a ``pickle.UnpicklingError``): empty, truncated, not a checkpoint, no dict, or
-            refused types; one line naming the path; nothing from the file was run.
-        Whatever the scheme's backend raises when it cannot fetch the file (``URLError`` ...).
+        CheckpointNotFoundError: no local file at ``path`` (also a ``FileNotFoundError``).
+        CheckpointFileError: empty, truncated, not a checkpoint, no dict, or refused types (a
+            ``pickle.UnpicklingError``); one line naming the path; nothing from the file was run.
+        OSError: what the scheme's backend raises when it cannot fetch a remote file (``URLError`` ...).
     """
     path = os.fspath(path)
     if '://' not in path:

@@ -100,7 +100,7 @@ class TimmClassificationTransform:
     ``ori_shape`` (h, w) of the decoded image, ``img_shape`` (H, W) of the output.
 
     Raises:
-        FileNotFoundError / ImageReadError (an ``OSError``): from :func:`load_image`, naming the file.
+        OSError: ``FileNotFoundError`` or ``ImageReadError`` from :func:`load_image`, naming the file.
     """
 
     def __init__(self,

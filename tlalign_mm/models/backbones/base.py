@@ -54,8 +54,8 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
     * :attr:`share_from_mask`: the first stage pools the pixel-level mixing mask itself
       (:meth:`first_stage_mix`).
 
-    Subclasses define the layers, ``forward(x, token_labels=None)``, :meth:`_stage_blocks`,
-    :attr:`feature_info`, :meth:`token_grid` and :meth:`_frozen_modules`, and set ``patch_size``,
+    Subclasses define the layers, ``forward(x, token_labels=None)``, ``_stage_blocks()``,
+    :attr:`feature_info`, :meth:`token_grid` and ``_frozen_modules()``, and set ``patch_size``,
     ``num_prefix_tokens``, ``out_type`` and ``out_indices``.
 
     ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads through
@@ -83,7 +83,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
     carries_labels: bool = True
     #: whether the first stage pools the pixel-level mixing mask itself (PVT v2's overlapping window)
     share_from_mask: bool = False
-    #: set by every subclass: first-stage token side (px), class / distillation tokens, output kind
+    #: first-stage token side in pixels, class / distillation tokens, output kind (every subclass sets them)
     patch_size: int
     num_prefix_tokens: int = 0
     out_type: str
@@ -105,7 +105,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
 
         Raises:
             ValueError: an unknown name (the message lists the known ones) or a dict that lacks
-                one of :attr:`arch_keys`.
+                one of ``arch_keys``.
         """
         if isinstance(arch, str):
             key = cls.arch_alias.get(arch.lower(), arch.lower())
@@ -126,7 +126,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
 
     @property
     def num_features(self) -> int:
-        """The width of the last returned stage: the pooled feature a classification head reads
+        """The width of the last returned stage, the pooled feature a classification head reads
         (timm's ``num_features``)."""
         return self.feature_info[-1].num_chs
 
@@ -239,7 +239,7 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         earlier version of it did (PVT: the flat names it had before its stages).  Subclass hook;
         the base renames nothing.
 
-        ``load_state_dict`` runs it (:meth:`_load_from_state_dict`, under the backbone's own
+        ``load_state_dict`` runs it (``_load_from_state_dict``, under the backbone's own
         prefix, e.g. ``backbone.`` in a classifier or segmentor), and so does the classifier's
         loader (:func:`tlalign_mm.checkpoint.load_classifier_checkpoint`) before it checks
         the keys.

@@ -384,7 +384,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
     # -- the contract (TLABackbone) -------------------------------------------------------------
     @property
     def feature_info(self) -> list[FeatureInfo]:
-        """Stage ``i``: its channels at reduction ``4 * 2**i``."""
+        """Stage ``i`` has its channels at reduction ``4 * 2**i``."""
         return [FeatureInfo(self.stage_channels[i], 4 * 2 ** i, f'stages.{i}') for i in self.out_indices]
 
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
@@ -475,7 +475,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
             returned stage's tokens (P = 1: row 0 is the class token's).
 
         Raises:
-            TypeError / ValueError: bad ``token_labels``; with labels, a stage map its patch
+            TypeError: ``token_labels`` of a non-float dtype.
+            ValueError: ``token_labels`` of the wrong shape; with labels, a stage map its patch
                 stride or reduction ratio does not divide.
         """
         b = x.shape[0]

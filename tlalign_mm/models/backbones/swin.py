@@ -276,7 +276,7 @@ class TLASwinTransformer(TLABackbone):
         self.window_size = window_size
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.out_type = out_type
-        #: channels of each stage: C, 2C, 4C, 8C
+        #: the channels of each stage (C, 2C, 4C, 8C)
         self.stage_channels = tuple(c * 2 ** i for i in range(self.num_stages))
 
         self.patch_embed = nn.Module()
@@ -312,7 +312,7 @@ class TLASwinTransformer(TLABackbone):
     # -- the contract (TLABackbone) -------------------------------------------------------------
     @property
     def feature_info(self) -> list[FeatureInfo]:
-        """Stage ``i`` (through ``norm{i}``): ``C * 2**i`` channels at reduction ``patch_size * 2**i``."""
+        """Stage ``i`` (through ``norm{i}``) has ``C * 2**i`` channels at reduction ``patch_size * 2**i``."""
         return [FeatureInfo(self.stage_channels[i], self.patch_size * 2 ** i, f'norm{i}') for i in self.out_indices]
 
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
@@ -338,8 +338,9 @@ class TLASwinTransformer(TLABackbone):
             after ``max(out_indices)`` return nothing and are not run.
 
         Raises:
-            TypeError / ValueError: bad ``token_labels``; a stage map that does not tile into
-            windows while labels are carried.
+            TypeError: ``token_labels`` of a non-float dtype.
+            ValueError: ``token_labels`` of the wrong shape; a stage map that does not tile into
+                windows while labels are carried.
         """
         b, _, h, w = x.shape
         ph, pw = (-h) % self.patch_size, (-w) % self.patch_size

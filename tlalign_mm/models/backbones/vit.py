@@ -212,7 +212,7 @@ class TLAVisionTransformer(TLABackbone):
     # -- the contract (TLABackbone) -------------------------------------------------------------
     @property
     def feature_info(self) -> list[FeatureInfo]:
-        """Every returned block: ``embed_dims`` channels at reduction ``patch_size``."""
+        """One entry per returned block, each ``embed_dims`` channels at reduction ``patch_size``."""
         return [FeatureInfo(self.embed_dims, self.patch_size, f'blocks.{i}') for i in self.out_indices]
 
     def token_grid(self, img_hw: Sequence[int]) -> tuple[int, int]:
@@ -253,7 +253,8 @@ class TLAVisionTransformer(TLABackbone):
             aligned embedding after the last block (row 0 is the class token's target).
 
         Raises:
-            TypeError / ValueError: ``token_labels`` of a non-float dtype or wrong shape.
+            TypeError: ``token_labels`` of a non-float dtype.
+            ValueError: ``token_labels`` of the wrong shape.
         """
         b, _, h, w = x.shape
         ph, pw = (-h) % self.patch_size, (-w) % self.patch_size

@@ -51,7 +51,7 @@ def check_timm_cam_teacher(teacher: nn.Module, name: str, img_hw: Sequence[int])
     TokenMix's map is the teacher's classifier at every location; it is the class activation map
     (Zhou et al., CVPR 2016) only when the logits are a linear classifier of the globally
     average-pooled features: ``logits == mean_locations(classifier(feature_location))``.  This is
-    checked on a random (2, 3, *img_hw) input with the teacher's own weights.  ResNet, EfficientNet,
+    checked on a random ``(2, 3, *img_hw)`` input with the teacher's own weights.  ResNet, EfficientNet,
     RegNet, NFNet and ViTs with ``global_pool='avg', fc_norm=False`` pass; heads with a layer
     between the pooling and the classifier (MobileNetV3's ``conv_head``, ConvNeXt's head norm, a
     ViT's class token) do not.
