@@ -114,11 +114,12 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
         when under 90% of it would be matched); a classifier checkpoint's head is loaded too
         when its shape fits.
     """
+    from tlalign_mm.models import TLAImageClassifier
     from tlalign_mm.registry import MODELS
 
     torch.manual_seed(seed)
     model = MODELS.build(copy.deepcopy(cfg.model))
-    if not hasattr(model, 'label_rule'):
+    if not isinstance(model, TLAImageClassifier):
         raise TypeError(f'cfg.model builds {type(model).__name__}; the analysis tools need a '
                         'TLAImageClassifier (a pretraining config)')
     quiet_init_weights(model)

@@ -1,0 +1,73 @@
+"""Time the test suite's two tiers and write what they took to a results file.
+
+    python tools/test_tiers.py --results-json docs/results/test_tiers.json
+
+runs, one after the other, in this checkout's interpreter:
+
+* the fast tier, ``python -m pytest tests -q -m "not slow"`` (unit tests, no training runs);
+* the whole suite, README's test command ``python -m pytest tests -q`` (``--fast-only`` skips it).
+
+Each row gives the command, what pytest's summary line counts (passed, failed, skipped, ...) and the
+wall time in minutes. The exit status is 1 when either tier fails, so a timing of a red suite is never
+mistaken for a green one; the results file is written either way, with the failures counted.
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'analysis'))
+from results_file import add_results_arg, table, write_results  # noqa: E402  (tools/analysis/results_file.py)
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TIERS = (('fast tier', ['-m', 'not slow']), ('whole suite', []))
+
+
+def summary_counts(output: str) -> dict[str, int]:
+    """The counts of pytest's last summary line (``== 3 passed, 1 skipped in 2.0s ==``).
+
+    Raises:
+        ValueError: the output has no summary line (pytest did not finish).
+    """
+    lines = [ln for ln in output.splitlines() if re.search(r'\d+ (passed|failed|error)', ln) and ' in ' in ln]
+    if not lines:
+        raise ValueError('pytest printed no summary line; the run did not finish')
+    return {word: int(n) for n, word in re.findall(r'(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)',
+                                                   lines[-1])}
+
+
+def run_tier(args: list[str]) -> tuple[dict[str, int], float, int]:
+    cmd = [sys.executable, '-m', 'pytest', 'tests', '-q', '-p', 'no:cacheprovider', *args]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    sys.stdout.write(out.stdout[-3000:])
+    return summary_counts(out.stdout), wall, out.returncode
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--fast-only', action='store_true', help='time the fast tier only')
+    add_results_arg(p)
+    args = p.parse_args(argv)
+    rows, values, rc = [], {}, 0
+    for name, extra in TIERS[:1] if args.fast_only else TIERS:
+        counts, wall, code = run_tier(extra)
+        rc = rc or code
+        shown = ' '.join(f'-m "{a}"' if a == 'not slow' else a for a in extra)
+        rows.append([name, f'`.venv/bin/python -m pytest tests -q{" " + shown if shown else ""}`',
+                     ', '.join(f'{n} {w}' for w, n in counts.items()), f'{wall / 60:.1f}'])
+        values[name] = dict(counts=counts, seconds=round(wall, 1), returncode=code)
+        print(f'{name}: {rows[-1][2]} in {wall / 60:.1f} min (exit {code})', flush=True)
+    if args.results_json:
+        write_results(args.results_json, {'tiers': table(['tier', 'command', 'tests', 'minutes'], rows)}, values)
+        print(f'wrote {args.results_json}')
+    return 1 if rc else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
