@@ -218,19 +218,13 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line: how much was loaded from where, what was resized / missing / unexpected."""
-        def sample(keys):
-            return ', '.join(keys[:5]) + (', ...' if len(keys) > 5 else '')
-
         prefix = f', prefix {self.prefix!r}' if self.prefix else ''
         parts = [f'loaded {self.num_matched_params}/{self.num_params} parameter tensors ({len(self.matched)} keys) '
                  f'from {self.source!r} (layout {self.layout!r}{prefix})']
-        if self.resized:
-            parts.append(f'resized {len(self.resized)}: ' + ', '.join(self.resized[:3])
-                         + (', ...' if len(self.resized) > 3 else ''))
-        if self.missing:
-            parts.append(f'missing {len(self.missing)}: {sample(self.missing)}')
-        if self.unexpected:
-            parts.append(f'unexpected {len(self.unexpected)}: {sample(self.unexpected)}')
+        for what, keys, n in (('resized', self.resized, 3), ('missing', self.missing, 5),
+                              ('unexpected', self.unexpected, 5)):
+            if keys:
+                parts.append(f'{what} {len(keys)}: ' + ', '.join(keys[:n]) + (', ...' if len(keys) > n else ''))
         if self.ignored:
             parts.append(f'ignored {len(self.ignored)} (heads / buffers)')
         return '; '.join(parts)

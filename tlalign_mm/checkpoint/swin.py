@@ -139,8 +139,7 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
     * ``'mmseg'`` / ``'mmdet'`` (:data:`MM_KEYS`): the merging reordered to ``nn.Unfold``'s order, the
       persistent ``relative_position_index`` buffers written (mm loads strictly only with them).
 
-    Args:
-        sd: our Swin keys; head: ``{'weight': (K, C), 'bias': (K,)}`` or None; readout: ignored.
+    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our Swin keys; ``readout`` ignored.
 
     Raises:
         ValueError: ``'mmpretrain'``; timm without the last stage's output norm.

@@ -124,9 +124,7 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
       (timm's default ``fc_norm`` for ``'avg'`` would norm after pooling instead);
     * ``'mmseg'`` / ``'mmpretrain'``: :data:`MMSEG_KEYS` / :data:`MMPRETRAIN_KEYS`, backbone only.
 
-    Args:
-        sd: our ViT keys (``pos_embed`` (1, P + h*w, C) ...); head: ``{'weight': (K, C), 'bias': (K,)}`` or
-            None; readout: ``'cls_token'`` / ``'avg_featmap'`` (our classifier's pooled feature) or None.
+    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our ViT keys (``pos_embed`` (1, P + h*w, C)).
 
     Raises:
         ValueError: ``'mmdet'``; a distilled DeiT for timm or mmseg; a timm head without a readout; a
