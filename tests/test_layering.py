@@ -1,7 +1,7 @@
-"""The package's import direction (docs/advanced_guides/design.md): ``align`` <- ``structures`` <- ``mixing`` <- ``models`` <- the
-rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``; ``checkpoint`` below the other three), nothing
-under ``tlalign_mm/`` imports ``tools``, and ``analysis`` traces and measures only (no matplotlib, CSV writers,
-mmengine configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
+"""The package's import direction (docs/advanced_guides/design.md): ``align`` <- ``structures`` <- ``mixing`` <-
+``models`` <- the rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``; ``checkpoint`` below the other
+three), nothing under ``tlalign_mm/`` imports ``tools``, and ``analysis`` traces and measures only (no matplotlib,
+CSV writers, mmengine configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
 
 Every ``import`` statement of every module is read with ``ast`` (function-level imports too, so a
 lazy import cannot hide an edge), relative imports resolved against the module's package.  The models reach

@@ -22,7 +22,7 @@ import torch
 from ..registry import FUNCTIONS
 
 __all__ = ['CheckpointFileError', 'CheckpointNotFoundError', 'mmengine_safe_globals', 'diagnose_checkpoint_file',
-           'load_local_checkpoint', 'load_checkpoint_file', 'register_checkpoint_loader', 'atomic_save',
+           'load_checkpoint_file', 'register_checkpoint_loader', 'atomic_save',
            'atomic_write_bytes', 'atomic_write_text', 'find_resumable_checkpoint']
 
 
@@ -184,43 +184,17 @@ def _reason(e: BaseException) -> str:
     return f'{type(e).__name__}: {lines[0][:200]}' if lines else type(e).__name__
 
 
-def _refused(path: str, e: BaseException) -> CheckpointFileError:
-    return CheckpointFileError(f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
-                               f'refuses ({_reason(e)}); nothing from it was run')
-
-
 _LOAD_ERRORS = (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError)
 
 
 # -- loading -------------------------------------------------------------------------------------------------
-def load_local_checkpoint(filename: str | os.PathLike, map_location: Any = None) -> Any:
-    """mmengine's ``load_from_local`` (``torch.load(filename, map_location)``) with ``weights_only=True`` and the
-    allow-list, ``.safetensors`` by ``safetensors``.  Raises CheckpointNotFoundError (no file) or
-    CheckpointFileError (:func:`diagnose_checkpoint_file`'s kinds, or refused types): one line."""
-    path = os.path.expanduser(os.fspath(filename))
-    reason = diagnose_checkpoint_file(path)
-    if reason == 'no such file':
-        raise CheckpointNotFoundError(f'checkpoint file not found: {path!r}')
-    if reason is not None:
-        raise CheckpointFileError(f'{path}: {reason}')
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        try:
-            return load_file(path, device=map_location if isinstance(map_location, str) else 'cpu')
-        except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
-            raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})') from None
-    try:
-        with _safe_loading(force=False):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except _LOAD_ERRORS as e:
-        raise _refused(path, e) from None
-
-
 @FUNCTIONS.register_module()
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
-    """Load a checkpoint, local (:func:`load_local_checkpoint`) or through mmengine's ``CheckpointLoader``
-    (``http(s)://`` cached in torch's hub folder, ``open-mmlab://``, ``s3://``, any registered scheme; every
-    ``torch.load`` it makes in this thread held to ``weights_only``), without executing pickled code.
+    """Load a checkpoint without executing pickled code: a local file (checked first by
+    :func:`diagnose_checkpoint_file`) by ``torch.load(weights_only=True)`` with the allow-list, ``.safetensors`` by
+    ``safetensors``; else through mmengine's ``CheckpointLoader`` (``http(s)://`` cached in torch's hub folder,
+    ``open-mmlab://``, ``s3://``, any registered scheme; every ``torch.load`` it makes in this thread held to
+    ``weights_only``).
 
     Returns:
         The loaded dict (a checkpoint or a state dict).
@@ -231,28 +205,48 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> 
             ``pickle.UnpicklingError``); one line naming the path; nothing from the file was run.
         OSError: what the scheme's backend raises when it cannot fetch a remote file (``URLError`` ...).
     """
-    path = os.fspath(path)
-    if '://' not in path:
-        obj: Any = load_local_checkpoint(path, map_location)
-    else:
-        from mmengine.runner.checkpoint import CheckpointLoader
-        try:
+    return _load(os.fspath(path), map_location, remote='://' in os.fspath(path))
+
+
+def _load(path: str, map_location: Any, remote: bool) -> dict:
+    safetensors = path.endswith('.safetensors') and not remote
+    if not remote:
+        path = os.path.expanduser(path)
+        if (reason := diagnose_checkpoint_file(path)) == 'no such file':
+            raise CheckpointNotFoundError(f'checkpoint file not found: {path!r}')
+        if reason is not None:
+            raise CheckpointFileError(f'{path}: {reason}')
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
+            obj: Any = load_file(path, device=map_location if isinstance(map_location, str) else 'cpu')
+        elif remote:
+            from mmengine.runner.checkpoint import CheckpointLoader
             with _safe_loading(force=True):
                 obj = CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent')
-        except _LOAD_ERRORS as e:
-            raise _refused(path, e) from None
+        else:
+            with _safe_loading(force=False):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+        if safetensors:
+            raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})') from None
+        if not isinstance(e, _LOAD_ERRORS):
+            raise
+        raise CheckpointFileError(f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
+                                  f'refuses ({_reason(e)}); nothing from it was run') from None
     if not isinstance(obj, Mapping):
         raise CheckpointFileError(f'{path}: holds a {type(obj).__name__}, not a checkpoint or state dict (a dict)')
     return dict(obj)
 
 
 def register_checkpoint_loader() -> None:
-    """Have mmengine's ``CheckpointLoader`` read local paths with :func:`load_local_checkpoint`: ``--resume``,
+    """Have mmengine's ``CheckpointLoader`` read local paths with :func:`load_checkpoint_file`: ``--resume``,
     ``load_from`` and ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load
     mmengine's checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6, and a bad file is one line.  The tools
     call it; ``import tlalign_mm`` does not."""
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
+    CheckpointLoader.register_scheme(prefixes='', force=True)(lambda path, map_location=None: _load(
+        os.fspath(path), map_location, remote=False))
 
 
 # -- writing -------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ['KeyMap', 'has_key', 'stage_ids', 'filter_state_dict', 'ExportResult', 'call', 'ratio', 'no_counterpart']
+__all__ = ['KeyMap', 'has_key', 'stage_ids', 'filter_state_dict', 'ExportResult', 'call', 'ratio', 'no_counterpart',
+           'stock_args']
 
 _PLACEHOLDER = re.compile(r'\{([a-z])([+-]\d+)?\}')
 _BUFFERS = ('relative_position_index', 'attn_mask', 'relative_coords_table')
@@ -108,6 +109,14 @@ def call(fn: str, kwargs: Mapping) -> str:
 def ratio(r: float) -> float | int:
     """An integral MLP ratio as an int: the stock classes build ``Linear(C, mlp_ratio * C)``, which needs one."""
     return int(r) if float(r).is_integer() else r
+
+
+def stock_args(a: dict, cls: str, extra=()) -> dict:
+    """Pop ``out_type`` (anything but ``'featmap'`` raises ValueError: the stock ``cls`` returns feature maps
+    only) from a stock-model argument dict, and the ``extra`` keys it holds (returned: passed on as given)."""
+    if (out_type := a.pop('out_type', 'featmap')) != 'featmap':
+        raise ValueError(f"stock {cls} returns feature maps only: out_type={out_type!r}, use 'featmap'")
+    return {k: a.pop(k) for k in extra if k in a}
 
 
 def no_counterpart(what: str, target: str, alternatives: str) -> ValueError:

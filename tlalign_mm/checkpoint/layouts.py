@@ -39,11 +39,14 @@ _ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_tok
                  'block1.0.')
 
 
-def _top_prefixes(keys, limit: int = 12) -> str:
+def _top_prefixes(keys, hint: str = '', limit: int = 12) -> str:
+    """'top-level prefixes present: ...', and where backbone-like keys sit (then ``hint``), for an error."""
     cnt = Counter(k.split('.', 1)[0] for k in keys)
     items = [f'{p!r} ({n})' for p, n in cnt.most_common(limit)] + ([f'... {len(cnt) - limit} more']
                                                                    if len(cnt) > limit else [])
-    return ', '.join(items) if items else '(none: empty state dict)'
+    cands = _prefix_candidates(keys)
+    return (f"top-level prefixes present: {', '.join(items) if items else '(none: empty state dict)'}"
+            + (f'; backbone-like keys sit under {cands}{hint}' if cands else ''))
 
 
 def _prefix_candidates(keys) -> list[str]:
@@ -82,9 +85,7 @@ def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[
     prefix = prefix if not prefix or prefix.endswith('.') else prefix + '.'
     if prefix:
         if not (sub := {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}):
-            hint = f'; backbone-like keys sit under {cands}' if (cands := _prefix_candidates(sd)) else ''
-            raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; top-level prefixes present: '
-                             f'{_top_prefixes(sd)}{hint}')
+            raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; {_top_prefixes(sd)}')
         sd = sub
     return sd, prefix
 
@@ -119,9 +120,8 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = No
 def require_layout(sd: Mapping[str, Tensor], source: str, prefix: str, prefix_hint: str) -> str:
     """:func:`detect_layout`, or the one unknown-layout ``ValueError`` (names the prefixes present)."""
     if (layout := detect_layout(sd)) == 'unknown':
-        hint = f'; backbone-like keys sit under {cands}: {prefix_hint}' if (cands := _prefix_candidates(sd)) else ''
         raise ValueError(f'{source}: unrecognised checkpoint layout (prefix {prefix!r}); '
-                         f'top-level prefixes present: {_top_prefixes(sd)}{hint}')
+                         f"{_top_prefixes(sd, ': ' + prefix_hint)}")
     return layout
 
 
@@ -218,19 +218,13 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line: how much was loaded from where, what was resized / missing / unexpected."""
-        def sample(keys):
-            return ', '.join(keys[:5]) + (', ...' if len(keys) > 5 else '')
-
         prefix = f', prefix {self.prefix!r}' if self.prefix else ''
         parts = [f'loaded {self.num_matched_params}/{self.num_params} parameter tensors ({len(self.matched)} keys) '
                  f'from {self.source!r} (layout {self.layout!r}{prefix})']
-        if self.resized:
-            parts.append(f'resized {len(self.resized)}: ' + ', '.join(self.resized[:3])
-                         + (', ...' if len(self.resized) > 3 else ''))
-        if self.missing:
-            parts.append(f'missing {len(self.missing)}: {sample(self.missing)}')
-        if self.unexpected:
-            parts.append(f'unexpected {len(self.unexpected)}: {sample(self.unexpected)}')
+        for what, keys, n in (('resized', self.resized, 3), ('missing', self.missing, 5),
+                              ('unexpected', self.unexpected, 5)):
+            if keys:
+                parts.append(f'{what} {len(keys)}: ' + ', '.join(keys[:n]) + (', ...' if len(keys) > n else ''))
         if self.ignored:
             parts.append(f'ignored {len(self.ignored)} (heads / buffers)')
         return '; '.join(parts)

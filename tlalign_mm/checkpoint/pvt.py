@@ -17,7 +17,7 @@ import torch
 
 from ..models import TLAPyramidVisionTransformer
 from ..models.backbones.pvt import stage_key
-from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_counterpart, stage_ids
+from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_counterpart, stage_ids, stock_args
 
 NAME, MODEL = 'pvt', TLAPyramidVisionTransformer
 LAYOUTS = ('official-pvt', 'mm-pvt', 'timm-pvt')
@@ -117,9 +117,8 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     if lib != 'mmdet':
         raise no_counterpart(f"a PVT v{2 - v1} backbone", lib, f'{lib} has no PyramidVisionTransformer; PVT goes to '
                              "'mmdet'" + ('' if v1 else ", 'timm'") + " or 'tlalign'")
-    if (out_type := a.pop('out_type', 'featmap')) != 'featmap':
-        raise ValueError(f"stock PyramidVisionTransformer returns feature maps only: out_type={out_type!r}, use "
-                         "'featmap'")
+    extra = stock_args(a, 'PyramidVisionTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate',
+                                                        'drop_path_rate'))
     dims, heads = tuple(a.pop('embed_dims')), tuple(a.pop('num_heads'))
     per_head = dims[0] // heads[0]
     if any(d != per_head * h for d, h in zip(dims, heads)):
@@ -132,9 +131,7 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
         kw['pretrain_img_size'] = img if isinstance(img, int) else tuple(img)
     for k in ('frozen_stages', 'norm_eval', 'with_cp'):
         a.pop(k, None)
-    extra = ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate')
-    return f"mmdet.models.backbones.PyramidVisionTransformer{'' if v1 else 'V2'}", kw | {k: a.pop(k) for k in extra
-                                                                                       if k in a}
+    return f"mmdet.models.backbones.PyramidVisionTransformer{'' if v1 else 'V2'}", kw | extra
 
 
 def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:

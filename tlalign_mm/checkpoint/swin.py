@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..align import relative_position_index
 from ..models import TLASwinTransformer
-from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_counterpart, ratio, stage_ids
+from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_counterpart, ratio, stage_ids, stock_args
 
 NAME, MODEL = 'swin', TLASwinTransformer
 LAYOUTS = ('official-swin', 'timm-swin', 'mm-swin')
@@ -116,8 +116,8 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     if lib not in ('mmseg', 'mmdet'):
         raise no_counterpart('a Swin backbone', lib, f"{lib} has no SwinTransformer target here (mmpretrain's is "
                              "its VisionTransformer); Swin goes to 'timm', 'mmseg', 'mmdet' or 'tlalign'")
-    if (out_type := a.pop('out_type', 'featmap')) != 'featmap':
-        raise ValueError(f"stock SwinTransformer returns feature maps only: out_type={out_type!r}, use 'featmap'")
+    extra = stock_args(a, 'SwinTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate',
+                                                'frozen_stages', 'with_cp'))
     depths, patch = tuple(a.pop('depths')), a.pop('patch_size')
     kw = dict(embed_dims=a.pop('embed_dims'), depths=depths, num_heads=tuple(a.pop('num_heads')),
               window_size=a.pop('window_size'), patch_size=patch, mlp_ratio=ratio(a.pop('mlp_ratio')),
@@ -127,8 +127,7 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
         img = a.pop('img_size')
         kw['pretrain_img_size'] = img if isinstance(img, int) else tuple(img)
     a.pop('norm_eval', None)
-    extra = ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'frozen_stages', 'with_cp')
-    return f'{lib}.models.backbones.SwinTransformer', kw | {k: a.pop(k) for k in extra if k in a}
+    return f'{lib}.models.backbones.SwinTransformer', kw | extra
 
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
@@ -140,8 +139,7 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
     * ``'mmseg'`` / ``'mmdet'`` (:data:`MM_KEYS`): the merging reordered to ``nn.Unfold``'s order, the
       persistent ``relative_position_index`` buffers written (mm loads strictly only with them).
 
-    Args:
-        sd: our Swin keys; head: ``{'weight': (K, C), 'bias': (K,)}`` or None; readout: ignored.
+    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our Swin keys; ``readout`` ignored.
 
     Raises:
         ValueError: ``'mmpretrain'``; timm without the last stage's output norm.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..models import TLAVisionTransformer
-from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_counterpart, ratio, stage_ids
+from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_counterpart, ratio, stage_ids, stock_args
 
 NAME, MODEL = 'vit', TLAVisionTransformer
 LAYOUTS = ('timm-vit', 'mmseg-vit', 'mmpretrain-vit')
@@ -89,8 +89,7 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     if lib not in ('mmseg', 'mmpretrain'):
         raise no_counterpart('a DeiT / ViT backbone', lib, f'{lib} has no VisionTransformer backbone; '
                              "mmseg's and mmpretrain's hold it")
-    if (out_type := a.pop('out_type', 'featmap')) != 'featmap':
-        raise ValueError(f"stock VisionTransformer returns feature maps here: out_type={out_type!r}, use 'featmap'")
+    stock_args(a, 'VisionTransformer')
     distilled, frozen = a.pop('distilled'), a.pop('frozen_stages', -1)
     if distilled and lib == 'mmseg':
         raise no_counterpart('a distilled DeiT (dist_token)', lib, "mmseg's VisionTransformer has no distillation "
@@ -117,35 +116,6 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     return f"mmpretrain.models.{'Distilled' * distilled}VisionTransformer", kw
 
 
-def _timm(sd, a: dict, head, readout) -> ExportResult:
-    """timm's ``VisionTransformer`` (``timm/models/vision_transformer.py``): our names, plus ``head``."""
-    if a['distilled']:
-        raise no_counterpart('a distilled DeiT (dist_token)', 'timm', "timm's VisionTransformer has no "
-                             "distillation token; mmpretrain's DistilledVisionTransformer (and tlalign) hold it")
-    if head:
-        sd['head.weight'], sd['head.bias'] = head['weight'], head['bias']
-        if readout is None:
-            raise ValueError('the classifier head goes to timm, but which feature it reads (class token or token '
-                             "mean) is not known from the checkpoint: pass readout='cls_token' or 'avg_featmap' "
-                             '(--readout)')
-    size = _DEIT_SIZES.get(a['embed_dims'])
-    standard = size and (a['num_layers'], a['patch_size'], a['num_heads'] * 64, a['mlp_ratio']) == (
-        12, 16, a['embed_dims'], 4)
-    kw = dict(model_name=f'deit_{size}_patch16_224' if standard else 'vit_base_patch16_224', pretrained=False)
-    if not standard:
-        kw |= dict(patch_size=a['patch_size'], embed_dim=a['embed_dims'], depth=a['num_layers'],
-                   num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
-    kw |= {k: v for k, v, default in [('img_size', a['img_size'], 224), ('qkv_bias', a['qkv_bias'], True),
-                                      ('final_norm', a['final_norm'], True)] if v != default}
-    kw['num_classes'] = head['weight'].shape[0] if head else 0
-    if readout == 'avg_featmap':    # ours: final norm on every token, then the patch-token mean
-        kw |= dict(global_pool='avg', fc_norm=False)
-    elif readout == 'cls_token':
-        kw['global_pool'] = 'token'
-    return ExportResult(sd, 'timm-vit', 'timm VisionTransformer (timm/models/vision_transformer.py)',
-                        call('timm.create_model', kw))
-
-
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
     """Write a ViT state dict in our layout for ``to`` (the reverse of :func:`convert`).
 
@@ -154,9 +124,7 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
       (timm's default ``fc_norm`` for ``'avg'`` would norm after pooling instead);
     * ``'mmseg'`` / ``'mmpretrain'``: :data:`MMSEG_KEYS` / :data:`MMPRETRAIN_KEYS`, backbone only.
 
-    Args:
-        sd: our ViT keys (``pos_embed`` (1, P + h*w, C) ...); head: ``{'weight': (K, C), 'bias': (K,)}`` or
-            None; readout: ``'cls_token'`` / ``'avg_featmap'`` (our classifier's pooled feature) or None.
+    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our ViT keys (``pos_embed`` (1, P + h*w, C)).
 
     Raises:
         ValueError: ``'mmdet'``; a distilled DeiT for timm or mmseg; a timm head without a readout; a
@@ -166,10 +134,32 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
     notes = [f"built at img_size={a['img_size']}, patch_size={a['patch_size']} (the stored position grid) "
              "and, num_heads not being stored in the weights, with your arch's num_heads (the line assumes "
              f"DeiT's 64 channels per head: {a['num_heads']})"]
-    if to == 'timm':
-        res = _timm(sd, a, head, readout)
-        res.notes = notes
-        return res
+    if to == 'timm':   # timm's VisionTransformer (timm/models/vision_transformer.py): our names, plus head
+        if a['distilled']:
+            raise no_counterpart('a distilled DeiT (dist_token)', 'timm', "timm's VisionTransformer has no "
+                                 "distillation token; mmpretrain's DistilledVisionTransformer (and tlalign) hold it")
+        if head:
+            sd['head.weight'], sd['head.bias'] = head['weight'], head['bias']
+            if readout is None:
+                raise ValueError('the classifier head goes to timm, but which feature it reads (class token or '
+                                 "token mean) is not known from the checkpoint: pass readout='cls_token' or "
+                                 "'avg_featmap' (--readout)")
+        size = _DEIT_SIZES.get(a['embed_dims'])
+        standard = size and (a['num_layers'], a['patch_size'], a['num_heads'] * 64, a['mlp_ratio']) == (
+            12, 16, a['embed_dims'], 4)
+        kw = dict(model_name=f'deit_{size}_patch16_224' if standard else 'vit_base_patch16_224', pretrained=False)
+        if not standard:
+            kw |= dict(patch_size=a['patch_size'], embed_dim=a['embed_dims'], depth=a['num_layers'],
+                       num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
+        kw |= {k: v for k, v, default in [('img_size', a['img_size'], 224), ('qkv_bias', a['qkv_bias'], True),
+                                          ('final_norm', a['final_norm'], True)] if v != default}
+        kw['num_classes'] = head['weight'].shape[0] if head else 0
+        if readout == 'avg_featmap':    # ours: final norm on every token, then the patch-token mean
+            kw |= dict(global_pool='avg', fc_norm=False)
+        elif readout == 'cls_token':
+            kw['global_pool'] = 'token'
+        return ExportResult(sd, 'timm-vit', 'timm VisionTransformer (timm/models/vision_transformer.py)',
+                            call('timm.create_model', kw), notes=notes)
     path, kw = stock(dict(a), to)
     cls = path.rsplit('.', 1)[1]
     if to == 'mmseg':
