@@ -398,6 +398,7 @@ needs_demo = pytest.mark.skipif(not osp.isdir(DEMO_DATA), reason='demo data miss
                                 'tools/prepare_demo_data.py --only cls')
 
 
+@pytest.mark.slow
 @needs_demo
 def test_token_fluctuation_cli(tmp_path):
     out = _run([osp.join('tools', 'analysis', 'token_fluctuation.py'), DEMO_TLA, '--num-batches', '1',
@@ -423,6 +424,7 @@ def test_token_fluctuation_cli(tmp_path):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.mark.slow
 @needs_demo
 def test_visualize_aligned_labels_cli(tmp_path):
     out = _run([osp.join('tools', 'analysis', 'visualize_aligned_labels.py'), DEMO_TLA, '--layers', '0', '3',

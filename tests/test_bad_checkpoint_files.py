@@ -156,6 +156,7 @@ def _assert_tool_line(proc, path, says):
     _one_line(last, path, says)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['text', 'truncated', 'empty'])
 def test_train_resume_from_a_bad_file_is_one_line(tmp_path, kind):
     path, says = make_bad(tmp_path, kind)
@@ -163,6 +164,7 @@ def test_train_resume_from_a_bad_file_is_one_line(tmp_path, kind):
     _assert_tool_line(proc, path, says)
 
 
+@pytest.mark.slow
 def test_train_load_from_a_bad_file_is_one_line(tmp_path):
     path, says = make_bad(tmp_path, 'random')
     proc = _tool(['tools/train.py', DEMO_CFG, '--work-dir', str(tmp_path / 'wd'),
@@ -170,6 +172,7 @@ def test_train_load_from_a_bad_file_is_one_line(tmp_path):
     _assert_tool_line(proc, path, says)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['text', 'refused'])
 def test_test_tool_with_a_bad_file_is_one_line(tmp_path, kind):
     path, says = make_bad(tmp_path, kind)

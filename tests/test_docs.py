@@ -112,6 +112,8 @@ def path_problems(line: Line) -> list[str]:
             if not p or p.endswith('/.'):
                 continue
             full = osp.join(REPO, p)
+            if IN_PROGRESS and p == IN_PROGRESS:
+                continue
             ok = glob.glob(full) if any(c in p for c in '*?[') else osp.exists(full)
             if not ok:
                 problems.append(f'{line.where()}: {p!r} does not exist (in {raw!r})')
@@ -267,6 +269,7 @@ def flag_problems(line: Line, cmd: str) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_every_fenced_tool_command_uses_real_flags():
     problems = [p for path in doc_files() for line, cmd in fenced_commands(read_lines(path))
                 for p in flag_problems(line, cmd)]
@@ -354,9 +357,15 @@ def figure_problems(line: Line) -> list[str]:
             for m in FIGURE_RE.finditer(text)]
 
 
+#: the results file a running measurement is writing (``tools/test_tiers.py`` times this suite, so the
+#: file it writes cannot exist while the suite runs): quotes of it, and only of it, are not checked then
+IN_PROGRESS = os.environ.get('TLALIGN_RESULTS_IN_PROGRESS')
+
+
 def test_every_figure_comes_from_a_results_file():
     problems = [p for line in all_lines() for p in figure_problems(line)]
-    problems += [p for f in results_tables.markdown_files(REPO) for p in results_tables.process(f, write=False)]
+    problems += [p for f in results_tables.markdown_files(REPO) for p in results_tables.process(f, write=False)
+                 if not (IN_PROGRESS and IN_PROGRESS in p)]
     assert not problems, '\n'.join(problems)
 
 

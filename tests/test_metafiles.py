@@ -111,6 +111,7 @@ def _registry(scope: str):
     return MODELS
 
 
+@pytest.mark.slow
 @pytest.mark.mm
 def test_every_entry_builds(tmp_path):
     from mmengine.registry import init_default_scope

@@ -307,6 +307,7 @@ def test_dummy_batches_train_through_the_models():
 
 
 # --------------------------------------------------------------------------------- the tools
+@pytest.mark.slow
 @pytest.mark.mm
 def test_get_flops_tool_on_demo_upernet_with_stock(tmp_path):
     out = tmp_path / 'flops.json'
@@ -323,6 +324,7 @@ def test_get_flops_tool_on_demo_upernet_with_stock(tmp_path):
     assert ours['backbone_flops'] == stock['backbone_flops']
 
 
+@pytest.mark.slow
 @pytest.mark.mm
 def test_get_flops_compare_stock_accepts_label_options(tmp_path):
     """A valid config that sets our label options (``label_dtype``, ``attn_impl``: ours only, no stock
@@ -352,6 +354,7 @@ def test_stock_mapping_knows_every_backbone_argument():
             'VisionTransformer', 'SwinTransformer', 'PyramidVisionTransformer', 'PyramidVisionTransformerV2')
 
 
+@pytest.mark.slow
 @pytest.mark.mm
 def test_get_flops_tool_on_a_pretraining_config(tmp_path):
     out = tmp_path / 'flops.json'
@@ -364,6 +367,7 @@ def test_get_flops_tool_on_a_pretraining_config(tmp_path):
     assert res['backbone_flops'] < 4.6e9 / 3      # 49 + 1 tokens instead of 196 + 1
 
 
+@pytest.mark.slow
 @pytest.mark.mm
 def test_get_flops_tool_on_demo_cascade(tmp_path):
     out = tmp_path / 'flops.json'
@@ -375,6 +379,7 @@ def test_get_flops_tool_on_demo_cascade(tmp_path):
     assert all(res['parts'][p]['flops'] > 0 for p in ('backbone', 'neck', 'rpn_head', 'roi_head'))
 
 
+@pytest.mark.slow
 @pytest.mark.mm
 def test_benchmark_downstream_tool_runs(tmp_path):
     out = tmp_path / 'bench.json'
@@ -396,6 +401,7 @@ def test_tools_reject_bad_arguments():
     assert r.returncode == 2 and '--shape takes H or H W' in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', ['deit-tiny', 'swin-tiny'])
 def test_benchmark_label_path_tool_runs(tmp_path, model):
     out = tmp_path / 'label_path.json'
@@ -440,6 +446,7 @@ def test_benchmark_official_compares_the_same_algorithm():
     assert (target_o - labels[:, 0]).abs().max() > 1e-5     # the labels moved (random init: little)
 
 
+@pytest.mark.slow
 def test_benchmark_official_tool_runs(tmp_path):
     out = str(tmp_path / 'official.json')
     stdout = _run_tool('benchmark_official.py', '--batch', '2', '--img', '32', '--num-classes', '10', '--iters', '2',

@@ -77,6 +77,7 @@ def _losses(runner):
     return [float(v) for v in hist.data[0]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tl_align', [True, False], ids=['tl-align', 'cutmix-baseline'])
 def test_runner_trains_on_real_images_and_exports_backbone(fmnist_root, tmp_path, tl_align):
     runner = Runner.from_cfg(_cfg(fmnist_root, str(tmp_path), tl_align))
@@ -106,6 +107,7 @@ def test_runner_trains_on_real_images_and_exports_backbone(fmnist_root, tmp_path
         assert torch.equal(v, trained[k]), k
 
 
+@pytest.mark.slow
 def test_backbone_export_beside_every_checkpoint(fmnist_root, tmp_path):
     """at_checkpoint=True: a backbone export follows each checkpoint the CheckpointHook writes."""
     cfg = _cfg(fmnist_root, str(tmp_path), True, max_iters=4)

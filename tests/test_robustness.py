@@ -203,6 +203,7 @@ def _rows(result):
     return out
 
 
+@pytest.mark.slow
 def test_tool_scores_every_layout_as_expected(imagenet_like, tmp_path, capsys):
     tool = _load_tool()
     d = imagenet_like
@@ -247,6 +248,7 @@ def test_tool_scores_every_layout_as_expected(imagenet_like, tmp_path, capsys):
     assert runs[0] == 'name,config,checkpoint,suite,metric,value,images' and len(runs) == 1 + 2 * len(res['table'])
 
 
+@pytest.mark.slow
 def test_tool_skips_missing_folders_and_runs_autoattack(imagenet_like, tmp_path, capsys):
     pytest.importorskip('torchattacks')
     tool = _load_tool()
@@ -268,6 +270,7 @@ def test_tool_skips_missing_folders_and_runs_autoattack(imagenet_like, tmp_path,
     assert [r[4] for r in res['table']] == [6, 6, 3, 3]
 
 
+@pytest.mark.slow
 def test_tool_errors_name_what_to_fix(imagenet_like, tmp_path, capsys):
     tool = _load_tool()
     d = imagenet_like

@@ -243,6 +243,7 @@ def test_help(tool, capsys, request):
         assert opt in out
 
 
+@pytest.mark.slow
 def test_train_resume_workdir_local_rank(train_tool, cfgs, monkeypatch, tmp_path):
     monkeypatch.delenv('LOCAL_RANK', raising=False)
     tiny = cfgs['tiny']
@@ -270,6 +271,7 @@ def test_train_resume_workdir_local_rank(train_tool, cfgs, monkeypatch, tmp_path
     assert cfg.train_cfg.max_epochs == 7 and cfg.work_dir == '/tmp/from_cfg'
 
 
+@pytest.mark.slow
 def test_train_amp(train_tool, cfgs, mm_capsys):
     capsys = mm_capsys
     cfg = train_tool.setup_cfg(train_tool.parse_args([cfgs['tiny'], '--amp']))
@@ -349,6 +351,7 @@ def test_launch_module_imports():
             assert getattr(mod, fn) is getattr(launch, fn), (name, fn)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU process group is for machines without CUDA')
 def test_cpu_distributed_launchers(train_tool, cfgs, monkeypatch):
     """Without CUDA: ``--launcher mpi`` is refused by name (the config untouched), ``slurm`` outside
@@ -406,6 +409,7 @@ DET_CFG = osp.join(REPO, 'configs', 'cascade_mask_rcnn',
                    'cascade-mask-rcnn_swin-t_in1k-tla-pre_fpn_ms-crop-3x_8xb2_coco.py')
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the fp32 fallback is for machines without CUDA')
 def test_train_config_amp_falls_back_to_fp32_without_cuda(train_tool, mm_capsys):
     """The Cascade Mask R-CNN configs ask for ``AmpOptimWrapper``, whose constructor asserts a GPU:
@@ -437,6 +441,7 @@ model = dict(type='EncoderDecoder', data_preprocessor=dict(size=crop_size),
 '''
 
 
+@pytest.mark.slow
 def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkeypatch):
     """Both tools reject an invalid downstream config by its field before anything is registered or
     built: train.py in ``main`` before ``register_scope``; test.py in ``setup_cfg`` before ``--tta``."""
@@ -478,6 +483,7 @@ def test_scope_dispatch(tool, scope, request, monkeypatch):
     assert calls == [(scope, False)]
 
 
+@pytest.mark.slow
 def test_test_tool_options(test_tool, cfgs, tmp_path):
     tiny = cfgs['tiny']
     cfg = test_tool.setup_cfg(test_tool.parse_args([tiny, 'ck.pth', '--work-dir', str(tmp_path)]))

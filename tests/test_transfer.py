@@ -155,6 +155,7 @@ def test_transfer_config_builds_its_model(path):
     assert cfg.optim_wrapper.optimizer.type == 'SGD' and cfg.train_cfg.max_epochs == 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('data', sorted(CLASSES))
 def test_transfer_config_trains_a_few_iterations(data, data_root, tmp_path):
     """DeiT-T from a (random) backbone checkpoint through init_cfg, fine-tuned on the tiny files."""

@@ -53,7 +53,7 @@ import torch
 from tlalign_mm.checkpoint import load_checkpoint_file  # weights_only, with mmengine's types allow-listed
 from tlalign_mm.checkpoint.io import diagnose_checkpoint_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(REPO, 'data', 'demo')
 FMNIST = os.path.join(DATA, 'fashion_mnist')
 DEMO = os.path.join(REPO, 'configs', 'demo')

@@ -34,7 +34,7 @@ from tlalign_mm.datasets import (
 )
 from tlalign_mm.datasets.fault_tolerant import epoch_seed, sample_seed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOC = os.path.join(REPO, 'data', 'demo', 'voc_seg', 'img_dir', 'train')
 
 

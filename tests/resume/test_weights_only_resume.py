@@ -145,7 +145,7 @@ _NO_FIX_SCRIPT = textwrap.dedent('''
     import pickle, sys
     import torch
     sys.path.insert(0, {tests_dir!r})
-    import test_resume as T
+    import test_weights_only_resume as T
     assert 'tlalign_mm' not in sys.modules, 'nothing may register safe globals here'
     # torch registers some of its own types; none of ours (numpy / mmengine / getattr) may be there yet
     for g in torch.serialization.get_safe_globals():
@@ -167,6 +167,7 @@ _NO_FIX_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 @needs_torch26
 def test_resume_fails_without_registration(full_run, tmp_path):
     """In a fresh interpreter with no safe globals, Runner resume dies with UnpicklingError."""
@@ -181,6 +182,7 @@ def test_resume_fails_without_registration(full_run, tmp_path):
 
 
 # --------------------------------------------------------------------------- (b) with it, resume is exact
+@pytest.mark.slow
 def test_resume_with_registration_matches_uninterrupted(full_run, tmp_path):
     """Resume from epoch 1 -> train to epoch 3 == the uninterrupted 3-epoch run, bit for bit; nothing is
     added to torch's process-wide allow-list."""
