@@ -85,3 +85,15 @@ def plain_backbone():
             return (self.conv(x).mean((2, 3)),)
 
     return 'PlainConvBackbone'
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _default_scope_per_module():
+    """A test module that builds a Runner leaves mmengine's current default scope behind (a process-wide
+    ``DefaultScope`` instance), which would make the next module's registry lookups depend on the order
+    the files run in; each module starts from the scopes that existed before it."""
+    from mmengine.registry import DefaultScope
+    before = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(before)

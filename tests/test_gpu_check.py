@@ -27,6 +27,7 @@ def test_without_cuda_says_so_in_one_line_and_fails():
     assert len(lines) == 1 and 'CUDA is not available' in lines[0]
 
 
+@pytest.mark.slow
 def test_parts_run_at_toy_size_on_cpu(tmp_path, monkeypatch, capsys):
     mod = _module()
     cpu = torch.device('cpu')

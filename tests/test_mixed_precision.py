@@ -151,6 +151,7 @@ def _tiny_vit(**kw):
     return structure_attention_(vit)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('dtype', LOW)
 def test_deit_under_autocast_runs_one_attention_kernel_per_block(dtype):
     x = torch.randn(2, 3, 32, 32)
@@ -297,6 +298,7 @@ def test_train_step_never_reads_a_tensor_back(monkeypatch, arch, tl_align, mixer
     assert model.data_preprocessor._mix_step == 4 and int(model.data_preprocessor.mix_step) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', ['vit', 'swin'])
 def test_compiled_train_step_gives_the_eager_targets_without_recompiling(arch):
     """mmengine's ``compile=True`` compiles ``model.train_step``: the same losses and alignment
