@@ -5,7 +5,9 @@
 runs, one after the other, in this checkout's interpreter:
 
 * the fast tier, ``python -m pytest tests -q -m "not slow"`` (unit tests, no training runs);
-* the whole suite, README's test command ``python -m pytest tests -q`` (``--fast-only`` skips it).
+* the whole suite, README's test command ``python -m pytest tests -q``.
+
+``--fast-only`` or ``--whole-only`` runs one of them.
 
 Each row gives the command, what pytest's summary line counts (passed, failed, skipped, ...) and the
 wall time in minutes. The exit status is 1 when either tier fails, so a timing of a red suite is never
@@ -55,11 +57,14 @@ def run_tier(args: list[str], results_json: str | None) -> tuple[dict[str, int],
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--fast-only', action='store_true', help='time the fast tier only')
+    one = p.add_mutually_exclusive_group()
+    one.add_argument('--fast-only', action='store_true', help='time the fast tier only')
+    one.add_argument('--whole-only', action='store_true', help='time the whole suite only')
     add_results_arg(p)
     args = p.parse_args(argv)
     rows, values, rc = [], {}, 0
-    for name, extra in TIERS[:1] if args.fast_only else TIERS:
+    tiers = TIERS[:1] if args.fast_only else TIERS[1:] if args.whole_only else TIERS
+    for name, extra in tiers:
         counts, wall, code = run_tier(extra, args.results_json)
         rc = rc or code
         shown = ' '.join(f'-m "{a}"' if a == 'not slow' else a for a in extra)
