@@ -19,6 +19,7 @@ import argparse
 import os
 import os.path as osp
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     for name, extra in tiers:
         counts, wall, code = run_tier(extra, args.results_json)
         rc = rc or code
-        shown = ' '.join(f'-m "{a}"' if a == 'not slow' else a for a in extra)
+        shown = ' '.join(shlex.quote(a) for a in extra).replace("'", '"')
         rows.append([name, f'`.venv/bin/python -m pytest tests -q{" " + shown if shown else ""}`',
                      ', '.join(f'{n} {w}' for w, n in counts.items()), f'{wall / 60:.1f}'])
         values[name] = dict(counts=counts, seconds=round(wall, 1), returncode=code)
