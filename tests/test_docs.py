@@ -90,6 +90,11 @@ def current_lines():
             yield from read_lines(p)
 
 
+#: the results file a running measurement is writing (``tools/test_tiers.py`` times this suite, so the
+#: file it writes cannot exist while the suite runs): quotes of it, and only of it, are not checked then
+IN_PROGRESS = os.environ.get('TLALIGN_RESULTS_IN_PROGRESS')
+
+
 # --- paths ----------------------------------------------------------------------------------------
 PATH_RE = re.compile(r'(?<![\w./~$-])((?:tlalign_mm|tools|configs|docs|tests|requirements|\.ci)/[\w./{},*-]*)')
 SKIP_PATH = ('docs/_build',)
@@ -355,11 +360,6 @@ def figure_problems(line: Line) -> list[str]:
     return [f'{line.where()}: {m.group(0)!r} is a figure typed by hand; quote it from a results file '
             f'(<!-- results: docs/results/FILE.json TABLE -->, tools/results_tables.py)'
             for m in FIGURE_RE.finditer(text)]
-
-
-#: the results file a running measurement is writing (``tools/test_tiers.py`` times this suite, so the
-#: file it writes cannot exist while the suite runs): quotes of it, and only of it, are not checked then
-IN_PROGRESS = os.environ.get('TLALIGN_RESULTS_IN_PROGRESS')
 
 
 def test_every_figure_comes_from_a_results_file():
