@@ -7,11 +7,17 @@
   mismatch (the failure it prevents);
 * :class:`AtomicLocalBackend`: removals wait until the block that writes the new file has finished,
   and are dropped when it fails;
+* :class:`WatchdogHook`, in a real process: a main thread that stops making progress is ended with
+  status 124 and a report; a run that raised and is slow to exit (a collective whose peer the watchdog
+  ended) exits with its own error, not a report naming itself;
 * the hooks' bad input: unknown signal names, a train loop that cannot resume, a zero timeout.
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -176,6 +182,36 @@ def test_removals_wait_for_the_write(tmp_path):
     assert old.exists()                               # the write failed: nothing removed
     backend.remove(str(old))
     assert not old.exists()
+
+
+# ------------------------------------------------------------------------------ watchdog
+WATCHDOG_RUN = '''
+import atexit, sys, time
+from types import SimpleNamespace
+from tlalign_mm.engine import WatchdogHook
+atexit.register(time.sleep, 3)               # a slow exit (data-loader workers, a broken process group)
+hook = WatchdogHook(timeout=1, interval=0.1)
+hook.before_run(SimpleNamespace())
+hook.after_train_iter(SimpleNamespace(iter=6), 6)
+if sys.argv[1] == 'raise':
+    raise RuntimeError('Connection closed by peer')
+time.sleep(3)                                # stuck in the run
+'''
+
+
+@pytest.mark.parametrize('how', ['stuck', 'raise'])
+def test_watchdog_ends_a_stuck_rank_and_not_one_that_is_exiting(how):
+    env = {k: v for k, v in os.environ.items() if k not in ('MASTER_ADDR', 'MASTER_PORT', 'WORLD_SIZE', 'RANK')}
+    proc = subprocess.run([sys.executable, '-c', WATCHDOG_RUN, how], capture_output=True, text=True, timeout=60,
+                          env=env)
+    if how == 'stuck':
+        assert proc.returncode == 124, proc.stderr
+        assert re.search(r'WatchdogHook: rank 0 made no progress for 1 s \(timeout 1 s\) after train iteration 7; '
+                         r'held up by rank 0 \(.*in <module>, not in a collective, last: train iteration 7, '
+                         r'idle 1 s\); ending rank 0 with exit status 124', proc.stderr), proc.stderr
+    else:
+        assert proc.returncode == 1 and 'Connection closed by peer' in proc.stderr, proc.stderr
+        assert 'WatchdogHook' not in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------------------ bad input

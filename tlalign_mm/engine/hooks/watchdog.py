@@ -1,6 +1,7 @@
 """End a run that has stopped making progress, naming the rank that holds it up."""
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
@@ -58,7 +59,9 @@ class WatchdogHook(Hook):
 
     and ends its process with :data:`EXIT_HUNG` (``os._exit``: a rank blocked in a collective cannot
     unwind).  torchrun then ends the other ranks, or restarts the job when a restart budget is left
-    (``tools/dist_train.sh``, ``MAX_RESTARTS``), which resumes from the last checkpoint.
+    (``tools/dist_train.sh``, ``MAX_RESTARTS``), which resumes from the last checkpoint.  A rank whose run
+    raised (e.g. a collective whose peer was ended) stops watching when its interpreter exits
+    (``atexit``): the error is its report.
 
     Set ``timeout`` above the longest step without an iteration: the first iteration (workers starting,
     cuDNN autotuning), a checkpoint save on a slow file system, and an evaluation's metric computation
@@ -93,6 +96,10 @@ class WatchdogHook(Hook):
         self._store = self._connect() if self._world > 1 else None
         self._beat('the start of the run')
         self._stop.clear()
+        # a rank whose run raised (e.g. a collective whose peer the watchdog ended) is exiting, not stuck:
+        # its exit is torchrun's to finish, and a report from inside the interpreter's shutdown would
+        # name this rank as the one holding the job up
+        atexit.register(self._stop.set)
         self._thread = threading.Thread(target=self._watch, name='tlalign-watchdog', daemon=True)
         self._thread.start()
 
@@ -113,6 +120,7 @@ class WatchdogHook(Hook):
 
     def after_run(self, runner) -> None:
         self._stop.set()
+        atexit.unregister(self._stop.set)
 
     # ------------------------------------------------------------------ the thread
     def _connect(self):
