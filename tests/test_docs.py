@@ -22,6 +22,7 @@ import glob
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import os.path as osp
 import pkgutil
@@ -216,16 +217,47 @@ def test_name_check_catches_a_moved_name(tmp_path):
 
 
 # --- tool flags -----------------------------------------------------------------------------------
+#: run in one process: each Python tool's ``--help`` (as ``python tools/x.py --help`` runs it), as JSON
+HELP_RUNNER = r"""
+import contextlib, io, json, os, runpy, sys
+out, path0 = {}, list(sys.path)
+for path in sys.argv[1:]:
+    buf, sys.argv = io.StringIO(), [path, '--help']
+    sys.path[:] = [os.path.dirname(os.path.abspath(path))] + path0     # as `python path` puts its folder first
+    code = 0
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            runpy.run_path(path, run_name='__main__')
+        except SystemExit as e:
+            code = e.code or 0
+        except BaseException as e:  # a tool that fails to start
+            code = repr(e)
+    out[path] = [code, buf.getvalue()]
+print(json.dumps(out))
+"""
+
+
+@functools.cache
+def python_tool_help() -> dict[str, tuple]:
+    """``(exit code, --help text)`` of every Python tool under ``tools/``, from one interpreter (the tools'
+    imports are paid once)."""
+    paths = sorted(osp.relpath(p, REPO) for p in glob.glob(osp.join(REPO, 'tools', '**', '*.py'), recursive=True))
+    out = subprocess.run([sys.executable, '-c', HELP_RUNNER, *paths], cwd=REPO, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get(
+                             'PYTHONPATH', '')])))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {k: tuple(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
 @functools.cache
 def accepted_flags(tool: str) -> frozenset[str]:
     """The long flags ``tool`` (``tools/...``) accepts: its ``--help`` for Python, its own text and the
     Python tools it runs for shell scripts."""
     path = osp.join(REPO, tool)
     if tool.endswith('.py'):
-        out = subprocess.run([sys.executable, path, '--help'], cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
-        assert out.returncode == 0, f'{tool} --help failed:\n{out.stderr[-2000:]}'
-        return frozenset(re.findall(r'--[\w-]+', out.stdout))
+        code, text = python_tool_help()[tool]
+        assert code == 0, f'{tool} --help failed: {code}'
+        return frozenset(re.findall(r'--[\w-]+', text))
     text = open(path).read()
     flags = set(re.findall(r'(?<![\w-])--[\w-]+', text))
     for sub in set(re.findall(r'tools/[\w/]+\.py', text)) - {tool}:
@@ -274,7 +306,6 @@ def flag_problems(line: Line, cmd: str) -> list[str]:
     return problems
 
 
-@pytest.mark.slow
 def test_every_fenced_tool_command_uses_real_flags():
     problems = [p for path in doc_files() for line, cmd in fenced_commands(read_lines(path))
                 for p in flag_problems(line, cmd)]
