@@ -402,30 +402,32 @@ def test_tools_reject_bad_arguments():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model', ['deit-tiny', 'swin-tiny'])
-def test_benchmark_label_path_tool_runs(tmp_path, model):
+@pytest.mark.parametrize('model,img,amp,variants', [
+    ('deit-tiny', '32', 'bfloat16', ('baseline', 'tla', 'tla32', 'split', 'reference')),
+    ('swin-tiny', '56', 'float32', ('baseline', 'tla')),     # Swin: stage maps 14/7/4/2 tile into windows
+])
+def test_benchmark_label_path_tool_runs(tmp_path, model, img, amp, variants):
     out = tmp_path / 'label_path.json'
-    img = '32' if model.startswith('deit') else '56'   # Swin: stage maps 14/7/4/2 tile into windows
     stdout = _run_tool('benchmark_label_path.py', '--model', model, '--batch', '2', '--img', img,
                        '--num-classes', '10', '--iters', '3', '--warmup', '0', '--json', str(out),
-                       '--amp-dtype', 'bfloat16', '--results-json', str(tmp_path / 'results.json'))
-    assert 'paired [95% CI]' in stdout and 'autocast bfloat16' in stdout
+                       '--amp-dtype', amp, '--variants', ','.join(variants[1:]),
+                       '--results-json', str(tmp_path / 'results.json'))
+    assert 'paired [95% CI]' in stdout and f'autocast {amp}' in stdout
     from benchmark_label_path import LABEL_PATH_COLUMNS  # tools/analysis/benchmark_label_path.py
     from results_file import load_results  # tools/analysis/results_file.py
     doc = load_results(str(tmp_path / 'results.json'))
     tab = doc['tables']['label_path']
-    assert tab['columns'] == LABEL_PATH_COLUMNS and [r[0] for r in tab['rows']][:2] == ['baseline', 'tla']
-    assert 'benchmark_label_path.py' in doc['command'] and doc['values']['amp_dtype'] == 'bfloat16'
+    assert tab['columns'] == LABEL_PATH_COLUMNS and [r[0] for r in tab['rows']] == list(variants)
+    assert 'benchmark_label_path.py' in doc['command'] and doc['values']['amp_dtype'] == amp
     res = json.loads(out.read_text())
-    assert res['amp_dtype'] == 'bfloat16'
-    variants = ('baseline', 'tla', 'tla32', 'split', 'reference')
+    assert res['amp_dtype'] == amp
     assert set(res['step_s']) == set(res['peak_bytes']) == set(res['paired_ratio']) == set(variants)
     assert all(len(res['step_s_rounds'][v]) == 3 for v in variants)
     assert res['paired_ratio']['baseline'] == [1.0, 1.0, 1.0]
     for v in variants:
         mean, lo, hi = res['paired_ratio'][v]
         assert 0 < lo <= mean <= hi
-        assert res['step_s'][v] > 0
+        assert res['step_s'][v] > 0 and res['peak_bytes'][v] > 0
 
 
 def test_benchmark_official_compares_the_same_algorithm():
