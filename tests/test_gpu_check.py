@@ -31,7 +31,7 @@ def test_without_cuda_says_so_in_one_line_and_fails():
 def test_parts_run_at_toy_size_on_cpu(tmp_path, monkeypatch, capsys):
     mod = _module()
     cpu = torch.device('cpu')
-    bench = mod.label_path_rows(1, 0, cpu, models=(('deit-tiny', 1),), amps=('bfloat16',))
+    bench = mod.label_path_rows(1, 0, cpu, models=(('deit-tiny', 1),), amps=('bfloat16',), img=32)
     assert [(r['attn_impl'], r['variant']) for r in bench] == [
         (impl, v) for impl, variants in mod.ATTN_IMPLS.items() for v in variants]
     assert {'auto', 'materialised'} <= set(mod.ATTN_IMPLS) and 'tla' in mod.ATTN_IMPLS['materialised']

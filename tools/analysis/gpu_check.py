@@ -67,11 +67,12 @@ def _bench_module():
 
 
 def label_path_rows(iters: int, warmup: int, device: torch.device, models=MODELS, amps=AMP,
-                    attn_impls=ATTN_IMPLS) -> list[dict]:
+                    attn_impls=ATTN_IMPLS, img: int = 224) -> list[dict]:
     """The label-path benchmark for each (model, batch) x autocast dtype x ``attn_impls`` entry.
 
     Args:
         attn_impls: attn_impl -> the variants to time with it (:data:`ATTN_IMPLS`).
+        img: input side in pixels (ImageNet's 224; the CPU test's toy size is smaller).
 
     Returns:
         one dict per variant and run: model, batch, amp, attn_impl, variant, step_ms, img_s,
@@ -83,7 +84,7 @@ def label_path_rows(iters: int, warmup: int, device: torch.device, models=MODELS
     for model, batch in models:
         for amp in amps:
             for attn_impl, variants in attn_impls.items():
-                args = SimpleNamespace(model=model, batch=batch, img=224, num_classes=1000, drop_path=0.0,
+                args = SimpleNamespace(model=model, batch=batch, img=img, num_classes=1000, drop_path=0.0,
                                        iters=iters, warmup=warmup, variants=variants, amp_dtype=amp,
                                        attn_impl=attn_impl, compile=False)
                 res = bench.label_path(args, device)
