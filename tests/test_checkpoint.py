@@ -24,17 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tlalign_mm import TLASwinTransformer, TLAVisionTransformer
-from tlalign_mm.checkpoint import (
-    LAYOUTS,
-    LoadReport,
-    convert_state_dict,
-    detect_layout,
-    export_checkpoint,
-    extract_state_dict,
-    load_backbone_checkpoint,
-    load_checkpoint_file,
-)
+from tlalign_mm.checkpoint import detect_layout, export_checkpoint, load_backbone_checkpoint, load_checkpoint_file
 from tlalign_mm.checkpoint.io import mmengine_safe_globals
+from tlalign_mm.checkpoint.layouts import LAYOUTS, LoadReport, convert_state_dict, extract_state_dict
 from tlalign_mm.models.backbones.swin import TLAPatchMerging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

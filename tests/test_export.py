@@ -21,13 +21,9 @@ import timm
 import torch
 
 from tlalign_mm import TLASwinTransformer, TLAVisionTransformer
-from tlalign_mm.checkpoint import (
-    EXPORT_TARGETS,
-    convert_state_dict,
-    export_checkpoint,
-    export_state_dict,
-    load_checkpoint_file,
-)
+from tlalign_mm.checkpoint import export_checkpoint, export_state_dict, load_checkpoint_file
+from tlalign_mm.checkpoint.export import EXPORT_TARGETS
+from tlalign_mm.checkpoint.layouts import convert_state_dict
 from tlalign_mm.models import TLAPyramidVisionTransformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

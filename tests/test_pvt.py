@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tlalign_mm  # noqa: E402,F401
 from tlalign_mm.align import read_labels  # noqa: E402
 from tlalign_mm.analysis import aligned_targets  # noqa: E402
-from tlalign_mm.checkpoint import detect_layout, load_backbone_checkpoint, load_head_state  # noqa: E402
+from tlalign_mm.checkpoint import detect_layout, load_backbone_checkpoint  # noqa: E402
+from tlalign_mm.checkpoint.layouts import load_head_state  # noqa: E402
 from tlalign_mm.models import TLAPyramidVisionTransformer  # noqa: E402
 from tlalign_mm.registry import MODELS  # noqa: E402
 

@@ -23,13 +23,9 @@ import argparse
 import pickle
 import sys
 
-from tlalign_mm.checkpoint import (
-    EXPORT_TARGETS,
-    LAYOUTS,
-    READOUTS,
-    export_checkpoint,
-    load_backbone_checkpoint,
-)
+from tlalign_mm.checkpoint import export_checkpoint, load_backbone_checkpoint
+from tlalign_mm.checkpoint.export import EXPORT_TARGETS, READOUTS
+from tlalign_mm.checkpoint.layouts import LAYOUTS
 
 SWIN_ARCHS = ('swin-tiny', 'swin-small', 'swin-base', 'swin-t', 'swin-s', 'swin-b')
 VIT_ARCHS = ('deit-tiny', 'deit-small', 'deit-base', 'deit-t', 'deit-s', 'deit-b')

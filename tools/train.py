@@ -25,7 +25,7 @@ What it does, in order:
 5. ``--resume`` alone: resume from the latest checkpoint in the work dir (the one the
    ``last_checkpoint`` file the ``CheckpointHook`` writes names, when it is readable; else the newest
    readable ``epoch_N.pth`` / ``iter_N.pth``, with one line saying why; from scratch when there is
-   none: ``tlalign_mm.checkpoint.find_resumable_checkpoint``); ``--resume CKPT``: resume
+   none: ``tlalign_mm.engine.find_resumable_checkpoint``); ``--resume CKPT``: resume
    from that file (weights, optimizer, scheduler, epoch/iteration, and with ``RandomStatesHook`` the
    random states); a missing, empty, truncated or foreign checkpoint file (``--resume``,
    ``load_from``, ``init_cfg``) ends the run with one line naming it;
@@ -82,9 +82,15 @@ from mmengine.model import is_model_wrapper
 # the registries, filled at import. The installed package (pip install -e ., tools/setup_env.sh): launch.py
 # says so when it is another checkout's.
 import tlalign_mm  # noqa: F401
-from tlalign_mm.checkpoint import find_resumable_checkpoint, register_checkpoint_loader
+from tlalign_mm.checkpoint import register_checkpoint_loader
 from tlalign_mm.checkpoint.io import atomic_write_text
-from tlalign_mm.engine import IncompatibleResumeError, TrainingStopped, run_config, run_config_digest
+from tlalign_mm.engine import (
+    IncompatibleResumeError,
+    TrainingStopped,
+    find_resumable_checkpoint,
+    run_config,
+    run_config_digest,
+)
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed',
            'build_runner', 'main']

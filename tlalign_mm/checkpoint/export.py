@@ -1,20 +1,10 @@
 """Writing our checkpoints for timm, mmseg, mmdet, mmpretrain or ours, and the stock models they load into.
 
 The reverse of reading: a checkpoint of any layout we read is converted into ours, then the family module that
-owns the architecture writes it under the target's names from the same key tables it reads with:
-
-==============  =================================  =====================================================
-target          DeiT / ViT                         Swin / PVT
-==============  =================================  =====================================================
-``timm``        ``VisionTransformer`` + head       ``SwinTransformer`` + head; ``pvt_v2_b*`` + head
-``mmseg``       ``VisionTransformer``              ``SwinTransformer``
-``mmdet``       (an error)                         ``SwinTransformer``; ``PyramidVisionTransformer(V2)``
-``mmpretrain``  ``(Distilled)VisionTransformer``   (an error)
-``tlalign``     ours (:func:`backbone_export`)     ours
-==============  =================================  =====================================================
-
-Each family's ``stock(args, lib)`` gives the mm class and arguments of an architecture; the export build lines
-and :func:`stock_config` (the cost tools' stock backbone) both read it, so the two cannot drift.
+owns the architecture writes it under the target's names from the same key tables it reads with (which target
+holds which family: ``docs/user_guides/export.md``).  Each family's ``stock(args, lib)`` gives the mm class and
+arguments of an architecture; the export build lines and :func:`stock_config` (the cost tools' stock backbone)
+both read it, so the two cannot drift.
 """
 from __future__ import annotations
 
@@ -27,7 +17,7 @@ from typing import Any
 from ..version import __version__
 from .io import atomic_save, load_checkpoint_file
 from .keys import ExportResult
-from .layouts import FAMILIES, convert_state_dict, extract_state_dict, foreign_readout, require_layout
+from .layouts import FAMILIES, checkpoint_head, convert_state_dict, extract_state_dict, foreign_readout, require_layout
 
 __all__ = ['EXPORT_TARGETS', 'READOUTS', 'backbone_export', 'export_state_dict', 'export_checkpoint', 'stock_config']
 
@@ -61,7 +51,8 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     """Write a backbone state dict in our layout under the names of another library's model.
 
     Args:
-        state_dict: our backbone keys (:func:`~tlalign_mm.checkpoint.convert_state_dict`, a model's ``state_dict()``).
+        state_dict: our backbone keys (:func:`~tlalign_mm.checkpoint.layouts.convert_state_dict`, a model's
+            ``state_dict()``).
         to: one of :data:`EXPORT_TARGETS`.
         head: ``{'weight': (K, C), 'bias': (K,)}``, our classifier's linear head, written where the target model
             has one (timm), else left out.
@@ -94,12 +85,6 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     return result
 
 
-def _checkpoint_head(full: Mapping) -> dict | None:
-    """Ours / timm Swin's ``head.fc.*``, or the official / timm ViT / PVT ``head.weight`` / ``head.bias``."""
-    pre = next((p for p in ('head.fc.', 'head.') if f'{p}weight' in full and f'{p}bias' in full), None)
-    return None if pre is None else {'weight': full[f'{pre}weight'], 'bias': full[f'{pre}bias']}
-
-
 _OUT_TYPE = re.compile(r"""out_type\s*=\s*['"](\w+)['"]""")
 
 
@@ -127,7 +112,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
     Args:
         src: a checkpoint (pretraining checkpoint, backbone export, official release ...); dst: the output file.
         to: one of :data:`EXPORT_TARGETS`; prefix: the backbone's key prefix in ``src`` (as
-            :func:`~tlalign_mm.checkpoint.extract_state_dict`).
+            :func:`~tlalign_mm.checkpoint.layouts.extract_state_dict`).
         readout: our classifier's pooled feature when the checkpoint does not tell (needed for a DeiT head to timm).
         allow_drop: see :func:`export_state_dict`; with_head: take the head along where the target has one.
 
@@ -148,7 +133,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
     converted, layout, ignored = convert_state_dict(sd, require_layout(sd, src, used_prefix, 'pass --prefix'))
     full, _ = extract_state_dict(ckpt, '')
     label_params = [k for k in full if k.startswith('label_rule.')]
-    head = _checkpoint_head(full) if with_head and to != 'tlalign' else None
+    head = checkpoint_head(full) if with_head and to != 'tlalign' else None
     if readout is None and to != 'tlalign':
         readout = _checkpoint_readout(ckpt, full, layout, used_prefix)
     result = export_state_dict(converted, to, head, readout, allow_drop)

@@ -27,7 +27,7 @@ from . import pvt, swin, vit
 from .io import load_checkpoint_file
 
 __all__ = ['FAMILIES', 'LAYOUTS', 'LoadReport', 'extract_state_dict', 'detect_layout', 'convert_state_dict',
-           'load_backbone_checkpoint', 'load_classifier_checkpoint', 'foreign_readout', 'check_head_readout',
+           'load_backbone_checkpoint', 'load_classifier_checkpoint', 'checkpoint_head', 'foreign_readout',
            'load_head_state']
 
 FAMILIES = (pvt, swin, vit)
@@ -302,7 +302,7 @@ def load_classifier_checkpoint(model, path: str) -> None:
 
     Raises:
         ValueError: a classifier checkpoint that does not fit, a backbone the loader refuses, or a head of
-            another readout (:func:`check_head_readout`).
+            another readout (:func:`load_head_state`).
         FileNotFoundError, pickle.UnpicklingError: see :func:`~tlalign_mm.checkpoint.load_checkpoint_file`.
     """
     from mmengine.logging import print_log
@@ -326,24 +326,17 @@ def load_classifier_checkpoint(model, path: str) -> None:
         model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
         print_log(f'{type(model).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
         return
-    if _foreign_head(model, sd):                    # refuse before loading anything
-        check_head_readout(model, sd, repr(path))
+    load_head_state(model, sd, repr(path), check_only=True)      # refuse before loading anything
     load_backbone_checkpoint(model.backbone, ckpt)
     print_log(f'{type(model).__name__}: backbone loaded from {path!r}; {load_head_state(model, sd, repr(path))}',
               logger='current')
 
 
-def _foreign_head(model, state_dict: Mapping) -> dict | None:
-    """The checkpoint's ``head.*`` in this head's names, if of its shape; ``{}``: another shape; None: no head."""
-    head = {}
-    for k, v in state_dict.items():
-        if isinstance(k, str) and k.startswith('head.') and not k.startswith('head_dist'):
-            name = k[len('head.'):]
-            head[name if name.startswith('fc.') else 'fc.' + name] = v
-    own = model.head.state_dict()
-    if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
-        return {k: head[k] for k in own}
-    return {} if head else None
+def checkpoint_head(state_dict: Mapping) -> dict | None:
+    """A checkpoint's linear head, ``{'weight': (K, C), 'bias': (K,)}``: ``head.fc.*`` (ours, timm Swin) or
+    ``head.*`` (official DeiT / Swin / PVT, timm ViT / PVT); None without one."""
+    pre = next((p for p in ('head.fc.', 'head.') if f'{p}weight' in state_dict and f'{p}bias' in state_dict), None)
+    return None if pre is None else {'weight': state_dict[f'{pre}weight'], 'bias': state_dict[f'{pre}bias']}
 
 
 def foreign_readout(state_dict: Mapping) -> tuple[str, str]:
@@ -358,36 +351,27 @@ def foreign_readout(state_dict: Mapping) -> tuple[str, str]:
     return 'avg_featmap', "the checkpoint has no 'cls_token'"
 
 
-def check_head_readout(model, state_dict: Mapping, source: str = 'the checkpoint') -> None:
-    """Refuse a foreign head (:func:`foreign_readout`) trained on another pooled feature than this model's (the class
-    token for ``out_type='cls_token'``, else the token mean); a checkpoint of this classifier passes.
+def load_head_state(model, state_dict: Mapping, source: str = 'the checkpoint', check_only: bool = False) -> str:
+    """Load a checkpoint's head (:func:`checkpoint_head`) into a classifier's when it has its shape, unless a
+    foreign head was trained on another pooled feature (:func:`foreign_readout`) than this model's (the class
+    token for ``out_type='cls_token'``, else the token mean).  Returns, for the log, ``'head loaded'`` (with
+    ``check_only``: would be) or why not.
 
     Raises:
-        ValueError: the two readouts differ (names both, and the key that tells).
+        ValueError: a head that fits but was trained on another readout (names both, and the key that tells).
     """
-    if any(isinstance(k, str) and k.startswith('backbone.') for k in state_dict):
-        return
+    head, fc = checkpoint_head(state_dict), model.head.fc
+    if head is None or any(head[k].shape != v.shape for k, v in fc.state_dict().items()):
+        return f"the head is newly initialised ({'no head in the checkpoint' if head is None else 'its shape differs'})"
     readout, why = foreign_readout(state_dict)
-    theirs = 'the class token' if readout == 'cls_token' else 'the token mean'
-    ours = 'the class token' if model.pool_type == 'cls_token' else 'the token mean'
-    if theirs != ours:
+    theirs, ours = ('the class token' if r == 'cls_token' else 'the token mean' for r in (readout, model.pool_type))
+    if theirs != ours and not any(isinstance(k, str) and k.startswith('backbone.') for k in state_dict):
         raise ValueError(
             f"{source}: its head was trained on {theirs} ({why}) but this model's pooled feature is {ours} "
             f"(backbone out_type={model.pool_type!r}); the head would read a feature it was never trained on. "
             "Build the backbone with the checkpoint's readout (PVT v1 release: out_type='cls_token'), or load "
             "the backbone alone (model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)) and train "
             'a new head')
-
-
-def load_head_state(model, state_dict: Mapping, source: str = 'the checkpoint') -> str:
-    """Load a foreign checkpoint's head (``head.{weight,bias}``: official DeiT / Swin / PVT, timm ViT; ``head.fc.*``:
-    timm Swin, ours) when it has this head's shape.  Returns, for the log, ``'head loaded'`` or why not.
-
-    Raises:
-        ValueError: a head that would load but was trained on another readout (:func:`check_head_readout`).
-    """
-    if head := _foreign_head(model, state_dict):
-        check_head_readout(model, state_dict, source)
-        model.head.load_state_dict(head)
-        return 'head loaded'
-    return f"the head is newly initialised ({'no head in the checkpoint' if head is None else 'its shape differs'})"
+    if not check_only:
+        fc.load_state_dict(head)
+    return 'head loaded'

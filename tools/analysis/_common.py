@@ -125,7 +125,8 @@ def build_classifier(cfg, checkpoint: Optional[str] = None, device: str | torch.
     quiet_init_weights(model)
     weights = RANDOM_INIT
     if checkpoint:
-        from tlalign_mm.checkpoint import load_backbone_checkpoint, load_checkpoint_file, load_head_state
+        from tlalign_mm.checkpoint import load_backbone_checkpoint, load_checkpoint_file
+        from tlalign_mm.checkpoint.layouts import load_head_state
         ckpt = load_checkpoint_file(checkpoint)                  # read once: backbone, then head
         report = load_backbone_checkpoint(model.backbone, ckpt, source=str(checkpoint))
         head_note = load_head_state(model, ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {})

@@ -107,7 +107,7 @@ class AtomicCheckpointHook(CheckpointHook):
     (:meth:`AtomicLocalBackend.deferred_removals`).  A ``kill -9`` at any moment therefore leaves a
     resumable set for any ``max_keep_ckpts``: the previous checkpoint and pointer, or the new ones, never
     a truncated file under a checkpoint's name (at most a ``.tmp`` file, which
-    :func:`tlalign_mm.checkpoint.find_resumable_checkpoint` removes on auto-resume).  The keep
+    :func:`tlalign_mm.engine.find_resumable_checkpoint` removes on auto-resume).  The keep
     list and the best-checkpoint bookkeeping are mmengine's (message-hub ``keep_ckpt_ids``,
     ``best_score``, ``best_ckpt``), saved in every checkpoint and restored on resume.
     Remote ``out_dir`` URIs and explicit ``backend_args`` are left to their backends.

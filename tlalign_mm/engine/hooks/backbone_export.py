@@ -7,7 +7,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from ...checkpoint import atomic_save, backbone_export
+from ...checkpoint import atomic_save
+from ...checkpoint.export import backbone_export
 from ...registry import HOOKS
 
 __all__ = ['BackboneExportHook']
@@ -17,7 +18,7 @@ __all__ = ['BackboneExportHook']
 class BackboneExportHook(Hook):
     """Export the backbone when training ends (and, optionally, with every saved checkpoint).
 
-    The file is :func:`tlalign_mm.checkpoint.backbone_export` of the (unwrapped) model's backbone, its
+    The file is :func:`tlalign_mm.checkpoint.export.backbone_export` of the (unwrapped) model's backbone, its
     arch and the run's epoch / iteration in ``meta``: our layout, no ``backbone.`` prefix, ready for
     ``backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=PATH))`` in the UperNet /
     Cascade Mask R-CNN configs (``tlalign_mm.checkpoint.load_backbone_checkpoint`` reads it).

@@ -7,7 +7,7 @@ them: ``stages.{i}`` (:class:`TLAPVTStage`, i = 0..3) holds ``patch_embed.{proj,
 and ``norm`` (v2); v1 adds ``cls_token`` and a final ``norm``.  The release's flat names
 (``patch_embed{i+1}``, ``pos_embed{i+1}``, ``block{i+1}.{j}``, ``norm{i+1}``; ours too before the
 stages) load unchanged (:func:`stage_key`; the ``head`` goes to the classifier,
-:func:`tlalign_mm.checkpoint.load_head_state`); mmdet's ``PyramidVisionTransformer(V2)`` and
+:func:`tlalign_mm.checkpoint.layouts.load_head_state`); mmdet's ``PyramidVisionTransformer(V2)`` and
 timm's ``pvt_v2_b*`` layouts are converted on load (``tlalign_mm/checkpoint/pvt.py``); without labels
 the features equal mmdet's.
 
