@@ -83,7 +83,7 @@ from mmengine.model import is_model_wrapper
 # says so when it is another checkout's.
 import tlalign_mm  # noqa: F401
 from tlalign_mm.checkpoint import register_checkpoint_loader
-from tlalign_mm.checkpoint.io import atomic_write_text
+from tlalign_mm.checkpoint.io import atomic_write
 from tlalign_mm.engine import (
     IncompatibleResumeError,
     TrainingStopped,
@@ -206,7 +206,7 @@ def _finished(cfg, args) -> bool:
 
 def _write_finished(runner, digest: str) -> None:
     if runner.rank == 0:
-        atomic_write_text(json.dumps(dict(
+        atomic_write(json.dumps(dict(
             run_config_digest=digest, iter=runner.iter, epoch=runner.epoch,
             checkpoint=runner.message_hub.get_info('last_ckpt'),
             time=time.strftime('%Y-%m-%d %H:%M:%S')), indent=1) + '\n', osp.join(runner.work_dir, launch.FINISHED_FILE))

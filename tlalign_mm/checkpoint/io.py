@@ -23,7 +23,7 @@ from ..registry import FUNCTIONS
 
 __all__ = ['CheckpointFileError', 'CheckpointNotFoundError', 'mmengine_safe_globals', 'diagnose_checkpoint_file',
            'load_checkpoint_file', 'register_checkpoint_loader', 'atomic_save',
-           'atomic_write_bytes', 'atomic_write_text']
+           'atomic_write']
 
 
 class CheckpointFileError(pickle.UnpicklingError):
@@ -305,13 +305,10 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> str:
     return dst
 
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> str:
-    """:func:`atomic_save` for bytes already serialised (mmengine's file-backend ``put``)."""
+def atomic_write(data: bytes | str, path: str | os.PathLike, encoding: str = 'utf-8') -> str:
+    """:func:`atomic_save` for bytes already serialised (mmengine's file-backend ``put``) or text (``encoding``;
+    mmengine's ``last_checkpoint`` pointer).  Returns the absolute path."""
     dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    _atomic_replace(dst, lambda f: f.write(data))
+    blob = data.encode(encoding) if isinstance(data, str) else data
+    _atomic_replace(dst, lambda f: f.write(blob))
     return dst
-
-
-def atomic_write_text(text: str, path: str | os.PathLike, encoding: str = 'utf-8') -> str:
-    """:func:`atomic_save` for a text file (mmengine's ``last_checkpoint`` pointer)."""
-    return atomic_write_bytes(text.encode(encoding), path)

@@ -53,7 +53,7 @@ from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.utils import calc_dynamic_intervals
 
-from ..checkpoint.io import atomic_write_text
+from ..checkpoint.io import atomic_write
 from ..datasets.fault_tolerant import RecordingCollate, ResumableBatchSampler
 from ..registry import LOOPS
 from .hooks.random_states import RandomStatesHook
@@ -193,8 +193,8 @@ class _BadSamples:
             return
         self.runner.message_hub.update_info(_BAD_SAMPLES, dict(self.known))
         if is_main_process():
-            atomic_write_text(''.join(f'{p}\t{why}\n' for p, why in self.known.items()),
-                              osp.join(self.runner.work_dir, BAD_SAMPLES_FILE))
+            atomic_write(''.join(f'{p}\t{why}\n' for p, why in self.known.items()),
+                         osp.join(self.runner.work_dir, BAD_SAMPLES_FILE))
 
     def exceeded(self) -> str | None:
         if len(self.known) <= self.max_fraction * self.num_samples:
@@ -354,7 +354,7 @@ class _ResumableLoop:
         runner.save_checkpoint(runner.work_dir, name, meta=dict(epoch=self._epoch, iter=self._iter),
                                backend_args=dict(backend='atomic_local'))
         if is_main_process():
-            atomic_write_text(path, osp.join(runner.work_dir, 'last_checkpoint'))
+            atomic_write(path, osp.join(runner.work_dir, 'last_checkpoint'))
         self._consensus.barrier()                 # rank 0's file is durable before any rank exits
         if code == EXIT_PREEMPTED and self.requeue_on_signal and is_main_process():
             _requeue(runner.logger)

@@ -11,7 +11,7 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 
-from ...checkpoint.io import atomic_write_bytes, atomic_write_text
+from ...checkpoint.io import atomic_write
 from ...registry import HOOKS
 
 __all__ = ['AtomicLocalBackend', 'AtomicCheckpointHook']
@@ -31,10 +31,10 @@ class AtomicLocalBackend(LocalBackend):
         self._removals: list = []
 
     def put(self, obj: bytes, filepath: str | Path) -> None:
-        atomic_write_bytes(obj, filepath)
+        atomic_write(obj, filepath)
 
     def put_text(self, obj: str, filepath: str | Path, encoding: str = 'utf-8') -> None:
-        atomic_write_text(obj, filepath, encoding)
+        atomic_write(obj, filepath, encoding)
 
     def remove(self, filepath: str | Path) -> None:
         if self._deferring():
@@ -142,5 +142,5 @@ class AtomicCheckpointHook(CheckpointHook):
         staged = osp.join(staging, 'last_checkpoint')
         with open(staged) as f:
             pointer = f.read()
-        atomic_write_text(pointer, osp.join(runner.work_dir, 'last_checkpoint'))
+        atomic_write(pointer, osp.join(runner.work_dir, 'last_checkpoint'))
         shutil.rmtree(staging, ignore_errors=True)
