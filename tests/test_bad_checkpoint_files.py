@@ -33,6 +33,9 @@ from tlalign_mm.checkpoint.io import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-10e_fashion-mnist.py')
+#: the tool runs build the demo config's data loaders before they read the checkpoint
+needs_demo_data = pytest.mark.skipif(not os.path.isdir(os.path.join(REPO, 'data', 'demo', 'fashion_mnist', 'train')),
+                                     reason='demo data missing: run tools/prepare_demo_data.py --only cls')
 TEXT_43 = b'this is not a checkpoint, only 43 bytes!!\n\n'[:43]
 
 
@@ -157,6 +160,7 @@ def _assert_tool_line(proc, path, says):
 
 
 @pytest.mark.slow
+@needs_demo_data
 @pytest.mark.parametrize('kind', ['text', 'truncated', 'empty'])
 def test_train_resume_from_a_bad_file_is_one_line(tmp_path, kind):
     path, says = make_bad(tmp_path, kind)
@@ -165,6 +169,7 @@ def test_train_resume_from_a_bad_file_is_one_line(tmp_path, kind):
 
 
 @pytest.mark.slow
+@needs_demo_data
 def test_train_load_from_a_bad_file_is_one_line(tmp_path):
     path, says = make_bad(tmp_path, 'random')
     proc = _tool(['tools/train.py', DEMO_CFG, '--work-dir', str(tmp_path / 'wd'),
@@ -173,6 +178,7 @@ def test_train_load_from_a_bad_file_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@needs_demo_data
 @pytest.mark.parametrize('kind', ['text', 'refused'])
 def test_test_tool_with_a_bad_file_is_one_line(tmp_path, kind):
     path, says = make_bad(tmp_path, kind)
