@@ -239,9 +239,10 @@ print(json.dumps(out))
 
 @functools.cache
 def python_tool_help() -> dict[str, tuple]:
-    """``(exit code, --help text)`` of every Python tool under ``tools/``, from one interpreter (the tools'
-    imports are paid once)."""
-    paths = sorted(osp.relpath(p, REPO) for p in glob.glob(osp.join(REPO, 'tools', '**', '*.py'), recursive=True))
+    """``(exit code, --help text)`` of every Python tool under ``tools/`` that runs as a script, from one
+    interpreter (the tools' imports are paid once); the helper modules they import are not run."""
+    paths = sorted(osp.relpath(p, REPO) for p in glob.glob(osp.join(REPO, 'tools', '**', '*.py'), recursive=True)
+                   if "if __name__ == '__main__'" in open(p).read())
     out = subprocess.run([sys.executable, '-c', HELP_RUNNER, *paths], cwd=REPO, capture_output=True, text=True,
                          timeout=600, env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get(
                              'PYTHONPATH', '')])))
@@ -255,7 +256,7 @@ def accepted_flags(tool: str) -> frozenset[str]:
     Python tools it runs for shell scripts."""
     path = osp.join(REPO, tool)
     if tool.endswith('.py'):
-        code, text = python_tool_help()[tool]
+        code, text = python_tool_help().get(tool, (0, ''))      # a helper module (launch.py): no flags of its own
         assert code == 0, f'{tool} --help failed: {code}'
         return frozenset(re.findall(r'--[\w-]+', text))
     text = open(path).read()
