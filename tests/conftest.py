@@ -7,8 +7,16 @@ import torch
 # Deterministic, single-threaded-enough defaults for CPU tests.
 torch.manual_seed(0)
 os.environ.setdefault('OMP_NUM_THREADS', '2')
+#: Under pytest-xdist (README's ``-n auto``) each worker gets its share of the cores, in-process and
+#: in the processes it starts, so that the workers do not oversubscribe the machine.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _WORKERS > 1:
+    os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: helper modules whose asserts pytest explains as it does the tests' own (``tests/resume/cluster_runs.py``)
+pytest.register_assert_rewrite('cluster_runs')
 
 #: The analysis tools' own modules (``_common``, ``curves``, ...) live next to the scripts in
 #: tools/analysis/, which import them from their own folder; the tests import them from here.

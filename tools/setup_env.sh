@@ -63,7 +63,7 @@ with warnings.catch_warnings():  # imagecorruptions imports the deprecated pkg_r
     import imagecorruptions  # noqa: F401  (before mmdet, whose import makes warnings show regardless)
 import torch, torchvision, timm, mmengine, mmcv, mmdet.models, mmseg.models  # noqa: F401
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops)
-import pycocotools, pytest, torchattacks  # noqa: F401
+import pycocotools, pytest, torchattacks, xdist  # noqa: F401
 print('  torch', torch.__version__, '| torchvision', torchvision.__version__, '| mmcv', mmcv.__version__,
       '| mmdet', md.version('mmdet'), '| mmseg', md.version('mmsegmentation'), '| timm', timm.__version__,
       '| mmengine', mmengine.__version__)

@@ -4,8 +4,11 @@
 
 runs, one after the other, in this checkout's interpreter:
 
-* the fast tier, ``python -m pytest tests -q -m "not slow"`` (unit tests, no training runs);
-* the whole suite, README's test command ``python -m pytest tests -q``.
+* the fast tier, ``python -m pytest tests -q -n auto -m "not slow"`` (unit tests, no training runs);
+* the whole suite, README's test command ``python -m pytest tests -q -n auto``.
+
+Both run on every core with pytest-xdist, a test file to a worker (``--dist loadfile`` in
+``pyproject.toml``), each worker with its share of the threads (``tests/conftest.py``).
 
 ``--fast-only`` or ``--whole-only`` runs one of them.
 
@@ -28,7 +31,7 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'analysis'))
 from results_file import add_results_arg, table, write_results  # noqa: E402  (tools/analysis/results_file.py)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TIERS = (('fast tier', ['-m', 'not slow']), ('whole suite', []))
+TIERS = (('fast tier', ['-n', 'auto', '-m', 'not slow']), ('whole suite', ['-n', 'auto']))
 
 
 def summary_counts(output: str) -> dict[str, int]:

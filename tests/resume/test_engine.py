@@ -1,4 +1,4 @@
-"""The cluster runtime's parts, one at a time (the runs through the tools are in tests/resume/test_cluster.py).
+"""The cluster runtime's parts, one at a time (the runs through the tools are in tests/resume/test_cluster_*.py).
 
 * the run config: which keys decide the weights, and the one phrase that names what changed;
 * :class:`OptimizerParamNamesHook`: a PVT v1 run saved before ``stages[i]`` (flat names, the
