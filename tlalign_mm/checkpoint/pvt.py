@@ -48,8 +48,9 @@ reverse of its ``pvt_convert``): patch embedding ``layers.{i}.0``, v1's position
 (which shifts the blocks by one), blocks ``layers.{i}.1.{j}``, norm ``layers.{i}.2``; our ``q`` and ``kv`` are
 stacked in ``in_proj_*``, our linear ``fc1`` / ``fc2`` are 1x1 convolutions of ``MixFFN``."""
 _QKV, _FC = re.compile(r'.*\.attn\.q\.(weight|bias)$'), re.compile(r'.*\.mlp\.fc[12]\.weight$')
-_TIMM_NAMES = {((32, 64, 160, 256), (2, 2, 2, 2)): 'pvt_v2_b0', ((64, 128, 320, 512), (2, 2, 2, 2)): 'pvt_v2_b1',
-               ((64, 128, 320, 512), (3, 4, 6, 3)): 'pvt_v2_b2', ((64, 128, 320, 512), (3, 4, 18, 3)): 'pvt_v2_b3'}
+_TIMM_NAMES = {(dims, depths, (8, 4, 2, 1), (8, 8, 4, 4)): f'pvt_v2_b{i}' for i, (dims, depths) in enumerate([
+    ((32, 64, 160, 256), (2, 2, 2, 2)), ((64, 128, 320, 512), (2, 2, 2, 2)), ((64, 128, 320, 512), (3, 4, 6, 3)),
+    ((64, 128, 320, 512), (3, 4, 18, 3))])}
 
 
 def detect(sd) -> str | None:
@@ -75,17 +76,14 @@ def convert(sd, layout: str) -> tuple[dict, list[str]]:
     """
     if layout != 'mm-pvt':
         rename = TIMM_KEYS.to_ours if layout == 'timm-pvt' else stage_key
-        return filter_state_dict(sd, layout, lambda k, v: (rename(k), v))
-    keys, out = MM_KEYS[1 if has_key(sd, r'layers\.\d+\.1\.0\.pos_embed$') else 2], {}
-    for k, v in sd.items():
-        new = keys.to_ours(k)
-        v = v.flatten(1) if _FC.match(new) else v
-        for nk, nv in [(new, v[:v.shape[0] // 3]), (new.replace('.q.', '.kv.'), v[v.shape[0] // 3:])] \
-                if _QKV.match(new) else [(new, v)]:
-            if nk in out:
-                raise ValueError(f'two checkpoint keys map to {nk!r} (layout {layout!r})')
-            out[nk] = nv
-    return out, []
+        return filter_state_dict(sd, layout, lambda k, v: [(rename(k), v)])
+    keys = MM_KEYS[1 if has_key(sd, r'layers\.\d+\.1\.0\.pos_embed$') else 2]
+
+    def rename(k, v):   # mmdet's in_proj_* stack q and kv; its fc1 / fc2 are 1x1 convolutions
+        if _QKV.match(new := keys.to_ours(k)):
+            return [(new, v[:len(v) // 3]), (new.replace('.q.', '.kv.'), v[len(v) // 3:])]
+        return [(new, v.flatten(1) if _FC.match(new) else v)]
+    return filter_state_dict(sd, layout, rename)
 
 
 def arch(sd) -> dict:
@@ -127,8 +125,6 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     kw = dict(embed_dims=per_head, num_layers=tuple(a.pop('depths')), num_heads=heads,
               sr_ratios=tuple(a.pop('sr_ratios')), mlp_ratios=tuple(a.pop('mlp_ratios')), qkv_bias=a.pop('qkv_bias'),
               out_indices=tuple(a.pop('out_indices')))
-    if (img := a.pop('img_size', None)) is not None:
-        kw['pretrain_img_size'] = img if isinstance(img, int) else tuple(img)
     for k in ('frozen_stages', 'norm_eval', 'with_cp'):
         a.pop(k, None)
     return f"mmdet.models.backbones.PyramidVisionTransformer{'' if v1 else 'V2'}", kw | extra
@@ -173,16 +169,12 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
         if v1:
             raise no_counterpart('a PVT v1 backbone', to, "timm has PVT v2 only (pvt_v2_b*); PVT v1 goes to 'mmdet' "
                                  "(PyramidVisionTransformer) or 'tlalign'")
-        out = {TIMM_KEYS.from_ours(k): v for k, v in sd.items()}
-        if head:
-            out['head.weight'], out['head.bias'] = head['weight'], head['bias']
-        name = _TIMM_NAMES.get((a['embed_dims'], a['depths']))
-        kw = dict(model_name=name or 'pvt_v2_b0', pretrained=False)
-        if not (name and a['sr_ratios'] == (8, 4, 2, 1) and a['mlp_ratios'] == (8, 8, 4, 4)):
-            kw |= {k: a[k] for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios')}
-        kw['num_classes'] = head['weight'].shape[0] if head else 0
-        return ExportResult(out, 'timm-pvt', 'timm PyramidVisionTransformerV2 (timm/models/pvt_v2.py)',
-                            call('timm.create_model', kw), notes=notes)
+        name = _TIMM_NAMES.get((a['embed_dims'], a['depths'], a['sr_ratios'], a['mlp_ratios']))
+        custom = dict(model_name='pvt_v2_b0') | {k: a[k] for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios',
+                                                                    'mlp_ratios')}
+        return ExportResult.timm('PyramidVisionTransformerV2 (timm/models/pvt_v2.py)', 'timm-pvt',
+                                 {TIMM_KEYS.from_ours(k): v for k, v in sd.items()}, head, 'head.', name, custom,
+                                 notes=notes)
     path, kw = stock(dict(a), to)
     out, dropped = _to_mmdet(sd, v1)
     if v1:

@@ -35,7 +35,7 @@ MMSEG_KEYS = KeyMap([
 MMPRETRAIN_KEYS = KeyMap([*_MM_COMMON, ('blocks.{i}.', 'layers.{i}.')])
 """Our ViT keys <-> mmpretrain ``VisionTransformer`` (``mmpretrain/models/backbones/vision_transformer.py``:
 its attention's ``qkv`` / ``proj`` are named as ours)."""
-_DEIT_SIZES = {192: 'tiny', 384: 'small', 768: 'base'}
+_TIMM_NAMES = {(c, 12, 16, 4): f'deit_{size}_patch16_224' for c, size in ((192, 'tiny'), (384, 'small'), (768, 'base'))}
 
 
 def detect(sd) -> str | None:
@@ -53,7 +53,7 @@ def detect(sd) -> str | None:
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
     """The read filter: timm / official DeiT keys are ours (heads dropped); mm keys are renamed by their table."""
     keys = {'mmseg-vit': MMSEG_KEYS, 'mmpretrain-vit': MMPRETRAIN_KEYS}.get(layout)
-    return filter_state_dict(sd, layout, lambda k, v: (keys.to_ours(k) if keys else k, v))
+    return filter_state_dict(sd, layout, lambda k, v: [(keys.to_ours(k) if keys else k, v)])
 
 
 def arch(sd) -> dict:
@@ -89,7 +89,9 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     if lib not in ('mmseg', 'mmpretrain'):
         raise no_counterpart('a DeiT / ViT backbone', lib, f'{lib} has no VisionTransformer backbone; '
                              "mmseg's and mmpretrain's hold it")
-    stock_args(a, 'VisionTransformer')
+    extra = stock_args(a, 'VisionTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate',
+                                                  'interpolate_mode', 'norm_eval', 'with_cp') if lib == 'mmseg' else (),
+                       img='img_size')
     distilled, frozen = a.pop('distilled'), a.pop('frozen_stages', -1)
     if distilled and lib == 'mmseg':
         raise no_counterpart('a distilled DeiT (dist_token)', lib, "mmseg's VisionTransformer has no distillation "
@@ -97,23 +99,17 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     if frozen != -1 and lib == 'mmseg':
         raise ValueError("mmseg VisionTransformer freezes by 'frozen_exclude', not frozen_stages: set "
                          'frozen_stages=-1 to compare')
-    img, out = a.pop('img_size'), a.pop('out_indices')
-    c, depth, heads = a.pop('embed_dims'), a.pop('num_layers'), a.pop('num_heads')
-    mlp = ratio(a.pop('mlp_ratio', 4.0))   # the arch dict's, as the model reads it
-    common = dict(img_size=img if isinstance(img, int) else tuple(img), patch_size=a.pop('patch_size'))
-    qkv_bias, patch_bias, final_norm = a.pop('qkv_bias'), a.pop('patch_bias', True), a.pop('final_norm')
+    out, c, depth, heads = (a.pop(k) for k in ('out_indices', 'embed_dims', 'num_layers', 'num_heads'))
+    mlp, patch_bias = ratio(a.pop('mlp_ratio', 4.0)), a.pop('patch_bias', True)   # mlp_ratio: the arch dict's
+    common = dict(patch_size=a.pop('patch_size'), qkv_bias=a.pop('qkv_bias'), final_norm=a.pop('final_norm'))
     if lib == 'mmseg':
-        kw = dict(common, embed_dims=c, num_layers=depth, num_heads=heads, mlp_ratio=mlp, qkv_bias=qkv_bias,
-                  patch_bias=patch_bias, with_cls_token=True, final_norm=final_norm,
-                  norm_cfg=dict(type='LN', eps=1e-6), out_indices=out if isinstance(out, int) else tuple(out))
-        extra = ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'interpolate_mode', 'norm_eval',
-                 'with_cp')
-        return 'mmseg.models.backbones.VisionTransformer', kw | {k: a.pop(k) for k in extra if k in a}
+        return 'mmseg.models.backbones.VisionTransformer', dict(
+            common, embed_dims=c, num_layers=depth, num_heads=heads, mlp_ratio=mlp, patch_bias=patch_bias,
+            with_cls_token=True, norm_cfg=dict(type='LN', eps=1e-6),
+            out_indices=out if isinstance(out, int) else tuple(out)) | extra
     kw = dict(arch=dict(embed_dims=c, num_layers=depth, num_heads=heads, feedforward_channels=round(c * mlp)),
-              **common, qkv_bias=qkv_bias, final_norm=final_norm, out_type='featmap')
-    if not patch_bias:
-        kw['patch_cfg'] = dict(bias=False)
-    return f"mmpretrain.models.{'Distilled' * distilled}VisionTransformer", kw
+              **common, out_type='featmap') | ({} if patch_bias else dict(patch_cfg=dict(bias=False)))
+    return f"mmpretrain.models.{'Distilled' * distilled}VisionTransformer", kw | extra
 
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
@@ -138,28 +134,19 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
         if a['distilled']:
             raise no_counterpart('a distilled DeiT (dist_token)', 'timm', "timm's VisionTransformer has no "
                                  "distillation token; mmpretrain's DistilledVisionTransformer (and tlalign) hold it")
-        if head:
-            sd['head.weight'], sd['head.bias'] = head['weight'], head['bias']
-            if readout is None:
-                raise ValueError('the classifier head goes to timm, but which feature it reads (class token or '
-                                 "token mean) is not known from the checkpoint: pass readout='cls_token' or "
-                                 "'avg_featmap' (--readout)")
-        size = _DEIT_SIZES.get(a['embed_dims'])
-        standard = size and (a['num_layers'], a['patch_size'], a['num_heads'] * 64, a['mlp_ratio']) == (
-            12, 16, a['embed_dims'], 4)
-        kw = dict(model_name=f'deit_{size}_patch16_224' if standard else 'vit_base_patch16_224', pretrained=False)
-        if not standard:
-            kw |= dict(patch_size=a['patch_size'], embed_dim=a['embed_dims'], depth=a['num_layers'],
-                       num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
-        kw |= {k: v for k, v, default in [('img_size', a['img_size'], 224), ('qkv_bias', a['qkv_bias'], True),
-                                          ('final_norm', a['final_norm'], True)] if v != default}
-        kw['num_classes'] = head['weight'].shape[0] if head else 0
-        if readout == 'avg_featmap':    # ours: final norm on every token, then the patch-token mean
-            kw |= dict(global_pool='avg', fc_norm=False)
-        elif readout == 'cls_token':
-            kw['global_pool'] = 'token'
-        return ExportResult(sd, 'timm-vit', 'timm VisionTransformer (timm/models/vision_transformer.py)',
-                            call('timm.create_model', kw), notes=notes)
+        if head and readout is None:
+            raise ValueError('the classifier head goes to timm, but which feature it reads (class token or token '
+                             "mean) is not known from the checkpoint: pass readout='cls_token' or 'avg_featmap' "
+                             '(--readout)')
+        name = _TIMM_NAMES.get((a['embed_dims'], a['num_layers'], a['patch_size'], a['mlp_ratio']))
+        custom = dict(model_name='vit_base_patch16_224', patch_size=a['patch_size'], embed_dim=a['embed_dims'],
+                      depth=a['num_layers'], num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
+        kw = {k: v for k, v, default in [('img_size', a['img_size'], 224), ('qkv_bias', a['qkv_bias'], True),
+                                         ('final_norm', a['final_norm'], True)] if v != default}
+        pool = {'avg_featmap': dict(global_pool='avg', fc_norm=False),   # ours: final norm on every token, then mean
+                'cls_token': dict(global_pool='token'), None: {}}[readout]
+        return ExportResult.timm('VisionTransformer (timm/models/vision_transformer.py)', 'timm-vit', sd, head,
+                                 'head.', name, custom, notes=notes, **kw, **pool)
     path, kw = stock(dict(a), to)
     cls = path.rsplit('.', 1)[1]
     if to == 'mmseg':
