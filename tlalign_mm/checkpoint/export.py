@@ -12,12 +12,11 @@ import inspect
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from ..version import __version__
 from .io import atomic_save, load_checkpoint_file
 from .keys import ExportResult
-from .layouts import FAMILIES, checkpoint_head, convert_state_dict, extract_state_dict, foreign_readout, require_layout
+from .layouts import FAMILIES, checkpoint_head, extract_state_dict, family_of, foreign_readout, read_backbone
 
 __all__ = ['EXPORT_TARGETS', 'READOUTS', 'backbone_export', 'export_state_dict', 'export_checkpoint', 'stock_config']
 
@@ -34,16 +33,7 @@ def backbone_export(state_dict: Mapping, **meta) -> dict:
     (``to='tlalign'``), ``tools/convert_checkpoint.py`` and the ``BackboneExportHook`` write, and
     ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` reads.  ``meta``: the source, epoch, backbone type ..."""
     sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    return {'state_dict': sd, 'meta': dict(layout='tlalign', tlalign_mm_version=__version__, **meta)}
-
-
-def _family(state_dict: Mapping):
-    """The family module that recognises a state dict in our layout."""
-    for family in FAMILIES:
-        if family.detect(state_dict) is not None:
-            return family
-    raise ValueError('the state dict is not a DeiT / Swin / PVT backbone in our layout '
-                     f'(first keys: {list(state_dict)[:5]})')
+    return {'state_dict': sd, 'meta': {'layout': 'tlalign', 'tlalign_mm_version': __version__, **meta}}
 
 
 def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None, readout: str | None = None,
@@ -73,7 +63,7 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     if readout is not None and readout not in READOUTS:
         raise ValueError(f'unknown readout {readout!r}; choose one of {", ".join(READOUTS)}')
     sd = dict(state_dict)
-    family = _family(sd)
+    family = family_of(sd)
     if to == 'tlalign':
         return ExportResult(sd, 'tlalign', f'tlalign_mm {family.NAME} backbone',
                             "backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=DST))")
@@ -129,25 +119,17 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
         raise ValueError(f'unknown export target {to!r}; choose one of {", ".join(EXPORT_TARGETS)}')
     src, dst = os.fspath(src), os.fspath(dst)
     ckpt = load_checkpoint_file(src)
-    sd, used_prefix = extract_state_dict(ckpt, prefix)
-    converted, layout, ignored = convert_state_dict(sd, require_layout(sd, src, used_prefix, 'pass --prefix'))
+    converted, layout, ignored, used_prefix = read_backbone(ckpt, prefix, src, 'pass --prefix')
     full, _ = extract_state_dict(ckpt, '')
     label_params = [k for k in full if k.startswith('label_rule.')]
     head = checkpoint_head(full) if with_head and to != 'tlalign' else None
     if readout is None and to != 'tlalign':
         readout = _checkpoint_readout(ckpt, full, layout, used_prefix)
     result = export_state_dict(converted, to, head, readout, allow_drop)
-    safetensors = dst.endswith('.safetensors')
-    if to == 'tlalign':
-        obj: Any = converted if safetensors else backbone_export(converted, source=src, source_layout=layout,
-                                                                 prefix=used_prefix)
-    else:
-        obj = result.state_dict if safetensors else {
-            'state_dict': {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()},
-            'meta': dict(layout=result.layout, target=to, model=result.model, build=result.build, readout=readout,
-                         source=src, source_layout=layout, prefix=used_prefix, dropped=list(result.dropped),
-                         tlalign_mm_version=__version__)}
-    atomic_save(obj, dst)
+    meta = {} if to == 'tlalign' else dict(layout=result.layout, target=to, model=result.model, build=result.build,
+                                           readout=readout, dropped=list(result.dropped))
+    atomic_save(result.state_dict if dst.endswith('.safetensors') else backbone_export(
+        result.state_dict, **meta, source=src, source_layout=layout, prefix=used_prefix), dst)
     return {'layout': layout, 'prefix': used_prefix, 'ignored': ignored, 'num_keys': len(result.state_dict),
             'dst': dst, 'to': to, 'target_layout': result.layout, 'model': result.model, 'build': result.build,
             'readout': readout, 'head': bool(head) and any(k.startswith('head.') for k in result.state_dict),
@@ -174,11 +156,8 @@ def stock_config(backbone: Mapping, lib: str) -> dict:
     if family is None:
         raise ValueError(f'no stock counterpart for backbone type {name!r}: the mapping knows '
                          f'{", ".join(f.MODEL.__name__ for f in FAMILIES)} (our backbones)')
-    params = inspect.signature(family.MODEL).parameters
-    args = {k: v for k, v in backbone.items() if k != 'type'}
-    if unknown := sorted(set(args) - set(params)):
-        raise ValueError(f'model.backbone ({name}) has keys the stock mapping does not know: {unknown}')
-    a = {k: p.default for k, p in params.items()} | args
+    a = {k: p.default for k, p in inspect.signature(family.MODEL).parameters.items()}
+    a |= {k: v for k, v in backbone.items() if k != 'type'}
     a |= dict(getattr(family.MODEL, 'DEFAULTS', {}), **family.MODEL.resolve_arch(a.pop('arch')))
     for k in OURS_ONLY:
         a.pop(k)
