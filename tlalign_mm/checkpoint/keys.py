@@ -1,4 +1,12 @@
-"""What the family modules (``vit.py``, ``swin.py``, ``pvt.py``) share: key tables, filter helpers, export record."""
+"""What the family modules (``vit.py``, ``swin.py``, ``pvt.py``) share: key tables, filter helpers, export record.
+
+A family module holds ``NAME``, ``MODEL`` (our backbone class), ``LAYOUTS`` (the foreign layouts it reads) and
+``detect(sd)`` (its layout of a state dict, ``'tlalign'`` for ours; None: another family's), ``convert(sd, layout)``
+(the read filter: our state dict and the dropped keys), ``arch(sd)`` (what our weights tell, in ``MODEL``'s argument
+names), ``stock(a, lib)`` (the ``lib`` class path and keyword arguments of the architecture ``a``, :func:`arch`'s
+or a config's, its keys consumed; ValueError for what ``lib`` cannot hold) and ``export(sd, to, head, readout)``
+(our state dict for ``to``, :class:`ExportResult`; arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s).
+"""
 from __future__ import annotations
 
 import re

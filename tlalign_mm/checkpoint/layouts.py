@@ -4,8 +4,7 @@ Layouts: ``'tlalign'`` (ours: the backbones' parameter names, no head) and each 
 ``swin.py``, ``pvt.py``: detector, read filter and key tables, as timm's model files hold their
 ``checkpoint_filter_fn``).  mmengine's ``PretrainedInit`` loads with ``strict=False``, so nothing, silently, from
 an unconverted checkpoint; :func:`load_backbone_checkpoint` converts, resizes what depends on the input or window
-size, and refuses what does not fit.  The models' ``init_cfg=dict(type='Pretrained')`` reach the loaders by name
-through tlalign_mm's ``FUNCTIONS`` registry (its location is this package): ``models`` imports nothing above it.
+size, and refuses what does not fit.  The models reach the loaders by name (tlalign_mm's ``FUNCTIONS`` registry).
 """
 from __future__ import annotations
 
@@ -98,33 +97,24 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = No
         ValueError: an unknown or unsupported layout; two keys mapping to one name.
     """
     layout = detect_layout(state_dict) if layout is None else layout
-    if layout not in LAYOUTS:
-        raise ValueError(f'unsupported checkpoint layout {layout!r}; known: {LAYOUTS}')
     out, ignored = family_of(state_dict, layout).convert(state_dict, layout)
     return out, layout, ignored
 
 
 def family_of(state_dict: Mapping, layout: str = 'tlalign'):
-    """The family module that reads ``layout`` (``'tlalign'``: the one whose detector knows the state dict).
-
-    Raises:
-        ValueError: none does (names the first keys).
-    """
+    """The family module that reads ``layout`` (``'tlalign'``: the one whose detector knows the state dict); else
+    ValueError (names the known layouts and the first keys)."""
     for family in FAMILIES:
         if layout in family.LAYOUTS or (layout == 'tlalign' and family.detect(state_dict)):
             return family
-    raise ValueError(f'the state dict is not a DeiT / Swin / PVT backbone in layout {layout!r} (first keys: '
-                     f'{list(state_dict)[:5]})')
+    raise ValueError(f'unsupported checkpoint layout {layout!r} (known: {", ".join(LAYOUTS)}) for a state dict '
+                     f'whose first keys are {list(state_dict)[:5]}: no DeiT / Swin / PVT backbone')
 
 
 def read_backbone(checkpoint: Mapping, prefix: str | None, source: str, hint: str
                   ) -> tuple[dict[str, Tensor], str, list[str], str]:
-    """:func:`extract_state_dict`, then :func:`convert_state_dict` of the detected layout.  Returns (state dict in
-    our names, layout, dropped source keys, prefix used).
-
-    Raises:
-        ValueError: as those; an unrecognised layout (names the prefixes present, then ``hint``).
-    """
+    """:func:`extract_state_dict`, :func:`convert_state_dict` of the detected layout: (state dict in our names,
+    layout, dropped keys, prefix used); ValueError also for an unknown layout (names the prefixes present, ``hint``)."""
     sd, prefix = extract_state_dict(checkpoint, prefix)
     if (layout := detect_layout(sd)) == 'unknown':
         raise ValueError(f'{source}: unrecognised checkpoint layout (prefix {prefix!r}); '
@@ -139,16 +129,11 @@ def _square(n: int, odd: bool = False) -> int | None:
 
 def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: nn.Module) -> Tensor | None:
     """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size, else None.
-
     ``pos_embed`` (1, P + h*w, C): prefix rows kept (a distillation row dropped for a plain model), the square grid
     resampled by timm's ``resample_abs_pos_embed`` (bicubic, no antialias: timm's and mmseg's resize).
     ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as the official Swin
-    ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (timm's ``resize_rel_pos_bias_table``
-    is BEiT's geometric resampling, another result).
-
-    Raises:
-        ValueError: a grid or table that is not square, fewer prefix tokens than the model's.
-    """
+    ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (its ``resize_rel_pos_bias_table``
+    is BEiT's geometric resampling, another result).  ValueError: not square, fewer prefix tokens than the model's."""
     if k == 'pos_embed' and v.dim() == t.dim() == 3 and v.shape[-1] == t.shape[-1]:
         p_model = getattr(model, 'num_prefix_tokens', 1)
         p_ckpt = int('cls_token' in sd) + int('dist_token' in sd) or p_model

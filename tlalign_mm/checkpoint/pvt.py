@@ -67,13 +67,9 @@ def detect(sd) -> str | None:
 
 
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
-    """The read filter: the flat names (official, ours before the stages) by ``stage_key`` (release's ``head``
-    dropped, v1's ``cls_token`` and its ``pos_embed`` row kept for ``adapt_checkpoint``); timm's by
-    :data:`TIMM_KEYS`; mmdet's ``layers.{s}.{0,1,2}`` by mmdet's inverse of its own ``pvt_convert``.
-
-    Raises:
-        ValueError: two keys map to one name.
-    """
+    """The flat names (official, ours before the stages) by ``stage_key`` (release's ``head`` dropped, v1's
+    ``cls_token`` and its ``pos_embed`` row kept for ``adapt_checkpoint``); timm's by :data:`TIMM_KEYS`; mmdet's
+    by :data:`MM_KEYS`."""
     if layout != 'mm-pvt':
         rename = TIMM_KEYS.to_ours if layout == 'timm-pvt' else stage_key
         return filter_state_dict(sd, layout, lambda k, v: [(rename(k), v)])
@@ -87,8 +83,7 @@ def convert(sd, layout: str) -> tuple[dict, list[str]]:
 
 
 def arch(sd) -> dict:
-    """What the weights (our keys) tell, in :class:`~tlalign_mm.TLAPyramidVisionTransformer`'s argument names:
-    version, widths, depths, ratios, v1's image size; ``num_heads`` by the release's rule (width / first width)."""
+    """Version, widths, depths, ratios, v1's image size; ``num_heads`` by the release's rule (width / first width)."""
     stages = stage_ids(sd, 'stages')
     dims = tuple(sd[f'stages.{s}.patch_embed.proj.weight'].shape[0] for s in stages)
     sr = tuple(sd[k].shape[-1] if (k := f'stages.{s}.blocks.0.attn.sr.weight') in sd else 1 for s in stages)
@@ -102,15 +97,10 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """The mmdet ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2) keyword arguments of
-    the PVT ``a`` describes (:func:`arch`'s names, or a config's; consumed): mmdet builds stage ``i`` with
-    ``embed_dims * num_heads[i]`` channels.  ``img_size`` (as ``pretrain_img_size``), ``in_channels`` and the
-    dropouts are passed on when given (``frozen_stages``, ``norm_eval``, ``with_cp``: none in mmdet's).
-
-    Raises:
-        ValueError: ``lib`` other than mmdet; ``out_type`` other than ``'featmap'``; widths that are not one
-            per-head width times ``num_heads``.
-    """
+    """mmdet's ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2), which builds stage ``i``
+    with ``embed_dims * num_heads[i]`` channels (ValueError for widths that are not); ``img_size`` (as
+    ``pretrain_img_size``), ``in_channels``, dropouts passed on (``frozen_stages``, ``norm_eval``, ``with_cp``:
+    none in mmdet's)."""
     v1 = a.pop('version') == 1
     if lib != 'mmdet':
         raise no_counterpart(f"a PVT v{2 - v1} backbone", lib, f'{lib} has no PyramidVisionTransformer; PVT goes to '
@@ -148,19 +138,9 @@ def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
 
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
-    """Write a PVT state dict in our layout for ``to``.
-
-    * ``'timm'`` (v2 only, :data:`TIMM_KEYS`) with ``head.weight`` / ``head.bias``; it pools the token mean after
-      the stage norm, as ours;
-    * ``'mmdet'``: ``PyramidVisionTransformer(V2)`` (:func:`_to_mmdet`), backbone only; mmdet's v1 is dense, so our
-      v1's final ``norm``, a ``cls_token`` and its row of the last ``pos_embed`` are listed as dropped.
-
-    Args:
-        sd: our PVT keys; head: ``{'weight': (K, C4), 'bias': (K,)}`` or None; readout: ignored.
-
-    Raises:
-        ValueError: PVT v1 to timm; ``'mmseg'`` / ``'mmpretrain'`` (no PVT).
-    """
+    """timm (v2 only, :data:`TIMM_KEYS`) with ``head.weight`` / ``head.bias`` ((K, C4), (K,)); it pools the token
+    mean after the stage norm, as ours.  mmdet: :func:`_to_mmdet`, backbone only.  ``readout`` ignored.  Raises
+    ValueError for PVT v1 to timm, mmseg / mmpretrain (no PVT)."""
     a = arch(sd)
     v1 = a['version'] == 1
     notes = ["num_heads are not stored in the weights: the line takes the release's rule (stage width / first "

@@ -63,12 +63,8 @@ def detect(sd) -> str | None:
 
 
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
-    """The read filter: mm keys by :data:`MM_KEYS` (patch merging reordered), timm's merging back to the end
-    of the previous stage, a foreign final ``norm`` to ``norm{last}``.
-
-    Raises:
-        ValueError: a timm-swin patch merging before stage 0; two keys map to one name.
-    """
+    """mm keys by :data:`MM_KEYS` (patch merging reordered), timm's merging back to the end of the previous stage,
+    a foreign final ``norm`` to ``norm{last}``.  Raises ValueError for a timm-swin patch merging before stage 0."""
     last = (stage_ids(sd, 'stages' if layout == 'mm-swin' else 'layers') or [0])[-1]
     keys = {'mm-swin': MM_KEYS, 'timm-swin': TIMM_KEYS}.get(layout)
     if layout == 'timm-swin' and (early := [k for k in sd if k.startswith('layers.0.downsample.')]):
@@ -82,8 +78,7 @@ def convert(sd, layout: str) -> tuple[dict, list[str]]:
 
 
 def arch(sd) -> dict:
-    """What the weights (our keys) tell, in :class:`~tlalign_mm.TLASwinTransformer`'s argument names: widths,
-    depths, heads and window (from the relative-position tables), ``out_indices`` (the output norms)."""
+    """Widths, depths, heads and window (from the relative-position tables), ``out_indices`` (the output norms)."""
     c, _, p, _ = sd['patch_embed.proj.weight'].shape
     stages = stage_ids(sd, 'layers')
     side = math.isqrt(sd['layers.0.blocks.0.attn.relative_position_bias_table'].shape[0])
@@ -96,13 +91,8 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """The mmseg / mmdet ``SwinTransformer`` keyword arguments of the Swin ``a`` describes (:func:`arch`'s
-    names, or a config's; consumed); ``img_size``, ``in_channels``, dropouts, ``frozen_stages``, ``with_cp``
-    are passed on when given (``norm_eval``: the stock model has LayerNorms only).
-
-    Raises:
-        ValueError: ``lib`` other than mmseg / mmdet; ``out_type`` other than ``'featmap'``.
-    """
+    """mmseg's / mmdet's ``SwinTransformer``; ``img_size``, ``in_channels``, dropouts, ``frozen_stages``, ``with_cp``
+    passed on (``norm_eval`` dropped: the stock model has LayerNorms only)."""
     if lib not in ('mmseg', 'mmdet'):
         raise no_counterpart('a Swin backbone', lib, f"{lib} has no SwinTransformer target here (mmpretrain's is "
                              "its VisionTransformer); Swin goes to 'timm', 'mmseg', 'mmdet' or 'tlalign'")
@@ -118,19 +108,11 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
 
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
-    """Write a Swin state dict in our layout for ``to`` (the reverse of :func:`convert`).
-
-    * ``'timm'`` (:data:`TIMM_KEYS`): stage ``i``'s patch merging to ``layers.{i+1}``, the last stage's output
-      norm to ``norm``, the head to ``head.fc``; it pools the token mean as our classifier.  The other output
-      norms have no place there (listed as dropped);
-    * ``'mmseg'`` / ``'mmdet'`` (:data:`MM_KEYS`): the merging reordered to ``nn.Unfold``'s order, the
-      persistent ``relative_position_index`` buffers written (mm loads strictly only with them).
-
-    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our Swin keys; ``readout`` ignored.
-
-    Raises:
-        ValueError: ``'mmpretrain'``; timm without the last stage's output norm.
-    """
+    """timm (:data:`TIMM_KEYS`): stage ``i``'s patch merging to ``layers.{i+1}``, the last stage's output norm to
+    ``norm`` (the others dropped), the head to ``head.fc``; it pools the token mean as ours.  mmseg / mmdet
+    (:data:`MM_KEYS`): the merging in ``nn.Unfold``'s order, the persistent ``relative_position_index`` buffers
+    written (mm loads strictly only with them).  ``readout`` ignored.  Raises ValueError for mmpretrain, timm
+    without the last stage's output norm."""
     a = arch(sd)
     last, w = stage_ids(sd, 'layers')[-1], a['window_size']
     notes = [f'window_size={w} (the stored relative-position tables); Swin weights do not fix the image size: '

@@ -57,17 +57,12 @@ def convert(sd, layout: str) -> tuple[dict, list[str]]:
 
 
 def arch(sd) -> dict:
-    """What the weights (our keys) tell, in :class:`~tlalign_mm.TLAVisionTransformer`'s argument names
-    (``num_heads``, not stored, by DeiT's 64 channels per head); ``patch_bias`` besides.
-
-    Raises:
-        ValueError: a non-square position grid (the image size cannot be named).
-    """
+    """``num_heads``, not stored, by DeiT's 64 channels per head; ``patch_bias`` besides.  Raises ValueError for a
+    non-square position grid (the image size cannot be named)."""
     c, _, p, _ = sd['patch_embed.proj.weight'].shape
     distilled = 'dist_token' in sd
     n = sd['pos_embed'].shape[1] - 1 - distilled
-    side = math.isqrt(n)
-    if side * side != n:
+    if (side := math.isqrt(n)) ** 2 != n:
         raise ValueError(f'pos_embed {tuple(sd["pos_embed"].shape)}: {n} grid tokens is not a square grid; '
                          'cannot name the image size the target model must be built with')
     depth = len(stage_ids(sd, 'blocks'))
@@ -78,14 +73,9 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """The mmseg / mmpretrain class and keyword arguments of the ViT ``a`` describes (:func:`arch`'s names,
-    or a config's); ``a``'s keys are consumed, and optional ones (dropouts, ``in_channels``, ``with_cp``,
-    ``norm_eval``, ``interpolate_mode``) are passed on only when given.
-
-    Raises:
-        ValueError: ``lib`` without a ViT (mmdet); a distilled model or ``frozen_stages`` for mmseg; an
-            ``out_type`` other than ``'featmap'``.
-    """
+    """mmseg's or mmpretrain's ``VisionTransformer`` (distilled: mmpretrain's ``DistilledVisionTransformer``);
+    dropouts, ``in_channels``, ``with_cp``, ``norm_eval``, ``interpolate_mode`` passed on (mmseg).  Raises
+    ValueError for mmdet (no ViT), a distilled model or ``frozen_stages`` for mmseg."""
     if lib not in ('mmseg', 'mmpretrain'):
         raise no_counterpart('a DeiT / ViT backbone', lib, f'{lib} has no VisionTransformer backbone; '
                              "mmseg's and mmpretrain's hold it")
@@ -113,19 +103,11 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
 
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
-    """Write a ViT state dict in our layout for ``to`` (the reverse of :func:`convert`).
-
-    * ``'timm'``: our names plus ``head.weight`` / ``head.bias``; the build line pools as our classifier:
-      ``global_pool='token'`` for the class token, ``global_pool='avg', fc_norm=False`` for the token mean
-      (timm's default ``fc_norm`` for ``'avg'`` would norm after pooling instead);
-    * ``'mmseg'`` / ``'mmpretrain'``: :data:`MMSEG_KEYS` / :data:`MMPRETRAIN_KEYS`, backbone only.
-
-    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our ViT keys (``pos_embed`` (1, P + h*w, C)).
-
-    Raises:
-        ValueError: ``'mmdet'``; a distilled DeiT for timm or mmseg; a timm head without a readout; a
-            non-square position grid.
-    """
+    """timm: our names plus ``head.weight`` / ``head.bias``, pooled as our classifier: ``global_pool='token'`` for
+    the class token, ``global_pool='avg', fc_norm=False`` for the token mean (timm's default ``fc_norm`` for
+    ``'avg'`` would norm after pooling instead).  mmseg / mmpretrain: :data:`MMSEG_KEYS` / :data:`MMPRETRAIN_KEYS`,
+    backbone only.  Raises ValueError for mmdet, a distilled DeiT for timm or mmseg, a timm head without a readout,
+    a non-square position grid."""
     a, sd = arch(sd), dict(sd)
     notes = [f"built at img_size={a['img_size']}, patch_size={a['patch_size']} (the stored position grid) "
              "and, num_heads not being stored in the weights, with your arch's num_heads (the line assumes "
@@ -148,13 +130,11 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
         return ExportResult.timm('VisionTransformer (timm/models/vision_transformer.py)', 'timm-vit', sd, head,
                                  'head.', name, custom, notes=notes, **kw, **pool)
     path, kw = stock(dict(a), to)
-    cls = path.rsplit('.', 1)[1]
-    if to == 'mmseg':
-        notes.append("mmseg's defaults differ from DeiT: keep patch_bias=True, final_norm=True and "
-                     "norm_cfg=dict(type='LN', eps=1e-6) as in the line")
-        model, keys = f'mmseg {cls} (mmseg/models/backbones/vit.py)', MMSEG_KEYS
-    else:
-        notes.append("mmpretrain's out_type='avg_featmap' adds a norm after pooling (ln2) that ours lacks: build "
-                     "it with out_type 'featmap', 'cls_token' or 'raw'")
-        model, keys = f'mmpretrain {cls} (mmpretrain/models/backbones/vision_transformer.py, deit.py)', MMPRETRAIN_KEYS
-    return ExportResult({keys.from_ours(k): v for k, v in sd.items()}, f'{to}-vit', model, call(path, kw), notes=notes)
+    keys, file, note = {
+        'mmseg': (MMSEG_KEYS, 'mmseg/models/backbones/vit.py', "mmseg's defaults differ from DeiT: keep "
+                  "patch_bias=True, final_norm=True and norm_cfg=dict(type='LN', eps=1e-6) as in the line"),
+        'mmpretrain': (MMPRETRAIN_KEYS, 'mmpretrain/models/backbones/vision_transformer.py, deit.py', "mmpretrain's "
+                       "out_type='avg_featmap' adds a norm after pooling (ln2) that ours lacks: build it with "
+                       "out_type 'featmap', 'cls_token' or 'raw'")}[to]
+    return ExportResult({keys.from_ours(k): v for k, v in sd.items()}, f'{to}-vit',
+                        f"{to} {path.rsplit('.', 1)[1]} ({file})", call(path, kw), notes=notes + [note])
