@@ -1,10 +1,9 @@
 """Writing our checkpoints for timm, mmseg, mmdet, mmpretrain or ours, and the stock models they load into.
 
-The reverse of reading: a checkpoint of any layout we read is converted into ours, then the family module that
-owns the architecture writes it under the target's names from the same key tables it reads with (which target
-holds which family: ``docs/user_guides/export.md``).  Each family's ``stock(args, lib)`` gives the mm class and
-arguments of an architecture; the export build lines and :func:`stock_config` (the cost tools' stock backbone)
-both read it, so the two cannot drift.
+The reverse of reading: a checkpoint of any layout we read is converted into ours, then its family module writes it
+under the target's names from the key tables it reads with (which target holds which family:
+``docs/user_guides/export.md``).  The export build lines and :func:`stock_config` (the cost tools' stock backbone)
+both read the family's ``stock``, so the two cannot drift.
 """
 from __future__ import annotations
 
@@ -41,18 +40,15 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     """Write a backbone state dict in our layout under the names of another library's model.
 
     Args:
-        state_dict: our backbone keys (:func:`~tlalign_mm.checkpoint.layouts.convert_state_dict`, a model's
-            ``state_dict()``).
+        state_dict: our backbone keys (a model's ``state_dict()``, :func:`~.layouts.convert_state_dict`'s).
         to: one of :data:`EXPORT_TARGETS`.
         head: ``{'weight': (K, C), 'bias': (K,)}``, our classifier's linear head, written where the target model
             has one (timm), else left out.
-        readout: ``'cls_token'`` / ``'avg_featmap'`` (:data:`READOUTS`), the feature our classifier read: picks
-            timm's ``global_pool`` for a ViT (needed there with a head).
+        readout: the feature our classifier read (:data:`READOUTS`): timm's ``global_pool`` for a ViT head.
         allow_drop: write even when the target cannot hold some of our parameters (listed in ``dropped``).
 
     Returns:
-        :class:`~tlalign_mm.checkpoint.keys.ExportResult` (``build``: the call that builds the target model this
-        state dict loads into with ``strict=True``).
+        :class:`~tlalign_mm.checkpoint.keys.ExportResult`; its ``build`` makes the model it loads into strictly.
 
     Raises:
         ValueError: an unknown target or readout; an architecture the target cannot hold (names both); parameters
@@ -94,17 +90,15 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
                       readout: str | None = None, allow_drop: bool = False, with_head: bool = True) -> dict:
     """Read any checkpoint we read and write its backbone (and head) for ``to``, atomically (:func:`atomic_save`).
 
-    ``dst`` ending in ``.safetensors`` holds the flat ``{name: tensor}``; otherwise ``{'state_dict', 'meta'}``
-    (``to='tlalign'``: :func:`backbone_export`; else ``meta`` records the source, both layouts, the target model
-    and its build line).  Sizes are kept as stored; the classifier's pretraining-only ``label_rule.*`` is never
-    written (counted in ``label_params``).
+    ``dst`` ending in ``.safetensors`` holds the flat ``{name: tensor}``; otherwise :func:`backbone_export`'s
+    ``{'state_dict', 'meta'}`` (``meta``: the source, its layout and, for another target, the target layout, model
+    and build line).  Sizes are kept as stored; the classifier's pretraining-only ``label_rule.*`` is never written.
 
     Args:
         src: a checkpoint (pretraining checkpoint, backbone export, official release ...); dst: the output file.
-        to: one of :data:`EXPORT_TARGETS`; prefix: the backbone's key prefix in ``src`` (as
-            :func:`~tlalign_mm.checkpoint.layouts.extract_state_dict`).
+        to, allow_drop: as :func:`export_state_dict`; prefix: as :func:`~.layouts.extract_state_dict`.
         readout: our classifier's pooled feature when the checkpoint does not tell (needed for a DeiT head to timm).
-        allow_drop: see :func:`export_state_dict`; with_head: take the head along where the target has one.
+        with_head: take the head along where the target has one.
 
     Returns:
         dict with ``layout`` (source), ``prefix``, ``ignored`` (source keys dropped on reading), ``num_keys``
@@ -137,15 +131,10 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
 
 
 def stock_config(backbone: Mapping, lib: str) -> dict:
-    """The stock ``lib`` (mmseg / mmdet) backbone config with the architecture of one of ours, by the family's
-    ``stock`` table (the export build lines' source): the config's arguments over the constructor's defaults,
-    ``arch`` resolved, :data:`OURS_ONLY` dropped; no ``init_cfg`` (random init).
-
-    Args:
-        backbone: ``cfg.model.backbone`` of one of ours (``type`` with or without a scope).
-
-    Returns:
-        A plain dict, buildable by ``MODELS.build`` under ``lib``.
+    """The stock ``lib`` (mmseg / mmdet) backbone config, a plain dict ``MODELS.build`` builds, with the
+    architecture of ``backbone`` (``cfg.model.backbone`` of one of ours, ``type`` with or without a scope) by the
+    family's ``stock``: the config's arguments over the constructor's defaults, ``arch`` resolved,
+    :data:`OURS_ONLY` dropped; no ``init_cfg`` (random init).
 
     Raises:
         ValueError: not one of our backbones; what the stock model cannot express (the family's ``stock``);
@@ -156,11 +145,9 @@ def stock_config(backbone: Mapping, lib: str) -> dict:
     if family is None:
         raise ValueError(f'no stock counterpart for backbone type {name!r}: the mapping knows '
                          f'{", ".join(f.MODEL.__name__ for f in FAMILIES)} (our backbones)')
-    a = {k: p.default for k, p in inspect.signature(family.MODEL).parameters.items()}
-    a |= {k: v for k, v in backbone.items() if k != 'type'}
+    a = {k: p.default for k, p in inspect.signature(family.MODEL).parameters.items()} | dict(backbone)
+    a = {k: v for k, v in a.items() if k not in ('type', *OURS_ONLY)}
     a |= dict(getattr(family.MODEL, 'DEFAULTS', {}), **family.MODEL.resolve_arch(a.pop('arch')))
-    for k in OURS_ONLY:
-        a.pop(k)
     path, kw = family.stock(a, lib)
     if a:
         raise ValueError(f'model.backbone ({name}) has keys the stock mapping does not know: {sorted(a)}')

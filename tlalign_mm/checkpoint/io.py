@@ -131,8 +131,7 @@ def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
         return 'no such file'
     if os.path.isdir(path):
         return 'a folder, not a checkpoint file'
-    size = os.path.getsize(path)
-    if size == 0:
+    if (size := os.path.getsize(path)) == 0:
         return 'empty (0 bytes): an interrupted save or download'
     if path.endswith('.safetensors'):        # safetensors checks the header and that the data covers the file
         from safetensors import safe_open
@@ -217,11 +216,10 @@ def _load(path: str, map_location: Any, remote: bool) -> dict:
             with _safe_loading(force=False):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
-        if safetensors:
-            raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})') from None
-        if not isinstance(e, _LOAD_ERRORS):
+        if not (safetensors or isinstance(e, _LOAD_ERRORS)):
             raise
-        raise CheckpointFileError(f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
+        raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})' if safetensors else
+                                  f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
                                   f'refuses ({_reason(e)}); nothing from it was run') from None
     if not isinstance(obj, Mapping):
         raise CheckpointFileError(f'{path}: holds a {type(obj).__name__}, not a checkpoint or state dict (a dict)')

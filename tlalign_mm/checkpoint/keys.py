@@ -51,10 +51,7 @@ class KeyMap:
 
     @staticmethod
     def _apply(rules, key: str) -> str:
-        for rx, fill in rules:
-            if m := rx.match(key):
-                return fill(m) + key[m.end():]
-        return key
+        return next((fill(m) + key[m.end():] for rx, fill in rules if (m := rx.match(key))), key)
 
     def to_ours(self, key: str) -> str:
         """Their key -> ours."""
@@ -81,8 +78,7 @@ def filter_state_dict(state_dict: Mapping[str, Tensor], layout: str, rename) -> 
     """The loop of the families' read filters (timm's ``checkpoint_filter_fn``): drop recomputed buffers and, for
     a foreign layout, classifier heads (``head``, ``head_dist``, ``fc_norm``); ``rename(key, tensor) -> [(key,
     tensor), ...]`` the rest.  Returns (state dict, dropped keys); raises ValueError when two keys map to one name."""
-    out: dict[str, Tensor] = {}
-    ignored: list[str] = []
+    out, ignored = {}, []
     for k, v in state_dict.items():
         if k.rsplit('.', 1)[-1] in _BUFFERS or (layout != 'tlalign' and _HEADS.match(k)):
             ignored.append(k)

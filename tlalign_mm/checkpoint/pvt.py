@@ -22,11 +22,8 @@ from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_cou
 NAME, MODEL = 'pvt', TLAPyramidVisionTransformer
 LAYOUTS = ('official-pvt', 'mm-pvt', 'timm-pvt')
 
-TIMM_KEYS = KeyMap([
-    ('stages.0.patch_embed.', 'patch_embed.'),
-    ('stages.{i}.patch_embed.', 'stages.{i}.downsample.'),
-    ('stages.{i}.blocks.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.'),
-])
+TIMM_KEYS = KeyMap([('stages.0.patch_embed.', 'patch_embed.'), ('stages.{i}.patch_embed.', 'stages.{i}.downsample.'),
+                    ('stages.{i}.blocks.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.')])
 """Our PVT v2 keys <-> timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``, whose
 ``checkpoint_filter_fn`` renames the release the same way); timm has no PVT v1."""
 

@@ -23,13 +23,11 @@ from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_cou
 NAME, MODEL = 'swin', TLASwinTransformer
 LAYOUTS = ('official-swin', 'timm-swin', 'mm-swin')
 
-MM_KEYS = KeyMap([
-    ('patch_embed.proj.', 'patch_embed.projection.'),
-    ('layers.{i}.blocks.{j}.attn.', 'stages.{i}.blocks.{j}.attn.w_msa.'),
-    ('layers.{i}.blocks.{j}.mlp.fc1.', 'stages.{i}.blocks.{j}.ffn.layers.0.0.'),
-    ('layers.{i}.blocks.{j}.mlp.fc2.', 'stages.{i}.blocks.{j}.ffn.layers.1.'),
-    ('layers.{i}.', 'stages.{i}.'),
-])
+MM_KEYS = KeyMap([('patch_embed.proj.', 'patch_embed.projection.'),
+                  ('layers.{i}.blocks.{j}.attn.', 'stages.{i}.blocks.{j}.attn.w_msa.'),
+                  ('layers.{i}.blocks.{j}.mlp.fc1.', 'stages.{i}.blocks.{j}.ffn.layers.0.0.'),
+                  ('layers.{i}.blocks.{j}.mlp.fc2.', 'stages.{i}.blocks.{j}.ffn.layers.1.'),
+                  ('layers.{i}.', 'stages.{i}.')])
 """Our Swin keys <-> mmseg / mmdet ``SwinTransformer`` (``{mmseg,mmdet}/models/backbones/swin.py``); their
 patch merging also reorders channels (:func:`_merge_order`)."""
 TIMM_KEYS = KeyMap([('layers.{i}.downsample.', 'layers.{i+1}.downsample.')])

@@ -15,23 +15,15 @@ from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_cou
 NAME, MODEL = 'vit', TLAVisionTransformer
 LAYOUTS = ('timm-vit', 'mmseg-vit', 'mmpretrain-vit')
 
-_MM_COMMON = [  # (ours, theirs): mmseg / mmpretrain VisionTransformer share these
-    ('patch_embed.proj.', 'patch_embed.projection.'),
-    ('blocks.{i}.norm1.', 'layers.{i}.ln1.'),
-    ('blocks.{i}.norm2.', 'layers.{i}.ln2.'),
-    ('blocks.{i}.mlp.fc1.', 'layers.{i}.ffn.layers.0.0.'),
-    ('blocks.{i}.mlp.fc2.', 'layers.{i}.ffn.layers.1.'),
-    ('norm.', 'ln1.'),
-]
-MMSEG_KEYS = KeyMap([
-    # mmseg/models/backbones/vit.py: attn is mmcv's MultiheadAttention around nn.MultiheadAttention
-    # (q, k, v stacked in in_proj_* as in our qkv)
-    ('blocks.{i}.attn.qkv.weight', 'layers.{i}.attn.attn.in_proj_weight'),
-    ('blocks.{i}.attn.qkv.bias', 'layers.{i}.attn.attn.in_proj_bias'),
-    ('blocks.{i}.attn.proj.', 'layers.{i}.attn.attn.out_proj.'),
-    *_MM_COMMON,
-])
-"""Our ViT keys <-> mmseg 1.x ``VisionTransformer`` (``mmseg/models/backbones/vit.py``)."""
+_MM_COMMON = [('patch_embed.proj.', 'patch_embed.projection.'), ('blocks.{i}.norm1.', 'layers.{i}.ln1.'),
+              ('blocks.{i}.norm2.', 'layers.{i}.ln2.'), ('blocks.{i}.mlp.fc1.', 'layers.{i}.ffn.layers.0.0.'),
+              ('blocks.{i}.mlp.fc2.', 'layers.{i}.ffn.layers.1.'), ('norm.', 'ln1.')]
+"""(ours, theirs) pairs that mmseg's and mmpretrain's ``VisionTransformer`` share."""
+MMSEG_KEYS = KeyMap([('blocks.{i}.attn.qkv.weight', 'layers.{i}.attn.attn.in_proj_weight'),
+                     ('blocks.{i}.attn.qkv.bias', 'layers.{i}.attn.attn.in_proj_bias'),
+                     ('blocks.{i}.attn.proj.', 'layers.{i}.attn.attn.out_proj.'), *_MM_COMMON])
+"""Our ViT keys <-> mmseg 1.x ``VisionTransformer`` (``mmseg/models/backbones/vit.py``: the attention is mmcv's
+``MultiheadAttention`` around ``nn.MultiheadAttention``, q, k, v stacked in ``in_proj_*`` as in our ``qkv``)."""
 MMPRETRAIN_KEYS = KeyMap([*_MM_COMMON, ('blocks.{i}.', 'layers.{i}.')])
 """Our ViT keys <-> mmpretrain ``VisionTransformer`` (``mmpretrain/models/backbones/vision_transformer.py``:
 its attention's ``qkv`` / ``proj`` are named as ours)."""
