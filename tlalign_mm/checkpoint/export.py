@@ -71,17 +71,14 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     return result
 
 
-_OUT_TYPE = re.compile(r"""out_type\s*=\s*['"](\w+)['"]""")
-
-
 def _checkpoint_readout(checkpoint: Mapping, full: Mapping, layout: str, prefix: str) -> str | None:
     """The feature the checkpoint's head read, when it tells: ours by the backbone ``out_type`` of the config the
     Runner stores as text in ``meta['cfg']`` (one of :data:`READOUTS`), a foreign one by its keys
     (:func:`~tlalign_mm.checkpoint.layouts.foreign_readout`)."""
     if prefix or layout == 'tlalign':
-        meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
-        cfg = meta.get('cfg') if isinstance(meta, Mapping) else None
-        found = {m for m in _OUT_TYPE.findall(cfg) if m in READOUTS} if isinstance(cfg, str) else set()
+        cfg = meta.get('cfg') if isinstance(meta := checkpoint.get('meta'), Mapping) else None
+        cfg = cfg if isinstance(cfg, str) else ''
+        found = set(re.findall(r"""out_type\s*=\s*['"](\w+)['"]""", cfg)) & set(READOUTS)
         return found.pop() if len(found) == 1 else None
     return foreign_readout(full)[0]
 

@@ -26,8 +26,7 @@ __all__ = ['CheckpointFileError', 'CheckpointNotFoundError', 'mmengine_safe_glob
 
 
 class CheckpointFileError(pickle.UnpicklingError):
-    """A checkpoint file that cannot be used: one line naming the path and what it is (a ``pickle.UnpicklingError``,
-    as ``torch.load`` raises)."""
+    """An unusable checkpoint file: one line, the path and the fault (a ``pickle.UnpicklingError``, as torch raises)."""
 
 
 class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
@@ -124,8 +123,7 @@ def _safe_loading(force: bool):
 def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
     """What is wrong with a local checkpoint file, from its structure alone (nothing unpickled), as a phrase: missing,
     a folder, empty, truncated (a zip without its central directory), a zip without ``data.pkl``, a cut
-    ``.safetensors``, text, neither zip nor pickle; ``None`` for a plausible checkpoint (which may still hold types
-    weights_only loading refuses)."""
+    ``.safetensors``, text, neither zip nor pickle; None for a plausible one (weights_only may still refuse it)."""
     path = os.path.expanduser(os.fspath(path))
     if not os.path.exists(path):
         return 'no such file'
@@ -172,17 +170,13 @@ def _reason(e: BaseException) -> str:
     return f'{type(e).__name__}: {lines[0][:200]}' if lines else type(e).__name__
 
 
-_LOAD_ERRORS = (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError)
-
-
 # -- loading -------------------------------------------------------------------------------------------------
 @FUNCTIONS.register_module()
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
-    """Load a checkpoint without executing pickled code: a local file (checked first by
-    :func:`diagnose_checkpoint_file`) by ``torch.load(weights_only=True)`` with the allow-list, ``.safetensors`` by
-    ``safetensors``; else through mmengine's ``CheckpointLoader`` (``http(s)://`` cached in torch's hub folder,
-    ``open-mmlab://``, ``s3://``, any registered scheme; every ``torch.load`` it makes in this thread held to
-    ``weights_only``).
+    """Load a checkpoint without executing pickled code: a local file, checked by :func:`diagnose_checkpoint_file`,
+    by ``torch.load(weights_only=True)`` with the allow-list, ``.safetensors`` by ``safetensors``; else through
+    mmengine's ``CheckpointLoader`` (``http(s)://`` cached in torch's hub folder, ``open-mmlab://``, ``s3://``, any
+    registered scheme; every ``torch.load`` it makes in this thread held to ``weights_only``).
 
     Returns:
         The loaded dict (a checkpoint or a state dict).
@@ -216,7 +210,8 @@ def _load(path: str, map_location: Any, remote: bool) -> dict:
             with _safe_loading(force=False):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
-        if not (safetensors or isinstance(e, _LOAD_ERRORS)):
+        if not (safetensors or isinstance(e, (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
+                                              AttributeError))):
             raise
         raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})' if safetensors else
                                   f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
@@ -228,9 +223,8 @@ def _load(path: str, map_location: Any, remote: bool) -> dict:
 
 def register_checkpoint_loader() -> None:
     """Have mmengine's ``CheckpointLoader`` read local paths with :func:`load_checkpoint_file`: ``--resume``,
-    ``load_from`` and ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load
-    mmengine's checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6, and a bad file is one line.  The tools
-    call it; ``import tlalign_mm`` does not."""
+    ``load_from``, ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load mmengine's
+    checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6; a bad file is one line.  The tools call it."""
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', force=True)(lambda path, map_location=None: _load(
         os.fspath(path), map_location, remote=False))

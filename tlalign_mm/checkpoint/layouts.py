@@ -221,8 +221,7 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
 
     Reads (:func:`~tlalign_mm.checkpoint.load_checkpoint_file`), unwraps (:func:`extract_state_dict`), converts
     (:func:`convert_state_dict`), lets the model fit it (``adapt_checkpoint(state_dict, source)``: PVT v1's class
-    token), resizes ``pos_embed`` / ``relative_position_bias_table``, checks, then loads the matched tensors;
-    nothing is loaded unless every check passes.
+    token), resizes ``pos_embed`` / ``relative_position_bias_table``, checks, then loads: all checks pass or nothing.
 
     Args:
         model: a backbone of ours (or a module with our parameter names).

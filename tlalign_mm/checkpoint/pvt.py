@@ -64,9 +64,8 @@ def detect(sd) -> str | None:
 
 
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
-    """The flat names (official, ours before the stages) by ``stage_key`` (release's ``head`` dropped, v1's
-    ``cls_token`` and its ``pos_embed`` row kept for ``adapt_checkpoint``); timm's by :data:`TIMM_KEYS`; mmdet's
-    by :data:`MM_KEYS`."""
+    """Flat names (official, ours before the stages) by ``stage_key`` (release's ``head`` dropped, v1's ``cls_token``
+    and its ``pos_embed`` row kept for ``adapt_checkpoint``), timm's by :data:`TIMM_KEYS`, mmdet's by ``MM_KEYS``."""
     if layout != 'mm-pvt':
         rename = TIMM_KEYS.to_ours if layout == 'timm-pvt' else stage_key
         return filter_state_dict(sd, layout, lambda k, v: [(rename(k), v)])
@@ -94,10 +93,9 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """mmdet's ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2), which builds stage ``i``
-    with ``embed_dims * num_heads[i]`` channels (ValueError for widths that are not); ``img_size`` (as
-    ``pretrain_img_size``), ``in_channels``, dropouts passed on (``frozen_stages``, ``norm_eval``, ``with_cp``:
-    none in mmdet's)."""
+    """mmdet's ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2), which builds stage ``i`` with
+    ``embed_dims * num_heads[i]`` channels (ValueError for widths that are not); ``img_size`` (as
+    ``pretrain_img_size``), ``in_channels``, dropouts passed on; no ``frozen_stages``, ``norm_eval``, ``with_cp``."""
     v1 = a.pop('version') == 1
     if lib != 'mmdet':
         raise no_counterpart(f"a PVT v{2 - v1} backbone", lib, f'{lib} has no PyramidVisionTransformer; PVT goes to '
@@ -117,27 +115,11 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     return f"mmdet.models.backbones.PyramidVisionTransformer{'' if v1 else 'V2'}", kw | extra
 
 
-def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
-    """Our keys -> mmdet's (:data:`MM_KEYS`), v1's position embeddings first, as the flat model listed them.
-    Returns (state dict, what mmdet cannot hold: v1's final ``norm``, ``cls_token`` and the class-token row of the
-    last ``pos_embed``)."""
-    out, dropped = {}, []
-    for k, v in sorted(sd.items(), key=lambda kv: not re.fullmatch(r'stages\.\d+\.pos_embed', kv[0])):
-        if k.startswith('norm.') or k == 'cls_token':
-            dropped.append(k)
-        elif '.attn.kv.' not in k:
-            if re.fullmatch(r'stages\.\d+\.pos_embed', k) and math.isqrt(v.shape[1]) ** 2 != v.shape[1]:
-                dropped.append(f'{k}[:, 0] (class-token row)')      # the last stage's, class-token row first
-                v = v[:, 1:]
-            v = torch.cat([v, sd[k.replace('.q.', '.kv.')]]) if _QKV.match(k) else v
-            out[MM_KEYS[2 - v1].from_ours(k)] = v.reshape(*v.shape, 1, 1) if _FC.match(k) else v
-    return out, dropped
-
-
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
     """timm (v2 only, :data:`TIMM_KEYS`) with ``head.weight`` / ``head.bias`` ((K, C4), (K,)); it pools the token
-    mean after the stage norm, as ours.  mmdet: :func:`_to_mmdet`, backbone only.  ``readout`` ignored.  Raises
-    ValueError for PVT v1 to timm, mmseg / mmpretrain (no PVT)."""
+    mean after the stage norm, as ours.  mmdet (:data:`MM_KEYS`): backbone only, v1's position embeddings first, as
+    the flat model lists them; mmdet's v1 is dense, so v1's final ``norm``, ``cls_token`` and the class-token row of
+    the last ``pos_embed`` are dropped.  ``readout`` ignored; ValueError for v1 to timm, mmseg / mmpretrain (no PVT)."""
     a = arch(sd)
     v1 = a['version'] == 1
     notes = ["num_heads are not stored in the weights: the line takes the release's rule (stage width / first "
@@ -153,7 +135,16 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
                                  {TIMM_KEYS.from_ours(k): v for k, v in sd.items()}, head, 'head.', name, custom,
                                  notes=notes)
     path, kw = stock(dict(a), to)
-    out, dropped = _to_mmdet(sd, v1)
+    out, dropped = {}, []
+    for k, v in sorted(sd.items(), key=lambda kv: not re.fullmatch(r'stages\.\d+\.pos_embed', kv[0])):
+        if k.startswith('norm.') or k == 'cls_token':
+            dropped.append(k)
+        elif '.attn.kv.' not in k:
+            if re.fullmatch(r'stages\.\d+\.pos_embed', k) and math.isqrt(v.shape[1]) ** 2 != v.shape[1]:
+                dropped.append(f'{k}[:, 0] (class-token row)')      # the last stage's, class-token row first
+                v = v[:, 1:]
+            v = torch.cat([v, sd[k.replace('.q.', '.kv.')]]) if _QKV.match(k) else v
+            out[MM_KEYS[2 - v1].from_ours(k)] = v.reshape(*v.shape, 1, 1) if _FC.match(k) else v
     if v1:
         notes.append(f"pretrain_img_size={a['img_size']} (the stored position grids)")
     notes.append("mmdet's LayerNorms have eps 1e-6 where the release (and ours) use 1e-5 in the patch embeddings "

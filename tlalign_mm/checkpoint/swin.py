@@ -107,10 +107,9 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
     """timm (:data:`TIMM_KEYS`): stage ``i``'s patch merging to ``layers.{i+1}``, the last stage's output norm to
-    ``norm`` (the others dropped), the head to ``head.fc``; it pools the token mean as ours.  mmseg / mmdet
-    (:data:`MM_KEYS`): the merging in ``nn.Unfold``'s order, the persistent ``relative_position_index`` buffers
-    written (mm loads strictly only with them).  ``readout`` ignored.  Raises ValueError for mmpretrain, timm
-    without the last stage's output norm."""
+    ``norm`` (the others dropped; ValueError without it), the head to ``head.fc``; it pools the token mean as ours.
+    mmseg / mmdet (:data:`MM_KEYS`): the merging in ``nn.Unfold``'s order, the persistent ``relative_position_index``
+    buffers written (mm loads strictly only with them).  ``readout`` ignored; ValueError for mmpretrain."""
     a = arch(sd)
     last, w = stage_ids(sd, 'layers')[-1], a['window_size']
     notes = [f'window_size={w} (the stored relative-position tables); Swin weights do not fix the image size: '

@@ -98,8 +98,8 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
     """timm: our names plus ``head.weight`` / ``head.bias``, pooled as our classifier: ``global_pool='token'`` for
     the class token, ``global_pool='avg', fc_norm=False`` for the token mean (timm's default ``fc_norm`` for
     ``'avg'`` would norm after pooling instead).  mmseg / mmpretrain: :data:`MMSEG_KEYS` / :data:`MMPRETRAIN_KEYS`,
-    backbone only.  Raises ValueError for mmdet, a distilled DeiT for timm or mmseg, a timm head without a readout,
-    a non-square position grid."""
+    backbone only.  ValueError for mmdet, a distilled DeiT for timm or mmseg, a timm head without a readout, a
+    non-square position grid."""
     a, sd = arch(sd), dict(sd)
     notes = [f"built at img_size={a['img_size']}, patch_size={a['patch_size']} (the stored position grid) "
              "and, num_heads not being stored in the weights, with your arch's num_heads (the line assumes "
