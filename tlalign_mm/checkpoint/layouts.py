@@ -71,8 +71,7 @@ def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[
     sd = clean_state_dict({k: v for k, v in sd.items() if isinstance(v, Tensor)})
     if not sd:
         raise ValueError(f'the checkpoint holds no tensors; top-level keys: {sorted(map(str, checkpoint))[:20]}')
-    if prefix is None:
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k in sd) else ''
+    prefix = ('backbone.' if any(k.startswith('backbone.') for k in sd) else '') if prefix is None else prefix
     prefix += '.' if prefix and not prefix.endswith('.') else ''
     if prefix and not (sub := {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}):
         raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; {_top_prefixes(sd)}')
