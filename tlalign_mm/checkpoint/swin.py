@@ -71,7 +71,7 @@ def convert(sd, layout: str) -> tuple[dict, list[str]]:
     def rename(k, v):
         new = keys.to_ours(k) if keys else k
         v = _merge_order(v, to_official=True) if layout == 'mm-swin' and _MERGE.match(new) else v
-        return [(f'norm{last}.' + new[5:] if layout != 'tlalign' and new.startswith('norm.') else new, v)]
+        return [(re.sub(r'^norm\.', f'norm{last}.', new) if layout != 'tlalign' else new, v)]
     return filter_state_dict(sd, layout, rename)
 
 
