@@ -1,10 +1,9 @@
 """Writing our checkpoints for timm, mmseg, mmdet, mmpretrain or ours, and the stock models they load into.
 
-The reverse of reading: a checkpoint of any layout we read is converted into ours, then the family module that
-owns the architecture writes it under the target's names from the same key tables it reads with (which target
-holds which family: ``docs/user_guides/export.md``).  Each family's ``stock(args, lib)`` gives the mm class and
-arguments of an architecture; the export build lines and :func:`stock_config` (the cost tools' stock backbone)
-both read it, so the two cannot drift.
+The reverse of reading: a checkpoint of any layout we read is converted into ours, then its family module writes it
+under the target's names from the key tables it reads with (which target holds which family:
+``docs/user_guides/export.md``).  The export build lines and :func:`stock_config` (the cost tools' stock backbone)
+both read the family's ``stock``, so the two cannot drift.
 """
 from __future__ import annotations
 
@@ -12,12 +11,11 @@ import inspect
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from ..version import __version__
 from .io import atomic_save, load_checkpoint_file
 from .keys import ExportResult
-from .layouts import FAMILIES, checkpoint_head, convert_state_dict, extract_state_dict, foreign_readout, require_layout
+from .layouts import FAMILIES, checkpoint_head, extract_state_dict, family_of, foreign_readout, read_backbone
 
 __all__ = ['EXPORT_TARGETS', 'READOUTS', 'backbone_export', 'export_state_dict', 'export_checkpoint', 'stock_config']
 
@@ -34,16 +32,7 @@ def backbone_export(state_dict: Mapping, **meta) -> dict:
     (``to='tlalign'``), ``tools/convert_checkpoint.py`` and the ``BackboneExportHook`` write, and
     ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` reads.  ``meta``: the source, epoch, backbone type ..."""
     sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    return {'state_dict': sd, 'meta': dict(layout='tlalign', tlalign_mm_version=__version__, **meta)}
-
-
-def _family(state_dict: Mapping):
-    """The family module that recognises a state dict in our layout."""
-    for family in FAMILIES:
-        if family.detect(state_dict) is not None:
-            return family
-    raise ValueError('the state dict is not a DeiT / Swin / PVT backbone in our layout '
-                     f'(first keys: {list(state_dict)[:5]})')
+    return {'state_dict': sd, 'meta': {'layout': 'tlalign', 'tlalign_mm_version': __version__, **meta}}
 
 
 def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None, readout: str | None = None,
@@ -51,18 +40,15 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     """Write a backbone state dict in our layout under the names of another library's model.
 
     Args:
-        state_dict: our backbone keys (:func:`~tlalign_mm.checkpoint.layouts.convert_state_dict`, a model's
-            ``state_dict()``).
+        state_dict: our backbone keys (a model's ``state_dict()``, :func:`~.layouts.convert_state_dict`'s).
         to: one of :data:`EXPORT_TARGETS`.
         head: ``{'weight': (K, C), 'bias': (K,)}``, our classifier's linear head, written where the target model
             has one (timm), else left out.
-        readout: ``'cls_token'`` / ``'avg_featmap'`` (:data:`READOUTS`), the feature our classifier read: picks
-            timm's ``global_pool`` for a ViT (needed there with a head).
+        readout: the feature our classifier read (:data:`READOUTS`): timm's ``global_pool`` for a ViT head.
         allow_drop: write even when the target cannot hold some of our parameters (listed in ``dropped``).
 
     Returns:
-        :class:`~tlalign_mm.checkpoint.keys.ExportResult` (``build``: the call that builds the target model this
-        state dict loads into with ``strict=True``).
+        :class:`~tlalign_mm.checkpoint.keys.ExportResult`; its ``build`` makes the model it loads into strictly.
 
     Raises:
         ValueError: an unknown target or readout; an architecture the target cannot hold (names both); parameters
@@ -73,7 +59,7 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     if readout is not None and readout not in READOUTS:
         raise ValueError(f'unknown readout {readout!r}; choose one of {", ".join(READOUTS)}')
     sd = dict(state_dict)
-    family = _family(sd)
+    family = family_of(sd)
     if to == 'tlalign':
         return ExportResult(sd, 'tlalign', f'tlalign_mm {family.NAME} backbone',
                             "backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=DST))")
@@ -85,17 +71,14 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
     return result
 
 
-_OUT_TYPE = re.compile(r"""out_type\s*=\s*['"](\w+)['"]""")
-
-
 def _checkpoint_readout(checkpoint: Mapping, full: Mapping, layout: str, prefix: str) -> str | None:
     """The feature the checkpoint's head read, when it tells: ours by the backbone ``out_type`` of the config the
     Runner stores as text in ``meta['cfg']`` (one of :data:`READOUTS`), a foreign one by its keys
     (:func:`~tlalign_mm.checkpoint.layouts.foreign_readout`)."""
     if prefix or layout == 'tlalign':
-        meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
-        cfg = meta.get('cfg') if isinstance(meta, Mapping) else None
-        found = {m for m in _OUT_TYPE.findall(cfg) if m in READOUTS} if isinstance(cfg, str) else set()
+        cfg = meta.get('cfg') if isinstance(meta := checkpoint.get('meta'), Mapping) else None
+        cfg = cfg if isinstance(cfg, str) else ''
+        found = set(re.findall(r"""out_type\s*=\s*['"](\w+)['"]""", cfg)) & set(READOUTS)
         return found.pop() if len(found) == 1 else None
     return foreign_readout(full)[0]
 
@@ -104,17 +87,15 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
                       readout: str | None = None, allow_drop: bool = False, with_head: bool = True) -> dict:
     """Read any checkpoint we read and write its backbone (and head) for ``to``, atomically (:func:`atomic_save`).
 
-    ``dst`` ending in ``.safetensors`` holds the flat ``{name: tensor}``; otherwise ``{'state_dict', 'meta'}``
-    (``to='tlalign'``: :func:`backbone_export`; else ``meta`` records the source, both layouts, the target model
-    and its build line).  Sizes are kept as stored; the classifier's pretraining-only ``label_rule.*`` is never
-    written (counted in ``label_params``).
+    ``dst`` ending in ``.safetensors`` holds the flat ``{name: tensor}``; otherwise :func:`backbone_export`'s
+    ``{'state_dict', 'meta'}`` (``meta``: the source, its layout and, for another target, the target layout, model
+    and build line).  Sizes are kept as stored; the classifier's pretraining-only ``label_rule.*`` is never written.
 
     Args:
         src: a checkpoint (pretraining checkpoint, backbone export, official release ...); dst: the output file.
-        to: one of :data:`EXPORT_TARGETS`; prefix: the backbone's key prefix in ``src`` (as
-            :func:`~tlalign_mm.checkpoint.layouts.extract_state_dict`).
+        to, allow_drop: as :func:`export_state_dict`; prefix: as :func:`~.layouts.extract_state_dict`.
         readout: our classifier's pooled feature when the checkpoint does not tell (needed for a DeiT head to timm).
-        allow_drop: see :func:`export_state_dict`; with_head: take the head along where the target has one.
+        with_head: take the head along where the target has one.
 
     Returns:
         dict with ``layout`` (source), ``prefix``, ``ignored`` (source keys dropped on reading), ``num_keys``
@@ -129,25 +110,17 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
         raise ValueError(f'unknown export target {to!r}; choose one of {", ".join(EXPORT_TARGETS)}')
     src, dst = os.fspath(src), os.fspath(dst)
     ckpt = load_checkpoint_file(src)
-    sd, used_prefix = extract_state_dict(ckpt, prefix)
-    converted, layout, ignored = convert_state_dict(sd, require_layout(sd, src, used_prefix, 'pass --prefix'))
+    converted, layout, ignored, used_prefix = read_backbone(ckpt, prefix, src, 'pass --prefix')
     full, _ = extract_state_dict(ckpt, '')
     label_params = [k for k in full if k.startswith('label_rule.')]
     head = checkpoint_head(full) if with_head and to != 'tlalign' else None
     if readout is None and to != 'tlalign':
         readout = _checkpoint_readout(ckpt, full, layout, used_prefix)
     result = export_state_dict(converted, to, head, readout, allow_drop)
-    safetensors = dst.endswith('.safetensors')
-    if to == 'tlalign':
-        obj: Any = converted if safetensors else backbone_export(converted, source=src, source_layout=layout,
-                                                                 prefix=used_prefix)
-    else:
-        obj = result.state_dict if safetensors else {
-            'state_dict': {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()},
-            'meta': dict(layout=result.layout, target=to, model=result.model, build=result.build, readout=readout,
-                         source=src, source_layout=layout, prefix=used_prefix, dropped=list(result.dropped),
-                         tlalign_mm_version=__version__)}
-    atomic_save(obj, dst)
+    meta = {} if to == 'tlalign' else dict(layout=result.layout, target=to, model=result.model, build=result.build,
+                                           readout=readout, dropped=list(result.dropped))
+    atomic_save(result.state_dict if dst.endswith('.safetensors') else backbone_export(
+        result.state_dict, **meta, source=src, source_layout=layout, prefix=used_prefix), dst)
     return {'layout': layout, 'prefix': used_prefix, 'ignored': ignored, 'num_keys': len(result.state_dict),
             'dst': dst, 'to': to, 'target_layout': result.layout, 'model': result.model, 'build': result.build,
             'readout': readout, 'head': bool(head) and any(k.startswith('head.') for k in result.state_dict),
@@ -155,15 +128,10 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
 
 
 def stock_config(backbone: Mapping, lib: str) -> dict:
-    """The stock ``lib`` (mmseg / mmdet) backbone config with the architecture of one of ours, by the family's
-    ``stock`` table (the export build lines' source): the config's arguments over the constructor's defaults,
-    ``arch`` resolved, :data:`OURS_ONLY` dropped; no ``init_cfg`` (random init).
-
-    Args:
-        backbone: ``cfg.model.backbone`` of one of ours (``type`` with or without a scope).
-
-    Returns:
-        A plain dict, buildable by ``MODELS.build`` under ``lib``.
+    """The stock ``lib`` (mmseg / mmdet) backbone config, a plain dict ``MODELS.build`` builds, with the
+    architecture of ``backbone`` (``cfg.model.backbone`` of one of ours, ``type`` with or without a scope) by the
+    family's ``stock``: the config's arguments over the constructor's defaults, ``arch`` resolved,
+    :data:`OURS_ONLY` dropped; no ``init_cfg`` (random init).
 
     Raises:
         ValueError: not one of our backbones; what the stock model cannot express (the family's ``stock``);
@@ -174,14 +142,9 @@ def stock_config(backbone: Mapping, lib: str) -> dict:
     if family is None:
         raise ValueError(f'no stock counterpart for backbone type {name!r}: the mapping knows '
                          f'{", ".join(f.MODEL.__name__ for f in FAMILIES)} (our backbones)')
-    params = inspect.signature(family.MODEL).parameters
-    args = {k: v for k, v in backbone.items() if k != 'type'}
-    if unknown := sorted(set(args) - set(params)):
-        raise ValueError(f'model.backbone ({name}) has keys the stock mapping does not know: {unknown}')
-    a = {k: p.default for k, p in params.items()} | args
+    a = {k: p.default for k, p in inspect.signature(family.MODEL).parameters.items()} | dict(backbone)
+    a = {k: v for k, v in a.items() if k not in ('type', *OURS_ONLY)}
     a |= dict(getattr(family.MODEL, 'DEFAULTS', {}), **family.MODEL.resolve_arch(a.pop('arch')))
-    for k in OURS_ONLY:
-        a.pop(k)
     path, kw = family.stock(a, lib)
     if a:
         raise ValueError(f'model.backbone ({name}) has keys the stock mapping does not know: {sorted(a)}')

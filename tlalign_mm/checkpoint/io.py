@@ -22,13 +22,11 @@ import torch
 from ..registry import FUNCTIONS
 
 __all__ = ['CheckpointFileError', 'CheckpointNotFoundError', 'mmengine_safe_globals', 'diagnose_checkpoint_file',
-           'load_checkpoint_file', 'register_checkpoint_loader', 'atomic_save',
-           'atomic_write']
+           'load_checkpoint_file', 'register_checkpoint_loader', 'atomic_save', 'atomic_write']
 
 
 class CheckpointFileError(pickle.UnpicklingError):
-    """A checkpoint file that cannot be used: one line naming the path and what it is (a ``pickle.UnpicklingError``,
-    as ``torch.load`` raises)."""
+    """An unusable checkpoint file: one line, the path and the fault (a ``pickle.UnpicklingError``, as torch raises)."""
 
 
 class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
@@ -56,37 +54,31 @@ def _empty_bytes(*args: Any) -> bytes:
     return b''
 
 
-_SAFE_GLOBALS: list | None = None
-
-
 def mmengine_safe_globals() -> list:
-    """A new copy of the allow-list for ``weights_only`` loads of mmengine / OpenMMLab / DeiT checkpoints:
+    """The allow-list for ``weights_only`` loads of mmengine / OpenMMLab / DeiT checkpoints, a new list:
     ``argparse.Namespace``; ``HistoryBuffer`` and the getattr stand-in; numpy's reconstructor and scalar (both
     numpy 1 and 2 spellings), ``ndarray``, ``dtype`` and the bool / integer / float / complex dtype classes; the
     empty-``bytes()`` stand-in.  ``(object, 'name')`` entries need torch >= 2.6 and are left out before it."""
-    global _SAFE_GLOBALS
-    if _SAFE_GLOBALS is None:
-        import argparse
-        tuples_ok = tuple(int(x) for x in re.findall(r'\d+', torch.__version__)[:2]) >= (2, 6)
-        entries: list = [argparse.Namespace]
-        with contextlib.suppress(ImportError):
-            from mmengine.logging import HistoryBuffer
-            entries += [HistoryBuffer] + ([(_history_buffer_getattr, 'builtins.getattr')] if tuples_ok else [])
-        with contextlib.suppress(ImportError):
-            import numpy as np
-            try:
-                from numpy._core import multiarray
-            except ImportError:                                         # numpy 1.x
-                from numpy.core import multiarray
-            entries += [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-            for func in (multiarray._reconstruct, multiarray.scalar) if tuples_ok else ():   # the other spelling
-                entries += [(func, f'{mod}.multiarray.{func.__name__}') for mod in ('numpy._core', 'numpy.core')
-                            if f'{mod}.multiarray' != func.__module__]
-            # bool, integer, float and complex dtype classes only: no object / string / void / datetime
-            entries += list(dict.fromkeys(type(np.dtype(c)) for c in '?' + np.typecodes['AllInteger']
-                                          + np.typecodes['AllFloat'] if type(np.dtype(c)) is not np.dtype))
-        _SAFE_GLOBALS = entries + ([(_empty_bytes, 'builtins.bytes')] if tuples_ok else [])
-    return list(_SAFE_GLOBALS)
+    import argparse
+    tuples_ok = tuple(int(x) for x in re.findall(r'\d+', torch.__version__)[:2]) >= (2, 6)
+    entries: list = [argparse.Namespace]
+    with contextlib.suppress(ImportError):
+        from mmengine.logging import HistoryBuffer
+        entries += [HistoryBuffer] + ([(_history_buffer_getattr, 'builtins.getattr')] if tuples_ok else [])
+    with contextlib.suppress(ImportError):
+        import numpy as np
+        try:
+            from numpy._core import multiarray
+        except ImportError:                                         # numpy 1.x
+            from numpy.core import multiarray
+        entries += [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+        for func in (multiarray._reconstruct, multiarray.scalar) if tuples_ok else ():   # the other spelling
+            entries += [(func, f'{mod}.multiarray.{func.__name__}') for mod in ('numpy._core', 'numpy.core')
+                        if f'{mod}.multiarray' != func.__module__]
+        # bool, integer, float and complex dtype classes only: no object / string / void / datetime
+        entries += list(dict.fromkeys(type(np.dtype(c)) for c in '?' + np.typecodes['AllInteger']
+                                      + np.typecodes['AllFloat'] if type(np.dtype(c)) is not np.dtype))
+    return entries + ([(_empty_bytes, 'builtins.bytes')] if tuples_ok else [])
 
 
 _LOCK, _FORCED = threading.Lock(), threading.local()
@@ -131,15 +123,13 @@ def _safe_loading(force: bool):
 def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
     """What is wrong with a local checkpoint file, from its structure alone (nothing unpickled), as a phrase: missing,
     a folder, empty, truncated (a zip without its central directory), a zip without ``data.pkl``, a cut
-    ``.safetensors``, text, neither zip nor pickle; ``None`` for a plausible checkpoint (which may still hold types
-    weights_only loading refuses)."""
+    ``.safetensors``, text, neither zip nor pickle; None for a plausible one (weights_only may still refuse it)."""
     path = os.path.expanduser(os.fspath(path))
     if not os.path.exists(path):
         return 'no such file'
     if os.path.isdir(path):
         return 'a folder, not a checkpoint file'
-    size = os.path.getsize(path)
-    if size == 0:
+    if (size := os.path.getsize(path)) == 0:
         return 'empty (0 bytes): an interrupted save or download'
     if path.endswith('.safetensors'):        # safetensors checks the header and that the data covers the file
         from safetensors import safe_open
@@ -156,18 +146,14 @@ def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError):
-            return (f'truncated: a zip archive without its central directory ({size} bytes; the save '
-                    f'or download was cut off)')
-        if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
-            return 'a zip archive, but not a torch checkpoint (it has no data.pkl)'
-        return None
+            return (f'truncated: a zip archive without its central directory ({size} bytes; the save or download '
+                    'was cut off)')
+        torch_zip = any(('/' + n).endswith('/data.pkl') for n in names)
+        return None if torch_zip else 'a zip archive, but not a torch checkpoint (it has no data.pkl)'
     if head[:1] == b'\x80':      # a pickle (torch's legacy format starts with a pickled magic number)
         return None
-    try:
-        text = head.decode('utf-8')
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and all(c.isprintable() or c in '\r\n\t' for c in text):
+    text = head.decode('utf-8', errors='replace')     # a cut or invalid UTF-8 sequence: U+FFFD, not text
+    if '\ufffd' not in text and all(c.isprintable() or c in '\r\n\t' for c in text):
         first = text.strip().splitlines()[0][:40] if text.strip() else ''
         return f'a text file, not a checkpoint (it starts with {first!r})'
     return f'not a checkpoint: neither a torch zip archive nor a pickle (it starts with bytes {head[:8].hex()})'
@@ -184,17 +170,13 @@ def _reason(e: BaseException) -> str:
     return f'{type(e).__name__}: {lines[0][:200]}' if lines else type(e).__name__
 
 
-_LOAD_ERRORS = (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError, AttributeError)
-
-
 # -- loading -------------------------------------------------------------------------------------------------
 @FUNCTIONS.register_module()
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
-    """Load a checkpoint without executing pickled code: a local file (checked first by
-    :func:`diagnose_checkpoint_file`) by ``torch.load(weights_only=True)`` with the allow-list, ``.safetensors`` by
-    ``safetensors``; else through mmengine's ``CheckpointLoader`` (``http(s)://`` cached in torch's hub folder,
-    ``open-mmlab://``, ``s3://``, any registered scheme; every ``torch.load`` it makes in this thread held to
-    ``weights_only``).
+    """Load a checkpoint without executing pickled code: a local file, checked by :func:`diagnose_checkpoint_file`,
+    by ``torch.load(weights_only=True)`` with the allow-list, ``.safetensors`` by ``safetensors``; else through
+    mmengine's ``CheckpointLoader`` (``http(s)://`` cached in torch's hub folder, ``open-mmlab://``, ``s3://``, any
+    registered scheme; every ``torch.load`` it makes in this thread held to ``weights_only``).
 
     Returns:
         The loaded dict (a checkpoint or a state dict).
@@ -228,11 +210,11 @@ def _load(path: str, map_location: Any, remote: bool) -> dict:
             with _safe_loading(force=False):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
-        if safetensors:
-            raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})') from None
-        if not isinstance(e, _LOAD_ERRORS):
+        if not (safetensors or isinstance(e, (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
+                                              AttributeError))):
             raise
-        raise CheckpointFileError(f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
+        raise CheckpointFileError(f'{path}: not a readable .safetensors file ({_reason(e)})' if safetensors else
+                                  f'{path}: not a loadable checkpoint, or it holds types that weights_only loading '
                                   f'refuses ({_reason(e)}); nothing from it was run') from None
     if not isinstance(obj, Mapping):
         raise CheckpointFileError(f'{path}: holds a {type(obj).__name__}, not a checkpoint or state dict (a dict)')
@@ -241,18 +223,18 @@ def _load(path: str, map_location: Any, remote: bool) -> dict:
 
 def register_checkpoint_loader() -> None:
     """Have mmengine's ``CheckpointLoader`` read local paths with :func:`load_checkpoint_file`: ``--resume``,
-    ``load_from`` and ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load
-    mmengine's checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6, and a bad file is one line.  The tools
-    call it; ``import tlalign_mm`` does not."""
+    ``load_from``, ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load mmengine's
+    checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6; a bad file is one line.  The tools call it."""
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', force=True)(lambda path, map_location=None: _load(
         os.fspath(path), map_location, remote=False))
 
 
 # -- writing -------------------------------------------------------------------------------------------------
-def _atomic_replace(dst: str, write) -> None:
-    """``write(file)`` to a temporary file beside ``dst``, fsync, ``os.replace``, fsync the folder; on error ``dst``
-    is left as it was."""
+def _atomic_replace(path: str | os.PathLike, write) -> str:
+    """``write(file)`` to a temporary file beside ``path``, fsync, ``os.replace``, fsync the folder; on error ``path``
+    is left as it was.  Returns the absolute path."""
+    dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
     folder = os.path.dirname(dst)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(dst)}.', suffix='.tmp', dir=folder)
@@ -272,6 +254,7 @@ def _atomic_replace(dst: str, write) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    return dst
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> str:
@@ -282,33 +265,25 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> str:
         TypeError: ``.safetensors`` with anything but a ``{str: Tensor}`` dict (names the first bad key).
         OSError: the folder is not writable (``path`` is untouched).
     """
-    dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if not dst.endswith('.safetensors'):
-        _atomic_replace(dst, lambda f: torch.save(obj, f))
-        return dst
+    if not os.fspath(path).endswith('.safetensors'):
+        return _atomic_replace(path, lambda f: torch.save(obj, f))
     if not isinstance(obj, Mapping):
-        raise TypeError(f'{dst}: a .safetensors file holds a flat {{name: tensor}} dict, got {type(obj).__name__}')
+        raise TypeError(f'{path}: a .safetensors file holds a flat {{name: tensor}} dict, got {type(obj).__name__}')
     if bad := [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]:
-        raise TypeError(f'{dst}: a .safetensors file holds only tensors under string names; '
+        raise TypeError(f'{path}: a .safetensors file holds only tensors under string names; '
                         f'{bad[0]!r} is a {type(obj[bad[0]]).__name__}')
     from safetensors.torch import save
     seen: set[int] = set()
     tensors = {}
-    for k, v in obj.items():
+    for k, v in obj.items():   # safetensors refuses tensors sharing storage: clone all but the first
         v = v.detach().cpu().contiguous()
-        if v.untyped_storage().data_ptr() in seen:
-            v = v.clone()
-        seen.add(v.untyped_storage().data_ptr())
-        tensors[k] = v
+        tensors[k] = v.clone() if v.untyped_storage().data_ptr() in seen else v
+        seen.add(tensors[k].untyped_storage().data_ptr())
     blob = save(tensors)
-    _atomic_replace(dst, lambda f: f.write(blob))
-    return dst
+    return _atomic_replace(path, lambda f: f.write(blob))
 
 
 def atomic_write(data: bytes | str, path: str | os.PathLike, encoding: str = 'utf-8') -> str:
     """:func:`atomic_save` for bytes already serialised (mmengine's file-backend ``put``) or text (``encoding``;
     mmengine's ``last_checkpoint`` pointer).  Returns the absolute path."""
-    dst = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    blob = data.encode(encoding) if isinstance(data, str) else data
-    _atomic_replace(dst, lambda f: f.write(blob))
-    return dst
+    return _atomic_replace(path, lambda f: f.write(data.encode(encoding) if isinstance(data, str) else data))

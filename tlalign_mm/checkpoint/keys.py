@@ -1,4 +1,12 @@
-"""What the family modules (``vit.py``, ``swin.py``, ``pvt.py``) share: key tables, filter helpers, export record."""
+"""What the family modules (``vit.py``, ``swin.py``, ``pvt.py``) share: key tables, filter helpers, export record.
+
+A family module holds ``NAME``, ``MODEL`` (our backbone class), ``LAYOUTS`` (the foreign layouts it reads) and
+``detect(sd)`` (its layout of a state dict, ``'tlalign'`` for ours; None: another family's), ``convert(sd, layout)``
+(the read filter: our state dict and the dropped keys), ``arch(sd)`` (what our weights tell, in ``MODEL``'s argument
+names), ``stock(a, lib)`` (the ``lib`` class path and keyword arguments of the architecture ``a``, :func:`arch`'s
+or a config's, its keys consumed; ValueError for what ``lib`` cannot hold) and ``export(sd, to, head, readout)``
+(our state dict for ``to``, :class:`ExportResult`; arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s).
+"""
 from __future__ import annotations
 
 import re
@@ -43,10 +51,7 @@ class KeyMap:
 
     @staticmethod
     def _apply(rules, key: str) -> str:
-        for rx, fill in rules:
-            if m := rx.match(key):
-                return fill(m) + key[m.end():]
-        return key
+        return next((fill(m) + key[m.end():] for rx, fill in rules if (m := rx.match(key))), key)
 
     def to_ours(self, key: str) -> str:
         """Their key -> ours."""
@@ -71,18 +76,17 @@ def stage_ids(sd: Mapping, root: str) -> list[int]:
 
 def filter_state_dict(state_dict: Mapping[str, Tensor], layout: str, rename) -> tuple[dict[str, Tensor], list[str]]:
     """The loop of the families' read filters (timm's ``checkpoint_filter_fn``): drop recomputed buffers and, for
-    a foreign layout, classifier heads (``head``, ``head_dist``, ``fc_norm``); ``rename(key, tensor) -> (key,
-    tensor)`` the rest.  Returns (state dict, dropped keys); raises ValueError when two keys map to one name."""
-    out: dict[str, Tensor] = {}
-    ignored: list[str] = []
+    a foreign layout, classifier heads (``head``, ``head_dist``, ``fc_norm``); ``rename(key, tensor) -> [(key,
+    tensor), ...]`` the rest.  Returns (state dict, dropped keys); raises ValueError when two keys map to one name."""
+    out, ignored = {}, []
     for k, v in state_dict.items():
         if k.rsplit('.', 1)[-1] in _BUFFERS or (layout != 'tlalign' and _HEADS.match(k)):
             ignored.append(k)
             continue
-        new, v = rename(k, v)
-        if new in out:
-            raise ValueError(f'two checkpoint keys map to {new!r} (layout {layout!r})')
-        out[new] = v
+        for new, t in rename(k, v):
+            if new in out:
+                raise ValueError(f'two checkpoint keys map to {new!r} (layout {layout!r})')
+            out[new] = t
     return out, ignored
 
 
@@ -100,6 +104,19 @@ class ExportResult:
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def timm(cls, model: str, layout: str, out: dict, head: Mapping | None, head_key: str, name: str | None,
+             custom: dict, dropped=(), notes=(), **extra) -> ExportResult:
+        """A family's export to timm (``model``: the class and its file) of ``out``, renamed already: ``head``
+        (``{'weight': (K, C), 'bias': (K,)}``) added under ``head_key``; the build line ``timm.create_model`` of the
+        stock model ``name``, else of the ``custom`` architecture (its ``model_name`` the base), with
+        ``num_classes`` (K, 0 without a head) and ``extra``."""
+        if head:
+            out[head_key + 'weight'], out[head_key + 'bias'] = head['weight'], head['bias']
+        kw = dict(model_name=name, pretrained=False) if name else dict(custom, pretrained=False)
+        kw |= dict(num_classes=head['weight'].shape[0] if head else 0, **extra)
+        return cls(out, layout, f'timm {model}', call('timm.create_model', kw), list(dropped), list(notes))
+
 
 def call(fn: str, kwargs: Mapping) -> str:
     """``fn(k=v, ...)``, each value's ``repr`` (a list as a tuple): a build line."""
@@ -111,14 +128,18 @@ def ratio(r: float) -> float | int:
     return int(r) if float(r).is_integer() else r
 
 
-def stock_args(a: dict, cls: str, extra=()) -> dict:
+def stock_args(a: dict, cls: str, extra=(), img: str = 'pretrain_img_size') -> dict:
     """Pop ``out_type`` (anything but ``'featmap'`` raises ValueError: the stock ``cls`` returns feature maps
-    only) from a stock-model argument dict, and the ``extra`` keys it holds (returned: passed on as given)."""
+    only) from a stock-model argument dict; return ``img_size`` (as ``img``, a sequence as a tuple) when set, and
+    the ``extra`` keys it holds (passed on as given)."""
     if (out_type := a.pop('out_type', 'featmap')) != 'featmap':
         raise ValueError(f"stock {cls} returns feature maps only: out_type={out_type!r}, use 'featmap'")
-    return {k: a.pop(k) for k in extra if k in a}
+    size = a.pop('img_size', None)
+    return {k: a.pop(k) for k in extra if k in a} | ({} if size is None else {img: size if isinstance(size, int)
+                                                                                else tuple(size)})
 
 
 def no_counterpart(what: str, target: str, alternatives: str) -> ValueError:
     """The one error for an architecture a target library cannot hold: names both, and what can."""
     return ValueError(f'{what} has no counterpart in {target!r}: {alternatives}')
+

@@ -4,8 +4,7 @@ Layouts: ``'tlalign'`` (ours: the backbones' parameter names, no head) and each 
 ``swin.py``, ``pvt.py``: detector, read filter and key tables, as timm's model files hold their
 ``checkpoint_filter_fn``).  mmengine's ``PretrainedInit`` loads with ``strict=False``, so nothing, silently, from
 an unconverted checkpoint; :func:`load_backbone_checkpoint` converts, resizes what depends on the input or window
-size, and refuses what does not fit.  The models' ``init_cfg=dict(type='Pretrained')`` reach the loaders by name
-through tlalign_mm's ``FUNCTIONS`` registry (its location is this package): ``models`` imports nothing above it.
+size, and refuses what does not fit.  The models reach the loaders by name (tlalign_mm's ``FUNCTIONS`` registry).
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from .io import load_checkpoint_file
 
 __all__ = ['FAMILIES', 'LAYOUTS', 'LoadReport', 'extract_state_dict', 'detect_layout', 'convert_state_dict',
            'load_backbone_checkpoint', 'load_classifier_checkpoint', 'checkpoint_head', 'foreign_readout',
-           'load_head_state']
+           'load_head_state', 'family_of', 'read_backbone']
 
 FAMILIES = (pvt, swin, vit)
 """The family modules in detection order (a family another's detector could mistake comes first)."""
@@ -40,22 +39,17 @@ _ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_tok
 
 
 def _top_prefixes(keys, hint: str = '', limit: int = 12) -> str:
-    """'top-level prefixes present: ...', and where backbone-like keys sit (then ``hint``), for an error."""
+    """For an error: the top-level prefixes present and the prefixes (before a root marker) under which keys form a
+    layout, most keys first, at least half the best (then ``hint``)."""
+    keys = list(keys)
     cnt = Counter(k.split('.', 1)[0] for k in keys)
-    items = [f'{p!r} ({n})' for p, n in cnt.most_common(limit)] + ([f'... {len(cnt) - limit} more']
-                                                                   if len(cnt) > limit else [])
-    cands = _prefix_candidates(keys)
+    items = [f'{p!r} ({n})' for p, n in cnt.most_common(limit)] + [f'... {len(cnt) - limit} more'] * (len(cnt) > limit)
+    found = {k[:i + 1] for k in keys for m in _ROOT_MARKERS if (i := k.find('.' + m)) >= 0}
+    scored = sorted((-len(sub), p) for p in found
+                    if detect_layout(sub := {k[len(p):]: None for k in keys if k.startswith(p)}) != 'unknown')
+    cands = [p for n, p in scored if n * 2 <= scored[0][0]][:5]
     return (f"top-level prefixes present: {', '.join(items) if items else '(none: empty state dict)'}"
             + (f'; backbone-like keys sit under {cands}{hint}' if cands else ''))
-
-
-def _prefix_candidates(keys) -> list[str]:
-    """Prefixes (before a root marker) under which the keys form a layout, most keys first, at least half the best."""
-    keys = list(keys)
-    cands = {k[:i + 1] for k in keys for m in _ROOT_MARKERS if (i := k.find('.' + m)) >= 0}
-    scored = sorted((-len(sub), p) for p in cands
-                    if detect_layout(sub := {k[len(p):]: None for k in keys if k.startswith(p)}) != 'unknown')
-    return [p for n, p in scored if n * 2 <= scored[0][0]][:5] if scored else []
 
 
 def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[dict, str]:
@@ -71,23 +65,17 @@ def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[
     """
     sd: Any = checkpoint
     for _ in range(3):
-        if not isinstance(sd, Mapping) or (inner := next((sd[k] for k in _CONTAINER_KEYS
-                                                          if isinstance(sd.get(k), Mapping)), None)) is None:
-            break
-        sd = inner
+        sd = next((sd[k] for k in _CONTAINER_KEYS if isinstance(sd, Mapping) and isinstance(sd.get(k), Mapping)), sd)
     if not isinstance(sd, Mapping):
         raise TypeError(f'expected a dict state dict, got {type(sd).__name__}')
     sd = clean_state_dict({k: v for k, v in sd.items() if isinstance(v, Tensor)})
     if not sd:
         raise ValueError(f'the checkpoint holds no tensors; top-level keys: {sorted(map(str, checkpoint))[:20]}')
-    if prefix is None:
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k in sd) else ''
-    prefix = prefix if not prefix or prefix.endswith('.') else prefix + '.'
-    if prefix:
-        if not (sub := {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}):
-            raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; {_top_prefixes(sd)}')
-        sd = sub
-    return sd, prefix
+    prefix = ('backbone.' if any(k.startswith('backbone.') for k in sd) else '') if prefix is None else prefix
+    prefix += '.' if prefix and not prefix.endswith('.') else ''
+    if prefix and not (sub := {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}):
+        raise ValueError(f'no checkpoint key starts with prefix {prefix!r}; {_top_prefixes(sd)}')
+    return (sub if prefix else sd), prefix
 
 
 def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
@@ -108,66 +96,60 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = No
         ValueError: an unknown or unsupported layout; two keys mapping to one name.
     """
     layout = detect_layout(state_dict) if layout is None else layout
-    if layout not in LAYOUTS:
-        raise ValueError(f'unsupported checkpoint layout {layout!r}; known: {LAYOUTS}')
+    out, ignored = family_of(state_dict, layout).convert(state_dict, layout)
+    return out, layout, ignored
+
+
+def family_of(state_dict: Mapping, layout: str = 'tlalign'):
+    """The family module that reads ``layout`` (``'tlalign'``: the one whose detector knows the state dict); else
+    ValueError (names the known layouts and the first keys)."""
     for family in FAMILIES:
         if layout in family.LAYOUTS or (layout == 'tlalign' and family.detect(state_dict)):
-            out, ignored = family.convert(state_dict, layout)
-            return out, layout, ignored
-    raise ValueError(f'no backbone family converts layout {layout!r}')  # LAYOUTS lists only theirs
+            return family
+    raise ValueError(f'unsupported checkpoint layout {layout!r} (known: {", ".join(LAYOUTS)}) for a state dict '
+                     f'whose first keys are {list(state_dict)[:5]}: no DeiT / Swin / PVT backbone')
 
 
-def require_layout(sd: Mapping[str, Tensor], source: str, prefix: str, prefix_hint: str) -> str:
-    """:func:`detect_layout`, or the one unknown-layout ``ValueError`` (names the prefixes present)."""
+def read_backbone(checkpoint: Mapping, prefix: str | None, source: str, hint: str
+                  ) -> tuple[dict[str, Tensor], str, list[str], str]:
+    """:func:`extract_state_dict`, :func:`convert_state_dict` of the detected layout: (state dict in our names,
+    layout, dropped keys, prefix used); ValueError also for an unknown layout (names the prefixes present, ``hint``)."""
+    sd, prefix = extract_state_dict(checkpoint, prefix)
     if (layout := detect_layout(sd)) == 'unknown':
         raise ValueError(f'{source}: unrecognised checkpoint layout (prefix {prefix!r}); '
-                         f"{_top_prefixes(sd, ': ' + prefix_hint)}")
-    return layout
+                         f"{_top_prefixes(sd, ': ' + hint)}")
+    return *convert_state_dict(sd, layout), prefix
 
 
-def _square(n: int) -> int | None:
+def _square(n: int, odd: bool = False) -> int | None:
     s = math.isqrt(n)
-    return s if s * s == n else None
+    return s if s * s == n and not (odd and s % 2 == 0) else None
 
 
 def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: nn.Module) -> Tensor | None:
     """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size, else None.
-
     ``pos_embed`` (1, P + h*w, C): prefix rows kept (a distillation row dropped for a plain model), the square grid
     resampled by timm's ``resample_abs_pos_embed`` (bicubic, no antialias: timm's and mmseg's resize).
     ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as the official Swin
-    ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (timm's ``resize_rel_pos_bias_table``
-    is BEiT's geometric resampling, another result).
-
-    Raises:
-        ValueError: a grid or table that is not square, fewer prefix tokens than the model's.
-    """
+    ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (its ``resize_rel_pos_bias_table``
+    is BEiT's geometric resampling, another result).  ValueError: not square, fewer prefix tokens than the model's."""
     if k == 'pos_embed' and v.dim() == t.dim() == 3 and v.shape[-1] == t.shape[-1]:
         p_model = getattr(model, 'num_prefix_tokens', 1)
         p_ckpt = int('cls_token' in sd) + int('dist_token' in sd) or p_model
         if p_ckpt < p_model:
-            raise ValueError(f'pos_embed: the checkpoint has {p_ckpt} prefix token(s), the model {p_model} '
-                             '(a distilled model needs a distilled checkpoint)')
-        if p_ckpt > p_model:          # e.g. distilled DeiT into a plain one: drop the dist row
-            v = torch.cat([v[:, :p_model], v[:, p_ckpt:]], dim=1)
-        grid = getattr(model, 'patch_grid', None)
-        if grid is None:
-            if (s := _square(t.shape[1] - p_model)) is None:
-                raise ValueError('pos_embed: cannot infer the model grid')
-            grid = (s, s)
+            raise ValueError(f'the checkpoint has {p_ckpt} prefix token(s), the model {p_model} (a distilled model '
+                             'needs a distilled checkpoint)')
+        v = torch.cat([v[:, :p_model], v[:, p_ckpt:]], dim=1)   # e.g. distilled DeiT into a plain one: no dist row
         if v.shape == t.shape:
             return v
-        if (s := _square(n := v.shape[1] - p_model)) is None:
-            raise ValueError(f'pos_embed {tuple(v.shape)} with {p_model} prefix token(s): {n} grid tokens is not a '
-                             'square grid; cannot resize')
+        grid = getattr(model, 'patch_grid', None) or (_square(t.shape[1] - p_model),) * 2
+        if None in grid or (s := _square(v.shape[1] - p_model)) is None:
+            raise ValueError(f'with {p_model} prefix token(s), not a square grid; cannot resize')
         return resample_abs_pos_embed(v, list(grid), [s, s], num_prefix_tokens=p_model, antialias=False,
                                       interpolation=getattr(model, 'interpolate_mode', 'bicubic'))
     if k.endswith('relative_position_bias_table') and v.dim() == t.dim() == 2 and v.shape[1] == t.shape[1]:
-        if (s := _square(t.shape[0])) is None or s % 2 == 0:
-            raise ValueError(f'{k}: model table {tuple(t.shape)} is not for a square window')
-        if (src := _square(v.shape[0])) is None or src % 2 == 0:
-            raise ValueError(f'relative_position_bias_table {tuple(v.shape)}: length is not (2W-1)^2 for a square '
-                             'window')
+        if (s := _square(t.shape[0], odd=True)) is None or _square(v.shape[0], odd=True) is None:
+            raise ValueError('a length that is not (2W-1)^2 for a square window')
         w = (s + 1) // 2
         return resize_rel_pos_bias_table_simple(v.float(), (w, w), tuple(t.shape)).contiguous().to(v.dtype)
     return None
@@ -180,13 +162,11 @@ def _fit_to_model(sd: dict[str, Tensor], model: nn.Module, model_sd: Mapping[str
         old, want = tuple(sd[k].shape), tuple(model_sd[k].shape)
         try:
             v = _resized(k, sd[k], model_sd[k], sd, model)
+            why = '' if v is None or tuple(v.shape) == want else f' (after resizing: {tuple(v.shape)})'
         except ValueError as e:
-            mismatched.append(f'{k}: checkpoint {old} vs model {want} ({e})')
-            continue
-        if v is None:
-            mismatched.append(f'{k}: checkpoint {old} vs model {want}')
-        elif tuple(v.shape) != want:
-            mismatched.append(f'{k}: checkpoint {old} vs model {want} (after resizing: {tuple(v.shape)})')
+            v, why = None, f' ({e})'
+        if v is None or why:
+            mismatched.append(f'{k}: checkpoint {old} vs model {want}{why}')
         else:
             sd[k] = v
             resized.append(f'{k} {old}->{want}')
@@ -221,13 +201,10 @@ class LoadReport:
         prefix = f', prefix {self.prefix!r}' if self.prefix else ''
         parts = [f'loaded {self.num_matched_params}/{self.num_params} parameter tensors ({len(self.matched)} keys) '
                  f'from {self.source!r} (layout {self.layout!r}{prefix})']
-        for what, keys, n in (('resized', self.resized, 3), ('missing', self.missing, 5),
-                              ('unexpected', self.unexpected, 5)):
-            if keys:
-                parts.append(f'{what} {len(keys)}: ' + ', '.join(keys[:n]) + (', ...' if len(keys) > n else ''))
-        if self.ignored:
-            parts.append(f'ignored {len(self.ignored)} (heads / buffers)')
-        return '; '.join(parts)
+        parts += [f'{what} {len(keys)}: ' + ', '.join(keys[:n]) + (', ...' if len(keys) > n else '') for what, keys, n
+                  in (('resized', self.resized, 3), ('missing', self.missing, 5), ('unexpected', self.unexpected, 5))
+                  if keys]
+        return '; '.join(parts + [f'ignored {len(self.ignored)} (heads / buffers)'] * bool(self.ignored))
 
 
 def _sample(keys, n: int = 10) -> str:
@@ -243,8 +220,7 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
 
     Reads (:func:`~tlalign_mm.checkpoint.load_checkpoint_file`), unwraps (:func:`extract_state_dict`), converts
     (:func:`convert_state_dict`), lets the model fit it (``adapt_checkpoint(state_dict, source)``: PVT v1's class
-    token), resizes ``pos_embed`` / ``relative_position_bias_table``, checks, then loads the matched tensors;
-    nothing is loaded unless every check passes.
+    token), resizes ``pos_embed`` / ``relative_position_bias_table``, checks, then loads: all checks pass or nothing.
 
     Args:
         model: a backbone of ours (or a module with our parameter names).
@@ -260,35 +236,28 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
         RuntimeError: under ``min_match`` of the parameters matched (names the layout, the fraction and samples
             of missing and unexpected keys).
     """
-    if isinstance(path_or_state_dict, Mapping):
-        ckpt, source = path_or_state_dict, source or '<state_dict>'
-    else:
-        source = os.fspath(path_or_state_dict)
-        ckpt = load_checkpoint_file(source, map_location)
-    sd, used_prefix = extract_state_dict(ckpt, prefix)
-    sd, layout, ignored = convert_state_dict(sd, require_layout(sd, source, used_prefix, 'pass prefix=...'))
+    mapping = isinstance(path_or_state_dict, Mapping)
+    source = (source or '<state_dict>') if mapping else os.fspath(path_or_state_dict)
+    ckpt = path_or_state_dict if mapping else load_checkpoint_file(source, map_location)
+    sd, layout, ignored, used_prefix = read_backbone(ckpt, prefix, source, 'pass prefix=...')
     if callable(adapt := getattr(model, 'adapt_checkpoint', None)):   # what depends on the model's configuration
         sd, dropped = adapt(sd, source)
         ignored = ignored + dropped
-    model_sd = model.state_dict()
-    param_names = set(dict(model.named_parameters()))
-    n_named = sum(k in param_names for k in sd if k in model_sd)
-    if param_names and n_named < min_match * len(param_names):
+    model_sd, params = model.state_dict(), set(dict(model.named_parameters()))
+    if params and (n := sum(k in params for k in sd)) < min_match * len(params):
         raise RuntimeError(
-            f'{source}: checkpoint layout {layout!r} (prefix {used_prefix!r}) provides only {n_named}/'
-            f'{len(param_names)} ({n_named / len(param_names):.1%}) of {type(model).__name__} parameters, below '
-            f'min_match={min_match:.0%}. Missing: {_sample(k for k in model_sd if k not in sd)}. Unexpected: '
+            f'{source}: checkpoint layout {layout!r} (prefix {used_prefix!r}) provides only {n}/{len(params)} '
+            f'({n / len(params):.1%}) of {type(model).__name__} parameters, below min_match={min_match:.0%}. '
+            f'Missing: {_sample(k for k in model_sd if k not in sd)}. Unexpected: '
             f'{_sample(k for k in sd if k not in model_sd)}. (Wrong model family, or the backbone sits under '
             'another prefix?)')
     resized = _fit_to_model(sd, model, model_sd, layout)
     matched = [k for k in sd if k in model_sd]
-    result = model.load_state_dict({k: sd[k] for k in matched}, strict=False)
-    if result.unexpected_keys:  # cannot happen: matched keys are model keys
-        raise RuntimeError(f'unexpected keys while loading: {result.unexpected_keys}')
+    model.load_state_dict({k: sd[k] for k in matched}, strict=False)
     return LoadReport(layout=layout, matched=matched, missing=[k for k in model_sd if k not in sd],
                       unexpected=[k for k in sd if k not in model_sd], resized=resized, ignored=ignored,
-                      source=source, prefix=used_prefix, num_params=len(param_names),
-                      num_matched_params=sum(k in param_names for k in matched))
+                      source=source, prefix=used_prefix, num_params=len(params),
+                      num_matched_params=sum(k in params for k in matched))
 
 
 # -- the pretraining classifier -----------------------------------------------------------------------------

@@ -22,11 +22,8 @@ from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_cou
 NAME, MODEL = 'pvt', TLAPyramidVisionTransformer
 LAYOUTS = ('official-pvt', 'mm-pvt', 'timm-pvt')
 
-TIMM_KEYS = KeyMap([
-    ('stages.0.patch_embed.', 'patch_embed.'),
-    ('stages.{i}.patch_embed.', 'stages.{i}.downsample.'),
-    ('stages.{i}.blocks.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.'),
-])
+TIMM_KEYS = KeyMap([('stages.0.patch_embed.', 'patch_embed.'), ('stages.{i}.patch_embed.', 'stages.{i}.downsample.'),
+                    ('stages.{i}.blocks.{j}.mlp.dwconv.dwconv.', 'stages.{i}.blocks.{j}.mlp.dwconv.')])
 """Our PVT v2 keys <-> timm's ``PyramidVisionTransformerV2`` (``timm/models/pvt_v2.py``, whose
 ``checkpoint_filter_fn`` renames the release the same way); timm has no PVT v1."""
 
@@ -48,8 +45,9 @@ reverse of its ``pvt_convert``): patch embedding ``layers.{i}.0``, v1's position
 (which shifts the blocks by one), blocks ``layers.{i}.1.{j}``, norm ``layers.{i}.2``; our ``q`` and ``kv`` are
 stacked in ``in_proj_*``, our linear ``fc1`` / ``fc2`` are 1x1 convolutions of ``MixFFN``."""
 _QKV, _FC = re.compile(r'.*\.attn\.q\.(weight|bias)$'), re.compile(r'.*\.mlp\.fc[12]\.weight$')
-_TIMM_NAMES = {((32, 64, 160, 256), (2, 2, 2, 2)): 'pvt_v2_b0', ((64, 128, 320, 512), (2, 2, 2, 2)): 'pvt_v2_b1',
-               ((64, 128, 320, 512), (3, 4, 6, 3)): 'pvt_v2_b2', ((64, 128, 320, 512), (3, 4, 18, 3)): 'pvt_v2_b3'}
+_TIMM_NAMES = {(dims, depths, (8, 4, 2, 1), (8, 8, 4, 4)): f'pvt_v2_b{i}' for i, (dims, depths) in enumerate([
+    ((32, 64, 160, 256), (2, 2, 2, 2)), ((64, 128, 320, 512), (2, 2, 2, 2)), ((64, 128, 320, 512), (3, 4, 6, 3)),
+    ((64, 128, 320, 512), (3, 4, 18, 3))])}
 
 
 def detect(sd) -> str | None:
@@ -66,31 +64,22 @@ def detect(sd) -> str | None:
 
 
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
-    """The read filter: the flat names (official, ours before the stages) by ``stage_key`` (release's ``head``
-    dropped, v1's ``cls_token`` and its ``pos_embed`` row kept for ``adapt_checkpoint``); timm's by
-    :data:`TIMM_KEYS`; mmdet's ``layers.{s}.{0,1,2}`` by mmdet's inverse of its own ``pvt_convert``.
-
-    Raises:
-        ValueError: two keys map to one name.
-    """
+    """Flat names (official, ours before the stages) by ``stage_key`` (release's ``head`` dropped, v1's ``cls_token``
+    and its ``pos_embed`` row kept for ``adapt_checkpoint``), timm's by :data:`TIMM_KEYS`, mmdet's by ``MM_KEYS``."""
     if layout != 'mm-pvt':
         rename = TIMM_KEYS.to_ours if layout == 'timm-pvt' else stage_key
-        return filter_state_dict(sd, layout, lambda k, v: (rename(k), v))
-    keys, out = MM_KEYS[1 if has_key(sd, r'layers\.\d+\.1\.0\.pos_embed$') else 2], {}
-    for k, v in sd.items():
-        new = keys.to_ours(k)
-        v = v.flatten(1) if _FC.match(new) else v
-        for nk, nv in [(new, v[:v.shape[0] // 3]), (new.replace('.q.', '.kv.'), v[v.shape[0] // 3:])] \
-                if _QKV.match(new) else [(new, v)]:
-            if nk in out:
-                raise ValueError(f'two checkpoint keys map to {nk!r} (layout {layout!r})')
-            out[nk] = nv
-    return out, []
+        return filter_state_dict(sd, layout, lambda k, v: [(rename(k), v)])
+    keys = MM_KEYS[1 if has_key(sd, r'layers\.\d+\.1\.0\.pos_embed$') else 2]
+
+    def rename(k, v):   # mmdet's in_proj_* stack q and kv; its fc1 / fc2 are 1x1 convolutions
+        if _QKV.match(new := keys.to_ours(k)):
+            return [(new, v[:len(v) // 3]), (new.replace('.q.', '.kv.'), v[len(v) // 3:])]
+        return [(new, v.flatten(1) if _FC.match(new) else v)]
+    return filter_state_dict(sd, layout, rename)
 
 
 def arch(sd) -> dict:
-    """What the weights (our keys) tell, in :class:`~tlalign_mm.TLAPyramidVisionTransformer`'s argument names:
-    version, widths, depths, ratios, v1's image size; ``num_heads`` by the release's rule (width / first width)."""
+    """Version, widths, depths, ratios, v1's image size; ``num_heads`` by the release's rule (width / first width)."""
     stages = stage_ids(sd, 'stages')
     dims = tuple(sd[f'stages.{s}.patch_embed.proj.weight'].shape[0] for s in stages)
     sr = tuple(sd[k].shape[-1] if (k := f'stages.{s}.blocks.0.attn.sr.weight') in sd else 1 for s in stages)
@@ -104,15 +93,9 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """The mmdet ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2) keyword arguments of
-    the PVT ``a`` describes (:func:`arch`'s names, or a config's; consumed): mmdet builds stage ``i`` with
-    ``embed_dims * num_heads[i]`` channels.  ``img_size`` (as ``pretrain_img_size``), ``in_channels`` and the
-    dropouts are passed on when given (``frozen_stages``, ``norm_eval``, ``with_cp``: none in mmdet's).
-
-    Raises:
-        ValueError: ``lib`` other than mmdet; ``out_type`` other than ``'featmap'``; widths that are not one
-            per-head width times ``num_heads``.
-    """
+    """mmdet's ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2), which builds stage ``i`` with
+    ``embed_dims * num_heads[i]`` channels (ValueError for widths that are not); ``img_size`` (as
+    ``pretrain_img_size``), ``in_channels``, dropouts passed on; no ``frozen_stages``, ``norm_eval``, ``with_cp``."""
     v1 = a.pop('version') == 1
     if lib != 'mmdet':
         raise no_counterpart(f"a PVT v{2 - v1} backbone", lib, f'{lib} has no PyramidVisionTransformer; PVT goes to '
@@ -127,17 +110,31 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     kw = dict(embed_dims=per_head, num_layers=tuple(a.pop('depths')), num_heads=heads,
               sr_ratios=tuple(a.pop('sr_ratios')), mlp_ratios=tuple(a.pop('mlp_ratios')), qkv_bias=a.pop('qkv_bias'),
               out_indices=tuple(a.pop('out_indices')))
-    if (img := a.pop('img_size', None)) is not None:
-        kw['pretrain_img_size'] = img if isinstance(img, int) else tuple(img)
     for k in ('frozen_stages', 'norm_eval', 'with_cp'):
         a.pop(k, None)
     return f"mmdet.models.backbones.PyramidVisionTransformer{'' if v1 else 'V2'}", kw | extra
 
 
-def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
-    """Our keys -> mmdet's (:data:`MM_KEYS`), v1's position embeddings first, as the flat model listed them.
-    Returns (state dict, what mmdet cannot hold: v1's final ``norm``, ``cls_token`` and the class-token row of the
-    last ``pos_embed``)."""
+def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
+    """timm (v2 only, :data:`TIMM_KEYS`) with ``head.weight`` / ``head.bias`` ((K, C4), (K,)); it pools the token
+    mean after the stage norm, as ours.  mmdet (:data:`MM_KEYS`): backbone only, v1's position embeddings first, as
+    the flat model lists them; mmdet's v1 is dense, so v1's final ``norm``, ``cls_token`` and the class-token row of
+    the last ``pos_embed`` are dropped.  ``readout`` ignored; ValueError for v1 to timm, mmseg / mmpretrain (no PVT)."""
+    a = arch(sd)
+    v1 = a['version'] == 1
+    notes = ["num_heads are not stored in the weights: the line takes the release's rule (stage width / first "
+             f"stage width: {a['num_heads']}); build with your arch's"]
+    if to == 'timm':
+        if v1:
+            raise no_counterpart('a PVT v1 backbone', to, "timm has PVT v2 only (pvt_v2_b*); PVT v1 goes to 'mmdet' "
+                                 "(PyramidVisionTransformer) or 'tlalign'")
+        name = _TIMM_NAMES.get((a['embed_dims'], a['depths'], a['sr_ratios'], a['mlp_ratios']))
+        custom = dict(model_name='pvt_v2_b0') | {k: a[k] for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios',
+                                                                    'mlp_ratios')}
+        return ExportResult.timm('PyramidVisionTransformerV2 (timm/models/pvt_v2.py)', 'timm-pvt',
+                                 {TIMM_KEYS.from_ours(k): v for k, v in sd.items()}, head, 'head.', name, custom,
+                                 notes=notes)
+    path, kw = stock(dict(a), to)
     out, dropped = {}, []
     for k, v in sorted(sd.items(), key=lambda kv: not re.fullmatch(r'stages\.\d+\.pos_embed', kv[0])):
         if k.startswith('norm.') or k == 'cls_token':
@@ -148,43 +145,6 @@ def _to_mmdet(sd: dict, v1: bool) -> tuple[dict, list[str]]:
                 v = v[:, 1:]
             v = torch.cat([v, sd[k.replace('.q.', '.kv.')]]) if _QKV.match(k) else v
             out[MM_KEYS[2 - v1].from_ours(k)] = v.reshape(*v.shape, 1, 1) if _FC.match(k) else v
-    return out, dropped
-
-
-def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
-    """Write a PVT state dict in our layout for ``to``.
-
-    * ``'timm'`` (v2 only, :data:`TIMM_KEYS`) with ``head.weight`` / ``head.bias``; it pools the token mean after
-      the stage norm, as ours;
-    * ``'mmdet'``: ``PyramidVisionTransformer(V2)`` (:func:`_to_mmdet`), backbone only; mmdet's v1 is dense, so our
-      v1's final ``norm``, a ``cls_token`` and its row of the last ``pos_embed`` are listed as dropped.
-
-    Args:
-        sd: our PVT keys; head: ``{'weight': (K, C4), 'bias': (K,)}`` or None; readout: ignored.
-
-    Raises:
-        ValueError: PVT v1 to timm; ``'mmseg'`` / ``'mmpretrain'`` (no PVT).
-    """
-    a = arch(sd)
-    v1 = a['version'] == 1
-    notes = ["num_heads are not stored in the weights: the line takes the release's rule (stage width / first "
-             f"stage width: {a['num_heads']}); build with your arch's"]
-    if to == 'timm':
-        if v1:
-            raise no_counterpart('a PVT v1 backbone', to, "timm has PVT v2 only (pvt_v2_b*); PVT v1 goes to 'mmdet' "
-                                 "(PyramidVisionTransformer) or 'tlalign'")
-        out = {TIMM_KEYS.from_ours(k): v for k, v in sd.items()}
-        if head:
-            out['head.weight'], out['head.bias'] = head['weight'], head['bias']
-        name = _TIMM_NAMES.get((a['embed_dims'], a['depths']))
-        kw = dict(model_name=name or 'pvt_v2_b0', pretrained=False)
-        if not (name and a['sr_ratios'] == (8, 4, 2, 1) and a['mlp_ratios'] == (8, 8, 4, 4)):
-            kw |= {k: a[k] for k in ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios')}
-        kw['num_classes'] = head['weight'].shape[0] if head else 0
-        return ExportResult(out, 'timm-pvt', 'timm PyramidVisionTransformerV2 (timm/models/pvt_v2.py)',
-                            call('timm.create_model', kw), notes=notes)
-    path, kw = stock(dict(a), to)
-    out, dropped = _to_mmdet(sd, v1)
     if v1:
         notes.append(f"pretrain_img_size={a['img_size']} (the stored position grids)")
     notes.append("mmdet's LayerNorms have eps 1e-6 where the release (and ours) use 1e-5 in the patch embeddings "

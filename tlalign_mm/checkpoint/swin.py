@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 
-from torch import Tensor
+import torch
 
 from ..align import relative_position_index
 from ..models import TLASwinTransformer
@@ -23,32 +23,28 @@ from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_cou
 NAME, MODEL = 'swin', TLASwinTransformer
 LAYOUTS = ('official-swin', 'timm-swin', 'mm-swin')
 
-MM_KEYS = KeyMap([
-    ('patch_embed.proj.', 'patch_embed.projection.'),
-    ('layers.{i}.blocks.{j}.attn.', 'stages.{i}.blocks.{j}.attn.w_msa.'),
-    ('layers.{i}.blocks.{j}.mlp.fc1.', 'stages.{i}.blocks.{j}.ffn.layers.0.0.'),
-    ('layers.{i}.blocks.{j}.mlp.fc2.', 'stages.{i}.blocks.{j}.ffn.layers.1.'),
-    ('layers.{i}.', 'stages.{i}.'),
-])
+MM_KEYS = KeyMap([('patch_embed.proj.', 'patch_embed.projection.'),
+                  ('layers.{i}.blocks.{j}.attn.', 'stages.{i}.blocks.{j}.attn.w_msa.'),
+                  ('layers.{i}.blocks.{j}.mlp.fc1.', 'stages.{i}.blocks.{j}.ffn.layers.0.0.'),
+                  ('layers.{i}.blocks.{j}.mlp.fc2.', 'stages.{i}.blocks.{j}.ffn.layers.1.'),
+                  ('layers.{i}.', 'stages.{i}.')])
 """Our Swin keys <-> mmseg / mmdet ``SwinTransformer`` (``{mmseg,mmdet}/models/backbones/swin.py``); their
 patch merging also reorders channels (:func:`_merge_order`)."""
 TIMM_KEYS = KeyMap([('layers.{i}.downsample.', 'layers.{i+1}.downsample.')])
 """Our Swin keys <-> timm's ``SwinTransformer`` (``timm/models/swin_transformer.py``)."""
 _MERGE = re.compile(r'layers\.\d+\.downsample\.(reduction\.weight|norm\.(weight|bias))$')
-_TIMM_NAMES = {(96, (2, 2, 6, 2), (3, 6, 12, 24)): 'swin_tiny_patch4_window7_224',
-               (96, (2, 2, 18, 2), (3, 6, 12, 24)): 'swin_small_patch4_window7_224',
-               (128, (2, 2, 18, 2), (4, 8, 16, 32)): 'swin_base_patch4_window7_224'}
+_TIMM_NAMES = {(96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4, 4): 'swin_tiny_patch4_window7_224',
+               (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 4, 4): 'swin_small_patch4_window7_224',
+               (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 4, 4): 'swin_base_patch4_window7_224'}
 
 
-def _merge_order(t: Tensor, to_official: bool) -> Tensor:
+def _merge_order(t: torch.Tensor, to_official: bool) -> torch.Tensor:
     """Reorder the last (4C) axis of a patch-merging ``reduction.weight`` (2C, 4C) or ``norm`` (4C,) between
     ``nn.Unfold``'s order (mm) and the official one."""
-    *lead, n = t.shape
-    if n % 4:
+    if (n := t.shape[-1]) % 4:
         raise ValueError(f'patch-merging tensor of shape {tuple(t.shape)}: last dim not divisible by 4')
-    if to_official:   # (..., C, 4 [unfold k]) -> (..., 4 [official j], C); official j -> unfold k: 0, 2, 1, 3
-        return t.reshape(*lead, n // 4, 4).transpose(-1, -2)[..., [0, 2, 1, 3], :].reshape(*lead, n).contiguous()
-    return t.reshape(*lead, 4, n // 4)[..., [0, 2, 1, 3], :].transpose(-1, -2).reshape(*lead, n).contiguous()
+    idx = torch.arange(n).reshape(n // 4, 4)[:, [0, 2, 1, 3]].T.reshape(-1)   # official j * C + c -> unfold c * 4 + k
+    return t[..., idx if to_official else idx.argsort()].contiguous()
 
 
 def detect(sd) -> str | None:
@@ -65,35 +61,22 @@ def detect(sd) -> str | None:
 
 
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
-    """The read filter: mm keys by :data:`MM_KEYS` (patch merging reordered), timm's merging back to the end
-    of the previous stage, a foreign final ``norm`` to ``norm{last}``.
-
-    Raises:
-        ValueError: a timm-swin patch merging before stage 0; two keys map to one name.
-    """
-    stages = stage_ids(sd, 'stages' if layout == 'mm-swin' else 'layers')
-    last = stages[-1] if stages else 0
+    """mm keys by :data:`MM_KEYS` (patch merging reordered), timm's merging back to the end of the previous stage,
+    a foreign final ``norm`` to ``norm{last}``.  Raises ValueError for a timm-swin patch merging before stage 0."""
+    last = (stage_ids(sd, 'stages' if layout == 'mm-swin' else 'layers') or [0])[-1]
+    keys = {'mm-swin': MM_KEYS, 'timm-swin': TIMM_KEYS}.get(layout)
+    if layout == 'timm-swin' and (early := [k for k in sd if k.startswith('layers.0.downsample.')]):
+        raise ValueError(f'timm-swin checkpoint with a patch merging before stage 0: {early[0]}')
 
     def rename(k, v):
-        new = k
-        if layout == 'mm-swin':
-            new = MM_KEYS.to_ours(k)
-            if _MERGE.match(new):
-                v = _merge_order(v, to_official=True)
-        elif layout == 'timm-swin':
-            if k.startswith('layers.0.downsample.'):
-                raise ValueError(f'timm-swin checkpoint with a patch merging before stage 0: {k}')
-            new = TIMM_KEYS.to_ours(k)
-        if layout != 'tlalign' and new.startswith('norm.'):
-            new = f'norm{last}.' + new[len('norm.'):]
-        return new, v
-
+        new = keys.to_ours(k) if keys else k
+        v = _merge_order(v, to_official=True) if layout == 'mm-swin' and _MERGE.match(new) else v
+        return [(re.sub(r'^norm\.', f'norm{last}.', new) if layout != 'tlalign' else new, v)]
     return filter_state_dict(sd, layout, rename)
 
 
 def arch(sd) -> dict:
-    """What the weights (our keys) tell, in :class:`~tlalign_mm.TLASwinTransformer`'s argument names: widths,
-    depths, heads and window (from the relative-position tables), ``out_indices`` (the output norms)."""
+    """Widths, depths, heads and window (from the relative-position tables), ``out_indices`` (the output norms)."""
     c, _, p, _ = sd['patch_embed.proj.weight'].shape
     stages = stage_ids(sd, 'layers')
     side = math.isqrt(sd['layers.0.blocks.0.attn.relative_position_bias_table'].shape[0])
@@ -106,13 +89,8 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """The mmseg / mmdet ``SwinTransformer`` keyword arguments of the Swin ``a`` describes (:func:`arch`'s
-    names, or a config's; consumed); ``img_size``, ``in_channels``, dropouts, ``frozen_stages``, ``with_cp``
-    are passed on when given (``norm_eval``: the stock model has LayerNorms only).
-
-    Raises:
-        ValueError: ``lib`` other than mmseg / mmdet; ``out_type`` other than ``'featmap'``.
-    """
+    """mmseg's / mmdet's ``SwinTransformer``; ``img_size``, ``in_channels``, dropouts, ``frozen_stages``, ``with_cp``
+    passed on (``norm_eval`` dropped: the stock model has LayerNorms only)."""
     if lib not in ('mmseg', 'mmdet'):
         raise no_counterpart('a Swin backbone', lib, f"{lib} has no SwinTransformer target here (mmpretrain's is "
                              "its VisionTransformer); Swin goes to 'timm', 'mmseg', 'mmdet' or 'tlalign'")
@@ -123,27 +101,15 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
               window_size=a.pop('window_size'), patch_size=patch, mlp_ratio=ratio(a.pop('mlp_ratio')),
               qkv_bias=a.pop('qkv_bias'), out_indices=tuple(a.pop('out_indices')),
               strides=(patch,) + (2,) * (len(depths) - 1))
-    if 'img_size' in a:
-        img = a.pop('img_size')
-        kw['pretrain_img_size'] = img if isinstance(img, int) else tuple(img)
     a.pop('norm_eval', None)
     return f'{lib}.models.backbones.SwinTransformer', kw | extra
 
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
-    """Write a Swin state dict in our layout for ``to`` (the reverse of :func:`convert`).
-
-    * ``'timm'`` (:data:`TIMM_KEYS`): stage ``i``'s patch merging to ``layers.{i+1}``, the last stage's output
-      norm to ``norm``, the head to ``head.fc``; it pools the token mean as our classifier.  The other output
-      norms have no place there (listed as dropped);
-    * ``'mmseg'`` / ``'mmdet'`` (:data:`MM_KEYS`): the merging reordered to ``nn.Unfold``'s order, the
-      persistent ``relative_position_index`` buffers written (mm loads strictly only with them).
-
-    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our Swin keys; ``readout`` ignored.
-
-    Raises:
-        ValueError: ``'mmpretrain'``; timm without the last stage's output norm.
-    """
+    """timm (:data:`TIMM_KEYS`): stage ``i``'s patch merging to ``layers.{i+1}``, the last stage's output norm to
+    ``norm`` (the others dropped; ValueError without it), the head to ``head.fc``; it pools the token mean as ours.
+    mmseg / mmdet (:data:`MM_KEYS`): the merging in ``nn.Unfold``'s order, the persistent ``relative_position_index``
+    buffers written (mm loads strictly only with them).  ``readout`` ignored; ValueError for mmpretrain."""
     a = arch(sd)
     last, w = stage_ids(sd, 'layers')[-1], a['window_size']
     notes = [f'window_size={w} (the stored relative-position tables); Swin weights do not fix the image size: '
@@ -152,30 +118,18 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
         if f'norm{last}.weight' not in sd:
             raise ValueError(f"timm's SwinTransformer needs the last stage's output norm (our norm{last}), which "
                              'this backbone lacks (built with out_indices without its last stage)')
-        out, dropped = {}, []
-        for k, v in sd.items():
-            if re.match(r'norm\d+\.', k):
-                if not k.startswith(f'norm{last}.'):
-                    dropped.append(k)
-                    continue
-                k = 'norm.' + k.split('.', 1)[1]
-            out[TIMM_KEYS.from_ours(k)] = v
-        if head:
-            out['head.fc.weight'], out['head.fc.bias'] = head['weight'], head['bias']
-        name = _TIMM_NAMES.get((a['embed_dims'], a['depths'], a['num_heads']))
-        kw = dict(model_name=name or 'swin_tiny_patch4_window7_224', pretrained=False)
-        if not (name and w == 7 and a['patch_size'] == 4 and a['mlp_ratio'] == 4):
-            kw |= dict(patch_size=a['patch_size'], window_size=w, embed_dim=a['embed_dims'], depths=a['depths'],
-                       num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
-        kw |= dict(num_classes=head['weight'].shape[0] if head else 0, global_pool='avg')
-        return ExportResult(out, 'timm-swin', 'timm SwinTransformer (timm/models/swin_transformer.py)',
-                            call('timm.create_model', kw), dropped, notes)
+        dropped = [k for k in sd if re.match(r'norm\d+\.', k) and not k.startswith(f'norm{last}.')]
+        out = {TIMM_KEYS.from_ours(re.sub(rf'^norm{last}\.', 'norm.', k)): v for k, v in sd.items() if k not in dropped}
+        name = _TIMM_NAMES.get((a['embed_dims'], a['depths'], a['num_heads'], w, a['patch_size'], a['mlp_ratio']))
+        custom = dict(model_name='swin_tiny_patch4_window7_224', patch_size=a['patch_size'], window_size=w,
+                      embed_dim=a['embed_dims'], depths=a['depths'], num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
+        return ExportResult.timm('SwinTransformer (timm/models/swin_transformer.py)', 'timm-swin', out, head,
+                                 'head.fc.', name, custom, dropped, notes, global_pool='avg')
     path, kw = stock(dict(a), to)
     out = {MM_KEYS.from_ours(k): _merge_order(v, to_official=False) if _MERGE.match(k) else v for k, v in sd.items()}
     index = relative_position_index((w, w), (w, w))
-    for i, depth in enumerate(a['depths']):
-        for j in range(depth):
-            out[f'stages.{i}.blocks.{j}.attn.w_msa.relative_position_index'] = index.clone()
+    out |= {f'stages.{i}.blocks.{j}.attn.w_msa.relative_position_index': index.clone()
+            for i, depth in enumerate(a['depths']) for j in range(depth)}
     notes.append(f'out_indices={a["out_indices"]}: the stages whose output norms norm{{i}} were trained; mm shifts '
                  'the windows of every stage, ours (as the official model) not those of a map no larger than the '
                  'window, so the features agree where every stage map is larger than the window (detection / '

@@ -15,27 +15,19 @@ from .keys import ExportResult, KeyMap, call, filter_state_dict, has_key, no_cou
 NAME, MODEL = 'vit', TLAVisionTransformer
 LAYOUTS = ('timm-vit', 'mmseg-vit', 'mmpretrain-vit')
 
-_MM_COMMON = [  # (ours, theirs): mmseg / mmpretrain VisionTransformer share these
-    ('patch_embed.proj.', 'patch_embed.projection.'),
-    ('blocks.{i}.norm1.', 'layers.{i}.ln1.'),
-    ('blocks.{i}.norm2.', 'layers.{i}.ln2.'),
-    ('blocks.{i}.mlp.fc1.', 'layers.{i}.ffn.layers.0.0.'),
-    ('blocks.{i}.mlp.fc2.', 'layers.{i}.ffn.layers.1.'),
-    ('norm.', 'ln1.'),
-]
-MMSEG_KEYS = KeyMap([
-    # mmseg/models/backbones/vit.py: attn is mmcv's MultiheadAttention around nn.MultiheadAttention
-    # (q, k, v stacked in in_proj_* as in our qkv)
-    ('blocks.{i}.attn.qkv.weight', 'layers.{i}.attn.attn.in_proj_weight'),
-    ('blocks.{i}.attn.qkv.bias', 'layers.{i}.attn.attn.in_proj_bias'),
-    ('blocks.{i}.attn.proj.', 'layers.{i}.attn.attn.out_proj.'),
-    *_MM_COMMON,
-])
-"""Our ViT keys <-> mmseg 1.x ``VisionTransformer`` (``mmseg/models/backbones/vit.py``)."""
+_MM_COMMON = [('patch_embed.proj.', 'patch_embed.projection.'), ('blocks.{i}.norm1.', 'layers.{i}.ln1.'),
+              ('blocks.{i}.norm2.', 'layers.{i}.ln2.'), ('blocks.{i}.mlp.fc1.', 'layers.{i}.ffn.layers.0.0.'),
+              ('blocks.{i}.mlp.fc2.', 'layers.{i}.ffn.layers.1.'), ('norm.', 'ln1.')]
+"""(ours, theirs) pairs that mmseg's and mmpretrain's ``VisionTransformer`` share."""
+MMSEG_KEYS = KeyMap([('blocks.{i}.attn.qkv.weight', 'layers.{i}.attn.attn.in_proj_weight'),
+                     ('blocks.{i}.attn.qkv.bias', 'layers.{i}.attn.attn.in_proj_bias'),
+                     ('blocks.{i}.attn.proj.', 'layers.{i}.attn.attn.out_proj.'), *_MM_COMMON])
+"""Our ViT keys <-> mmseg 1.x ``VisionTransformer`` (``mmseg/models/backbones/vit.py``: the attention is mmcv's
+``MultiheadAttention`` around ``nn.MultiheadAttention``, q, k, v stacked in ``in_proj_*`` as in our ``qkv``)."""
 MMPRETRAIN_KEYS = KeyMap([*_MM_COMMON, ('blocks.{i}.', 'layers.{i}.')])
 """Our ViT keys <-> mmpretrain ``VisionTransformer`` (``mmpretrain/models/backbones/vision_transformer.py``:
 its attention's ``qkv`` / ``proj`` are named as ours)."""
-_DEIT_SIZES = {192: 'tiny', 384: 'small', 768: 'base'}
+_TIMM_NAMES = {(c, 12, 16, 4): f'deit_{size}_patch16_224' for c, size in ((192, 'tiny'), (384, 'small'), (768, 'base'))}
 
 
 def detect(sd) -> str | None:
@@ -53,21 +45,16 @@ def detect(sd) -> str | None:
 def convert(sd, layout: str) -> tuple[dict, list[str]]:
     """The read filter: timm / official DeiT keys are ours (heads dropped); mm keys are renamed by their table."""
     keys = {'mmseg-vit': MMSEG_KEYS, 'mmpretrain-vit': MMPRETRAIN_KEYS}.get(layout)
-    return filter_state_dict(sd, layout, lambda k, v: (keys.to_ours(k) if keys else k, v))
+    return filter_state_dict(sd, layout, lambda k, v: [(keys.to_ours(k) if keys else k, v)])
 
 
 def arch(sd) -> dict:
-    """What the weights (our keys) tell, in :class:`~tlalign_mm.TLAVisionTransformer`'s argument names
-    (``num_heads``, not stored, by DeiT's 64 channels per head); ``patch_bias`` besides.
-
-    Raises:
-        ValueError: a non-square position grid (the image size cannot be named).
-    """
+    """``num_heads``, not stored, by DeiT's 64 channels per head; ``patch_bias`` besides.  Raises ValueError for a
+    non-square position grid (the image size cannot be named)."""
     c, _, p, _ = sd['patch_embed.proj.weight'].shape
     distilled = 'dist_token' in sd
     n = sd['pos_embed'].shape[1] - 1 - distilled
-    side = math.isqrt(n)
-    if side * side != n:
+    if (side := math.isqrt(n)) ** 2 != n:
         raise ValueError(f'pos_embed {tuple(sd["pos_embed"].shape)}: {n} grid tokens is not a square grid; '
                          'cannot name the image size the target model must be built with')
     depth = len(stage_ids(sd, 'blocks'))
@@ -78,18 +65,15 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """The mmseg / mmpretrain class and keyword arguments of the ViT ``a`` describes (:func:`arch`'s names,
-    or a config's); ``a``'s keys are consumed, and optional ones (dropouts, ``in_channels``, ``with_cp``,
-    ``norm_eval``, ``interpolate_mode``) are passed on only when given.
-
-    Raises:
-        ValueError: ``lib`` without a ViT (mmdet); a distilled model or ``frozen_stages`` for mmseg; an
-            ``out_type`` other than ``'featmap'``.
-    """
+    """mmseg's or mmpretrain's ``VisionTransformer`` (distilled: mmpretrain's ``DistilledVisionTransformer``);
+    dropouts, ``in_channels``, ``with_cp``, ``norm_eval``, ``interpolate_mode`` passed on (mmseg).  Raises
+    ValueError for mmdet (no ViT), a distilled model or ``frozen_stages`` for mmseg."""
     if lib not in ('mmseg', 'mmpretrain'):
         raise no_counterpart('a DeiT / ViT backbone', lib, f'{lib} has no VisionTransformer backbone; '
                              "mmseg's and mmpretrain's hold it")
-    stock_args(a, 'VisionTransformer')
+    extra = stock_args(a, 'VisionTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate',
+                                                  'interpolate_mode', 'norm_eval', 'with_cp') if lib == 'mmseg' else (),
+                       img='img_size')
     distilled, frozen = a.pop('distilled'), a.pop('frozen_stages', -1)
     if distilled and lib == 'mmseg':
         raise no_counterpart('a distilled DeiT (dist_token)', lib, "mmseg's VisionTransformer has no distillation "
@@ -97,39 +81,25 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     if frozen != -1 and lib == 'mmseg':
         raise ValueError("mmseg VisionTransformer freezes by 'frozen_exclude', not frozen_stages: set "
                          'frozen_stages=-1 to compare')
-    img, out = a.pop('img_size'), a.pop('out_indices')
-    c, depth, heads = a.pop('embed_dims'), a.pop('num_layers'), a.pop('num_heads')
-    mlp = ratio(a.pop('mlp_ratio', 4.0))   # the arch dict's, as the model reads it
-    common = dict(img_size=img if isinstance(img, int) else tuple(img), patch_size=a.pop('patch_size'))
-    qkv_bias, patch_bias, final_norm = a.pop('qkv_bias'), a.pop('patch_bias', True), a.pop('final_norm')
+    out, c, depth, heads = (a.pop(k) for k in ('out_indices', 'embed_dims', 'num_layers', 'num_heads'))
+    mlp, patch_bias = ratio(a.pop('mlp_ratio', 4.0)), a.pop('patch_bias', True)   # mlp_ratio: the arch dict's
+    common = dict(patch_size=a.pop('patch_size'), qkv_bias=a.pop('qkv_bias'), final_norm=a.pop('final_norm'))
     if lib == 'mmseg':
-        kw = dict(common, embed_dims=c, num_layers=depth, num_heads=heads, mlp_ratio=mlp, qkv_bias=qkv_bias,
-                  patch_bias=patch_bias, with_cls_token=True, final_norm=final_norm,
-                  norm_cfg=dict(type='LN', eps=1e-6), out_indices=out if isinstance(out, int) else tuple(out))
-        extra = ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate', 'interpolate_mode', 'norm_eval',
-                 'with_cp')
-        return 'mmseg.models.backbones.VisionTransformer', kw | {k: a.pop(k) for k in extra if k in a}
+        return 'mmseg.models.backbones.VisionTransformer', dict(
+            common, embed_dims=c, num_layers=depth, num_heads=heads, mlp_ratio=mlp, patch_bias=patch_bias,
+            with_cls_token=True, norm_cfg=dict(type='LN', eps=1e-6),
+            out_indices=out if isinstance(out, int) else tuple(out)) | extra
     kw = dict(arch=dict(embed_dims=c, num_layers=depth, num_heads=heads, feedforward_channels=round(c * mlp)),
-              **common, qkv_bias=qkv_bias, final_norm=final_norm, out_type='featmap')
-    if not patch_bias:
-        kw['patch_cfg'] = dict(bias=False)
-    return f"mmpretrain.models.{'Distilled' * distilled}VisionTransformer", kw
+              **common, out_type='featmap') | ({} if patch_bias else dict(patch_cfg=dict(bias=False)))
+    return f"mmpretrain.models.{'Distilled' * distilled}VisionTransformer", kw | extra
 
 
 def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
-    """Write a ViT state dict in our layout for ``to`` (the reverse of :func:`convert`).
-
-    * ``'timm'``: our names plus ``head.weight`` / ``head.bias``; the build line pools as our classifier:
-      ``global_pool='token'`` for the class token, ``global_pool='avg', fc_norm=False`` for the token mean
-      (timm's default ``fc_norm`` for ``'avg'`` would norm after pooling instead);
-    * ``'mmseg'`` / ``'mmpretrain'``: :data:`MMSEG_KEYS` / :data:`MMPRETRAIN_KEYS`, backbone only.
-
-    Arguments: :func:`~tlalign_mm.checkpoint.export_state_dict`'s; ``sd``: our ViT keys (``pos_embed`` (1, P + h*w, C)).
-
-    Raises:
-        ValueError: ``'mmdet'``; a distilled DeiT for timm or mmseg; a timm head without a readout; a
-            non-square position grid.
-    """
+    """timm: our names plus ``head.weight`` / ``head.bias``, pooled as our classifier: ``global_pool='token'`` for
+    the class token, ``global_pool='avg', fc_norm=False`` for the token mean (timm's default ``fc_norm`` for
+    ``'avg'`` would norm after pooling instead).  mmseg / mmpretrain: :data:`MMSEG_KEYS` / :data:`MMPRETRAIN_KEYS`,
+    backbone only.  ValueError for mmdet, a distilled DeiT for timm or mmseg, a timm head without a readout, a
+    non-square position grid."""
     a, sd = arch(sd), dict(sd)
     notes = [f"built at img_size={a['img_size']}, patch_size={a['patch_size']} (the stored position grid) "
              "and, num_heads not being stored in the weights, with your arch's num_heads (the line assumes "
@@ -138,36 +108,25 @@ def export(sd, to: str, head=None, readout: str | None = None) -> ExportResult:
         if a['distilled']:
             raise no_counterpart('a distilled DeiT (dist_token)', 'timm', "timm's VisionTransformer has no "
                                  "distillation token; mmpretrain's DistilledVisionTransformer (and tlalign) hold it")
-        if head:
-            sd['head.weight'], sd['head.bias'] = head['weight'], head['bias']
-            if readout is None:
-                raise ValueError('the classifier head goes to timm, but which feature it reads (class token or '
-                                 "token mean) is not known from the checkpoint: pass readout='cls_token' or "
-                                 "'avg_featmap' (--readout)")
-        size = _DEIT_SIZES.get(a['embed_dims'])
-        standard = size and (a['num_layers'], a['patch_size'], a['num_heads'] * 64, a['mlp_ratio']) == (
-            12, 16, a['embed_dims'], 4)
-        kw = dict(model_name=f'deit_{size}_patch16_224' if standard else 'vit_base_patch16_224', pretrained=False)
-        if not standard:
-            kw |= dict(patch_size=a['patch_size'], embed_dim=a['embed_dims'], depth=a['num_layers'],
-                       num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
-        kw |= {k: v for k, v, default in [('img_size', a['img_size'], 224), ('qkv_bias', a['qkv_bias'], True),
-                                          ('final_norm', a['final_norm'], True)] if v != default}
-        kw['num_classes'] = head['weight'].shape[0] if head else 0
-        if readout == 'avg_featmap':    # ours: final norm on every token, then the patch-token mean
-            kw |= dict(global_pool='avg', fc_norm=False)
-        elif readout == 'cls_token':
-            kw['global_pool'] = 'token'
-        return ExportResult(sd, 'timm-vit', 'timm VisionTransformer (timm/models/vision_transformer.py)',
-                            call('timm.create_model', kw), notes=notes)
+        if head and readout is None:
+            raise ValueError('the classifier head goes to timm, but which feature it reads (class token or token '
+                             "mean) is not known from the checkpoint: pass readout='cls_token' or 'avg_featmap' "
+                             '(--readout)')
+        name = _TIMM_NAMES.get((a['embed_dims'], a['num_layers'], a['patch_size'], a['mlp_ratio']))
+        custom = dict(model_name='vit_base_patch16_224', patch_size=a['patch_size'], embed_dim=a['embed_dims'],
+                      depth=a['num_layers'], num_heads=a['num_heads'], mlp_ratio=a['mlp_ratio'])
+        kw = {k: v for k, v, default in [('img_size', a['img_size'], 224), ('qkv_bias', a['qkv_bias'], True),
+                                         ('final_norm', a['final_norm'], True)] if v != default}
+        pool = {'avg_featmap': dict(global_pool='avg', fc_norm=False),   # ours: final norm on every token, then mean
+                'cls_token': dict(global_pool='token'), None: {}}[readout]
+        return ExportResult.timm('VisionTransformer (timm/models/vision_transformer.py)', 'timm-vit', sd, head,
+                                 'head.', name, custom, notes=notes, **kw, **pool)
     path, kw = stock(dict(a), to)
-    cls = path.rsplit('.', 1)[1]
-    if to == 'mmseg':
-        notes.append("mmseg's defaults differ from DeiT: keep patch_bias=True, final_norm=True and "
-                     "norm_cfg=dict(type='LN', eps=1e-6) as in the line")
-        model, keys = f'mmseg {cls} (mmseg/models/backbones/vit.py)', MMSEG_KEYS
-    else:
-        notes.append("mmpretrain's out_type='avg_featmap' adds a norm after pooling (ln2) that ours lacks: build "
-                     "it with out_type 'featmap', 'cls_token' or 'raw'")
-        model, keys = f'mmpretrain {cls} (mmpretrain/models/backbones/vision_transformer.py, deit.py)', MMPRETRAIN_KEYS
-    return ExportResult({keys.from_ours(k): v for k, v in sd.items()}, f'{to}-vit', model, call(path, kw), notes=notes)
+    keys, file, note = {
+        'mmseg': (MMSEG_KEYS, 'mmseg/models/backbones/vit.py', "mmseg's defaults differ from DeiT: keep "
+                  "patch_bias=True, final_norm=True and norm_cfg=dict(type='LN', eps=1e-6) as in the line"),
+        'mmpretrain': (MMPRETRAIN_KEYS, 'mmpretrain/models/backbones/vision_transformer.py, deit.py', "mmpretrain's "
+                       "out_type='avg_featmap' adds a norm after pooling (ln2) that ours lacks: build it with "
+                       "out_type 'featmap', 'cls_token' or 'raw'")}[to]
+    return ExportResult({keys.from_ours(k): v for k, v in sd.items()}, f'{to}-vit',
+                        f"{to} {path.rsplit('.', 1)[1]} ({file})", call(path, kw), notes=notes + [note])
