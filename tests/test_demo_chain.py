@@ -3,9 +3,9 @@
 The same script, configs and tools as the full demo (set-up skipped: CI has just run it):
 TL-Align pretraining of the demo Swin on Fashion-MNIST -> backbone export -> UperNet on the VOC
 demo masks -> Cascade Mask R-CNN on the VOC demo polygons -> evaluation of each stage with
-``tools/test.py`` -> pictures.  Schedules are cut to one epoch / 20 iterations, so the metrics
+``tools/test.py`` -> pictures.  Schedules are cut to about 20 iterations a stage, so the metrics
 are real but low; what is asserted is that every stage ran from the exported backbone, that each
-evaluation printed its metrics, and that the pictures were written.  About 3-5 minutes on 2 cores.
+evaluation printed its metrics, and that the pictures were written.  About 2-4 minutes on 2 cores.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ DET_CFG=configs/demo/cascade-mask-rcnn_swin-demo_fmnist-tla-pre_fpn_1xb2-10e_coc
 # --quick: same configs and code path, schedules cut to a few iterations
 PRE_OPTS=() SEG_OPTS=() DET_OPTS=()
 if [ "$QUICK" = 1 ]; then
-    PRE_OPTS=(--cfg-options train_cfg.max_epochs=1 train_cfg.val_interval=1)
+    PRE_OPTS=(--cfg-options train_cfg.max_epochs=1 train_cfg.val_interval=1 train_dataloader.dataset.indices=1280)
     SEG_OPTS=(train_cfg.max_iters=20 train_cfg.val_interval=20 default_hooks.checkpoint.interval=20)
     DET_OPTS=(train_cfg.max_epochs=1 train_cfg.val_interval=1 default_hooks.checkpoint.interval=1
               train_dataloader.dataset.times=5)
