@@ -66,31 +66,38 @@ def arch(sd) -> dict:
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
     """mmseg's or mmpretrain's ``VisionTransformer`` (distilled: mmpretrain's ``DistilledVisionTransformer``);
-    dropouts, ``in_channels``, ``with_cp``, ``norm_eval``, ``interpolate_mode`` passed on (mmseg).  Raises
-    ValueError for mmdet (no ViT), a distilled model or ``frozen_stages`` for mmseg."""
+    ``in_channels``, ``drop_rate``, ``drop_path_rate``, ``interpolate_mode`` passed on, and ``attn_drop_rate``
+    (mmpretrain: in ``layer_cfgs``); mmseg also ``norm_eval``, ``with_cp``, mmpretrain ``frozen_stages`` (its
+    LayerNorm-only blocks have no ``norm_eval`` or ``with_cp``: dropped).  Raises ValueError for mmdet (no ViT), a
+    distilled model or ``frozen_stages`` for mmseg."""
     if lib not in ('mmseg', 'mmpretrain'):
         raise no_counterpart('a DeiT / ViT backbone', lib, f'{lib} has no VisionTransformer backbone; '
                              "mmseg's and mmpretrain's hold it")
-    extra = stock_args(a, 'VisionTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate',
-                                                  'interpolate_mode', 'norm_eval', 'with_cp') if lib == 'mmseg' else (),
-                       img='img_size')
+    mmseg = lib == 'mmseg'
+    extra = stock_args(a, 'VisionTransformer', ('in_channels', 'drop_rate', 'drop_path_rate', 'interpolate_mode',
+                                                  *(('attn_drop_rate', 'norm_eval', 'with_cp') if mmseg else
+                                                    ('frozen_stages',))), img='img_size')
     distilled, frozen = a.pop('distilled'), a.pop('frozen_stages', -1)
-    if distilled and lib == 'mmseg':
+    if distilled and mmseg:
         raise no_counterpart('a distilled DeiT (dist_token)', lib, "mmseg's VisionTransformer has no distillation "
                              "token; mmpretrain's DistilledVisionTransformer (and tlalign) hold it")
-    if frozen != -1 and lib == 'mmseg':
+    if frozen != -1 and mmseg:
         raise ValueError("mmseg VisionTransformer freezes by 'frozen_exclude', not frozen_stages: set "
                          'frozen_stages=-1 to compare')
     out, c, depth, heads = (a.pop(k) for k in ('out_indices', 'embed_dims', 'num_layers', 'num_heads'))
     mlp, patch_bias = ratio(a.pop('mlp_ratio', 4.0)), a.pop('patch_bias', True)   # mlp_ratio: the arch dict's
     common = dict(patch_size=a.pop('patch_size'), qkv_bias=a.pop('qkv_bias'), final_norm=a.pop('final_norm'))
-    if lib == 'mmseg':
+    if mmseg:
         return 'mmseg.models.backbones.VisionTransformer', dict(
             common, embed_dims=c, num_layers=depth, num_heads=heads, mlp_ratio=mlp, patch_bias=patch_bias,
             with_cls_token=True, norm_cfg=dict(type='LN', eps=1e-6),
             out_indices=out if isinstance(out, int) else tuple(out)) | extra
+    a.pop('norm_eval', None), a.pop('with_cp', None)
     kw = dict(arch=dict(embed_dims=c, num_layers=depth, num_heads=heads, feedforward_channels=round(c * mlp)),
-              **common, out_type='featmap') | ({} if patch_bias else dict(patch_cfg=dict(bias=False)))
+              **common, out_type='featmap', out_indices=out if isinstance(out, int) else list(out)) | (
+                  {} if patch_bias else dict(patch_cfg=dict(bias=False)))
+    if attn_drop := a.pop('attn_drop_rate', 0.0):
+        kw['layer_cfgs'] = dict(attn_drop_rate=attn_drop)
     return f"mmpretrain.models.{'Distilled' * distilled}VisionTransformer", kw | extra
 
 
