@@ -465,6 +465,27 @@ def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkey
              'model.data_preprocessor.size=(512,512)']))
 
 
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_missing_dataset_folder_is_one_line_naming_the_field(tool, tmp_path):
+    """A dataset folder that is not there stops the real tool before any model or process group is built:
+    exit status 1, one line naming the config field, the folder and the fix; no traceback."""
+    cfg = 'configs/demo/deit-demo_tla_1xb64-10e_fashion-mnist.py'
+    loader = 'train_dataloader' if tool == 'train' else 'test_dataloader'
+    missing = str(tmp_path / 'no_such_folder')
+    args = [cfg] + ([] if tool == 'train' else [str(tmp_path / 'ck.pth')])
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, f'{tool}.py'), *args, '--work-dir', str(tmp_path / 'wd'),
+                           '--cfg-options', f'{loader}.dataset.data_root={missing}'], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{tool}.py: error: no dataset folder at {loader}.dataset.data_root={missing!r} "
+        f"(relative to {osp.realpath(REPO)}): "
+        'prepare the data as docs/user_guides/data.md says, or point the config at it, e.g. --cfg-options '
+        f'{loader}.dataset.data_root=PATH')
+    assert not osp.exists(tmp_path / 'wd' / 'last_checkpoint')
+
+
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 @pytest.mark.parametrize('tool', ['train', 'test'])
 def test_scope_dispatch(tool, scope, request, monkeypatch):

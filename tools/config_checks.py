@@ -9,6 +9,8 @@ instead of a shape error deep inside a forward pass.
 * :func:`check_downstream_config` -- crop / pad sizes divisible by the backbone's output stride,
   and ``num_classes`` of every head equal to the dataset's number of classes (when the config or
   the registered dataset class tells it; otherwise mmseg / mmdet report it when they build).
+* :func:`check_data_roots` -- the dataset folders (``data_root``) a run would read that are not
+  there, so that a tool stops with their config fields instead of a traceback from the dataset.
 * :func:`sync_bn_to_bn` -- ``norm_cfg`` ``SyncBN`` -> ``BN`` in ``cfg.model`` (distributed runs on
   CPU processes: torch's ``SyncBatchNorm`` refuses CPU tensors).  Single-process runs need
   nothing: mmengine 0.10.7's ``Runner.wrap_model`` already calls ``revert_sync_batchnorm`` when
@@ -23,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 __all__ = ['cfg_get', 'DownstreamConfigError', 'check_downstream_config', 'backbone_stride',
-           'dataset_num_classes', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda']
+           'dataset_num_classes', 'DataRootError', 'check_data_roots', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda']
 
 _WRAPPERS = ('RepeatDataset', 'ClassBalancedDataset', 'MultiImageMixDataset', 'ConcatDataset')
 _DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -264,6 +266,34 @@ def check_downstream_config(cfg: Any) -> None:
     if problems:
         uniq = list(dict.fromkeys(problems))
         raise DownstreamConfigError('invalid downstream config:\n  - ' + '\n  - '.join(uniq))
+
+
+class DataRootError(FileNotFoundError):
+    """Dataset folders a run would read are not there; the message names each config field."""
+
+
+def check_data_roots(cfg: Any, dataloaders: Sequence[str] = _DATALOADERS) -> None:
+    """Check that the ``data_root`` of every dataset in ``dataloaders`` (leaf datasets under wrappers) is a folder
+    on this machine; roots with a scheme (``s3://`` ...) are not checked.  Relative roots are relative to the
+    working directory, as the datasets read them.
+
+    Raises:
+        DataRootError: naming each missing folder, its config field, and how to fix it.
+    """
+    import os
+    missing = []
+    for dl_name in dataloaders:
+        dl = cfg_get(cfg, dl_name)
+        for dpath, ds in _iter_datasets(cfg_get(dl, 'dataset') if isinstance(dl, Mapping) else None,
+                                        f'{dl_name}.dataset'):
+            root = cfg_get(ds, 'data_root')
+            if isinstance(root, str) and root and '://' not in root and not os.path.isdir(os.path.expanduser(root)):
+                missing.append(f'{dpath}.data_root={root!r}')
+    if missing:
+        missing = list(dict.fromkeys(missing))
+        raise DataRootError(f'no dataset folder at {", ".join(missing)} (relative to {os.getcwd()}): prepare the '
+                            'data as docs/user_guides/data.md says, or point the config at it, e.g. --cfg-options '
+                            f'{missing[0].split("=", 1)[0]}=PATH')
 
 
 # ------------------------------------------------------------------------------------ fallbacks

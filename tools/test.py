@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 
 import launch
-from config_checks import check_downstream_config
+from config_checks import DataRootError, check_data_roots, check_downstream_config
 from launch import (
     build_runner,
     exit_on_checkpoint_error,
@@ -175,11 +175,15 @@ def main(argv=None) -> dict:
     register_checkpoint_loader()   # a bad CHECKPOINT: one line naming it, not a traceback
     args = parse_args(argv)
     with exit_on_checkpoint_error('test.py'):
-        return _test(args)
+        try:
+            return _test(args)
+        except DataRootError as e:
+            raise SystemExit(f'test.py: error: {e}') from None
 
 
 def _test(args) -> dict:
     cfg = setup_cfg(args)
+    check_data_roots(cfg, ['test_dataloader'])
     scope = register_scope(cfg)
     dist_started = setup_distributed(cfg, args.launcher, 'testing')
     runner = build_runner(cfg)

@@ -67,7 +67,7 @@ import time
 
 import launch
 import torch
-from config_checks import amp_to_fp32_without_cuda, check_downstream_config
+from config_checks import DataRootError, amp_to_fp32_without_cuda, check_data_roots, check_downstream_config
 from launch import (
     build_runner,
     exit_on_checkpoint_error,
@@ -183,7 +183,7 @@ def main(argv=None):
     with exit_on_checkpoint_error('train.py'):
         try:
             return _train(args)
-        except IncompatibleResumeError as e:
+        except (IncompatibleResumeError, DataRootError) as e:
             raise SystemExit(f'train.py: error: {e}') from None
 
 
@@ -235,6 +235,7 @@ def _train(args):
         return None
     digest = run_config_digest(run_config(cfg))
     check_downstream_config(cfg)
+    check_data_roots(cfg, ['train_dataloader'] + ['val_dataloader'] * (cfg.get('val_cfg') is not None))
     register_scope(cfg)
     dist_started = setup_distributed(cfg, args.launcher, 'training')
     runner = build_runner(cfg)
