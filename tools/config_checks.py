@@ -21,6 +21,7 @@ instead of a shape error deep inside a forward pass.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -280,7 +281,6 @@ def check_data_roots(cfg: Any, dataloaders: Sequence[str] = _DATALOADERS) -> Non
     Raises:
         DataRootError: naming each missing folder, its config field, and how to fix it.
     """
-    import os
     missing = []
     for dl_name in dataloaders:
         dl = cfg_get(cfg, dl_name)
