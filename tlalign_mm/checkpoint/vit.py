@@ -92,10 +92,12 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
             common, embed_dims=c, num_layers=depth, num_heads=heads, mlp_ratio=mlp, patch_bias=patch_bias,
             with_cls_token=True, norm_cfg=dict(type='LN', eps=1e-6),
             out_indices=out if isinstance(out, int) else tuple(out)) | extra
-    a.pop('norm_eval', None), a.pop('with_cp', None)
+    for k in ('norm_eval', 'with_cp'):
+        a.pop(k, None)
     kw = dict(arch=dict(embed_dims=c, num_layers=depth, num_heads=heads, feedforward_channels=round(c * mlp)),
-              **common, out_type='featmap', out_indices=out if isinstance(out, int) else list(out)) | (
-                  {} if patch_bias else dict(patch_cfg=dict(bias=False)))
+              **common, out_type='featmap', out_indices=out if isinstance(out, int) else list(out))
+    if not patch_bias:
+        kw['patch_cfg'] = dict(bias=False)
     if attn_drop := a.pop('attn_drop_rate', 0.0):
         kw['layer_cfgs'] = dict(attn_drop_rate=attn_drop)
     return f"mmpretrain.models.{'Distilled' * distilled}VisionTransformer", kw | extra
