@@ -377,6 +377,16 @@ def test_registered_scheme_cannot_turn_weights_only_off(tmp_path):
     assert torch.equal(load_checkpoint_file('tlatest://ok.pth')['x'], torch.ones(2))
 
 
+def test_loading_into_a_module_that_is_not_ours_is_a_type_error(deit_sd):
+    """The loader reads the backbone's declared contract (prefix tokens, position grid, its checkpoint hooks):
+    a timm ViT with the same parameter names is refused before anything is read, and keeps its weights."""
+    model = timm.create_model('deit_small_patch16_224', pretrained=False)
+    before = model.cls_token.clone()
+    with pytest.raises(TypeError, match='loads into a TLABackbone, got VisionTransformer'):
+        load_backbone_checkpoint(model, deit_sd)
+    assert torch.equal(model.cls_token, before)
+
+
 def test_missing_file_names_the_path(tmp_path):
     p = str(tmp_path / 'nope.pth')
     with pytest.raises(FileNotFoundError, match=re.escape(p)):

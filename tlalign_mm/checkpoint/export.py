@@ -144,7 +144,7 @@ def stock_config(backbone: Mapping, lib: str) -> dict:
                          f'{", ".join(f.MODEL.__name__ for f in FAMILIES)} (our backbones)')
     a = {k: p.default for k, p in inspect.signature(family.MODEL).parameters.items()} | dict(backbone)
     a = {k: v for k, v in a.items() if k not in ('type', *OURS_ONLY)}
-    a |= dict(getattr(family.MODEL, 'DEFAULTS', {}), **family.MODEL.resolve_arch(a.pop('arch')))
+    a |= family.MODEL.resolve_arch(a.pop('arch'))
     path, kw = family.stock(a, lib)
     if a:
         raise ValueError(f'model.backbone ({name}) has keys the stock mapping does not know: {sorted(a)}')

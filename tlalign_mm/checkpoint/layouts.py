@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn as nn
 from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table_simple
 from timm.models import clean_state_dict
 from torch import Tensor
 
+from ..models.backbones import TLABackbone
 from ..registry import FUNCTIONS
 from . import pvt, swin, vit
 from .io import load_checkpoint_file
@@ -126,15 +126,16 @@ def _square(n: int, odd: bool = False) -> int | None:
     return s if s * s == n and not (odd and s % 2 == 0) else None
 
 
-def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: nn.Module) -> Tensor | None:
+def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: TLABackbone) -> Tensor | None:
     """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size, else None.
-    ``pos_embed`` (1, P + h*w, C): prefix rows kept (a distillation row dropped for a plain model), the square grid
-    resampled by timm's ``resample_abs_pos_embed`` (bicubic, no antialias: timm's and mmseg's resize).
+    ``pos_embed`` (1, P + h*w, C; a ViT's): prefix rows kept (a distillation row dropped for a plain model), the square
+    grid resampled to the model's ``patch_grid`` by timm's ``resample_abs_pos_embed`` (its ``interpolate_mode``, no
+    antialias: timm's and mmseg's resize).
     ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as the official Swin
     ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (its ``resize_rel_pos_bias_table``
     is BEiT's geometric resampling, another result).  ValueError: not square, fewer prefix tokens than the model's."""
     if k == 'pos_embed' and v.dim() == t.dim() == 3 and v.shape[-1] == t.shape[-1]:
-        p_model = getattr(model, 'num_prefix_tokens', 1)
+        p_model = model.num_prefix_tokens
         p_ckpt = int('cls_token' in sd) + int('dist_token' in sd) or p_model
         if p_ckpt < p_model:
             raise ValueError(f'the checkpoint has {p_ckpt} prefix token(s), the model {p_model} (a distilled model '
@@ -142,11 +143,10 @@ def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: nn.Module) -> Ten
         v = torch.cat([v[:, :p_model], v[:, p_ckpt:]], dim=1)   # e.g. distilled DeiT into a plain one: no dist row
         if v.shape == t.shape:
             return v
-        grid = getattr(model, 'patch_grid', None) or (_square(t.shape[1] - p_model),) * 2
-        if None in grid or (s := _square(v.shape[1] - p_model)) is None:
+        if (s := _square(v.shape[1] - p_model)) is None:
             raise ValueError(f'with {p_model} prefix token(s), not a square grid; cannot resize')
-        return resample_abs_pos_embed(v, list(grid), [s, s], num_prefix_tokens=p_model, antialias=False,
-                                      interpolation=getattr(model, 'interpolate_mode', 'bicubic'))
+        return resample_abs_pos_embed(v, list(model.patch_grid), [s, s], num_prefix_tokens=p_model, antialias=False,
+                                      interpolation=model.interpolate_mode)
     if k.endswith('relative_position_bias_table') and v.dim() == t.dim() == 2 and v.shape[1] == t.shape[1]:
         if (s := _square(t.shape[0], odd=True)) is None or _square(v.shape[0], odd=True) is None:
             raise ValueError('a length that is not (2W-1)^2 for a square window')
@@ -155,7 +155,7 @@ def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: nn.Module) -> Ten
     return None
 
 
-def _fit_to_model(sd: dict[str, Tensor], model: nn.Module, model_sd: Mapping[str, Tensor], layout: str) -> list[str]:
+def _fit_to_model(sd: dict[str, Tensor], model: TLABackbone, model_sd: Mapping[str, Tensor], layout: str) -> list[str]:
     """Resize, in place, what :func:`_resized` resizes; raise on any other shape mismatch (before loading)."""
     resized, mismatched = [], []
     for k in [k for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]:
@@ -213,22 +213,23 @@ def _sample(keys, n: int = 10) -> str:
 
 
 @FUNCTIONS.register_module()
-def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping,
+def load_backbone_checkpoint(model: TLABackbone, path_or_state_dict: str | os.PathLike | Mapping,
                              prefix: str | None = None, map_location: Any = 'cpu', min_match: float = 0.9,
                              source: str | None = None) -> LoadReport:
     """Load pretrained weights of any recognised layout into one of our backbones, or refuse.
 
     Reads (:func:`~tlalign_mm.checkpoint.load_checkpoint_file`), unwraps (:func:`extract_state_dict`), converts
-    (:func:`convert_state_dict`), lets the model fit it (``adapt_checkpoint(state_dict, source)``: PVT v1's class
-    token), resizes ``pos_embed`` / ``relative_position_bias_table``, checks, then loads: all checks pass or nothing.
+    (:func:`convert_state_dict`), lets the model fit it (its ``adapt_checkpoint``: PVT v1's class token), resizes
+    ``pos_embed`` / ``relative_position_bias_table``, checks, then loads: all checks pass or nothing.
 
     Args:
-        model: a backbone of ours (or a module with our parameter names).
+        model: one of our backbones (:class:`~tlalign_mm.models.backbones.TLABackbone`).
         path_or_state_dict: a path or URL, or a loaded checkpoint / state dict (named ``source`` in messages).
         prefix: as :func:`extract_state_dict`; map_location: as ``torch.load``.
         min_match: the fraction of the model's parameter tensors the checkpoint must provide.
 
     Raises:
+        TypeError: ``model`` is not a TLABackbone.
         FileNotFoundError, pickle.UnpicklingError: see :func:`~tlalign_mm.checkpoint.load_checkpoint_file`.
         ValueError: nothing under ``prefix``, an unrecognised layout (names the prefixes found), what
             ``adapt_checkpoint`` refuses, or a shape mismatch other than a resizable one (names each key with
@@ -236,27 +237,26 @@ def load_backbone_checkpoint(model: nn.Module, path_or_state_dict: str | os.Path
         RuntimeError: under ``min_match`` of the parameters matched (names the layout, the fraction and samples
             of missing and unexpected keys).
     """
+    if not isinstance(model, TLABackbone):
+        raise TypeError(f'load_backbone_checkpoint loads into a TLABackbone, got {type(model).__name__}')
     mapping = isinstance(path_or_state_dict, Mapping)
     source = (source or '<state_dict>') if mapping else os.fspath(path_or_state_dict)
     ckpt = path_or_state_dict if mapping else load_checkpoint_file(source, map_location)
     sd, layout, ignored, used_prefix = read_backbone(ckpt, prefix, source, 'pass prefix=...')
-    if callable(adapt := getattr(model, 'adapt_checkpoint', None)):   # what depends on the model's configuration
-        sd, dropped = adapt(sd, source)
-        ignored = ignored + dropped
+    sd, dropped = model.adapt_checkpoint(sd, source)   # what depends on the model's configuration
     model_sd, params = model.state_dict(), set(dict(model.named_parameters()))
+    missing, unexpected = [k for k in model_sd if k not in sd], [k for k in sd if k not in model_sd]
     if params and (n := sum(k in params for k in sd)) < min_match * len(params):
         raise RuntimeError(
             f'{source}: checkpoint layout {layout!r} (prefix {used_prefix!r}) provides only {n}/{len(params)} '
             f'({n / len(params):.1%}) of {type(model).__name__} parameters, below min_match={min_match:.0%}. '
-            f'Missing: {_sample(k for k in model_sd if k not in sd)}. Unexpected: '
-            f'{_sample(k for k in sd if k not in model_sd)}. (Wrong model family, or the backbone sits under '
-            'another prefix?)')
+            f'Missing: {_sample(missing)}. Unexpected: {_sample(unexpected)}. (Wrong model family, or the backbone '
+            'sits under another prefix?)')
     resized = _fit_to_model(sd, model, model_sd, layout)
     matched = [k for k in sd if k in model_sd]
     model.load_state_dict({k: sd[k] for k in matched}, strict=False)
-    return LoadReport(layout=layout, matched=matched, missing=[k for k in model_sd if k not in sd],
-                      unexpected=[k for k in sd if k not in model_sd], resized=resized, ignored=ignored,
-                      source=source, prefix=used_prefix, num_params=len(params),
+    return LoadReport(layout=layout, matched=matched, missing=missing, unexpected=unexpected, resized=resized,
+                      ignored=ignored + dropped, source=source, prefix=used_prefix, num_params=len(params),
                       num_matched_params=sum(k in params for k in matched))
 
 
@@ -281,8 +281,7 @@ def load_classifier_checkpoint(model, path: str) -> None:
         own = model.state_dict()
         sd = {('head.fc.' + k[5:] if k in ('head.weight', 'head.bias') and 'head.fc.weight' in own else k): v
               for k, v in sd.items()}
-        if (rename := getattr(model.backbone, 'rename_former_keys', None)) is not None:
-            rename(sd, 'backbone.')
+        model.backbone.rename_former_keys(sd, 'backbone.')
         missing = [k for k in own if k not in sd and not k.startswith('data_preprocessor.')]
         unexpected = [k for k in sd if k not in own and not k.startswith('label_rule.')]
         shape = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()

@@ -52,7 +52,9 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
       their (stage, index) pairs; :attr:`carries_labels`: whether the backbone can carry token
       labels at all (a plain backbone trains on the area target only);
     * :attr:`share_from_mask`: the first stage pools the pixel-level mixing mask itself
-      (:meth:`first_stage_mix`).
+      (:meth:`first_stage_mix`);
+    * :meth:`rename_former_keys` and :meth:`adapt_checkpoint`: what the checkpoint loaders ask of
+      the model (names it once had, what depends on its configuration).
 
     Subclasses define the layers, ``forward(x, token_labels=None)``, ``_stage_blocks()``,
     :attr:`feature_info`, :meth:`token_grid` and ``_frozen_modules()``, and set ``patch_size``,
@@ -247,6 +249,23 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         Raises:
             ValueError: a former key and the key it renames to are both present.
         """
+
+    def adapt_checkpoint(self, state_dict: dict, source: str = '<state_dict>') -> tuple[dict, list[str]]:
+        """Fit a checkpoint, already in our names, to what depends on this model's configuration,
+        before :func:`tlalign_mm.checkpoint.load_backbone_checkpoint` checks and loads it.  Subclass
+        hook (PVT: its class token); the base keeps every key.
+
+        Args:
+            state_dict: our keys (after the checkpoint package's read filter); not modified.
+            source: the checkpoint's name, for error messages.
+
+        Returns:
+            (state dict, dropped keys).
+
+        Raises:
+            ValueError: a checkpoint this configuration cannot read (the subclass names why).
+        """
+        return dict(state_dict), []
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.rename_former_keys(state_dict, prefix)

@@ -292,7 +292,13 @@ class TLAPyramidVisionTransformer(TLABackbone):
                   'pvt-v2-b0': 'v2-b0', 'pvt-v2-b1': 'v2-b1', 'pvt-v2-b2': 'v2-b2', 'pvt-v2-b3': 'v2-b3'}
     arch_keys = ('embed_dims', 'depths')
     OUT_TYPES = ('featmap', 'avg_featmap', 'cls_token', 'raw')
+    #: the release's values of the arch keys a preset or a given dict may leave out
     DEFAULTS = dict(num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1), version=1)
+
+    @classmethod
+    def resolve_arch(cls, arch: str | dict) -> dict:
+        """:meth:`TLABackbone.resolve_arch`, with :attr:`DEFAULTS` for the keys the arch leaves out."""
+        return dict(cls.DEFAULTS, **super().resolve_arch(arch))
 
     def __init__(self, arch: str | dict = 'small', img_size: int | Sequence[int] = 224, in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3), out_type: str = 'featmap', qkv_bias: bool = True,
@@ -301,7 +307,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
                  attn_impl: str = 'auto', label_dtype: str = 'auto', init_cfg=None,
                  pretrained: Optional[str] = None):
         super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
-        arch = dict(self.DEFAULTS, **self.resolve_arch(arch))
+        arch = self.resolve_arch(arch)
         self.check_out_type(out_type)
         self.version = int(arch['version'])
         if self.version not in (1, 2):
