@@ -119,6 +119,10 @@ def test_backbone_export_beside_every_checkpoint(fmnist_root, tmp_path):
         assert (tmp_path / f'iter_{it}.pth').exists()
         export = torch.load(tmp_path / f'iter_{it}_backbone.pth', weights_only=True)
         assert export['meta']['iter'] == it
+        # the backbone's declared contract: a 2-block ViT, 64 channels, patch 8, one class token
+        assert export['meta']['backbone_type'] == 'TLAVisionTransformer'
+        assert (export['meta']['patch_size'], export['meta']['num_prefix_tokens']) == (8, 1)
+        assert export['meta']['feature_info'] == [{'num_chs': 64, 'reduction': 8, 'module': 'blocks.1'}]
         ckpt = torch.load(tmp_path / f'iter_{it}.pth', weights_only=False)
         for k, v in export['state_dict'].items():
             assert torch.equal(v, ckpt['state_dict']['backbone.' + k]), k

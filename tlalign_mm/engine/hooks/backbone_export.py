@@ -1,6 +1,7 @@
 """Write a backbone-only checkpoint that downstream configs load with ``init_cfg``."""
 from __future__ import annotations
 
+import dataclasses
 import os.path as osp
 
 from mmengine.dist import is_main_process
@@ -18,10 +19,13 @@ __all__ = ['BackboneExportHook']
 class BackboneExportHook(Hook):
     """Export the backbone when training ends (and, optionally, with every saved checkpoint).
 
-    The file is :func:`tlalign_mm.checkpoint.export.backbone_export` of the (unwrapped) model's backbone, its
-    arch and the run's epoch / iteration in ``meta``: our layout, no ``backbone.`` prefix, ready for
+    The file is :func:`tlalign_mm.checkpoint.export.backbone_export` of the (unwrapped) model's
+    backbone: our layout, no ``backbone.`` prefix, ready for
     ``backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=PATH))`` in the UperNet /
     Cascade Mask R-CNN configs (``tlalign_mm.checkpoint.load_backbone_checkpoint`` reads it).
+    Its ``meta`` holds the backbone type, what the backbone's contract declares (``patch_size``,
+    ``num_prefix_tokens``, ``feature_info``: one ``{'num_chs', 'reduction', 'module'}`` dict per
+    returned stage) and the run's epoch and iteration.
 
     Args:
         filename: name of the final export inside the work dir.
@@ -41,11 +45,11 @@ class BackboneExportHook(Hook):
         if not is_main_process():
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        bb = model.backbone
-        arch = {a: getattr(bb, a) for a in ('embed_dims', 'num_layers', 'patch_size', 'window_size', 'img_size')
-                if hasattr(bb, a)}
+        bb = model.backbone   # a TLABackbone (the classifier checks): meta holds what its contract declares
         ckpt = backbone_export({k: v.clone() for k, v in bb.state_dict().items()}, backbone_type=type(bb).__name__,
-                               **arch, epoch=runner.epoch, iter=runner.iter if done_iters is None else done_iters,
+                               patch_size=bb.patch_size, num_prefix_tokens=bb.num_prefix_tokens,
+                               feature_info=[dataclasses.asdict(f) for f in bb.feature_info],
+                               epoch=runner.epoch, iter=runner.iter if done_iters is None else done_iters,
                                experiment=runner.experiment_name)
         atomic_save(ckpt, path)   # a crash leaves the previous export or this one, never half of one
         self.last_export = path
