@@ -152,3 +152,36 @@ def test_models_name_only_registered_loaders():
     assert names == {'load_backbone_checkpoint', 'load_classifier_checkpoint', 'load_checkpoint_file'}
     for name in names:
         assert FUNCTIONS.get(name).__module__.startswith('tlalign_mm.checkpoint.'), name
+
+
+# -- the backbone contract is read, never probed ----------------------------------------------------------
+#: Names the package and the tools give a model or a backbone (and the family modules' ``MODEL`` class).
+MODEL_NAMES = ('model', 'backbone', 'bb', 'MODEL')
+
+
+def _probes(source: str, filename: str = '<src>') -> list[str]:
+    """``hasattr(x, ...)`` / ``getattr(x, ...)`` calls whose object ``x`` is a model or a backbone (its last
+    dotted name one of :data:`MODEL_NAMES`): what the contract (``TLABackbone``) declares is read directly."""
+    out = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ('hasattr', 'getattr')
+                and node.args and ast.unparse(node.args[0]).rsplit('.', 1)[-1] in MODEL_NAMES):
+            out.append(f'{filename}:{node.lineno}: {ast.unparse(node)}')
+    return out
+
+
+def test_no_reader_probes_a_model_or_backbone():
+    """Nothing under ``tlalign_mm/`` or ``tools/`` asks a model or backbone whether it has an attribute: the
+    classifier, heads, loaders, export hook and tools read the declared contract."""
+    files = [p for p, _ in ALL] + [os.path.join(root, f) for root, _, fs in os.walk(os.path.join(REPO, 'tools'))
+                                   for f in fs if f.endswith('.py')]
+    found = [hit for p in files for hit in _probes(open(p, encoding='utf-8').read(), os.path.relpath(p, REPO))]
+    assert found == []
+
+
+def test_the_probe_rule_bites():
+    src = ("a = getattr(model, 'adapt_checkpoint', None)\nb = hasattr(self.backbone, 'pos_embed')\n"
+           "c = getattr(family.MODEL, 'DEFAULTS', {})\nd = getattr(signal, 'SIGTERM')\ne = model.patch_size\n")
+    assert [h.split(': ', 1)[1] for h in _probes(src)] == [
+        "getattr(model, 'adapt_checkpoint', None)", "hasattr(self.backbone, 'pos_embed')",
+        "getattr(family.MODEL, 'DEFAULTS', {})"]

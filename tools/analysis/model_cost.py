@@ -485,10 +485,9 @@ def measure_cost(model: nn.Module, data: dict, kind: str = '') -> ModelCost:
     rest = total - sum(p['flops'] or 0 for p in parts.values())
     if rest:
         parts['other'] = dict(params=0, flops=int(rest))
-    backbone = getattr(model, 'backbone', None)
     sdpa = sum(int(by_op.get(op.split('::', 1)[1], 0)) for op in SDPA_OPS)
     return ModelCost(kind=kind, model_type=type(model).__name__,
-                     backbone_type=type(backbone).__name__ if backbone is not None else '',
+                     backbone_type=type(model.backbone).__name__,
                      input_shape=tuple(inputs.shape), flops=total, params=int(pcount['']), parts=parts,
                      sdpa_flops=sdpa, unsupported_ops=dict(Counter(unsupported).most_common()))
 

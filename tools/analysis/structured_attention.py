@@ -25,6 +25,8 @@ from torch import Tensor
 
 from tlalign_mm.align import initial_source_labels
 from tlalign_mm.analysis.tracing import iter_blocks
+from tlalign_mm.models.backbones import TLAVisionTransformer
+from tlalign_mm.models.backbones.swin import TLAWindowAttention
 
 __all__ = ['structure_attention_', 'structured_mixed_batch']
 
@@ -85,16 +87,14 @@ def structure_attention_(backbone: nn.Module, seed: int = 0, gain_range: tuple[f
         attn = ref.module.attn
         gains = torch.exp(lo + (hi - lo) * torch.rand(attn.num_heads, generator=g))
         _structure_qkv_(attn.qkv, attn.num_heads, gains, g)
-        table = getattr(attn, 'relative_position_bias_table', None)
-        if table is not None:
-            ws = attn.window_size
+        if isinstance(attn, TLAWindowAttention):
+            ws, table = attn.window_size, attn.relative_position_bias_table
             r = torch.arange(-(ws - 1), ws, dtype=torch.float32)
             dist = (r.view(-1, 1).abs() + r.view(1, -1).abs()).reshape(-1, 1)
             rate = 0.2 + 0.8 * torch.rand(attn.num_heads, generator=g)
             table.copy_(-dist * rate + 0.5 * torch.randn(table.shape, generator=g))
-    pos = getattr(backbone, 'pos_embed', None)
-    if pos is not None:
-        p = backbone.num_prefix_tokens
+    if isinstance(backbone, TLAVisionTransformer):
+        pos, p = backbone.pos_embed, backbone.num_prefix_tokens
         pos[0, p:] = _sincos_2d(backbone.patch_grid, pos.shape[-1])
         # a class token with its own content: its query picks keys by what they show
         backbone.cls_token.copy_(torch.randn(backbone.cls_token.shape, generator=g))
@@ -106,7 +106,7 @@ def structured_mixed_batch(backbone: nn.Module, batch: int = 4, img: int = 224, 
     """Smooth random images mixed with their flipped batch by a grid-aligned box.
 
     Args:
-        backbone: gives ``token_grid``, ``num_prefix_tokens`` (0 when absent) and the device.
+        backbone: a TLABackbone: gives ``token_grid``, ``num_prefix_tokens`` and the device.
         batch: B (even).
         img: image side in pixels, a multiple of ``box_cell``.
         box_cell: the box is aligned to cells of this many pixels (32 keeps every Swin stage's
@@ -133,5 +133,5 @@ def structured_mixed_batch(backbone: nn.Module, batch: int = 4, img: int = 224, 
     gh, gw = backbone.token_grid((img, img))
     share = F.adaptive_avg_pool2d(pix[None, None], (gh, gw)).flatten(1).expand(batch, -1)
     lam = 1.0 - share.mean(1)
-    prefix = getattr(backbone, 'num_prefix_tokens', 0)
-    return x.to(device), initial_source_labels(share, lam, prefix).to(device), lam.to(device)
+    return (x.to(device), initial_source_labels(share, lam, backbone.num_prefix_tokens).to(device),
+            lam.to(device))
