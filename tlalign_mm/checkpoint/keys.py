@@ -128,12 +128,14 @@ def ratio(r: float) -> float | int:
     return int(r) if float(r).is_integer() else r
 
 
-def stock_args(a: dict, cls: str, extra=(), img: str = 'pretrain_img_size') -> dict:
+def stock_args(a: dict, cls: str, extra=(), img: str = 'pretrain_img_size', drop=()) -> dict:
     """Pop ``out_type`` (anything but ``'featmap'`` raises ValueError: the stock ``cls`` returns feature maps
-    only) from a stock-model argument dict; return ``img_size`` (as ``img``, a sequence as a tuple) when set, and
-    the ``extra`` keys it holds (passed on as given)."""
+    only) and the ``drop`` keys (what ``cls`` lacks) from a stock-model argument dict; return ``img_size`` (as
+    ``img``, a sequence as a tuple) when set, and the ``extra`` keys it holds (passed on as given)."""
     if (out_type := a.pop('out_type', 'featmap')) != 'featmap':
         raise ValueError(f"stock {cls} returns feature maps only: out_type={out_type!r}, use 'featmap'")
+    for k in drop:
+        a.pop(k, None)
     size = a.pop('img_size', None)
     return {k: a.pop(k) for k in extra if k in a} | ({} if size is None else {img: size if isinstance(size, int)
                                                                                 else tuple(size)})

@@ -100,8 +100,8 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     if lib != 'mmdet':
         raise no_counterpart(f"a PVT v{2 - v1} backbone", lib, f'{lib} has no PyramidVisionTransformer; PVT goes to '
                              "'mmdet'" + ('' if v1 else ", 'timm'") + " or 'tlalign'")
-    extra = stock_args(a, 'PyramidVisionTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate',
-                                                        'drop_path_rate'))
+    extra = stock_args(a, 'PyramidVisionTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate'),
+                       drop=('frozen_stages', 'norm_eval', 'with_cp'))
     dims, heads = tuple(a.pop('embed_dims')), tuple(a.pop('num_heads'))
     per_head = dims[0] // heads[0]
     if any(d != per_head * h for d, h in zip(dims, heads)):
@@ -110,8 +110,6 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     kw = dict(embed_dims=per_head, num_layers=tuple(a.pop('depths')), num_heads=heads,
               sr_ratios=tuple(a.pop('sr_ratios')), mlp_ratios=tuple(a.pop('mlp_ratios')), qkv_bias=a.pop('qkv_bias'),
               out_indices=tuple(a.pop('out_indices')))
-    for k in ('frozen_stages', 'norm_eval', 'with_cp'):
-        a.pop(k, None)
     return f"mmdet.models.backbones.PyramidVisionTransformer{'' if v1 else 'V2'}", kw | extra
 
 

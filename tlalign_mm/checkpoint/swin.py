@@ -95,13 +95,12 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
         raise no_counterpart('a Swin backbone', lib, f"{lib} has no SwinTransformer target here (mmpretrain's is "
                              "its VisionTransformer); Swin goes to 'timm', 'mmseg', 'mmdet' or 'tlalign'")
     extra = stock_args(a, 'SwinTransformer', ('in_channels', 'drop_rate', 'attn_drop_rate', 'drop_path_rate',
-                                                'frozen_stages', 'with_cp'))
+                                                'frozen_stages', 'with_cp'), drop=('norm_eval',))
     depths, patch = tuple(a.pop('depths')), a.pop('patch_size')
     kw = dict(embed_dims=a.pop('embed_dims'), depths=depths, num_heads=tuple(a.pop('num_heads')),
               window_size=a.pop('window_size'), patch_size=patch, mlp_ratio=ratio(a.pop('mlp_ratio')),
               qkv_bias=a.pop('qkv_bias'), out_indices=tuple(a.pop('out_indices')),
               strides=(patch,) + (2,) * (len(depths) - 1))
-    a.pop('norm_eval', None)
     return f'{lib}.models.backbones.SwinTransformer', kw | extra
 
 

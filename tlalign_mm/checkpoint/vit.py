@@ -76,7 +76,8 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
     mmseg = lib == 'mmseg'
     extra = stock_args(a, 'VisionTransformer', ('in_channels', 'drop_rate', 'drop_path_rate', 'interpolate_mode',
                                                   *(('attn_drop_rate', 'norm_eval', 'with_cp') if mmseg else
-                                                    ('frozen_stages',))), img='img_size')
+                                                    ('frozen_stages',))), img='img_size',
+                       drop=() if mmseg else ('norm_eval', 'with_cp'))
     distilled, frozen = a.pop('distilled'), a.pop('frozen_stages', -1)
     if distilled and mmseg:
         raise no_counterpart('a distilled DeiT (dist_token)', lib, "mmseg's VisionTransformer has no distillation "
@@ -92,8 +93,6 @@ def stock(a: dict, lib: str) -> tuple[str, dict]:
             common, embed_dims=c, num_layers=depth, num_heads=heads, mlp_ratio=mlp, patch_bias=patch_bias,
             with_cls_token=True, norm_cfg=dict(type='LN', eps=1e-6),
             out_indices=out if isinstance(out, int) else tuple(out)) | extra
-    for k in ('norm_eval', 'with_cp'):
-        a.pop(k, None)
     kw = dict(arch=dict(embed_dims=c, num_layers=depth, num_heads=heads, feedforward_channels=round(c * mlp)),
               **common, out_type='featmap', out_indices=out if isinstance(out, int) else list(out))
     if not patch_bias:
