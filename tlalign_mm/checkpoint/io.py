@@ -58,13 +58,12 @@ def mmengine_safe_globals() -> list:
     """The allow-list for ``weights_only`` loads of mmengine / OpenMMLab / DeiT checkpoints, a new list:
     ``argparse.Namespace``; ``HistoryBuffer`` and the getattr stand-in; numpy's reconstructor and scalar (both
     numpy 1 and 2 spellings), ``ndarray``, ``dtype`` and the bool / integer / float / complex dtype classes; the
-    empty-``bytes()`` stand-in.  ``(object, 'name')`` entries need torch >= 2.6 and are left out before it."""
+    empty-``bytes()`` stand-in (``(object, 'name')`` entries: torch >= 2.6)."""
     import argparse
-    tuples_ok = tuple(int(x) for x in re.findall(r'\d+', torch.__version__)[:2]) >= (2, 6)
-    entries: list = [argparse.Namespace]
+    entries: list = [argparse.Namespace, (_empty_bytes, 'builtins.bytes')]
     with contextlib.suppress(ImportError):
         from mmengine.logging import HistoryBuffer
-        entries += [HistoryBuffer] + ([(_history_buffer_getattr, 'builtins.getattr')] if tuples_ok else [])
+        entries += [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')]
     with contextlib.suppress(ImportError):
         import numpy as np
         try:
@@ -72,13 +71,13 @@ def mmengine_safe_globals() -> list:
         except ImportError:                                         # numpy 1.x
             from numpy.core import multiarray
         entries += [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-        for func in (multiarray._reconstruct, multiarray.scalar) if tuples_ok else ():   # the other spelling
+        for func in (multiarray._reconstruct, multiarray.scalar):   # the other spelling
             entries += [(func, f'{mod}.multiarray.{func.__name__}') for mod in ('numpy._core', 'numpy.core')
                         if f'{mod}.multiarray' != func.__module__]
         # bool, integer, float and complex dtype classes only: no object / string / void / datetime
         entries += list(dict.fromkeys(type(np.dtype(c)) for c in '?' + np.typecodes['AllInteger']
                                       + np.typecodes['AllFloat'] if type(np.dtype(c)) is not np.dtype))
-    return entries + ([(_empty_bytes, 'builtins.bytes')] if tuples_ok else [])
+    return entries
 
 
 _LOCK, _FORCED = threading.Lock(), threading.local()
