@@ -26,12 +26,10 @@ _DEPENDENCIES = textwrap.dedent('''
 ''')
 
 _CHECK = textwrap.dedent('''
-    import importlib, json, os, sys
+    import contextlib, importlib, json, os, sys
     for name in json.loads(sys.argv[2]):
-        try:
+        with contextlib.suppress(Exception):   # a private module that only its parent may import: the parent did
             importlib.import_module(name)
-        except Exception:   # a private module that only its parent may import: the parent did
-            pass
     import torch
     from mmengine.runner.checkpoint import CheckpointLoader
     before = (set(torch.serialization.get_safe_globals()), dict(os.environ), torch.load,
