@@ -25,7 +25,8 @@ config's ``default_scope``, and make a distributed run work on a machine without
 * :func:`restart_count`, :func:`set_resumable_loop_option`, :func:`set_hook_option` -- what
   ``tools/train.py``'s cluster options read and set;
 * :func:`build_runner` -- ``Runner.from_cfg`` or the config's ``runner_type``;
-* :func:`exit_on_checkpoint_error` -- a bad checkpoint file ends a tool with one line, not a traceback.
+* :func:`exit_on_checkpoint_error` -- a bad checkpoint file (or another named error) ends a tool with one
+  line, not a traceback.
 
 Only torch, mmengine, ``config_checks`` (next to this file; standard library only) and tlalign_mm are
 imported at module level: mmseg / mmdet are imported inside :func:`register_scope`'s branches.
@@ -399,10 +400,11 @@ def build_runner(cfg: Config):
 
 
 @contextlib.contextmanager
-def exit_on_checkpoint_error(prog: str):
-    """A :class:`~tlalign_mm.checkpoint.CheckpointFileError` raised inside ends the program with its one line,
-    ``PROG: error: MESSAGE`` on stderr and exit status 1, instead of a traceback."""
+def exit_on_checkpoint_error(prog: str, *also: type[Exception]):
+    """A :class:`~tlalign_mm.checkpoint.CheckpointFileError` (or one of ``also``: a tool's own one-line errors)
+    raised inside ends the program with its one line, ``PROG: error: MESSAGE`` on stderr and exit status 1, instead
+    of a traceback."""
     try:
         yield
-    except CheckpointFileError as e:
+    except (CheckpointFileError, *also) as e:
         raise SystemExit(f'{prog}: error: {e}') from None

@@ -174,11 +174,8 @@ def plain_metrics(metrics: dict) -> dict:
 def main(argv=None) -> dict:
     register_checkpoint_loader()   # a bad CHECKPOINT: one line naming it, not a traceback
     args = parse_args(argv)
-    with exit_on_checkpoint_error('test.py'):
-        try:
-            return _test(args)
-        except DataRootError as e:
-            raise SystemExit(f'test.py: error: {e}') from None
+    with exit_on_checkpoint_error('test.py', DataRootError):
+        return _test(args)
 
 
 def _test(args) -> dict:

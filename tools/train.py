@@ -180,11 +180,8 @@ def main(argv=None):
         print(f'train.py: relaunch {launch.restart_count()} of this job ({" / ".join(launch.RESTART_ENV)}): '
               'resuming from the latest checkpoint in the work dir (--resume)', file=sys.stderr, flush=True)
         args.resume = 'auto'
-    with exit_on_checkpoint_error('train.py'):
-        try:
-            return _train(args)
-        except (IncompatibleResumeError, DataRootError) as e:
-            raise SystemExit(f'train.py: error: {e}') from None
+    with exit_on_checkpoint_error('train.py', IncompatibleResumeError, DataRootError):
+        return _train(args)
 
 
 def _finished(cfg, args) -> bool:
