@@ -207,3 +207,22 @@ def test_refused_pickle_runs_nothing(tmp_path, capfd):
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint_file(path)
     assert 'pwned' not in capfd.readouterr().out
+
+
+def test_safetensors_save_takes_shared_and_strided_tensors_and_refuses_the_rest(tmp_path):
+    """``atomic_save`` to ``.safetensors``: tensors that share storage (tied weights, views) and strided ones
+    (a transpose) are written as copies and read back equal, dtypes kept; a non-tensor value is a TypeError
+    naming its key, and the file already there is left as it was."""
+    from safetensors.torch import load_file
+    w = torch.randn(6, 4)
+    tied = {'embed.weight': w, 'head.weight': w, 'rows': w[2:4], 't': w.t(),
+            'half': torch.ones(3, dtype=torch.bfloat16)}
+    p = tmp_path / 'tied.safetensors'
+    atomic_save(tied, p)
+    back = load_file(str(p))
+    assert set(back) == set(tied)
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in tied.items())
+    before = p.read_bytes()
+    with pytest.raises(TypeError, match="'step' is a int"):
+        atomic_save({'w': w, 'step': 3}, p)
+    assert p.read_bytes() == before and os.listdir(tmp_path) == ['tied.safetensors']

@@ -257,7 +257,7 @@ def _atomic_replace(path: str | os.PathLike, write) -> str:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> str:
-    """``torch.save`` (``.safetensors``: a flat dict, contiguous, shared storage cloned) into ``.<name>.<random>.tmp``
+    """``torch.save`` (``.safetensors``: a flat dict, each tensor a contiguous copy) into ``.<name>.<random>.tmp``
     beside ``path``, fsynced, renamed over it: a crash leaves the old file or the new one.  Returns the absolute path.
 
     Raises:
@@ -272,13 +272,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> str:
         raise TypeError(f'{path}: a .safetensors file holds only tensors under string names; '
                         f'{bad[0]!r} is a {type(obj[bad[0]]).__name__}')
     from safetensors.torch import save
-    seen: set[int] = set()
-    tensors = {}
-    for k, v in obj.items():   # safetensors refuses tensors sharing storage: clone all but the first
-        v = v.detach().cpu().contiguous()
-        tensors[k] = v.clone() if v.untyped_storage().data_ptr() in seen else v
-        seen.add(tensors[k].untyped_storage().data_ptr())
-    blob = save(tensors)
+    blob = save(   # safetensors refuses tensors that share storage: each is copied
+        {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in obj.items()})
     return _atomic_replace(path, lambda f: f.write(blob))
 
 
