@@ -1,9 +1,8 @@
 """Reading checkpoints without executing pickled code, and writing them atomically.
 
-Every load is ``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` handed to
-``torch.serialization.safe_globals`` for its duration: nothing process-wide, no environment variable (why each
-entry is safe: ``docs/advanced_guides/checkpoint_safety.md``).  mmengine's own loads
-(``Runner.resume``, ``load_from``) come here once :func:`register_checkpoint_loader` ran (the tools run it).
+Every load (mmengine's too, by :func:`register_checkpoint_loader`) is ``torch.load(weights_only=True)`` with
+:func:`mmengine_safe_globals` handed to ``torch.serialization.safe_globals`` for its duration: nothing process-wide,
+no environment variable (why each entry is safe: ``docs/advanced_guides/checkpoint_safety.md``).
 """
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Recognising checkpoint layouts and loading them, strictly, into our backbones and classifier.
 
-Layouts: ``'tlalign'`` (ours: the backbones' parameter names, no head) and each family module's (``vit.py``,
-``swin.py``, ``pvt.py``: detector, read filter and key tables, as timm's model files hold their
-``checkpoint_filter_fn``).  mmengine's ``PretrainedInit`` loads with ``strict=False``, so nothing, silently, from
-an unconverted checkpoint; :func:`load_backbone_checkpoint` converts, resizes what depends on the input or window
-size, and refuses what does not fit.  The models reach the loaders by name (tlalign_mm's ``FUNCTIONS`` registry).
+Layouts: ``'tlalign'`` (ours: the backbones' parameter names, no head) and the family modules' (see ``keys.py``).
+mmengine's ``PretrainedInit`` loads with ``strict=False``, so nothing, silently, from an unconverted checkpoint;
+:func:`load_backbone_checkpoint` converts, resizes what depends on the input or window size, and refuses what does
+not fit.  The models reach the loaders by name (tlalign_mm's ``FUNCTIONS`` registry).
 """
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 Layouts: ``'official-pvt'`` (whai362/PVT ``classification/pvt.py`` / ``pvt_v2.py``: the flat names
 ``patch_embed{i}``, ``pos_embed{i}`` (v1), ``block{i}.{j}``, ``norm{i}`` (v2), v1's ``norm`` and ``cls_token``,
 ``head``; renamed by the backbone's own :func:`~tlalign_mm.models.backbones.pvt.stage_key`), ``'mm-pvt'``
-(mmdet ``PyramidVisionTransformer(V2)``: ``layers.{i}.{0,1,2}``, the patch embedding, blocks and norm) and
-``'timm-pvt'`` (timm ``pvt_v2_b*``).  Ours (``'tlalign'``) are ``stages.{i}.{patch_embed,pos_embed,blocks.{j},
-norm}``, and the flat names without a head or class token (ours before the stages).  What depends on the model
-(keeping or dropping v1's class token) is the backbone's ``adapt_checkpoint``.
+(mmdet ``PyramidVisionTransformer(V2)``, :data:`MM_KEYS`) and ``'timm-pvt'`` (timm ``pvt_v2_b*``).  Ours
+(``'tlalign'``) are ``stages.{i}.{patch_embed,pos_embed,blocks.{j},norm}``, and the flat names without a head or
+class token (ours before the stages).  What depends on the model (keeping or dropping v1's class token) is the
+backbone's ``adapt_checkpoint``.
 """
 from __future__ import annotations
 
