@@ -37,15 +37,14 @@ _ROOT_MARKERS = ('patch_embed.', 'blocks.0.', 'layers.0.', 'stages.0.', 'cls_tok
                  'block1.0.')
 
 
-def _top_prefixes(keys, hint: str = '', limit: int = 12) -> str:
+def _top_prefixes(sd: Mapping, hint: str = '', limit: int = 12) -> str:
     """For an error: the top-level prefixes present and the prefixes (before a root marker) under which keys form a
     layout, most keys first, at least half the best (then ``hint``)."""
-    keys = list(keys)
-    cnt = Counter(k.split('.', 1)[0] for k in keys)
+    cnt = Counter(k.split('.', 1)[0] for k in sd)
     items = [f'{p!r} ({n})' for p, n in cnt.most_common(limit)] + [f'... {len(cnt) - limit} more'] * (len(cnt) > limit)
-    found = {k[:i + 1] for k in keys for m in _ROOT_MARKERS if (i := k.find('.' + m)) >= 0}
+    found = {k[:i + 1] for k in sd for m in _ROOT_MARKERS if (i := k.find('.' + m)) >= 0}
     scored = sorted((-len(sub), p) for p in found
-                    if detect_layout(sub := {k[len(p):]: None for k in keys if k.startswith(p)}) != 'unknown')
+                    if detect_layout(sub := {k[len(p):]: None for k in sd if k.startswith(p)}) != 'unknown')
     cands = [p for n, p in scored if n * 2 <= scored[0][0]][:5]
     return (f"top-level prefixes present: {', '.join(items) if items else '(none: empty state dict)'}"
             + (f'; backbone-like keys sit under {cands}{hint}' if cands else ''))
@@ -206,9 +205,8 @@ class LoadReport:
         return '; '.join(parts + [f'ignored {len(self.ignored)} (heads / buffers)'] * bool(self.ignored))
 
 
-def _sample(keys, n: int = 10) -> str:
-    keys = list(keys)
-    return (repr(keys[:n]) + (f' ... ({len(keys)} in all)' if len(keys) > n else '')) if keys else '[]'
+def _sample(keys: list, n: int = 10) -> str:
+    return repr(keys[:n]) + (f' ... ({len(keys)} in all)' if len(keys) > n else '')
 
 
 @FUNCTIONS.register_module()
