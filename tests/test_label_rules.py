@@ -654,3 +654,35 @@ def test_dense_tl_align_on_swin_reads_the_last_stage_tokens():
     with torch.no_grad():
         torch.testing.assert_close(m(data['inputs'], mode='tensor'), ref(data['inputs'], mode='tensor'))
     assert out['loss_dense'] > 0 and m.backbone.out_type == 'featmap'
+
+
+@pytest.mark.parametrize('rule', ['Area', 'TLAlign', 'DenseTLAlign', 'TransMix', 'TokenMix'])
+def test_the_loss_step_makes_no_tensor_from_python_data(tmp_path, rule):
+    """Every tensor of a mixed batch's loss (backbone with labels, rule, head) is made on the device
+    from others.  A tensor made from a Python list (``new_tensor([...])``, ``torch.tensor``: the op
+    ``aten.lift_fresh``) is, on a GPU, a host-to-device copy that waits for the device, every step;
+    a 0-d one (``t[:, 0] = 0.5``) is passed to the kernel as a number and is not counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Lifts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.lift_fresh, torch.ops.aten.lift_fresh_copy) and out.dim():
+                self.seen.append(tuple(out.shape))
+            return out
+
+    if rule == 'TokenMix':
+        cfg, ckpt, _ = _teacher_files(tmp_path)
+        m = _tokenmix_student(dict(config=cfg, checkpoint=ckpt))
+        data = m.data_preprocessor(_batch(), training=True)
+    else:
+        m = _model(dict(type=rule))
+        data = _mixed(m)
+    with Lifts() as lifts:
+        out, _ = _loss_with_target(m, data)
+    assert torch.isfinite(out['loss']) and 'align/lam_aligned' in out
+    assert lifts.seen == []

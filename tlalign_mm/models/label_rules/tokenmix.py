@@ -207,8 +207,8 @@ class TokenMixRule(LabelRule):
         if self.resize == 'roi_align':
             from torchvision.ops import roi_align
             b, _, h, w = cam.shape
-            boxes = cam.new_tensor([-0.5, -0.5, w - 0.5, h - 0.5]).expand(b, 4)
-            boxes = torch.cat([torch.arange(b, device=cam.device, dtype=cam.dtype)[:, None], boxes], 1)
+            boxes = cam.new_full((b, 5), -0.5)      # (index, x1, y1, x2, y2), made on cam's device
+            boxes[:, 0], boxes[:, 3], boxes[:, 4] = torch.arange(b, device=cam.device), w - 0.5, h - 0.5
             cam = roi_align(cam, boxes, output_size=tuple(grid), spatial_scale=1.0, sampling_ratio=-1,
                             aligned=False)
         elif tuple(cam.shape[-2:]) != tuple(grid):

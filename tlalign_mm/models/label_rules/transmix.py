@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ...align import align_stats, read_labels
@@ -16,8 +17,6 @@ __all__ = ['TransMixRule', 'TRANSMIX_TOKEN_MASKS', 'transmix_initial_labels', 't
 TRANSMIX_TOKEN_MASKS = ('nearest', 'area')
 
 
-
-
 def transmix_initial_labels(mask: Tensor, num_prefix_tokens: int) -> Tensor:
     """TransMix's labels: patch token j carries ``[s_j, 1 - s_j, 0]`` (``s_j`` its partner mask
     value, (B, N) in [0, 1]), each prefix token ``[0, 0, 1]``; (B, P + N, 3) float32."""
@@ -25,7 +24,7 @@ def transmix_initial_labels(mask: Tensor, num_prefix_tokens: int) -> Tensor:
     patches = torch.stack([s, 1.0 - s, torch.zeros_like(s)], dim=-1)
     if num_prefix_tokens == 0:
         return patches
-    prefix = patches.new_tensor([0.0, 0.0, 1.0]).expand(s.shape[0], num_prefix_tokens, 3)
+    prefix = F.pad(s.new_ones(s.shape[0], num_prefix_tokens, 1), (2, 0))   # [0, 0, 1], made on s's device
     return torch.cat([prefix, patches], dim=1)
 
 
