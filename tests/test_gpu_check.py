@@ -42,12 +42,14 @@ def test_parts_run_at_toy_size_on_cpu(tmp_path, monkeypatch, capsys):
     assert all(r['ok'] and r['fluctuation_mean'] > 0.01 for r in prec)
     modes = []
     monkeypatch.setattr(torch.cuda, 'set_sync_debug_mode', modes.append)
-    pre = mod.pretrain_sync_check(2, str(tmp_path), cfg_options={'train_dataloader.batch_size': 2})
-    assert pre['ok'] and pre['iters'] == 2, pre
-    assert modes == ['error', 'default'] * 2 and pre['lam_gap'] >= 0
+    pre = [mod.pretrain_sync_check(2, str(tmp_path / c), cfg_options={'train_dataloader.batch_size': 2}, config=c)
+           for c in mod.PRETRAIN_CONFIGS]
+    assert [(r['config'], r['ok'], r['iters']) for r in pre] == [(c, True, 2) for c in mod.PRETRAIN_CONFIGS], pre
+    assert 'transmix' in mod.PRETRAIN_CONFIGS[1] and all(r['lam_gap'] >= 0 for r in pre)
+    assert modes == ['error', 'default'] * 4
     mod.print_table('cpu', bench, prec, pre, {'label path': 1.0})
     out = capsys.readouterr().out
     assert '| deit-tiny | 1 | bfloat16 | auto | tla |' in out
     assert '| deit-tiny | 1 | bfloat16 | materialised | tla |' in out
     assert '| swin-tiny | materialised | auto | bfloat16 |' in out and 'wall time: label path 1 s' in out
-    assert 'ok: no host sync in train_step' in out
+    assert f'| {mod.PRETRAIN_CONFIGS[1]} | 2 | ok: no host sync in train_step' in out

@@ -20,9 +20,9 @@ mmengine and this package -- no mmcv / mmseg / mmdet).  It does three things and
    float32 and under each autocast dtype, with each ``attn_impl`` (``fused``, ``materialised``)
    and each ``label_dtype``; the budget is a mean move of the aligned share of A
    <= 5e-4, worst <= 5e-3, label mass within 1e-3.
-3. **Pretraining without host syncs**: ``--pretrain-iters`` (50) iterations of
-   ``configs/pretrain/deit-small_tla_8xb128-300e_in1k.py`` (its AmpOptimWrapper, float16) through
-   mmengine's Runner on synthetic ImageNet-shaped images, each ``train_step`` under
+3. **Pretraining without host syncs**: ``--pretrain-iters`` (50) iterations of each of
+   :data:`PRETRAIN_CONFIGS` (TL-Align and TransMix on DeiT-S, under ``configs/pretrain/``; their
+   AmpOptimWrapper, float16) through mmengine's Runner on synthetic ImageNet-shaped images, each ``train_step`` under
    ``torch.cuda.set_sync_debug_mode('error')``.  mmengine's own logging hooks, which read the
    losses back after the step, run outside that mode.
 
@@ -147,16 +147,22 @@ class _SyntheticImageNet(torch.utils.data.Dataset):
         return dict(inputs=img, data_samples=sample)
 
 
-def pretrain_sync_check(iters: int, work_dir: str, cfg_options: dict | None = None) -> dict:
-    """Train the DeiT-S TL-Align config for ``iters`` iterations, each train_step in sync-error mode.
+PRETRAIN_CONFIGS = ('deit-small_tla_8xb128-300e_in1k.py', 'deit-small_transmix_8xb128-300e_in1k.py')
+"""The pretraining configs part 3 trains (under ``configs/pretrain/``): TL-Align, and TransMix, whose rule
+reads the labels differently."""
 
-    ``cfg_options`` are merged into the config first (as ``--cfg-options``).
+
+def pretrain_sync_check(iters: int, work_dir: str, cfg_options: dict | None = None,
+                        config: str = PRETRAIN_CONFIGS[0]) -> dict:
+    """Train ``configs/pretrain/<config>`` for ``iters`` iterations, each train_step in sync-error mode.
+
+    ``cfg_options`` are merged into the config first (as ``--cfg-options``).  The result names ``config``.
     """
     from mmengine.config import Config
     from mmengine.runner import Runner
 
     import tlalign_mm  # noqa: F401  (registries)
-    cfg = Config.fromfile(os.path.join(REPO, 'configs', 'pretrain', 'deit-small_tla_8xb128-300e_in1k.py'))
+    cfg = Config.fromfile(os.path.join(REPO, 'configs', 'pretrain', config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if not torch.cuda.is_available():  # a CPU smoke run (tests): fp32, as tools/train.py does
@@ -192,16 +198,17 @@ def pretrain_sync_check(iters: int, work_dir: str, cfg_options: dict | None = No
     except Exception as e:  # report where the step synchronised, then fail the check
         frames = [f for f in traceback.extract_tb(e.__traceback__) if 'site-packages/torch/' not in f.filename]
         where = '; '.join(f'{os.path.basename(f.filename)}:{f.lineno} {f.line}' for f in frames[-3:])
-        return dict(ok=False, iters=len(steps), error=f'{type(e).__name__}: {e} at {where}')
+        return dict(config=config, ok=False, iters=len(steps), error=f'{type(e).__name__}: {e} at {where}')
     losses = [float(s['loss']) for s in steps]
-    return dict(ok=len(steps) == iters and all(map(lambda v: v == v, losses)), iters=len(steps),
+    return dict(config=config, ok=len(steps) == iters and all(map(lambda v: v == v, losses)), iters=len(steps),
                 first_loss=losses[0], last_loss=losses[-1], seconds=time.perf_counter() - t0,
                 lam_gap=float(steps[-1].get('align/lam_gap', float('nan'))))
 
 
-def print_table(device_name: str, bench: list[dict], prec: list[dict], pre: dict,
+def print_table(device_name: str, bench: list[dict], prec: list[dict], pre: list[dict],
                 seconds: dict | None = None) -> None:
-    """The three parts as Markdown tables; ``seconds`` (part -> wall seconds) on a last line."""
+    """The three parts as Markdown tables (``pre``: a :func:`pretrain_sync_check` result per config);
+    ``seconds`` (part -> wall seconds) on a last line."""
     print(f'\n## GPU check: {device_name} | torch {torch.__version__}')
     print('\n| model | batch | autocast | attn_impl | variant | step ms | img/s | x baseline [95% CI] | peak MiB '
           '| x mem |')
@@ -217,13 +224,14 @@ def print_table(device_name: str, bench: list[dict], prec: list[dict], pre: dict
         print(f"| {r['model']} | {r['attn_impl']} | {r['label_dtype']} | {r['amp']} | {r['share_absdiff_mean']:.2e} | "
               f"{r['share_absdiff_max']:.2e} | {r['mass_err_max']:.1e} | {r['fluctuation_mean']:.3f} | "
               f"{'ok' if r['ok'] else 'OVER'} |")
-    print('\n| pretraining, DeiT-S TL-Align config, AMP, sync-debug error | result |')
-    print('|---|---|')
-    if pre['ok']:
-        print(f"| {pre['iters']} iterations | ok: no host sync in train_step; loss {pre['first_loss']:.3f} -> "
-              f"{pre['last_loss']:.3f}, {pre['seconds']:.0f} s |")
-    else:
-        print(f"| {pre['iters']} iterations before failing | {pre.get('error', 'non-finite loss')} |")
+    print('\n| pretraining config, AMP, sync-debug error | iterations | result |')
+    print('|---|---|---|')
+    for r in pre:
+        if r['ok']:
+            print(f"| {r['config']} | {r['iters']} | ok: no host sync in train_step; loss {r['first_loss']:.3f} -> "
+                  f"{r['last_loss']:.3f}, {r['seconds']:.0f} s |")
+        else:
+            print(f"| {r['config']} | {r['iters']} before failing | {r.get('error', 'non-finite loss')} |")
     if seconds:
         print('\nwall time: ' + ', '.join(f'{k} {v:.0f} s' for k, v in seconds.items()))
 
@@ -247,7 +255,8 @@ def main(argv=None) -> int:
     seconds['label path'], t0 = time.perf_counter() - t0, time.perf_counter()
     prec = precision_rows(device)
     seconds['precision'], t0 = time.perf_counter() - t0, time.perf_counter()
-    pre = pretrain_sync_check(args.pretrain_iters, args.work_dir)
+    pre = [pretrain_sync_check(args.pretrain_iters, os.path.join(args.work_dir, c.split('_')[1]), config=c)
+           for c in PRETRAIN_CONFIGS]
     seconds['pretraining'] = time.perf_counter() - t0
     print_table(torch.cuda.get_device_name(), bench, prec, pre, seconds)
     if args.json:
@@ -255,7 +264,7 @@ def main(argv=None) -> int:
             json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, label_path=bench,
                            precision=prec, pretrain=pre, seconds=seconds), f, indent=1)
     auto_ok = all(r['ok'] for r in prec if r['label_dtype'] == 'auto')
-    return 0 if auto_ok and pre['ok'] else 1
+    return 0 if auto_ok and all(r['ok'] for r in pre) else 1
 
 
 if __name__ == '__main__':
