@@ -1,7 +1,8 @@
-"""The package's import direction (docs/advanced_guides/design.md): ``align`` <- ``structures`` <- ``mixing`` <-
-``models`` <- the rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``; ``checkpoint`` below the other
-three), nothing under ``tlalign_mm/`` imports ``tools``, and ``analysis`` traces and measures only (no matplotlib,
-CSV writers, mmengine configs or runners: the analysis tools' figures, files and builders live in ``tools/analysis/``).
+"""The package's import direction (docs/advanced_guides/design.md): ``align`` <- ``structures`` <- ``mixing`` /
+``datasets`` <- ``models`` <- the rest (``checkpoint``, ``analysis``, ``evaluation``, ``engine``; ``checkpoint``
+below the other three), nothing under ``tlalign_mm/`` imports ``tools``, and ``analysis`` traces and measures only
+(no matplotlib, CSV writers, mmengine configs or runners: the analysis tools' figures, files and builders live in
+``tools/analysis/``).
 
 Every ``import`` statement of every module is read with ``ast`` (function-level imports too, so a
 lazy import cannot hide an edge), relative imports resolved against the module's package.  The models reach
@@ -60,9 +61,9 @@ NOT_IN_ANALYSIS = ('matplotlib', 'csv', 'mmengine.config', 'mmengine.runner')
 
 @pytest.mark.parametrize('path,module', ALL, ids=[m for _, m in ALL])
 def test_import_direction(path, module):
-    """align: only the standard library and torch; structures: + align; mixing: + structures; nothing
-    imports tools;
-    models, mixing, align and utils never import the analysis / evaluation / engine layers nor the
+    """align: only the standard library and torch; structures: + align; mixing: + structures; datasets:
+    structures and the registry; nothing imports tools;
+    models, mixing, datasets, align and utils never import the analysis / evaluation / engine layers nor the
     checkpoint package (which reads models: no cycle); checkpoint imports none of analysis / evaluation /
     engine; analysis imports none of :data:`NOT_IN_ANALYSIS`."""
     bad = _violations(_imports(path, module), module)
@@ -86,8 +87,12 @@ def _violations(imports, module):
             if name.startswith('tlalign_mm.') and not name.startswith(
                     ('tlalign_mm.align', 'tlalign_mm.structures', 'tlalign_mm.mixing')):
                 bad.append(f'{line}: {name} (mixing/ builds on align/ and structures/ only)')
+        if module.startswith('tlalign_mm.datasets'):
+            if name.startswith('tlalign_mm.') and not name.startswith(
+                    ('tlalign_mm.align', 'tlalign_mm.structures', 'tlalign_mm.datasets', 'tlalign_mm.registry')):
+                bad.append(f'{line}: {name} (datasets/ builds on structures/ and the registry only)')
         if module.startswith(('tlalign_mm.models', 'tlalign_mm.mixing', 'tlalign_mm.structures', 'tlalign_mm.align',
-                              'tlalign_mm.utils')):
+                              'tlalign_mm.datasets', 'tlalign_mm.utils')):
             for layer in ('analysis', 'evaluation', 'engine', 'checkpoint'):
                 if name.startswith(f'tlalign_mm.{layer}'):
                     bad.append(f'{line}: {name} (the model layers do not import tlalign_mm.{layer})')
@@ -128,6 +133,16 @@ def test_the_structures_rule_bites():
     bad = _violations(imports, 'tlalign_mm.structures.x')
     assert [b.split(' ')[1] for b in bad] == ['tlalign_mm.mixing', 'tlalign_mm.models.heads']
     assert _violations([(1, 'tlalign_mm.structures')], 'tlalign_mm.mixing.x') == []
+
+
+def test_the_datasets_rule_bites():
+    """datasets/ (transforms, samplers) sits beside mixing/: one importing the models or the engine is caught,
+    the data samples and the registry are not."""
+    imports = [(1, 'tlalign_mm.structures'), (2, 'tlalign_mm.registry'), (3, 'tlalign_mm.models.heads'),
+               (4, 'tlalign_mm.engine.loops')]
+    bad = _violations(imports, 'tlalign_mm.datasets.transforms')
+    assert [b.split(' ')[1] for b in bad] == ['tlalign_mm.models.heads', 'tlalign_mm.engine.loops',
+                                              'tlalign_mm.engine.loops']
 
 
 def test_the_checkpoint_rules_bite():
