@@ -142,3 +142,31 @@ def test_bad_input_errors():
     s = TLASwinTransformer(dict(embed_dims=16, depths=(2,), num_heads=(1,)), window_size=7, out_indices=(0,))
     with pytest.raises(ValueError, match='window_size'):
         s(torch.randn(1, 3, 40, 40), initial_source_labels(torch.zeros(1, 100), 1.0, 0))
+
+
+@pytest.mark.parametrize('family', ['vit', 'swin', 'pvt'])
+def test_out_indices_come_back_in_depth_order_once_and_feature_info_says_so(family):
+    """``out_indices`` in any order, with repeats and negative ones, returns each index once in depth
+    order, as mmseg's / mmdet's backbones do, and ``feature_info`` lists exactly what ``forward``
+    returns; none, or one out of range, is a ValueError naming it."""
+    from tlalign_mm.models import TLAPyramidVisionTransformer
+    build = {
+        'vit': lambda oi: TLAVisionTransformer(dict(embed_dims=32, num_layers=3, num_heads=2), img_size=32,
+                                               patch_size=8, out_indices=oi),
+        'swin': lambda oi: TLASwinTransformer(dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2)), window_size=4,
+                                              out_indices=oi),
+        'pvt': lambda oi: TLAPyramidVisionTransformer(
+            dict(version=2, embed_dims=(8, 16, 24, 32), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1),
+                 sr_ratios=(8, 4, 2, 1), mlp_ratios=(2, 2, 2, 2)), img_size=32, out_indices=oi)}[family]
+    n = {'vit': 3, 'swin': 2, 'pvt': 4}[family]
+    m = build([n - 1, 0, -1, 0]).eval()
+    assert list(m.out_indices) == [0, n - 1]
+    with torch.no_grad():
+        outs = m(torch.randn(1, 3, 32, 32))
+    assert len(outs) == len(m.feature_info) == 2
+    assert [o.shape[1] for o in outs] == [f.num_chs for f in m.feature_info]
+    assert [32 // o.shape[-1] for o in outs] == [f.reduction for f in m.feature_info]
+    with pytest.raises(ValueError, match='out_indices is empty'):
+        build([])
+    with pytest.raises(ValueError, match=rf'out_indices {n} is out of range for {n} '):
+        build([0, n])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+from collections.abc import Sequence
 
 import torch.nn as nn
 import torch.utils.checkpoint as cp
@@ -119,6 +120,23 @@ class TLABackbone(BaseModule, metaclass=abc.ABCMeta):
         if missing:
             raise ValueError(f'arch dict lacks {sorted(missing)}')
         return dict(arch)
+
+    @staticmethod
+    def resolve_out_indices(out_indices: int | Sequence[int], n: int, unit: str) -> list[int]:
+        """``out_indices`` (an int or a sequence; negative ones count from the end) as the sorted,
+        distinct indices in ``0 .. n - 1`` that ``forward`` returns, in that order (as mmseg's and
+        mmdet's backbones return them: in depth order, each once).
+
+        Raises:
+            ValueError: none given, or one outside ``-n .. n - 1`` (names it, ``n`` and ``unit``).
+        """
+        given = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        if not given:
+            raise ValueError(f'out_indices is empty: name at least one of the {n} {unit} to return')
+        if bad := [i for i in given if not -n <= i < n]:
+            raise ValueError(f'out_indices {bad[0]} is out of range for {n} {unit} (give 0 .. {n - 1}, or '
+                             'negative ones from the end)')
+        return sorted({i % n for i in given})
 
     # -- the contract -----------------------------------------------------------------------
     @property

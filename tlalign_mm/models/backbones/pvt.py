@@ -226,7 +226,8 @@ class TLAPyramidVisionTransformer(TLABackbone):
         img_size: pretraining resolution (int or (H, W)); v1 stores its position embeddings
             for it and resizes them (bilinear, as mmdet and the release) for other inputs.
         in_channels: input channels.
-        out_indices: stages whose outputs are returned ('cls_token' / 'raw': the last stage only).
+        out_indices: stages whose outputs are returned, in stage order, each once ('cls_token' / 'raw':
+            the last stage only).
         out_type: 'featmap' (B, C_i, H_i, W_i) per stage (no class token: mmdet's dense
             ``PyramidVisionTransformer(V2)``); 'avg_featmap' (B, C_i): the token mean (after the
             final ``norm`` for v1, the stage's ``norm`` for v2; v2's classifier readout);
@@ -325,9 +326,7 @@ class TLAPyramidVisionTransformer(TLABackbone):
         self.depths = depths
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.out_type = out_type
-        self.out_indices = sorted({i + self.num_stages if i < 0 else i for i in out_indices})
-        if not self.out_indices or not all(0 <= i < self.num_stages for i in self.out_indices):
-            raise ValueError(f'out_indices {tuple(out_indices)} out of range for {self.num_stages} stages')
+        self.out_indices = self.resolve_out_indices(out_indices, self.num_stages, 'stages')
         v2 = self.version == 2
         with_cls = out_type in ('cls_token', 'raw')
         if with_cls:

@@ -228,7 +228,8 @@ class TLASwinTransformer(TLABackbone):
         img_size: pretraining resolution (kept for reference; any size runs).
         patch_size: patch embedding stride (4).
         window_size: attention window (7; 12 for the 384px models).
-        out_indices: stages whose (normed) output is returned, in 0..3.
+        out_indices: stages whose (normed) output is returned, in 0..3 (negative from the end; returned
+            in stage order, each once).
         out_type: 'featmap' (B, C_i, H/s_i, W/s_i) per stage, or 'avg_featmap' (B, C_i).
         drop_rate, attn_drop_rate, drop_path_rate: as in the official model (stochastic depth
             rises linearly over all blocks).
@@ -268,9 +269,7 @@ class TLASwinTransformer(TLABackbone):
             raise ValueError(f'window_size must be >= 1, got {window_size}')
         depths, heads = tuple(arch['depths']), tuple(arch['num_heads'])
         self.num_stages = len(depths)
-        self.out_indices = tuple(i + self.num_stages if i < 0 else i for i in out_indices)
-        if any(not 0 <= i < self.num_stages for i in self.out_indices):
-            raise ValueError(f'out_indices {tuple(out_indices)} out of range for {self.num_stages} stages')
+        self.out_indices = tuple(self.resolve_out_indices(out_indices, self.num_stages, 'stages'))
         self.embed_dims = c = arch['embed_dims']
         self.patch_size = patch_size
         self.window_size = window_size

@@ -110,7 +110,8 @@ class TLAVisionTransformer(TLABackbone):
             Other input sizes get the embedding resized (``interpolate_mode``).
         patch_size: patch embedding stride in pixels (16 for DeiT).
         in_channels: input channels.
-        out_indices: blocks whose output is returned (negative counts from the end).
+        out_indices: blocks whose output is returned (negative counts from the end; returned in
+            depth order, each once: :meth:`~.base.TLABackbone.resolve_out_indices`).
         out_type: 'featmap' (B, C, H/p, W/p), 'cls_token' (B, C), 'avg_featmap' (B, C: mean of
             patch tokens) or 'raw' (B, N, C with prefix tokens).
         distilled: add a distillation token after the class token (DeiT distilled models).
@@ -166,13 +167,7 @@ class TLAVisionTransformer(TLABackbone):
         self.interpolate_mode = interpolate_mode
         self.num_prefix_tokens = 2 if distilled else 1
 
-        out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        self.out_indices = []
-        for i in out_indices:
-            j = i + self.num_layers if i < 0 else i
-            if not 0 <= j < self.num_layers:
-                raise ValueError(f'out_indices {i} is out of range for {self.num_layers} blocks')
-            self.out_indices.append(j)
+        self.out_indices = self.resolve_out_indices(out_indices, self.num_layers, 'blocks')
 
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_channels, c, patch_size, patch_size)
