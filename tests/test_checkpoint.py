@@ -738,3 +738,14 @@ def test_local_loads_leave_the_environment_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'load', spy)
     assert load_checkpoint_file(path)['state_dict']['a'].item() == 1.0
     assert seen and all(env is None and wo in (None, True) for env, wo in seen)
+
+
+def test_two_keys_mapping_to_one_name_are_both_named():
+    """A file holding a key under both mm's and our name (a hand-merged checkpoint) is refused, naming the
+    two source keys and the name they share; nothing is overwritten silently."""
+    t = torch.zeros(3)
+    sd = {'stages.0.blocks.0.attn.w_msa.proj.bias': t, 'layers.0.blocks.0.attn.proj.bias': t}
+    with pytest.raises(ValueError, match=re.escape("checkpoint keys 'stages.0.blocks.0.attn.w_msa.proj.bias' and "
+                                                   "'layers.0.blocks.0.attn.proj.bias' both map to "
+                                                   "'layers.0.blocks.0.attn.proj.bias' (layout 'mm-swin')")):
+        convert_state_dict(sd, 'mm-swin')

@@ -346,6 +346,16 @@ def test_impossible_arch_is_one_line_naming_both(tmp_path, name, target, words):
     assert not (tmp_path / 'x.pth').exists()
 
 
+def test_a_state_dict_in_another_layout_is_refused_naming_it():
+    """export_state_dict writes our layout; another library's names (here mmseg's, as our own export wrote
+    them) are a ValueError that names the layout and the way on, not a KeyError from inside a writer."""
+    mmseg = export_state_dict(deit().state_dict(), 'mmseg').state_dict
+    for target in ('timm', 'mmseg', 'tlalign'):
+        with pytest.raises(ValueError, match=r"our layout \('tlalign'\), this state dict is 'mmseg-vit'.*"
+                                             'convert_state_dict'):
+            export_state_dict(mmseg, target)
+
+
 def test_distilled_deit_goes_to_mmpretrain_only():
     sd = deit(distilled=True).state_dict()
     for target in ('timm', 'mmseg'):

@@ -52,7 +52,8 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
 
     Raises:
         ValueError: an unknown target or readout; an architecture the target cannot hold (names both); parameters
-            it cannot hold without ``allow_drop`` (lists them); a state dict that is no backbone of ours.
+            it cannot hold without ``allow_drop`` (lists them); a state dict that is no backbone of ours (names its
+            layout).
     """
     if to not in EXPORT_TARGETS:
         raise ValueError(f'unknown export target {to!r}; choose one of {", ".join(EXPORT_TARGETS)}')
@@ -60,6 +61,9 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
         raise ValueError(f'unknown readout {readout!r}; choose one of {", ".join(READOUTS)}')
     sd = dict(state_dict)
     family = family_of(sd)
+    if (layout := family.detect(sd)) != 'tlalign':
+        raise ValueError(f"export_state_dict takes our layout ('tlalign'), this state dict is {layout!r}: convert it "
+                         'first (convert_state_dict), or export the file with export_checkpoint')
     if to == 'tlalign':
         return ExportResult(sd, 'tlalign', f'tlalign_mm {family.NAME} backbone',
                             "backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=DST))")

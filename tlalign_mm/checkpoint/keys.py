@@ -78,15 +78,15 @@ def filter_state_dict(state_dict: Mapping[str, Tensor], layout: str, rename) -> 
     """The loop of the families' read filters (timm's ``checkpoint_filter_fn``): drop recomputed buffers and, for
     a foreign layout, classifier heads (``head``, ``head_dist``, ``fc_norm``); ``rename(key, tensor) -> [(key,
     tensor), ...]`` the rest.  Returns (state dict, dropped keys); raises ValueError when two keys map to one name."""
-    out, ignored = {}, []
+    out, source, ignored = {}, {}, []
     for k, v in state_dict.items():
         if k.rsplit('.', 1)[-1] in _BUFFERS or (layout != 'tlalign' and _HEADS.match(k)):
             ignored.append(k)
             continue
         for new, t in rename(k, v):
             if new in out:
-                raise ValueError(f'two checkpoint keys map to {new!r} (layout {layout!r})')
-            out[new] = t
+                raise ValueError(f'checkpoint keys {source[new]!r} and {k!r} both map to {new!r} (layout {layout!r})')
+            out[new], source[new] = t, k
     return out, ignored
 
 

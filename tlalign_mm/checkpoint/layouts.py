@@ -269,6 +269,7 @@ def load_classifier_checkpoint(model, path: str) -> None:
     Raises:
         ValueError: a classifier checkpoint that does not fit, a backbone the loader refuses, or a head of
             another readout (:func:`load_head_state`).
+        RuntimeError: a backbone that matches too little of the model (:func:`load_backbone_checkpoint`).
         FileNotFoundError, pickle.UnpicklingError: see :func:`~tlalign_mm.checkpoint.load_checkpoint_file`.
     """
     from mmengine.logging import print_log
@@ -292,7 +293,7 @@ def load_classifier_checkpoint(model, path: str) -> None:
         print_log(f'{type(model).__name__}: loaded all {len(own)} tensors from {path!r}', logger='current')
         return
     load_head_state(model, sd, repr(path), check_only=True)      # refuse before loading anything
-    load_backbone_checkpoint(model.backbone, ckpt)
+    load_backbone_checkpoint(model.backbone, ckpt, source=path)
     print_log(f'{type(model).__name__}: backbone loaded from {path!r}; {load_head_state(model, sd, repr(path))}',
               logger='current')
 
