@@ -180,6 +180,25 @@ def test_bad_sizes_and_options_raise():
         BatchMixer()(torch.zeros(3, 64, 64))
 
 
+def test_the_augments_alone_refuse_what_the_mixer_refuses():
+    """CutMix / TokenCutMix / TokenMix built directly (not through BatchMixer) check their own options: a
+    minmax outside [0, 1] and a mask cell that is no multiple of the patch or does not divide the image are
+    ValueErrors naming them, not a randrange error, a wrong share shape or a tensor size mismatch."""
+    from tlalign_mm.mixing.cutmix import CutMix
+    from tlalign_mm.mixing.token_cutmix import TokenCutMix
+    from tlalign_mm.mixing.tokenmix import TokenMix
+    x = torch.zeros(2, 3, 48, 48)
+    with pytest.raises(ValueError, match=r'cutmix_minmax must be \(min, max\).*got \(0.5, 2.0\)'):
+        CutMix(minmax=(0.5, 2.0))
+    for cell in (24, 32):   # 24: no multiple of 16; 32: does not divide 48
+        with pytest.raises(ValueError, match=rf'multiple of patch_size=16 dividing the 48x48 images, got {cell} px'):
+            TokenMix(cell=cell)(x, 0.5, random.Random(0), 16, False)
+    with pytest.raises(ValueError, match='multiple of patch_size=16, got 24 px'):
+        TokenCutMix(cell=24)(x, 0.5, random.Random(0), 16, False)
+    out = TokenMix(cell=16)(x, 0.5, random.Random(0), 16, False)
+    assert tuple(out.share.shape) == (3, 3)
+
+
 @pytest.mark.parametrize('kwargs', [dict(prob=0.0), dict(disable=True)])
 def test_no_mixing(kwargs):
     x = _images(3, 32, 32)

@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-__all__ = ['BatchAugment', 'MixOut', 'beta_draw', 'check_alpha', 'check_prob', 'box_token_share']
+__all__ = ['BatchAugment', 'MixOut', 'beta_draw', 'check_alpha', 'check_prob', 'check_cell', 'box_token_share']
 
 
 class MixOut(NamedTuple):
@@ -64,6 +64,16 @@ def check_alpha(name: str, value: float) -> float:
     if not value >= 0.0 or math.isinf(value):
         raise ValueError(f'{name} must be a finite number >= 0, got {value}')
     return value
+
+
+def check_cell(cell: int, patch_size: int, hw: tuple[int, int] | None = None) -> int:
+    """``cell``, the grid in pixels that token-aligned masks are drawn on, after checking that it is a
+    multiple of ``patch_size`` and, with ``hw``, divides the image size; ValueError naming both otherwise."""
+    if cell < 1 or cell % patch_size or (hw is not None and (hw[0] % cell or hw[1] % cell)):
+        size = '' if hw is None else f' dividing the {hw[0]}x{hw[1]} images'
+        raise ValueError(f'the mask cell must be a positive multiple of patch_size={patch_size}{size}, '
+                         f'got {cell} px (token_grid_size / cell)')
+    return cell
 
 
 def check_prob(name: str, value: float) -> float:

@@ -27,6 +27,9 @@ class CutMix(BatchAugment):
         alpha: ``lam ~ Beta(alpha, alpha)``.
         minmax: ``(min, max)`` box side ratios (timm ``cutmix_minmax``; lam then always corrected).
         correct_lam: report the area actually kept from A (timm ``correct_lam``).
+
+    Raises:
+        ValueError: ``minmax`` not two ratios with ``0 <= min < max <= 1``.
     """
 
     mode = 'cutmix'
@@ -34,6 +37,8 @@ class CutMix(BatchAugment):
     def __init__(self, alpha: float = 1.0, minmax: Optional[Sequence[float]] = None, correct_lam: bool = True):
         super().__init__(alpha)
         self.minmax = None if minmax is None else tuple(float(v) for v in minmax)
+        if self.minmax is not None and (len(self.minmax) != 2 or not 0.0 <= self.minmax[0] < self.minmax[1] <= 1.0):
+            raise ValueError(f'cutmix_minmax must be (min, max) with 0 <= min < max <= 1, got {self.minmax}')
         self.correct_lam = bool(correct_lam)
 
     def cell_size(self, patch_size: int) -> int:

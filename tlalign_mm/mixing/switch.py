@@ -111,11 +111,7 @@ class BatchMixer:
                  tokenmix_lam: float | None = None,
                  return_mask: bool = True) -> None:
         if cutmix_minmax is not None:
-            cutmix_minmax = tuple(float(v) for v in cutmix_minmax)
-            if len(cutmix_minmax) != 2 or not 0.0 <= cutmix_minmax[0] < cutmix_minmax[1] <= 1.0:
-                raise ValueError(f'cutmix_minmax must be (min, max) with 0 <= min < max <= 1, '
-                                 f'got {cutmix_minmax}')
-            cutmix_alpha = 1.0  # as timm: minmax forces CutMix on with alpha 1
+            cutmix_alpha = 1.0  # as timm: minmax forces CutMix on with alpha 1 (CutMix checks the ratios)
         if cutmix_mode not in CUTMIX_MODES:
             raise ValueError(f'cutmix_mode must be one of {CUTMIX_MODES}, got {cutmix_mode!r}')
         if int(patch_size) != patch_size or patch_size < 1:
@@ -143,7 +139,7 @@ class BatchMixer:
         #: the active augments by mode, in timm's order (Mixup, then the spatial ones)
         self.augments: dict[str, BatchAugment] = {a.mode: a for a in (mixup, box, tokenmix) if a.alpha > 0}
         self.mixup_alpha, self.cutmix_alpha, self.tokenmix_alpha = mixup.alpha, box.alpha, tokenmix.alpha
-        self.cutmix_minmax = cutmix_minmax
+        self.cutmix_minmax = box.minmax
         self.tokenmix_mask, self.tokenmix_min_tokens = tokenmix.mask, tokenmix.min_tokens
         self.tokenmix_lam = tokenmix.fixed_lam
         self.return_mask = bool(return_mask)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .base import check_cell
 from .cutmix import CutMix
 
 __all__ = ['TokenCutMix']
@@ -31,4 +32,4 @@ class TokenCutMix(CutMix):
         self.cell = cell
 
     def cell_size(self, patch_size: int) -> int:
-        return self.cell or patch_size
+        return check_cell(self.cell or patch_size, patch_size)

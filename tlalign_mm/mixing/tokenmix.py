@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import BatchAugment, MixOut, check_prob
+from .base import BatchAugment, MixOut, check_cell, check_prob
 
 __all__ = ['TokenMix', 'TOKENMIX_MASKS', 'block_mask_cells']
 
@@ -76,7 +76,8 @@ class TokenMix(BatchAugment):
 
     Raises:
         ValueError: an unknown ``mask``, a negative or fractional ``min_tokens``, ``fixed_lam``
-            outside [0, 1].
+            outside [0, 1]; on a call, a ``cell`` that is no multiple of the patch size or does not
+            divide the images.
     """
 
     mode = 'tokenmix'
@@ -100,7 +101,7 @@ class TokenMix(BatchAugment):
     def __call__(self, images: Tensor, lam: float, rng, patch_size: int, want_mask: bool) -> MixOut:
         h, w = images.shape[-2:]
         device = images.device
-        g = self.cell or patch_size
+        g = check_cell(self.cell or patch_size, patch_size, (h, w))
         gh, gw = h // g, w // g
         n_cells = gh * gw
         n_b = min(n_cells, int((1.0 - lam) * n_cells) + self.min_tokens)
