@@ -149,6 +149,17 @@ def test_bad_stage_size_names_the_stage_and_sizes():
     m(x)                                                       # features alone: mmdet's behaviour (no error)
 
 
+def test_bad_arch_names_what_to_fix():
+    """A fifth stage (PVT has strides 4, 2, 2, 2) or a version that is not 1 or 2 is a ValueError naming the
+    arch, not an IndexError or int()'s message."""
+    five = {k: v + v[-1:] for k, v in ARCH.items()} | dict(sr_ratios=(8, 4, 2, 1, 1), mlp_ratios=(8, 8, 4, 4, 4))
+    with pytest.raises(ValueError, match=r'one entry per stage, 1 to 4 stages \(strides 4, 2, 2, 2\)'):
+        TLAPyramidVisionTransformer(five, img_size=64)
+    for version in ('two', 3):
+        with pytest.raises(ValueError, match=rf"PVT arch version must be 1 or 2, got {version!r}"):
+            TLAPyramidVisionTransformer(dict(ARCH, version=version), img_size=64)
+
+
 def test_official_layout_loads_and_drops_the_class_token():
     src = _pvt(seed=3)
     sd = {_flat_name(k): v.clone() for k, v in src.state_dict().items()}

@@ -310,14 +310,14 @@ class TLAPyramidVisionTransformer(TLABackbone):
         super().__init__(frozen_stages, norm_eval, with_cp, init_cfg, pretrained)
         arch = self.resolve_arch(arch)
         self.check_out_type(out_type)
-        self.version = int(arch['version'])
-        if self.version not in (1, 2):
+        if arch['version'] not in (1, 2):
             raise ValueError(f"PVT arch version must be 1 or 2, got {arch['version']!r}")
+        self.version = arch['version']
         dims, depths = tuple(arch['embed_dims']), tuple(arch['depths'])
         heads, mlp, sr = tuple(arch['num_heads']), tuple(arch['mlp_ratios']), tuple(arch['sr_ratios'])
-        if not len(dims) == len(depths) == len(heads) == len(mlp) == len(sr):
+        if not len(dims) == len(depths) == len(heads) == len(mlp) == len(sr) or not 1 <= len(dims) <= 4:
             raise ValueError(f'PVT arch: embed_dims, depths, num_heads, mlp_ratios and sr_ratios need one '
-                             f'entry per stage, got {arch}')
+                             f'entry per stage, 1 to 4 stages (strides 4, 2, 2, 2), got {arch}')
         self.num_stages = len(dims)
         #: channels of each stage
         self.stage_channels = dims
