@@ -10,16 +10,20 @@
 * :class:`WatchdogHook`, in a real process: a main thread that stops making progress is ended with
   status 124 and a report; a run that raised and is slow to exit (a collective whose peer the watchdog
   ended) exits with its own error, not a report naming itself;
+* the random states: every CPU generator comes back, and CUDA states saved on another number of devices
+  restore the devices both have, with a note for the log, instead of stopping a requeued job;
 * the hooks' bad input: unknown signal names, a train loop that cannot resume, a zero timeout.
 """
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from mmengine.logging import MMLogger
@@ -28,6 +32,7 @@ from mmengine.optim import build_optim_wrapper
 import tlalign_mm  # noqa: F401
 from tlalign_mm.engine import AtomicLocalBackend, PreemptionHook, WatchdogHook, run_config
 from tlalign_mm.engine.hooks.optimizer_names import PARAM_NAMES_KEY, OptimizerParamNamesHook
+from tlalign_mm.engine.hooks.random_states import capture_random_states, restore_random_states
 from tlalign_mm.engine.run_config import config_changes, run_config_digest
 from tlalign_mm.models import TLAPyramidVisionTransformer
 
@@ -223,3 +228,36 @@ def test_hooks_refuse_bad_arguments():
     runner = SimpleNamespace(train_loop=object())
     with pytest.raises(TypeError, match="PreemptionHook needs a resumable train loop.*ResumableEpochBasedTrainLoop"):
         PreemptionHook().before_train(runner)
+
+
+def _draws():
+    return random.random(), float(np.random.rand()), torch.rand(3)
+
+
+def test_every_cpu_generator_comes_back():
+    states = capture_random_states()
+    first = _draws()
+    _draws()
+    assert restore_random_states(states) is None
+    again = _draws()
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+def test_cuda_states_of_another_device_count_restore_the_common_devices(monkeypatch):
+    """Unit test with torch.cuda stubbed (no GPU here): saved on 2 devices, seen 1 -> device 0 restored
+    from saved device 0 and a note; seen 2 -> both, no note."""
+    saved = [torch.full((4,), 7, dtype=torch.uint8), torch.full((4,), 9, dtype=torch.uint8)]
+    states = dict(capture_random_states(), cuda=saved)
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda state, device: calls.append((device, state)))
+    for seen, want_note in ((1, True), (2, False), (3, True)):
+        calls.clear()
+        monkeypatch.setattr(torch.cuda, 'device_count', lambda n=seen: n)
+        note = restore_random_states(states)
+        assert [(d, s.tolist()) for d, s in calls] == [(i, saved[i].tolist()) for i in range(min(2, seen))]
+        if want_note:
+            assert note.startswith(f'the checkpoint holds CUDA random states for 2 devices, this process sees '
+                                   f'{seen}: restored those of devices 0..{min(2, seen) - 1} only')
+        else:
+            assert note is None

@@ -39,22 +39,28 @@ def capture_random_states() -> dict:
     return states
 
 
-def restore_random_states(states: dict) -> None:
+def restore_random_states(states: dict) -> str | None:
     """Set the global random states :func:`capture_random_states` returned.
 
-    Raises:
-        ValueError: the states hold CUDA generators for a different number of devices.
+    Returns:
+        None, or, when the states hold CUDA generators for another number of devices than this process
+        sees (a job requeued onto a node with another GPU count), a note for the log: the generators of
+        the devices both have are restored (device ``i`` from the saved device ``i``), the others not.
     """
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states['python']))
     n = states['numpy']
     np.random.set_state((n['bit_generator'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
                          n['cached_gaussian']))
     torch.set_rng_state(states['torch'])
-    if 'cuda' in states and torch.cuda.is_available():
-        if len(states['cuda']) != torch.cuda.device_count():
-            raise ValueError(f'the checkpoint holds CUDA random states for {len(states["cuda"])} devices, this '
-                             f'process sees {torch.cuda.device_count()}: resume with the same devices')
-        torch.cuda.set_rng_state_all(states['cuda'])
+    if 'cuda' not in states or not torch.cuda.is_available():
+        return None
+    saved, seen = len(states['cuda']), torch.cuda.device_count()
+    for i in range(min(saved, seen)):
+        torch.cuda.set_rng_state(states['cuda'][i], i)
+    if saved == seen:
+        return None
+    return (f'the checkpoint holds CUDA random states for {saved} devices, this process sees {seen}: restored '
+            f'those of devices 0..{min(saved, seen) - 1} only (resume on the same devices to continue exactly)')
 
 
 @HOOKS.register_module()
@@ -73,7 +79,8 @@ class RandomStatesHook(Hook):
       the first training batch is drawn (epoch-based loops: ``before_train_epoch``), or right before
       the first resumed iteration (iteration-based loops: ``before_train_iter``).  A checkpoint
       without states, or from a different number of ranks, is resumed as mmengine does, with a
-      warning.
+      warning; one saved with another number of CUDA devices per process restores the devices
+      both have, with a warning.
     * **Validation draws nothing.**  The states are saved before validation and put back after it,
       so a run validated more or less often trains identically, and a resumed run (which does not
       repeat the validation before its checkpoint) sees the same numbers.
@@ -176,6 +183,8 @@ class RandomStatesHook(Hook):
 
     def _restore_pending(self, runner) -> None:
         if self._pending is not None:
-            restore_random_states(self._pending)
+            note = restore_random_states(self._pending)
             self._pending = None
             runner.logger.info(f'RandomStatesHook: random states restored (iteration {runner.iter})')
+            if note:
+                runner.logger.warning(f'RandomStatesHook: {note}')
