@@ -12,7 +12,8 @@
   ended) exits with its own error, not a report naming itself;
 * the random states: every CPU generator comes back, and CUDA states saved on another number of devices
   restore the devices both have, with a note for the log, instead of stopping a requeued job;
-* the hooks' bad input: unknown signal names, a train loop that cannot resume, a zero timeout.
+* the hooks' bad input: unknown signal names, a train loop that cannot resume, a zero timeout or
+  interval; a resume position from a loader of another length, in both loops.
 """
 from __future__ import annotations
 
@@ -225,6 +226,9 @@ def test_hooks_refuse_bad_arguments():
         PreemptionHook(signals=('SIGTERM', 'SIGKILL'))
     with pytest.raises(ValueError, match='timeout must be > 0'):
         WatchdogHook(timeout=0)
+    for interval in (0, -1.0):      # a check thread that never waits would spin on a core
+        with pytest.raises(ValueError, match=f'interval must be > 0 seconds, got {interval}'):
+            WatchdogHook(timeout=60, interval=interval)
     runner = SimpleNamespace(train_loop=object())
     with pytest.raises(TypeError, match="PreemptionHook needs a resumable train loop.*ResumableEpochBasedTrainLoop"):
         PreemptionHook().before_train(runner)
@@ -261,3 +265,29 @@ def test_cuda_states_of_another_device_count_restore_the_common_devices(monkeypa
                                    f'{seen}: restored those of devices 0..{min(2, seen) - 1} only')
         else:
             assert note is None
+
+
+@pytest.mark.parametrize('loop', ['epoch', 'iter'])
+def test_a_position_from_a_loader_of_another_length_is_refused(loop):
+    """A checkpoint that stopped after batch 5 of a 10-batch pass resumes on a loader of 10 batches per pass,
+    and is refused (naming both lengths) on one of 12: the skipped batches would not be the trained ones.
+    Both loops (the iteration loop said nothing before).  Unit test: the loop without its runner."""
+    from mmengine.logging import MessageHub
+
+    from tlalign_mm.engine import ResumableEpochBasedTrainLoop, ResumableIterBasedTrainLoop
+    from tlalign_mm.engine.loops import _POSITION
+    from tlalign_mm.engine.run_config import IncompatibleResumeError
+    cls = ResumableEpochBasedTrainLoop if loop == 'epoch' else ResumableIterBasedTrainLoop
+    hub = MessageHub.get_instance(f'test_position_{loop}')
+    hub.update_info(_POSITION, [0, 5, 10])
+    for n, ok in ((10, True), (12, False)):
+        self = cls.__new__(cls)
+        self._runner = SimpleNamespace(message_hub=hub, logger=MMLogger.get_current_instance())
+        self.dataloader, self._epoch, self._iter = [None] * n, 0, 5
+        if ok:
+            assert self._resume_position() == (0, 5)
+        else:
+            where = 'epoch 1' if loop == 'epoch' else 'sampler pass 1'
+            with pytest.raises(IncompatibleResumeError, match=f'stopped after batch 5 of 10 in {where}, but this '
+                                                              'run has 12 batches per pass'):
+                self._resume_position()

@@ -378,6 +378,17 @@ class _ResumableLoop:
 
 
 @LOOPS.register_module()
+def _check_pass_length(done: int, per_pass: int, n: int, where: str) -> int:
+    """``n``, the batches in one pass of this run's loader, when a checkpoint that stopped after ``done`` of
+    ``per_pass`` batches in ``where`` can resume on it; else IncompatibleResumeError (the set, its sampler or
+    the batch size changed, so the skipped batches would not be the trained ones)."""
+    if done and per_pass != n:
+        raise IncompatibleResumeError(
+            f'the checkpoint stopped after batch {done} of {per_pass} in {where}, but this run has {n} batches '
+            'per pass: the training set, its sampler or the batch size changed')
+    return n
+
+
 class ResumableEpochBasedTrainLoop(_ResumableLoop, EpochBasedTrainLoop):
     """mmengine's ``EpochBasedTrainLoop`` that resumes mid-epoch to the same run (module docstring).
 
@@ -444,11 +455,7 @@ class ResumableEpochBasedTrainLoop(_ResumableLoop, EpochBasedTrainLoop):
         epoch, done, per_epoch = position
         if done == per_epoch and epoch + 1 == self._epoch:
             epoch, done = epoch + 1, 0             # an epoch's own checkpoint (after_train_epoch)
-        n = len(self.dataloader)
-        if done and per_epoch != n:
-            raise IncompatibleResumeError(
-                f'the checkpoint stopped after batch {done} of {per_epoch} in epoch {epoch + 1}, but this run has '
-                f'{n} batches per epoch: the training set, its sampler or the batch size changed')
+        n = _check_pass_length(done, per_epoch, len(self.dataloader), f'epoch {epoch + 1}')
         if epoch != self._epoch or (done and self._iter != epoch * n + done):
             raise IncompatibleResumeError(
                 f'the checkpoint\'s position (epoch {epoch + 1}, batch {done}) does not match its counters '
@@ -479,7 +486,8 @@ class ResumableIterBasedTrainLoop(_ResumableLoop, IterBasedTrainLoop):
         max_bad_fraction, check_files, allow_config_change: as :class:`ResumableEpochBasedTrainLoop`.
 
     Raises:
-        As :class:`ResumableEpochBasedTrainLoop`.
+        As :class:`ResumableEpochBasedTrainLoop`; RuntimeError from ``run`` for a training loader that
+        yields no batch.
     """
 
     def __init__(self, runner, dataloader, max_iters: int, val_begin: int = 1, val_interval: int = 1000,
@@ -545,7 +553,8 @@ class ResumableIterBasedTrainLoop(_ResumableLoop, IterBasedTrainLoop):
     def _resume_position(self) -> tuple[int, int]:
         position = self.runner.message_hub.get_info(_POSITION)
         if position is not None:
-            epoch, done, _ = position
+            epoch, done, per_pass = position
+            _check_pass_length(done, per_pass, len(self.dataloader), f'sampler pass {epoch + 1}')
             self.runner.logger.info(f'resuming after {self._iter} iterations: sampler pass {epoch + 1}, batch {done} '
                                     '(the trained batches\' indices are drawn and skipped, their images not read)')
             return epoch, done

@@ -70,6 +70,9 @@ class WatchdogHook(Hook):
     Args:
         timeout: seconds without progress before the rank is ended (default 30 minutes).
         interval: seconds between checks; default ``min(timeout / 4, 30)``.
+
+    Raises:
+        ValueError: ``timeout`` or ``interval`` not above 0 seconds.
     """
 
     priority = 'VERY_HIGH'
@@ -79,6 +82,8 @@ class WatchdogHook(Hook):
             raise ValueError(f'WatchdogHook: timeout must be > 0 seconds, got {timeout}')
         self.timeout = float(timeout)
         self.interval = float(interval) if interval is not None else min(self.timeout / 4, 30.0)
+        if not self.interval > 0:
+            raise ValueError(f'WatchdogHook: interval must be > 0 seconds, got {interval}')
         self._last = time.monotonic()
         self._where = 'starting'
         self._stop = threading.Event()
