@@ -118,6 +118,9 @@ def initial_source_labels(share_b: Tensor, lam: Tensor | float, num_prefix_token
     Returns:
         (B, num_prefix_tokens + N, 2) float32; channel 0 is the share of A, channel 1 of B;
         every row sums to 1.
+
+    Raises:
+        ValueError: ``lam`` with neither one value nor one per sample.
     """
     share_b = share_b.float()
     b = share_b.shape[0]
@@ -143,6 +146,9 @@ def expand_source_labels(source: Tensor, y_a: Tensor, y_b: Tensor) -> Tensor:
 
     Returns:
         (B, ..., K) float32 ``source[..., 0] * y_a + source[..., 1] * y_b``.
+
+    Raises:
+        ValueError: ``source`` without 2 channels in its last axis.
     """
     if source.shape[-1] != 2:
         raise ValueError(f'source embedding must have 2 channels (A, B), got {source.shape[-1]}')
