@@ -1,4 +1,4 @@
-"""Label rules (tlalign_mm/models/label_rules.py) against references written out here.
+"""Label rules (tlalign_mm/models/label_rules/) against references written out here.
 
 Every reference recomputes each block's attention from the block's own weights and the input
 the block saw (captured with a forward hook), as the reference codes do

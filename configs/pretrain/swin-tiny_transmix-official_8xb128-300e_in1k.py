@@ -4,7 +4,7 @@
 # TransMix rule on the CutMix batches and the area target on the Mixup ones. The released TransMix
 # code has DeiT only; on Swin the rule reads the token mean of the last block's window attention,
 # with the token mask sampled nearest on the patch-4 grid and pooled by patch merging
-# (tlalign_mm/models/label_rules.py). swin-tiny_transmix_8xb128-300e_in1k.py keeps the TL-Align
+# (tlalign_mm/models/label_rules/transmix.py). swin-tiny_transmix_8xb128-300e_in1k.py keeps the TL-Align
 # recipe (token CutMix only: the paper's setting, only the target differs).
 _base_ = ['./swin-tiny_transmix_8xb128-300e_in1k.py']
 

@@ -8,7 +8,7 @@ model = dict(
     # logits, loss and predictions; in_channels None: the backbone's pooled width
     head=dict(type='TLALinearClsHead', num_classes=1000, in_channels=None,
               loss=dict(type='SoftTargetCrossEntropy')),
-    # the training target (tlalign_mm/models/label_rules.py); the sibling configs switch it in one line:
+    # the training target (tlalign_mm/models/label_rules/); the sibling configs switch it in one line:
     # 'Area' (the CutMix baseline), 'TransMix', 'TokenMix', 'DenseTLAlign'; TLAlign's ablations are its options
     label_rule=dict(type='TLAlign',
                     blocks='all',            # 'last' or a list of block indices: the paper's Table 8
