@@ -85,3 +85,26 @@ def test_the_check_bites(dependencies):
     assert _between_markers(proc.stdout) == 'hello\n'
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report['env_changed'] == ['TLA_X'] and 'HistoryBuffer' in report['safe_globals_added'][0]
+
+
+def test_import_registers_every_type_the_configs_name_and_nothing_private():
+    """In a fresh process, ``import tlalign_mm`` (what the configs' ``custom_imports`` does) registers under
+    scope ``tlalign_mm`` every loop / hook / model / dataset / transform / metric type a config names, and
+    only public classes (a decorator left above a helper would register the helper instead of the class)."""
+    code = '''
+import glob, json, re
+import tlalign_mm
+from tlalign_mm import registry
+regs = [getattr(registry, n) for n in registry.__all__ if n != 'FUNCTIONS']
+names = {n: type(c).__name__ for r in regs for n, c in r.module_dict.items()}
+private = sorted(n for n in names if n.startswith('_') or names[n] == 'function')
+ours = set()   # the classes defined in the package's source
+for path in glob.glob('tlalign_mm/**/*.py', recursive=True):
+    ours |= set(re.findall(r'^class (\\w+)', open(path).read(), re.M))
+wanted = set()  # the types the configs name (scoped or not) that are ours
+for path in glob.glob('configs/**/*.py', recursive=True):
+    wanted |= set(re.findall(r"type=['\\"](?:tlalign_mm\\.)?(\\w+)['\\"]", open(path).read())) & ours
+print(json.dumps(dict(private=private, missing=sorted(wanted - set(names)), n=len(wanted))))
+'''
+    report = json.loads(_run(code).stdout.strip().splitlines()[-1])
+    assert report['private'] == [] and report['missing'] == [] and report['n'] >= 8, report

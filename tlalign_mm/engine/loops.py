@@ -377,7 +377,6 @@ class _ResumableLoop:
         self.runner.message_hub.update_info(_INTERRUPTED, None)
 
 
-@LOOPS.register_module()
 def _check_pass_length(done: int, per_pass: int, n: int, where: str) -> int:
     """``n``, the batches in one pass of this run's loader, when a checkpoint that stopped after ``done`` of
     ``per_pass`` batches in ``where`` can resume on it; else IncompatibleResumeError (the set, its sampler or
@@ -389,6 +388,7 @@ def _check_pass_length(done: int, per_pass: int, n: int, where: str) -> int:
     return n
 
 
+@LOOPS.register_module()
 class ResumableEpochBasedTrainLoop(_ResumableLoop, EpochBasedTrainLoop):
     """mmengine's ``EpochBasedTrainLoop`` that resumes mid-epoch to the same run (module docstring).
 
