@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.registry import init_default_scope
 from PIL import Image
 
@@ -165,6 +166,8 @@ def test_transfer_config_trains_a_few_iterations(data, data_root, tmp_path):
     cfg = Config.fromfile(os.path.join(REPO, 'configs', 'transfer', f'deit-t_in1k-tla-pre_8xb96-1000e_{data}-224px.py'))
     torch.manual_seed(0)
     bb = MODELS.build(dict(type='TLAVisionTransformer', arch='deit-tiny'))
+    bb.init_weights()
+    torch.nn.init.normal_(bb.cls_token)             # not the zeros a fresh model starts from
     torch.save({'state_dict': bb.state_dict()}, tmp_path / 'backbone.pth')
     cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'backbone.pth')
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
@@ -181,7 +184,16 @@ def test_transfer_config_trains_a_few_iterations(data, data_root, tmp_path):
     cfg.default_hooks.logger.interval = 1
     cfg.pop('custom_hooks', None)
     runner = Runner.from_cfg(cfg)
-    assert torch.equal(runner.model.backbone.cls_token, bb.cls_token)      # the checkpoint was loaded
+    seen = {}
+
+    class AtStart(Hook):     # after the Runner's weight init and checkpoint loading, before the first step
+        def before_train(self, runner):
+            seen['cls_token'] = runner.model.backbone.cls_token.detach().clone()
+            seen['head'] = runner.model.head.fc.weight.detach().clone()
+
+    runner.register_hook(AtStart())
     runner.train()
+    torch.testing.assert_close(seen['cls_token'], bb.cls_token.detach(), rtol=0, atol=0)   # the checkpoint was loaded
+    assert not torch.equal(runner.model.head.fc.weight, seen['head'])                      # and it trained
     metrics = runner.val_loop.run()
     assert 0 <= metrics['accuracy/top1'] <= 100
