@@ -102,11 +102,11 @@ def test_features_unchanged_by_labels_and_no_grad_through_labels():
     f2.sum().backward()  # gradients flow through features only
 
 
-def _reference_swin_block(blk, x, hw, labels):
-    """Per-window loops: explicit partition, bias, region mask and label step."""
+def _reference_swin_block(blk, x, hw, labels, ws, s):
+    """Per-window loops: explicit partition (windows of ``ws``, cyclic shift ``s``, given here, not read
+    from the block), bias, region mask and label step; the block's weights only."""
     h, w = hw
     b, _, c = x.shape
-    ws, s = blk.window_size, blk.shift_size
     nh = blk.attn.num_heads
     if h <= ws:  # single window, no shift (square maps in this test)
         ws, s = h, 0
@@ -161,7 +161,7 @@ def test_swin_block_matches_per_window_loop_reference(shift, attn_impl):
     labels = torch.rand(2, 64, 5)
     labels = labels / labels.sum(-1, keepdim=True)
     with torch.no_grad():
-        x_ref, l_ref = _reference_swin_block(blk, x, (8, 8), labels)
+        x_ref, l_ref = _reference_swin_block(blk, x, (8, 8), labels, 4, 2 if shift else 0)   # Swin: shift ws // 2
         x_out, l_out = blk(x, (8, 8), labels)
     assert (x_out - x_ref).abs().max() <= 1e-5
     assert (l_out - l_ref).abs().max() <= TOL

@@ -61,11 +61,19 @@ def test_auto_stays_fused_without_matrix_units_and_off_the_cpu(matrix_units, dty
     assert resolve_attn_impl('auto', _q(device='meta')) == 'fused'
 
 
-def test_matrix_units_probe_matches_torch_cpu():
-    units = propagate._cpu_matrix_units()
-    assert units[torch.bfloat16] == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    assert units[torch.float16] == torch.cpu._is_amx_fp16_supported()
-    assert propagate._CPU_MATRIX_UNITS == units
+@pytest.mark.parametrize('amx,avx512_bf16,amx_fp16,want_bf16,want_fp16', [
+    (True, False, False, True, False), (False, True, False, True, False), (False, False, True, False, True),
+    (False, False, False, False, False), (None, None, None, False, False)])
+def test_matrix_units_probe_reads_torch_cpu(monkeypatch, amx, avx512_bf16, amx_fp16, want_bf16, want_fp16):
+    """bfloat16 has matrix units with AMX tiles or AVX512-BF16, float16 with AMX-FP16 only; a torch without
+    the private probes (None: removed) reports none.  The probes are stubbed: this machine has one answer."""
+    for name, value in (('_is_amx_tile_supported', amx), ('_is_avx512_bf16_supported', avx512_bf16),
+                        ('_is_amx_fp16_supported', amx_fp16)):
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda v=value: v)
+    assert propagate._cpu_matrix_units() == {torch.bfloat16: want_bf16, torch.float16: want_fp16}
 
 
 def test_bad_attn_impl_is_named():

@@ -720,7 +720,8 @@ def test_layouts_are_the_union_of_the_family_modules():
     from tlalign_mm.checkpoint.layouts import FAMILIES
     assert [f.NAME for f in FAMILIES] == ['pvt', 'swin', 'vit']
     assert LAYOUTS == ('tlalign',) + pvt.LAYOUTS + swin.LAYOUTS + vit.LAYOUTS
-    assert len(set(LAYOUTS)) == len(LAYOUTS)
+    assert LAYOUTS == ('tlalign', 'official-pvt', 'mm-pvt', 'timm-pvt', 'official-swin', 'timm-swin', 'mm-swin',
+                       'timm-vit', 'mmseg-vit', 'mmpretrain-vit')      # every layout the guide names, once
 
 
 def test_local_loads_leave_the_environment_alone(tmp_path, monkeypatch):

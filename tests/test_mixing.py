@@ -168,13 +168,13 @@ def test_bad_sizes_and_options_raise():
         BatchMixer(patch_size=4, token_grid_size=32)(torch.zeros(2, 3, 48, 64))
     with pytest.raises(ValueError, match='token_grid_size'):
         BatchMixer(patch_size=4, token_grid_size=30)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"cutmix_mode must be one of \('token', 'pixel'\), got 'box'"):
         BatchMixer(cutmix_mode='box')
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match='no augmentation is active'):
         BatchMixer(cutmix_alpha=0.0)  # nothing active
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r'prob must be in \[0, 1\], got 1.5'):
         BatchMixer(prob=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r'0 <= min < max <= 1, got \(0.8, 0.2\)'):
         BatchMixer(cutmix_minmax=(0.8, 0.2))
     with pytest.raises(ValueError, match='B, C, H, W'):
         BatchMixer()(torch.zeros(3, 64, 64))

@@ -364,12 +364,17 @@ def test_stock_mapping_knows_every_backbone_argument():
     import inspect
 
     from tlalign_mm.models import TLAPyramidVisionTransformer, TLASwinTransformer, TLAVisionTransformer
-    for cls, scope in ((TLAVisionTransformer, 'mmseg'), (TLASwinTransformer, 'mmseg'), (TLASwinTransformer, 'mmdet'),
-                       (TLAPyramidVisionTransformer, 'mmdet')):
+    for cls, scope, stock, arch in (
+            (TLAVisionTransformer, 'mmseg', 'VisionTransformer', None),
+            (TLASwinTransformer, 'mmseg', 'SwinTransformer', None),
+            (TLASwinTransformer, 'mmdet', 'SwinTransformer', None),
+            (TLAPyramidVisionTransformer, 'mmdet', 'PyramidVisionTransformer', None),      # the default, PVT-Small v1
+            (TLAPyramidVisionTransformer, 'mmdet', 'PyramidVisionTransformerV2', 'v2-b2')):
         args = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
         args['label_dtype'] = 'float32'
-        assert stock_backbone_config(dict(args, type=cls.__name__), scope)['type'] in (
-            'VisionTransformer', 'SwinTransformer', 'PyramidVisionTransformer', 'PyramidVisionTransformerV2')
+        if arch:
+            args['arch'] = arch
+        assert stock_backbone_config(dict(args, type=cls.__name__), scope)['type'] == stock, (cls, scope, arch)
 
 
 @pytest.mark.slow

@@ -120,7 +120,8 @@ def test_label_mass_is_conserved_through_every_block_and_stage(version):
     assert len(seen) == sum(ARCH['depths']) and lab.shape == (2, 4 + m.num_prefix_tokens, 2)
     for s in seen:
         torch.testing.assert_close(s.sum(-1), torch.ones_like(s[..., 0]), atol=1e-5, rtol=0)
-    # labels change (the attention moves them) but stay in [0, 1]
+    # labels change (stage 1's second block moves what its first one gave it) but stay in [0, 1]
+    assert seen[1].shape == seen[2].shape and (seen[2] - seen[1]).abs().max() > 1e-2
     assert (lab >= -1e-6).all() and (lab <= 1 + 1e-6).all()
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(outs, m(x)))       # labels never touch features

@@ -32,7 +32,7 @@ from tlalign_mm.datasets import (
     SampleIndex,
     check_image_file,
 )
-from tlalign_mm.datasets.fault_tolerant import epoch_seed, sample_seed
+from tlalign_mm.datasets.fault_tolerant import epoch_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOC = os.path.join(REPO, 'data', 'demo', 'voc_seg', 'img_dir', 'train')
@@ -248,22 +248,37 @@ def _batches(sampler):
     return [[(int(i), i.seed) for i in b] for b in sampler]
 
 
+def _splitmix64_reference(base: int, position: int) -> int:
+    """SplitMix64 (Steele, Lea and Flood 2014; Vigna's splitmix64.c) of ``base + position * gamma``, written
+    out: the state advanced by the golden-ratio gamma, then the two xor-shift-multiply rounds."""
+    m, gamma = (1 << 64) - 1, 0x9E3779B97F4A7C15
+    z = (base + position * gamma + gamma) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
 def test_skip_yields_the_tail_of_an_uninterrupted_pass():
     from mmengine.dataset import DefaultSampler
     sampler = DefaultSampler(_Never(), shuffle=True, seed=3)
     bs = ResumableBatchSampler(sampler, batch_size=4, seed=7, rank=0)
+    seeds = {}
     for epoch in (0, 1):
         bs.set_epoch(epoch)
         full = _batches(bs)
         assert len(full) == len(bs) == 6 and [len(b) for b in full] == [4] * 5 + [3]
         plain = [list(b) for b in torch.utils.data.BatchSampler(sampler, 4, False)]
         assert [[i for i, _ in b] for b in full] == plain                     # the wrapped batches, unchanged
-        base = epoch_seed(7, epoch, 0)
-        assert [s for b in full for _, s in b] == [sample_seed(base, p) for p in range(23)]
+        # each sample's seed: NumPy's SeedSequence([seed, epoch, rank]) for the epoch, SplitMix64 per position
+        base = int(np.random.SeedSequence([7, epoch, 0]).generate_state(1, np.uint64)[0])
+        assert epoch_seed(7, epoch, 0) == base
+        seeds[epoch] = [s for b in full for _, s in b]
+        assert seeds[epoch] == [_splitmix64_reference(base, p) for p in range(23)]
         bs.skip(4)
         assert _batches(bs) == full[4:]                                       # the tail, seeds included
         assert _batches(bs) == full                                           # one pass only
-    assert _batches(bs) != full[:0] and epoch_seed(7, 0, 0) != epoch_seed(7, 0, 1) != epoch_seed(7, 1, 0)
+    assert len(set(seeds[0]) | set(seeds[1])) == 46                           # no seed repeats across epochs
+    assert len({epoch_seed(7, 0, 0), epoch_seed(7, 0, 1), epoch_seed(7, 1, 0), epoch_seed(8, 0, 0)}) == 4
     # through a DataLoader: the skipped batches are never read
     bs.skip(6)
     assert list(DataLoader(_Never(), batch_sampler=bs)) == []
