@@ -486,6 +486,40 @@ def test_missing_dataset_folder_is_one_line_naming_the_field(tool, tmp_path):
     assert not osp.exists(tmp_path / 'wd' / 'last_checkpoint')
 
 
+@pytest.mark.parametrize('argv,message', [
+    (['train.py', 'nope.py'], "argument config: config file not found: 'nope.py'"),
+    (['test.py', 'ck.pth', 'CFG'], "argument config: 'ck.pth' is not a config file (.py, .json, .yml, .yaml); the "
+                                   'tools take the config first, then the checkpoint'),
+    (['train.py', 'CFG', '--cfg-options', 'model.backbone.arch'],
+     "--cfg-options 'model.backbone.arch': expected KEY=VALUE"),
+    (['train.py', 'CFG', '--work-dir', 'notes.txt/wd'],
+     "argument --work-dir: 'notes.txt/wd' cannot be written: TMP/notes.txt is a file, not a folder"),
+    (['test.py', 'CFG', 'ck.pth', '--out', 'notes.txt/r.pkl'],
+     "argument --out: 'notes.txt/r.pkl' cannot be written: TMP/notes.txt is a file, not a folder"),
+    (['analysis/get_flops.py', 'CFG', '--results-json', 'flops.txt'],
+     "argument --results-json: must name a .json file, got 'flops.txt'"),
+    (['convert_checkpoint.py', 'ck.pth', 'ck.pth'],
+     'DST is SRC (ck.pth): writing it would replace the source; choose another output path'),
+])
+def test_bad_arguments_are_one_usage_line_before_any_work(argv, message, tmp_path):
+    """A missing or swapped config, a --cfg-options item without '=', an output under a file, a results file
+    that is not .json, or an export over its own source: exit status 2 and one line naming the argument, before
+    anything is built or written (the source checkpoint is untouched)."""
+    cfg = osp.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-10e_fashion-mnist.py')
+    (tmp_path / 'notes.txt').write_text('notes')
+    torch.save({'state_dict': {}}, tmp_path / 'ck.pth')
+    before = (tmp_path / 'ck.pth').read_bytes()
+    args = [cfg if a == 'CFG' else a for a in argv[1:]]
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, argv[0]), *args], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    prog = {'convert_checkpoint.py': 'convert_checkpoint'}.get(argv[0], osp.basename(argv[0]))   # as each prints it
+    want = message.replace('TMP', osp.realpath(tmp_path))
+    assert proc.stderr.strip().splitlines()[-1] == f'{prog}: error: {want}'
+    assert (tmp_path / 'ck.pth').read_bytes() == before and sorted(os.listdir(tmp_path)) == ['ck.pth', 'notes.txt']
+
+
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 @pytest.mark.parametrize('tool', ['train', 'test'])
 def test_scope_dispatch(tool, scope, request, monkeypatch):

@@ -15,21 +15,77 @@ instead of a shape error deep inside a forward pass.
   CPU processes: torch's ``SyncBatchNorm`` refuses CPU tensors).  Single-process runs need
   nothing: mmengine 0.10.7's ``Runner.wrap_model`` already calls ``revert_sync_batchnorm`` when
   the run is not distributed.
+* :func:`config_file`, :class:`CfgOptions`, :func:`writable_file`, :func:`writable_dir` -- the tools' ``CONFIG``,
+  ``--cfg-options`` and output arguments, refused at parsing (a usage error naming them, before any work)
+  when the file is missing or not a config, an item has no ``=``, or an output cannot be made;
 * :func:`amp_to_fp32_without_cuda` -- ``AmpOptimWrapper`` -> ``OptimWrapper`` on a machine
   without CUDA (mmengine's ``AmpOptimWrapper`` asserts a GPU in its constructor).
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+from mmengine.config import DictAction
+
 __all__ = ['cfg_get', 'DownstreamConfigError', 'check_downstream_config', 'backbone_stride',
-           'dataset_num_classes', 'DataRootError', 'check_data_roots', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda']
+           'dataset_num_classes', 'DataRootError', 'check_data_roots', 'sync_bn_to_bn', 'amp_to_fp32_without_cuda',
+           'config_file', 'CfgOptions', 'CONFIG_SUFFIXES', 'writable_file', 'writable_dir']
 
 _WRAPPERS = ('RepeatDataset', 'ClassBalancedDataset', 'MultiImageMixDataset', 'ConcatDataset')
 _DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+CONFIG_SUFFIXES = ('.py', '.json', '.yml', '.yaml')
+
+
+def config_file(value: str) -> str:
+    """argparse ``type`` of a ``CONFIG`` argument: ``value`` when it is an existing mmengine config file
+    (:data:`CONFIG_SUFFIXES`); else an ``ArgumentTypeError`` (a usage error naming the argument, exit 2)."""
+    if not os.path.exists(value):
+        raise argparse.ArgumentTypeError(f'config file not found: {value!r}')
+    if os.path.isdir(value) or not value.endswith(CONFIG_SUFFIXES):
+        raise argparse.ArgumentTypeError(f'{value!r} is not a config file ({", ".join(CONFIG_SUFFIXES)}); '
+                                         'the tools take the config first, then the checkpoint')
+    return value
+
+
+def _creatable(path: str, want_dir: bool) -> str:
+    """``path`` when a file (``want_dir``: a folder) can be made there: it is not the other kind, and its nearest
+    existing ancestor is a folder; else an ``ArgumentTypeError`` naming what is in the way."""
+    if os.path.exists(path) and os.path.isdir(path) != want_dir:
+        raise argparse.ArgumentTypeError(f'{path!r} is a {"file" if want_dir else "folder"}, not a '
+                                         f'{"folder" if want_dir else "file"}')
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f'{path!r} cannot be written: {parent} is '
+                                         f'{"not writable" if os.path.isdir(parent) else "a file, not a folder"}')
+    return path
+
+
+def writable_file(value: str) -> str:
+    """argparse ``type`` of an output file argument (``--out``): refused at parsing unless it can be written."""
+    return _creatable(value, want_dir=False)
+
+
+def writable_dir(value: str) -> str:
+    """argparse ``type`` of an output folder argument (``--work-dir``): refused at parsing unless it can be made."""
+    return _creatable(value, want_dir=True)
+
+
+class CfgOptions(DictAction):
+    """``--cfg-options KEY=VALUE ...``: mmengine's ``DictAction``, with a usage error naming an item that has
+    no ``=`` (mmengine's own raises a bare unpacking ValueError)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if bad := [v for v in values if '=' not in v]:
+            parser.error(f'{option_string} {bad[0]!r}: expected KEY=VALUE')
+        super().__call__(parser, namespace, values, option_string)
 
 
 class DownstreamConfigError(ValueError):

@@ -6,7 +6,9 @@ default) writes ``{'state_dict': ..., 'meta': ...}`` whose keys are the backbone
 names, for ``init_cfg=dict(type='Pretrained', checkpoint=DST)``; ``--to timm / mmseg / mmdet /
 mmpretrain`` writes the backbone (and, for timm, the classifier head) under that library's names
 and prints the call that builds the model it loads into with ``strict=True``.  DST ending in
-``.safetensors`` holds the flat ``{name: tensor}``.  See :mod:`tlalign_mm.checkpoint.export`.
+``.safetensors`` holds the flat ``{name: tensor}``; DST is written atomically and may not be SRC.
+Exit status 2 for a bad argument, 1 for a source it cannot read or convert, or a DST that does not
+load into ``--arch`` (DST is then kept, and the message says so).  See :mod:`tlalign_mm.checkpoint.export`.
 
 Example::
 
@@ -20,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import sys
 
@@ -72,6 +75,10 @@ def main(argv=None) -> int:
         print(f'convert_checkpoint: error: unknown --to {args.to!r}; choose one of {", ".join(EXPORT_TARGETS)}',
               file=sys.stderr)
         return 2
+    if os.path.exists(args.dst) and os.path.exists(args.src) and os.path.samefile(args.src, args.dst):
+        print(f'convert_checkpoint: error: DST is SRC ({args.dst}): writing it would replace the source; choose '
+              'another output path', file=sys.stderr)
+        return 2
     try:
         info = export_checkpoint(args.src, args.dst, to=args.to, prefix=args.prefix, readout=args.readout,
                                  allow_drop=args.allow_drop, with_head=not args.no_head)
@@ -92,7 +99,12 @@ def main(argv=None) -> int:
     if info['label_params']:
         print(f'left out {len(info["label_params"])} pretraining-only label parameters (label_rule.*)')
     if args.arch:
-        report = load_backbone_checkpoint(build_check_model(args), args.dst)
+        try:
+            report = load_backbone_checkpoint(build_check_model(args), args.dst)
+        except (ValueError, RuntimeError) as e:
+            print(f'convert_checkpoint: error: {args.dst} was written, but does not load into --arch {args.arch}: '
+                  f'{e}', file=sys.stderr)
+            return 1
         print(f'check {args.arch}: {report.summary()}')
     return 0
 

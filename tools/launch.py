@@ -43,8 +43,8 @@ import sys
 from collections.abc import Sequence
 
 import torch
-from config_checks import sync_bn_to_bn
-from mmengine.config import Config, ConfigDict, DictAction
+from config_checks import CfgOptions, sync_bn_to_bn
+from mmengine.config import Config, ConfigDict
 
 from tlalign_mm.checkpoint import CheckpointFileError
 from tlalign_mm.utils.checkout import checkout_mismatch
@@ -71,7 +71,7 @@ def add_launch_args(parser: argparse.ArgumentParser, dist_script: str) -> argpar
         ``parser``.
     """
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', action=CfgOptions,
         help='override some settings in the used config, the key-value pair in xxx=yyy format will '
              'be merged into config file. If the value to be overwritten is a list, it should be '
              'like key="[a,b]" or key=a,b It also allows nested list/tuple values, e.g. '

@@ -33,7 +33,14 @@ from __future__ import annotations
 import argparse
 
 import launch
-from config_checks import DataRootError, check_data_roots, check_downstream_config
+from config_checks import (
+    DataRootError,
+    check_data_roots,
+    check_downstream_config,
+    config_file,
+    writable_dir,
+    writable_file,
+)
 from launch import (
     build_runner,
     exit_on_checkpoint_error,
@@ -61,11 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                '  python tools/test.py CFG CKPT --out results.pkl\n'
                '  bash tools/dist_test.sh CFG CKPT 8 --tta',
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='test config file path')
+    parser.add_argument('config', type=config_file, help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the directory to save the file containing evaluation '
+    parser.add_argument('--work-dir', type=writable_dir, help='the directory to save the file containing evaluation '
                         'metrics (default: the config\'s work_dir, else ./work_dirs/<config stem>)')
-    parser.add_argument('--out', type=str,
+    parser.add_argument('--out', type=writable_file,
                         help='dump the predictions to a pickle file (.pkl / .pickle)')
     parser.add_argument(
         '--show-dir',

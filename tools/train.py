@@ -67,7 +67,14 @@ import time
 
 import launch
 import torch
-from config_checks import DataRootError, amp_to_fp32_without_cuda, check_data_roots, check_downstream_config
+from config_checks import (
+    DataRootError,
+    amp_to_fp32_without_cuda,
+    check_data_roots,
+    check_downstream_config,
+    config_file,
+    writable_dir,
+)
 from launch import (
     build_runner,
     exit_on_checkpoint_error,
@@ -108,8 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                'Note: `--resume` takes an optional value, so put it after CONFIG '
                '(`train.py --resume CFG` would read CFG as the checkpoint).',
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models (default: the config\'s '
+    parser.add_argument('config', type=config_file, help='train config file path')
+    parser.add_argument('--work-dir', type=writable_dir, help='the dir to save logs and models (default: the config\'s '
                         'work_dir, else ./work_dirs/<config file stem>)')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',

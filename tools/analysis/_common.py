@@ -41,7 +41,8 @@ RANDOM_INIT = 'random-init'
 
 def add_config_checkpoint_args(parser) -> None:
     """The positional ``config`` and optional ``checkpoint`` of the tools that trace one classifier."""
-    parser.add_argument('config')
+    from config_checks import config_file  # tools/config_checks.py
+    parser.add_argument('config', type=config_file)
     parser.add_argument('checkpoint', nargs='?', default=None,
                         help='checkpoint (classifier or backbone); omitted: random initialisation')
 

@@ -53,11 +53,12 @@ DEFAULT_CONFIGS = ('configs/demo/deit-demo_cutmix_1xb64-10e_fashion-mnist.py',
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    import _common  # noqa: F401  (tools/analysis/_common.py puts tools/ on sys.path)
+    from config_checks import CfgOptions, config_file  # tools/config_checks.py
 
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--configs', nargs='+', default=list(DEFAULT_CONFIGS),
+    p.add_argument('--configs', nargs='+', type=config_file, default=list(DEFAULT_CONFIGS),
                    help='configs to compare (default: the demo TL-Align and CutMix configs)')
     p.add_argument('--names', nargs='+', default=None,
                    help='variant names (default: the parts of the config names that differ)')
@@ -67,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, default=None, help='override the number of epochs (see above)')
     p.add_argument('--val-interval', type=int, default=None, help='evaluate every V epochs')
     p.add_argument('--work-dir', default=osp.join('work_dirs', 'ab_experiment'))
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                    help='overrides applied to every config (KEY=VALUE), e.g. '
                         'train_dataloader.dataset.indices=200')
     p.add_argument('--threads', type=int, default=None, help='OMP_NUM_THREADS of the training processes')
@@ -80,8 +81,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.configs):
         p.error(f'--names needs one name per config ({len(args.configs)})')
-    if args.baseline is not None and args.names is not None and args.baseline not in args.names:
-        p.error(f'--baseline {args.baseline!r} is not one of --names {args.names}')
+    names = args.names or variant_names(args.configs)
+    if args.baseline is not None and args.baseline not in names:
+        p.error(f'--baseline {args.baseline!r} is not one of the variants {names}')
     if args.epochs is not None and args.epochs < 1:
         p.error('--epochs must be >= 1')
     return args
@@ -397,8 +399,6 @@ def main(argv=None) -> dict:
     if args.dry_run:
         return {}
     summary = summarise(runs)
-    if args.baseline is not None and args.baseline not in names:
-        raise SystemExit(f'--baseline {args.baseline!r} is not one of the variants {names}')
     paths = write_reports(work_dir, names, args.configs, runs, summary, notes, args.seeds, wall, args.baseline)
     for name in names:
         s = summary[name]

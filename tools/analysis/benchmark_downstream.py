@@ -54,11 +54,12 @@ VARIANTS = ('ours', 'stock')
 
 
 def parse_args(argv=None):
+    import _common  # noqa: F401  (tools/analysis/_common.py puts tools/ on sys.path)
     import torch
-    from mmengine.config import DictAction
+    from config_checks import CfgOptions, config_file, writable_file  # tools/config_checks.py
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', help='an mmseg / mmdet config of ours (configs/upernet, configs/cascade_mask_rcnn, '
-                                  'configs/demo)')
+    p.add_argument('config', type=config_file,
+                   help='an mmseg / mmdet config of ours (configs/upernet, configs/cascade_mask_rcnn, configs/demo)')
     p.add_argument('--batch', type=int, default=2, help='images per step')
     p.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                    help='input size in pixels; default: the config\'s crop (mmseg) / 1280 x 800 (mmdet)')
@@ -68,8 +69,8 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', help='also write the figures to this JSON file')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--out', type=writable_file, help='also write the figures to this JSON file')
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                    help='override config settings, key=value pairs merged into the config')
     args = p.parse_args(argv)
     if args.batch < 1:
@@ -78,8 +79,6 @@ def parse_args(argv=None):
         p.error(f'--iters must be >= 1 and --warmup >= 0, got {args.iters} / {args.warmup}')
     if args.shape is not None and min(args.shape) < 1:
         p.error(f'--shape must be positive, got {args.shape}')
-    if not os.path.isfile(args.config):
-        p.error(f'config file not found: {args.config}')
     return args
 
 

@@ -48,19 +48,21 @@ PART_NOTES = {'auxiliary_head': 'training only: not run in tensor mode',
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    import _common  # noqa: F401  (tools/analysis/_common.py puts tools/ on sys.path)
+    from config_checks import CfgOptions, config_file, writable_file  # tools/config_checks.py
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', help='config file (configs/pretrain, configs/upernet, configs/cascade_mask_rcnn, ...)')
+    p.add_argument('config', type=config_file,
+                   help='config file (configs/pretrain, configs/upernet, configs/cascade_mask_rcnn, ...)')
     p.add_argument('--shape', type=int, nargs='+', metavar='H [W]',
                    help='input height and width in pixels (one value: square); default: see above')
     p.add_argument('--batch', type=int, default=1, help='images per traced batch (FLOPs are for the batch)')
     p.add_argument('--compare-stock', action='store_true',
                    help='also count the config with the stock mmseg / mmdet backbone swapped in')
     p.add_argument('--device', default='cpu', help='where to trace (cpu, cuda)')
-    p.add_argument('--out', help='write the numbers to this JSON file')
+    p.add_argument('--out', type=writable_file, help='write the numbers to this JSON file')
     from results_file import add_results_arg  # tools/analysis/results_file.py
     add_results_arg(p)
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                    help='override config settings, key=value pairs merged into the config')
     args = p.parse_args(argv)
     if args.shape is not None:
@@ -71,8 +73,6 @@ def parse_args(argv=None):
         args.shape = tuple(args.shape) * (3 - len(args.shape)) if len(args.shape) == 1 else tuple(args.shape)
     if args.batch < 1:
         p.error(f'--batch must be >= 1, got {args.batch}')
-    if not os.path.isfile(args.config):
-        p.error(f'config file not found: {args.config}')
     return args
 
 

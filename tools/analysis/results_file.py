@@ -182,8 +182,22 @@ def render_provenance(doc: Mapping, path: str) -> str:
     return line + '.*'
 
 
+def _json_path(value: str) -> str:
+    """argparse ``type`` of ``--results-json``: refused at parsing, before any work, unless it names a .json
+    file whose folder can be made."""
+    import argparse
+    if not value.endswith('.json'):
+        raise argparse.ArgumentTypeError(f'must name a .json file, got {value!r}')
+    folder = os.path.dirname(os.path.abspath(value))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f'{value!r}: {folder} is a file, not a folder')
+    return value
+
+
 def add_results_arg(parser) -> None:
     """The ``--results-json PATH`` option every measuring tool takes."""
-    parser.add_argument('--results-json', default=None, metavar='PATH',
+    parser.add_argument('--results-json', default=None, metavar='PATH', type=_json_path,
                         help='also write the figures with the command, commit, date and machine to this JSON '
                              'file (tools/analysis/results_file.py), the file the docs quote them from')

@@ -110,6 +110,9 @@ def parse_args(argv=None):
             args.pairs.append((config, path))
     if not any(c == config for c, _ in args.pairs):
         p.error(f'config {config} is followed by no checkpoint')
+    # every file before any evaluation: a typo in the last pair must not cost the first pair's run
+    if missing := [f for pair in args.pairs for f in pair if not osp.isfile(f)]:
+        p.error(f'not found: {", ".join(dict.fromkeys(missing))} (CONFIG CHECKPOINT pairs)')
     if args.names is None:
         args.names = [osp.splitext(osp.basename(c))[0] for c, _ in args.pairs]
     if len(args.names) != len(args.pairs):

@@ -26,7 +26,7 @@ import json
 import os.path as osp
 
 from _common import add_config_checkpoint_args, output_dir, weights_title
-from mmengine.config import DictAction
+from config_checks import CfgOptions  # tools/config_checks.py (tools/ on sys.path: _common)
 
 import tlalign_mm  # noqa: F401  (registries)
 from tlalign_mm.models.label_rules import TLAlignRule
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     p.add_argument('--num-workers', type=int, default=0)
     p.add_argument('--seed', type=int, default=0, help='seeds the initialisation, sampler and mixing')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (KEY=VALUE)')
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptions, help='override config keys (KEY=VALUE)')
     p.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default=None,
                    help='also measure how far mixed precision moves the aligned targets: every batch mixed '
                         'once, traced in float32 and under torch.autocast(dtype) (CUDA: as AMP training; '

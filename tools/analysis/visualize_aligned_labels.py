@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
 from _common import add_config_checkpoint_args, output_dir, weights_title
-from mmengine.config import DictAction
+from config_checks import CfgOptions  # tools/config_checks.py (tools/ on sys.path: _common)
 
 import tlalign_mm  # noqa: F401
 
@@ -54,7 +54,7 @@ def parse_args(argv=None):
                    help='redraw the mix until lam is in [LO, HI] (a visible box)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default=None)
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (KEY=VALUE)')
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptions, help='override config keys (KEY=VALUE)')
     return p.parse_args(argv)
 
 
