@@ -520,6 +520,25 @@ def test_bad_arguments_are_one_usage_line_before_any_work(argv, message, tmp_pat
     assert (tmp_path / 'ck.pth').read_bytes() == before and sorted(os.listdir(tmp_path)) == ['ck.pth', 'notes.txt']
 
 
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_a_bad_checkpoint_stops_before_the_work_dir_is_touched(tool, tmp_path):
+    """test.py CHECKPOINT / train.py --resume naming an empty file: exit status 1, one line naming it, and the
+    work dir (here a training run's, with its config copy) is left as it was: nothing is built first."""
+    cfg = osp.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-10e_fashion-mnist.py')
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / osp.basename(cfg)).write_text('the training run\'s config copy')
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    args = [cfg, 'empty.pth'] if tool == 'test' else [cfg, '--resume', 'empty.pth']
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, f'{tool}.py'), *args, '--work-dir', str(work)],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'{tool}.py: error: empty.pth: empty (0 bytes): an interrupted save or download')
+    assert os.listdir(work) == [osp.basename(cfg)]
+    assert (work / osp.basename(cfg)).read_text() == "the training run's config copy"
+
+
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 @pytest.mark.parametrize('tool', ['train', 'test'])
 def test_scope_dispatch(tool, scope, request, monkeypatch):

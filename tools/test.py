@@ -53,7 +53,8 @@ from mmengine.config import Config, ConfigDict
 # the registries, filled at import. The installed package (pip install -e ., tools/setup_env.sh): launch.py says
 # so when it is another checkout's.
 import tlalign_mm  # noqa: F401
-from tlalign_mm.checkpoint import register_checkpoint_loader
+from tlalign_mm.checkpoint import CheckpointFileError, register_checkpoint_loader
+from tlalign_mm.checkpoint.io import diagnose_checkpoint_file
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed',
            'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']
@@ -82,7 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation: needs tta_model and tta_pipeline in the config')
     launch.add_launch_args(parser, 'dist_test.sh')
-    return launch.parse_launch_args(parser, argv)
+    args = launch.parse_launch_args(parser, argv)
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out must be a .pkl / .pickle file, got {args.out!r}')
+    return args
 
 
 def trigger_visualization_hook(cfg: Config, show_dir: str) -> Config:
@@ -152,8 +156,6 @@ def setup_cfg(args: argparse.Namespace) -> Config:
         trigger_visualization_hook(cfg, args.show_dir)
     if args.tta:
         apply_tta(cfg)
-    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out must be a .pkl / .pickle file, got {args.out!r}')
     return cfg
 
 
@@ -186,6 +188,9 @@ def main(argv=None) -> dict:
 
 
 def _test(args) -> dict:
+    # the checkpoint before anything is built or written (the work dir's config copy, the process group)
+    if '://' not in args.checkpoint and (reason := diagnose_checkpoint_file(args.checkpoint)) is not None:
+        raise CheckpointFileError(f'{args.checkpoint}: {reason}')
     cfg = setup_cfg(args)
     check_data_roots(cfg, ['test_dataloader'])
     scope = register_scope(cfg)
