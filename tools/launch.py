@@ -47,6 +47,7 @@ from config_checks import CfgOptions, sync_bn_to_bn
 from mmengine.config import Config, ConfigDict
 
 from tlalign_mm.checkpoint import CheckpointFileError
+from tlalign_mm.checkpoint.io import diagnose_checkpoint_file
 from tlalign_mm.utils.checkout import checkout_mismatch
 
 __all__ = ['add_launch_args', 'parse_launch_args', 'load_cfg', 'register_scope',
@@ -397,6 +398,14 @@ def build_runner(cfg: Config):
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     return RUNNERS.build(cfg)
+
+
+def check_checkpoint_file(path) -> None:
+    """A local checkpoint the run will load (``CHECKPOINT``, ``--resume``, ``load_from``), checked before the
+    runner is built or anything is written into the work dir; a missing or unreadable one is a
+    :class:`~tlalign_mm.checkpoint.CheckpointFileError` naming it.  URLs and None pass."""
+    if isinstance(path, str) and '://' not in path and (reason := diagnose_checkpoint_file(path)) is not None:
+        raise CheckpointFileError(f'{path}: {reason}')
 
 
 @contextlib.contextmanager

@@ -53,8 +53,7 @@ from mmengine.config import Config, ConfigDict
 # the registries, filled at import. The installed package (pip install -e ., tools/setup_env.sh): launch.py says
 # so when it is another checkout's.
 import tlalign_mm  # noqa: F401
-from tlalign_mm.checkpoint import CheckpointFileError, register_checkpoint_loader
-from tlalign_mm.checkpoint.io import diagnose_checkpoint_file
+from tlalign_mm.checkpoint import register_checkpoint_loader
 
 __all__ = ['parse_args', 'setup_cfg', 'register_scope', 'prepare_cpu_distributed_cfg', 'setup_distributed',
            'trigger_visualization_hook', 'apply_tta', 'plain_metrics', 'main']
@@ -188,11 +187,9 @@ def main(argv=None) -> dict:
 
 
 def _test(args) -> dict:
-    # the checkpoint before anything is built or written (the work dir's config copy, the process group)
-    if '://' not in args.checkpoint and (reason := diagnose_checkpoint_file(args.checkpoint)) is not None:
-        raise CheckpointFileError(f'{args.checkpoint}: {reason}')
     cfg = setup_cfg(args)
     check_data_roots(cfg, ['test_dataloader'])
+    launch.check_checkpoint_file(args.checkpoint)
     scope = register_scope(cfg)
     dist_started = setup_distributed(cfg, args.launcher, 'testing')
     runner = build_runner(cfg)

@@ -89,8 +89,8 @@ from mmengine.model import is_model_wrapper
 # the registries, filled at import. The installed package (pip install -e ., tools/setup_env.sh): launch.py
 # says so when it is another checkout's.
 import tlalign_mm  # noqa: F401
-from tlalign_mm.checkpoint import CheckpointFileError, register_checkpoint_loader
-from tlalign_mm.checkpoint.io import atomic_write, diagnose_checkpoint_file
+from tlalign_mm.checkpoint import register_checkpoint_loader
+from tlalign_mm.checkpoint.io import atomic_write
 from tlalign_mm.engine import (
     IncompatibleResumeError,
     TrainingStopped,
@@ -177,10 +177,6 @@ def setup_cfg(args: argparse.Namespace) -> Config:
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    # a --resume / load_from file is checked before anything is built or written into the work dir
-    load_from = cfg.get('load_from')
-    if isinstance(load_from, str) and '://' not in load_from and (reason := diagnose_checkpoint_file(load_from)):
-        raise CheckpointFileError(f'{load_from}: {reason}')
     return cfg
 
 
@@ -244,6 +240,7 @@ def _train(args):
     digest = run_config_digest(run_config(cfg))
     check_downstream_config(cfg)
     check_data_roots(cfg, ['train_dataloader'] + ['val_dataloader'] * (cfg.get('val_cfg') is not None))
+    launch.check_checkpoint_file(cfg.get('load_from'))
     register_scope(cfg)
     dist_started = setup_distributed(cfg, args.launcher, 'training')
     runner = build_runner(cfg)
