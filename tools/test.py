@@ -35,6 +35,7 @@ import argparse
 import launch
 from config_checks import (
     DataRootError,
+    DownstreamConfigError,
     check_data_roots,
     check_downstream_config,
     config_file,
@@ -182,7 +183,7 @@ def plain_metrics(metrics: dict) -> dict:
 def main(argv=None) -> dict:
     register_checkpoint_loader()   # a bad CHECKPOINT: one line naming it, not a traceback
     args = parse_args(argv)
-    with exit_on_checkpoint_error('test.py', DataRootError):
+    with exit_on_checkpoint_error('test.py', DataRootError, DownstreamConfigError):
         return _test(args)
 
 

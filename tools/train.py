@@ -69,6 +69,7 @@ import launch
 import torch
 from config_checks import (
     DataRootError,
+    DownstreamConfigError,
     amp_to_fp32_without_cuda,
     check_data_roots,
     check_downstream_config,
@@ -187,7 +188,7 @@ def main(argv=None):
         print(f'train.py: relaunch {launch.restart_count()} of this job ({" / ".join(launch.RESTART_ENV)}): '
               'resuming from the latest checkpoint in the work dir (--resume)', file=sys.stderr, flush=True)
         args.resume = 'auto'
-    with exit_on_checkpoint_error('train.py', IncompatibleResumeError, DataRootError):
+    with exit_on_checkpoint_error('train.py', IncompatibleResumeError, DataRootError, DownstreamConfigError):
         return _train(args)
 
 
