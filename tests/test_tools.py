@@ -522,6 +522,19 @@ def test_bad_arguments_are_one_usage_line_before_any_work(argv, message, tmp_pat
     assert (tmp_path / 'ck.pth').read_bytes() == before and sorted(os.listdir(tmp_path)) == ['ck.pth', 'notes.txt']
 
 
+@pytest.mark.parametrize('script,args,after', [('dist_train.sh', ['CFG', '--amp'], 'CONFIG'),
+                                               ('dist_test.sh', ['CFG', 'ck.pth', '0'], 'CHECKPOINT')])
+def test_dist_scripts_name_a_gpus_that_is_no_count(script, args, after):
+    """GPUS forgotten (the next option in its place) or 0: exit status 2 and a line naming GPUS, before
+    torchrun starts (it would fail on --nproc_per_node with its own traceback)."""
+    cfg = osp.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-10e_fashion-mnist.py')
+    proc = subprocess.run(['bash', osp.join(TOOLS, script), *[cfg if a == 'CFG' else a for a in args]], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[0] == (f'{script}: error: GPUS (the processes per node, after {after}) must be '
+                                           f"a positive integer, got '{args[-1]}'")
+
+
 @pytest.mark.parametrize('tool', ['train', 'test'])
 def test_a_bad_checkpoint_stops_before_the_work_dir_is_touched(tool, tmp_path):
     """test.py CHECKPOINT / train.py --resume naming an empty file: exit status 1, one line naming it, and the

@@ -19,6 +19,11 @@ if [ -z "$CONFIG" ] || [ -z "$CHECKPOINT" ] || [ -z "$GPUS" ]; then
     echo "Usage: bash $0 CONFIG CHECKPOINT GPUS [test.py args...]" >&2
     exit 2
 fi
+if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "dist_test.sh: error: GPUS (the processes per node, after CHECKPOINT) must be a positive integer, got '$GPUS'" >&2
+    echo "Usage: bash $0 CONFIG CHECKPOINT GPUS [test.py args...]" >&2
+    exit 2
+fi
 
 PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
 ${PYTHON:-python} -m torch.distributed.run \

@@ -26,6 +26,11 @@ if [ -z "$CONFIG" ] || [ -z "$GPUS" ]; then
     echo "Usage: bash $0 CONFIG GPUS [train.py args...]" >&2
     exit 2
 fi
+if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "dist_train.sh: error: GPUS (the processes per node, after CONFIG) must be a positive integer, got '$GPUS'" >&2
+    echo "Usage: bash $0 CONFIG GPUS [train.py args...]" >&2
+    exit 2
+fi
 
 if [ "${MAX_RESTARTS:-0}" -gt 0 ]; then
     # torchrun's c10d rendezvous: each restart meets in a fresh store (the static rendezvous of
