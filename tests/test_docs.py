@@ -224,6 +224,11 @@ out, path0 = {}, list(sys.path)
 for path in sys.argv[1:]:
     buf, sys.argv = io.StringIO(), [path, '--help']
     sys.path[:] = [os.path.dirname(os.path.abspath(path))] + path0     # as `python path` puts its folder first
+    # and as a fresh process: the tools' own helper modules (_common.py puts tools/ on sys.path when it is
+    # imported) are imported again, not taken from the tool before
+    tools = os.path.abspath('tools') + os.sep
+    for name in [n for n, m in sys.modules.items() if (getattr(m, '__file__', None) or '').startswith(tools)]:
+        del sys.modules[name]
     code = 0
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
         try:
