@@ -140,7 +140,8 @@ class TokenMixRule(LabelRule):
             (named with its allowed values); a teacher whose class count differs from the
             student's; a timm teacher without a class activation map.
         FileNotFoundError: a config or checkpoint that does not exist.
-        CheckpointFileError: a teacher checkpoint that cannot be read (a ``pickle.UnpicklingError``).
+        tlalign_mm.checkpoint.CheckpointFileError: a teacher checkpoint that cannot be read (a
+            ``pickle.UnpicklingError``).
         RuntimeError: a timm model name timm does not know, or a checkpoint whose keys or shapes do
             not fit the teacher (``load_state_dict(strict=True)``'s message).
     """
