@@ -81,9 +81,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.configs):
         p.error(f'--names needs one name per config ({len(args.configs)})')
-    names = args.names or variant_names(args.configs)
-    if args.baseline is not None and args.baseline not in names:
-        p.error(f'--baseline {args.baseline!r} is not one of the variants {names}')
+    args.names = args.names or variant_names(args.configs)      # the variants' names, decided once
+    if args.baseline is not None and args.baseline not in args.names:
+        p.error(f'--baseline {args.baseline!r} is not one of the variants {args.names}')
     if args.epochs is not None and args.epochs < 1:
         p.error('--epochs must be >= 1')
     return args
@@ -350,7 +350,7 @@ def write_reports(work_dir: str, names: list[str], configs: list[str], runs: dic
 # ----------------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    names = args.names or variant_names(args.configs)
+    names = args.names
     work_dir = args.work_dir
     os.makedirs(work_dir, exist_ok=True)
     env = dict(os.environ)

@@ -23,6 +23,7 @@ with :func:`render_table`.  ``tests/test_docs.py`` fails when a quoted table dif
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -185,7 +186,6 @@ def render_provenance(doc: Mapping, path: str) -> str:
 def _json_path(value: str) -> str:
     """argparse ``type`` of ``--results-json``: refused at parsing, before any work, unless it names a .json
     file whose folder can be made."""
-    import argparse
     if not value.endswith('.json'):
         raise argparse.ArgumentTypeError(f'must name a .json file, got {value!r}')
     folder = os.path.dirname(os.path.abspath(value))
