@@ -47,6 +47,7 @@ pytest.importorskip('mmengine')
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools')
 SUBPROCESS_TIMEOUT = 300
+_NUM_CUDA = torch.cuda.device_count()
 
 
 # --------------------------------------------------------------------------- the tiny config
@@ -488,6 +489,44 @@ def test_missing_dataset_folder_is_one_line_naming_the_field(tool, tmp_path):
     assert not osp.exists(tmp_path / 'wd' / 'last_checkpoint')
 
 
+@pytest.mark.parametrize('tool,loader', [('token_fluctuation', 'train_dataloader'),
+                                         ('rule_lambdas', 'train_dataloader'),
+                                         ('visualize_aligned_labels', 'val_dataloader')])
+def test_analysis_tools_name_a_missing_dataset_folder_before_building(tool, loader, tmp_path):
+    """The analysis tools that read a dataset check its folder when they read the config, as train.py does:
+    exit status 1, the same one line naming the field and the fix, no traceback, nothing written."""
+    cfg = 'configs/demo/deit-demo_tla_1xb64-10e_fashion-mnist.py'
+    missing = str(tmp_path / 'no_such_folder')
+    argv = [osp.join(TOOLS, 'analysis', f'{tool}.py'), cfg, '--device', 'cpu', '--out-dir', str(tmp_path / 'out'),
+            '--cfg-options', f'{loader}.dataset.data_root={missing}']
+    proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{tool}.py: error: no dataset folder at {loader}.dataset.data_root={missing!r} "
+        f"(relative to {osp.realpath(REPO)}): "
+        'prepare the data as docs/user_guides/data.md says, or point the config at it, e.g. --cfg-options '
+        f'{loader}.dataset.data_root=PATH')
+    assert not osp.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['analysis/plot_curves.py', 'wd'], "no <timestamp>/vis_data/scalars.json under 'wd': pass an mmengine work dir "
+     "of a run that logged with visualizer=dict(vis_backends=[dict(type='LocalVisBackend')])"),
+    (['analysis/demo_results.py', 'wd', '--seconds', '1', '2', '3', '4', '5', '--results-json', 'r.json'],
+     'wd/pretrain/test.txt: no such file (that stage of tools/run_demo.sh did not finish)'),
+])
+def test_an_input_folder_without_its_files_is_one_line(argv, message, tmp_path):
+    """A work dir that exists but holds nothing the tool reads: exit status 1 and one line naming the file
+    looked for, no traceback, nothing written."""
+    (tmp_path / 'wd').mkdir()
+    proc = subprocess.run([sys.executable, osp.join(TOOLS, *argv[0].split('/')), *argv[1:]], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [f'{osp.basename(argv[0])}: error: {message}']
+    assert sorted(os.listdir(tmp_path)) == ['wd'] and not os.listdir(tmp_path / 'wd')
+
+
 @pytest.mark.parametrize('argv,message', [
     (['train.py', 'nope.py'], "argument config: config file not found: 'nope.py'"),
     (['test.py', 'ck.pth', 'CFG'], "argument config: 'ck.pth' is not a config file (.py, .json, .yml, .yaml); the "
@@ -502,11 +541,21 @@ def test_missing_dataset_folder_is_one_line_naming_the_field(tool, tmp_path):
      "argument --results-json: must name a .json file, got 'flops.txt'"),
     (['convert_checkpoint.py', 'ck.pth', 'ck.pth'],
      'DST is SRC (ck.pth): writing it would replace the source; choose another output path'),
+    (['analysis/benchmark_official.py', '--device', 'gpu'],
+     "argument --device: 'gpu' is not a torch device (cpu, cuda, cuda:1 ...)"),
+    (['analysis/token_fluctuation.py', 'CFG', '--device', 'cuda:99'],
+     f"argument --device: 'cuda:99': this machine has {_NUM_CUDA} CUDA device(s)"
+     + ('' if _NUM_CUDA else ' (torch.cuda.is_available() is False); use --device cpu')),
+    (['analysis/plot_curves.py', 'no_run'], "argument runs: no such work dir or scalars.json file: 'no_run'"),
+    (['analysis/demo_results.py', 'no_wd', '--seconds', '1', '2', '3', '4', '5', '--results-json', 'r.json'],
+     "argument work_dir: no such folder: 'no_wd' (the work dir run_demo.sh wrote)"),
+    (['results_tables.py', '--check', 'no.md'], "argument files: no such file: 'no.md'"),
 ])
 def test_bad_arguments_are_one_usage_line_before_any_work(argv, message, tmp_path):
     """A missing or swapped config, a --cfg-options item without '=', an output under a file, a results file
-    that is not .json, or an export over its own source: exit status 2 and one line naming the argument, before
-    anything is built or written (the source checkpoint is untouched)."""
+    that is not .json, an export over its own source, a device this machine lacks, or an input folder / file
+    that is not there: exit status 2 and one line naming the argument, before anything is built or written
+    (the source checkpoint is untouched)."""
     cfg = osp.join(REPO, 'configs', 'demo', 'deit-demo_tla_1xb64-10e_fashion-mnist.py')
     (tmp_path / 'notes.txt').write_text('notes')
     torch.save({'state_dict': {}}, tmp_path / 'ck.pth')

@@ -87,10 +87,18 @@ def process(path: str, write: bool, repo: str = REPO) -> list[str]:
     return problems
 
 
+def _markdown_file(value: str) -> str:
+    """argparse ``type`` of FILES: an existing file, else a usage error naming it."""
+    if not osp.isfile(value):
+        raise argparse.ArgumentTypeError(f'no such file: {value!r}')
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--check', action='store_true', help='only compare; exit 1 naming each block that differs')
-    p.add_argument('files', nargs='*', help='Markdown files (default: README, docs/, config READMEs)')
+    p.add_argument('files', nargs='*', type=_markdown_file,
+                   help='Markdown files (default: README, docs/, config READMEs)')
     args = p.parse_args(argv)
     problems = []
     for f in args.files or markdown_files():

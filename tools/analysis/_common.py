@@ -15,6 +15,7 @@ library's ``test`` package.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os.path as osp
 import sys
@@ -26,8 +27,8 @@ import torch
 from tlalign_mm.utils.checkout import checkout_mismatch
 
 __all__ = ['RANDOM_INIT', 'quiet_init_weights', 'load_config', 'build_classifier', 'build_dataloader',
-           'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device', 'add_config_checkpoint_args',
-           'output_dir', 'weights_title']
+           'build_train_dataloader', 'build_dataset', 'class_names', 'pick_device', 'device_arg',
+           'add_config_checkpoint_args', 'output_dir', 'weights_title']
 
 _TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if _TOOLS not in sys.path:
@@ -58,9 +59,15 @@ def weights_title(weights: str) -> str:
     return 'RANDOM INIT (untrained)' if weights == RANDOM_INIT else osp.basename(weights)
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None):
+def load_config(path: str, cfg_options: Optional[dict] = None, dataloaders: Sequence[str] = ()):
     """``mmengine.Config.fromfile(path)`` with ``cfg_options`` merged in and the config's default
-    scope (``tlalign_mm`` when it sets none) made current."""
+    scope (``tlalign_mm`` when it sets none) made current.
+
+    Raises:
+        DataRootError: a ``data_root`` of the ``dataloaders`` the tool will read is not a folder
+            (``config_checks.check_data_roots``: names the field and the fix), before any model is built.
+    """
+    from config_checks import check_data_roots  # tools/config_checks.py
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
@@ -70,6 +77,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None):
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', None) or 'tlalign_mm')
+    check_data_roots(cfg, dataloaders)
     return cfg
 
 
@@ -78,6 +86,23 @@ def pick_device(device: Optional[str]) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def device_arg(value: str) -> str:
+    """argparse ``type`` of ``--device``: ``value`` when it names a device this machine has (``cpu``,
+    ``cuda``, ``cuda:1`` ...); else an ``ArgumentTypeError`` (a usage line, exit status 2) saying what
+    it has, before anything is built."""
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a torch device (cpu, cuda, cuda:1 ...)') from None
+    backend = getattr(torch, dev.type, None)
+    if dev.type == 'cuda' and (dev.index or 0) >= (n := torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f'{value!r}: this machine has {n} CUDA device(s)'
+                                         + ('' if n else ' (torch.cuda.is_available() is False); use --device cpu'))
+    if dev.type not in ('cpu', 'cuda') and not (hasattr(backend, 'is_available') and backend.is_available()):
+        raise argparse.ArgumentTypeError(f'{value!r}: torch has no {dev.type} device on this machine')
+    return value
 
 
 def quiet_init_weights(model) -> None:

@@ -67,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=2, help='untimed steps per model first')
     p.add_argument('--amp', action='store_true', help='autocast the forward (fp16 on CUDA, bf16 on CPU)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', type=_common.device_arg, default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', type=writable_file, help='also write the figures to this JSON file')
     p.add_argument('--cfg-options', nargs='+', action=CfgOptions,

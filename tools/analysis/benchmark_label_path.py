@@ -60,6 +60,7 @@ import time
 
 import torch
 import torch.nn as nn
+from _common import device_arg  # tools/analysis/_common.py
 from results_file import add_results_arg, table, write_results  # tools/analysis/results_file.py
 
 VARIANTS = ('baseline', 'tla', 'tla32', 'split', 'reference')
@@ -306,7 +307,7 @@ def main():
     p.add_argument('--iters', type=int, default=10)
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', type=device_arg, default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--amp-dtype', default='float32', choices=sorted(AMP_DTYPES),
                    help='run the forward under torch.autocast in this dtype (float32: no autocast)')
     p.add_argument('--attn-impl', default='auto', choices=('auto', 'fused', 'materialised'),

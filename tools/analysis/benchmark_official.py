@@ -39,15 +39,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 
 import torch
 import torch.nn as nn
+from _common import device_arg  # tools/analysis/_common.py (warns when tlalign_mm is another checkout's)
 from benchmark_label_path import build, make_batch, step, timed  # tools/analysis/benchmark_label_path.py
 from results_file import add_results_arg, provenance, table, write_results  # tools/analysis/results_file.py
 from timing import paired_ratios  # tools/analysis/timing.py
-
-from tlalign_mm.utils.checkout import checkout_mismatch
 
 VARIANTS = ('ours', 'official', 'timm', 'timm-mat')
 PRECISIONS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -191,7 +189,7 @@ def main():
     p.add_argument('--variants', default='official,timm',
                    help=f'comma-separated comparison variants from {",".join(VARIANTS[1:])} (ours always runs)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', type=device_arg, default='cuda' if torch.cuda.is_available() else 'cpu')
     add_results_arg(p)
     args = p.parse_args()
     if args.threads:
@@ -206,8 +204,6 @@ def main():
     device = torch.device(args.device)
 
     from tlalign_mm.align import resolve_attn_impl
-    if (other := checkout_mismatch(__file__)) is not None:   # would time another checkout's package
-        print(f'warning: {other}', file=sys.stderr)
     note = machine_note(device)
     load0 = os.getloadavg()[0]
     print(f"# DeiT-S training step, batch {args.batch}, {args.img}px, {note['device']}: {note['cpu']}, "

@@ -35,6 +35,8 @@ def read_metrics(path: str) -> dict:
     Raises:
         FileNotFoundError / ValueError: the file is missing or holds no such line (names the file).
     """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path}: no such file (that stage of tools/run_demo.sh did not finish)')
     with open(path) as f:
         lines = [ln for ln in f if ln.startswith('metrics: ')]
     if not lines:
@@ -42,9 +44,16 @@ def read_metrics(path: str) -> dict:
     return ast.literal_eval(lines[-1][len('metrics: '):])
 
 
+def _work_dir(value: str) -> str:
+    """argparse ``type`` of WORK_DIR: an existing folder, else a usage error naming it."""
+    if not osp.isdir(value):
+        raise argparse.ArgumentTypeError(f'no such folder: {value!r} (the work dir run_demo.sh wrote)')
+    return value
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('work_dir')
+    p.add_argument('work_dir', type=_work_dir)
     p.add_argument('--seconds', nargs=5, type=int, required=True,
                    metavar=('SETUP', 'PRETRAIN', 'UPERNET', 'CASCADE', 'TOTAL'),
                    help='wall time of set-up + data, and of each stage with its test, and in all')
@@ -52,7 +61,10 @@ def main(argv=None) -> dict:
     p.add_argument('--command', default='bash tools/run_demo.sh', help='the command the results file names')
     args = p.parse_args(argv)
 
-    metrics = {name: read_metrics(osp.join(args.work_dir, name, 'test.txt')) for name, *_ in STAGES}
+    try:
+        metrics = {name: read_metrics(osp.join(args.work_dir, name, 'test.txt')) for name, *_ in STAGES}
+    except (FileNotFoundError, ValueError) as e:    # a stage that did not run, or whose test failed
+        raise SystemExit(f'demo_results.py: error: {e}') from None
     rows = []
     for name, what, images, keys in STAGES:
         m = metrics[name]

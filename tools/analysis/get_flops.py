@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument('--batch', type=int, default=1, help='images per traced batch (FLOPs are for the batch)')
     p.add_argument('--compare-stock', action='store_true',
                    help='also count the config with the stock mmseg / mmdet backbone swapped in')
-    p.add_argument('--device', default='cpu', help='where to trace (cpu, cuda)')
+    p.add_argument('--device', type=_common.device_arg, default='cpu', help='where to trace (cpu, cuda)')
     p.add_argument('--out', type=writable_file, help='write the numbers to this JSON file')
     from results_file import add_results_arg  # tools/analysis/results_file.py
     add_results_arg(p)

@@ -18,10 +18,17 @@ import os
 from curves import loss_keys, metric_keys, plot_curves, read_scalars  # tools/analysis/curves.py
 
 
+def _run(value: str) -> str:
+    """argparse ``type`` of a run: an existing work dir or file, else a usage error naming it."""
+    if not os.path.exists(value):
+        raise argparse.ArgumentTypeError(f'no such work dir or scalars.json file: {value!r}')
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('runs', nargs='+', help='mmengine work dirs or scalars.json files')
+    p.add_argument('runs', nargs='+', type=_run, help='mmengine work dirs or scalars.json files')
     p.add_argument('--out', default='curves.png', help='output PNG (default: curves.png)')
     p.add_argument('--titles', nargs='+', default=None, help='one title per run (default: the work dir name)')
     p.add_argument('--metrics', nargs='+', default=None,
@@ -31,7 +38,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    runs = [read_scalars(r) for r in args.runs]
+    try:
+        runs = [read_scalars(r) for r in args.runs]
+    except (FileNotFoundError, ValueError) as e:    # a run that never logged, or not a scalars file
+        raise SystemExit(f'plot_curves.py: error: {e}') from None
     if os.path.dirname(args.out):
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
     plot_curves(runs, args.out, titles=args.titles, metrics=args.metrics)

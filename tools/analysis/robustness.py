@@ -47,6 +47,7 @@ import os.path as osp
 import time
 from fractions import Fraction
 
+from _common import device_arg  # tools/analysis/_common.py
 from results_file import add_results_arg, render_table, write_results  # tools/analysis/results_file.py
 from results_file import table as results_table
 
@@ -93,7 +94,7 @@ def parse_args(argv=None):
     p.add_argument('--classes', default=None, help='a file with the model\'s class names, one per line')
     p.add_argument('--batch-size', type=int, default=None, help="default: the config's test batch size")
     p.add_argument('--num-workers', type=int, default=2)
-    p.add_argument('--device', default=None, help='cpu, cuda, ... (default: cuda if available)')
+    p.add_argument('--device', type=device_arg, default=None, help='cpu, cuda, ... (default: cuda if available)')
     p.add_argument('--out-dir', default=osp.join('work_dirs', 'robustness'))
     p.add_argument('--seed', type=int, default=0, help='seed of the attacks\' random starts')
     add_results_arg(p)

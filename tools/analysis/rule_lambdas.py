@@ -3,6 +3,7 @@
 
     python tools/analysis/rule_lambdas.py CONFIG [CHECKPOINT] [--num-batches N] [--top-k K]
         [--teacher-config CFG --teacher-checkpoint CKPT] [--out-dir DIR] [--device DEV] [--seed S]
+        [--cfg-options KEY=VALUE ...]
 
 Builds the model and the training dataloader from CONFIG, loads CHECKPOINT (without one the
 network is randomly initialised and the outputs say so), mixes N training batches with the
@@ -18,7 +19,8 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from _common import add_config_checkpoint_args, output_dir, weights_title
+from _common import add_config_checkpoint_args, device_arg, output_dir, weights_title
+from config_checks import CfgOptions  # tools/config_checks.py (tools/ on sys.path: _common)
 from results_file import add_results_arg, table, write_results  # tools/analysis/results_file.py
 
 import tlalign_mm  # noqa: F401  (registries)
@@ -34,8 +36,9 @@ def parse_args(argv=None):
     p.add_argument('--teacher-config', default=None, help='a classifier config: adds the TokenMix curve')
     p.add_argument('--teacher-checkpoint', default=None)
     p.add_argument('--out-dir', default=None)
-    p.add_argument('--device', default=None, help='cpu, cuda, ... (default: cuda if available)')
+    p.add_argument('--device', type=device_arg, default=None, help='cpu, cuda, ... (default: cuda if available)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptions, help='override config keys (KEY=VALUE)')
     add_results_arg(p)
     args = p.parse_args(argv)
     if bool(args.teacher_config) != bool(args.teacher_checkpoint):
@@ -60,7 +63,7 @@ def main(argv=None) -> dict:
     from tlalign_mm.analysis.rule_lambdas import most_fluctuating, rule_lambdas
     from tlalign_mm.analysis.tracing import block_names, iter_blocks
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.cfg_options, ['train_dataloader'])
     stem, out_dir = output_dir(args.config, args.out_dir, 'rule_lambdas')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
@@ -108,6 +111,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    from launch import exit_on_checkpoint_error  # tools/launch.py (tools/ on sys.path: _common)
-    with exit_on_checkpoint_error('rule_lambdas.py'):
+    from config_checks import DataRootError  # tools/config_checks.py (tools/ on sys.path: _common)
+    from launch import exit_on_checkpoint_error  # tools/launch.py
+    with exit_on_checkpoint_error('rule_lambdas.py', DataRootError):
         main()

@@ -25,7 +25,7 @@ import argparse
 import json
 import os.path as osp
 
-from _common import add_config_checkpoint_args, output_dir, weights_title
+from _common import add_config_checkpoint_args, device_arg, output_dir, weights_title
 from config_checks import CfgOptions  # tools/config_checks.py (tools/ on sys.path: _common)
 
 import tlalign_mm  # noqa: F401  (registries)
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument('--num-batches', type=int, default=10)
     p.add_argument('--batch-size', type=int, default=None, help="default: the config's train batch size")
     p.add_argument('--out-dir', default=None)
-    p.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
+    p.add_argument('--device', type=device_arg, default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     p.add_argument('--num-workers', type=int, default=0)
     p.add_argument('--seed', type=int, default=0, help='seeds the initialisation, sampler and mixing')
     p.add_argument('--cfg-options', nargs='+', action=CfgOptions, help='override config keys (KEY=VALUE)')
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
 
     from tlalign_mm.analysis import run_fluctuation
 
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, ['train_dataloader'])
     stem, out_dir = output_dir(args.config, args.out_dir, 'token_fluctuation')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
@@ -111,6 +111,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    from launch import exit_on_checkpoint_error  # tools/launch.py (tools/ on sys.path: _common)
-    with exit_on_checkpoint_error('token_fluctuation.py'):
+    from config_checks import DataRootError  # tools/config_checks.py (tools/ on sys.path: _common)
+    from launch import exit_on_checkpoint_error  # tools/launch.py
+    with exit_on_checkpoint_error('token_fluctuation.py', DataRootError):
         main()

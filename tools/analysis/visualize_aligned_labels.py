@@ -28,7 +28,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
-from _common import add_config_checkpoint_args, output_dir, weights_title
+from _common import add_config_checkpoint_args, device_arg, output_dir, weights_title
 from config_checks import CfgOptions  # tools/config_checks.py (tools/ on sys.path: _common)
 
 import tlalign_mm  # noqa: F401
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument('--lam-range', nargs=2, type=float, default=(0.3, 0.8), metavar=('LO', 'HI'),
                    help='redraw the mix until lam is in [LO, HI] (a visible box)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--device', default=None)
+    p.add_argument('--device', type=device_arg, default=None, help='cpu, cuda, ... (default: cuda if available)')
     p.add_argument('--cfg-options', nargs='+', action=CfgOptions, help='override config keys (KEY=VALUE)')
     return p.parse_args(argv)
 
@@ -99,7 +99,7 @@ def main(argv=None) -> str:
 
     if args.num_images < 1:
         raise SystemExit('--num-images must be >= 1')
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, [f'{args.split}_dataloader'])
     stem, out_dir = output_dir(args.config, args.out_dir, 'label_maps')
     device = pick_device(args.device)
     model, weights = build_classifier(cfg, args.checkpoint, device, seed=args.seed)
@@ -137,6 +137,7 @@ def main(argv=None) -> str:
 
 
 if __name__ == '__main__':
-    from launch import exit_on_checkpoint_error  # tools/launch.py (tools/ on sys.path: _common)
-    with exit_on_checkpoint_error('visualize_aligned_labels.py'):
+    from config_checks import DataRootError  # tools/config_checks.py (tools/ on sys.path: _common)
+    from launch import exit_on_checkpoint_error  # tools/launch.py
+    with exit_on_checkpoint_error('visualize_aligned_labels.py', DataRootError):
         main()
