@@ -153,7 +153,8 @@ def test_deit_to_mmseg_gives_our_features():
 
 @pytest.mark.parametrize('distilled', [False, True])
 def test_deit_to_mmpretrain_gives_our_features(distilled):
-    """Runs where mmpretrain is installed (tools/setup_env.sh does not install it: see the README)."""
+    """mmpretrain's (Distilled)VisionTransformer loads our export strictly and gives our features
+    (tools/setup_env.sh installs mmpretrain: requirements/mmpretrain.txt)."""
     pytest.importorskip('mmpretrain.models', reason='mmpretrain is not installed')
     ours = deit(out_indices=(0, 1), distilled=distilled)
     res = export_state_dict(ours.state_dict(), 'mmpretrain')

@@ -6,7 +6,7 @@
 #
 # Installs, pinned by requirements/constraints.txt: torch + torchvision (matched pair, the
 # registry's default builds), mmengine, mmcv WITH compiled ops (prebuilt wheel if one matches,
-# else built from the source archive and cached), mmdet, mmsegmentation, timm, pycocotools,
+# else built from the source archive and cached), mmdet, mmsegmentation, mmpretrain, timm, pycocotools,
 # the test tools, the robustness tools (torchattacks, imagecorruptions), and this package in
 # editable mode.
 #
@@ -64,6 +64,7 @@ with warnings.catch_warnings():  # imagecorruptions imports the deprecated pkg_r
 import torch, torchvision, timm, mmengine, mmcv, mmdet.models, mmseg.models  # noqa: F401
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops)
 import pycocotools, pytest, torchattacks, xdist  # noqa: F401
+import mmpretrain.models  # noqa: F401  (the --to mmpretrain export's target)
 print('  torch', torch.__version__, '| torchvision', torchvision.__version__, '| mmcv', mmcv.__version__,
       '| mmdet', md.version('mmdet'), '| mmseg', md.version('mmsegmentation'), '| timm', timm.__version__,
       '| mmengine', mmengine.__version__)
@@ -183,11 +184,16 @@ else
 fi
 
 # --- 6. mmdet + mmseg -----------------------------------------------------------------------
-step 6 "installing mmdet==$(pin mmdet) and mmsegmentation==$(pin mmsegmentation)"
+step 6 "installing mmdet==$(pin mmdet), mmsegmentation==$(pin mmsegmentation) and mmpretrain==$(pin mmpretrain)"
 "$VPY" -m pip install -q -c "$CONSTRAINTS" -r "$REPO/requirements/mminstall.txt" \
   || die "pip could not install requirements/mminstall.txt."
 # mmseg imports these at `import mmseg.models` but does not declare them.
 "$VPY" -m pip install -q ftfy regex || die "could not install ftfy/regex (needed by mmseg)."
+# mmpretrain (requirements/mmpretrain.txt): what it imports, then itself without its declared dependencies,
+# whose `modelindex` is an empty placeholder on PyPI.
+"$VPY" -m pip install -q -c "$CONSTRAINTS" einops importlib-metadata \
+  && "$VPY" -m pip install -q --no-deps -c "$CONSTRAINTS" mmpretrain \
+  || die "pip could not install mmpretrain (requirements/mmpretrain.txt)."
 
 # --- 7. this package + the final check ----------------------------------------------------
 step 7 "installing tlalign_mm (editable) and checking every import"
