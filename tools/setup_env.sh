@@ -190,7 +190,7 @@ step 6 "installing mmdet==$(pin mmdet), mmsegmentation==$(pin mmsegmentation) an
 # mmseg imports these at `import mmseg.models` but does not declare them.
 "$VPY" -m pip install -q ftfy regex || die "could not install ftfy/regex (needed by mmseg)."
 # mmpretrain (requirements/mmpretrain.txt): what it imports, then itself without its declared dependencies,
-# whose `modelindex` is an empty placeholder on PyPI.
+# whose `modelindex` is, on PyPI, an empty package with no module.
 "$VPY" -m pip install -q -c "$CONSTRAINTS" einops importlib-metadata \
   && "$VPY" -m pip install -q --no-deps -c "$CONSTRAINTS" mmpretrain \
   || die "pip could not install mmpretrain (requirements/mmpretrain.txt)."

@@ -96,10 +96,10 @@ def device_arg(value: str) -> str:
         dev = torch.device(value)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f'{value!r} is not a torch device (cpu, cuda, cuda:1 ...)') from None
-    backend = getattr(torch, dev.type, None)
     if dev.type == 'cuda' and (dev.index or 0) >= (n := torch.cuda.device_count()):
         raise argparse.ArgumentTypeError(f'{value!r}: this machine has {n} CUDA device(s)'
                                          + ('' if n else ' (torch.cuda.is_available() is False); use --device cpu'))
+    backend = getattr(torch, dev.type, None)            # torch.mps, torch.xpu ...
     if dev.type not in ('cpu', 'cuda') and not (hasattr(backend, 'is_available') and backend.is_available()):
         raise argparse.ArgumentTypeError(f'{value!r}: torch has no {dev.type} device on this machine')
     return value
