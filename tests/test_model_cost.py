@@ -343,18 +343,17 @@ def test_stock_mapping_to_mmpretrain_passes_what_its_vit_takes():
     """mmpretrain's VisionTransformer (mmpretrain/models/backbones/vision_transformer.py, 1.2.0) takes
     ``frozen_stages``, ``drop_rate``, ``drop_path_rate`` and ``out_indices`` itself, the attention dropout through
     ``layer_cfgs``, and has no ``norm_eval`` / ``with_cp``."""
-    from tlalign_mm.checkpoint.export import stock_config
     cfg = dict(type='TLAVisionTransformer', arch='deit-small', img_size=384, out_indices=(3, 11), drop_rate=0.1,
                attn_drop_rate=0.2, drop_path_rate=0.3, frozen_stages=2, norm_eval=True, with_cp=True)
-    stock = stock_config(cfg, 'mmpretrain')
+    stock = stock_backbone_config(cfg, 'mmpretrain')
     assert stock == dict(type='VisionTransformer', arch=dict(embed_dims=384, num_layers=12, num_heads=6,
                                                               feedforward_channels=1536),
                          patch_size=16, qkv_bias=True, final_norm=True, out_type='featmap', out_indices=[3, 11],
                          layer_cfgs=dict(attn_drop_rate=0.2), in_channels=3, drop_rate=0.1, drop_path_rate=0.3,
                          interpolate_mode='bicubic', frozen_stages=2, img_size=384)
-    assert 'layer_cfgs' not in stock_config(dict(cfg, attn_drop_rate=0.0), 'mmpretrain')
+    assert 'layer_cfgs' not in stock_backbone_config(dict(cfg, attn_drop_rate=0.0), 'mmpretrain')
     with pytest.raises(ValueError, match='frozen_exclude'):
-        stock_config(cfg, 'mmseg')
+        stock_backbone_config(cfg, 'mmseg')
 
 
 def test_stock_mapping_knows_every_backbone_argument():

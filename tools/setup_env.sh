@@ -155,6 +155,7 @@ else
     SRC=$(mktemp -d)
     # mmcv 2.1's setup.py imports pkg_resources (gone from setuptools >= 70), while torch
     # wants setuptools >= 77: pin the old one for the compile only, then restore.
+    say "  setuptools<70 for the compile only (pip reports that torch wants >= 77: expected; restored after)"
     "$VPY" -m pip install -q "setuptools<70" || die "could not install setuptools<70 for the mmcv build."
     "$VPY" -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d "$SRC" "mmcv==$MMCV" \
       || die "could not download the mmcv==$MMCV source archive."

@@ -2,12 +2,11 @@
 
 The reverse of reading: a checkpoint of any layout we read is converted into ours, then its family module writes it
 under the target's names from the key tables it reads with (which target holds which family:
-``docs/user_guides/export.md``).  The export build lines and :func:`stock_config` (the cost tools' stock backbone)
-both read the family's ``stock``, so the two cannot drift.
+``docs/user_guides/export.md``).  The export build lines and the cost tools' stock backbone
+(``tools/analysis/model_cost.py``) both read the family's ``stock``, so the two cannot drift.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -15,15 +14,13 @@ from collections.abc import Mapping
 from ..version import __version__
 from .io import atomic_save, load_checkpoint_file
 from .keys import ExportResult
-from .layouts import FAMILIES, checkpoint_head, extract_state_dict, family_of, foreign_readout, read_backbone
+from .layouts import checkpoint_head, extract_state_dict, family_of, foreign_readout, read_backbone
 
-__all__ = ['EXPORT_TARGETS', 'READOUTS', 'backbone_export', 'export_state_dict', 'export_checkpoint', 'stock_config']
+__all__ = ['EXPORT_TARGETS', 'READOUTS', 'backbone_export', 'export_state_dict', 'export_checkpoint']
 
 EXPORT_TARGETS = ('tlalign', 'timm', 'mmseg', 'mmdet', 'mmpretrain')
 READOUTS = ('cls_token', 'avg_featmap')
 """Our classifier's pooled features (the backbone's ``out_type``): the class token or the token mean."""
-OURS_ONLY = ('attn_impl', 'label_dtype', 'init_cfg', 'pretrained')
-"""Our backbones' arguments no stock model has (label options, our weight loading)."""
 
 
 def backbone_export(state_dict: Mapping, **meta) -> dict:
@@ -130,26 +127,3 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
             'readout': readout, 'head': bool(head) and any(k.startswith('head.') for k in result.state_dict),
             'dropped': list(result.dropped), 'notes': list(result.notes), 'label_params': label_params}
 
-
-def stock_config(backbone: Mapping, lib: str) -> dict:
-    """The stock ``lib`` (mmseg / mmdet) backbone config, a plain dict ``MODELS.build`` builds, with the
-    architecture of ``backbone`` (``cfg.model.backbone`` of one of ours, ``type`` with or without a scope) by the
-    family's ``stock``: the config's arguments over the constructor's defaults, ``arch`` resolved,
-    :data:`OURS_ONLY` dropped; no ``init_cfg`` (random init).
-
-    Raises:
-        ValueError: not one of our backbones; what the stock model cannot express (the family's ``stock``);
-            arguments the mapping does not know (names them).
-    """
-    name = str(backbone.get('type', '')).rsplit('.', 1)[-1]
-    family = next((f for f in FAMILIES if f.MODEL.__name__ == name), None)
-    if family is None:
-        raise ValueError(f'no stock counterpart for backbone type {name!r}: the mapping knows '
-                         f'{", ".join(f.MODEL.__name__ for f in FAMILIES)} (our backbones)')
-    a = {k: p.default for k, p in inspect.signature(family.MODEL).parameters.items()} | dict(backbone)
-    a = {k: v for k, v in a.items() if k not in ('type', *OURS_ONLY)}
-    a |= family.MODEL.resolve_arch(a.pop('arch'))
-    path, kw = family.stock(a, lib)
-    if a:
-        raise ValueError(f'model.backbone ({name}) has keys the stock mapping does not know: {sorted(a)}')
-    return dict(type=path.rsplit('.', 1)[1], **kw)

@@ -520,34 +520,47 @@ def config_cost(cfg: Any, shape: Optional[Sequence[int]] = None, batch_size: int
 def stock_backbone_config(backbone: Mapping, scope: Optional[str]) -> dict:
     """The stock OpenMMLab backbone config with the same architecture as one of ours.
 
-    The mapping is :func:`tlalign_mm.checkpoint.export.stock_config`: the table each family of
-    ``tlalign_mm/checkpoint/{vit,swin,pvt}.py`` keeps for its export build lines, so the comparison and the
-    exports cannot drift.  ``TLASwinTransformer`` -> mmseg / mmdet ``SwinTransformer``;
-    ``TLAPyramidVisionTransformer`` -> mmdet ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2``
-    (v2); ``TLAVisionTransformer`` -> mmseg ``VisionTransformer``.  No ``init_cfg`` (random init); our label
-    options are dropped.
+    The mapping is the ``stock`` table each family of ``tlalign_mm/checkpoint/{vit,swin,pvt}.py`` keeps for its
+    export build lines, so the comparison and the exports cannot drift: the config's arguments over the
+    constructor's defaults, ``arch`` resolved, our own arguments (label options, weight loading) dropped.
+    ``TLASwinTransformer`` -> mmseg / mmdet ``SwinTransformer``; ``TLAPyramidVisionTransformer`` -> mmdet
+    ``PyramidVisionTransformer`` (v1) / ``PyramidVisionTransformerV2`` (v2); ``TLAVisionTransformer`` -> mmseg /
+    mmpretrain ``VisionTransformer``.  No ``init_cfg`` (random init).
 
     Args:
-        backbone: ``cfg.model.backbone`` of one of our configs.
-        scope: the config's ``default_scope``.
+        backbone: ``cfg.model.backbone`` of one of our configs (``type`` with or without a scope).
+        scope: the config's ``default_scope``: ``'mmseg'``, ``'mmdet'`` or ``'mmpretrain'``.
 
     Returns:
         a plain dict, buildable by ``MODELS.build`` under ``scope``.
 
     Raises:
-        ValueError: a backbone type other than ours; a scope other than mmseg / mmdet (pretraining configs:
-            the stock backbones have no classifier outputs); what the stock class cannot express (mmdet has no
-            ViT, mmseg no PVT, Swin / PVT / ViT ``out_type`` other than ``'featmap'``, a distilled ViT or a ViT
-            ``frozen_stages``); keys the mapping does not know.
+        ValueError: a backbone type other than ours; another scope (pretraining configs: the stock backbones
+            have no classifier outputs); what the stock class cannot express (mmdet has no ViT, mmseg no PVT,
+            Swin / PVT / ViT ``out_type`` other than ``'featmap'``, a distilled ViT or a ViT ``frozen_stages``
+            for mmseg); keys the mapping does not know (names them).
     """
-    from tlalign_mm.checkpoint.export import stock_config
+    import inspect
+
+    from tlalign_mm.checkpoint.layouts import FAMILIES
 
     btype = _type_name(cfg_get(backbone, 'type', ''))
-    if scope not in ('mmseg', 'mmdet'):
-        raise ValueError(f"stock backbones are mmseg's / mmdet's: the config's default_scope is {scope!r}, not "
-                         "'mmseg' or 'mmdet' (pretraining configs have no stock comparison; "
+    if scope not in ('mmseg', 'mmdet', 'mmpretrain'):
+        raise ValueError(f"stock backbones are mmseg's, mmdet's or mmpretrain's: the config's default_scope is "
+                         f"{scope!r} (pretraining configs have no stock comparison; "
                          'tools/analysis/benchmark_label_path.py compares the pretraining backbones)')
-    return stock_config(dict(backbone, type=btype), scope)
+    family = next((f for f in FAMILIES if f.MODEL.__name__ == btype), None)
+    if family is None:
+        raise ValueError(f'no stock counterpart for backbone type {btype!r}: the mapping knows '
+                         f'{", ".join(f.MODEL.__name__ for f in FAMILIES)} (our backbones)')
+    ours_only = ('type', 'attn_impl', 'label_dtype', 'init_cfg', 'pretrained')
+    a = {k: p.default for k, p in inspect.signature(family.MODEL).parameters.items()} | dict(backbone)
+    a = {k: v for k, v in a.items() if k not in ours_only}
+    a |= family.MODEL.resolve_arch(a.pop('arch'))
+    path, kw = family.stock(a, scope)
+    if a:
+        raise ValueError(f'model.backbone ({btype}) has keys the stock mapping does not know: {sorted(a)}')
+    return dict(type=path.rsplit('.', 1)[1], **kw)
 
 
 def with_stock_backbone(cfg: Any):
