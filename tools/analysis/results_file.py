@@ -185,15 +185,11 @@ def render_provenance(doc: Mapping, path: str) -> str:
 
 def _json_path(value: str) -> str:
     """argparse ``type`` of ``--results-json``: refused at parsing, before any work, unless it names a .json
-    file whose folder can be made."""
+    file that can be written (``tools/config_checks.py``'s ``writable_file``)."""
+    from config_checks import writable_file  # tools/: on sys.path in every tool that parses --results-json
     if not value.endswith('.json'):
         raise argparse.ArgumentTypeError(f'must name a .json file, got {value!r}')
-    folder = os.path.dirname(os.path.abspath(value))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f'{value!r}: {folder} is a file, not a folder')
-    return value
+    return writable_file(value)
 
 
 def add_results_arg(parser) -> None:
