@@ -428,3 +428,26 @@ def test_results_blocks_must_equal_their_file(tmp_path):
     results_tables.process(str(md), write=True, repo=str(tmp_path))
     assert results_tables.process(str(md), write=False, repo=str(tmp_path)) == []
     assert '| 1 | 2 |' in md.read_text()
+
+
+def test_a_quoted_run_names_the_cpu_kernels_it_ran_on():
+    """Two CPUs of one name (both "AMD EPYC") can train the demo to other last digits: the machine record
+    names the vector units that pick the float kernels, as torch's own dispatch sees them
+    (``torch.backends.cpu.get_cpu_capability``), and the line under a quoted table shows them."""
+    import torch
+    sys.path.insert(0, osp.join(REPO, 'tools', 'analysis'))
+    from results_file import provenance, render_provenance
+    if os.environ.get('ATEN_CPU_CAPABILITY') or not osp.exists('/proc/cpuinfo'):
+        pytest.skip('torch dispatch capability overridden, or no /proc/cpuinfo')
+    isa = provenance(argv=[], tool='tools/x.py')['machine']['cpu_isa']
+    want = {'AVX512': 'AVX-512', 'AVX2': 'AVX2', 'DEFAULT': 'no AVX2'}.get(torch.backends.cpu.get_cpu_capability())
+    if want is None or isa is None:
+        pytest.skip(f'not an x86 CPU (torch: {torch.backends.cpu.get_cpu_capability()}, flags: {isa})')
+    assert isa.split(' + ')[0] == want
+    doc = {'date': '2026-12-05T10:00:00Z', 'commit': '0123456789abcdef',
+           'machine': {'cpu': 'AMD EPYC', 'cpu_isa': 'AVX2', 'cores': 2, 'gpu': None}}
+    assert render_provenance(doc, 'docs/results/x.json') == \
+        '*Source: `docs/results/x.json`, 2026-12-05, commit 0123456789ab, AMD EPYC (AVX2), 2 cores.*'
+    del doc['machine']['cpu_isa']      # a file written before the field: as it always rendered
+    assert render_provenance(doc, 'docs/results/x.json') == \
+        '*Source: `docs/results/x.json`, 2026-12-05, commit 0123456789ab, AMD EPYC, 2 cores.*'

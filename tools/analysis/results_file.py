@@ -7,7 +7,8 @@ A measuring tool given ``--results-json PATH`` writes, next to its usual output,
       "command": "python tools/analysis/ab_experiment.py --configs ... --seeds 0 1 2",
       "commit": "0123abc...",            # git HEAD of the checkout the tool ran from ("+dirty": edits)
       "date": "2026-12-04T18:02:11Z",    # UTC, when the file was written
-      "machine": {"cpu": "...", "cores": 2, "gpu": null, "torch": "2.14.1", "python": "3.11.9", "os": "..."},
+      "machine": {"cpu": "...", "cpu_isa": "AVX2", "cores": 2, "gpu": null, "torch": "2.14.1",
+                  "python": "3.11.9", "os": "..."},
       "supersedes": null,                # or the date / commit of the run this one replaces
       "tables": {"NAME": {"columns": ["..."], "rows": [["...", "..."], ...]}},
       "values": {...}                    # the raw numbers behind the tables
@@ -60,6 +61,25 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_isa() -> Optional[str]:
+    """The vector units that pick the CPU's float kernels (ATen's, oneDNN's), from /proc/cpuinfo's flags:
+    ``'AVX-512'`` (avx512f / bw / vl / dq, as ATen's AVX512 capability needs), else ``'AVX2'``, else
+    ``'no AVX2'``, with ``'+ AVX512-BF16'`` / ``'+ AMX'`` where present; None where there are no x86 flags.
+    Two CPUs of one name can differ here, and so can the last digits of what they train."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            line = next((ln for ln in f if ln.startswith('flags')), None)
+    except OSError:
+        return None
+    if line is None:
+        return None
+    flags = set(line.split(':', 1)[1].split())
+    base = ('AVX-512' if {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'} <= flags
+            else 'AVX2' if 'avx2' in flags else 'no AVX2')
+    return ' + '.join([base] + [name for flag, name in (('avx512_bf16', 'AVX512-BF16'), ('amx_tile', 'AMX'))
+                                if flag in flags])
+
+
 def _gpu_name() -> Optional[str]:
     torch = sys.modules.get('torch')        # only asked when the tool already imported torch
     if torch is not None and torch.cuda.is_available():
@@ -76,7 +96,7 @@ def provenance(argv: Optional[Sequence[str]] = None, tool: Optional[str] = None)
     Returns:
         dict with ``tool``, ``command``, ``commit`` (``None`` outside a git checkout; ``+dirty``
         appended when tracked files differ from the commit), ``date`` (UTC, ISO 8601) and
-        ``machine`` (cpu, cores, gpu, torch, python, os).
+        ``machine`` (cpu, cpu_isa (:func:`_cpu_isa`), cores, gpu, torch, python, os).
     """
     tool = tool or osp.relpath(osp.abspath(sys.argv[0]), REPO)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -92,6 +112,7 @@ def provenance(argv: Optional[Sequence[str]] = None, tool: Optional[str] = None)
         'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
         'machine': {
             'cpu': _cpu_name(),
+            'cpu_isa': _cpu_isa(),
             'cores': os.cpu_count(),
             'gpu': _gpu_name(),
             'torch': getattr(torch, '__version__', None),
@@ -174,7 +195,7 @@ def render_provenance(doc: Mapping, path: str) -> str:
     if 'source' in doc:
         return f"*Source: `{path}`: {doc['source']}.*"
     m = doc.get('machine') or {}
-    where = m.get('gpu') or m.get('cpu') or 'unknown machine'
+    where = m.get('gpu') or (m.get('cpu') or 'unknown machine') + (f" ({m['cpu_isa']})" if m.get('cpu_isa') else '')
     cores = f", {m['cores']} cores" if m.get('cores') and not m.get('gpu') else ''
     commit = (doc.get('commit') or 'no commit')[:12]
     line = f"*Source: `{path}`, {doc['date'][:10]}, commit {commit}, {where}{cores}"
