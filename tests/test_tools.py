@@ -884,3 +884,19 @@ def test_test_tiers_reads_pytest_summary():
     assert mod.summary_counts('5 passed in 1.0s') == {'passed': 5}
     with pytest.raises(ValueError, match='no summary line'):
         mod.summary_counts('....\nKeyboardInterrupt\n')
+
+
+def test_test_tiers_shows_a_failing_tier_whole(monkeypatch, capsys):
+    """A tier that fails prints all of pytest's output (the traceback comes long before the summary); a tier
+    that passes prints its tail only."""
+    import importlib.util
+    import subprocess as sp
+    spec = importlib.util.spec_from_file_location('test_tiers_tool', os.path.join(REPO, 'tools', 'test_tiers.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = '=== FAILURES ===\nE   AssertionError: the traceback\n' + 'warning line\n' * 400 + '1 failed in 1.0s\n'
+    for rc in (1, 0):
+        monkeypatch.setattr(mod.subprocess, 'run', lambda *a, rc=rc, **k: sp.CompletedProcess(a, rc, text, ''))
+        assert mod.run_tier(['-m', 'not slow'], None)[2] == rc
+        shown = capsys.readouterr().out
+        assert ('E   AssertionError: the traceback' in shown) == (rc == 1) and shown.endswith('1 failed in 1.0s\n')

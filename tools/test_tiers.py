@@ -55,7 +55,7 @@ def run_tier(args: list[str], results_json: str | None) -> tuple[dict[str, int],
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
-    sys.stdout.write(out.stdout[-3000:])
+    sys.stdout.write(out.stdout if out.returncode else out.stdout[-3000:])   # a failure: its traceback too
     return summary_counts(out.stdout), wall, out.returncode
 
 
