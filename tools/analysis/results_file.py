@@ -50,15 +50,17 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _cpu_name() -> str:
+def _cpuinfo(field: str) -> Optional[str]:
+    """The value of the first ``field`` line of /proc/cpuinfo; None without one (or without the file)."""
     try:
         with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
+            return next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith(field)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+def _cpu_name() -> str:
+    return _cpuinfo('model name') or platform.processor() or platform.machine()
 
 
 def _cpu_isa() -> Optional[str]:
@@ -66,14 +68,9 @@ def _cpu_isa() -> Optional[str]:
     ``'AVX-512'`` (avx512f / bw / vl / dq, as ATen's AVX512 capability needs), else ``'AVX2'``, else
     ``'no AVX2'``, with ``'+ AVX512-BF16'`` / ``'+ AMX'`` where present; None where there are no x86 flags.
     Two CPUs of one name can differ here, and so can the last digits of what they train."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            line = next((ln for ln in f if ln.startswith('flags')), None)
-    except OSError:
+    if (line := _cpuinfo('flags')) is None:
         return None
-    if line is None:
-        return None
-    flags = set(line.split(':', 1)[1].split())
+    flags = set(line.split())
     base = ('AVX-512' if {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'} <= flags
             else 'AVX2' if 'avx2' in flags else 'no AVX2')
     return ' + '.join([base] + [name for flag, name in (('avx512_bf16', 'AVX512-BF16'), ('amx_tile', 'AMX'))
