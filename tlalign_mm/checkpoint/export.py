@@ -1,9 +1,8 @@
 """Writing our checkpoints for timm, mmseg, mmdet, mmpretrain or ours, and the stock models they load into.
 
-The reverse of reading: a checkpoint of any layout we read is converted into ours, then its family module writes it
-under the target's names from the key tables it reads with (which target holds which family:
-``docs/user_guides/export.md``).  The export build lines and the cost tools' stock backbone
-(``tools/analysis/model_cost.py``) both read the family's ``stock``, so the two cannot drift.
+A checkpoint of any layout we read is converted into ours, then its family module writes it under the target's
+names from the key tables it reads with (which target holds which family: ``docs/user_guides/export.md``).  The
+build lines and the cost tools' stock backbone (``tools/analysis/model_cost.py``) both read the family's ``stock``.
 """
 from __future__ import annotations
 
@@ -24,10 +23,9 @@ READOUTS = ('cls_token', 'avg_featmap')
 
 
 def backbone_export(state_dict: Mapping, **meta) -> dict:
-    """The one backbone-export format: ``{'state_dict': tensors (our layout, no prefix, contiguous, on the CPU),
-    'meta': {'layout': 'tlalign', 'tlalign_mm_version': ..., **meta}}``; what :func:`export_checkpoint`
-    (``to='tlalign'``), ``tools/convert_checkpoint.py`` and the ``BackboneExportHook`` write, and
-    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` reads.  ``meta``: the source, epoch, backbone type ..."""
+    """The one backbone-export format, ``{'state_dict': tensors (our layout, no prefix, contiguous, on the CPU),
+    'meta': {'layout': 'tlalign', 'tlalign_mm_version': ..., **meta}}`` (``meta``: source, epoch ...), that
+    :func:`export_checkpoint`, ``BackboneExportHook`` and ``init_cfg=dict(type='Pretrained')`` write and read."""
     sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     return {'state_dict': sd, 'meta': {'layout': 'tlalign', 'tlalign_mm_version': __version__, **meta}}
 
@@ -77,9 +75,8 @@ def _checkpoint_readout(checkpoint: Mapping, full: Mapping, layout: str, prefix:
     Runner stores as text in ``meta['cfg']`` (one of :data:`READOUTS`), a foreign one by its keys
     (:func:`~tlalign_mm.checkpoint.layouts.foreign_readout`)."""
     if prefix or layout == 'tlalign':
-        cfg = meta.get('cfg') if isinstance(meta := checkpoint.get('meta'), Mapping) else None
-        cfg = cfg if isinstance(cfg, str) else ''
-        found = set(re.findall(r"""out_type\s*=\s*['"](\w+)['"]""", cfg)) & set(READOUTS)
+        cfg = meta.get('cfg') if isinstance(meta := checkpoint.get('meta'), Mapping) else ''
+        found = set(re.findall(r"""out_type\s*=\s*['"](\w+)['"]""", cfg if isinstance(cfg, str) else '')) & {*READOUTS}
         return found.pop() if len(found) == 1 else None
     return foreign_readout(full)[0]
 
@@ -107,8 +104,6 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = 
         FileNotFoundError, pickle.UnpicklingError: see :func:`~tlalign_mm.checkpoint.load_checkpoint_file`.
         ValueError: as :func:`export_state_dict`; an unrecognised source.
     """
-    if to not in EXPORT_TARGETS:
-        raise ValueError(f'unknown export target {to!r}; choose one of {", ".join(EXPORT_TARGETS)}')
     src, dst = os.fspath(src), os.fspath(dst)
     ckpt = load_checkpoint_file(src)
     converted, layout, ignored, used_prefix = read_backbone(ckpt, prefix, src, 'pass --prefix')

@@ -77,8 +77,7 @@ def extract_state_dict(checkpoint: Mapping, prefix: str | None = None) -> tuple[
 
 
 def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
-    """The layout of a backbone state dict (unwrapped, no prefix): one of :data:`LAYOUTS` (each family's ``detect``
-    gives its rules) or ``'unknown'``."""
+    """The layout of a backbone state dict (unwrapped, no prefix): one of :data:`LAYOUTS` or ``'unknown'``."""
     return next((lay for f in FAMILIES if (lay := f.detect(state_dict)) is not None), 'unknown')
 
 
@@ -86,9 +85,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], layout: str | None = No
                        ) -> tuple[dict[str, Tensor], str, list[str]]:
     """A backbone state dict of ``layout`` (detected when None) in our names, by its family's read filter: heads and
     recomputed buffers dropped, tensors copied only when reordered (mm Swin merging, mmdet PVT), unknown keys kept.
-
-    Returns:
-        (converted state dict, layout, dropped source keys).
+    Returns (converted state dict, layout, dropped source keys).
 
     Raises:
         ValueError: an unknown or unsupported layout; two keys mapping to one name.
@@ -128,10 +125,9 @@ def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: TLABackbone) -> T
     """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size, else None.
     ``pos_embed`` (1, P + h*w, C; a ViT's): prefix rows kept (a distillation row dropped for a plain model), the square
     grid resampled to the model's ``patch_grid`` by timm's ``resample_abs_pos_embed`` (its ``interpolate_mode``, no
-    antialias: timm's and mmseg's resize).
-    ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as the official Swin
-    ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (its ``resize_rel_pos_bias_table``
-    is BEiT's geometric resampling, another result).  ValueError: not square, fewer prefix tokens than the model's."""
+    antialias, as timm and mmseg).  ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as
+    the official Swin ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (not its BEiT-style
+    ``resize_rel_pos_bias_table``).  ValueError: not square, fewer prefix tokens than the model's."""
     if k == 'pos_embed' and v.dim() == t.dim() == 3 and v.shape[-1] == t.shape[-1]:
         p_model = model.num_prefix_tokens
         p_ckpt = int('cls_token' in sd) + int('dist_token' in sd) or p_model

@@ -51,9 +51,8 @@ _TIMM_NAMES = {(dims, depths, (8, 4, 2, 1), (8, 8, 4, 4)): f'pvt_v2_b{i}' for i,
 
 
 def detect(sd) -> str | None:
-    """``layers.{s}.1.{j}.attn.attn.in_proj_weight`` -> mm; ``stages.{i}.blocks.{j}.attn.q`` with
-    ``stages.{i}.patch_embed`` -> ours, without -> timm; ``block{i}.{j}.attn.q`` (flat) with ``head`` or
-    ``cls_token`` -> official, without -> ours; else None."""
+    """mm by ``attn.attn.in_proj_weight``; ``stages.{i}`` names: ours with ``patch_embed``, else timm; the flat
+    ``block{i}.{j}``: official with ``head`` or ``cls_token``, else ours (before the stages); None: no PVT."""
     if has_key(sd, r'layers\.\d+\.1\.\d+\.attn\.attn\.in_proj_weight'):
         return 'mm-pvt'
     if has_key(sd, r'stages\.\d+\.blocks\.\d+\.attn\.q\.'):

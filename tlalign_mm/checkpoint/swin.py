@@ -3,10 +3,8 @@
 Layouts: ``'official-swin'`` (microsoft/Swin-Transformer: ``layers.{i}.blocks.{j}``, the patch merging
 ``layers.{i}.downsample`` at the end of stage ``i``, a final ``norm``, ``head``), ``'timm-swin'`` (timm >= 0.9:
 the patch merging opens stage ``i + 1``, ``head.fc``) and ``'mm-swin'`` (mmseg / mmdet / mmpretrain
-``SwinTransformer``: ``stages.{i}``, ``attn.w_msa``, ``ffn``, and a patch merging that gathers the 2x2
-children with ``nn.Unfold``: input channel ``c * 4 + k``, ``k`` the row-major offset (0,0), (0,1), (1,0),
-(1,1), where the official order is ``j * C + c`` with ``j`` = (0,0), (1,0), (0,1), (1,1)).  Ours
-(``'tlalign'``) are the official names with the output norms ``norm{i}``; a foreign final ``norm`` is our
+``SwinTransformer``: ``stages.{i}``, ``attn.w_msa``, ``ffn``, a patch merging in ``nn.Unfold``'s channel order).
+Ours (``'tlalign'``) are the official names with the output norms ``norm{i}``; a foreign final ``norm`` is our
 ``norm{last stage}``.
 """
 from __future__ import annotations
@@ -39,8 +37,9 @@ _TIMM_NAMES = {(96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4, 4): 'swin_tiny_patch4_wi
 
 
 def _merge_order(t: torch.Tensor, to_official: bool) -> torch.Tensor:
-    """Reorder the last (4C) axis of a patch-merging ``reduction.weight`` (2C, 4C) or ``norm`` (4C,) between
-    ``nn.Unfold``'s order (mm) and the official one."""
+    """Reorder the last (4C) axis of a patch-merging ``reduction.weight`` (2C, 4C) or ``norm`` (4C,) between mm's
+    ``nn.Unfold`` order, channel ``c * 4 + k`` with ``k`` the row-major offset (0,0), (0,1), (1,0), (1,1), and the
+    official ``j * C + c`` with ``j`` = (0,0), (1,0), (0,1), (1,1)."""
     if (n := t.shape[-1]) % 4:
         raise ValueError(f'patch-merging tensor of shape {tuple(t.shape)}: last dim not divisible by 4')
     idx = torch.arange(n).reshape(n // 4, 4)[:, [0, 2, 1, 3]].T.reshape(-1)   # official j * C + c -> unfold c * 4 + k
@@ -48,8 +47,7 @@ def _merge_order(t: torch.Tensor, to_official: bool) -> torch.Tensor:
 
 
 def detect(sd) -> str | None:
-    """``stages.{i}.blocks.{j}.attn.w_msa`` -> mm; ``layers.{i}.blocks.{j}`` with a patch merging in the last
-    stage or ``head.fc`` -> timm, else with output norms ``norm{i}`` -> ours, else official; else None."""
+    """mm by ``attn.w_msa``; timm by a patch merging in the last stage or ``head.fc``; ours by ``norm{i}``."""
     if has_key(sd, r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.'):
         return 'mm-swin'
     if not has_key(sd, r'layers\.\d+\.blocks\.\d+\.'):

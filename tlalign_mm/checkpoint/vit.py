@@ -31,8 +31,7 @@ _TIMM_NAMES = {(c, 12, 16, 4): f'deit_{size}_patch16_224' for c, size in ((192, 
 
 
 def detect(sd) -> str | None:
-    """``layers.{i}.attn.attn.in_proj_*`` -> mmseg; ``layers.{i}.ln1`` with ``attn.qkv`` -> mmpretrain;
-    ``blocks.{i}.attn.qkv`` with a head -> timm, without -> ours; else None (another family)."""
+    """mmseg by ``attn.attn.in_proj_*``, mmpretrain by ``layers.{i}.ln1``, timm by a head; else ours (None: no ViT)."""
     if has_key(sd, r'layers\.\d+\.attn\.attn\.(in_proj_weight|out_proj\.)'):
         return 'mmseg-vit'
     if has_key(sd, r'layers\.\d+\.ln1\.') and has_key(sd, r'layers\.\d+\.attn\.qkv\.'):
