@@ -352,6 +352,36 @@ def test_launch_module_imports():
             assert getattr(mod, fn) is getattr(launch, fn), (name, fn)
 
 
+def test_lines_that_every_rank_prints_at_once_stay_whole(tmp_path):
+    """Two processes (the ranks under torchrun or srun) write their lines to one stderr pipe at once; each line
+    arrives whole.  ``print`` to a stderr that is not a terminal writes the text and the newline in two calls,
+    and the ranks' messages came out glued (``...continuetrain.py: SIGTERM received ...``).  A one-line error
+    (:func:`exit_on_checkpoint_error`) is written the same way and still exits with status 1."""
+    script = tmp_path / 'rank.py'
+    script.write_text(f'import os, sys, time\nsys.path.insert(0, {TOOLS!r})\nimport launch\n'
+                      f'open(os.path.join({str(tmp_path)!r}, "ready" + sys.argv[1]), "w").close()\n'
+                      f'while len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith("ready")]) < 2:\n'
+                      '    time.sleep(0.01)\n'   # both ranks write at once, as they do after an agreed stop
+                      'for i in range(3000):\n'
+                      '    launch.stderr_line(f"train.py: rank {sys.argv[1]} stopped at iteration {i}" + "." * 60)\n'
+                      'with launch.exit_on_checkpoint_error("train.py"):\n'
+                      '    raise launch.CheckpointFileError(f"rank {sys.argv[1]}: empty (0 bytes)")\n')
+    # one reader for both: a pipe that both ranks write to, as torchrun's and srun's output is
+    read_fd, write_fd = os.pipe()
+    ranks = [subprocess.Popen([sys.executable, str(script), str(r)], stderr=write_fd, stdout=subprocess.DEVNULL)
+             for r in range(2)]
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        lines = f.read().splitlines()
+    assert [p.wait() for p in ranks] == [1, 1]
+    for r in range(2):
+        mine = [ln for ln in lines if ln.startswith(f'train.py: rank {r} ')]
+        assert mine == [f'train.py: rank {r} stopped at iteration {i}' + '.' * 60 for i in range(3000)]
+    assert sorted(ln for ln in lines if ': error: ' in ln) == [f'train.py: error: rank {r}: empty (0 bytes)'
+                                                               for r in range(2)]
+    assert not [ln for ln in lines if 'train.py: ' in ln[1:]]           # no line carries a second one
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU process group is for machines without CUDA')
 def test_cpu_distributed_launchers(train_tool, cfgs, monkeypatch):
@@ -443,7 +473,7 @@ model = dict(type='EncoderDecoder', data_preprocessor=dict(size=crop_size),
 
 
 @pytest.mark.slow
-def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkeypatch):
+def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkeypatch, capsys):
     """Both tools reject an invalid downstream config by its field before anything is registered or
     built: train.py in ``main`` before ``register_scope`` (an error naming each field); test.py in
     ``setup_cfg`` before ``--tta``."""
@@ -452,10 +482,12 @@ def test_downstream_config_checked_first(train_tool, test_tool, tmp_path, monkey
     bad.write_text(BAD_SEG)
     calls = []
     monkeypatch.setattr(train_tool, 'register_scope', lambda cfg: calls.append(cfg))
-    with pytest.raises(SystemExit, match=r'(?s)^train\.py: error: invalid downstream config:.*model\.data_'
-                                         r'preprocessor\.size=\(500, 500\) is not divisible'):   # no traceback
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:                                  # one line, no traceback
         train_tool.main([str(bad), '--work-dir', str(tmp_path / 'wd')])
-    assert calls == []
+    assert exc.value.code == 1 and calls == []
+    assert re.fullmatch(r'train\.py: error: invalid downstream config:.*model\.data_preprocessor\.size=\(500, 500\) '
+                        r'is not divisible.*\n', capsys.readouterr().err, re.S)
     # setup_cfg itself does not check (main does), so it can still be used to inspect a config
     assert train_tool.setup_cfg(train_tool.parse_args([str(bad)])).crop_size == (500, 500)
 

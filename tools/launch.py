@@ -54,10 +54,19 @@ __all__ = ['add_launch_args', 'parse_launch_args', 'load_cfg', 'register_scope',
            'prepare_cpu_distributed_cfg', 'TORCHRUN_ENV', 'init_from_torchrun_env', 'SLURM_ENV',
            'slurm_to_torchrun_env', 'setup_distributed', 'release_loader_workers', 'end_distributed',
            'build_runner', 'RESTART_ENV', 'FINISHED_FILE', 'restart_count', 'set_resumable_loop_option',
-           'set_hook_option', 'exit_on_checkpoint_error']
+           'set_hook_option', 'exit_on_checkpoint_error', 'stderr_line']
+
+
+def stderr_line(text: str) -> None:
+    """``text`` and a newline on stderr in one write, so that the lines every rank prints at once stay whole:
+    ``print`` to a stderr that is not a terminal writes the text and the newline separately, and two ranks
+    writing through one pipe (torchrun, srun) then glue their lines together."""
+    sys.stderr.write(text + '\n')
+    sys.stderr.flush()
+
 
 if (_other := checkout_mismatch(__file__)) is not None:       # two clones: this one is not installed
-    print(f'warning: {_other}', file=sys.stderr)
+    stderr_line(f'warning: {_other}')
 
 
 def add_launch_args(parser: argparse.ArgumentParser, dist_script: str) -> argparse.ArgumentParser:
@@ -416,4 +425,5 @@ def exit_on_checkpoint_error(prog: str, *also: type[Exception]):
     try:
         yield
     except (CheckpointFileError, *also) as e:
-        raise SystemExit(f'{prog}: error: {e}') from None
+        stderr_line(f'{prog}: error: {e}')
+        raise SystemExit(1) from None

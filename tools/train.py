@@ -62,7 +62,6 @@ import json
 import logging
 import os.path as osp
 import signal
-import sys
 import time
 
 import launch
@@ -185,8 +184,9 @@ def main(argv=None):
     register_checkpoint_loader()   # resume under torch >= 2.6; a bad --resume / load_from / init_cfg file: one line
     args = parse_args(argv)
     if args.resume is None and launch.restart_count() > 0:
-        print(f'train.py: relaunch {launch.restart_count()} of this job ({" / ".join(launch.RESTART_ENV)}): '
-              'resuming from the latest checkpoint in the work dir (--resume)', file=sys.stderr, flush=True)
+        launch.stderr_line(f'train.py: relaunch {launch.restart_count()} of this job '
+                           f'({" / ".join(launch.RESTART_ENV)}): resuming from the latest checkpoint in the work dir '
+                           '(--resume)')
         args.resume = 'auto'
     with exit_on_checkpoint_error('train.py', IncompatibleResumeError, DataRootError, DownstreamConfigError):
         return _train(args)
@@ -204,8 +204,8 @@ def _finished(cfg, args) -> bool:
         done = json.load(f)
     if done.get('run_config_digest') != run_config_digest(run_config(cfg)):
         return False     # another run's: resuming it reports what differs
-    print(f'train.py: {cfg.work_dir} holds this run finished ({done.get("checkpoint")}, iteration '
-          f'{done.get("iter")}); nothing to do', file=sys.stderr, flush=True)
+    launch.stderr_line(f'train.py: {cfg.work_dir} holds this run finished ({done.get("checkpoint")}, iteration '
+                       f'{done.get("iter")}); nothing to do')
     return True
 
 
@@ -230,7 +230,7 @@ def _exit_stopped(runner, dist_started: bool, code: int, message: str) -> None:
     del runner
     gc.collect()
     launch.end_distributed(dist_started)
-    print(f'train.py: {message}', file=sys.stderr, flush=True)
+    launch.stderr_line(f'train.py: {message}')
     raise SystemExit(code)
 
 
