@@ -47,7 +47,8 @@ def _merge_order(t: torch.Tensor, to_official: bool) -> torch.Tensor:
 
 
 def detect(sd) -> str | None:
-    """mm by ``attn.w_msa``; timm by a patch merging in the last stage or ``head.fc``; ours by ``norm{i}``."""
+    """mm by ``attn.w_msa``; timm by a patch merging in the last stage or ``head.fc``; ours by ``norm{i}``, else
+    official; None: no Swin."""
     if has_key(sd, r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.'):
         return 'mm-swin'
     if not has_key(sd, r'layers\.\d+\.blocks\.\d+\.'):
