@@ -360,8 +360,10 @@ def test_lines_that_every_rank_prints_at_once_stay_whole(tmp_path):
     script = tmp_path / 'rank.py'
     script.write_text(f'import os, sys, time\nsys.path.insert(0, {TOOLS!r})\nimport launch\n'
                       f'open(os.path.join({str(tmp_path)!r}, "ready" + sys.argv[1]), "w").close()\n'
-                      f'while len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith("ready")]) < 2:\n'
-                      '    time.sleep(0.01)\n'   # both ranks write at once, as they do after an agreed stop
+                      'deadline = time.time() + 60\n'   # both ranks write at once, as after an agreed stop
+                      f'while len([n for n in os.listdir({str(tmp_path)!r}) if n.startswith("ready")]) < 2 '
+                      'and time.time() < deadline:\n'
+                      '    time.sleep(0.01)\n'
                       'for i in range(3000):\n'
                       '    launch.stderr_line(f"train.py: rank {sys.argv[1]} stopped at iteration {i}" + "." * 60)\n'
                       'with launch.exit_on_checkpoint_error("train.py"):\n'

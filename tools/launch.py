@@ -26,7 +26,8 @@ config's ``default_scope``, and make a distributed run work on a machine without
   ``tools/train.py``'s cluster options read and set;
 * :func:`build_runner` -- ``Runner.from_cfg`` or the config's ``runner_type``;
 * :func:`exit_on_checkpoint_error` -- a bad checkpoint file (or another named error) ends a tool with one
-  line, not a traceback.
+  line, not a traceback;
+* :func:`stderr_line` -- a line on stderr in one write, so that the lines the ranks print at once stay whole.
 
 Only torch, mmengine, ``config_checks`` (next to this file; standard library only) and tlalign_mm are
 imported at module level: mmseg / mmdet are imported inside :func:`register_scope`'s branches.
