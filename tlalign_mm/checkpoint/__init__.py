@@ -1,9 +1,7 @@
-"""Checkpoints of the TL-Align backbones and classifier: safe reading, layouts, strict loading, export.
-
-One name per operation; a bad file is a :class:`CheckpointFileError`.  Modules: ``io`` (reading without running
-pickled code, diagnosis, atomic writes), ``layouts`` (detect, read, load), ``export`` (the writers to timm, mmseg,
-mmdet, mmpretrain, ours), one per family (``vit``, ``swin``, ``pvt``: key tables read both ways, read filter,
-writer, stock model), ``keys`` (what the families share).  This package reads ``models``, never the reverse.
+"""Checkpoints of the TL-Align backbones and classifier: reading without running pickled code, diagnosis and atomic
+writes (``io``), layouts and strict loading (``layouts``), export (``export``), one module per family (``vit``,
+``swin``, ``pvt``) and what the families share (``keys``).  One name per operation; a bad file is a
+:class:`CheckpointFileError`.  This package reads ``models``, never the reverse.
 """
 from .export import export_checkpoint, export_state_dict
 from .io import CheckpointFileError, atomic_save, load_checkpoint_file, register_checkpoint_loader

@@ -1,8 +1,6 @@
-"""Writing our checkpoints for timm, mmseg, mmdet, mmpretrain or ours, and the stock models they load into.
-
-A checkpoint of any layout we read is converted into ours, then its family module writes it under the target's
-names from the key tables it reads with (which target holds which family: ``docs/user_guides/export.md``).  The
-build lines and the cost tools' stock backbone (``tools/analysis/model_cost.py``) both read the family's ``stock``.
+"""Writing our checkpoints for timm, mmseg, mmdet, mmpretrain or ours: a checkpoint of any layout we read is converted
+into ours, then its family module writes it under the target's names from the key tables it reads with, and a build
+line from its ``stock`` (which target holds which family: ``docs/user_guides/export.md``).
 """
 from __future__ import annotations
 
@@ -71,9 +69,8 @@ def export_state_dict(state_dict: Mapping, to: str, head: Mapping | None = None,
 
 
 def _checkpoint_readout(checkpoint: Mapping, full: Mapping, layout: str, prefix: str) -> str | None:
-    """The feature the checkpoint's head read, when it tells: ours by the backbone ``out_type`` of the config the
-    Runner stores as text in ``meta['cfg']`` (one of :data:`READOUTS`), a foreign one by its keys
-    (:func:`~tlalign_mm.checkpoint.layouts.foreign_readout`)."""
+    """The feature the checkpoint's head read, when it tells: ours by the backbone ``out_type`` in the Runner's config
+    text (``meta['cfg']``), a foreign one by its keys (:func:`~tlalign_mm.checkpoint.layouts.foreign_readout`)."""
     if prefix or layout == 'tlalign':
         cfg = meta.get('cfg') if isinstance(meta := checkpoint.get('meta'), Mapping) else ''
         found = set(re.findall(r"""out_type\s*=\s*['"](\w+)['"]""", cfg if isinstance(cfg, str) else '')) & {*READOUTS}

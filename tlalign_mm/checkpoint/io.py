@@ -1,8 +1,7 @@
-"""Reading checkpoints without executing pickled code, and writing them atomically.
-
-Every load (mmengine's too, by :func:`register_checkpoint_loader`) is ``torch.load(weights_only=True)`` with
-:func:`mmengine_safe_globals` handed to ``torch.serialization.safe_globals`` for its duration: nothing process-wide,
-no environment variable (why each entry is safe: ``docs/advanced_guides/checkpoint_safety.md``).
+"""Reading checkpoints without executing pickled code, and writing them atomically.  Every load (mmengine's too, by
+:func:`register_checkpoint_loader`) is ``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` in
+``torch.serialization.safe_globals`` for its duration: nothing process-wide, no environment variable (why each entry
+is safe: ``docs/advanced_guides/checkpoint_safety.md``).
 """
 from __future__ import annotations
 
@@ -32,7 +31,6 @@ class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
     """No file at the checkpoint path (also a ``FileNotFoundError``)."""
 
 
-# -- the allow-list ------------------------------------------------------------------------------------------
 def _history_buffer_getattr(obj: Any, name: Any, *default: Any) -> Any:
     """``builtins.getattr`` inside a weights_only load: only ``getattr(HistoryBuffer, <public plain function of
     HistoryBuffer>)``, how ``HistoryBuffer.__getstate__`` pickles its statistics methods; else UnpicklingError."""
@@ -48,8 +46,7 @@ def _empty_bytes(*args: Any) -> bytes:
     """``builtins.bytes`` inside a weights_only load: the empty ``bytes()`` only, which protocol-2 pickles write
     for an empty numpy array's data (``bytes(10**12)`` would be accepted by the real one)."""
     if args:
-        raise pickle.UnpicklingError('weights_only load: refusing bytes(...) with arguments; tlalign_mm only allows '
-                                     'the empty bytes() that protocol-2 pickles write')
+        raise pickle.UnpicklingError('weights_only load: refusing bytes(...) with arguments (only bytes() is allowed)')
     return b''
 
 
@@ -59,23 +56,18 @@ def mmengine_safe_globals() -> list:
     numpy 1 and 2 spellings), ``ndarray``, ``dtype`` and the bool / integer / float / complex dtype classes; the
     empty-``bytes()`` stand-in (``(object, 'name')`` entries: torch >= 2.6)."""
     import argparse
-    entries: list = [argparse.Namespace, (_empty_bytes, 'builtins.bytes')]
-    with contextlib.suppress(ImportError):
-        from mmengine.logging import HistoryBuffer
-        entries += [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')]
-    with contextlib.suppress(ImportError):
-        import numpy as np
-        try:
-            from numpy._core import multiarray
-        except ImportError:                                         # numpy 1.x
-            from numpy.core import multiarray
-        entries += [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
-        for func in (multiarray._reconstruct, multiarray.scalar):   # the other spelling
-            entries += [(func, f'{mod}.multiarray.{func.__name__}') for mod in ('numpy._core', 'numpy.core')
-                        if f'{mod}.multiarray' != func.__module__]
-        # bool, integer, float and complex dtype classes only: no object / string / void / datetime
-        entries += list(dict.fromkeys(type(np.dtype(c)) for c in '?' + np.typecodes['AllInteger']
-                                      + np.typecodes['AllFloat'] if type(np.dtype(c)) is not np.dtype))
+
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    funcs = (np.empty(0).__reduce__()[0], np.float64(0).__reduce__()[0])   # multiarray's _reconstruct, scalar
+    entries: list = [argparse.Namespace, HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), *funcs,
+                     np.ndarray, np.dtype, (_empty_bytes, 'builtins.bytes')]
+    for func in funcs:   # the other numpy's spelling
+        entries += [(func, f'{mod}.multiarray.{func.__name__}') for mod in ('numpy._core', 'numpy.core')
+                    if f'{mod}.multiarray' != func.__module__]
+    # bool, integer, float and complex dtype classes only: no object / string / void / datetime
+    entries += list(dict.fromkeys(type(np.dtype(c)) for c in '?' + np.typecodes['AllInteger']
+                                  + np.typecodes['AllFloat'] if type(np.dtype(c)) is not np.dtype))
     return entries
 
 
@@ -117,7 +109,6 @@ def _safe_loading(force: bool):
                 _ACTIVE['ctx'].__exit__(None, None, None)
 
 
-# -- what is wrong with a file -------------------------------------------------------------------------------
 def diagnose_checkpoint_file(path: str | os.PathLike) -> str | None:
     """What is wrong with a local checkpoint file, from its structure alone (nothing unpickled), as a phrase: missing,
     a folder, empty, truncated (a zip without its central directory), a zip without ``data.pkl``, a cut
@@ -168,7 +159,6 @@ def _reason(e: BaseException) -> str:
     return f'{type(e).__name__}: {lines[0][:200]}' if lines else type(e).__name__
 
 
-# -- loading -------------------------------------------------------------------------------------------------
 @FUNCTIONS.register_module()
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu') -> dict:
     """Load a checkpoint without executing pickled code: a local file, checked by :func:`diagnose_checkpoint_file`,
@@ -200,13 +190,11 @@ def _load(path: str, map_location: Any, remote: bool) -> dict:
         if safetensors:
             from safetensors.torch import load_file
             obj: Any = load_file(path, device=map_location if isinstance(map_location, str) else 'cpu')
-        elif remote:
-            from mmengine.runner.checkpoint import CheckpointLoader
-            with _safe_loading(force=True):
-                obj = CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent')
         else:
-            with _safe_loading(force=False):
-                obj = torch.load(path, map_location=map_location, weights_only=True)
+            from mmengine.runner.checkpoint import CheckpointLoader
+            with _safe_loading(force=remote):
+                obj = (CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent') if remote
+                       else torch.load(path, map_location=map_location, weights_only=True))
     except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
         if not (safetensors or isinstance(e, (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, ValueError,
                                               AttributeError))):
@@ -228,7 +216,6 @@ def register_checkpoint_loader() -> None:
         os.fspath(path), map_location, remote=False))
 
 
-# -- writing -------------------------------------------------------------------------------------------------
 def _atomic_replace(path: str | os.PathLike, write) -> str:
     """``write(file)`` to a temporary file beside ``path``, fsync, ``os.replace``, fsync the folder; on error ``path``
     is left as it was.  Returns the absolute path."""

@@ -1,9 +1,6 @@
-"""Recognising checkpoint layouts and loading them, strictly, into our backbones and classifier.
-
-Layouts: ``'tlalign'`` (ours: the backbones' parameter names, no head) and the family modules' (see ``keys.py``).
-mmengine's ``PretrainedInit`` loads with ``strict=False``, so nothing, silently, from an unconverted checkpoint;
-:func:`load_backbone_checkpoint` converts, resizes what depends on the input or window size, and refuses what does
-not fit.  The models reach the loaders by name (tlalign_mm's ``FUNCTIONS`` registry).
+"""Recognising checkpoint layouts and loading them, strictly, into our backbones and classifier, which reach the
+loaders by name (tlalign_mm's ``FUNCTIONS`` registry).  Layouts: ``'tlalign'`` (ours: the backbones' parameter names,
+no head) and the family modules' (see ``keys.py``).
 """
 from __future__ import annotations
 
@@ -121,13 +118,13 @@ def _square(n: int, odd: bool = False) -> int | None:
     return s if s * s == n and not (odd and s % 2 == 0) else None
 
 
-def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: TLABackbone) -> Tensor | None:
-    """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size, else None.
+def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: TLABackbone) -> Tensor:
+    """Checkpoint tensor ``v`` fitted to model tensor ``t`` where ``k`` depends on the input or window size.
     ``pos_embed`` (1, P + h*w, C; a ViT's): prefix rows kept (a distillation row dropped for a plain model), the square
     grid resampled to the model's ``patch_grid`` by timm's ``resample_abs_pos_embed`` (its ``interpolate_mode``, no
     antialias, as timm and mmseg).  ``relative_position_bias_table`` ((2W-1)^2, heads): each head's grid bicubic, as
     the official Swin ``load_pretrained``: timm's ``resize_rel_pos_bias_table_simple`` in float32 (not its BEiT-style
-    ``resize_rel_pos_bias_table``).  ValueError: not square, fewer prefix tokens than the model's."""
+    ``resize_rel_pos_bias_table``).  ValueError (why, or empty for any other key) when it cannot be fitted."""
     if k == 'pos_embed' and v.dim() == t.dim() == 3 and v.shape[-1] == t.shape[-1]:
         p_model = model.num_prefix_tokens
         p_ckpt = int('cls_token' in sd) + int('dist_token' in sd) or p_model
@@ -135,18 +132,20 @@ def _resized(k: str, v: Tensor, t: Tensor, sd: Mapping, model: TLABackbone) -> T
             raise ValueError(f'the checkpoint has {p_ckpt} prefix token(s), the model {p_model} (a distilled model '
                              'needs a distilled checkpoint)')
         v = torch.cat([v[:, :p_model], v[:, p_ckpt:]], dim=1)   # e.g. distilled DeiT into a plain one: no dist row
-        if v.shape == t.shape:
-            return v
-        if (s := _square(v.shape[1] - p_model)) is None:
-            raise ValueError(f'with {p_model} prefix token(s), not a square grid; cannot resize')
-        return resample_abs_pos_embed(v, list(model.patch_grid), [s, s], num_prefix_tokens=p_model, antialias=False,
-                                      interpolation=model.interpolate_mode)
-    if k.endswith('relative_position_bias_table') and v.dim() == t.dim() == 2 and v.shape[1] == t.shape[1]:
+        if v.shape != t.shape:
+            if (s := _square(v.shape[1] - p_model)) is None:
+                raise ValueError(f'with {p_model} prefix token(s), not a square grid; cannot resize')
+            v = resample_abs_pos_embed(v, list(model.patch_grid), [s, s], num_prefix_tokens=p_model, antialias=False,
+                                       interpolation=model.interpolate_mode)
+    elif k.endswith('relative_position_bias_table') and v.dim() == t.dim() == 2 and v.shape[1] == t.shape[1]:
         if (s := _square(t.shape[0], odd=True)) is None or _square(v.shape[0], odd=True) is None:
             raise ValueError('a length that is not (2W-1)^2 for a square window')
-        w = (s + 1) // 2
-        return resize_rel_pos_bias_table_simple(v.float(), (w, w), tuple(t.shape)).contiguous().to(v.dtype)
-    return None
+        v = resize_rel_pos_bias_table_simple(v.float(), ((s + 1) // 2,) * 2, tuple(t.shape)).contiguous().to(v.dtype)
+    else:
+        raise ValueError('')
+    if v.shape != t.shape:
+        raise ValueError(f'after resizing: {tuple(v.shape)}')
+    return v
 
 
 def _fit_to_model(sd: dict[str, Tensor], model: TLABackbone, model_sd: Mapping[str, Tensor], layout: str) -> list[str]:
@@ -155,29 +154,21 @@ def _fit_to_model(sd: dict[str, Tensor], model: TLABackbone, model_sd: Mapping[s
     for k in [k for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]:
         old, want = tuple(sd[k].shape), tuple(model_sd[k].shape)
         try:
-            v = _resized(k, sd[k], model_sd[k], sd, model)
-            why = '' if v is None or tuple(v.shape) == want else f' (after resizing: {tuple(v.shape)})'
-        except ValueError as e:
-            v, why = None, f' ({e})'
-        if v is None or why:
-            mismatched.append(f'{k}: checkpoint {old} vs model {want}{why}')
-        else:
-            sd[k] = v
+            sd[k] = _resized(k, sd[k], model_sd[k], sd, model)
             resized.append(f'{k} {old}->{want}')
+        except ValueError as e:
+            mismatched.append(f'{k}: checkpoint {old} vs model {want}' + (f' ({e})' if str(e) else ''))
     if mismatched:
-        more = f' ... and {len(mismatched) - 10} more' if len(mismatched) > 10 else ''
-        raise ValueError(f'checkpoint (layout {layout!r}) does not fit {type(model).__name__}: {len(mismatched)} '
-                         'shape mismatch(es): ' + '; '.join(mismatched[:10]) + more
-                         + ' (a checkpoint of another architecture or configuration?)')
+        raise ValueError(f'checkpoint (layout {layout!r}) does not fit {type(model).__name__}: {len(mismatched)} shape '
+                         f'mismatch(es): {_sample(mismatched)} (another architecture or configuration?)')
     return resized
 
 
 @dataclass
 class LoadReport:
-    """What :func:`load_backbone_checkpoint` loaded: the source ``layout``; model keys ``matched`` and ``missing``
-    (left as initialised); converted keys the model lacks (``unexpected``); ``resized`` (``'key (old)->(new)'``);
-    ``ignored`` (heads, buffers); ``source`` (path or ``'<state_dict>'``); ``prefix``; ``num_params`` /
-    ``num_matched_params`` (parameter tensors of the model / loaded)."""
+    """What :func:`load_backbone_checkpoint` loaded: model keys ``matched`` and ``missing`` (left as initialised),
+    converted keys the model lacks (``unexpected``), ``resized`` (``'key (old)->(new)'``), ``ignored`` (heads,
+    buffers), ``source`` (a path or ``'<state_dict>'``), ``num_params`` / ``num_matched_params`` (parameter tensors)."""
 
     layout: str
     matched: list[str]
@@ -209,7 +200,8 @@ def _sample(keys: list, n: int = 10) -> str:
 def load_backbone_checkpoint(model: TLABackbone, path_or_state_dict: str | os.PathLike | Mapping,
                              prefix: str | None = None, map_location: Any = 'cpu', min_match: float = 0.9,
                              source: str | None = None) -> LoadReport:
-    """Load pretrained weights of any recognised layout into one of our backbones, or refuse.
+    """Load pretrained weights of any recognised layout into one of our backbones, or refuse (mmengine's
+    ``PretrainedInit`` loads with ``strict=False``: nothing, silently, from an unconverted checkpoint).
 
     Reads (:func:`~tlalign_mm.checkpoint.load_checkpoint_file`), unwraps (:func:`extract_state_dict`), converts
     (:func:`convert_state_dict`), lets the model fit it (its ``adapt_checkpoint``: PVT v1's class token), resizes
@@ -253,7 +245,6 @@ def load_backbone_checkpoint(model: TLABackbone, path_or_state_dict: str | os.Pa
                       num_matched_params=sum(k in params for k in matched))
 
 
-# -- the pretraining classifier -----------------------------------------------------------------------------
 @FUNCTIONS.register_module()
 def load_classifier_checkpoint(model, path: str) -> None:
     """Load ``path`` into a :class:`~tlalign_mm.TLAImageClassifier` (its ``init_cfg=dict(type='Pretrained')``).
@@ -330,10 +321,9 @@ def load_head_state(model, state_dict: Mapping, source: str = 'the checkpoint', 
     if theirs != ours and not any(isinstance(k, str) and k.startswith('backbone.') for k in state_dict):
         raise ValueError(
             f"{source}: its head was trained on {theirs} ({why}) but this model's pooled feature is {ours} "
-            f"(backbone out_type={model.pool_type!r}); the head would read a feature it was never trained on. "
-            "Build the backbone with the checkpoint's readout (PVT v1 release: out_type='cls_token'), or load "
-            "the backbone alone (model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)) and train "
-            'a new head')
+            f"(backbone out_type={model.pool_type!r}). Build the backbone with the checkpoint's readout (PVT v1 "
+            "release: out_type='cls_token'), or load the backbone alone (model.backbone.init_cfg=dict("
+            "type='Pretrained', checkpoint=...)) and train a new head")
     if not check_only:
         fc.load_state_dict(head)
     return 'head loaded'

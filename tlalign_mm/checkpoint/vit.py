@@ -64,19 +64,16 @@ def arch(sd) -> dict:
 
 
 def stock(a: dict, lib: str) -> tuple[str, dict]:
-    """mmseg's or mmpretrain's ``VisionTransformer`` (distilled: mmpretrain's ``DistilledVisionTransformer``);
-    ``in_channels``, ``drop_rate``, ``drop_path_rate``, ``interpolate_mode`` passed on, and ``attn_drop_rate``
-    (mmpretrain: in ``layer_cfgs``); mmseg also ``norm_eval``, ``with_cp``, mmpretrain ``frozen_stages`` (its
-    LayerNorm-only blocks have no ``norm_eval`` or ``with_cp``: dropped).  Raises ValueError for mmdet (no ViT), a
-    distilled model or ``frozen_stages`` for mmseg."""
+    """mmseg's or mmpretrain's ``VisionTransformer`` (distilled: mmpretrain's ``DistilledVisionTransformer``); the
+    latter's LayerNorm-only blocks take no ``norm_eval`` / ``with_cp`` (dropped), its attention dropout goes in
+    ``layer_cfgs``.  Raises ValueError for mmdet (no ViT), a distilled model or ``frozen_stages`` for mmseg."""
     if lib not in ('mmseg', 'mmpretrain'):
         raise no_counterpart('a DeiT / ViT backbone', lib, f'{lib} has no VisionTransformer backbone; '
                              "mmseg's and mmpretrain's hold it")
     mmseg = lib == 'mmseg'
-    extra = stock_args(a, 'VisionTransformer', ('in_channels', 'drop_rate', 'drop_path_rate', 'interpolate_mode',
-                                                  *(('attn_drop_rate', 'norm_eval', 'with_cp') if mmseg else
-                                                    ('frozen_stages',))), img='img_size',
-                       drop=() if mmseg else ('norm_eval', 'with_cp'))
+    own = ('attn_drop_rate', 'norm_eval', 'with_cp') if mmseg else ('frozen_stages',)   # passed on as given
+    extra = stock_args(a, 'VisionTransformer', ('in_channels', 'drop_rate', 'drop_path_rate', 'interpolate_mode', *own),
+                       img='img_size', drop=() if mmseg else ('norm_eval', 'with_cp'))
     distilled, frozen = a.pop('distilled'), a.pop('frozen_stages', -1)
     if distilled and mmseg:
         raise no_counterpart('a distilled DeiT (dist_token)', lib, "mmseg's VisionTransformer has no distillation "
