@@ -31,8 +31,8 @@ The header names the machine: CPU model, the ISA PyTorch uses, whether the CPU h
 float16 matrix units (which decide ``attn_impl='auto'`` under autocast on CPU), threads, and the
 1-minute load average before and after (other jobs on a shared machine widen the intervals).
 
-Example (a few minutes on 2 cores):
-    python tools/analysis/benchmark_official.py --iters 15 --warmup 2
+Example (about 6 minutes on 2 cores; fewer rounds leave intervals around 1 open):
+    python tools/analysis/benchmark_official.py --iters 40 --warmup 3
 """
 from __future__ import annotations
 
