@@ -5,6 +5,7 @@ is safe: ``docs/advanced_guides/checkpoint_safety.md``).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import inspect
 import os
@@ -15,7 +16,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..registry import FUNCTIONS
 
@@ -34,7 +38,6 @@ class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
 def _history_buffer_getattr(obj: Any, name: Any, *default: Any) -> Any:
     """``builtins.getattr`` inside a weights_only load: only ``getattr(HistoryBuffer, <public plain function of
     HistoryBuffer>)``, how ``HistoryBuffer.__getstate__`` pickles its statistics methods; else UnpicklingError."""
-    from mmengine.logging import HistoryBuffer
     if (not default and obj is HistoryBuffer and isinstance(name, str) and not name.startswith('_')
             and inspect.isfunction(vars(HistoryBuffer).get(name))):
         return getattr(obj, name)
@@ -55,10 +58,6 @@ def mmengine_safe_globals() -> list:
     ``argparse.Namespace``; ``HistoryBuffer`` and the getattr stand-in; numpy's reconstructor and scalar (both
     numpy 1 and 2 spellings), ``ndarray``, ``dtype`` and the bool / integer / float / complex dtype classes; the
     empty-``bytes()`` stand-in (``(object, 'name')`` entries: torch >= 2.6)."""
-    import argparse
-
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
     funcs = (np.empty(0).__reduce__()[0], np.float64(0).__reduce__()[0])   # multiarray's _reconstruct, scalar
     entries: list = [argparse.Namespace, HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), *funcs,
                      np.ndarray, np.dtype, (_empty_bytes, 'builtins.bytes')]
@@ -191,7 +190,6 @@ def _load(path: str, map_location: Any, remote: bool) -> dict:
             from safetensors.torch import load_file
             obj: Any = load_file(path, device=map_location if isinstance(map_location, str) else 'cpu')
         else:
-            from mmengine.runner.checkpoint import CheckpointLoader
             with _safe_loading(force=remote):
                 obj = (CheckpointLoader.load_checkpoint(path, map_location=map_location, logger='silent') if remote
                        else torch.load(path, map_location=map_location, weights_only=True))
@@ -211,7 +209,6 @@ def register_checkpoint_loader() -> None:
     """Have mmengine's ``CheckpointLoader`` read local paths with :func:`load_checkpoint_file`: ``--resume``,
     ``load_from``, ``init_cfg=dict(type='Pretrained')`` of any mmengine / mmseg / mmdet module then load mmengine's
     checkpoints (``HistoryBuffer``, numpy) under torch >= 2.6; a bad file is one line.  The tools call it."""
-    from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', force=True)(lambda path, map_location=None: _load(
         os.fspath(path), map_location, remote=False))
 
